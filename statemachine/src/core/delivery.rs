@@ -1,0 +1,697 @@
+//! One (intent, slave) delivery, from CORE_ACCEPTED to a durable EA_CONFIRMED or FAILED.
+//!
+//! Deliveries of one trade to one slave form a chain in master order; only the chain's head is
+//! ever sent, and the next one starts only after the head's final state is journaled — so a
+//! slave sees open before modify before close, and a modify always knows the slave ticket the
+//! open produced. A delivery not yet in the agent's ledger is retried on `ack_timeout_ms` with
+//! exponential backoff and FAILED after `max_retries`; once the agent has it (AGENT_BUFFERED,
+//! PIPE_DELIVERED) only the reconciler re-sends it, because the agent and the EA own it now
+//! and re-sending is harmless (both dedupe by `command_id`). Deliveries of an offline agent
+//! wait without spending attempts. This module must never send two deliveries of one chain at
+//! once, never move a stage backwards, and never drop a final state before it is durable.
+
+use super::journal::{DeliveryRecord, DeliveryStatus, JournalResult, JournalWrite};
+use super::{Core, CoreLog, PendingOp, TimerKey};
+use crate::ids::{AccountId, CommandId, IntentId, TradeId};
+use crate::msg::{
+    AckResult, AckStage, BrokerStatus, Command, CommandAck, CommandBody, CoreToAgent, ErrorCode,
+    ExecutionResult, IntentKind,
+};
+use crate::spec::{MachineSpec, Subject};
+use crate::time::{backoff, Duration, Instant};
+use crate::transitions;
+
+transitions! {
+    /// Delivery transitions.
+    pub enum DeliveryT ("core.delivery") {
+        SendHead = "T01": "New | Blocked",
+            "becomes head of its (slave, trade) chain; slave's agent online" => "Inflight(CORE_ACCEPTED)";
+            "Command to the slave's agent (attempt + 1); ack timer",
+        ParkHead = "T02": "New | Blocked",
+            "becomes head of its chain; slave's agent offline or unknown" => "Parked";
+            "nothing: waits for the agent",
+        Block = "T03": "New",
+            "an earlier delivery of the same (slave, trade) is unfinished" => "Blocked";
+            "nothing: waits for its turn",
+        Unpark = "T04": "Parked",
+            "slave's agent comes online" => "Inflight(CORE_ACCEPTED)";
+            "Command re-sent (attempt + 1); ack timer",
+        Progress = "T05": "Inflight(s) | Backoff",
+            "CommandAck{OK} with stage s' > s, s' < EA_CONFIRMED" => "Inflight(s')";
+            "UpdateStage write (best effort); timer: reconcile_interval_ms",
+        Stale = "T06": "any",
+            "CommandAck or ExecutionResult that does not advance the delivery (duplicate, stale, PENDING)" => "unchanged";
+            "nothing (counted)",
+        Confirmed = "T07": "Blocked | Parked | Inflight | Backoff",
+            "ExecutionResult{FILLED}" => "Finalizing(ACKED)";
+            "FinishDelivery{acked, EA_CONFIRMED, slave_ticket}",
+        BrokerRejected = "T08": "Blocked | Parked | Inflight | Backoff",
+            "ExecutionResult{REJECTED}" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, BROKER_REJECTED}; log core_delivery_failed",
+        Refused = "T09": "Inflight | Backoff",
+            "CommandAck{FAILED} with a non-retryable error" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, that error}; log core_delivery_failed",
+        Timeout = "T10": "Inflight(CORE_ACCEPTED)",
+            "ack timer, attempts < max_retries" => "Backoff";
+            "RecordRetry write; retry_total{stage,result=timeout}++; timer: retry_backoff_ms · 2^(attempts-1)",
+        RetryableFailure = "T11": "Inflight",
+            "CommandAck{FAILED} retryable (PIPE_UNAVAILABLE, BROKER_BUSY), attempts < max_retries" => "Backoff";
+            "RecordRetry write; retry_total{stage,result=failed}++; backoff timer",
+        GiveUp = "T12": "Inflight",
+            "ack timer or retryable failure with attempts = max_retries" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, MAX_RETRIES}; log core_delivery_failed",
+        Retry = "T13": "Backoff",
+            "backoff timer; slave's agent online" => "Inflight(CORE_ACCEPTED)";
+            "Command re-sent (same command_id, attempt + 1); ack timer",
+        RetryParked = "T14": "Backoff",
+            "backoff timer; slave's agent offline" => "Parked";
+            "nothing: waits for the agent",
+        Reconcile = "T15": "Inflight(AGENT_BUFFERED | PIPE_DELIVERED)",
+            "reconcile timer (no ExecutionResult within reconcile_interval_ms)" => "Inflight(same stage)";
+            "Command re-sent (same command_id; the agent and EA dedupe); reconcile_resends++",
+        Park = "T16": "Inflight | Backoff",
+            "slave's agent goes offline" => "Parked";
+            "timers cancelled; attempts kept",
+        Done = "T17": "Finalizing(x)",
+            "FinishDelivery answered Ok" => "Done(x)";
+            "forgotten; ticket correlation updated; DeliveryReport to the master's agent; next delivery of the chain becomes head",
+        FinishRetry = "T18": "Finalizing",
+            "FinishDelivery answered Failed" => "Finalizing (backing off)";
+            "timer: retry_backoff_ms · 2^(n-1); final states are retried until durable, never dropped",
+        NoPosition = "T19": "New | Blocked",
+            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE but the slave holds no ticket for the trade" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed",
+        SymbolNotMapped = "T20": "New",
+            "planned at intake; the subscription's symbol map does not cover the symbol" => "Done(FAILED)";
+            "journaled FAILED with the intent (SYMBOL_NOT_MAPPED); log core_delivery_failed; DeliveryReport",
+        Unknown = "T21": "Done | never existed",
+            "CommandAck or ExecutionResult for a command not in memory" => "unchanged";
+            "nothing (late_or_unknown counted)",
+        FinishRewrite = "T22": "Finalizing (backing off)",
+            "retry timer" => "Finalizing";
+            "FinishDelivery written again",
+    }
+}
+
+pub const SPEC: MachineSpec = MachineSpec {
+    name: "core.delivery",
+    summary: "One slave copy of an intent through the ack stages CORE_ACCEPTED → AGENT_BUFFERED → PIPE_DELIVERED → EA_CONFIRMED, with ack timeout, backoff, max_retries, the reconciler and per-trade order (seed 001).",
+    states: &[
+        ("New", "just planned; journaled with its intent"),
+        ("Blocked", "an earlier delivery of the same (slave, trade) is not finished"),
+        ("Parked", "head of its chain, but the slave's agent is offline; no attempt is spent"),
+        ("Inflight(stage)", "sent; stage is the highest the agent reported"),
+        ("Backoff", "an attempt failed; waiting to re-send"),
+        ("Finalizing(ACKED|FAILED)", "final state decided, FinishDelivery not yet durable"),
+        ("Done(ACKED|FAILED)", "final state durable; forgotten by the machine"),
+    ],
+    invariants: &[
+        "At most one delivery per (slave, trade) is Inflight/Backoff/Finalizing: the chain's head.",
+        "A delivery's stage never moves backwards.",
+        "A delivery is Done only after its FinishDelivery write was reported durable.",
+        "Every delivery ends ACKED or FAILED with a reason; FAILED is logged as core_delivery_failed.",
+        "A delivery that reached AGENT_BUFFERED is never FAILED by a timeout; only explicit failures end it.",
+    ],
+    transitions: DeliveryT::TABLE,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum DState {
+    Blocked,
+    Parked,
+    Inflight(AckStage),
+    Backoff,
+    Finalizing {
+        status: DeliveryStatus,
+        reason: Option<ErrorCode>,
+        ticket: Option<i64>,
+        writes: u32,
+    },
+}
+
+pub(crate) struct Delivery {
+    pub rec: DeliveryRecord,
+    pub state: DState,
+    pub stage: AckStage,
+    pub deadline: Option<Instant>,
+}
+
+/// A read-only snapshot of one delivery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryView {
+    pub command_id: CommandId,
+    pub intent_id: IntentId,
+    pub trade_id: TradeId,
+    pub slave: AccountId,
+    pub kind: IntentKind,
+    /// `Blocked`, `Parked`, `Inflight`, `Backoff` or `Finalizing`.
+    pub state: &'static str,
+    pub stage: AckStage,
+    pub attempts: u32,
+}
+
+impl Delivery {
+    pub(crate) fn view(&self) -> DeliveryView {
+        DeliveryView {
+            command_id: self.rec.command_id.clone(),
+            intent_id: self.rec.intent_id.clone(),
+            trade_id: self.rec.trade_id.clone(),
+            slave: self.rec.slave.clone(),
+            kind: self.rec.kind,
+            state: match self.state {
+                DState::Blocked => "Blocked",
+                DState::Parked => "Parked",
+                DState::Inflight(_) => "Inflight",
+                DState::Backoff => "Backoff",
+                DState::Finalizing { .. } => "Finalizing",
+            },
+            stage: self.stage,
+            attempts: self.rec.attempts,
+        }
+    }
+}
+
+impl Core {
+    fn subject(&self, key: u64) -> Subject {
+        self.deliveries
+            .get(&key)
+            .map(|d| Subject::Command(d.rec.command_id.clone()))
+            .unwrap_or(Subject::None)
+    }
+
+    /// Adds a journaled, unfinished delivery to memory and its chain.
+    pub(crate) fn create_delivery(&mut self, now: Instant, rec: DeliveryRecord) {
+        let key = self.next_delivery;
+        self.next_delivery += 1;
+        let chain_key = (rec.slave.clone(), rec.trade_id.clone());
+        self.by_command.insert(rec.command_id.clone(), key);
+        let stage = rec.stage;
+        self.deliveries.insert(
+            key,
+            Delivery {
+                rec,
+                state: DState::Blocked,
+                stage,
+                deadline: None,
+            },
+        );
+        let chain = self.chains.entry(chain_key).or_default();
+        chain.push_back(key);
+        if chain.len() == 1 {
+            self.activate(now, key);
+        } else {
+            self.fire(DeliveryT::Block.spec(), self.subject(key));
+        }
+    }
+
+    /// Rebuilds deliveries from journal rows (recovery): sorted per chain in master order.
+    pub(crate) fn adopt_deliveries(&mut self, records: Vec<DeliveryRecord>, now: Instant) {
+        for rec in records {
+            if rec.status != DeliveryStatus::Inflight || self.by_command.contains_key(&rec.command_id)
+            {
+                continue;
+            }
+            self.register_recovered_intent(&rec);
+            self.create_delivery(now, rec);
+        }
+    }
+
+    /// A delivery planned FAILED at intake (already durable with its intent).
+    pub(crate) fn failed_at_intake(&mut self, rec: DeliveryRecord) {
+        let reason = rec.reason.unwrap_or(ErrorCode::SymbolNotMapped);
+        self.fire(
+            DeliveryT::SymbolNotMapped.spec(),
+            Subject::Command(rec.command_id.clone()),
+        );
+        self.metrics.delivery_failed_total += 1;
+        self.log(CoreLog::DeliveryFailed {
+            intent_id: rec.intent_id.clone(),
+            command_id: Some(rec.command_id.clone()),
+            reason,
+        });
+        self.report_to_master(&rec, AckStage::CoreAccepted, AckResult::Failed, Some(reason));
+    }
+
+    fn report_to_master(
+        &mut self,
+        rec: &DeliveryRecord,
+        stage: AckStage,
+        result: AckResult,
+        error: Option<ErrorCode>,
+    ) {
+        if let Some(agent) = self.registry.agent_for(&rec.master) {
+            self.send(
+                agent,
+                CoreToAgent::DeliveryReport(CommandAck {
+                    command_id: rec.command_id.clone(),
+                    trade_id: rec.trade_id.clone(),
+                    slave: rec.slave.clone(),
+                    stage,
+                    result,
+                    error,
+                    attempt: rec.attempts,
+                }),
+            );
+        }
+    }
+
+    /// The delivery just became head of its chain.
+    fn activate(&mut self, now: Instant, key: u64) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        if d.rec.kind != IntentKind::Open
+            && !self
+                .tickets
+                .contains_key(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
+        {
+            self.fire(DeliveryT::NoPosition.spec(), self.subject(key));
+            self.finalize(now, key, DeliveryStatus::Failed, Some(ErrorCode::NoPosition), None);
+            return;
+        }
+        let slave = d.rec.slave.clone();
+        if self.registry.agent_for(&slave).is_some() {
+            self.fire(DeliveryT::SendHead.spec(), self.subject(key));
+            self.send_command(now, key);
+        } else {
+            self.fire(DeliveryT::ParkHead.spec(), self.subject(key));
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                d.state = DState::Parked;
+            }
+        }
+    }
+
+    fn ack_timeout(&self, slave: &AccountId) -> Duration {
+        // Legacy (compat) agents never report AGENT_BUFFERED, so the first wait is the
+        // reconciler's: a short ack timeout would burn their attempts for nothing.
+        if self.registry.slave_is_compat(slave) {
+            Duration::from_millis(self.cfg.delivery.reconcile_interval_ms.into())
+        } else {
+            Duration::from_millis(self.cfg.delivery.ack_timeout_ms.into())
+        }
+    }
+
+    fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.delivery.reconcile_interval_ms.into())
+    }
+
+    fn set_deadline(&mut self, key: u64, at: Option<Instant>) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        let old = std::mem::replace(&mut d.deadline, at);
+        match at {
+            Some(at) => self.rearm(TimerKey::Delivery(key), old, at),
+            None => self.disarm(TimerKey::Delivery(key), old),
+        }
+    }
+
+    /// Builds the command for the slave as of now (ticket looked up at send time).
+    fn build_command(&self, d: &Delivery) -> Command {
+        let ticket = self
+            .tickets
+            .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
+            .copied()
+            .unwrap_or(0);
+        let body = match d.rec.kind {
+            IntentKind::Open => CommandBody::Execute {
+                symbol: d.rec.symbol.clone(),
+                side: d.rec.side,
+                volume: d.rec.volume,
+                price: d.rec.price,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+            },
+            IntentKind::Modify => CommandBody::Modify {
+                slave_ticket: ticket,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+            },
+            IntentKind::PartialClose => CommandBody::Close {
+                slave_ticket: ticket,
+                volume: d.rec.volume,
+            },
+            IntentKind::Close => CommandBody::Close {
+                slave_ticket: ticket,
+                volume: 0.0,
+            },
+        };
+        Command {
+            command_id: d.rec.command_id.clone(),
+            intent_id: d.rec.intent_id.clone(),
+            trade_id: d.rec.trade_id.clone(),
+            slave: d.rec.slave.clone(),
+            body,
+        }
+    }
+
+    /// Sends (or re-sends) the command, spending one attempt.
+    fn send_command(&mut self, now: Instant, key: u64) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        d.rec.attempts += 1;
+        d.state = DState::Inflight(d.stage);
+        let slave = d.rec.slave.clone();
+        let Some(agent) = self.registry.agent_for(&slave) else {
+            return;
+        };
+        let wait = if d.stage >= AckStage::AgentBuffered {
+            self.reconcile_interval()
+        } else {
+            self.ack_timeout(&slave)
+        };
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let cmd = self.build_command(d);
+        self.send(agent, CoreToAgent::Command(cmd));
+        self.set_deadline(key, Some(now + wait));
+    }
+
+    /// Decides the final state; it becomes Done only when the journal says it is durable.
+    fn finalize(
+        &mut self,
+        _now: Instant,
+        key: u64,
+        status: DeliveryStatus,
+        reason: Option<ErrorCode>,
+        ticket: Option<i64>,
+    ) {
+        self.set_deadline(key, None);
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        d.state = DState::Finalizing {
+            status,
+            reason,
+            ticket,
+            writes: 1,
+        };
+        if status == DeliveryStatus::Acked {
+            d.stage = AckStage::EaConfirmed;
+        }
+        let write = JournalWrite::FinishDelivery {
+            command_id: d.rec.command_id.clone(),
+            trade_id: d.rec.trade_id.clone(),
+            slave: d.rec.slave.clone(),
+            status,
+            stage: d.stage,
+            attempts: d.rec.attempts,
+            slave_ticket: ticket,
+            reason,
+        };
+        if status == DeliveryStatus::Failed {
+            let (intent_id, command_id) = (d.rec.intent_id.clone(), d.rec.command_id.clone());
+            self.metrics.delivery_failed_total += 1;
+            self.log(CoreLog::DeliveryFailed {
+                intent_id,
+                command_id: Some(command_id),
+                reason: reason.unwrap_or(ErrorCode::Internal),
+            });
+        }
+        self.journal_write(write, Some(PendingOp::Finish(key)));
+    }
+
+    fn attempt_failed(&mut self, now: Instant, key: u64, timeout: bool) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let (attempts, stage, cmd) = (d.rec.attempts, d.stage, d.rec.command_id.clone());
+        if attempts >= self.cfg.delivery.max_retries {
+            self.fire(DeliveryT::GiveUp.spec(), self.subject(key));
+            self.finalize(now, key, DeliveryStatus::Failed, Some(ErrorCode::MaxRetries), None);
+            return;
+        }
+        let (t, result, reason) = if timeout {
+            (DeliveryT::Timeout, "timeout", ErrorCode::MaxRetries)
+        } else {
+            (DeliveryT::RetryableFailure, "failed", ErrorCode::PipeUnavailable)
+        };
+        self.fire(t.spec(), self.subject(key));
+        *self
+            .metrics
+            .delivery_retry_total
+            .entry((stage, result))
+            .or_insert(0) += 1;
+        self.journal_write(
+            JournalWrite::RecordRetry {
+                command_id: cmd,
+                attempt: attempts,
+                stage,
+                reason,
+            },
+            None,
+        );
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.state = DState::Backoff;
+        }
+        let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), attempts);
+        self.set_deadline(key, Some(at));
+    }
+
+    pub(crate) fn on_command_ack(&mut self, now: Instant, a: CommandAck) {
+        let Some(&key) = self.by_command.get(&a.command_id) else {
+            self.metrics.late_or_unknown_total += 1;
+            self.fire(DeliveryT::Unknown.spec(), Subject::Command(a.command_id));
+            return;
+        };
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let (state, stage) = (d.state, d.stage);
+        let live = matches!(state, DState::Inflight(_) | DState::Backoff);
+        match a.result {
+            AckResult::Ok
+                if live && a.stage > stage && a.stage < AckStage::EaConfirmed =>
+            {
+                self.fire(DeliveryT::Progress.spec(), self.subject(key));
+                let cmd = a.command_id.clone();
+                let attempts = match self.deliveries.get_mut(&key) {
+                    Some(d) => {
+                        d.stage = a.stage;
+                        d.state = DState::Inflight(a.stage);
+                        d.rec.stage = a.stage;
+                        d.rec.attempts
+                    }
+                    None => return,
+                };
+                self.journal_write(
+                    JournalWrite::UpdateStage {
+                        command_id: cmd,
+                        stage: a.stage,
+                        attempts,
+                    },
+                    None,
+                );
+                let at = now + self.reconcile_interval();
+                self.set_deadline(key, Some(at));
+            }
+            AckResult::Failed if live => {
+                let err = a.error.unwrap_or(ErrorCode::EaRejected);
+                if err.is_retryable() {
+                    if matches!(state, DState::Inflight(_)) {
+                        self.attempt_failed(now, key, false);
+                    } else {
+                        self.fire(DeliveryT::Stale.spec(), self.subject(key));
+                    }
+                } else {
+                    self.fire(DeliveryT::Refused.spec(), self.subject(key));
+                    self.finalize(now, key, DeliveryStatus::Failed, Some(err), None);
+                }
+            }
+            _ => self.fire(DeliveryT::Stale.spec(), self.subject(key)),
+        }
+    }
+
+    pub(crate) fn on_execution_result(&mut self, now: Instant, r: ExecutionResult) {
+        let Some(&key) = self.by_command.get(&r.command_id) else {
+            self.metrics.late_or_unknown_total += 1;
+            self.fire(DeliveryT::Unknown.spec(), Subject::Command(r.command_id));
+            return;
+        };
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        if matches!(d.state, DState::Finalizing { .. }) || d.rec.slave != r.slave {
+            self.fire(DeliveryT::Stale.spec(), self.subject(key));
+            return;
+        }
+        match r.status {
+            BrokerStatus::Filled => {
+                self.fire(DeliveryT::Confirmed.spec(), self.subject(key));
+                self.finalize(now, key, DeliveryStatus::Acked, None, Some(r.slave_ticket));
+            }
+            BrokerStatus::Rejected => {
+                self.fire(DeliveryT::BrokerRejected.spec(), self.subject(key));
+                self.finalize(
+                    now,
+                    key,
+                    DeliveryStatus::Failed,
+                    Some(ErrorCode::BrokerRejected),
+                    None,
+                );
+            }
+        }
+    }
+
+    pub(crate) fn on_delivery_timer(&mut self, now: Instant, key: u64) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        d.deadline = None; // popped by handle_timeout
+        match d.state {
+            DState::Inflight(AckStage::CoreAccepted) => self.attempt_failed(now, key, true),
+            DState::Inflight(_) => {
+                self.fire(DeliveryT::Reconcile.spec(), self.subject(key));
+                self.metrics.reconcile_resends_total += 1;
+                self.send_command(now, key);
+            }
+            DState::Backoff => {
+                let slave = d.rec.slave.clone();
+                if self.registry.agent_for(&slave).is_some() {
+                    self.fire(DeliveryT::Retry.spec(), self.subject(key));
+                    self.send_command(now, key);
+                } else {
+                    self.fire(DeliveryT::RetryParked.spec(), self.subject(key));
+                    if let Some(d) = self.deliveries.get_mut(&key) {
+                        d.state = DState::Parked;
+                    }
+                }
+            }
+            DState::Finalizing { .. } => self.rewrite_finish(key),
+            DState::Blocked | DState::Parked => {}
+        }
+    }
+
+    fn rewrite_finish(&mut self, key: u64) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        let DState::Finalizing { status, reason, ticket, writes } = &mut d.state else {
+            return;
+        };
+        *writes += 1;
+        let write = JournalWrite::FinishDelivery {
+            command_id: d.rec.command_id.clone(),
+            trade_id: d.rec.trade_id.clone(),
+            slave: d.rec.slave.clone(),
+            status: *status,
+            stage: d.stage,
+            attempts: d.rec.attempts,
+            slave_ticket: *ticket,
+            reason: *reason,
+        };
+        self.fire(DeliveryT::FinishRewrite.spec(), self.subject(key));
+        self.journal_write(write, Some(PendingOp::Finish(key)));
+    }
+
+    pub(crate) fn on_finish_result(&mut self, now: Instant, key: u64, result: JournalResult) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let DState::Finalizing { status, reason, ticket, writes } = d.state else {
+            return;
+        };
+        if let JournalResult::Failed { .. } = result {
+            self.metrics.journal_failures_total += 1;
+            self.fire(DeliveryT::FinishRetry.spec(), self.subject(key));
+            let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), writes);
+            self.set_deadline(key, Some(at));
+            return;
+        }
+        self.fire(DeliveryT::Done.spec(), self.subject(key));
+        let Some(d) = self.deliveries.remove(&key) else {
+            return;
+        };
+        self.by_command.remove(&d.rec.command_id);
+        let pair = (d.rec.trade_id.clone(), d.rec.slave.clone());
+        if status == DeliveryStatus::Acked {
+            self.metrics.deliveries_acked_total += 1;
+            match d.rec.kind {
+                IntentKind::Open => {
+                    if let Some(t) = ticket {
+                        self.tickets.insert(pair, t);
+                    }
+                }
+                IntentKind::Close => {
+                    self.tickets.remove(&pair);
+                }
+                IntentKind::Modify | IntentKind::PartialClose => {}
+            }
+        }
+        let result = if status == DeliveryStatus::Acked {
+            AckResult::Ok
+        } else {
+            AckResult::Failed
+        };
+        self.report_to_master(&d.rec, d.stage, result, reason);
+        self.intent_delivery_finished(&d.rec.intent_id);
+        // Advance the chain: the next delivery of this (slave, trade) may go now.
+        let chain_key = (d.rec.slave.clone(), d.rec.trade_id.clone());
+        let next = match self.chains.get_mut(&chain_key) {
+            Some(chain) => {
+                if chain.front() == Some(&key) {
+                    chain.pop_front();
+                } else {
+                    chain.retain(|k| *k != key);
+                }
+                chain.front().copied()
+            }
+            None => None,
+        };
+        match next {
+            Some(n) => self.activate(now, n),
+            None => {
+                self.chains.remove(&chain_key);
+            }
+        }
+    }
+
+    /// The agent serving `slaves` went away: its live deliveries wait without spending attempts.
+    pub(crate) fn park_slaves(&mut self, slaves: &[AccountId]) {
+        for slave in slaves {
+            let heads: Vec<u64> = self
+                .chains
+                .range((slave.clone(), TradeId::new(""))..)
+                .take_while(|((s, _), _)| s == slave)
+                .filter_map(|(_, c)| c.front().copied())
+                .collect();
+            for key in heads {
+                let live = matches!(
+                    self.deliveries.get(&key).map(|d| d.state),
+                    Some(DState::Inflight(_) | DState::Backoff)
+                );
+                if live {
+                    self.fire(DeliveryT::Park.spec(), self.subject(key));
+                    self.set_deadline(key, None);
+                    if let Some(d) = self.deliveries.get_mut(&key) {
+                        d.state = DState::Parked;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The agent serving `slaves` is back: parked heads go out again.
+    pub(crate) fn unpark_slaves(&mut self, now: Instant, slaves: &[AccountId]) {
+        for slave in slaves {
+            let heads: Vec<u64> = self
+                .chains
+                .range((slave.clone(), TradeId::new(""))..)
+                .take_while(|((s, _), _)| s == slave)
+                .filter_map(|(_, c)| c.front().copied())
+                .collect();
+            for key in heads {
+                let parked = matches!(
+                    self.deliveries.get(&key).map(|d| d.state),
+                    Some(DState::Parked)
+                );
+                if parked {
+                    self.fire(DeliveryT::Unpark.spec(), self.subject(key));
+                    self.send_command(now, key);
+                }
+            }
+        }
+    }
+}

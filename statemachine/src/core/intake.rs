@@ -1,0 +1,448 @@
+//! Intent intake: dedupe, fan-out planning and journaling of one `TradeIntent`.
+//!
+//! An intent is acknowledged `CORE_ACCEPTED` only after the journal reported the intent and
+//! all its per-slave deliveries durable in one write. A retried intent (same id) is answered
+//! from memory while it is open or recently completed, and by the journal's own dedupe
+//! (`IntentExisted`) after that. Journal failures are retried with backoff up to
+//! `max_retries`; then the intent is refused with `JOURNAL_UNAVAILABLE` (the master still holds
+//! it), `core_delivery_failed` is logged and fan-out stops until the journal answers again.
+//! This module must never acknowledge an intent whose write has not been reported durable.
+
+use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite};
+use super::router::RouterT;
+use super::{Core, CoreLog, PendingOp, TimerKey};
+use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
+use crate::msg::{AckResult, AckStage, CoreToAgent, ErrorCode, Role, TradeIntent, TradeIntentAck};
+use crate::spec::{MachineSpec, Subject};
+use crate::time::{backoff, Instant};
+use crate::transitions;
+
+transitions! {
+    /// Intent intake transitions.
+    pub enum IntakeT ("core.intake") {
+        Admit = "T01": "New",
+            "TradeIntent admitted by core.router" => "Persisting";
+            "Journal AcceptIntent{intent, deliveries} (one write: intent + every slave copy)",
+        DupPersisting = "T02": "Persisting",
+            "the same intent_id again" => "Persisting";
+            "nothing: the ack follows the pending write",
+        DupAccepted = "T03": "Accepted | Completed (recent)",
+            "the same intent_id again" => "unchanged";
+            "TradeIntentAck{OK} again (CORE_ACCEPTED)",
+        Persisted = "T04": "Persisting",
+            "journal Ok(Done) for AcceptIntent" => "Accepted";
+            "TradeIntentAck{OK} (CORE_ACCEPTED); each delivery enters core.delivery",
+        Existed = "T05": "Persisting",
+            "journal Ok(IntentExisted{unfinished})" => "Accepted";
+            "TradeIntentAck{OK}; the journal's unfinished deliveries enter core.delivery",
+        PersistRetry = "T06": "Persisting",
+            "journal Failed{retryable}, attempts < max_retries" => "Persisting (backing off)";
+            "retry timer at retry_backoff_ms · 2^(attempt-1)",
+        RetryWrite = "T07": "Persisting (backing off)",
+            "retry timer" => "Persisting";
+            "Journal AcceptIntent again (same payload)",
+        PersistGaveUp = "T08": "Persisting",
+            "journal Failed, attempts = max_retries or not retryable" => "Refused";
+            "TradeIntentAck{FAILED, JOURNAL_UNAVAILABLE, retry_after_ms}; log core_delivery_failed; core.journal → Down",
+        JournalDown = "T09": "New",
+            "TradeIntent while core.journal is Down" => "Refused";
+            "TradeIntentAck{FAILED, JOURNAL_UNAVAILABLE, retry_after_ms} (fan-out stopped, nothing written)",
+        Invalid = "T10": "New",
+            "TradeIntent with empty ids, non-finite numbers or negative volume" => "Refused";
+            "TradeIntentAck{FAILED, INVALID_ARGUMENT}",
+        UnknownAccount = "T11": "New",
+            "TradeIntent for a master account the sending agent does not serve" => "Refused";
+            "TradeIntentAck{FAILED, UNKNOWN_ACCOUNT}",
+        Completed = "T12": "Accepted",
+            "its last delivery's final state journaled" => "Completed";
+            "forgotten; its id kept in the recent-dedupe window",
+        TradeBusy = "T13": "New",
+            "TradeIntent for a trade that has another intent Persisting" => "Refused";
+            "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms} (keeps per-trade order)",
+    }
+}
+
+pub const SPEC: MachineSpec = MachineSpec {
+    name: "core.intake",
+    summary: "One TradeIntent from arrival to CORE_ACCEPTED: dedupe, fan-out planning, journaling with retry, and the stop-fan-out rule of seed 001.",
+    states: &[
+        ("New", "not seen (or forgotten beyond the recent window; the journal still dedupes)"),
+        ("Persisting", "AcceptIntent written, result pending (or backing off after a failure)"),
+        ("Accepted", "durable with its deliveries; acknowledged CORE_ACCEPTED"),
+        ("Completed", "every delivery final and journaled; id in the recent window"),
+        ("Refused", "answered FAILED with a reason; nothing durable; the master retries if retryable"),
+    ],
+    invariants: &[
+        "TradeIntentAck{OK} is sent only for an intent whose AcceptIntent write was reported durable.",
+        "A trade has at most one intent Persisting, so per-trade order is the order of acceptance.",
+        "An intent id yields one set of deliveries, whatever the number of retries (journal dedupe).",
+        "While the journal is Down no intent is admitted: every one is refused with JOURNAL_UNAVAILABLE.",
+    ],
+    transitions: IntakeT::TABLE,
+};
+
+const DEFAULT_RECENT: usize = 4_096;
+
+pub(crate) enum IntentState {
+    Persisting {
+        intent: TradeIntent,
+        deliveries: Vec<DeliveryRecord>,
+        attempts: u32,
+        admitted_at: Instant,
+        retry_at: Option<Instant>,
+    },
+    Accepted {
+        open: u32,
+    },
+}
+
+pub(crate) struct IntentEntry {
+    pub trade_id: TradeId,
+    pub master: AccountId,
+    pub worker: u32,
+    pub reply_to: AgentId,
+    pub state: IntentState,
+}
+
+fn intent_is_valid(i: &TradeIntent) -> bool {
+    !i.intent_id.as_str().is_empty()
+        && !i.master.as_str().is_empty()
+        && !i.symbol.as_str().is_empty()
+        && i.volume.is_finite()
+        && i.volume >= 0.0
+        && i.price.is_finite()
+        && i.stop_loss.is_finite()
+        && i.take_profit.is_finite()
+}
+
+impl Core {
+    fn ack_intent(
+        &mut self,
+        agent: AgentId,
+        intent_id: IntentId,
+        trade_id: TradeId,
+        error: Option<ErrorCode>,
+    ) {
+        let (result, retry_after_ms) = match error {
+            None => (AckResult::Ok, 0),
+            Some(e) if e.is_retryable() => (AckResult::Failed, self.cfg.delivery.retry_backoff_ms),
+            Some(_) => (AckResult::Failed, 0),
+        };
+        if error.is_some() {
+            self.metrics.intents_rejected_total += 1;
+        }
+        self.send(
+            agent,
+            CoreToAgent::IntentAck(TradeIntentAck {
+                intent_id,
+                trade_id,
+                result,
+                error,
+                retry_after_ms,
+            }),
+        );
+    }
+
+    pub(crate) fn on_intent(&mut self, now: Instant, agent: &AgentId, i: TradeIntent) {
+        let subject = Subject::Intent(i.intent_id.clone());
+        if i.trade_id.is_empty() {
+            // No trade id: nothing to route by. Intents always need one.
+            self.fire(IntakeT::Invalid.spec(), subject);
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::InvalidArgument));
+            return;
+        }
+        if let Some(e) = self.intents.get(&i.intent_id) {
+            match e.state {
+                IntentState::Persisting { .. } => self.fire(IntakeT::DupPersisting.spec(), subject),
+                IntentState::Accepted { .. } => {
+                    self.fire(IntakeT::DupAccepted.spec(), subject);
+                    self.ack_intent(agent.clone(), i.intent_id, i.trade_id, None);
+                }
+            }
+            return;
+        }
+        if self.recent_set.contains(&i.intent_id) {
+            self.fire(IntakeT::DupAccepted.spec(), subject);
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, None);
+            return;
+        }
+        if !intent_is_valid(&i) {
+            self.fire(IntakeT::Invalid.spec(), subject);
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::InvalidArgument));
+            return;
+        }
+        if !self.registry.serves(agent, &i.master, Role::Master) {
+            self.fire(IntakeT::UnknownAccount.spec(), subject);
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::UnknownAccount));
+            return;
+        }
+        if self.journal.is_down() {
+            self.fire(IntakeT::JournalDown.spec(), subject);
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::JournalUnavailable),
+            );
+            return;
+        }
+        if self.persisting_trades.contains_key(&i.trade_id) {
+            self.fire(IntakeT::TradeBusy.spec(), subject);
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::BrokerBusy));
+            return;
+        }
+        let worker = self.router.worker_for(&i.trade_id);
+        if !self.router.try_admit(worker) {
+            self.fire(RouterT::RejectFull.spec(), Subject::Worker(worker));
+            self.metrics.router_rejections_total[worker as usize] += 1;
+            self.journal_write(
+                JournalWrite::RecordRejection {
+                    intent_id: i.intent_id.clone(),
+                    trade_id: i.trade_id.clone(),
+                    worker,
+                    reason: ErrorCode::BrokerBusy,
+                },
+                None,
+            );
+            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::BrokerBusy));
+            return;
+        }
+        self.fire(RouterT::Enqueue.spec(), Subject::Worker(worker));
+        self.fire(IntakeT::Admit.spec(), subject);
+        let deliveries = self.plan_deliveries(&i);
+        let write = JournalWrite::AcceptIntent {
+            intent: i.clone(),
+            deliveries: deliveries.clone(),
+        };
+        self.journal_write(write, Some(PendingOp::Accept(i.intent_id.clone())));
+        self.persisting_trades
+            .insert(i.trade_id.clone(), i.intent_id.clone());
+        self.intents.insert(
+            i.intent_id.clone(),
+            IntentEntry {
+                trade_id: i.trade_id.clone(),
+                master: i.master.clone(),
+                worker,
+                reply_to: agent.clone(),
+                state: IntentState::Persisting {
+                    intent: i,
+                    deliveries,
+                    attempts: 1,
+                    admitted_at: now,
+                    retry_at: None,
+                },
+            },
+        );
+    }
+
+    /// One delivery record per subscribed slave, as of now.
+    fn plan_deliveries(&self, i: &TradeIntent) -> Vec<DeliveryRecord> {
+        let Some(subs) = self.subs.get(&i.master) else {
+            return Vec::new();
+        };
+        subs.iter()
+            .map(|s| {
+                let mapped = s.map_symbol(&i.symbol);
+                let (status, reason) = match mapped {
+                    Some(_) => (DeliveryStatus::Inflight, None),
+                    None => (DeliveryStatus::Failed, Some(ErrorCode::SymbolNotMapped)),
+                };
+                DeliveryRecord {
+                    command_id: CommandId::for_delivery(&i.intent_id, &s.slave),
+                    intent_id: i.intent_id.clone(),
+                    trade_id: i.trade_id.clone(),
+                    master: i.master.clone(),
+                    slave: s.slave.clone(),
+                    kind: i.kind,
+                    symbol: mapped.unwrap_or_else(|| i.symbol.clone()),
+                    side: i.side,
+                    volume: i.volume * s.multiplier,
+                    price: i.price,
+                    stop_loss: i.stop_loss,
+                    take_profit: i.take_profit,
+                    master_seq: i.master_seq,
+                    status,
+                    stage: AckStage::CoreAccepted,
+                    attempts: 0,
+                    slave_ticket: None,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    fn release_admission(&mut self, now: Instant, worker: u32, admitted_at: Instant, ok: bool) {
+        self.router.release(worker);
+        self.fire(RouterT::Dequeue.spec(), Subject::Worker(worker));
+        if ok {
+            self.metrics.router_dispatch_total[worker as usize] += 1;
+            self.metrics.router_dispatch_duration_ns_sum += now.saturating_since(admitted_at).0;
+            self.metrics.router_dispatch_duration_count += 1;
+        }
+    }
+
+    pub(crate) fn on_accept_result(&mut self, now: Instant, id: IntentId, result: JournalResult) {
+        let Some(entry) = self.intents.get_mut(&id) else {
+            return;
+        };
+        let IntentState::Persisting { attempts, retry_at, .. } = &mut entry.state else {
+            return;
+        };
+        match result {
+            JournalResult::Failed { retryable } if retryable && *attempts < self.cfg.delivery.max_retries => {
+                let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), *attempts);
+                let old = retry_at.replace(at);
+                self.metrics.journal_failures_total += 1;
+                self.fire(IntakeT::PersistRetry.spec(), Subject::Intent(id.clone()));
+                self.rearm(TimerKey::IntentRetry(id), old, at);
+            }
+            JournalResult::Failed { .. } => {
+                self.metrics.journal_failures_total += 1;
+                let Some(entry) = self.intents.remove(&id) else {
+                    return;
+                };
+                let IntentState::Persisting { admitted_at, retry_at, .. } = entry.state else {
+                    return;
+                };
+                self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                self.persisting_trades.remove(&entry.trade_id);
+                self.fire(IntakeT::PersistGaveUp.spec(), Subject::Intent(id.clone()));
+                self.release_admission(now, entry.worker, admitted_at, false);
+                self.ack_intent(
+                    entry.reply_to,
+                    id.clone(),
+                    entry.trade_id,
+                    Some(ErrorCode::JournalUnavailable),
+                );
+                self.metrics.delivery_failed_total += 1;
+                self.log(CoreLog::DeliveryFailed {
+                    intent_id: id,
+                    command_id: None,
+                    reason: ErrorCode::JournalUnavailable,
+                });
+                self.journal_gave_up(now);
+            }
+            JournalResult::Ok(reply) => {
+                let Some(entry) = self.intents.get_mut(&id) else {
+                    return;
+                };
+                let state = std::mem::replace(&mut entry.state, IntentState::Accepted { open: 0 });
+                let IntentState::Persisting { deliveries, admitted_at, retry_at, .. } = state else {
+                    return;
+                };
+                let (worker, trade, master) =
+                    (entry.worker, entry.trade_id.clone(), entry.master.clone());
+                self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                self.persisting_trades.remove(&trade);
+                self.metrics.intents_accepted_total += 1;
+                let reply_to = self.registry.agent_for(&master).unwrap_or_else(|| {
+                    self.intents
+                        .get(&id)
+                        .map(|e| e.reply_to.clone())
+                        .unwrap_or_else(|| AgentId::new(""))
+                });
+                let records = match reply {
+                    JournalReply::Done => {
+                        self.fire(IntakeT::Persisted.spec(), Subject::Intent(id.clone()));
+                        deliveries
+                    }
+                    JournalReply::IntentExisted { unfinished } => {
+                        self.fire(IntakeT::Existed.spec(), Subject::Intent(id.clone()));
+                        unfinished
+                    }
+                };
+                self.release_admission(now, worker, admitted_at, true);
+                self.ack_intent(reply_to, id.clone(), trade, None);
+                let mut open = 0;
+                for rec in records {
+                    if rec.status == DeliveryStatus::Failed {
+                        self.failed_at_intake(rec);
+                    } else if rec.status == DeliveryStatus::Inflight
+                        && !self.by_command.contains_key(&rec.command_id)
+                    {
+                        open += 1;
+                        self.create_delivery(now, rec);
+                    }
+                }
+                if let Some(e) = self.intents.get_mut(&id) {
+                    if let IntentState::Accepted { open: o } = &mut e.state {
+                        *o += open;
+                    }
+                }
+                self.maybe_complete(&id);
+            }
+        }
+    }
+
+    pub(crate) fn on_intent_retry(&mut self, _now: Instant, id: IntentId) {
+        let Some(entry) = self.intents.get_mut(&id) else {
+            return;
+        };
+        let IntentState::Persisting { intent, deliveries, attempts, retry_at, .. } = &mut entry.state
+        else {
+            return;
+        };
+        *retry_at = None;
+        *attempts += 1;
+        let write = JournalWrite::AcceptIntent {
+            intent: intent.clone(),
+            deliveries: deliveries.clone(),
+        };
+        self.fire(IntakeT::RetryWrite.spec(), Subject::Intent(id.clone()));
+        self.journal_write(write, Some(PendingOp::Accept(id)));
+    }
+
+    /// A delivery of `id` reached a durable final state.
+    pub(crate) fn intent_delivery_finished(&mut self, id: &IntentId) {
+        if let Some(e) = self.intents.get_mut(id) {
+            if let IntentState::Accepted { open } = &mut e.state {
+                *open = open.saturating_sub(1);
+            }
+        }
+        self.maybe_complete(id);
+    }
+
+    fn maybe_complete(&mut self, id: &IntentId) {
+        let done = matches!(
+            self.intents.get(id).map(|e| &e.state),
+            Some(IntentState::Accepted { open: 0 })
+        );
+        if !done {
+            return;
+        }
+        self.intents.remove(id);
+        self.fire(IntakeT::Completed.spec(), Subject::Intent(id.clone()));
+        let cap = if self.cfg.recent_intents == 0 {
+            DEFAULT_RECENT
+        } else {
+            self.cfg.recent_intents
+        };
+        if self.recent_set.insert(id.clone()) {
+            self.recent.push_back(id.clone());
+        }
+        while self.recent.len() > cap {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    /// Registers intents for deliveries rebuilt from the journal (recovery), so retries of
+    /// them are re-acked and completion is tracked.
+    pub(crate) fn register_recovered_intent(&mut self, rec: &DeliveryRecord) {
+        let worker = self.router.worker_for(&rec.trade_id);
+        let entry = self
+            .intents
+            .entry(rec.intent_id.clone())
+            .or_insert_with(|| IntentEntry {
+                trade_id: rec.trade_id.clone(),
+                master: rec.master.clone(),
+                worker,
+                reply_to: AgentId::new(""),
+                state: IntentState::Accepted { open: 0 },
+            });
+        if let IntentState::Accepted { open } = &mut entry.state {
+            *open += 1;
+        }
+    }
+}

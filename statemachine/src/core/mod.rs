@@ -1,0 +1,398 @@
+//! The core: the server's machines, composed into one [`Core`] a driver owns.
+//!
+//! Sub-modules each own one concern and its transition table — `router` (trade → worker shard,
+//! bounded queues, BROKER_BUSY), `intake` (intent dedupe and journaling), `journal_health`
+//! (stop fan-out while the journal is down), `delivery` (one slave copy through its ack stages,
+//! retries, reconciler and per-trade order), `registry` (agents, heartbeats, config push). This
+//! file owns only the plumbing they share: the output queue, op ids, timers and metrics. It
+//! must never perform IO or read a clock.
+
+pub mod delivery;
+pub mod intake;
+pub mod journal;
+pub mod journal_health;
+pub mod registry;
+pub mod router;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
+use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
+use crate::msg::{AckStage, AgentToCore, CoreToAgent, ErrorCode};
+use crate::spec::{Fired, Subject, Transition};
+use crate::time::Instant;
+
+pub use journal::{
+    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite,
+    OpId,
+};
+
+/// Everything the core machine needs to start.
+#[derive(Clone, Debug, Default)]
+pub struct CoreConfig {
+    pub router: RouterConfig,
+    pub delivery: DeliveryConfig,
+    pub agent_delivery: AgentDeliveryConfig,
+    pub subscriptions: Vec<Subscription>,
+    /// Completed intent ids remembered for cheap re-acks; older ones are answered by the
+    /// journal's own dedupe (`IntentExisted`).
+    pub recent_intents: usize,
+}
+
+/// Notable events a driver logs (with the BRIEF's names) and counts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoreLog {
+    /// `core_delivery_failed`: an intent could not be journaled, or a delivery ended FAILED.
+    DeliveryFailed {
+        intent_id: IntentId,
+        command_id: Option<CommandId>,
+        reason: ErrorCode,
+    },
+    JournalDown,
+    JournalUp,
+    AgentOffline { agent: AgentId },
+    /// A message the protocol does not allow in the sender's state.
+    ProtocolViolation { agent: AgentId, what: &'static str },
+}
+
+/// One output for the driver to perform.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoreOutput {
+    /// A transition was taken; emitted before the outputs it caused.
+    Fired(Fired),
+    /// Send a message to an agent on its stream.
+    Send { agent: AgentId, msg: CoreToAgent },
+    /// Perform a journal write and report its result with `handle_journal_result(op, …)`.
+    Journal { op: OpId, write: JournalWrite },
+    Log(CoreLog),
+}
+
+/// Counters and gauges behind the BRIEF's metric names (the runtime exports them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CoreMetrics {
+    /// `echo_core_router_dispatch_total{worker_id,result="ok"}`: intents journaled per worker.
+    pub router_dispatch_total: Vec<u64>,
+    /// `echo_core_router_rejections_total{worker_id,reason}`: BROKER_BUSY per worker.
+    pub router_rejections_total: Vec<u64>,
+    /// `echo_core_router_dispatch_duration_ms`: admitted → journaled, sum and count (ns).
+    pub router_dispatch_duration_ns_sum: u64,
+    pub router_dispatch_duration_count: u64,
+    /// `echo_core_delivery_retry_total{stage,result}`.
+    pub delivery_retry_total: BTreeMap<(AckStage, &'static str), u64>,
+    /// `echo_core_delivery_compat_mode_total`.
+    pub compat_mode_total: u64,
+    /// `core_delivery_failed` occurrences: deliveries FAILED plus intents not journaled.
+    pub delivery_failed_total: u64,
+    pub deliveries_acked_total: u64,
+    pub intents_accepted_total: u64,
+    pub intents_rejected_total: u64,
+    pub journal_failures_total: u64,
+    pub reconcile_resends_total: u64,
+    pub late_or_unknown_total: u64,
+    pub protocol_violations_total: u64,
+}
+
+/// Timer owners. Each owner remembers its one armed deadline so re-arming removes the old
+/// entry: the timer set never grows with history.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerKey {
+    Delivery(u64),
+    IntentRetry(IntentId),
+    HeartbeatTick,
+    JournalProbe,
+}
+
+/// What an awaited journal op was for.
+#[derive(Clone, Debug)]
+pub(crate) enum PendingOp {
+    Accept(IntentId),
+    Finish(u64),
+    Probe,
+}
+
+/// The core state machine. See the module docs and SPEC.md.
+pub struct Core {
+    pub(crate) cfg: CoreConfig,
+    pub(crate) subs: BTreeMap<AccountId, Vec<Subscription>>,
+    pub(crate) config_version: u64,
+    pub(crate) out: VecDeque<CoreOutput>,
+    pub(crate) now: Instant,
+    next_op: u64,
+    pub(crate) ops: HashMap<OpId, PendingOp>,
+    pub(crate) timers: BTreeSet<(Instant, TimerKey)>,
+    pub(crate) router: router::Router,
+    pub(crate) intents: HashMap<IntentId, intake::IntentEntry>,
+    pub(crate) recent: VecDeque<IntentId>,
+    pub(crate) recent_set: HashSet<IntentId>,
+    pub(crate) persisting_trades: HashMap<TradeId, IntentId>,
+    pub(crate) deliveries: HashMap<u64, delivery::Delivery>,
+    pub(crate) by_command: HashMap<CommandId, u64>,
+    pub(crate) next_delivery: u64,
+    /// Per (slave, trade): the deliveries in master order; only the head is ever in flight.
+    pub(crate) chains: BTreeMap<(AccountId, TradeId), VecDeque<u64>>,
+    pub(crate) tickets: HashMap<(TradeId, AccountId), i64>,
+    pub(crate) registry: registry::Registry,
+    pub(crate) journal: journal_health::JournalHealth,
+    pub(crate) metrics: CoreMetrics,
+}
+
+impl Core {
+    /// A core with an empty journal.
+    pub fn new(cfg: CoreConfig) -> Self {
+        let workers = cfg.router.worker_pool_size as usize;
+        let mut subs: BTreeMap<AccountId, Vec<Subscription>> = BTreeMap::new();
+        for s in &cfg.subscriptions {
+            subs.entry(s.master.clone()).or_default().push(s.clone());
+        }
+        let metrics = CoreMetrics {
+            router_dispatch_total: vec![0; workers],
+            router_rejections_total: vec![0; workers],
+            ..CoreMetrics::default()
+        };
+        let mut timers = BTreeSet::new();
+        // The driver's epoch is its own; if it is far from zero the first tick simply fires
+        // at once and re-arms from then on.
+        let first_tick = Instant::ZERO
+            + crate::time::Duration::from_millis(cfg.delivery.heartbeat_interval_ms.into());
+        timers.insert((first_tick, TimerKey::HeartbeatTick));
+        Core {
+            router: router::Router::new(cfg.router),
+            cfg,
+            subs,
+            config_version: 1,
+            out: VecDeque::new(),
+            now: Instant::ZERO,
+            next_op: 1,
+            ops: HashMap::new(),
+            timers,
+            intents: HashMap::new(),
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+            persisting_trades: HashMap::new(),
+            deliveries: HashMap::new(),
+            by_command: HashMap::new(),
+            next_delivery: 1,
+            chains: BTreeMap::new(),
+            tickets: HashMap::new(),
+            registry: registry::Registry::default(),
+            journal: journal_health::JournalHealth::Up,
+            metrics,
+        }
+    }
+
+    /// Rebuilds a core after a crash from what the journal made durable, and nothing else:
+    /// every unfinished delivery is waiting again (its agent must say hello first), open
+    /// positions keep their slave tickets so later modifies and closes find them.
+    pub fn recover(cfg: CoreConfig, durable: CoreDurableState, now: Instant) -> Self {
+        let mut core = Core::new(cfg);
+        core.now = now;
+        for (trade, slave, ticket) in durable.open_tickets {
+            core.tickets.insert((trade, slave), ticket);
+        }
+        let mut unfinished = durable.unfinished;
+        // Master order per trade is master_seq; command id breaks ties deterministically.
+        unfinished.sort_by(|a, b| {
+            (&a.slave, &a.trade_id, a.master_seq, &a.command_id).cmp(&(
+                &b.slave,
+                &b.trade_id,
+                b.master_seq,
+                &b.command_id,
+            ))
+        });
+        core.adopt_deliveries(unfinished, now);
+        core
+    }
+
+    // ---- driver API -------------------------------------------------------------------
+
+    /// A message arrived from `agent` on its stream (already authenticated by the runtime).
+    pub fn handle_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
+        self.now = now;
+        match msg {
+            AgentToCore::Hello(h) => self.on_hello(now, agent, h),
+            other => {
+                if !self.registry.touch(agent, now) {
+                    self.on_unregistered(agent, &other);
+                    return;
+                }
+                match other {
+                    AgentToCore::Intent(i) => self.on_intent(now, agent, i),
+                    AgentToCore::CommandAck(a) => self.on_command_ack(now, a),
+                    AgentToCore::ExecutionResult(r) => self.on_execution_result(now, r),
+                    AgentToCore::Heartbeat => self.on_agent_heartbeat(agent),
+                    AgentToCore::Hello(_) => {}
+                }
+            }
+        }
+    }
+
+    /// The agent's stream ended.
+    pub fn handle_agent_disconnected(&mut self, now: Instant, agent: &AgentId) {
+        self.now = now;
+        self.on_disconnected(now, agent);
+    }
+
+    /// The result of journal write `op`.
+    pub fn handle_journal_result(&mut self, now: Instant, op: OpId, result: JournalResult) {
+        self.now = now;
+        let ok = matches!(result, JournalResult::Ok(_));
+        if ok {
+            self.journal_succeeded(now);
+        }
+        let Some(pending) = self.ops.remove(&op) else {
+            return; // best-effort writes are not tracked
+        };
+        match pending {
+            PendingOp::Accept(intent) => self.on_accept_result(now, intent, result),
+            PendingOp::Finish(key) => self.on_finish_result(now, key, result),
+            PendingOp::Probe => self.on_probe_result(now, ok),
+        }
+    }
+
+    /// Live delivery config change (etcd watch / TOML reload), already validated.
+    pub fn handle_delivery_config(
+        &mut self,
+        now: Instant,
+        core: DeliveryConfig,
+        agent: AgentDeliveryConfig,
+    ) {
+        self.now = now;
+        self.on_config(now, core, agent);
+    }
+
+    /// Replaces the subscriptions; intents accepted from now on fan out over the new set.
+    pub fn handle_subscriptions(&mut self, now: Instant, subs: Vec<Subscription>) {
+        self.now = now;
+        self.on_subscriptions(subs);
+    }
+
+    /// Processes every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, key)) = self.timers.pop_first() else {
+                break;
+            };
+            match key {
+                TimerKey::Delivery(k) => self.on_delivery_timer(now, k),
+                TimerKey::IntentRetry(id) => self.on_intent_retry(now, id),
+                TimerKey::HeartbeatTick => self.on_heartbeat_tick(now),
+                TimerKey::JournalProbe => self.on_probe_timer(now),
+            }
+        }
+    }
+
+    /// Next output, until `None`.
+    pub fn poll(&mut self) -> Option<CoreOutput> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline the driver must call `handle_timeout` at.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.metrics
+    }
+
+    /// `echo_core_router_queue_depth{worker_id}`.
+    pub fn queue_depths(&self) -> &[u32] {
+        self.router.depths()
+    }
+
+    pub fn router_config(&self) -> RouterConfig {
+        self.cfg.router
+    }
+
+    pub fn delivery_config(&self) -> DeliveryConfig {
+        self.cfg.delivery
+    }
+
+    /// Deliveries held in memory (unfinished, or finishing).
+    pub fn open_deliveries(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// Intents held in memory (persisting or with unfinished deliveries).
+    pub fn open_intents(&self) -> usize {
+        self.intents.len()
+    }
+
+    /// Armed timers (bounded by open intents + deliveries + 2).
+    pub fn armed_timers(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// A read-only view of one delivery, for checkers and operators.
+    pub fn delivery_view(&self, command: &CommandId) -> Option<delivery::DeliveryView> {
+        let key = self.by_command.get(command)?;
+        self.deliveries.get(key).map(|d| d.view())
+    }
+
+    /// Every in-memory delivery, in creation order (deterministic).
+    pub fn delivery_views(&self) -> Vec<delivery::DeliveryView> {
+        let mut keys: Vec<&u64> = self.deliveries.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|k| self.deliveries.get(k).map(|d| d.view()))
+            .collect()
+    }
+
+    pub fn agent_online(&self, agent: &AgentId) -> bool {
+        self.registry.is_online(agent)
+    }
+
+    // ---- shared plumbing --------------------------------------------------------------
+
+    pub(crate) fn fire(&mut self, t: &'static Transition, subject: Subject) {
+        self.out.push_back(CoreOutput::Fired(Fired {
+            transition: t,
+            subject,
+        }));
+    }
+
+    pub(crate) fn send(&mut self, agent: AgentId, msg: CoreToAgent) {
+        self.out.push_back(CoreOutput::Send { agent, msg });
+    }
+
+    pub(crate) fn log(&mut self, l: CoreLog) {
+        self.out.push_back(CoreOutput::Log(l));
+    }
+
+    /// Emits a journal write; `awaited` ops are remembered so their result routes back.
+    pub(crate) fn journal_write(&mut self, write: JournalWrite, pending: Option<PendingOp>) -> OpId {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        if let Some(p) = pending {
+            self.ops.insert(op, p);
+        }
+        self.out.push_back(CoreOutput::Journal { op, write });
+        op
+    }
+
+    /// Arms `key` at `at`, replacing its previous deadline `old` if it had one.
+    pub(crate) fn rearm(&mut self, key: TimerKey, old: Option<Instant>, at: Instant) {
+        if let Some(o) = old {
+            self.timers.remove(&(o, key.clone()));
+        }
+        self.timers.insert((at, key));
+    }
+
+    pub(crate) fn arm(&mut self, key: TimerKey, at: Instant) {
+        self.timers.insert((at, key));
+    }
+
+    pub(crate) fn disarm(&mut self, key: TimerKey, old: Option<Instant>) {
+        if let Some(o) = old {
+            self.timers.remove(&(o, key));
+        }
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> crate::time::Duration {
+        crate::time::Duration::from_millis(self.cfg.delivery.heartbeat_interval_ms.into())
+    }
+}

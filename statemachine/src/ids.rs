@@ -1,0 +1,159 @@
+//! Identifiers of the trading domain.
+//!
+//! Every id is an immutable, cheaply cloned string (`Arc<str>`), so machines can keep them in
+//! several indexes without copying bytes. `TradeId` is the one with a rule: it is normalised to
+//! lower case when built, so `ABC-1` and `abc-1` are one trade everywhere (routing, ordering,
+//! ticket correlation). This module must never hash with a per-process random seed: `stable_hash`
+//! is the only hash whose value reaches a decision.
+
+use std::fmt;
+use std::sync::Arc;
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn new(s: impl AsRef<str>) -> Self {
+                $name(Arc::from(s.as_ref()))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name::new(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// One intent emitted by a master EA; unique per master and the key of intent dedupe.
+    IntentId
+);
+string_id!(
+    /// One per-slave command. Derived deterministically from intent and slave, so a retried
+    /// delivery carries the same id and the slave can refuse to execute it twice.
+    CommandId
+);
+string_id!(
+    /// A trading account (master or slave) on a broker.
+    AccountId
+);
+string_id!(
+    /// One agent process (one trading host).
+    AgentId
+);
+string_id!(
+    /// A broker symbol such as `EURUSD` or `EURUSD.m`.
+    Symbol
+);
+
+/// The master's position identity, normalised to lower case at construction.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TradeId(Arc<str>);
+
+impl TradeId {
+    /// Builds a trade id, lower-casing it so every spelling of one trade is one key.
+    pub fn new(raw: impl AsRef<str>) -> Self {
+        let raw = raw.as_ref();
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) || !raw.is_ascii() {
+            TradeId(Arc::from(raw.to_lowercase().as_str()))
+        } else {
+            TradeId(Arc::from(raw))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The empty trade id marks messages that take the control path.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for TradeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TradeId({:?})", &*self.0)
+    }
+}
+
+impl fmt::Display for TradeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for TradeId {
+    fn from(s: &str) -> Self {
+        TradeId::new(s)
+    }
+}
+
+impl CommandId {
+    /// The command id of one (intent, slave) delivery: stable across retries, crashes and
+    /// recoveries because it is a pure function of its two parts.
+    pub fn for_delivery(intent: &IntentId, slave: &AccountId) -> Self {
+        let mut s = String::with_capacity(intent.as_str().len() + slave.as_str().len() + 1);
+        s.push_str(intent.as_str());
+        s.push('@');
+        s.push_str(slave.as_str());
+        CommandId(Arc::from(s.as_str()))
+    }
+}
+
+/// FNV-1a, 64 bit: portable, seedless and stable across processes, releases and platforms —
+/// the properties routing by `trade_id` needs (std's `DefaultHasher` promises none of them).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trade_id_is_case_insensitive() {
+        assert_eq!(TradeId::new("ABC-1"), TradeId::new("abc-1"));
+        assert_eq!(TradeId::new("ÄBC").as_str(), "äbc");
+        assert_eq!(TradeId::new("x").as_str(), "x");
+    }
+
+    #[test]
+    fn stable_hash_matches_reference_vectors() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(stable_hash(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn command_id_is_deterministic() {
+        let a = CommandId::for_delivery(&IntentId::new("i1"), &AccountId::new("s1"));
+        let b = CommandId::for_delivery(&IntentId::new("i1"), &AccountId::new("s1"));
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), "i1@s1");
+    }
+}

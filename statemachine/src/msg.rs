@@ -1,0 +1,317 @@
+//! The messages machines exchange, as plain Rust values.
+//!
+//! These mirror the `echo.v1` wire contract (crate `echo-proto`) without depending on it: the
+//! runtime converts at the edge, so this crate stays free of codecs and IO. This module owns the
+//! vocabulary (stages, results, error codes, commands); it must never hold behaviour beyond
+//! small, pure helpers.
+
+use crate::config::{AgentDeliveryConfig, DeliveryConfig};
+use crate::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
+
+/// Current protocol version spoken by lossless peers.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IntentKind {
+    Open,
+    Modify,
+    PartialClose,
+    Close,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Master,
+    Slave,
+}
+
+/// What a master EA saw happen to one of its positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TradeIntent {
+    pub intent_id: IntentId,
+    pub trade_id: TradeId,
+    pub master: AccountId,
+    pub kind: IntentKind,
+    pub symbol: Symbol,
+    pub side: Side,
+    /// Lots: the opened volume, or the closed volume for a partial close.
+    pub volume: f64,
+    pub price: f64,
+    pub stop_loss: f64,
+    pub take_profit: f64,
+    pub master_ticket: i64,
+    /// Per-master sequence number, increasing in emission order.
+    pub master_seq: u64,
+    pub emitted_at_ms: i64,
+}
+
+/// Ack stages, in the only order a delivery may move through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AckStage {
+    CoreAccepted,
+    AgentBuffered,
+    PipeDelivered,
+    EaConfirmed,
+}
+
+impl AckStage {
+    pub fn name(self) -> &'static str {
+        match self {
+            AckStage::CoreAccepted => "CORE_ACCEPTED",
+            AckStage::AgentBuffered => "AGENT_BUFFERED",
+            AckStage::PipeDelivered => "PIPE_DELIVERED",
+            AckStage::EaConfirmed => "EA_CONFIRMED",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AckResult {
+    Pending,
+    Ok,
+    Failed,
+}
+
+/// The closed set of reasons Echo answers with. Mirrors `echo.v1.ErrorCode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorCode {
+    /// A worker queue is full: the master must retry later.
+    BrokerBusy,
+    InvalidArgument,
+    Unauthenticated,
+    UnknownAccount,
+    /// The journal stayed down past `max_retries`: nothing was accepted, retry later.
+    JournalUnavailable,
+    SymbolNotMapped,
+    MaxRetries,
+    BrokerRejected,
+    EaRejected,
+    /// A modify or close found no slave position (its open failed or never executed).
+    NoPosition,
+    Duplicate,
+    ProtocolViolation,
+    /// The agent could not deliver to the pipe within its retries (retryable at the core).
+    PipeUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BrokerBusy => "ERROR_CODE_BROKER_BUSY",
+            ErrorCode::InvalidArgument => "ERROR_CODE_INVALID_ARGUMENT",
+            ErrorCode::Unauthenticated => "ERROR_CODE_UNAUTHENTICATED",
+            ErrorCode::UnknownAccount => "ERROR_CODE_UNKNOWN_ACCOUNT",
+            ErrorCode::JournalUnavailable => "ERROR_CODE_JOURNAL_UNAVAILABLE",
+            ErrorCode::SymbolNotMapped => "ERROR_CODE_SYMBOL_NOT_MAPPED",
+            ErrorCode::MaxRetries => "ERROR_CODE_MAX_RETRIES",
+            ErrorCode::BrokerRejected => "ERROR_CODE_BROKER_REJECTED",
+            ErrorCode::EaRejected => "ERROR_CODE_EA_REJECTED",
+            ErrorCode::NoPosition => "ERROR_CODE_NO_POSITION",
+            ErrorCode::Duplicate => "ERROR_CODE_DUPLICATE",
+            ErrorCode::ProtocolViolation => "ERROR_CODE_PROTOCOL_VIOLATION",
+            ErrorCode::PipeUnavailable => "ERROR_CODE_PIPE_UNAVAILABLE",
+            ErrorCode::Internal => "ERROR_CODE_INTERNAL",
+        }
+    }
+
+    /// Whether the sender should try again (same id) after a pause.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::BrokerBusy | ErrorCode::JournalUnavailable | ErrorCode::PipeUnavailable
+        )
+    }
+}
+
+/// The core's answer to one `TradeIntent`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TradeIntentAck {
+    pub intent_id: IntentId,
+    pub trade_id: TradeId,
+    /// `Ok` means CORE_ACCEPTED: the intent and its deliveries are durable in the journal.
+    pub result: AckResult,
+    pub error: Option<ErrorCode>,
+    pub retry_after_ms: u32,
+}
+
+/// What a slave must do, built by the core when the delivery is dispatched.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandBody {
+    Execute {
+        symbol: Symbol,
+        side: Side,
+        volume: f64,
+        price: f64,
+        stop_loss: f64,
+        take_profit: f64,
+    },
+    Modify {
+        slave_ticket: i64,
+        stop_loss: f64,
+        take_profit: f64,
+    },
+    /// `volume == 0.0` closes the whole position.
+    Close { slave_ticket: i64, volume: f64 },
+}
+
+/// One per-slave command (`ExecuteOrder` / `ModifyOrder` / `CloseOrder` on the wire).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub command_id: CommandId,
+    pub intent_id: IntentId,
+    pub trade_id: TradeId,
+    pub slave: AccountId,
+    pub body: CommandBody,
+}
+
+/// Progress of one command, reported by the slave's agent to the core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandAck {
+    pub command_id: CommandId,
+    pub trade_id: TradeId,
+    pub slave: AccountId,
+    pub stage: AckStage,
+    pub result: AckResult,
+    pub error: Option<ErrorCode>,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PipeStatus {
+    /// The EA has the command durably and will execute it (or already did).
+    Ok,
+    /// The EA cannot take it now (not ready, busy): write it again later.
+    Retry,
+    /// The EA refuses it for good (malformed, unknown account).
+    Failed,
+}
+
+/// The slave EA's answer to a command written on its pipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipeDeliveryAck {
+    pub command_id: CommandId,
+    pub status: PipeStatus,
+    pub reason: Option<ErrorCode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BrokerStatus {
+    Filled,
+    Rejected,
+}
+
+/// The slave EA's report of what its broker did with one command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionResult {
+    pub command_id: CommandId,
+    pub trade_id: TradeId,
+    pub slave: AccountId,
+    /// The slave's own position ticket: later modify/close commands address it.
+    pub slave_ticket: i64,
+    pub fill_price: f64,
+    pub filled_volume: f64,
+    pub status: BrokerStatus,
+}
+
+/// The live delivery configuration, pushed core → agent → master EA.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeliveryHeartbeat {
+    pub core: DeliveryConfig,
+    pub agent: AgentDeliveryConfig,
+    pub config_version: u64,
+}
+
+/// An agent's introduction on a new stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentHello {
+    pub agent_id: AgentId,
+    pub protocol_version: u32,
+    pub supports_lossless_delivery: bool,
+    pub accounts: Vec<(AccountId, Role)>,
+}
+
+/// The core's answer to `AgentHello`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoreHello {
+    pub protocol_version: u32,
+    pub accepted: bool,
+    pub compat_mode: bool,
+    pub reason: Option<ErrorCode>,
+    pub delivery: DeliveryHeartbeat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MarketDataKind {
+    /// A price update: may be coalesced, latest wins per symbol.
+    Tick,
+    /// Trading halted / resumed, session open / close: critical, never dropped.
+    SessionEvent,
+}
+
+impl MarketDataKind {
+    pub fn is_critical(self) -> bool {
+        !matches!(self, MarketDataKind::Tick)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarketData {
+    pub symbol: Symbol,
+    pub bid: f64,
+    pub ask: f64,
+    pub kind: MarketDataKind,
+    pub routing_version: u64,
+    pub seq: u64,
+}
+
+/// Everything an agent sends the core.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentToCore {
+    Hello(AgentHello),
+    Intent(TradeIntent),
+    CommandAck(CommandAck),
+    ExecutionResult(ExecutionResult),
+    Heartbeat,
+}
+
+/// Everything the core sends an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoreToAgent {
+    Hello(CoreHello),
+    IntentAck(TradeIntentAck),
+    Command(Command),
+    Heartbeat(DeliveryHeartbeat),
+    /// Final outcome of one delivery, reported to the master's agent (informational).
+    DeliveryReport(CommandAck),
+}
+
+/// Everything an EA writes on its local pipe to the agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EaToAgent {
+    /// Master EA: one intent from its IntentQueue (sent again on every retry, same id).
+    Intent(TradeIntent),
+    /// Slave EA: its answer to a command written on the pipe.
+    PipeAck(PipeDeliveryAck),
+    /// Slave EA: what the broker did (sent again whenever the command is re-delivered).
+    Execution(ExecutionResult),
+}
+
+/// Everything the agent writes on an EA's local pipe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentToEa {
+    /// Sent first on every (re)opened pipe; a slave EA executes nothing before it.
+    Handshake { account: AccountId, protocol_version: u32 },
+    /// To a master EA: the core's answer to one of its intents.
+    IntentAck(TradeIntentAck),
+    /// To a slave EA: a command to execute at most once.
+    Command(Command),
+    /// To a master EA: the live retry settings for its IntentQueue.
+    DeliveryConfig(AgentDeliveryConfig),
+}
