@@ -209,7 +209,10 @@ impl Core {
     pub fn handle_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
         self.now = now;
         match msg {
-            AgentToCore::Hello(h) => self.on_hello(now, agent, h),
+            AgentToCore::Hello(h) => {
+                self.fire(router::RouterT::Control.spec(), Subject::Agent(agent.clone()));
+                self.on_hello(now, agent, h)
+            }
             other => {
                 if !self.registry.touch(agent, now) {
                     self.on_unregistered(agent, &other);
@@ -219,7 +222,10 @@ impl Core {
                     AgentToCore::Intent(i) => self.on_intent(now, agent, i),
                     AgentToCore::CommandAck(a) => self.on_command_ack(now, a),
                     AgentToCore::ExecutionResult(r) => self.on_execution_result(now, r),
-                    AgentToCore::Heartbeat => self.on_agent_heartbeat(agent),
+                    AgentToCore::Heartbeat => {
+                        self.fire(router::RouterT::Control.spec(), Subject::Agent(agent.clone()));
+                        self.on_agent_heartbeat(agent)
+                    }
                     AgentToCore::Hello(_) => {}
                 }
             }

@@ -25,7 +25,7 @@ transitions! {
             "TradeIntent with a trade_id" => "depth(w) unchanged";
             "TradeIntentAck{FAILED, ERROR_CODE_BROKER_BUSY, retry_after_ms}; RecordRejection write; rejections_total{worker_id,reason=queue_full}++",
         Control = "T03": "any",
-            "message without trade_id (hello, heartbeat, CommandAck, ExecutionResult)" => "unchanged";
+            "AgentHello or Heartbeat (no trade_id)" => "unchanged";
             "handled on the control path, outside the worker pool",
         Dequeue = "T04": "worker w with an intent admitted",
             "that intent journaled, or refused after admission" => "depth(w) - 1";
