@@ -12,8 +12,18 @@ use std::sync::Arc;
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, PartialOrd, Ord, Hash)]
         pub struct $name(Arc<str>);
+
+        impl PartialEq for $name {
+            #[inline]
+            fn eq(&self, other: &Self) -> bool {
+                // Ids are cloned far more than they are built: one pointer compare settles most.
+                Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+            }
+        }
+
+        impl Eq for $name {}
 
         impl $name {
             pub fn new(s: impl AsRef<str>) -> Self {
@@ -67,8 +77,17 @@ string_id!(
 );
 
 /// The master's position identity, normalised to lower case at construction.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialOrd, Ord, Hash)]
 pub struct TradeId(Arc<str>);
+
+impl PartialEq for TradeId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for TradeId {}
 
 impl TradeId {
     /// Builds a trade id, lower-casing it so every spelling of one trade is one key.
@@ -157,3 +176,65 @@ mod tests {
         assert_eq!(a.as_str(), "i1@s1");
     }
 }
+
+/// A fast, seedless hasher for the machines' lookup tables (the Fx mix used inside rustc).
+///
+/// Those tables are never iterated, so the hash never reaches an output; what matters is the
+/// cost per lookup on the hot path, which SipHash dominated. Keys come from authenticated
+/// agents only, which is why flooding resistance is not bought here.
+#[derive(Clone, Copy, Default)]
+pub struct FastHasher(u64);
+
+const FX_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl FastHasher {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `BuildHasher` for [`FastHasher`].
+pub type BuildFast = std::hash::BuildHasherDefault<FastHasher>;
+/// A lookup-only hash map (never iterate it where order could reach an output).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, BuildFast>;
+/// A lookup-only hash set.
+pub type FastSet<K> = std::collections::HashSet<K, BuildFast>;

@@ -33,6 +33,7 @@ pub mod ids;
 pub mod marketdata;
 pub mod msg;
 pub mod spec;
+pub mod telemetry;
 pub mod time;
 
 pub use time::{Duration, Instant};

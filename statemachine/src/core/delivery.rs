@@ -648,26 +648,31 @@ impl Core {
         }
     }
 
+    /// Chain heads whose slave is one of `slaves`, in creation order (deterministic even
+    /// though the chain index is a hash map: keys are sorted before use).
+    fn heads_of(&self, slaves: &[AccountId]) -> Vec<u64> {
+        let mut heads: Vec<u64> = self
+            .chains
+            .iter()
+            .filter(|((s, _), _)| slaves.contains(s))
+            .filter_map(|(_, c)| c.front().copied())
+            .collect();
+        heads.sort_unstable();
+        heads
+    }
+
     /// The agent serving `slaves` went away: its live deliveries wait without spending attempts.
     pub(crate) fn park_slaves(&mut self, slaves: &[AccountId]) {
-        for slave in slaves {
-            let heads: Vec<u64> = self
-                .chains
-                .range((slave.clone(), TradeId::new(""))..)
-                .take_while(|((s, _), _)| s == slave)
-                .filter_map(|(_, c)| c.front().copied())
-                .collect();
-            for key in heads {
-                let live = matches!(
-                    self.deliveries.get(&key).map(|d| d.state),
-                    Some(DState::Inflight(_) | DState::Backoff)
-                );
-                if live {
-                    self.fire(DeliveryT::Park.spec(), self.subject(key));
-                    self.set_deadline(key, None);
-                    if let Some(d) = self.deliveries.get_mut(&key) {
-                        d.state = DState::Parked;
-                    }
+        for key in self.heads_of(slaves) {
+            let live = matches!(
+                self.deliveries.get(&key).map(|d| d.state),
+                Some(DState::Inflight(_) | DState::Backoff)
+            );
+            if live {
+                self.fire(DeliveryT::Park.spec(), self.subject(key));
+                self.set_deadline(key, None);
+                if let Some(d) = self.deliveries.get_mut(&key) {
+                    d.state = DState::Parked;
                 }
             }
         }
@@ -675,22 +680,14 @@ impl Core {
 
     /// The agent serving `slaves` is back: parked heads go out again.
     pub(crate) fn unpark_slaves(&mut self, now: Instant, slaves: &[AccountId]) {
-        for slave in slaves {
-            let heads: Vec<u64> = self
-                .chains
-                .range((slave.clone(), TradeId::new(""))..)
-                .take_while(|((s, _), _)| s == slave)
-                .filter_map(|(_, c)| c.front().copied())
-                .collect();
-            for key in heads {
-                let parked = matches!(
-                    self.deliveries.get(&key).map(|d| d.state),
-                    Some(DState::Parked)
-                );
-                if parked {
-                    self.fire(DeliveryT::Unpark.spec(), self.subject(key));
-                    self.send_command(now, key);
-                }
+        for key in self.heads_of(slaves) {
+            let parked = matches!(
+                self.deliveries.get(&key).map(|d| d.state),
+                Some(DState::Parked)
+            );
+            if parked {
+                self.fire(DeliveryT::Unpark.spec(), self.subject(key));
+                self.send_command(now, key);
             }
         }
     }

@@ -14,10 +14,10 @@ pub mod journal_health;
 pub mod registry;
 pub mod router;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
-use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
+use crate::ids::{AccountId, AgentId, CommandId, FastMap, FastSet, IntentId, TradeId};
 use crate::msg::{AckStage, AgentToCore, CoreToAgent, ErrorCode};
 use crate::spec::{Fired, Subject, Transition};
 use crate::time::Instant;
@@ -118,22 +118,25 @@ pub struct Core {
     pub(crate) out: VecDeque<CoreOutput>,
     pub(crate) now: Instant,
     next_op: u64,
-    pub(crate) ops: HashMap<OpId, PendingOp>,
+    pub(crate) ops: FastMap<OpId, PendingOp>,
     pub(crate) timers: BTreeSet<(Instant, TimerKey)>,
     pub(crate) router: router::Router,
-    pub(crate) intents: HashMap<IntentId, intake::IntentEntry>,
+    pub(crate) intents: FastMap<IntentId, intake::IntentEntry>,
     pub(crate) recent: VecDeque<IntentId>,
-    pub(crate) recent_set: HashSet<IntentId>,
-    pub(crate) persisting_trades: HashMap<TradeId, IntentId>,
-    pub(crate) deliveries: HashMap<u64, delivery::Delivery>,
-    pub(crate) by_command: HashMap<CommandId, u64>,
+    pub(crate) recent_set: FastSet<IntentId>,
+    pub(crate) persisting_trades: FastMap<TradeId, IntentId>,
+    pub(crate) deliveries: FastMap<u64, delivery::Delivery>,
+    pub(crate) by_command: FastMap<CommandId, u64>,
     pub(crate) next_delivery: u64,
     /// Per (slave, trade): the deliveries in master order; only the head is ever in flight.
-    pub(crate) chains: BTreeMap<(AccountId, TradeId), VecDeque<u64>>,
-    pub(crate) tickets: HashMap<(TradeId, AccountId), i64>,
+    pub(crate) chains: FastMap<(AccountId, TradeId), VecDeque<u64>>,
+    pub(crate) tickets: FastMap<(TradeId, AccountId), i64>,
     pub(crate) registry: registry::Registry,
     pub(crate) journal: journal_health::JournalHealth,
     pub(crate) metrics: CoreMetrics,
+    /// Whether `Fired` outputs are emitted (on by default; drivers that neither log nor
+    /// trace transitions may turn it off — decisions never depend on it).
+    trace: bool,
 }
 
 impl Core {
@@ -163,21 +166,27 @@ impl Core {
             out: VecDeque::new(),
             now: Instant::ZERO,
             next_op: 1,
-            ops: HashMap::new(),
+            ops: FastMap::default(),
             timers,
-            intents: HashMap::new(),
+            intents: FastMap::default(),
             recent: VecDeque::new(),
-            recent_set: HashSet::new(),
-            persisting_trades: HashMap::new(),
-            deliveries: HashMap::new(),
-            by_command: HashMap::new(),
+            recent_set: FastSet::default(),
+            persisting_trades: FastMap::default(),
+            deliveries: FastMap::default(),
+            by_command: FastMap::default(),
             next_delivery: 1,
-            chains: BTreeMap::new(),
-            tickets: HashMap::new(),
+            chains: FastMap::default(),
+            tickets: FastMap::default(),
             registry: registry::Registry::default(),
             journal: journal_health::JournalHealth::Up,
             metrics,
+            trace: true,
         }
+    }
+
+    /// Turns `Fired` outputs on or off. Decisions are identical either way.
+    pub fn set_trace(&mut self, on: bool) {
+        self.trace = on;
     }
 
     /// Rebuilds a core after a crash from what the journal made durable, and nothing else:
@@ -355,6 +364,9 @@ impl Core {
     // ---- shared plumbing --------------------------------------------------------------
 
     pub(crate) fn fire(&mut self, t: &'static Transition, subject: Subject) {
+        if !self.trace {
+            return;
+        }
         self.out.push_back(CoreOutput::Fired(Fired {
             transition: t,
             subject,

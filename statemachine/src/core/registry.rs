@@ -8,11 +8,11 @@
 //! online agents speak for one account, nor accept messages (other than hello) from an agent
 //! that is not Online.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::{Core, CoreLog, TimerKey};
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, Subscription};
-use crate::ids::{AccountId, AgentId};
+use crate::ids::{AccountId, AgentId, FastMap};
 use crate::msg::{
     AgentHello, AgentToCore, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, Role,
     PROTOCOL_VERSION,
@@ -86,7 +86,7 @@ pub(crate) struct AgentEntry {
 #[derive(Default)]
 pub(crate) struct Registry {
     pub agents: BTreeMap<AgentId, AgentEntry>,
-    pub account_agent: HashMap<AccountId, AgentId>,
+    pub account_agent: FastMap<AccountId, AgentId>,
 }
 
 impl Registry {
