@@ -92,7 +92,10 @@ impl Bench {
         while let Some(o) = self.core.poll() {
             match o {
                 CoreOutput::Journal { op, write } if write.is_awaited() => self.ops.push(op),
-                CoreOutput::Send { msg: CoreToAgent::Command(c), .. } => self.cmds.push(c),
+                CoreOutput::Send {
+                    msg: CoreToAgent::Command(c),
+                    ..
+                } => self.cmds.push(c),
                 other => {
                     black_box(other);
                 }
@@ -109,7 +112,8 @@ impl Bench {
 
     /// Accept one intent: in → AcceptIntent → Ok → commands out.
     fn accept(&mut self, now: Instant, i: TradeIntent) {
-        self.core.handle_agent_message(now, &self.a, AgentToCore::Intent(i));
+        self.core
+            .handle_agent_message(now, &self.a, AgentToCore::Intent(i));
         self.drain();
         self.persist_all(now);
         self.drain();

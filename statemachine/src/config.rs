@@ -329,9 +329,7 @@ impl AgentDeliveryConfig {
     /// Applies one `key = raw` pair; `Ok(false)` if the key is not an agent delivery key.
     pub fn set(&mut self, key: &str, raw: &str) -> Result<bool, ConfigError> {
         let slot = match key {
-            k if k == AGENT_ACK_TIMEOUT_MS.key => {
-                (&mut self.ack_timeout_ms, AGENT_ACK_TIMEOUT_MS)
-            }
+            k if k == AGENT_ACK_TIMEOUT_MS.key => (&mut self.ack_timeout_ms, AGENT_ACK_TIMEOUT_MS),
             k if k == AGENT_RETRY_BACKOFF_MS.key => {
                 (&mut self.retry_backoff_ms, AGENT_RETRY_BACKOFF_MS)
             }
@@ -388,7 +386,10 @@ impl Subscription {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.multiplier.is_finite() && self.multiplier > 0.0 && self.multiplier <= 1_000.0) {
             return Err(ConfigError {
-                key: format!("/echo/subscriptions/{}/{}/multiplier", self.master, self.slave),
+                key: format!(
+                    "/echo/subscriptions/{}/{}/multiplier",
+                    self.master, self.slave
+                ),
                 value: self.multiplier.to_string(),
                 expected: "a finite number in (0, 1000]".into(),
             });
@@ -411,7 +412,10 @@ mod tests {
     #[test]
     fn router_defaults_and_ranges() {
         let c = RouterConfig::default();
-        assert_eq!((c.worker_pool_size, c.queue_depth_max, c.worker_timeout_ms), (4, 8, 50));
+        assert_eq!(
+            (c.worker_pool_size, c.queue_depth_max, c.worker_timeout_ms),
+            (4, 8, 50)
+        );
         assert!(RouterConfig::new(2, 4, 20).is_ok());
         assert!(RouterConfig::new(32, 128, 200).is_ok());
         let e = RouterConfig::new(6, 8, 50).unwrap_err();
@@ -432,7 +436,9 @@ mod tests {
     #[test]
     fn set_rejects_without_clamping_and_keeps_old_value() {
         let mut c = RouterConfig::default();
-        let e = c.set("/echo/core/router/queue_depth_max", "999").unwrap_err();
+        let e = c
+            .set("/echo/core/router/queue_depth_max", "999")
+            .unwrap_err();
         assert_eq!(e.value, "999");
         assert_eq!(c.queue_depth_max, 8, "old value kept");
         assert!(c.set("/echo/core/router/queue_depth_max", " 16 ").unwrap());
@@ -467,9 +473,16 @@ mod tests {
     fn subscription_validation_and_mapping() {
         let mut s = Subscription::new("m1", "s1", 2.0);
         assert!(s.validate().is_ok());
-        assert_eq!(s.map_symbol(&Symbol::new("EURUSD")), Some(Symbol::new("EURUSD")));
-        s.symbol_map.insert(Symbol::new("EURUSD"), Symbol::new("EURUSD.m"));
-        assert_eq!(s.map_symbol(&Symbol::new("EURUSD")), Some(Symbol::new("EURUSD.m")));
+        assert_eq!(
+            s.map_symbol(&Symbol::new("EURUSD")),
+            Some(Symbol::new("EURUSD"))
+        );
+        s.symbol_map
+            .insert(Symbol::new("EURUSD"), Symbol::new("EURUSD.m"));
+        assert_eq!(
+            s.map_symbol(&Symbol::new("EURUSD")),
+            Some(Symbol::new("EURUSD.m"))
+        );
         assert_eq!(s.map_symbol(&Symbol::new("GBPUSD")), None);
         s.multiplier = f64::NAN;
         assert!(s.validate().is_err());

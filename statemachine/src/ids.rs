@@ -12,8 +12,14 @@ use std::sync::Arc;
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialOrd, Ord, Hash)]
+        #[derive(Clone, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state)
+            }
+        }
 
         impl PartialEq for $name {
             #[inline]
@@ -77,8 +83,14 @@ string_id!(
 );
 
 /// The master's position identity, normalised to lower case at construction.
-#[derive(Clone, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialOrd, Ord)]
 pub struct TradeId(Arc<str>);
+
+impl std::hash::Hash for TradeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
 
 impl PartialEq for TradeId {
     #[inline]

@@ -307,7 +307,10 @@ pub enum EaToAgent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentToEa {
     /// Sent first on every (re)opened pipe; a slave EA executes nothing before it.
-    Handshake { account: AccountId, protocol_version: u32 },
+    Handshake {
+        account: AccountId,
+        protocol_version: u32,
+    },
     /// To a master EA: the core's answer to one of its intents.
     IntentAck(TradeIntentAck),
     /// To a slave EA: a command to execute at most once.

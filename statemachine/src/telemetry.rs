@@ -28,17 +28,72 @@ const fn m(
 }
 
 pub const METRICS: &[MetricSpec] = &[
-    m("echo_core_router_queue_depth", "gauge", &["worker_id", "component"], "intents a worker admitted and has not finished journaling"),
-    m("echo_core_router_dispatch_total", "counter", &["worker_id", "result", "component"], "intents a worker finished (result=ok|journal_unavailable)"),
-    m("echo_core_router_dispatch_duration_ms", "histogram", &["worker_id", "component"], "admission → journaled (enqueue → dispatch)"),
-    m("echo_core_router_rejections_total", "counter", &["worker_id", "reason", "component"], "intents refused by a worker (reason=queue_full|trade_busy)"),
-    m("echo_core_delivery_retry_total", "counter", &["stage", "result"], "delivery re-sends after a timeout or a retryable failure"),
-    m("echo_core_delivery_pending_age_ms", "gauge", &["stage"], "age of the oldest unfinished delivery per stage"),
-    m("echo_core_delivery_compat_mode_total", "counter", &[], "agents accepted in compat mode (legacy peers)"),
-    m("echo_core_delivery_failed_total", "counter", &["reason"], "deliveries ended FAILED, and intents refused for an unavailable journal"),
-    m("echo_agent_pipe_retry_total", "counter", &["result"], "agent pipe re-writes"),
-    m("echo_agent_pipe_delivery_latency_ms", "histogram", &[], "agent: pipe write → PipeDeliveryAck OK"),
-    m("echo_ea_trade_intent_buffer_depth", "gauge", &["account"], "intents in a master EA's IntentQueue not yet acknowledged"),
+    m(
+        "echo_core_router_queue_depth",
+        "gauge",
+        &["worker_id", "component"],
+        "intents a worker admitted and has not finished journaling",
+    ),
+    m(
+        "echo_core_router_dispatch_total",
+        "counter",
+        &["worker_id", "result", "component"],
+        "intents a worker finished (result=ok|journal_unavailable)",
+    ),
+    m(
+        "echo_core_router_dispatch_duration_ms",
+        "histogram",
+        &["worker_id", "component"],
+        "admission → journaled (enqueue → dispatch)",
+    ),
+    m(
+        "echo_core_router_rejections_total",
+        "counter",
+        &["worker_id", "reason", "component"],
+        "intents refused by a worker (reason=queue_full|trade_busy)",
+    ),
+    m(
+        "echo_core_delivery_retry_total",
+        "counter",
+        &["stage", "result"],
+        "delivery re-sends after a timeout or a retryable failure",
+    ),
+    m(
+        "echo_core_delivery_pending_age_ms",
+        "gauge",
+        &["stage"],
+        "age of the oldest unfinished delivery per stage",
+    ),
+    m(
+        "echo_core_delivery_compat_mode_total",
+        "counter",
+        &[],
+        "agents accepted in compat mode (legacy peers)",
+    ),
+    m(
+        "echo_core_delivery_failed_total",
+        "counter",
+        &["reason"],
+        "deliveries ended FAILED, and intents refused for an unavailable journal",
+    ),
+    m(
+        "echo_agent_pipe_retry_total",
+        "counter",
+        &["result"],
+        "agent pipe re-writes",
+    ),
+    m(
+        "echo_agent_pipe_delivery_latency_ms",
+        "histogram",
+        &[],
+        "agent: pipe write → PipeDeliveryAck OK",
+    ),
+    m(
+        "echo_ea_trade_intent_buffer_depth",
+        "gauge",
+        &["account"],
+        "intents in a master EA's IntentQueue not yet acknowledged",
+    ),
 ];
 
 /// Tracing spans: name and meaning.
@@ -49,13 +104,31 @@ pub const SPANS: &[(&str, &str)] = &[
 
 /// Structured log events: name and when.
 pub const LOG_EVENTS: &[(&str, &str)] = &[
-    ("core.router.enqueue", "an intent admitted to a worker, or refused with backpressure=true"),
+    (
+        "core.router.enqueue",
+        "an intent admitted to a worker, or refused with backpressure=true",
+    ),
     ("core.router.dispatch", "an intent journaled and fanned out"),
-    ("core_delivery_failed", "an intent could not be journaled, or a delivery ended FAILED (with reason)"),
-    ("core.journal.down", "the journal stayed down past max_retries: fan-out stopped"),
-    ("core.journal.up", "the journal answers again: fan-out resumed"),
-    ("core.agent.offline", "an agent missed 3 heartbeats or its stream ended"),
-    ("core.protocol_violation", "a message the sender's state does not allow (logged, dropped)"),
+    (
+        "core_delivery_failed",
+        "an intent could not be journaled, or a delivery ended FAILED (with reason)",
+    ),
+    (
+        "core.journal.down",
+        "the journal stayed down past max_retries: fan-out stopped",
+    ),
+    (
+        "core.journal.up",
+        "the journal answers again: fan-out resumed",
+    ),
+    (
+        "core.agent.offline",
+        "an agent missed 3 heartbeats or its stream ended",
+    ),
+    (
+        "core.protocol_violation",
+        "a message the sender's state does not allow (logged, dropped)",
+    ),
 ];
 
 /// Renders the telemetry section of SPEC.md.
@@ -66,7 +139,11 @@ pub fn render_markdown() -> String {
             "| `{}` | {} | {} | {} |\n",
             x.name,
             x.kind,
-            x.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
+            x.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
             x.doc
         ));
     }
@@ -88,7 +165,11 @@ mod tests {
     #[test]
     fn no_metric_is_labelled_by_trade_id() {
         for x in METRICS {
-            assert!(!x.labels.contains(&"trade_id"), "{} uses trade_id as a label", x.name);
+            assert!(
+                !x.labels.contains(&"trade_id"),
+                "{} uses trade_id as a label",
+                x.name
+            );
             assert!(x.name.starts_with("echo_"), "{}", x.name);
         }
     }

@@ -52,7 +52,10 @@ scenarios!(
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
     let mut h = H::world();
-    h.msg("A", AgentToCore::Intent(intent("i1", "T-1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "T-1", IntentKind::Open, 1)),
+    );
     // Nothing acknowledged before the journal says the write is durable.
     assert!(h.intent_acks().is_empty());
     assert!(h.commands().is_empty());
@@ -75,26 +78,45 @@ fn accept_fan_out_and_confirm() -> Vec<&'static str> {
     let cmds = h.commands();
     assert_eq!(cmds.len(), 2);
     assert!(matches!(cmds[0].body, CommandBody::Execute { volume, .. } if volume == 1.0));
-    assert!(h.sent().iter().all(|(ag, m)| !matches!(m, CoreToAgent::Command(_)) || ag.as_str() == "B"));
+    assert!(h
+        .sent()
+        .iter()
+        .all(|(ag, m)| !matches!(m, CoreToAgent::Command(_)) || ag.as_str() == "B"));
     for (c, s, t) in [(&cmds[0], "s1", 100), (&cmds[1], "s2", 200)] {
         h.take();
         h.msg("B", stage_ack(&c.command_id, s, AckStage::AgentBuffered));
-        assert!(matches!(h.writes()[..], [JournalWrite::UpdateStage { stage: AckStage::AgentBuffered, .. }]));
+        assert!(matches!(
+            h.writes()[..],
+            [JournalWrite::UpdateStage {
+                stage: AckStage::AgentBuffered,
+                ..
+            }]
+        ));
         h.msg("B", stage_ack(&c.command_id, s, AckStage::PipeDelivered));
         h.msg("B", result(&c.command_id, s, t, BrokerStatus::Filled));
         let fin = h.writes();
-        assert!(fin.iter().any(|w| matches!(w, JournalWrite::FinishDelivery { status: DeliveryStatus::Acked, slave_ticket: Some(tk), .. } if *tk == t as i64)));
+        assert!(fin.iter().any(|w| matches!(w, JournalWrite::FinishDelivery { status: DeliveryStatus::Acked, slave_ticket: Some(tk), .. } if *tk == t)));
         // Not Done until durable.
         assert!(h.core.delivery_view(&c.command_id).is_some());
         h.take();
         h.journal_ok_all();
         assert!(h.core.delivery_view(&c.command_id).is_none());
-        let reports: Vec<_> = h.sent().into_iter().filter(|(ag, m)| ag.as_str() == "A" && matches!(m, CoreToAgent::DeliveryReport(r) if r.result == AckResult::Ok)).collect();
+        let reports: Vec<_> = h
+            .sent()
+            .into_iter()
+            .filter(|(ag, m)| {
+                ag.as_str() == "A"
+                    && matches!(m, CoreToAgent::DeliveryReport(r) if r.result == AckResult::Ok)
+            })
+            .collect();
         assert_eq!(reports.len(), 1);
     }
     assert_eq!(h.core.open_intents(), 0, "intent completed and forgotten");
     assert_eq!(h.core.metrics().deliveries_acked_total, 2);
-    assert_eq!(h.core.metrics().router_dispatch_total.iter().sum::<u64>(), 1);
+    assert_eq!(
+        h.core.metrics().router_dispatch_total.iter().sum::<u64>(),
+        1
+    );
     h.fired
 }
 
@@ -104,7 +126,10 @@ fn duplicates_are_reacked_never_rejournaled() -> Vec<&'static str> {
     h.msg("A", AgentToCore::Intent(i.clone()));
     h.take();
     h.msg("A", AgentToCore::Intent(i.clone()));
-    assert!(h.outs.is_empty(), "duplicate while persisting: nothing, the ack follows the write");
+    assert!(
+        h.outs.is_empty(),
+        "duplicate while persisting: nothing, the ack follows the write"
+    );
     assert!(h.has_fired("core.intake.T02"));
     h.journal_ok_all();
     h.take();
@@ -140,31 +165,56 @@ fn full_queue_answers_broker_busy() -> Vec<&'static str> {
     let mut h = H::world();
     let trades = same_worker_trades(5);
     for (k, t) in trades.iter().take(4).enumerate() {
-        h.msg("A", AgentToCore::Intent(intent(&format!("i{k}"), t, IntentKind::Open, k as u64)));
+        h.msg(
+            "A",
+            AgentToCore::Intent(intent(&format!("i{k}"), t, IntentKind::Open, k as u64)),
+        );
     }
     assert_eq!(h.core.queue_depths()[0], 4);
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i4", &trades[4], IntentKind::Open, 4)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i4", &trades[4], IntentKind::Open, 4)),
+    );
     let acks = h.intent_acks();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].error, Some(ErrorCode::BrokerBusy));
     assert!(acks[0].retry_after_ms > 0);
-    assert!(matches!(h.writes()[..], [JournalWrite::RecordRejection { worker: 0, reason: ErrorCode::BrokerBusy, .. }]));
+    assert!(matches!(
+        h.writes()[..],
+        [JournalWrite::RecordRejection {
+            worker: 0,
+            reason: ErrorCode::BrokerBusy,
+            ..
+        }]
+    ));
     assert_eq!(h.core.queue_depths()[0], 4, "never above queue_depth_max");
     assert_eq!(h.core.metrics().router_rejections_total[0], 1);
     // The refused intent is not remembered: after room frees up, the retry is accepted.
     h.journal_ok_all();
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i4", &trades[4], IntentKind::Open, 4)));
-    assert!(matches!(h.writes()[..], [JournalWrite::AcceptIntent { .. }]));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i4", &trades[4], IntentKind::Open, 4)),
+    );
+    assert!(matches!(
+        h.writes()[..],
+        [JournalWrite::AcceptIntent { .. }]
+    ));
     h.fired
 }
 
 fn one_persisting_intent_per_trade() -> Vec<&'static str> {
     let mut h = H::world();
-    h.msg("A", AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)),
+    );
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i2", "T1", IntentKind::Modify, 2)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i2", "T1", IntentKind::Modify, 2)),
+    );
     assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::BrokerBusy));
     assert!(h.writes().is_empty());
     h.fired
@@ -172,37 +222,70 @@ fn one_persisting_intent_per_trade() -> Vec<&'static str> {
 
 fn journal_retry_give_up_and_probe() -> Vec<&'static str> {
     let mut h = H::world();
-    h.msg("A", AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)),
+    );
     for _ in 0..2 {
         assert!(h.answer(|_| true, JournalResult::Failed { retryable: true }));
         assert!(h.intent_acks().is_empty());
         h.take();
         h.next_timer();
-        assert!(matches!(h.writes()[..], [JournalWrite::AcceptIntent { .. }]), "same write again");
+        assert!(
+            matches!(h.writes()[..], [JournalWrite::AcceptIntent { .. }]),
+            "same write again"
+        );
     }
     h.take();
     assert!(h.answer(|_| true, JournalResult::Failed { retryable: true }));
     let acks = h.intent_acks();
     assert_eq!(acks[0].error, Some(ErrorCode::JournalUnavailable));
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::DeliveryFailed { reason: ErrorCode::JournalUnavailable, .. })));
+    assert!(h.logs().iter().any(|l| matches!(
+        l,
+        CoreLog::DeliveryFailed {
+            reason: ErrorCode::JournalUnavailable,
+            ..
+        }
+    )));
     assert!(h.core.journal_is_down());
     assert_eq!(h.core.queue_depths().iter().sum::<u32>(), 0);
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i2", "t2", IntentKind::Open, 2)));
-    assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::JournalUnavailable));
-    assert!(h.writes().is_empty(), "fan-out stopped: nothing written while down");
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i2", "t2", IntentKind::Open, 2)),
+    );
+    assert_eq!(
+        h.intent_acks()[0].error,
+        Some(ErrorCode::JournalUnavailable)
+    );
+    assert!(
+        h.writes().is_empty(),
+        "fan-out stopped: nothing written while down"
+    );
     h.take();
     h.next_timer();
     assert!(matches!(h.writes()[..], [JournalWrite::Probe]));
-    assert!(h.answer(|w| matches!(w, JournalWrite::Probe), JournalResult::Failed { retryable: true }));
+    assert!(h.answer(
+        |w| matches!(w, JournalWrite::Probe),
+        JournalResult::Failed { retryable: true }
+    ));
     assert!(h.core.journal_is_down());
     h.take();
     h.next_timer();
-    assert!(h.answer(|w| matches!(w, JournalWrite::Probe), JournalResult::Ok(JournalReply::Done)));
+    assert!(h.answer(
+        |w| matches!(w, JournalWrite::Probe),
+        JournalResult::Ok(JournalReply::Done)
+    ));
     assert!(!h.core.journal_is_down());
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i2", "t2", IntentKind::Open, 2)));
-    assert!(matches!(h.writes()[..], [JournalWrite::AcceptIntent { .. }]));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i2", "t2", IntentKind::Open, 2)),
+    );
+    assert!(matches!(
+        h.writes()[..],
+        [JournalWrite::AcceptIntent { .. }]
+    ));
     h.fired
 }
 
@@ -231,11 +314,16 @@ fn record(intent_id: &str, trade: &str, slave: &str, kind: IntentKind, seq: u64)
 
 fn intent_existed_adopts_journal_rows() -> Vec<&'static str> {
     let mut h = H::world();
-    h.msg("A", AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)),
+    );
     h.take();
     // The first commit succeeded but its reply was lost: the journal already has the intent,
     // and only s2's copy is unfinished.
-    let reply = JournalReply::IntentExisted { unfinished: vec![record("i1", "t1", "s2", IntentKind::Open, 1)] };
+    let reply = JournalReply::IntentExisted {
+        unfinished: vec![record("i1", "t1", "s2", IntentKind::Open, 1)],
+    };
     assert!(h.answer(|_| true, JournalResult::Ok(reply)));
     assert_eq!(h.intent_acks()[0].result, AckResult::Ok);
     let cmds = h.commands();
@@ -251,11 +339,17 @@ fn invalid_and_unknown_intents_refused() -> Vec<&'static str> {
     h.msg("A", AgentToCore::Intent(bad));
     assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::InvalidArgument));
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i2", "", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i2", "", IntentKind::Open, 1)),
+    );
     assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::InvalidArgument));
     h.take();
     // Agent B serves no master account m1.
-    h.msg("B", AgentToCore::Intent(intent("i3", "t3", IntentKind::Open, 1)));
+    h.msg(
+        "B",
+        AgentToCore::Intent(intent("i3", "t3", IntentKind::Open, 1)),
+    );
     assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::UnknownAccount));
     assert!(h.writes().is_empty());
     h.fired
@@ -263,47 +357,92 @@ fn invalid_and_unknown_intents_refused() -> Vec<&'static str> {
 
 fn per_trade_order_and_ticket_correlation() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     let open = h.accept(intent("o", "t1", IntentKind::Open, 1));
     assert_eq!(open.len(), 1);
     // Master modifies before the slave confirmed the open: the modify waits (Blocked).
     let m = h.accept(intent("m", "t1", IntentKind::Modify, 2));
     assert!(m.is_empty(), "modify must wait for the open");
-    assert_eq!(h.core.delivery_view(&cmd_id("m", "s1")).map(|v| v.state), Some("Blocked"));
+    assert_eq!(
+        h.core.delivery_view(&cmd_id("m", "s1")).map(|v| v.state),
+        Some("Blocked")
+    );
     h.take();
     h.confirm(&cmd_id("o", "s1"), "s1", 4242);
     let next = h.commands();
     assert_eq!(next.len(), 1);
-    assert!(matches!(next[0].body, CommandBody::Modify { slave_ticket: 4242, .. }), "{next:?}");
+    assert!(
+        matches!(
+            next[0].body,
+            CommandBody::Modify {
+                slave_ticket: 4242,
+                ..
+            }
+        ),
+        "{next:?}"
+    );
     h.take();
     h.confirm(&cmd_id("m", "s1"), "s1", 4242);
     let pc = h.accept(intent("p", "t1", IntentKind::PartialClose, 3));
-    assert!(matches!(pc[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.5));
+    assert!(
+        matches!(pc[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.5)
+    );
     h.confirm(&cmd_id("p", "s1"), "s1", 4242);
     let c = h.accept(intent("c", "t1", IntentKind::Close, 4));
-    assert!(matches!(c[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.0));
+    assert!(
+        matches!(c[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.0)
+    );
     h.confirm(&cmd_id("c", "s1"), "s1", 4242);
     // After the close the position is gone: a later modify has no position.
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("late", "t1", IntentKind::Modify, 5)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("late", "t1", IntentKind::Modify, 5)),
+    );
     h.journal_ok_all();
     assert!(h.commands().is_empty());
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::DeliveryFailed { reason: ErrorCode::NoPosition, .. })));
+    assert!(h.logs().iter().any(|l| matches!(
+        l,
+        CoreLog::DeliveryFailed {
+            reason: ErrorCode::NoPosition,
+            ..
+        }
+    )));
     h.fired
 }
 
 fn no_position_after_failed_open() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("o", "t1", IntentKind::Open, 1));
     h.accept(intent("c", "t1", IntentKind::Close, 2));
     h.take();
-    h.msg("B", result(&cmd_id("o", "s1"), "s1", 0, BrokerStatus::Rejected));
-    assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { reason: Some(ErrorCode::BrokerRejected), .. })));
+    h.msg(
+        "B",
+        result(&cmd_id("o", "s1"), "s1", 0, BrokerStatus::Rejected),
+    );
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::BrokerRejected),
+            ..
+        }
+    )));
     h.take();
     h.journal_ok_all();
-    assert!(h.commands().is_empty(), "the close is never sent: there is no position");
-    assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { reason: Some(ErrorCode::NoPosition), .. })));
+    assert!(
+        h.commands().is_empty(),
+        "the close is never sent: there is no position"
+    );
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::NoPosition),
+            ..
+        }
+    )));
     h.journal_ok_all();
     assert_eq!(h.core.open_deliveries(), 0);
     h.fired
@@ -315,54 +454,91 @@ fn offline_agent_parks_and_resumes() -> Vec<&'static str> {
     h.take();
     let cmds = h.accept(intent("i1", "t1", IntentKind::Open, 1));
     assert!(cmds.is_empty(), "no slave agent yet: parked");
-    assert_eq!(h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state), Some("Parked"));
+    assert_eq!(
+        h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state),
+        Some("Parked")
+    );
     h.advance(10_000);
-    assert_eq!(h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.attempts), Some(0), "waiting spends no attempt");
+    assert_eq!(
+        h.core
+            .delivery_view(&cmd_id("i1", "s1"))
+            .map(|v| v.attempts),
+        Some(0),
+        "waiting spends no attempt"
+    );
     h.take();
     h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
     assert_eq!(h.commands().len(), 2);
     h.take();
     h.disconnect("B");
-    assert_eq!(h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state), Some("Parked"));
+    assert_eq!(
+        h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state),
+        Some("Parked")
+    );
     h.advance(10_000);
     assert!(h.commands().is_empty());
     h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
     let again = h.commands();
     assert_eq!(again.len(), 2);
-    assert_eq!(again[0].command_id, cmd_id("i1", "s1"), "same command id on re-send");
+    assert_eq!(
+        again[0].command_id,
+        cmd_id("i1", "s1"),
+        "same command id on re-send"
+    );
     h.fired
 }
 
 fn silent_agent_goes_offline() -> Vec<&'static str> {
     let mut h = H::world();
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
-    h.msg("B", stage_ack(&cmd_id("i1", "s1"), "s1", AckStage::AgentBuffered));
+    h.msg(
+        "B",
+        stage_ack(&cmd_id("i1", "s1"), "s1", AckStage::AgentBuffered),
+    );
     h.take();
     // A keeps heartbeating, B goes silent.
     for _ in 0..5 {
         h.advance(1_000);
         h.msg("A", AgentToCore::Heartbeat);
     }
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::AgentOffline { agent } if agent.as_str() == "B")));
+    assert!(h
+        .logs()
+        .iter()
+        .any(|l| matches!(l, CoreLog::AgentOffline { agent } if agent.as_str() == "B")));
     assert!(h.core.agent_online(&a("A")));
     assert!(!h.core.agent_online(&a("B")));
-    assert_eq!(h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state), Some("Parked"));
-    assert!(h.sent().iter().any(|(ag, m)| ag.as_str() == "A" && matches!(m, CoreToAgent::Heartbeat(_))));
+    assert_eq!(
+        h.core.delivery_view(&cmd_id("i1", "s1")).map(|v| v.state),
+        Some("Parked")
+    );
+    assert!(h
+        .sent()
+        .iter()
+        .any(|(ag, m)| ag.as_str() == "A" && matches!(m, CoreToAgent::Heartbeat(_))));
     h.take();
     h.msg("B", AgentToCore::Heartbeat);
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::ProtocolViolation { .. })), "offline agent must say hello first");
+    assert!(
+        h.logs()
+            .iter()
+            .any(|l| matches!(l, CoreLog::ProtocolViolation { .. })),
+        "offline agent must say hello first"
+    );
     h.fired
 }
 
 fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let c = cmd_id("i1", "s1");
     h.take();
     h.advance(100); // ack timeout
     assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Backoff"));
-    assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::RecordRetry { attempt: 1, .. })));
+    assert!(h
+        .writes()
+        .iter()
+        .any(|w| matches!(w, JournalWrite::RecordRetry { attempt: 1, .. })));
     h.take();
     h.advance(10); // backoff 10 ms
     assert_eq!(h.commands().len(), 1);
@@ -372,8 +548,21 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     assert_eq!(h.core.delivery_view(&c).map(|v| v.attempts), Some(3));
     h.take();
     h.advance(100); // third timeout = max_retries
-    assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { status: DeliveryStatus::Failed, reason: Some(ErrorCode::MaxRetries), .. })));
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::DeliveryFailed { reason: ErrorCode::MaxRetries, .. })));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            status: DeliveryStatus::Failed,
+            reason: Some(ErrorCode::MaxRetries),
+            ..
+        }
+    )));
+    assert!(h.logs().iter().any(|l| matches!(
+        l,
+        CoreLog::DeliveryFailed {
+            reason: ErrorCode::MaxRetries,
+            ..
+        }
+    )));
     h.journal_ok_all();
     assert_eq!(h.core.open_deliveries(), 0);
     assert_eq!(h.core.metrics().delivery_failed_total, 1);
@@ -382,7 +571,8 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
 
 fn retryable_pipe_failure_backs_off() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let c = cmd_id("i1", "s1");
     h.msg("B", stage_ack(&c, "s1", AckStage::AgentBuffered));
@@ -394,13 +584,18 @@ fn retryable_pipe_failure_backs_off() -> Vec<&'static str> {
     h.take();
     h.advance(10);
     assert_eq!(h.commands().len(), 1, "re-sent after backoff");
-    assert_eq!(h.core.delivery_view(&c).map(|v| v.stage), Some(AckStage::AgentBuffered), "stage kept");
+    assert_eq!(
+        h.core.delivery_view(&c).map(|v| v.stage),
+        Some(AckStage::AgentBuffered),
+        "stage kept"
+    );
     h.fired
 }
 
 fn reconciler_resends_without_result() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let c = cmd_id("i1", "s1");
     h.msg("B", stage_ack(&c, "s1", AckStage::AgentBuffered));
@@ -412,7 +607,11 @@ fn reconciler_resends_without_result() -> Vec<&'static str> {
         h.msg("B", AgentToCore::Heartbeat);
         assert_eq!(h.commands().len(), k, "one re-send per reconcile interval");
     }
-    assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Inflight"), "never FAILED by a timeout after PIPE_DELIVERED");
+    assert_eq!(
+        h.core.delivery_view(&c).map(|v| v.state),
+        Some("Inflight"),
+        "never FAILED by a timeout after PIPE_DELIVERED"
+    );
     assert_eq!(h.core.metrics().reconcile_resends_total, 10);
     h.fired
 }
@@ -424,10 +623,20 @@ fn stale_and_unknown_acks_change_nothing() -> Vec<&'static str> {
     h.msg("B", stage_ack(&c, "s1", AckStage::PipeDelivered));
     h.take();
     h.msg("B", stage_ack(&c, "s1", AckStage::AgentBuffered));
-    assert_eq!(h.core.delivery_view(&c).map(|v| v.stage), Some(AckStage::PipeDelivered), "no regression");
+    assert_eq!(
+        h.core.delivery_view(&c).map(|v| v.stage),
+        Some(AckStage::PipeDelivered),
+        "no regression"
+    );
     assert!(h.writes().is_empty());
-    h.msg("B", stage_ack(&cmd_id("nope", "s1"), "s1", AckStage::AgentBuffered));
-    h.msg("B", result(&cmd_id("nope", "s1"), "s1", 1, BrokerStatus::Filled));
+    h.msg(
+        "B",
+        stage_ack(&cmd_id("nope", "s1"), "s1", AckStage::AgentBuffered),
+    );
+    h.msg(
+        "B",
+        result(&cmd_id("nope", "s1"), "s1", 1, BrokerStatus::Filled),
+    );
     assert_eq!(h.core.metrics().late_or_unknown_total, 2);
     // A result claimed by the wrong slave is not accepted.
     h.msg("B", result(&c, "s2", 1, BrokerStatus::Filled));
@@ -441,28 +650,48 @@ fn refused_by_ea_fails_explicitly() -> Vec<&'static str> {
     let c = cmd_id("i1", "s1");
     h.take();
     h.msg("B", fail_ack(&c, "s1", ErrorCode::EaRejected));
-    assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { status: DeliveryStatus::Failed, reason: Some(ErrorCode::EaRejected), .. })));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            status: DeliveryStatus::Failed,
+            reason: Some(ErrorCode::EaRejected),
+            ..
+        }
+    )));
     h.fired
 }
 
 fn final_state_write_is_retried_until_durable() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let c = cmd_id("i1", "s1");
     h.msg("B", result(&c, "s1", 9, BrokerStatus::Filled));
     for _ in 0..8 {
-        assert!(h.answer(|w| matches!(w, JournalWrite::FinishDelivery { .. }), JournalResult::Failed { retryable: true }));
-        assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Finalizing"));
+        assert!(h.answer(
+            |w| matches!(w, JournalWrite::FinishDelivery { .. }),
+            JournalResult::Failed { retryable: true }
+        ));
+        assert_eq!(
+            h.core.delivery_view(&c).map(|v| v.state),
+            Some("Finalizing")
+        );
         h.take();
         // Heartbeat ticks may come first; the rewrite must come within a few deadlines.
         for _ in 0..4 {
             h.next_timer();
-            if h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { .. })) {
+            if h.writes()
+                .iter()
+                .any(|w| matches!(w, JournalWrite::FinishDelivery { .. }))
+            {
                 break;
             }
         }
-        assert!(h.writes().iter().any(|w| matches!(w, JournalWrite::FinishDelivery { .. })));
+        assert!(h
+            .writes()
+            .iter()
+            .any(|w| matches!(w, JournalWrite::FinishDelivery { .. })));
     }
     h.journal_ok_all();
     assert!(h.core.delivery_view(&c).is_none());
@@ -472,18 +701,34 @@ fn final_state_write_is_retried_until_durable() -> Vec<&'static str> {
 fn unmapped_symbol_fails_at_intake() -> Vec<&'static str> {
     let mut h = H::world();
     let mut sub = Subscription::new("m1", "s1", 1.0);
-    sub.symbol_map.insert(Symbol::new("GBPUSD"), Symbol::new("GBPUSD.m"));
+    sub.symbol_map
+        .insert(Symbol::new("GBPUSD"), Symbol::new("GBPUSD.m"));
     h.core.handle_subscriptions(h.now, vec![sub]);
-    h.msg("A", AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)),
+    );
     let w = h.writes();
-    let JournalWrite::AcceptIntent { deliveries, .. } = &w[0] else { panic!() };
+    let JournalWrite::AcceptIntent { deliveries, .. } = &w[0] else {
+        panic!()
+    };
     assert_eq!(deliveries[0].status, DeliveryStatus::Failed);
     assert_eq!(deliveries[0].reason, Some(ErrorCode::SymbolNotMapped));
     h.take();
     h.journal_ok_all();
-    assert_eq!(h.intent_acks()[0].result, AckResult::Ok, "the intent itself is accepted");
+    assert_eq!(
+        h.intent_acks()[0].result,
+        AckResult::Ok,
+        "the intent itself is accepted"
+    );
     assert!(h.commands().is_empty(), "never guessed");
-    assert!(h.logs().iter().any(|l| matches!(l, CoreLog::DeliveryFailed { reason: ErrorCode::SymbolNotMapped, .. })));
+    assert!(h.logs().iter().any(|l| matches!(
+        l,
+        CoreLog::DeliveryFailed {
+            reason: ErrorCode::SymbolNotMapped,
+            ..
+        }
+    )));
     assert_eq!(h.core.open_intents(), 0);
     h.fired
 }
@@ -509,13 +754,22 @@ fn hello_variants_and_control_path() -> Vec<&'static str> {
     assert!(matches!(&h.sent()[0].1, CoreToAgent::Hello(c) if !c.accepted));
     h.take();
     h.msg("X", hello("X", &[("m1", Role::Master)]));
-    assert!(matches!(&h.sent()[0].1, CoreToAgent::Hello(c) if !c.accepted && c.reason == Some(ErrorCode::ProtocolViolation)), "m1 belongs to A");
+    assert!(
+        matches!(&h.sent()[0].1, CoreToAgent::Hello(c) if !c.accepted && c.reason == Some(ErrorCode::ProtocolViolation)),
+        "m1 belongs to A"
+    );
     h.take();
     h.msg("A", AgentToCore::Heartbeat);
     assert!(h.has_fired("core.registry.T04") && h.has_fired("core.router.T03"));
     h.advance(1_000);
-    assert!(h.sent().iter().any(|(ag, m)| ag.as_str() == "A" && matches!(m, CoreToAgent::Heartbeat(_))));
-    assert!(!h.sent().iter().any(|(ag, _)| ag.as_str() == "L"), "compat agents get no DeliveryHeartbeat");
+    assert!(h
+        .sent()
+        .iter()
+        .any(|(ag, m)| ag.as_str() == "A" && matches!(m, CoreToAgent::Heartbeat(_))));
+    assert!(
+        !h.sent().iter().any(|(ag, _)| ag.as_str() == "L"),
+        "compat agents get no DeliveryHeartbeat"
+    );
     h.fired
 }
 
@@ -523,21 +777,36 @@ fn config_push_and_subscriptions() -> Vec<&'static str> {
     let mut h = H::world();
     let mut d = h.core.delivery_config();
     d.max_retries = 9;
-    let agent = echo_statemachine::config::AgentDeliveryConfig { max_retries: 4, ..Default::default() };
+    let agent = echo_statemachine::config::AgentDeliveryConfig {
+        max_retries: 4,
+        ..Default::default()
+    };
     h.core.handle_delivery_config(h.now, d, agent);
     h.drain();
-    let pushed: Vec<_> = h.sent().into_iter().filter_map(|(ag, m)| match m {
-        CoreToAgent::Heartbeat(hb) => Some((ag, hb)),
-        _ => None,
-    }).collect();
+    let pushed: Vec<_> = h
+        .sent()
+        .into_iter()
+        .filter_map(|(ag, m)| match m {
+            CoreToAgent::Heartbeat(hb) => Some((ag, hb)),
+            _ => None,
+        })
+        .collect();
     assert_eq!(pushed.len(), 2, "both online agents at once");
-    assert!(pushed.iter().all(|(_, hb)| hb.core.max_retries == 9 && hb.agent.max_retries == 4 && hb.config_version == 2));
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s2", 3.0)]);
+    assert!(pushed.iter().all(|(_, hb)| hb.core.max_retries == 9
+        && hb.agent.max_retries == 4
+        && hb.config_version == 2));
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s2", 3.0)]);
     h.drain();
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "t1", IntentKind::Open, 1)),
+    );
     let w = h.writes();
-    let JournalWrite::AcceptIntent { deliveries, .. } = &w[0] else { panic!() };
+    let JournalWrite::AcceptIntent { deliveries, .. } = &w[0] else {
+        panic!()
+    };
     assert_eq!(deliveries.len(), 1);
     assert_eq!(deliveries[0].slave.as_str(), "s2");
     assert_eq!(deliveries[0].volume, 1.5);
@@ -560,20 +829,36 @@ fn recover_resumes_unfinished_in_order() -> Vec<&'static str> {
     let cmds = h.commands();
     assert_eq!(cmds.len(), 1, "only the chain head");
     assert_eq!(cmds[0].command_id, cmd_id("mod", "s1"));
-    assert!(matches!(cmds[0].body, CommandBody::Modify { slave_ticket: 77, .. }));
+    assert!(matches!(
+        cmds[0].body,
+        CommandBody::Modify {
+            slave_ticket: 77,
+            ..
+        }
+    ));
     // A master retry of a recovered intent is re-acked, not journaled again.
     h.take();
-    h.msg("A", AgentToCore::Intent(intent("mod", "t1", IntentKind::Modify, 2)));
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("mod", "t1", IntentKind::Modify, 2)),
+    );
     assert_eq!(h.intent_acks().len(), 1);
     assert!(h.writes().is_empty());
     h.confirm(&cmd_id("mod", "s1"), "s1", 77);
-    assert!(matches!(h.commands().last().map(|c| &c.body), Some(CommandBody::Close { slave_ticket: 77, .. })));
+    assert!(matches!(
+        h.commands().last().map(|c| &c.body),
+        Some(CommandBody::Close {
+            slave_ticket: 77,
+            ..
+        })
+    ));
     h.fired
 }
 
 fn backoff_with_account_gone_parks() -> Vec<&'static str> {
     let mut h = H::world();
-    h.core.handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
     h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let c = cmd_id("i1", "s1");
     h.advance(100);
@@ -584,7 +869,10 @@ fn backoff_with_account_gone_parks() -> Vec<&'static str> {
     assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Parked"));
     h.take();
     h.msg("C", hello("C", &[("s1", Role::Slave)]));
-    assert!(h.sent().iter().any(|(ag, m)| ag.as_str() == "C" && matches!(m, CoreToAgent::Command(_))));
+    assert!(h
+        .sent()
+        .iter()
+        .any(|(ag, m)| ag.as_str() == "C" && matches!(m, CoreToAgent::Command(_))));
     h.fired
 }
 
@@ -605,5 +893,8 @@ fn every_core_transition_is_exercised() {
             }
         }
     }
-    assert!(missing.is_empty(), "core transitions no test exercises: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "core transitions no test exercises: {missing:?}"
+    );
 }

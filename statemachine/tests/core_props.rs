@@ -53,15 +53,21 @@ impl ModelJournal {
                 if let Some(rows) = self.intents.get(&intent.intent_id) {
                     let unfinished = rows
                         .iter()
-                        .filter(|r| r.status == DeliveryStatus::Inflight && !self.finished.contains_key(&r.command_id))
+                        .filter(|r| {
+                            r.status == DeliveryStatus::Inflight
+                                && !self.finished.contains_key(&r.command_id)
+                        })
                         .cloned()
                         .collect();
                     return JournalReply::IntentExisted { unfinished };
                 }
-                self.intents.insert(intent.intent_id.clone(), deliveries.clone());
+                self.intents
+                    .insert(intent.intent_id.clone(), deliveries.clone());
                 JournalReply::Done
             }
-            JournalWrite::FinishDelivery { command_id, status, .. } => {
+            JournalWrite::FinishDelivery {
+                command_id, status, ..
+            } => {
                 self.finished.entry(command_id.clone()).or_insert(*status);
                 JournalReply::Done
             }
@@ -82,13 +88,27 @@ struct World {
     ever_seen: BTreeSet<CommandId>,
 }
 
-const KINDS: [IntentKind; 4] = [IntentKind::Open, IntentKind::Modify, IntentKind::PartialClose, IntentKind::Close];
+const KINDS: [IntentKind; 4] = [
+    IntentKind::Open,
+    IntentKind::Modify,
+    IntentKind::PartialClose,
+    IntentKind::Close,
+];
 
 impl World {
     fn intent_for(&self, trade: usize, step: usize) -> TradeIntent {
         // Mixed case on purpose: the core must treat T0 and t0 as one trade.
-        let name = if step % 2 == 0 { format!("T{trade}") } else { format!("t{trade}") };
-        intent(&format!("i{trade}-{step}"), &name, KINDS[step.min(3)], (trade * 10 + step) as u64)
+        let name = if step.is_multiple_of(2) {
+            format!("T{trade}")
+        } else {
+            format!("t{trade}")
+        };
+        intent(
+            &format!("i{trade}-{step}"),
+            &name,
+            KINDS[step.min(3)],
+            (trade * 10 + step) as u64,
+        )
     }
 
     fn step(&mut self, op: Op) {
@@ -101,8 +121,13 @@ impl World {
                 self.h.msg("A", AgentToCore::Intent(i));
             }
             Op::Journal { pick, outcome } => {
-                let awaited: Vec<(OpId, JournalWrite)> =
-                    self.h.journal.iter().filter(|(_, w)| w.is_awaited()).cloned().collect();
+                let awaited: Vec<(OpId, JournalWrite)> = self
+                    .h
+                    .journal
+                    .iter()
+                    .filter(|(_, w)| w.is_awaited())
+                    .cloned()
+                    .collect();
                 self.h.journal.retain(|(_, w)| w.is_awaited());
                 if awaited.is_empty() {
                     return;
@@ -123,7 +148,11 @@ impl World {
             }
             Op::Stage { pick, stage } => {
                 if let Some(c) = self.pick(pick) {
-                    let st = [AckStage::AgentBuffered, AckStage::PipeDelivered, AckStage::CoreAccepted][stage as usize % 3];
+                    let st = [
+                        AckStage::AgentBuffered,
+                        AckStage::PipeDelivered,
+                        AckStage::CoreAccepted,
+                    ][stage as usize % 3];
                     let slave = c.as_str().rsplit('@').next().unwrap_or("").to_string();
                     self.h.msg("B", stage_ack(&c, &slave, st));
                 }
@@ -131,19 +160,29 @@ impl World {
             Op::FailAck { pick, retryable } => {
                 if let Some(c) = self.pick(pick) {
                     let slave = c.as_str().rsplit('@').next().unwrap_or("").to_string();
-                    let e = if retryable { ErrorCode::PipeUnavailable } else { ErrorCode::EaRejected };
+                    let e = if retryable {
+                        ErrorCode::PipeUnavailable
+                    } else {
+                        ErrorCode::EaRejected
+                    };
                     self.h.msg("B", fail_ack(&c, &slave, e));
                 }
             }
             Op::Result { pick, filled } => {
                 if let Some(c) = self.pick(pick) {
                     let slave = c.as_str().rsplit('@').next().unwrap_or("").to_string();
-                    let st = if filled { BrokerStatus::Filled } else { BrokerStatus::Rejected };
+                    let st = if filled {
+                        BrokerStatus::Filled
+                    } else {
+                        BrokerStatus::Rejected
+                    };
                     self.h.msg("B", result(&c, &slave, 1_000 + pick as i64, st));
                 }
             }
             Op::DisconnectB => self.h.disconnect("B"),
-            Op::HelloB => self.h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)])),
+            Op::HelloB => self
+                .h
+                .msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)])),
             Op::Advance(ms) => {
                 self.h.advance(ms.into());
                 self.h.msg("A", AgentToCore::Heartbeat);
@@ -164,27 +203,44 @@ impl World {
         let outs = self.h.take();
         for o in &outs {
             match o {
-                CoreOutput::Send { msg: CoreToAgent::IntentAck(a), .. } if a.result == AckResult::Ok => {
-                    assert!(self.j.intents.contains_key(&a.intent_id), "CORE_ACCEPTED before durable: {a:?}");
+                CoreOutput::Send {
+                    msg: CoreToAgent::IntentAck(a),
+                    ..
+                } if a.result == AckResult::Ok => {
+                    assert!(
+                        self.j.intents.contains_key(&a.intent_id),
+                        "CORE_ACCEPTED before durable: {a:?}"
+                    );
                     // The master moves on to the trade's next intent only after an OK.
                     let name = a.intent_id.as_str();
                     if let Some((t, s)) = name.trim_start_matches('i').split_once('-') {
-                        let (t, s): (usize, usize) = (t.parse().unwrap_or(0), s.parse().unwrap_or(0));
+                        let (t, s): (usize, usize) =
+                            (t.parse().unwrap_or(0), s.parse().unwrap_or(0));
                         if self.next[t] == s {
                             self.next[t] += 1;
                         }
                     }
                 }
-                CoreOutput::Send { msg: CoreToAgent::Command(c), agent } => {
+                CoreOutput::Send {
+                    msg: CoreToAgent::Command(c),
+                    agent,
+                } => {
                     assert_eq!(agent.as_str(), "B", "commands only to the slave's agent");
-                    assert!(self.j.intents.contains_key(&c.intent_id), "command for a non-durable intent");
-                    assert!(!self.j.finished.contains_key(&c.command_id) || true);
+                    assert!(
+                        self.j.intents.contains_key(&c.intent_id),
+                        "command for a non-durable intent"
+                    );
                     let seq = self.seq_of.get(&c.intent_id).copied().unwrap_or(0);
-                    let key = (c.slave.as_str().to_string(), c.trade_id.as_str().to_string());
+                    let key = (
+                        c.slave.as_str().to_string(),
+                        c.trade_id.as_str().to_string(),
+                    );
                     if let Some((last, last_cmd)) = self.last_sent_seq.get(&key) {
                         assert!(
                             seq > *last || (seq == *last && *last_cmd == c.command_id),
-                            "per-trade order broken at {key:?}: {} after {}", c.command_id, last_cmd
+                            "per-trade order broken at {key:?}: {} after {}",
+                            c.command_id,
+                            last_cmd
                         );
                     }
                     self.last_sent_seq.insert(key, (seq, c.command_id.clone()));
@@ -196,27 +252,42 @@ impl World {
             }
         }
         let depth_max = self.h.core.router_config().queue_depth_max;
-        assert!(self.h.core.queue_depths().iter().all(|d| *d <= depth_max), "queue over its cap");
+        assert!(
+            self.h.core.queue_depths().iter().all(|d| *d <= depth_max),
+            "queue over its cap"
+        );
         let views = self.h.core.delivery_views();
         let mut heads: BTreeMap<(String, String), usize> = BTreeMap::new();
         let now_ids: BTreeSet<CommandId> = views.iter().map(|v| v.command_id.clone()).collect();
         for v in &views {
             if v.state != "Blocked" {
-                *heads.entry((v.slave.to_string(), v.trade_id.to_string())).or_default() += 1;
+                *heads
+                    .entry((v.slave.to_string(), v.trade_id.to_string()))
+                    .or_default() += 1;
             }
-            let prev = self.max_stage.entry(v.command_id.clone()).or_insert(v.stage);
+            let prev = self
+                .max_stage
+                .entry(v.command_id.clone())
+                .or_insert(v.stage);
             assert!(v.stage >= *prev, "stage regressed for {}", v.command_id);
             *prev = v.stage;
             self.ever_seen.insert(v.command_id.clone());
         }
-        assert!(heads.values().all(|n| *n <= 1), "two live deliveries in one chain: {heads:?}");
+        assert!(
+            heads.values().all(|n| *n <= 1),
+            "two live deliveries in one chain: {heads:?}"
+        );
         for c in &self.ever_seen {
             if !now_ids.contains(c) {
-                assert!(self.j.finished.contains_key(c), "{c} forgotten before its final state was durable");
+                assert!(
+                    self.j.finished.contains_key(c),
+                    "{c} forgotten before its final state was durable"
+                );
             }
         }
         assert!(
-            self.h.core.armed_timers() <= self.h.core.open_intents() + self.h.core.open_deliveries() + 2,
+            self.h.core.armed_timers()
+                <= self.h.core.open_intents() + self.h.core.open_deliveries() + 2,
             "timers leak: {} armed",
             self.h.core.armed_timers()
         );

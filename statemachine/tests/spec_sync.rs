@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 fn spec_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("SPEC.md")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("SPEC.md")
 }
 
 fn sections() -> Vec<(&'static str, String)> {
@@ -66,14 +68,17 @@ fn splice_detects_a_transition_missing_from_spec() {
     .expect("markers");
     let last_row = full
         .lines()
-        .filter(|l| l.starts_with("| `"))
-        .last()
+        .rfind(|l| l.starts_with("| `"))
         .expect("a transition row")
         .to_string();
     let stale = full.replace(&format!("{last_row}\n"), "");
     assert_ne!(stale, full);
-    let regenerated = splice(&stale, "machines", &echo_statemachine::spec::render_markdown())
-        .expect("markers");
+    let regenerated = splice(
+        &stale,
+        "machines",
+        &echo_statemachine::spec::render_markdown(),
+    )
+    .expect("markers");
     assert_eq!(regenerated, full, "regeneration restores the missing row");
 }
 
@@ -84,7 +89,12 @@ fn transition_ids_are_unique_and_well_formed() {
         assert!(!m.transitions.is_empty(), "{} has no transitions", m.name);
         assert!(!m.states.is_empty(), "{} has no states", m.name);
         for t in m.transitions {
-            assert!(t.id.starts_with(&format!("{}.T", m.name)), "{} not under {}", t.id, m.name);
+            assert!(
+                t.id.starts_with(&format!("{}.T", m.name)),
+                "{} not under {}",
+                t.id,
+                m.name
+            );
             assert!(seen.insert(t.id), "duplicate transition id {}", t.id);
         }
     }

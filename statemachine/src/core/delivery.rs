@@ -207,7 +207,8 @@ impl Core {
     /// Rebuilds deliveries from journal rows (recovery): sorted per chain in master order.
     pub(crate) fn adopt_deliveries(&mut self, records: Vec<DeliveryRecord>, now: Instant) {
         for rec in records {
-            if rec.status != DeliveryStatus::Inflight || self.by_command.contains_key(&rec.command_id)
+            if rec.status != DeliveryStatus::Inflight
+                || self.by_command.contains_key(&rec.command_id)
             {
                 continue;
             }
@@ -229,7 +230,12 @@ impl Core {
             command_id: Some(rec.command_id.clone()),
             reason,
         });
-        self.report_to_master(&rec, AckStage::CoreAccepted, AckResult::Failed, Some(reason));
+        self.report_to_master(
+            &rec,
+            AckStage::CoreAccepted,
+            AckResult::Failed,
+            Some(reason),
+        );
     }
 
     fn report_to_master(
@@ -266,7 +272,13 @@ impl Core {
                 .contains_key(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
         {
             self.fire(DeliveryT::NoPosition.spec(), self.subject(key));
-            self.finalize(now, key, DeliveryStatus::Failed, Some(ErrorCode::NoPosition), None);
+            self.finalize(
+                now,
+                key,
+                DeliveryStatus::Failed,
+                Some(ErrorCode::NoPosition),
+                None,
+            );
             return;
         }
         let slave = d.rec.slave.clone();
@@ -420,13 +432,23 @@ impl Core {
         let (attempts, stage, cmd) = (d.rec.attempts, d.stage, d.rec.command_id.clone());
         if attempts >= self.cfg.delivery.max_retries {
             self.fire(DeliveryT::GiveUp.spec(), self.subject(key));
-            self.finalize(now, key, DeliveryStatus::Failed, Some(ErrorCode::MaxRetries), None);
+            self.finalize(
+                now,
+                key,
+                DeliveryStatus::Failed,
+                Some(ErrorCode::MaxRetries),
+                None,
+            );
             return;
         }
         let (t, result, reason) = if timeout {
             (DeliveryT::Timeout, "timeout", ErrorCode::MaxRetries)
         } else {
-            (DeliveryT::RetryableFailure, "failed", ErrorCode::PipeUnavailable)
+            (
+                DeliveryT::RetryableFailure,
+                "failed",
+                ErrorCode::PipeUnavailable,
+            )
         };
         self.fire(t.spec(), self.subject(key));
         *self
@@ -462,9 +484,7 @@ impl Core {
         let (state, stage) = (d.state, d.stage);
         let live = matches!(state, DState::Inflight(_) | DState::Backoff);
         match a.result {
-            AckResult::Ok
-                if live && a.stage > stage && a.stage < AckStage::EaConfirmed =>
-            {
+            AckResult::Ok if live && a.stage > stage && a.stage < AckStage::EaConfirmed => {
                 self.fire(DeliveryT::Progress.spec(), self.subject(key));
                 let cmd = a.command_id.clone();
                 let attempts = match self.deliveries.get_mut(&key) {
@@ -568,7 +588,13 @@ impl Core {
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
-        let DState::Finalizing { status, reason, ticket, writes } = &mut d.state else {
+        let DState::Finalizing {
+            status,
+            reason,
+            ticket,
+            writes,
+        } = &mut d.state
+        else {
             return;
         };
         *writes += 1;
@@ -590,7 +616,13 @@ impl Core {
         let Some(d) = self.deliveries.get(&key) else {
             return;
         };
-        let DState::Finalizing { status, reason, ticket, writes } = d.state else {
+        let DState::Finalizing {
+            status,
+            reason,
+            ticket,
+            writes,
+        } = d.state
+        else {
             return;
         };
         if let JournalResult::Failed { .. } = result {

@@ -148,7 +148,12 @@ impl Core {
         if i.trade_id.is_empty() {
             // No trade id: nothing to route by. Intents always need one.
             self.fire(IntakeT::Invalid.spec(), subject);
-            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::InvalidArgument));
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::InvalidArgument),
+            );
             return;
         }
         if let Some(e) = self.intents.get(&i.intent_id) {
@@ -168,12 +173,22 @@ impl Core {
         }
         if !intent_is_valid(&i) {
             self.fire(IntakeT::Invalid.spec(), subject);
-            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::InvalidArgument));
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::InvalidArgument),
+            );
             return;
         }
         if !self.registry.serves(agent, &i.master, Role::Master) {
             self.fire(IntakeT::UnknownAccount.spec(), subject);
-            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::UnknownAccount));
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::UnknownAccount),
+            );
             return;
         }
         if self.journal.is_down() {
@@ -188,7 +203,12 @@ impl Core {
         }
         if self.persisting_trades.contains_key(&i.trade_id) {
             self.fire(IntakeT::TradeBusy.spec(), subject);
-            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::BrokerBusy));
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::BrokerBusy),
+            );
             return;
         }
         let worker = self.router.worker_for(&i.trade_id);
@@ -204,7 +224,12 @@ impl Core {
                 },
                 None,
             );
-            self.ack_intent(agent.clone(), i.intent_id, i.trade_id, Some(ErrorCode::BrokerBusy));
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::BrokerBusy),
+            );
             return;
         }
         self.fire(RouterT::Enqueue.spec(), Subject::Worker(worker));
@@ -285,11 +310,16 @@ impl Core {
         let Some(entry) = self.intents.get_mut(&id) else {
             return;
         };
-        let IntentState::Persisting { attempts, retry_at, .. } = &mut entry.state else {
+        let IntentState::Persisting {
+            attempts, retry_at, ..
+        } = &mut entry.state
+        else {
             return;
         };
         match result {
-            JournalResult::Failed { retryable } if retryable && *attempts < self.cfg.delivery.max_retries => {
+            JournalResult::Failed { retryable }
+                if retryable && *attempts < self.cfg.delivery.max_retries =>
+            {
                 let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), *attempts);
                 let old = retry_at.replace(at);
                 self.metrics.journal_failures_total += 1;
@@ -301,7 +331,12 @@ impl Core {
                 let Some(entry) = self.intents.remove(&id) else {
                     return;
                 };
-                let IntentState::Persisting { admitted_at, retry_at, .. } = entry.state else {
+                let IntentState::Persisting {
+                    admitted_at,
+                    retry_at,
+                    ..
+                } = entry.state
+                else {
                     return;
                 };
                 self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
@@ -327,7 +362,13 @@ impl Core {
                     return;
                 };
                 let state = std::mem::replace(&mut entry.state, IntentState::Accepted { open: 0 });
-                let IntentState::Persisting { deliveries, admitted_at, retry_at, .. } = state else {
+                let IntentState::Persisting {
+                    deliveries,
+                    admitted_at,
+                    retry_at,
+                    ..
+                } = state
+                else {
                     return;
                 };
                 let (worker, trade, master) =
@@ -378,7 +419,13 @@ impl Core {
         let Some(entry) = self.intents.get_mut(&id) else {
             return;
         };
-        let IntentState::Persisting { intent, deliveries, attempts, retry_at, .. } = &mut entry.state
+        let IntentState::Persisting {
+            intent,
+            deliveries,
+            attempts,
+            retry_at,
+            ..
+        } = &mut entry.state
         else {
             return;
         };

@@ -115,7 +115,9 @@ pub enum JournalReply {
     Done,
     /// `AcceptIntent` found the intent already journaled (a retry after a lost reply, or a
     /// master re-sending an old intent): these are its deliveries that are not finished.
-    IntentExisted { unfinished: Vec<DeliveryRecord> },
+    IntentExisted {
+        unfinished: Vec<DeliveryRecord>,
+    },
 }
 
 /// The result of one journal write, as the driver reports it.
@@ -123,7 +125,9 @@ pub enum JournalReply {
 pub enum JournalResult {
     Ok(JournalReply),
     /// The write may or may not have committed; `retryable` says whether trying again can help.
-    Failed { retryable: bool },
+    Failed {
+        retryable: bool,
+    },
 }
 
 /// What a restarted core reads from the journal: nothing else survives a crash.

@@ -50,9 +50,14 @@ pub enum CoreLog {
     },
     JournalDown,
     JournalUp,
-    AgentOffline { agent: AgentId },
+    AgentOffline {
+        agent: AgentId,
+    },
     /// A message the protocol does not allow in the sender's state.
-    ProtocolViolation { agent: AgentId, what: &'static str },
+    ProtocolViolation {
+        agent: AgentId,
+        what: &'static str,
+    },
 }
 
 /// One output for the driver to perform.
@@ -61,9 +66,15 @@ pub enum CoreOutput {
     /// A transition was taken; emitted before the outputs it caused.
     Fired(Fired),
     /// Send a message to an agent on its stream.
-    Send { agent: AgentId, msg: CoreToAgent },
+    Send {
+        agent: AgentId,
+        msg: CoreToAgent,
+    },
     /// Perform a journal write and report its result with `handle_journal_result(op, …)`.
-    Journal { op: OpId, write: JournalWrite },
+    Journal {
+        op: OpId,
+        write: JournalWrite,
+    },
     Log(CoreLog),
 }
 
@@ -219,7 +230,10 @@ impl Core {
         self.now = now;
         match msg {
             AgentToCore::Hello(h) => {
-                self.fire(router::RouterT::Control.spec(), Subject::Agent(agent.clone()));
+                self.fire(
+                    router::RouterT::Control.spec(),
+                    Subject::Agent(agent.clone()),
+                );
                 self.on_hello(now, agent, h)
             }
             other => {
@@ -232,7 +246,10 @@ impl Core {
                     AgentToCore::CommandAck(a) => self.on_command_ack(now, a),
                     AgentToCore::ExecutionResult(r) => self.on_execution_result(now, r),
                     AgentToCore::Heartbeat => {
-                        self.fire(router::RouterT::Control.spec(), Subject::Agent(agent.clone()));
+                        self.fire(
+                            router::RouterT::Control.spec(),
+                            Subject::Agent(agent.clone()),
+                        );
                         self.on_agent_heartbeat(agent)
                     }
                     AgentToCore::Hello(_) => {}
@@ -382,7 +399,11 @@ impl Core {
     }
 
     /// Emits a journal write; `awaited` ops are remembered so their result routes back.
-    pub(crate) fn journal_write(&mut self, write: JournalWrite, pending: Option<PendingOp>) -> OpId {
+    pub(crate) fn journal_write(
+        &mut self,
+        write: JournalWrite,
+        pending: Option<PendingOp>,
+    ) -> OpId {
         let op = OpId(self.next_op);
         self.next_op += 1;
         if let Some(p) = pending {

@@ -106,9 +106,9 @@ impl Registry {
     }
 
     pub fn serves(&self, agent: &AgentId, account: &AccountId, role: Role) -> bool {
-        self.agents.get(agent).is_some_and(|e| {
-            e.online && e.accounts.iter().any(|(a, r)| a == account && *r == role)
-        })
+        self.agents
+            .get(agent)
+            .is_some_and(|e| e.online && e.accounts.iter().any(|(a, r)| a == account && *r == role))
     }
 
     /// The Online agent serving `account`, if any.
@@ -160,7 +160,10 @@ impl Core {
     }
 
     fn refuse_hello(&mut self, agent: &AgentId, reason: ErrorCode) {
-        self.fire(RegistryT::HelloRefused.spec(), Subject::Agent(agent.clone()));
+        self.fire(
+            RegistryT::HelloRefused.spec(),
+            Subject::Agent(agent.clone()),
+        );
         let delivery = self.heartbeat_payload();
         self.send(
             agent.clone(),
@@ -248,7 +251,10 @@ impl Core {
         if !self.registry.is_online(agent) {
             return;
         }
-        self.fire(RegistryT::Disconnected.spec(), Subject::Agent(agent.clone()));
+        self.fire(
+            RegistryT::Disconnected.spec(),
+            Subject::Agent(agent.clone()),
+        );
         let slaves = self.registry.go_offline(agent);
         self.park_slaves(&slaves);
     }
@@ -282,7 +288,12 @@ impl Core {
         self.arm(TimerKey::HeartbeatTick, now + interval);
     }
 
-    pub(crate) fn on_config(&mut self, _now: Instant, core: DeliveryConfig, agent: AgentDeliveryConfig) {
+    pub(crate) fn on_config(
+        &mut self,
+        _now: Instant,
+        core: DeliveryConfig,
+        agent: AgentDeliveryConfig,
+    ) {
         self.cfg.delivery = core;
         self.cfg.agent_delivery = agent;
         self.config_version += 1;
@@ -304,7 +315,10 @@ impl Core {
         self.fire(RegistryT::Subscriptions.spec(), Subject::None);
         self.subs.clear();
         for s in &subs {
-            self.subs.entry(s.master.clone()).or_default().push(s.clone());
+            self.subs
+                .entry(s.master.clone())
+                .or_default()
+                .push(s.clone());
         }
         self.cfg.subscriptions = subs;
     }

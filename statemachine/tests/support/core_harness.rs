@@ -33,7 +33,10 @@ pub fn cfg() -> CoreConfig {
             reconcile_interval_ms: 500,
         },
         agent_delivery: AgentDeliveryConfig::default(),
-        subscriptions: vec![Subscription::new("m1", "s1", 2.0), Subscription::new("m1", "s2", 1.0)],
+        subscriptions: vec![
+            Subscription::new("m1", "s1", 2.0),
+            Subscription::new("m1", "s2", 1.0),
+        ],
         recent_intents: 16,
     }
 }
