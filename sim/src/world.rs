@@ -296,7 +296,7 @@ impl World {
             master: self.master_accounts[m].clone(),
             kind: KINDS[step],
             symbol: Symbol::new(["EURUSD", "GBPUSD", "USDJPY"][trade % 3]),
-            side: if trade % 2 == 0 {
+            side: if trade.is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell
