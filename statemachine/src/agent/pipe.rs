@@ -1,0 +1,273 @@
+//! Slave side, delivery half: pipes to the EAs, pipe writes with ack timeout, backoff and
+//! `max_retries`, the EA's acks and execution results.
+//!
+//! Owns which pipes are open and every pipe attempt of a durable entry. It must never write a
+//! command before its Buffered record is durable or before the pipe's Handshake, never count a
+//! closed pipe as the EA refusing, and never let a result from the wrong account reach the core.
+
+use super::{later, AgentOutput, DeliveryManager, EntryPhase, LedgerState, LinkState, T};
+use crate::ids::{AccountId, CommandId};
+use crate::msg::{
+    AckResult, AckStage, AgentToEa, ErrorCode, ExecutionResult, PipeDeliveryAck, PipeStatus, Role,
+    PROTOCOL_VERSION,
+};
+use crate::spec::Subject;
+use crate::time::{backoff, Duration, Instant};
+
+impl DeliveryManager {
+    pub(super) fn on_pipe_connected(&mut self, now: Instant, account: AccountId) {
+        let subject = Subject::Account(account.clone());
+        let Some(&role) = self.accounts.get(&account) else {
+            self.fire(T::T30, subject);
+            self.metrics.unknown_pipes += 1;
+            return;
+        };
+        self.fire(T::T27, subject);
+        self.pipes.insert(account.clone());
+        self.push(AgentOutput::ToEa {
+            account: account.clone(),
+            msg: AgentToEa::Handshake {
+                account: account.clone(),
+                protocol_version: PROTOCOL_VERSION,
+            },
+        });
+        if role == Role::Master {
+            if self.config_from_core {
+                self.push(AgentOutput::ToEa {
+                    account,
+                    msg: AgentToEa::DeliveryConfig(self.config),
+                });
+            }
+            return;
+        }
+        // A (re)opened pipe is a fresh chance: every undelivered command of this slave starts a
+        // new attempt budget and is written again, in ledger order.
+        let seqs: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| e.command.slave == account && e.phase.is_pipe_pending())
+            .map(|e| e.seq)
+            .collect();
+        for &seq in &seqs {
+            self.set_deadline(seq, None);
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.phase = EntryPhase::WaitingPipe;
+                e.attempts = 0;
+            }
+        }
+        for seq in seqs {
+            self.write_to_pipe(now, seq);
+        }
+    }
+
+    pub(super) fn on_pipe_closed(&mut self, account: AccountId) {
+        if !self.pipes.remove(&account) {
+            return;
+        }
+        self.fire(T::T29, Subject::Account(account.clone()));
+        let seqs: Vec<u64> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.command.slave == account
+                    && matches!(e.phase, EntryPhase::AwaitingAck | EntryPhase::Backoff)
+            })
+            .map(|e| e.seq)
+            .collect();
+        for seq in seqs {
+            self.set_deadline(seq, None);
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.phase = EntryPhase::WaitingPipe;
+                e.written_at = None;
+            }
+        }
+    }
+
+    pub(super) fn on_pipe_write_failed(
+        &mut self,
+        now: Instant,
+        account: AccountId,
+        command_id: CommandId,
+    ) {
+        match self.awaited(&account, &command_id) {
+            Some((seq, EntryPhase::AwaitingAck)) => self.attempt_failed(now, seq),
+            _ => self.stale_pipe_event(command_id),
+        }
+    }
+
+    pub(super) fn on_pipe_ack(&mut self, now: Instant, account: AccountId, ack: PipeDeliveryAck) {
+        let Some((seq, phase)) = self.awaited(&account, &ack.command_id) else {
+            return self.stale_pipe_event(ack.command_id);
+        };
+        let subject = Subject::Command(ack.command_id.clone());
+        match (ack.status, phase) {
+            (PipeStatus::Ok, p) if p.is_pipe_pending() => {
+                self.fire(T::T31, subject);
+                self.sample_latency(now, seq);
+                self.set_deadline(seq, None);
+                if let Some(e) = self.entries.get_mut(&seq) {
+                    e.phase = EntryPhase::Confirming;
+                }
+                self.set_target(seq, LedgerState::Delivered);
+            }
+            (PipeStatus::Retry, EntryPhase::AwaitingAck) => {
+                self.attempt_failed(now, seq);
+            }
+            (PipeStatus::Failed, p) if p.is_pipe_pending() => {
+                let reason = ack.reason.unwrap_or(ErrorCode::EaRejected);
+                self.fire(T::T35, subject);
+                self.metrics.pipe_retry_total += 1;
+                self.metrics.ea_rejected_total += 1;
+                self.set_deadline(seq, None);
+                if let Some(e) = self.entries.get_mut(&seq) {
+                    e.phase = EntryPhase::Rejecting;
+                }
+                self.set_target(seq, LedgerState::Rejected { reason });
+            }
+            _ => self.stale_pipe_event(ack.command_id),
+        }
+    }
+
+    pub(super) fn on_execution(&mut self, account: AccountId, r: ExecutionResult) {
+        let served_slave = self.accounts.get(&account) == Some(&Role::Slave);
+        let entry = self
+            .seq_of(&r.command_id)
+            .and_then(|seq| self.entries.get(&seq).map(|e| (seq, e)));
+        let foreign = entry.is_some_and(|(_, e)| e.command.slave != account);
+        if !served_slave || r.slave != account || foreign {
+            self.fire(T::T40, Subject::Account(account));
+            self.metrics.results_protocol_violations += 1;
+            return;
+        }
+        let subject = Subject::Command(r.command_id.clone());
+        let first = entry.and_then(|(seq, e)| match e.phase {
+            EntryPhase::Completing | EntryPhase::Completed | EntryPhase::Rejected => None,
+            p => Some((seq, p)),
+        });
+        let Some((seq, phase)) = first else {
+            self.fire(T::T39, subject);
+            return self.forward_or_hold(r);
+        };
+        self.fire(T::T38, subject);
+        if matches!(phase, EntryPhase::AwaitingAck | EntryPhase::Backoff) {
+            self.set_deadline(seq, None);
+        }
+        let online = self.link == LinkState::Online;
+        if let Some(e) = self.entries.get_mut(&seq) {
+            e.phase = EntryPhase::Completing;
+            if !online {
+                e.unsent = Some(r.clone());
+            }
+        }
+        if online {
+            self.send_result(r);
+        } else {
+            self.metrics.results_held += 1;
+        }
+        self.set_target(seq, LedgerState::Completed);
+        self.complete_if_done(seq);
+    }
+
+    /// A result the ledger has no open entry for: sent, or held in the bounded outbox.
+    fn forward_or_hold(&mut self, r: ExecutionResult) {
+        if self.link == LinkState::Online {
+            return self.send_result(r);
+        }
+        self.metrics.results_held += 1;
+        if self.outbox.len() >= self.limits.max_result_outbox {
+            self.metrics.results_evicted += 1;
+            let Some(oldest) = self.outbox.pop_front() else {
+                // A zero-sized outbox holds nothing: the newcomer itself is the evicted one.
+                return self.fire(T::T44, Subject::Command(r.command_id));
+            };
+            self.fire(T::T44, Subject::Command(oldest.command_id));
+        }
+        self.outbox.push_back(r);
+    }
+
+    /// T28: one pipe attempt.
+    pub(super) fn write_to_pipe(&mut self, now: Instant, seq: u64) {
+        let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms.into());
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        if !self.pipes.contains(&e.command.slave) {
+            e.phase = EntryPhase::WaitingPipe;
+            return;
+        }
+        e.attempts += 1;
+        e.phase = EntryPhase::AwaitingAck;
+        e.written_at = Some(now);
+        let (account, command) = (e.command.slave.clone(), e.command.clone());
+        self.fire(T::T28, Subject::Command(command.command_id.clone()));
+        self.set_deadline(seq, Some(later(now, ack_timeout)));
+        self.push(AgentOutput::ToEa {
+            account,
+            msg: AgentToEa::Command(command),
+        });
+    }
+
+    pub(super) fn write_if_pipe_open(&mut self, now: Instant, seq: u64) {
+        let open = self
+            .entries
+            .get(&seq)
+            .is_some_and(|e| self.pipes.contains(&e.command.slave));
+        if open {
+            self.write_to_pipe(now, seq);
+        }
+    }
+
+    /// T33 / T34: the attempt in flight did not land.
+    pub(super) fn attempt_failed(&mut self, now: Instant, seq: u64) {
+        let max = self.config.max_retries;
+        let base = self.config.retry_backoff_ms.into();
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        self.metrics.pipe_retry_total += 1;
+        e.written_at = None;
+        let subject = Subject::Command(e.command.command_id.clone());
+        if e.attempts >= max {
+            e.phase = EntryPhase::Parked;
+            let ack = e.ack(
+                AckStage::PipeDelivered,
+                AckResult::Failed,
+                Some(ErrorCode::PipeUnavailable),
+            );
+            self.fire(T::T34, subject);
+            self.metrics.pipe_unavailable_total += 1;
+            self.set_deadline(seq, None);
+            self.report(ack);
+        } else {
+            e.phase = EntryPhase::Backoff;
+            let at = later(now, backoff(base, e.attempts));
+            self.fire(T::T33, subject);
+            self.set_deadline(seq, Some(at));
+        }
+    }
+
+    /// The entry `command_id` if `account` is its slave's pipe, with its phase.
+    fn awaited(&self, account: &AccountId, command_id: &CommandId) -> Option<(u64, EntryPhase)> {
+        let seq = self.seq_of(command_id)?;
+        let e = self.entries.get(&seq)?;
+        (e.command.slave == *account).then_some((seq, e.phase))
+    }
+
+    fn stale_pipe_event(&mut self, command_id: CommandId) {
+        self.fire(T::T37, Subject::Command(command_id));
+        self.metrics.stale_pipe_events += 1;
+    }
+
+    /// `echo_agent_pipe_delivery_latency_ms` is defined (crate::telemetry) as write → ack OK.
+    fn sample_latency(&mut self, now: Instant, seq: u64) {
+        let Some(at) = self.entries.get_mut(&seq).and_then(|e| e.written_at.take()) else {
+            return;
+        };
+        let ms = now.saturating_since(at).as_millis();
+        let m = &mut self.metrics;
+        m.pipe_delivery_latency_count += 1;
+        m.pipe_delivery_latency_sum_ms = m.pipe_delivery_latency_sum_ms.saturating_add(ms);
+        m.pipe_delivery_latency_last_ms = ms;
+        m.pipe_delivery_latency_max_ms = m.pipe_delivery_latency_max_ms.max(ms);
+    }
+}

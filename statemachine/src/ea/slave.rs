@@ -1,0 +1,729 @@
+//! The slave EA's executor: each `command_id` reaches the broker at most once, durably.
+//!
+//! This module owns the slave side of a command: the handshake gate of the pipe session, the
+//! validation of the command, the write-ahead record (`PersistExecuting`) that must be durable
+//! before the EA says `PipeDeliveryAck{Ok}` and places the order, the durable result
+//! (`PersistExecuted`) that must be on disk before the `ExecutionResult` is reported, the
+//! deduplication of repeated deliveries, and the recovery of commands left in doubt by a crash
+//! (asked of the broker with `QueryOrder`, never placed again). It is a sans-IO machine: broker,
+//! file and pipe are outputs and their answers inputs.
+//!
+//! It must never emit two `PlaceOrder` for one `command_id` — across repeats, failures and
+//! `recover()` — never answer `PipeDeliveryAck{Ok}` for a command whose write-ahead record is
+//! not durable, never report a result that is not durable, and never second-guess the broker
+//! about a position it knows (the broker's answer is passed through as is).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::ids::{AccountId, CommandId};
+use crate::msg::{
+    AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecutionResult,
+    PipeDeliveryAck, PipeStatus,
+};
+use crate::spec::{Fired, MachineSpec, Subject};
+use crate::time::{backoff, Instant};
+use crate::transitions;
+
+/// Identifies one storage request so its result can be matched to it.
+pub type OpId = u64;
+
+/// How many refused command ids are remembered so a retry gets the same answer. Refusal is a
+/// pure function of the command, so forgetting the oldest only costs a re-validation.
+pub const FAILED_MEMORY: usize = 4_096;
+
+transitions! {
+    /// Transitions of the slave EA's executor. One command moves
+    /// `persisting → executing (or in_doubt after recover) → recording ⇄ record_retry_wait → executed`.
+    pub enum T ("ea.slave") {
+        HandshakeAccepted = "T01": "gate: any", "AgentToEa::Handshake for this EA's account" => "gate: open"; "nothing; commands are taken from now on",
+        HandshakeRefused = "T02": "gate: any", "AgentToEa::Handshake for another account" => "gate: closed"; "nothing; counted handshake_refused",
+        PipeClosed = "T03": "gate: any", "handle_pipe_closed" => "gate: closed"; "nothing; the next session must handshake again",
+        GateClosed = "T04": "gate: closed", "Command before this session's handshake" => "gate: closed"; "ToAgent(PipeAck{Retry}); nothing remembered, nothing executed; counted retry_gate",
+        Malformed = "T05": "(none)", "Command that fails validation (volume <= 0 or not finite, non-finite price/SL/TP, ticket <= 0 on modify/close, another account)" => "refused"; "ToAgent(PipeAck{Failed, InvalidArgument / UnknownAccount}); the refusal is remembered; counted malformed",
+        RefusedAgain = "T06": "refused", "the same command_id again" => "refused"; "ToAgent(PipeAck{Failed, same reason}); never executed",
+        Busy = "T07": "(none)", "new Command while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
+        Accepted = "T08": "(none)", "new valid Command, gate open, room for it" => "persisting"; "PersistExecuting{op, command} (write-ahead)",
+        Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open, or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body}; counted placed",
+        NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
+        WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
+        NotYetDurable = "T12": "persisting", "the same command_id again" => "persisting"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
+        Repeated = "T13": "executing / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
+        BrokerAnswered = "T14": "executing / in_doubt", "handle_broker_result(Filled or Rejected)" => "recording"; "PersistExecuted{op, command_id, result}",
+        BrokerIgnored = "T15": "any", "handle_broker_result for an unknown command or one already answered" => "unchanged"; "counted ignored_broker_results",
+        Executed = "T16": "recording", "persist result Ok for its result record" => "executed"; "ToAgent(Execution(result)); open positions updated from the result",
+        RecordFailed = "T17": "recording", "persist result Failed for its result record" => "record_retry_wait"; "timer at now + backoff(retry_backoff_ms, failures); counted record_failures; the result is kept",
+        RecordRetry = "T18": "record_retry_wait", "record retry timer expired" => "recording"; "PersistExecuted{op (new), command_id, result}",
+        PersistIgnored = "T19": "any", "persist result for an op that is not a command's current op" => "unchanged"; "counted ignored_persist_results",
+        NotForSlave = "T20": "any", "AgentToEa::IntentAck or DeliveryConfig (master-EA messages)" => "unchanged"; "nothing; counted ignored_messages",
+        RecoveredExecuted = "T21": "(durable)", "recover(): a record with its result" => "executed"; "nothing; the command is deduplicated and its position restored",
+        RecoveredInDoubt = "T22": "(durable)", "recover(): a write-ahead record without a result (crash after the write-ahead: the order may or may not have reached the broker)" => "in_doubt"; "QueryOrder{command_id} — asked of the broker by client order id, never placed again",
+    }
+}
+
+pub const SPEC: MachineSpec = MachineSpec {
+    name: "ea.slave",
+    summary: "The slave EA's executor: answers every command on the pipe with PipeDeliveryAck \
+              (OK / RETRY / FAILED), writes ahead before it places an order, places each \
+              command_id at most once, records the broker's answer durably and reports it as an \
+              ExecutionResult — again on every redelivery, never by executing again.",
+    states: &[
+        ("gate: closed / open", "whether this pipe session has seen the agent's Handshake for this EA's account; closed on every new session"),
+        ("refused", "the command failed validation; remembered (bounded) so a retry gets the same answer"),
+        ("persisting", "PersistExecuting issued, not yet durable; not acknowledged, not placed"),
+        ("executing", "write-ahead durable, PipeAck{Ok} sent, PlaceOrder issued; waits for the broker"),
+        ("in_doubt", "found after a crash with a write-ahead record and no result; QueryOrder issued; waits for the broker"),
+        ("recording", "the broker answered; PersistExecuted issued, not yet durable"),
+        ("record_retry_wait", "the result write failed; waits for its backoff"),
+        ("executed", "result durable and reported; every repeat is answered from it"),
+    ],
+    invariants: &[
+        "No command_id ever produces two PlaceOrder outputs, across any sequence of inputs including recover().",
+        "PipeDeliveryAck{Ok} is sent only for a command whose PersistExecuting was reported durable (in this life or a previous one).",
+        "An ExecutionResult is reported only after its PersistExecuted was reported durable.",
+        "No command is accepted (written ahead) before the current pipe session's Handshake for this EA's account.",
+        "A command found in doubt after a crash is resolved by QueryOrder and the broker's answer, never by placing it again.",
+        "Unfinished commands are bounded by `max_pending`; beyond it the EA answers RETRY, never drops silently.",
+        "The same command_id always gets the same verdict: refused stays refused, executed is answered from its stored result.",
+    ],
+    transitions: T::TABLE,
+};
+
+/// What builds a [`SlaveExecutor`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlaveConfig {
+    /// The slave account this EA trades; handshakes and commands for others are refused.
+    pub account: AccountId,
+    /// Most commands unfinished at once (persisting, at the broker, or recording).
+    pub max_pending: usize,
+    /// Base of the backoff for re-writing a result that failed to persist.
+    pub retry_backoff_ms: u64,
+}
+
+impl SlaveConfig {
+    pub fn new(account: impl AsRef<str>) -> Self {
+        SlaveConfig {
+            account: AccountId::new(account),
+            max_pending: 64,
+            retry_backoff_ms: 100,
+        }
+    }
+}
+
+/// A storage request that did not complete (a lost reply looks the same: writes are keyed by
+/// command id, so repeating one is harmless).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersistError {
+    pub retryable: bool,
+}
+
+/// One command as the EA's file holds it: written ahead (`result: None`) and later completed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutedRecord {
+    pub command: Command,
+    pub result: Option<ExecutionResult>,
+}
+
+/// What the broker did with an order, or answered to a query by client order id. A driver maps
+/// every broker error, and "no such client order id" for a query, to `Rejected`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BrokerOutcome {
+    Filled {
+        ticket: i64,
+        price: f64,
+        volume: f64,
+    },
+    Rejected {
+        reason: String,
+    },
+}
+
+/// Everything the executor asks its driver to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Fired(Fired),
+    /// Write on the pipe to the agent.
+    ToAgent(EaToAgent),
+    /// Write-ahead: record the command as executing, then `handle_persist_result(op, …)`.
+    PersistExecuting {
+        op: OpId,
+        command: Command,
+    },
+    /// Record the result of the command, then `handle_persist_result(op, …)`.
+    PersistExecuted {
+        op: OpId,
+        command_id: CommandId,
+        result: ExecutionResult,
+    },
+    /// Send the order to the broker with `command_id` as its client order id, then
+    /// `handle_broker_result(command_id, …)`.
+    PlaceOrder {
+        command_id: CommandId,
+        body: CommandBody,
+    },
+    /// Ask the broker what became of the order with this client order id, then
+    /// `handle_broker_result(command_id, …)`.
+    QueryOrder {
+        command_id: CommandId,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlaveMetrics {
+    /// Commands not yet executed (persisting, at the broker, in doubt or recording).
+    pub pending: usize,
+    pub known_commands: usize,
+    pub open_positions: usize,
+    pub placed: u64,
+    pub queried: u64,
+    pub executed: u64,
+    pub rejected_by_broker: u64,
+    pub no_position: u64,
+    pub duplicates: u64,
+    pub malformed: u64,
+    pub retry_gate: u64,
+    pub retry_busy: u64,
+    pub retry_not_durable: u64,
+    pub write_ahead_failures: u64,
+    pub record_failures: u64,
+    pub handshake_refused: u64,
+    pub ignored_broker_results: u64,
+    pub ignored_persist_results: u64,
+    pub ignored_messages: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Persisting { op: OpId },
+    Executing,
+    InDoubt,
+    Recording { op: OpId, result: ExecutionResult },
+    RecordRetryWait { result: ExecutionResult },
+    Executed { result: ExecutionResult },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    command: Command,
+    state: State,
+    record_failures: u32,
+    deadline: Option<Instant>,
+}
+
+/// The slave EA's at-most-once executor.
+#[derive(Debug)]
+pub struct SlaveExecutor {
+    config: SlaveConfig,
+    gate_open: bool,
+    next_op: OpId,
+    commands: BTreeMap<CommandId, Entry>,
+    pending: usize,
+    refused: BTreeMap<CommandId, ErrorCode>,
+    refused_order: VecDeque<CommandId>,
+    /// slave_ticket → open volume, from durable results only.
+    positions: BTreeMap<i64, f64>,
+    ops: BTreeMap<OpId, CommandId>,
+    timers: BTreeSet<(Instant, CommandId)>,
+    out: VecDeque<Output>,
+    m: SlaveMetrics,
+}
+
+impl SlaveExecutor {
+    /// A fresh executor with no history and the gate closed.
+    pub fn new(config: SlaveConfig) -> Self {
+        SlaveExecutor {
+            config,
+            gate_open: false,
+            next_op: 0,
+            commands: BTreeMap::new(),
+            pending: 0,
+            refused: BTreeMap::new(),
+            refused_order: VecDeque::new(),
+            positions: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            out: VecDeque::new(),
+            m: SlaveMetrics::default(),
+        }
+    }
+
+    /// Rebuilds the executor from its file, in file order. Completed records are remembered
+    /// for dedupe and rebuild the open positions; records without a result are in doubt and
+    /// are asked of the broker (`QueryOrder`), never placed again.
+    pub fn recover(config: SlaveConfig, durable: Vec<ExecutedRecord>) -> Self {
+        let mut s = SlaveExecutor::new(config);
+        // The file is keyed by command id: of two rows for one id, the completed one wins.
+        let mut order: Vec<CommandId> = Vec::new();
+        let mut rows: BTreeMap<CommandId, ExecutedRecord> = BTreeMap::new();
+        for rec in durable {
+            let id = rec.command.command_id.clone();
+            match rows.get_mut(&id) {
+                Some(prev) => {
+                    if prev.result.is_none() {
+                        *prev = rec;
+                    }
+                }
+                None => {
+                    order.push(id.clone());
+                    rows.insert(id, rec);
+                }
+            }
+        }
+        for id in order {
+            let Some(rec) = rows.remove(&id) else {
+                continue;
+            };
+            let subject = Subject::Command(id.clone());
+            match rec.result {
+                Some(result) => {
+                    s.apply_to_positions(&rec.command.body, &result);
+                    s.commands.insert(
+                        id,
+                        Entry {
+                            command: rec.command,
+                            state: State::Executed { result },
+                            record_failures: 0,
+                            deadline: None,
+                        },
+                    );
+                    s.fire(T::RecoveredExecuted, subject);
+                }
+                None => {
+                    s.commands.insert(
+                        id.clone(),
+                        Entry {
+                            command: rec.command,
+                            state: State::InDoubt,
+                            record_failures: 0,
+                            deadline: None,
+                        },
+                    );
+                    s.pending += 1;
+                    s.m.queried += 1;
+                    s.fire(T::RecoveredInDoubt, subject);
+                    s.out.push_back(Output::QueryOrder { command_id: id });
+                }
+            }
+        }
+        s
+    }
+
+    /// A message from the agent on the pipe.
+    pub fn handle_from_agent(&mut self, now: Instant, msg: AgentToEa) {
+        match msg {
+            AgentToEa::Handshake { account, .. } => {
+                if account == self.config.account {
+                    self.gate_open = true;
+                    self.fire(T::HandshakeAccepted, Subject::Account(account));
+                } else {
+                    self.gate_open = false;
+                    self.m.handshake_refused += 1;
+                    self.fire(T::HandshakeRefused, Subject::Account(account));
+                }
+            }
+            AgentToEa::Command(c) => self.handle_command(now, c),
+            AgentToEa::IntentAck(_) | AgentToEa::DeliveryConfig(_) => {
+                self.m.ignored_messages += 1;
+                self.fire(T::NotForSlave, Subject::None);
+            }
+        }
+    }
+
+    /// The pipe session ended: the next one must handshake before anything is executed.
+    pub fn handle_pipe_closed(&mut self, _now: Instant) {
+        self.gate_open = false;
+        self.fire(T::PipeClosed, Subject::None);
+    }
+
+    /// The result of a `PersistExecuting` or `PersistExecuted`.
+    pub fn handle_persist_result(
+        &mut self,
+        now: Instant,
+        op: OpId,
+        result: Result<(), PersistError>,
+    ) {
+        let Some(id) = self.ops.remove(&op) else {
+            self.m.ignored_persist_results += 1;
+            self.fire(T::PersistIgnored, Subject::None);
+            return;
+        };
+        let subject = Subject::Command(id.clone());
+        let Some(entry) = self.commands.get(&id) else {
+            self.m.ignored_persist_results += 1;
+            self.fire(T::PersistIgnored, subject);
+            return;
+        };
+        match (&entry.state, result) {
+            (State::Persisting { op: cur }, Ok(())) if *cur == op => {
+                let body = entry.command.body.clone();
+                let known_position = match &body {
+                    CommandBody::Execute { .. } => true,
+                    CommandBody::Modify { slave_ticket, .. }
+                    | CommandBody::Close { slave_ticket, .. } => {
+                        self.positions.contains_key(slave_ticket)
+                    }
+                };
+                if known_position {
+                    self.set_state(&id, State::Executing);
+                    self.m.placed += 1;
+                    self.fire(T::Place, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                    self.out.push_back(Output::PlaceOrder {
+                        command_id: id,
+                        body,
+                    });
+                } else {
+                    // The broker would refuse a ticket we never opened or already closed;
+                    // answering as it would keeps one path for every rejection.
+                    self.m.no_position += 1;
+                    let result = self.result_for(
+                        &id,
+                        &BrokerOutcome::Rejected {
+                            reason: "no open position for this ticket".into(),
+                        },
+                    );
+                    self.fire(T::NoPosition, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                    if let Some(result) = result {
+                        self.issue_record(&id, result);
+                    }
+                }
+            }
+            (State::Persisting { op: cur }, Err(_)) if *cur == op => {
+                self.m.write_ahead_failures += 1;
+                self.commands.remove(&id);
+                self.pending = self.pending.saturating_sub(1);
+                self.fire(T::WriteAheadFailed, subject);
+                self.pipe_ack(&id, PipeStatus::Retry, None);
+            }
+            (State::Recording { op: cur, result: r }, Ok(())) if *cur == op => {
+                let r = r.clone();
+                let body = entry.command.body.clone();
+                self.apply_to_positions(&body, &r);
+                self.set_state(&id, State::Executed { result: r.clone() });
+                self.pending = self.pending.saturating_sub(1);
+                self.m.executed += 1;
+                if r.status == BrokerStatus::Rejected {
+                    self.m.rejected_by_broker += 1;
+                }
+                self.fire(T::Executed, subject);
+                self.out.push_back(Output::ToAgent(EaToAgent::Execution(r)));
+            }
+            (State::Recording { op: cur, result: r }, Err(_)) if *cur == op => {
+                let r = r.clone();
+                self.m.record_failures += 1;
+                let failures = self.commands.get_mut(&id).map_or(1, |e| {
+                    e.record_failures = e.record_failures.saturating_add(1);
+                    e.record_failures
+                });
+                self.set_state(&id, State::RecordRetryWait { result: r });
+                let at = now + backoff(self.config.retry_backoff_ms, failures);
+                self.arm(&id, at);
+                self.fire(T::RecordFailed, subject);
+            }
+            _ => {
+                self.m.ignored_persist_results += 1;
+                self.fire(T::PersistIgnored, subject);
+            }
+        }
+    }
+
+    /// What the broker answered to a `PlaceOrder` or `QueryOrder`.
+    pub fn handle_broker_result(
+        &mut self,
+        _now: Instant,
+        command_id: CommandId,
+        outcome: BrokerOutcome,
+    ) {
+        let subject = Subject::Command(command_id.clone());
+        let waiting = matches!(
+            self.commands.get(&command_id).map(|e| &e.state),
+            Some(State::Executing | State::InDoubt)
+        );
+        if !waiting {
+            self.m.ignored_broker_results += 1;
+            self.fire(T::BrokerIgnored, subject);
+            return;
+        }
+        let Some(result) = self.result_for(&command_id, &outcome) else {
+            return;
+        };
+        self.fire(T::BrokerAnswered, subject);
+        self.issue_record(&command_id, result);
+    }
+
+    /// Processes every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(Instant, CommandId)> = self
+            .timers
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect();
+        for (at, id) in due {
+            self.timers.remove(&(at, id.clone()));
+            let Some(e) = self.commands.get_mut(&id) else {
+                continue;
+            };
+            e.deadline = None;
+            if let State::RecordRetryWait { result } = &e.state {
+                let result = result.clone();
+                self.fire(T::RecordRetry, Subject::Command(id.clone()));
+                self.issue_record(&id, result);
+            }
+        }
+    }
+
+    pub fn poll(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    pub fn metrics(&self) -> SlaveMetrics {
+        SlaveMetrics {
+            pending: self.pending,
+            known_commands: self.commands.len(),
+            open_positions: self.positions.len(),
+            ..self.m
+        }
+    }
+
+    pub fn is_gate_open(&self) -> bool {
+        self.gate_open
+    }
+
+    /// Open volume of a slave position, as known from durable results.
+    pub fn open_volume(&self, slave_ticket: i64) -> Option<f64> {
+        self.positions.get(&slave_ticket).copied()
+    }
+
+    // ---- internals ----
+
+    fn handle_command(&mut self, _now: Instant, c: Command) {
+        let id = c.command_id.clone();
+        let subject = Subject::Command(id.clone());
+        if !self.gate_open {
+            self.m.retry_gate += 1;
+            self.fire(T::GateClosed, subject);
+            self.pipe_ack(&id, PipeStatus::Retry, None);
+            return;
+        }
+        if let Some(e) = self.commands.get(&id) {
+            match &e.state {
+                State::Persisting { .. } => {
+                    self.m.retry_not_durable += 1;
+                    self.fire(T::NotYetDurable, subject);
+                    self.pipe_ack(&id, PipeStatus::Retry, None);
+                }
+                State::Executed { result } => {
+                    let result = result.clone();
+                    self.m.duplicates += 1;
+                    self.fire(T::Repeated, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                    self.out
+                        .push_back(Output::ToAgent(EaToAgent::Execution(result)));
+                }
+                _ => {
+                    self.m.duplicates += 1;
+                    self.fire(T::Repeated, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                }
+            }
+            return;
+        }
+        if let Some(&reason) = self.refused.get(&id) {
+            self.fire(T::RefusedAgain, subject);
+            self.pipe_ack(&id, PipeStatus::Failed, Some(reason));
+            return;
+        }
+        if let Err(reason) = self.validate(&c) {
+            self.m.malformed += 1;
+            self.remember_refusal(id.clone(), reason);
+            self.fire(T::Malformed, subject);
+            self.pipe_ack(&id, PipeStatus::Failed, Some(reason));
+            return;
+        }
+        if self.pending >= self.config.max_pending {
+            self.m.retry_busy += 1;
+            self.fire(T::Busy, subject);
+            self.pipe_ack(&id, PipeStatus::Retry, None);
+            return;
+        }
+        let op = self.alloc_op(&id);
+        self.pending += 1;
+        self.commands.insert(
+            id,
+            Entry {
+                command: c.clone(),
+                state: State::Persisting { op },
+                record_failures: 0,
+                deadline: None,
+            },
+        );
+        self.fire(T::Accepted, subject);
+        self.out
+            .push_back(Output::PersistExecuting { op, command: c });
+    }
+
+    fn validate(&self, c: &Command) -> Result<(), ErrorCode> {
+        if c.slave != self.config.account {
+            return Err(ErrorCode::UnknownAccount);
+        }
+        let level = |x: f64| x.is_finite() && x >= 0.0;
+        let ok = !c.command_id.as_str().is_empty()
+            && match &c.body {
+                CommandBody::Execute {
+                    volume,
+                    price,
+                    stop_loss,
+                    take_profit,
+                    ..
+                } => {
+                    volume.is_finite()
+                        && *volume > 0.0
+                        && level(*price)
+                        && level(*stop_loss)
+                        && level(*take_profit)
+                }
+                CommandBody::Modify {
+                    slave_ticket,
+                    stop_loss,
+                    take_profit,
+                } => *slave_ticket > 0 && level(*stop_loss) && level(*take_profit),
+                // volume 0 closes the whole position.
+                CommandBody::Close {
+                    slave_ticket,
+                    volume,
+                } => *slave_ticket > 0 && level(*volume),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(ErrorCode::InvalidArgument)
+        }
+    }
+
+    fn remember_refusal(&mut self, id: CommandId, reason: ErrorCode) {
+        if self.refused_order.len() >= FAILED_MEMORY {
+            if let Some(old) = self.refused_order.pop_front() {
+                self.refused.remove(&old);
+            }
+        }
+        self.refused_order.push_back(id.clone());
+        self.refused.insert(id, reason);
+    }
+
+    fn result_for(&self, id: &CommandId, outcome: &BrokerOutcome) -> Option<ExecutionResult> {
+        let c = &self.commands.get(id)?.command;
+        let command_ticket = match &c.body {
+            CommandBody::Execute { .. } => 0,
+            CommandBody::Modify { slave_ticket, .. } | CommandBody::Close { slave_ticket, .. } => {
+                *slave_ticket
+            }
+        };
+        let (slave_ticket, fill_price, filled_volume, status) = match outcome {
+            BrokerOutcome::Filled {
+                ticket,
+                price,
+                volume,
+            } => (*ticket, *price, *volume, BrokerStatus::Filled),
+            BrokerOutcome::Rejected { .. } => (command_ticket, 0.0, 0.0, BrokerStatus::Rejected),
+        };
+        Some(ExecutionResult {
+            command_id: id.clone(),
+            trade_id: c.trade_id.clone(),
+            slave: c.slave.clone(),
+            slave_ticket,
+            fill_price,
+            filled_volume,
+            status,
+        })
+    }
+
+    fn issue_record(&mut self, id: &CommandId, result: ExecutionResult) {
+        let op = self.alloc_op(id);
+        self.set_state(
+            id,
+            State::Recording {
+                op,
+                result: result.clone(),
+            },
+        );
+        self.out.push_back(Output::PersistExecuted {
+            op,
+            command_id: id.clone(),
+            result,
+        });
+    }
+
+    fn apply_to_positions(&mut self, body: &CommandBody, r: &ExecutionResult) {
+        if r.status != BrokerStatus::Filled {
+            return;
+        }
+        match body {
+            CommandBody::Execute { .. } => {
+                self.positions.insert(r.slave_ticket, r.filled_volume);
+            }
+            CommandBody::Modify { .. } => {}
+            CommandBody::Close {
+                slave_ticket,
+                volume,
+            } => {
+                let whole = *volume == 0.0;
+                let remaining = self
+                    .positions
+                    .get(slave_ticket)
+                    .map(|open| open - r.filled_volume);
+                match remaining {
+                    // Lots have two or three decimals; anything below a micro-lot is gone.
+                    Some(left) if !whole && left > 1e-9 => {
+                        self.positions.insert(*slave_ticket, left);
+                    }
+                    _ => {
+                        self.positions.remove(slave_ticket);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pipe_ack(&mut self, id: &CommandId, status: PipeStatus, reason: Option<ErrorCode>) {
+        self.out
+            .push_back(Output::ToAgent(EaToAgent::PipeAck(PipeDeliveryAck {
+                command_id: id.clone(),
+                status,
+                reason,
+            })));
+    }
+
+    fn fire(&mut self, t: T, subject: Subject) {
+        self.out.push_back(Output::Fired(Fired {
+            transition: t.spec(),
+            subject,
+        }));
+    }
+
+    fn alloc_op(&mut self, id: &CommandId) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(op, id.clone());
+        op
+    }
+
+    fn set_state(&mut self, id: &CommandId, state: State) {
+        if let Some(e) = self.commands.get_mut(id) {
+            e.state = state;
+        }
+    }
+
+    fn arm(&mut self, id: &CommandId, at: Instant) {
+        if let Some(e) = self.commands.get_mut(id) {
+            if let Some(old) = e.deadline.replace(at) {
+                self.timers.remove(&(old, id.clone()));
+            }
+            self.timers.insert((at, id.clone()));
+        }
+    }
+}

@@ -1,0 +1,1177 @@
+//! Tests of `ea::slave::SlaveExecutor`: one scenario per transition id (each a plain fn that
+//! returns the ids it saw fire, so the coverage test can run them all), then a proptest run
+//! with random deliveries, storage faults, broker answers and crashes (`recover()` from what
+//! the model's file holds), checking that no command_id is ever placed twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use echo_statemachine::ea::slave::{
+    BrokerOutcome, ExecutedRecord, OpId, Output, PersistError, SlaveConfig, SlaveExecutor, SPEC, T,
+};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
+use echo_statemachine::msg::{
+    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode,
+    ExecutionResult, PipeStatus, Side, TradeIntentAck, PROTOCOL_VERSION,
+};
+use echo_statemachine::time::Instant;
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------- helpers
+
+const ME: &str = "s1";
+
+fn execute(volume: f64) -> CommandBody {
+    CommandBody::Execute {
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Buy,
+        volume,
+        price: 1.1,
+        stop_loss: 0.0,
+        take_profit: 0.0,
+    }
+}
+
+fn close(ticket: i64, volume: f64) -> CommandBody {
+    CommandBody::Close {
+        slave_ticket: ticket,
+        volume,
+    }
+}
+
+fn modify(ticket: i64) -> CommandBody {
+    CommandBody::Modify {
+        slave_ticket: ticket,
+        stop_loss: 1.0,
+        take_profit: 1.2,
+    }
+}
+
+fn cmd(id: &str, body: CommandBody) -> Command {
+    Command {
+        command_id: CommandId::new(id),
+        intent_id: IntentId::new(format!("{id}-intent")),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new(ME),
+        body,
+    }
+}
+
+fn handshake(account: &str) -> AgentToEa {
+    AgentToEa::Handshake {
+        account: AccountId::new(account),
+        protocol_version: PROTOCOL_VERSION,
+    }
+}
+
+fn filled(ticket: i64, volume: f64) -> BrokerOutcome {
+    BrokerOutcome::Filled {
+        ticket,
+        price: 1.1,
+        volume,
+    }
+}
+
+const FAIL: Result<(), PersistError> = Err(PersistError { retryable: true });
+
+fn config(max_pending: usize) -> SlaveConfig {
+    SlaveConfig {
+        max_pending,
+        ..SlaveConfig::new(ME)
+    }
+}
+
+struct H {
+    s: SlaveExecutor,
+    now: Instant,
+    fired: Vec<&'static str>,
+}
+
+impl H {
+    fn new(max_pending: usize) -> H {
+        H::wrap(SlaveExecutor::new(config(max_pending)))
+    }
+    fn wrap(s: SlaveExecutor) -> H {
+        let mut h = H {
+            s,
+            now: Instant::ZERO,
+            fired: Vec::new(),
+        };
+        h.recovered_outputs();
+        h
+    }
+    /// Outputs of the constructor, kept for the scenario to inspect.
+    fn recovered_outputs(&mut self) -> Vec<Output> {
+        self.drain()
+    }
+    fn drain(&mut self) -> Vec<Output> {
+        let mut v = Vec::new();
+        while let Some(o) = self.s.poll() {
+            if let Output::Fired(f) = &o {
+                self.fired.push(f.id());
+            }
+            v.push(o);
+        }
+        v
+    }
+    fn recv(&mut self, m: AgentToEa) -> Vec<Output> {
+        self.s.handle_from_agent(self.now, m);
+        self.drain()
+    }
+    fn command(&mut self, c: Command) -> Vec<Output> {
+        self.recv(AgentToEa::Command(c))
+    }
+    fn persist(&mut self, op: OpId, r: Result<(), PersistError>) -> Vec<Output> {
+        self.s.handle_persist_result(self.now, op, r);
+        self.drain()
+    }
+    fn broker(&mut self, id: &str, o: BrokerOutcome) -> Vec<Output> {
+        self.s.handle_broker_result(self.now, CommandId::new(id), o);
+        self.drain()
+    }
+    fn timeout(&mut self, ms: u64) -> Vec<Output> {
+        self.now = Instant::from_millis(ms);
+        self.s.handle_timeout(self.now);
+        self.drain()
+    }
+    fn open(&mut self) {
+        self.recv(handshake(ME));
+    }
+    /// Delivers `c` and makes its write-ahead durable; returns the outputs of that report.
+    fn placed(&mut self, c: Command) -> Vec<Output> {
+        let outs = self.command(c);
+        let op = executing_ops(&outs)[0];
+        self.persist(op, Ok(()))
+    }
+    /// Drives `c` all the way to a durable result.
+    fn execute(&mut self, c: Command, o: BrokerOutcome) -> Vec<Output> {
+        let id = c.command_id.to_string();
+        self.placed(c);
+        let outs = self.broker(&id, o);
+        self.persist(executed_ops(&outs)[0].0, Ok(()))
+    }
+}
+
+fn fired(outs: &[Output]) -> Vec<&'static str> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Fired(f) => Some(f.id()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(outs: &[Output]) -> Vec<(String, PipeStatus, Option<ErrorCode>)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::ToAgent(EaToAgent::PipeAck(a)) => {
+                Some((a.command_id.to_string(), a.status, a.reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn results(outs: &[Output]) -> Vec<ExecutionResult> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::ToAgent(EaToAgent::Execution(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn executing_ops(outs: &[Output]) -> Vec<OpId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PersistExecuting { op, .. } => Some(*op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn executed_ops(outs: &[Output]) -> Vec<(OpId, ExecutionResult)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PersistExecuted { op, result, .. } => Some((*op, result.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn places(outs: &[Output]) -> Vec<String> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PlaceOrder { command_id, .. } => Some(command_id.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack1(
+    id: &str,
+    status: PipeStatus,
+    reason: Option<ErrorCode>,
+) -> Vec<(String, PipeStatus, Option<ErrorCode>)> {
+    vec![(id.to_string(), status, reason)]
+}
+
+fn id(t: T) -> &'static str {
+    t.id()
+}
+
+// ---------------------------------------------------------------- scenarios, one per id
+
+fn s01_handshake_opens_the_gate() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    assert_eq!(
+        acks(&h.command(cmd("c1", execute(1.0)))),
+        ack1("c1", PipeStatus::Retry, None)
+    );
+    let outs = h.recv(handshake(ME));
+    assert_eq!(fired(&outs), vec![id(T::HandshakeAccepted)]);
+    assert!(h.s.is_gate_open());
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(
+        fired(&outs),
+        vec![id(T::Accepted)],
+        "the earlier Retry left no trace"
+    );
+    h.fired
+}
+
+fn s02_handshake_for_another_account_keeps_the_gate_shut() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    let outs = h.recv(handshake("someone-else"));
+    assert_eq!(fired(&outs), vec![id(T::HandshakeRefused)]);
+    assert!(!h.s.is_gate_open());
+    assert_eq!(
+        acks(&h.command(cmd("c1", execute(1.0)))),
+        ack1("c1", PipeStatus::Retry, None)
+    );
+    assert_eq!(h.s.metrics().handshake_refused, 1);
+    h.fired
+}
+
+fn s03_pipe_close_resets_the_gate() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.s.handle_pipe_closed(h.now);
+    assert_eq!(fired(&h.drain()), vec![id(T::PipeClosed)]);
+    assert!(!h.s.is_gate_open());
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::GateClosed)]);
+    h.fired
+}
+
+fn s04_command_before_handshake_is_retried_not_executed() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::GateClosed)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Retry, None));
+    assert!(executing_ops(&outs).is_empty() && places(&outs).is_empty());
+    assert_eq!(h.s.metrics().known_commands, 0);
+    assert_eq!(h.s.metrics().retry_gate, 1);
+    h.fired
+}
+
+fn s05_malformed_commands_fail_with_invalid_argument() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let bad = [
+        ("v0", execute(0.0)),
+        ("vneg", execute(-1.0)),
+        ("vnan", execute(f64::NAN)),
+        ("vinf", execute(f64::INFINITY)),
+        ("t0close", close(0, 1.0)),
+        ("t0modify", modify(0)),
+        ("tneg", close(-5, 0.0)),
+        ("closenan", close(5, f64::NAN)),
+    ];
+    for (cid, body) in bad {
+        let outs = h.command(cmd(cid, body));
+        assert_eq!(fired(&outs), vec![id(T::Malformed)], "{cid}");
+        assert_eq!(
+            acks(&outs),
+            ack1(cid, PipeStatus::Failed, Some(ErrorCode::InvalidArgument))
+        );
+        assert!(executing_ops(&outs).is_empty());
+    }
+    let mut other = cmd("other", execute(1.0));
+    other.slave = AccountId::new("s2");
+    assert_eq!(
+        acks(&h.command(other)),
+        ack1("other", PipeStatus::Failed, Some(ErrorCode::UnknownAccount))
+    );
+    assert_eq!(h.s.metrics().malformed, 9);
+    h.fired
+}
+
+fn s06_a_refused_command_is_refused_again() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.command(cmd("c1", execute(0.0)));
+    let outs = h.command(cmd("c1", execute(0.0)));
+    assert_eq!(fired(&outs), vec![id(T::RefusedAgain)]);
+    assert_eq!(
+        acks(&outs),
+        ack1("c1", PipeStatus::Failed, Some(ErrorCode::InvalidArgument))
+    );
+    h.fired
+}
+
+fn s07_too_many_pending_is_backpressure() -> Vec<&'static str> {
+    let mut h = H::new(1);
+    h.open();
+    let first = h.command(cmd("c1", execute(1.0)));
+    let outs = h.command(cmd("c2", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::Busy)]);
+    assert_eq!(acks(&outs), ack1("c2", PipeStatus::Retry, None));
+    assert_eq!(h.s.metrics().pending, 1);
+    // Once c1 is finished there is room again.
+    h.persist(executing_ops(&first)[0], Ok(()));
+    let outs = h.broker("c1", filled(10, 1.0));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(
+        fired(&h.command(cmd("c2", execute(1.0)))),
+        vec![id(T::Accepted)]
+    );
+    h.fired
+}
+
+fn s08_new_command_is_written_ahead_first() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let c = cmd("c1", execute(1.0));
+    let outs = h.command(c.clone());
+    assert_eq!(fired(&outs), vec![id(T::Accepted)]);
+    assert_eq!(outs.len(), 2);
+    assert!(matches!(&outs[1], Output::PersistExecuting { command, .. } if *command == c));
+    assert!(
+        acks(&outs).is_empty(),
+        "no Ok before the write-ahead is durable"
+    );
+    assert!(places(&outs).is_empty());
+    h.fired
+}
+
+fn s09_durable_write_ahead_acks_then_places() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.placed(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::Place)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert!(matches!(
+        &outs[2],
+        Output::PlaceOrder { command_id, body } if command_id.as_str() == "c1" && *body == execute(1.0)
+    ));
+    assert_eq!(h.s.metrics().placed, 1);
+    h.fired
+}
+
+fn s10_unknown_ticket_is_answered_as_a_broker_rejection() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.placed(cmd("c1", close(99, 0.0)));
+    assert_eq!(fired(&outs), vec![id(T::NoPosition)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert!(
+        places(&outs).is_empty(),
+        "nothing to place for a ticket never opened"
+    );
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.slave_ticket, r.filled_volume),
+        (BrokerStatus::Rejected, 99, 0.0)
+    );
+    let outs = h.persist(op, Ok(()));
+    assert_eq!(results(&outs), vec![r]);
+    let outs = h.placed(cmd("c2", modify(98)));
+    assert_eq!(fired(&outs), vec![id(T::NoPosition)]);
+    assert_eq!(h.s.metrics().no_position, 2);
+    h.fired
+}
+
+fn s11_failed_write_ahead_is_retried_by_the_agent() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.command(cmd("c1", execute(1.0)));
+    let outs = h.persist(executing_ops(&outs)[0], FAIL);
+    assert_eq!(fired(&outs), vec![id(T::WriteAheadFailed)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Retry, None));
+    assert!(places(&outs).is_empty());
+    assert_eq!(h.s.metrics().pending, 0);
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(
+        fired(&outs),
+        vec![id(T::Accepted)],
+        "forgotten, starts afresh"
+    );
+    h.fired
+}
+
+fn s12_repeat_before_durable_gets_retry() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let first = h.command(cmd("c1", execute(1.0)));
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::NotYetDurable)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Retry, None));
+    assert!(
+        executing_ops(&outs).is_empty(),
+        "one write-ahead per command"
+    );
+    let outs = h.persist(executing_ops(&first)[0], Ok(()));
+    assert_eq!(places(&outs), vec!["c1"]);
+    h.fired
+}
+
+fn s13_repeats_are_acked_and_answered_from_the_stored_result() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("c1", execute(1.0)));
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::Repeated)]);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert!(places(&outs).is_empty() && results(&outs).is_empty());
+    let outs = h.broker("c1", filled(10, 1.0));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    let r = results(&outs);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].slave_ticket, r[0].status), (10, BrokerStatus::Filled));
+    assert!(places(&outs).is_empty());
+    assert_eq!(h.s.metrics().duplicates, 2);
+    assert_eq!(h.s.metrics().placed, 1);
+    h.fired
+}
+
+fn s14_broker_answer_is_recorded_before_it_is_reported() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("c1", execute(2.0)));
+    let outs = h.broker("c1", filled(10, 2.0));
+    assert_eq!(fired(&outs), vec![id(T::BrokerAnswered)]);
+    assert!(
+        results(&outs).is_empty(),
+        "not reported before it is durable"
+    );
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        r,
+        ExecutionResult {
+            command_id: CommandId::new("c1"),
+            trade_id: TradeId::new("t1"),
+            slave: AccountId::new(ME),
+            slave_ticket: 10,
+            fill_price: 1.1,
+            filled_volume: 2.0,
+            status: BrokerStatus::Filled,
+        }
+    );
+    h.persist(op, Ok(()));
+    assert_eq!(places(&h.placed(cmd("c2", modify(10)))), vec!["c2"]);
+    let outs = h.broker(
+        "c2",
+        BrokerOutcome::Rejected {
+            reason: "market closed".into(),
+        },
+    );
+    let (_, r) = executed_ops(&outs)[0].clone();
+    assert_eq!((r.status, r.slave_ticket), (BrokerStatus::Rejected, 10));
+    h.fired
+}
+
+fn s15_unexpected_broker_answers_are_ignored() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.broker("ghost", filled(1, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::BrokerIgnored)]);
+    h.placed(cmd("c1", execute(1.0)));
+    h.broker("c1", filled(10, 1.0));
+    let outs = h.broker("c1", filled(11, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::BrokerIgnored)]);
+    assert!(executed_ops(&outs).is_empty());
+    assert_eq!(h.s.metrics().ignored_broker_results, 2);
+    h.fired
+}
+
+fn s16_durable_result_is_reported_and_tracks_positions() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.execute(cmd("c1", execute(3.0)), filled(10, 3.0));
+    assert_eq!(fired(&outs), vec![id(T::Executed)]);
+    assert_eq!(results(&outs)[0].slave_ticket, 10);
+    assert_eq!(h.s.open_volume(10), Some(3.0));
+    h.execute(cmd("c2", close(10, 1.0)), filled(10, 1.0));
+    assert_eq!(h.s.open_volume(10), Some(2.0));
+    h.execute(cmd("c3", modify(10)), filled(10, 0.0));
+    assert_eq!(h.s.open_volume(10), Some(2.0));
+    h.execute(cmd("c4", close(10, 0.0)), filled(10, 2.0));
+    assert_eq!(h.s.open_volume(10), None);
+    // The position is gone: a later close is refused without reaching the broker.
+    let outs = h.placed(cmd("c5", close(10, 0.0)));
+    assert!(places(&outs).is_empty());
+    let m = h.s.metrics();
+    assert_eq!((m.executed, m.pending, m.open_positions), (4, 1, 0));
+    h.fired
+}
+
+fn s17_failed_result_write_is_retried_with_backoff() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("c1", execute(1.0)));
+    let outs = h.broker("c1", filled(10, 1.0));
+    let outs = h.persist(executed_ops(&outs)[0].0, FAIL);
+    assert_eq!(fired(&outs), vec![id(T::RecordFailed)]);
+    assert!(results(&outs).is_empty());
+    assert_eq!(h.s.poll_timeout(), Some(Instant::from_millis(100)));
+    assert_eq!(h.s.metrics().record_failures, 1);
+    h.fired
+}
+
+fn s18_result_write_retry_reissues_the_same_result() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("c1", execute(1.0)));
+    let outs = h.broker("c1", filled(10, 1.0));
+    let (op1, r1) = executed_ops(&outs)[0].clone();
+    h.persist(op1, FAIL);
+    assert!(h.timeout(99).is_empty());
+    let outs = h.timeout(100);
+    assert_eq!(fired(&outs), vec![id(T::RecordRetry)]);
+    let (op2, r2) = executed_ops(&outs)[0].clone();
+    assert_ne!(op1, op2);
+    assert_eq!(r1, r2);
+    h.persist(op2, FAIL);
+    assert_eq!(
+        h.s.poll_timeout(),
+        Some(Instant::from_millis(300)),
+        "backoff doubles"
+    );
+    let outs = h.timeout(300);
+    let outs = h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(results(&outs), vec![r1]);
+    assert_eq!(h.s.poll_timeout(), None);
+    h.fired
+}
+
+fn s19_unknown_or_stale_persist_results_are_ignored() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.persist(777, Ok(()));
+    assert_eq!(fired(&outs), vec![id(T::PersistIgnored)]);
+    let outs = h.command(cmd("c1", execute(1.0)));
+    let op = executing_ops(&outs)[0];
+    h.persist(op, Ok(()));
+    let outs = h.persist(op, Ok(()));
+    assert_eq!(fired(&outs), vec![id(T::PersistIgnored)]);
+    assert!(
+        places(&outs).is_empty(),
+        "a repeated report never places again"
+    );
+    h.fired
+}
+
+fn s20_master_messages_are_ignored() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    let outs = h.recv(AgentToEa::IntentAck(TradeIntentAck {
+        intent_id: IntentId::new("i"),
+        trade_id: TradeId::new("t"),
+        result: AckResult::Ok,
+        error: None,
+        retry_after_ms: 0,
+    }));
+    assert_eq!(fired(&outs), vec![id(T::NotForSlave)]);
+    assert_eq!(outs.len(), 1);
+    h.fired
+}
+
+fn s21_recovered_results_dedupe_and_restore_positions() -> Vec<&'static str> {
+    let c1 = cmd("c1", execute(2.0));
+    let r1 = ExecutionResult {
+        command_id: CommandId::new("c1"),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new(ME),
+        slave_ticket: 10,
+        fill_price: 1.1,
+        filled_volume: 2.0,
+        status: BrokerStatus::Filled,
+    };
+    let durable = vec![
+        ExecutedRecord {
+            command: c1.clone(),
+            result: None,
+        },
+        ExecutedRecord {
+            command: c1.clone(),
+            result: Some(r1.clone()),
+        },
+    ];
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), durable));
+    assert_eq!(h.fired, vec![id(T::RecoveredExecuted)]);
+    assert_eq!(h.s.open_volume(10), Some(2.0));
+    h.open();
+    let outs = h.command(c1);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert_eq!(results(&outs), vec![r1]);
+    assert!(places(&outs).is_empty());
+    let outs = h.placed(cmd("c2", close(10, 0.0)));
+    assert_eq!(
+        places(&outs),
+        vec!["c2"],
+        "the recovered position is closable"
+    );
+    h.fired
+}
+
+fn s22_in_doubt_commands_are_queried_never_placed() -> Vec<&'static str> {
+    let c1 = cmd("c1", execute(1.0));
+    let durable = vec![ExecutedRecord {
+        command: c1.clone(),
+        result: None,
+    }];
+    let mut s = SlaveExecutor::recover(config(8), durable);
+    let mut outs = Vec::new();
+    while let Some(o) = s.poll() {
+        outs.push(o);
+    }
+    let mut h = H::wrap(s);
+    h.fired = fired(&outs);
+    assert_eq!(h.fired, vec![id(T::RecoveredInDoubt)]);
+    assert_eq!(
+        outs[1],
+        Output::QueryOrder {
+            command_id: CommandId::new("c1")
+        }
+    );
+    assert_eq!(h.s.metrics().pending, 1);
+    h.open();
+    let outs = h.command(c1);
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert!(places(&outs).is_empty());
+    let outs = h.broker("c1", filled(10, 1.0));
+    let outs = h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(results(&outs)[0].slave_ticket, 10);
+    assert_eq!(h.s.metrics().placed, 0);
+    h.fired
+}
+
+/// A scenario drives one machine through a story and returns every transition id it saw fire.
+type Scenario = fn() -> Vec<&'static str>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("ea.slave.T01", s01_handshake_opens_the_gate),
+    (
+        "ea.slave.T02",
+        s02_handshake_for_another_account_keeps_the_gate_shut,
+    ),
+    ("ea.slave.T03", s03_pipe_close_resets_the_gate),
+    (
+        "ea.slave.T04",
+        s04_command_before_handshake_is_retried_not_executed,
+    ),
+    (
+        "ea.slave.T05",
+        s05_malformed_commands_fail_with_invalid_argument,
+    ),
+    ("ea.slave.T06", s06_a_refused_command_is_refused_again),
+    ("ea.slave.T07", s07_too_many_pending_is_backpressure),
+    ("ea.slave.T08", s08_new_command_is_written_ahead_first),
+    ("ea.slave.T09", s09_durable_write_ahead_acks_then_places),
+    (
+        "ea.slave.T10",
+        s10_unknown_ticket_is_answered_as_a_broker_rejection,
+    ),
+    (
+        "ea.slave.T11",
+        s11_failed_write_ahead_is_retried_by_the_agent,
+    ),
+    ("ea.slave.T12", s12_repeat_before_durable_gets_retry),
+    (
+        "ea.slave.T13",
+        s13_repeats_are_acked_and_answered_from_the_stored_result,
+    ),
+    (
+        "ea.slave.T14",
+        s14_broker_answer_is_recorded_before_it_is_reported,
+    ),
+    ("ea.slave.T15", s15_unexpected_broker_answers_are_ignored),
+    (
+        "ea.slave.T16",
+        s16_durable_result_is_reported_and_tracks_positions,
+    ),
+    (
+        "ea.slave.T17",
+        s17_failed_result_write_is_retried_with_backoff,
+    ),
+    (
+        "ea.slave.T18",
+        s18_result_write_retry_reissues_the_same_result,
+    ),
+    (
+        "ea.slave.T19",
+        s19_unknown_or_stale_persist_results_are_ignored,
+    ),
+    ("ea.slave.T20", s20_master_messages_are_ignored),
+    (
+        "ea.slave.T21",
+        s21_recovered_results_dedupe_and_restore_positions,
+    ),
+    (
+        "ea.slave.T22",
+        s22_in_doubt_commands_are_queried_never_placed,
+    ),
+];
+
+fn run(tid: &str) {
+    let (_, f) = SCENARIOS
+        .iter()
+        .find(|(t, _)| *t == tid)
+        .expect("scenario registered");
+    let seen = f();
+    assert!(seen.contains(&tid), "{tid} did not fire; saw {seen:?}");
+}
+
+#[test]
+fn t01_handshake_accepted() {
+    run("ea.slave.T01")
+}
+#[test]
+fn t02_handshake_refused() {
+    run("ea.slave.T02")
+}
+#[test]
+fn t03_pipe_closed() {
+    run("ea.slave.T03")
+}
+#[test]
+fn t04_gate_closed() {
+    run("ea.slave.T04")
+}
+#[test]
+fn t05_malformed() {
+    run("ea.slave.T05")
+}
+#[test]
+fn t06_refused_again() {
+    run("ea.slave.T06")
+}
+#[test]
+fn t07_busy() {
+    run("ea.slave.T07")
+}
+#[test]
+fn t08_accepted() {
+    run("ea.slave.T08")
+}
+#[test]
+fn t09_place() {
+    run("ea.slave.T09")
+}
+#[test]
+fn t10_no_position() {
+    run("ea.slave.T10")
+}
+#[test]
+fn t11_write_ahead_failed() {
+    run("ea.slave.T11")
+}
+#[test]
+fn t12_not_yet_durable() {
+    run("ea.slave.T12")
+}
+#[test]
+fn t13_repeated() {
+    run("ea.slave.T13")
+}
+#[test]
+fn t14_broker_answered() {
+    run("ea.slave.T14")
+}
+#[test]
+fn t15_broker_ignored() {
+    run("ea.slave.T15")
+}
+#[test]
+fn t16_executed() {
+    run("ea.slave.T16")
+}
+#[test]
+fn t17_record_failed() {
+    run("ea.slave.T17")
+}
+#[test]
+fn t18_record_retry() {
+    run("ea.slave.T18")
+}
+#[test]
+fn t19_persist_ignored() {
+    run("ea.slave.T19")
+}
+#[test]
+fn t20_not_for_slave() {
+    run("ea.slave.T20")
+}
+#[test]
+fn t21_recovered_executed() {
+    run("ea.slave.T21")
+}
+#[test]
+fn t22_recovered_in_doubt() {
+    run("ea.slave.T22")
+}
+
+#[test]
+fn every_slave_transition_is_exercised() {
+    let mut seen = BTreeSet::new();
+    for (_, f) in SCENARIOS {
+        seen.extend(f());
+    }
+    let all: BTreeSet<&str> = T::TABLE.iter().map(|t| t.id).collect();
+    assert_eq!(seen, all);
+    let registered: BTreeSet<&str> = SCENARIOS.iter().map(|(t, _)| *t).collect();
+    assert_eq!(registered, all, "one scenario per transition id");
+}
+
+#[test]
+fn spec_is_complete() {
+    assert_eq!(SPEC.name, "ea.slave");
+    assert_eq!(SPEC.transitions.len(), T::ALL.len());
+    assert!(!SPEC.summary.is_empty() && !SPEC.invariants.is_empty() && !SPEC.states.is_empty());
+    for (n, t) in SPEC.transitions.iter().enumerate() {
+        assert_eq!(t.id, format!("ea.slave.T{:02}", n + 1));
+        assert!(!t.from.is_empty() && !t.input.is_empty() && !t.to.is_empty());
+        assert!(!t.outputs.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------- proptest
+
+/// Command ids and bodies are fixed per id, as the core makes them: c0..c3 open (ticket
+/// 1000 + n when filled), c4 closes part of c0, c5 modifies c1, c6 closes a ticket that never
+/// existed, c7 is malformed, c8 is for another account.
+fn pool(n: usize) -> Command {
+    let (id, body) = match n {
+        0..=3 => (format!("c{n}"), execute(1.0 + n as f64)),
+        4 => ("c4".into(), close(1000, 0.5)),
+        5 => ("c5".into(), modify(1001)),
+        6 => ("c6".into(), close(1099, 0.0)),
+        7 => ("c7".into(), execute(-1.0)),
+        _ => ("c8".into(), execute(1.0)),
+    };
+    let mut c = cmd(&id, body);
+    if n == 8 {
+        c.slave = AccountId::new("s2");
+    }
+    c
+}
+
+const POOL: usize = 9;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Deliver {
+        n: usize,
+    },
+    Handshake {
+        mine: bool,
+    },
+    PipeClosed,
+    Persist {
+        pick: usize,
+        ok: bool,
+        lost_reply: bool,
+    },
+    Broker {
+        pick: usize,
+        fill: bool,
+    },
+    Advance {
+        ms: u64,
+    },
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..POOL).prop_map(|n| Op::Deliver { n }),
+        1 => prop::bool::weighted(0.9).prop_map(|mine| Op::Handshake { mine }),
+        1 => Just(Op::PipeClosed),
+        6 => (any::<usize>(), prop::bool::weighted(0.75), prop::bool::weighted(0.3))
+            .prop_map(|(pick, ok, lost_reply)| Op::Persist { pick, ok, lost_reply }),
+        4 => (any::<usize>(), prop::bool::weighted(0.8))
+            .prop_map(|(pick, fill)| Op::Broker { pick, fill }),
+        2 => (0u64..500).prop_map(|ms| Op::Advance { ms }),
+        1 => Just(Op::Crash),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Executing(Command),
+    Executed(CommandId, ExecutionResult),
+}
+
+struct Model {
+    cfg: SlaveConfig,
+    s: SlaveExecutor,
+    now: Instant,
+    gate: bool,
+    /// The EA's file: one record per command id, in first-write order.
+    file: Vec<ExecutedRecord>,
+    ops: BTreeMap<OpId, Pending>,
+    /// PlaceOrder outputs per command id, over every life of the EA.
+    placed: BTreeMap<CommandId, u32>,
+    /// What the broker did with each placed order (it survives EA crashes).
+    broker: BTreeMap<CommandId, BrokerOutcome>,
+    /// Orders and queries of this life still waiting for the broker's answer.
+    waiting: Vec<CommandId>,
+    /// Write-aheads reported durable to the machine (this life or an earlier one).
+    reported_durable: BTreeSet<CommandId>,
+    verdict: BTreeMap<CommandId, PipeStatus>,
+}
+
+impl Model {
+    fn new() -> Model {
+        let cfg = config(3);
+        Model {
+            s: SlaveExecutor::new(cfg.clone()),
+            cfg,
+            now: Instant::ZERO,
+            gate: false,
+            file: Vec::new(),
+            ops: BTreeMap::new(),
+            placed: BTreeMap::new(),
+            broker: BTreeMap::new(),
+            waiting: Vec::new(),
+            reported_durable: BTreeSet::new(),
+            verdict: BTreeMap::new(),
+        }
+    }
+
+    fn record(&self, id: &CommandId) -> Option<&ExecutedRecord> {
+        self.file.iter().find(|r| r.command.command_id == *id)
+    }
+
+    fn check_outputs(&mut self) -> Result<(), TestCaseError> {
+        let mut seen_fired = false;
+        while let Some(o) = self.s.poll() {
+            prop_assert!(
+                seen_fired || matches!(o, Output::Fired(_)),
+                "{o:?} before its Fired"
+            );
+            match o {
+                Output::Fired(_) => seen_fired = true,
+                Output::PersistExecuting { op, command } => {
+                    prop_assert!(self.gate, "written ahead while the gate is shut");
+                    let id = command.command_id.clone();
+                    prop_assert!(
+                        !self.placed.contains_key(&id),
+                        "{id} written ahead after placing"
+                    );
+                    prop_assert!(self.record(&id).is_none_or(|r| r.result.is_none()));
+                    self.ops.insert(op, Pending::Executing(command));
+                }
+                Output::PersistExecuted {
+                    op,
+                    command_id,
+                    result,
+                } => {
+                    prop_assert_eq!(&result.command_id, &command_id);
+                    self.ops.insert(op, Pending::Executed(command_id, result));
+                }
+                Output::PlaceOrder { command_id, .. } => {
+                    let n = self.placed.entry(command_id.clone()).or_insert(0);
+                    *n += 1;
+                    prop_assert_eq!(*n, 1, "{} placed twice", command_id);
+                    prop_assert!(self.reported_durable.contains(&command_id));
+                    let rec = self.record(&command_id);
+                    prop_assert!(rec.is_some(), "placed without a durable write-ahead");
+                    // The broker takes it (or not) now; its answer comes later.
+                    let c = &rec.expect("checked").command;
+                    let outcome = match &c.body {
+                        CommandBody::Execute { volume, .. } => {
+                            let n: i64 = c.command_id.as_str()[1..].parse().unwrap_or(0);
+                            filled(1000 + n, *volume)
+                        }
+                        CommandBody::Modify { slave_ticket, .. } => filled(*slave_ticket, 0.0),
+                        CommandBody::Close {
+                            slave_ticket,
+                            volume,
+                        } => filled(*slave_ticket, *volume),
+                    };
+                    self.broker.insert(command_id.clone(), outcome);
+                    self.waiting.push(command_id);
+                }
+                Output::QueryOrder { command_id } => {
+                    prop_assert!(
+                        self.record(&command_id).is_some_and(|r| r.result.is_none()),
+                        "query for {} which is not in doubt",
+                        command_id
+                    );
+                    self.waiting.push(command_id);
+                }
+                Output::ToAgent(EaToAgent::PipeAck(a)) => {
+                    if a.status == PipeStatus::Ok {
+                        prop_assert!(
+                            self.reported_durable.contains(&a.command_id)
+                                && self.record(&a.command_id).is_some(),
+                            "Ok for {} before its write-ahead was durable",
+                            a.command_id
+                        );
+                    }
+                    if a.status == PipeStatus::Failed {
+                        prop_assert!(a.reason.is_some());
+                    }
+                    // A command's verdict never flips between Ok and Failed.
+                    if a.status != PipeStatus::Retry {
+                        let prev = self.verdict.insert(a.command_id.clone(), a.status);
+                        prop_assert!(prev.is_none_or(|p| p == a.status));
+                    }
+                }
+                Output::ToAgent(EaToAgent::Execution(r)) => {
+                    let rec = self.record(&r.command_id);
+                    prop_assert!(
+                        rec.is_some_and(|rec| rec.result.as_ref() == Some(&r)),
+                        "reported a result that is not durable: {:?}",
+                        r
+                    );
+                }
+                Output::ToAgent(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        match op {
+            Op::Deliver { n } => {
+                let c = pool(n);
+                let before = self.s.metrics().pending;
+                self.s.handle_from_agent(self.now, AgentToEa::Command(c));
+                let after = self.s.metrics().pending;
+                prop_assert!(
+                    after <= before.max(self.cfg.max_pending),
+                    "pending over its bound"
+                );
+            }
+            Op::Handshake { mine } => {
+                self.gate = mine;
+                let who = if mine { ME } else { "intruder" };
+                self.s.handle_from_agent(self.now, handshake(who));
+            }
+            Op::PipeClosed => {
+                self.gate = false;
+                self.s.handle_pipe_closed(self.now);
+            }
+            Op::Persist {
+                pick,
+                ok,
+                lost_reply,
+            } => {
+                if self.ops.is_empty() {
+                    return Ok(());
+                }
+                let key = *self
+                    .ops
+                    .keys()
+                    .nth(pick % self.ops.len())
+                    .expect("non-empty");
+                let p = self.ops.remove(&key).expect("present");
+                if ok || lost_reply {
+                    match &p {
+                        Pending::Executing(c) => {
+                            if self.record(&c.command_id).is_none() {
+                                self.file.push(ExecutedRecord {
+                                    command: c.clone(),
+                                    result: None,
+                                });
+                            }
+                        }
+                        Pending::Executed(id, r) => {
+                            let rec = self.file.iter_mut().find(|x| x.command.command_id == *id);
+                            prop_assert!(rec.is_some(), "result for a command never written ahead");
+                            if let Some(rec) = rec {
+                                rec.result = Some(r.clone());
+                            }
+                        }
+                    }
+                }
+                if ok {
+                    if let Pending::Executing(c) = &p {
+                        self.reported_durable.insert(c.command_id.clone());
+                    }
+                    self.s.handle_persist_result(self.now, key, Ok(()));
+                } else {
+                    let e = PersistError {
+                        retryable: pick % 2 == 0,
+                    };
+                    self.s.handle_persist_result(self.now, key, Err(e));
+                }
+            }
+            Op::Broker { pick, fill } => {
+                if self.waiting.is_empty() {
+                    return Ok(());
+                }
+                let id = self.waiting.remove(pick % self.waiting.len());
+                let outcome = match self.broker.get(&id) {
+                    Some(o) if fill => o.clone(),
+                    Some(_) | None => BrokerOutcome::Rejected {
+                        reason: "unknown client order id".into(),
+                    },
+                };
+                if !fill {
+                    // A rejected order stays rejected when queried later.
+                    self.broker.insert(id.clone(), outcome.clone());
+                }
+                self.s.handle_broker_result(self.now, id, outcome);
+            }
+            Op::Advance { ms } => {
+                self.now = Instant::from_millis(self.now.as_millis() + ms);
+                if self.s.poll_timeout().is_some_and(|at| at <= self.now) {
+                    self.s.handle_timeout(self.now);
+                }
+            }
+            Op::Crash => {
+                self.s = SlaveExecutor::recover(self.cfg.clone(), self.file.clone());
+                self.gate = false;
+                self.ops.clear();
+                self.waiting.clear();
+                for r in &self.file {
+                    self.reported_durable.insert(r.command.command_id.clone());
+                }
+            }
+        }
+        self.check_outputs()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn no_command_is_ever_placed_twice(ops in prop::collection::vec(op(), 1..200)) {
+        let mut m = Model::new();
+        for o in ops {
+            m.apply(o)?;
+        }
+        // Heal: complete every write and every broker answer, crash once more, heal again.
+        for round in 0..2 {
+            for _ in 0..50 {
+                m.apply(Op::Persist { pick: 0, ok: true, lost_reply: false })?;
+                m.apply(Op::Broker { pick: 0, fill: true })?;
+                m.apply(Op::Advance { ms: 10_000 })?;
+            }
+            prop_assert!(m.ops.is_empty() && m.waiting.is_empty());
+            prop_assert_eq!(m.s.metrics().pending, 0, "a command left unfinished");
+            if round == 0 {
+                m.apply(Op::Crash)?;
+            }
+        }
+        // Everything written ahead now has a durable result.
+        for r in &m.file {
+            prop_assert!(r.result.is_some(), "{} still in doubt", r.command.command_id);
+        }
+    }
+}
