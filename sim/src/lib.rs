@@ -7,7 +7,10 @@
 //! builds on this world. Nothing here may read a wall clock, depend on thread scheduling or use
 //! unseeded randomness.
 
+pub mod profile;
 pub mod report;
+pub mod rng;
+pub mod run;
 pub mod world;
 
 pub use echo_statemachine as machines;
@@ -19,18 +22,18 @@ pub fn run_world(
     cfg: world::WorldConfig,
     mut progress: impl FnMut(u64, u64),
 ) -> (report::Report, bool) {
-    let total = (cfg.masters * cfg.trades * 4) as u64;
-    let mut w = world::World::new(cfg);
+    let mut w = world::World::new(cfg, 0, false);
+    let total = w.script_len() as u64;
     let budget = Instant::from_millis(10 * 60 * 1_000);
-    let mut quiet = false;
+    let mut settled = false;
     while w.now < budget {
         let until = w.now + Duration::from_millis(50);
-        if w.run_until(until) {
-            quiet = true;
+        if w.run_until(until, true) {
+            settled = true;
             break;
         }
         progress(w.book.emitted.len() as u64, total);
     }
     progress(w.book.emitted.len() as u64, total);
-    (report::Report::of(&w), quiet)
+    (report::Report::of(&w), settled)
 }

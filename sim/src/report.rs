@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use echo_statemachine::core::DeliveryStatus;
+use echo_statemachine::ea::slave::BrokerOutcome;
 use echo_statemachine::ids::{AccountId, CommandId};
 use echo_statemachine::msg::ErrorCode;
 
@@ -19,8 +21,12 @@ pub struct Report {
     pub confirmed_per_slave: BTreeMap<AccountId, u64>,
     pub failed: BTreeMap<&'static str, u64>,
     pub lost: Vec<CommandId>,
-    pub duplicated: Vec<CommandId>,
+    pub duplicated: Vec<String>,
     pub out_of_order: Vec<String>,
+    /// Journal and slave disagree (acked but not executed once, FAILED but executed).
+    pub inconsistent: Vec<String>,
+    /// Every safety violation the world saw, in order.
+    pub safety: Vec<String>,
     pub master_gave_up: u64,
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
@@ -32,49 +38,81 @@ pub struct Report {
 impl Report {
     /// Nothing lost, nothing executed twice, nothing out of order.
     pub fn is_clean(&self) -> bool {
-        self.lost.is_empty() && self.duplicated.is_empty() && self.out_of_order.is_empty()
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.out_of_order.is_empty()
+            && self.inconsistent.is_empty()
+            && self.safety.is_empty()
     }
 
     pub fn of(w: &World) -> Report {
         let mut r = Report {
             intents_emitted: w.book.emitted.len() as u64,
-            master_gave_up: w.book.gave_up,
+            master_gave_up: w.book.gave_up.len() as u64,
             simulated_ms: w.now.as_millis(),
             steps: w.steps,
             ..Report::default()
         };
         let mut latencies = Vec::new();
-        for (m, master) in w.master_accounts().iter().enumerate() {
-            let slaves = w.slaves_of(m);
+        for (m, _) in w.master_accounts().iter().enumerate() {
+            let prefix = format!("m{m}-");
             for (intent, (at, _, _)) in w.book.emitted.iter() {
-                if !intent.as_str().starts_with(&format!("m{m}-")) {
+                if !intent.as_str().starts_with(&prefix) {
                     continue;
                 }
-                let _ = master;
-                for s in &slaves {
+                for s in w.slaves_of(m) {
                     r.copies_expected += 1;
-                    let cmd = CommandId::for_delivery(intent, s);
-                    if let Some(done) = w.book.confirmed_at.get(&cmd) {
-                        *r.confirmed_per_slave.entry(s.clone()).or_insert(0) += 1;
-                        latencies.push(done.saturating_since(*at).0 / 1_000);
-                    } else if let Some(reason) = w.book.failed.get(&cmd) {
-                        *r.failed.entry(reason_name(*reason)).or_insert(0) += 1;
-                    } else {
-                        r.lost.push(cmd);
+                    let account = &w.slave_accounts()[s];
+                    let cmd = CommandId::for_delivery(intent, account);
+                    let placed = w.book.placed.get(&(s, cmd.clone())).copied().unwrap_or(0);
+                    let filled = matches!(w.broker_outcome(s, &cmd), Some(BrokerOutcome::Filled { .. }));
+                    if !w.journal_has_intent(intent) {
+                        if w.book.gave_up.contains(intent) {
+                            *r.failed.entry("MASTER_GAVE_UP").or_insert(0) += 1;
+                        } else if let Some(e) = w.book.refused.get(intent) {
+                            *r.failed.entry(reason_name(*e)).or_insert(0) += 1;
+                        } else {
+                            r.lost.push(cmd.clone());
+                        }
+                        if placed > 0 {
+                            r.inconsistent.push(format!("{cmd} executed but its intent was never journaled"));
+                        }
+                        continue;
+                    }
+                    match w.journal_delivery(&cmd).map(|d| (d.status, d.reason)) {
+                        Some((DeliveryStatus::Acked, _)) => {
+                            *r.confirmed_per_slave.entry(account.clone()).or_insert(0) += 1;
+                            if let Some(done) = w.book.confirmed_at.get(&cmd) {
+                                latencies.push(done.saturating_since(*at).0 / 1_000);
+                            }
+                            if !(placed == 1 && filled) {
+                                r.inconsistent.push(format!("{cmd} acked in the journal but placed {placed}× (filled: {filled})"));
+                            }
+                        }
+                        Some((DeliveryStatus::Failed, reason)) => {
+                            let reason = reason.map(reason_name).unwrap_or("NO_REASON");
+                            *r.failed.entry(reason).or_insert(0) += 1;
+                            if filled {
+                                r.inconsistent.push(format!("{cmd} FAILED ({reason}) in the journal but filled at the slave's broker"));
+                            }
+                        }
+                        _ => r.lost.push(cmd.clone()),
                     }
                 }
             }
         }
-        for ((_, cmd), n) in &w.book.executions {
+        for ((s, cmd), n) in &w.book.placed {
             if *n > 1 {
-                r.duplicated.push(cmd.clone());
+                r.duplicated.push(format!("slave-{s} {cmd}"));
             }
         }
-        for ((slave, trade), seqs) in &w.book.order {
-            if seqs.windows(2).any(|p| p[1] <= p[0]) {
-                r.out_of_order.push(format!("{slave}/{trade}: {seqs:?}"));
-            }
-        }
+        r.out_of_order = w
+            .violations
+            .iter()
+            .filter(|v| v.what.contains(" after seq "))
+            .map(|v| v.what.clone())
+            .collect();
+        r.safety = w.violations.iter().map(|v| format!("{}: {}", v.at, v.what)).collect();
         latencies.sort_unstable();
         let pick = |q: u64| -> u64 {
             if latencies.is_empty() {
@@ -111,6 +149,8 @@ impl fmt::Display for Report {
         writeln!(f, "lost                 {}", self.lost.len())?;
         writeln!(f, "duplicated           {}", self.duplicated.len())?;
         writeln!(f, "out of order         {}", self.out_of_order.len())?;
+        writeln!(f, "inconsistent         {}", self.inconsistent.len())?;
+        writeln!(f, "safety violations    {}", self.safety.len())?;
         writeln!(f, "master gave up       {}", self.master_gave_up)?;
         writeln!(
             f,
@@ -130,8 +170,11 @@ impl fmt::Display for Report {
         for c in self.duplicated.iter().take(10) {
             write!(f, "\n  DUPLICATED {c}")?;
         }
-        for c in self.out_of_order.iter().take(10) {
-            write!(f, "\n  OUT OF ORDER {c}")?;
+        for c in self.inconsistent.iter().take(10) {
+            write!(f, "\n  INCONSISTENT {c}")?;
+        }
+        for c in self.safety.iter().take(10) {
+            write!(f, "\n  SAFETY {c}")?;
         }
         Ok(())
     }

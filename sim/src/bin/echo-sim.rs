@@ -1,0 +1,205 @@
+//! `echo-sim` — run, replay and inspect deterministic simulations of Echo.
+//!
+//! Exit codes: 0 all seeds passed; 1 a safety violation; 2 a liveness failure; 3 a crash
+//! (panic); 64 bad usage.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant as WallClock;
+
+use echo_sim::run::{run_seed, Outcome, RunOptions, Verdict};
+use echo_sim::world::Capacity;
+
+const USAGE: &str = "usage:
+  echo-sim run --seeds A..B [--profile test_min|default] [--jobs N] [--scale N] [--trades N]
+  echo-sim replay --seed S [--profile …] [--scale N] [--trades N] [--trace FILE]";
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct Args {
+    seeds: (u64, u64),
+    opts: RunOptions,
+    jobs: usize,
+    trace: Option<String>,
+}
+
+fn parse(mut it: impl Iterator<Item = String>, replay: bool) -> Result<Args, String> {
+    let mut a = Args {
+        seeds: (0, 100),
+        opts: RunOptions::default(),
+        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        trace: None,
+    };
+    let num = |flag: &str, v: Option<String>| -> Result<u64, String> {
+        let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
+        v.parse().map_err(|_| format!("{flag}: not a number: {v:?}"))
+    };
+    while let Some(f) = it.next() {
+        match f.as_str() {
+            "--seeds" if !replay => {
+                let v = it.next().ok_or("--seeds needs A..B")?;
+                let (x, y) = v.split_once("..").ok_or(format!("--seeds expects A..B, got {v:?}"))?;
+                let x: u64 = x.parse().map_err(|_| format!("bad seed range {v:?}"))?;
+                let y: u64 = y.parse().map_err(|_| format!("bad seed range {v:?}"))?;
+                if y <= x {
+                    return Err(format!("empty seed range {v:?}"));
+                }
+                a.seeds = (x, y);
+            }
+            "--seed" if replay => {
+                let s = num("--seed", it.next())?;
+                a.seeds = (s, s + 1);
+            }
+            "--profile" => {
+                a.opts.capacity = match it.next().as_deref() {
+                    Some("test_min") => Capacity::TestMin,
+                    Some("default") => Capacity::Default,
+                    other => return Err(format!("--profile is test_min or default, got {other:?}")),
+                }
+            }
+            "--jobs" if !replay => a.jobs = (num("--jobs", it.next())? as usize).clamp(1, 256),
+            "--scale" => a.opts.scale = (num("--scale", it.next())? as usize).clamp(1, 64),
+            "--trades" => a.opts.trades = (num("--trades", it.next())? as usize).clamp(1, 10_000),
+            "--trace" if replay => a.trace = Some(it.next().ok_or("--trace needs a file")?),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(a)
+}
+
+fn replay_cmd(seed: u64, a: &Args) -> String {
+    let profile = match a.opts.capacity {
+        Capacity::TestMin => "test_min",
+        Capacity::Default => "default",
+    };
+    format!(
+        "echo-sim replay --seed {seed} --profile {profile} --scale {} --trades {} --trace seed-{seed}.ndjson",
+        a.opts.scale, a.opts.trades
+    )
+}
+
+fn run(a: Args) -> ExitCode {
+    let (lo, hi) = a.seeds;
+    let total = hi - lo;
+    println!(
+        "echo-sim: seeds {lo}..{hi}, profile {:?}, scale {}, trades/master {}, {} jobs",
+        a.opts.capacity, a.opts.scale, a.opts.trades * a.opts.scale, a.jobs
+    );
+    let next = Arc::new(AtomicU64::new(lo));
+    let done = Arc::new(AtomicU64::new(0));
+    let failures: Arc<Mutex<Vec<Outcome>>> = Arc::new(Mutex::new(Vec::new()));
+    let intents = Arc::new(AtomicU64::new(0));
+    let start = WallClock::now();
+    let opts = Arc::new(a.opts.clone());
+    let workers: Vec<_> = (0..a.jobs)
+        .map(|_| {
+            let (next, done, failures, opts, intents) =
+                (next.clone(), done.clone(), failures.clone(), opts.clone(), intents.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= hi {
+                    break;
+                }
+                let o = run_seed(seed, &opts, None);
+                intents.fetch_add(o.intents, Ordering::Relaxed);
+                if o.verdict != Verdict::Pass {
+                    if let Ok(mut f) = failures.lock() {
+                        f.push(o);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let silent_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    loop {
+        let d = done.load(Ordering::SeqCst);
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        let nfail = failures.lock().map(|f| f.len()).unwrap_or(0);
+        let pct = d * 100 / total.max(1);
+        eprint!(
+            "\r[{:<25}] {d}/{total} seeds  {:.1} seeds/s  {:.0} trades/s  failures {nfail}   ",
+            "#".repeat((pct / 4) as usize),
+            d as f64 / secs,
+            intents.load(Ordering::Relaxed) as f64 / 4.0 / secs
+        );
+        let _ = std::io::stderr().flush();
+        if d >= total {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!();
+    for w in workers {
+        let _ = w.join();
+    }
+    std::panic::set_hook(silent_hook);
+    let secs = start.elapsed().as_secs_f64().max(1e-3);
+    let mut failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    failures.sort_by_key(|o| o.seed);
+    println!(
+        "{total} seeds in {secs:.1}s: {:.1} seeds/s, {:.0} simulated trades/s, {} failed",
+        total as f64 / secs,
+        intents.load(Ordering::Relaxed) as f64 / 4.0 / secs,
+        failures.len()
+    );
+    let mut worst = Verdict::Pass;
+    for o in &failures {
+        println!("\nseed {} FAILED ({:?}) — profile {}\n{}", o.seed, o.verdict, o.profile, o.summary);
+        println!("replay: {}", replay_cmd(o.seed, &a));
+        if o.verdict.exit_code() > worst.exit_code() {
+            worst = o.verdict.clone();
+        }
+    }
+    // Safety outranks liveness outranks crash in the exit code? Report the most severe kind:
+    // a crash (3) masks nothing else, so prefer safety (1) when present.
+    let code = if failures.iter().any(|o| o.verdict == Verdict::Safety) {
+        1
+    } else {
+        worst.exit_code()
+    };
+    ExitCode::from(code)
+}
+
+fn replay(a: Args) -> ExitCode {
+    let seed = a.seeds.0;
+    let c = commit();
+    let o = run_seed(seed, &a.opts, Some(&c));
+    println!("seed {seed}: {:?} — profile {}\n{}", o.verdict, o.profile, o.summary);
+    if let (Some(path), Some(t)) = (&a.trace, &o.trace) {
+        if let Err(e) = std::fs::write(path, t) {
+            eprintln!("echo-sim: cannot write {path}: {e}");
+            return ExitCode::from(74);
+        }
+        println!("trace: {path} ({} lines)", t.lines().count());
+    }
+    ExitCode::from(o.verdict.exit_code())
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next();
+    let parsed = match cmd.as_deref() {
+        Some("run") => parse(args, false).map(run),
+        Some("replay") => parse(args, true).map(replay),
+        _ => Err(USAGE.to_string()),
+    };
+    match parsed {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("echo-sim: {e}\n{USAGE}");
+            ExitCode::from(64)
+        }
+    }
+}
