@@ -215,6 +215,7 @@ enum MasterWrite {
 
 #[derive(Clone, Debug)]
 enum SlaveWrite {
+    Cancelled(Command, ExecutionResult),
     Executing(Command),
     Executed(CommandId, ExecutionResult),
 }
@@ -1091,7 +1092,9 @@ impl World {
                         match msg {
                             AgentToEa::IntentAck(ack) => q.handle_ack(now, ack),
                             AgentToEa::DeliveryConfig(c) => q.handle_delivery_config(now, c),
-                            AgentToEa::Handshake { .. } | AgentToEa::Command(_) => {}
+                            AgentToEa::Handshake { .. }
+                            | AgentToEa::Command(_)
+                            | AgentToEa::Cancel(_) => {}
                         }
                         self.drain_master(m, "from agent");
                     }
@@ -1350,6 +1353,12 @@ impl World {
                 self.slave_files[s]
                     .entry(c.command_id.clone())
                     .or_insert(ExecutedRecord { command: c, result: None });
+            }
+            SlaveWrite::Cancelled(c, r) => {
+                self.slave_files[s].entry(c.command_id.clone()).or_insert(ExecutedRecord {
+                    command: c,
+                    result: Some(r),
+                });
             }
             SlaveWrite::Executed(id, r) => {
                 if let Some(rec) = self.slave_files[s].get_mut(&id) {
@@ -1620,8 +1629,16 @@ impl World {
                 }
                 slave::Output::PlaceOrder { command_id, body } => {
                     self.on_place_order(s, &command_id);
+                    // The broker takes the order the moment it is sent; only its answer
+                    // travels back with latency (and is lost if the EA crashes meanwhile).
+                    self.broker(s, &command_id, Some(&body));
                     let d = self.cfg.broker_latency + self.slave_slow[s];
                     self.at(d, Ev::Broker { slave: s, epoch, command_id, body: Some(body) });
+                }
+                slave::Output::PersistCancelled { op, command, result } => {
+                    self.slave_pending[s].insert(op, SlaveWrite::Cancelled(command, result));
+                    let ok = !self.chance(self.profile.disk_fail);
+                    self.at(self.cfg.disk_latency, Ev::SlaveDisk { slave: s, op, epoch, ok });
                 }
                 slave::Output::QueryOrder { command_id } => {
                     self.at(self.cfg.broker_latency, Ev::Broker { slave: s, epoch, command_id, body: None });
@@ -1802,6 +1819,7 @@ fn describe_from_core(m: &CoreToAgent) -> String {
         CoreToAgent::Command(c) => format!("Command {} trade {}", c.command_id, c.trade_id),
         CoreToAgent::Heartbeat(h) => format!("DeliveryHeartbeat v{}", h.config_version),
         CoreToAgent::DeliveryReport(a) => format!("DeliveryReport {} {:?}", a.command_id, a.result),
+        CoreToAgent::Cancel(c) => format!("Cancel {} trade {}", c.command_id, c.trade_id),
     }
 }
 

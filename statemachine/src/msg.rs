@@ -205,6 +205,8 @@ pub struct PipeDeliveryAck {
 pub enum BrokerStatus {
     Filled,
     Rejected,
+    /// Never executed: the slave EA durably refused the command after the core cancelled it.
+    Cancelled,
 }
 
 /// The slave EA's report of what its broker did with one command.
@@ -290,6 +292,9 @@ pub enum CoreToAgent {
     Heartbeat(DeliveryHeartbeat),
     /// Final outcome of one delivery, reported to the master's agent (informational).
     DeliveryReport(CommandAck),
+    /// The core gave up on this command after `max_retries`: the slave EA must refuse it
+    /// from now on, or report its result if it already executed it.
+    Cancel(Command),
 }
 
 /// Everything an EA writes on its local pipe to the agent.
@@ -317,4 +322,6 @@ pub enum AgentToEa {
     Command(Command),
     /// To a master EA: the live retry settings for its IntentQueue.
     DeliveryConfig(AgentDeliveryConfig),
+    /// To a slave EA: the core cancelled this command (see `CoreToAgent::Cancel`).
+    Cancel(Command),
 }

@@ -212,6 +212,18 @@ crate::transitions! {
             "ExecutionResult for a command the ledger no longer holds"
             => "oldest held result evicted";
             "counted (results_evicted); the core's reconciler re-sends that command and the slave EA re-sends its cached result",
+        T45 = "T45": "Connecting",
+            "hello timer (heartbeat_interval_ms) with no CoreHello"
+            => "Connecting";
+            "AgentHello sent again; hello timer re-armed (a lost Hello or CoreHello must not leave the link half-open)",
+        T46 = "T46": "any",
+            "CoreToAgent::Cancel(command) for a slave this agent serves, its pipe open"
+            => "unchanged";
+            "AgentToEa::Cancel(command) written to the slave's pipe — the slave EA, which alone knows whether it executed, answers with an ExecutionResult (CANCELLED, or the real one)",
+        T47 = "T47": "any",
+            "CoreToAgent::Cancel for an account not served here, or whose pipe is closed"
+            => "unchanged";
+            "nothing (counted cancels_dropped); the core re-sends the cancel on its timer",
     }
 }
 
@@ -410,6 +422,8 @@ pub struct AgentMetrics {
     pub core_protocol_violations: u64,
     /// DeliveryReports received (informational only).
     pub delivery_reports: u64,
+    /// Cancels from the core that could not reach a slave pipe (the core retries them).
+    pub cancels_dropped: u64,
 }
 
 /// The agent's DeliveryManager. See the module documentation and [`SPEC`].
@@ -501,21 +515,27 @@ impl DeliveryManager {
     // ----- inputs -------------------------------------------------------------------------
 
     /// A stream to the core is up: introduce ourselves.
-    pub fn handle_core_connected(&mut self, _now: Instant) {
+    pub fn handle_core_connected(&mut self, now: Instant) {
         self.fire(T::T01, self.agent_subject());
         if self.link != LinkState::Offline {
             self.drop_stream_state();
         }
         self.link = LinkState::Connecting;
+        self.send_hello(now);
+    }
+
+    fn send_hello(&mut self, now: Instant) {
         self.push(AgentOutput::ToCore(AgentToCore::Hello(AgentHello {
             agent_id: self.agent_id.clone(),
             protocol_version: PROTOCOL_VERSION,
             supports_lossless_delivery: true,
             accounts: self.hello_accounts.clone(),
         })));
+        // Until a CoreHello arrives the heartbeat timer doubles as the hello timer.
+        let every = Duration::from_millis(u64::from(self.config.heartbeat_interval_ms));
+        self.heartbeat_at = Some(later(now, every));
     }
 
-    /// The stream to the core is gone.
     pub fn handle_core_disconnected(&mut self, _now: Instant) {
         if self.link == LinkState::Offline {
             return;
@@ -538,6 +558,21 @@ impl DeliveryManager {
                 }
             }
             CoreToAgent::DeliveryReport(_) => self.metrics.delivery_reports += 1,
+            CoreToAgent::Cancel(c) => {
+                let subject = Subject::Command(c.command_id.clone());
+                let served = self.accounts.get(&c.slave) == Some(&Role::Slave);
+                if served && self.pipes.contains(&c.slave) {
+                    self.fire(T::T46, subject);
+                    let account = c.slave.clone();
+                    self.push(AgentOutput::ToEa {
+                        account,
+                        msg: AgentToEa::Cancel(c),
+                    });
+                } else {
+                    self.fire(T::T47, subject);
+                    self.metrics.cancels_dropped += 1;
+                }
+            }
         }
     }
 
@@ -584,6 +619,9 @@ impl DeliveryManager {
                     self.fire(T::T05, self.agent_subject());
                     self.push(AgentOutput::ToCore(AgentToCore::Heartbeat));
                     self.arm_heartbeat(now);
+                } else if self.link == LinkState::Connecting {
+                    self.fire(T::T45, self.agent_subject());
+                    self.send_hello(now);
                 }
             }
         }

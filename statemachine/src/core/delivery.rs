@@ -42,13 +42,13 @@ transitions! {
         Stale = "T06": "any",
             "CommandAck or ExecutionResult that does not advance the delivery (duplicate, stale, PENDING)" => "unchanged";
             "nothing (counted)",
-        Confirmed = "T07": "Blocked | Parked | Inflight | Backoff",
+        Confirmed = "T07": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{FILLED}" => "Finalizing(ACKED)";
             "FinishDelivery{acked, EA_CONFIRMED, slave_ticket}",
-        BrokerRejected = "T08": "Blocked | Parked | Inflight | Backoff",
+        BrokerRejected = "T08": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED}" => "Finalizing(FAILED)";
             "FinishDelivery{failed, BROKER_REJECTED}; log core_delivery_failed",
-        Refused = "T09": "Inflight | Backoff",
+        Refused = "T09": "Inflight | Backoff | Cancelling",
             "CommandAck{FAILED} with a non-retryable error" => "Finalizing(FAILED)";
             "FinishDelivery{failed, that error}; log core_delivery_failed",
         Timeout = "T10": "Inflight(CORE_ACCEPTED)",
@@ -58,8 +58,8 @@ transitions! {
             "CommandAck{FAILED} retryable (PIPE_UNAVAILABLE, BROKER_BUSY), attempts < max_retries" => "Backoff";
             "RecordRetry write; retry_total{stage,result=failed}++; backoff timer",
         GiveUp = "T12": "Inflight",
-            "ack timer or retryable failure with attempts = max_retries" => "Finalizing(FAILED)";
-            "FinishDelivery{failed, MAX_RETRIES}; log core_delivery_failed",
+            "ack timer or retryable failure with attempts = max_retries" => "Cancelling";
+            "Cancel(command) to the slave's agent (the slave EA alone knows whether it executed it); timer: ack_timeout_ms",
         Retry = "T13": "Backoff",
             "backoff timer; slave's agent online" => "Inflight(CORE_ACCEPTED)";
             "Command re-sent (same command_id, attempt + 1); ack timer",
@@ -69,7 +69,7 @@ transitions! {
         Reconcile = "T15": "Inflight(AGENT_BUFFERED | PIPE_DELIVERED)",
             "reconcile timer (no ExecutionResult within reconcile_interval_ms)" => "Inflight(same stage)";
             "Command re-sent (same command_id; the agent and EA dedupe); reconcile_resends++",
-        Park = "T16": "Inflight | Backoff",
+        Park = "T16": "Inflight | Backoff | Cancelling",
             "slave's agent goes offline" => "Parked";
             "timers cancelled; attempts kept",
         Done = "T17": "Finalizing(x)",
@@ -90,6 +90,12 @@ transitions! {
         FinishRewrite = "T22": "Finalizing (backing off)",
             "retry timer" => "Finalizing";
             "FinishDelivery written again",
+        CancelConfirmed = "T23": "Cancelling | Blocked | Parked | Inflight | Backoff",
+            "ExecutionResult{CANCELLED}: the slave EA durably refused the command" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, MAX_RETRIES}; log core_delivery_failed",
+        CancelResend = "T24": "Cancelling",
+            "cancel timer; slave's agent online" => "Cancelling";
+            "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
     }
 }
 
@@ -102,6 +108,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("Parked", "head of its chain, but the slave's agent is offline; no attempt is spent"),
         ("Inflight(stage)", "sent; stage is the highest the agent reported"),
         ("Backoff", "an attempt failed; waiting to re-send"),
+        ("Cancelling", "max_retries spent; waiting for the slave EA to confirm it will never execute the command (or to report that it did)"),
         ("Finalizing(ACKED|FAILED)", "final state decided, FinishDelivery not yet durable"),
         ("Done(ACKED|FAILED)", "final state durable; forgotten by the machine"),
     ],
@@ -111,6 +118,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "A delivery is Done only after its FinishDelivery write was reported durable.",
         "Every delivery ends ACKED or FAILED with a reason; FAILED is logged as core_delivery_failed.",
         "A delivery that reached AGENT_BUFFERED is never FAILED by a timeout; only explicit failures end it.",
+        "FAILED(MAX_RETRIES) is decided only after the slave EA answered CANCELLED: a command the core gave up on can never execute later.",
     ],
     transitions: DeliveryT::TABLE,
 };
@@ -121,6 +129,9 @@ pub(crate) enum DState {
     Parked,
     Inflight(AckStage),
     Backoff,
+    Cancelling {
+        sends: u32,
+    },
     Finalizing {
         status: DeliveryStatus,
         reason: Option<ErrorCode>,
@@ -163,6 +174,7 @@ impl Delivery {
                 DState::Parked => "Parked",
                 DState::Inflight(_) => "Inflight",
                 DState::Backoff => "Backoff",
+                DState::Cancelling { .. } => "Cancelling",
                 DState::Finalizing { .. } => "Finalizing",
             },
             stage: self.stage,
@@ -425,6 +437,29 @@ impl Core {
         self.journal_write(write, Some(PendingOp::Finish(key)));
     }
 
+    /// Asks the slave (through its agent) to refuse the command for good, or to report it.
+    fn send_cancel(&mut self, now: Instant, key: u64) {
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        let sends = match &mut d.state {
+            DState::Cancelling { sends } => {
+                *sends += 1;
+                *sends
+            }
+            _ => return,
+        };
+        let slave = d.rec.slave.clone();
+        let at = now + backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
+        if let Some(agent) = self.registry.agent_for(&slave) {
+            if let Some(d) = self.deliveries.get(&key) {
+                let cmd = self.build_command(d);
+                self.send(agent, CoreToAgent::Cancel(cmd));
+            }
+        }
+        self.set_deadline(key, Some(at));
+    }
+
     fn attempt_failed(&mut self, now: Instant, key: u64, timeout: bool) {
         let Some(d) = self.deliveries.get(&key) else {
             return;
@@ -432,13 +467,10 @@ impl Core {
         let (attempts, stage, cmd) = (d.rec.attempts, d.stage, d.rec.command_id.clone());
         if attempts >= self.cfg.delivery.max_retries {
             self.fire(DeliveryT::GiveUp.spec(), self.subject(key));
-            self.finalize(
-                now,
-                key,
-                DeliveryStatus::Failed,
-                Some(ErrorCode::MaxRetries),
-                None,
-            );
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                d.state = DState::Cancelling { sends: 0 };
+            }
+            self.send_cancel(now, key);
             return;
         }
         let (t, result, reason) = if timeout {
@@ -483,6 +515,7 @@ impl Core {
         };
         let (state, stage) = (d.state, d.stage);
         let live = matches!(state, DState::Inflight(_) | DState::Backoff);
+        let cancelling = matches!(state, DState::Cancelling { .. });
         match a.result {
             AckResult::Ok if live && a.stage > stage && a.stage < AckStage::EaConfirmed => {
                 self.fire(DeliveryT::Progress.spec(), self.subject(key));
@@ -506,6 +539,13 @@ impl Core {
                 );
                 let at = now + self.reconcile_interval();
                 self.set_deadline(key, Some(at));
+            }
+            AckResult::Failed
+                if cancelling && !a.error.unwrap_or(ErrorCode::EaRejected).is_retryable() =>
+            {
+                let err = a.error.unwrap_or(ErrorCode::EaRejected);
+                self.fire(DeliveryT::Refused.spec(), self.subject(key));
+                self.finalize(now, key, DeliveryStatus::Failed, Some(err), None);
             }
             AckResult::Failed if live => {
                 let err = a.error.unwrap_or(ErrorCode::EaRejected);
@@ -552,6 +592,16 @@ impl Core {
                     None,
                 );
             }
+            BrokerStatus::Cancelled => {
+                self.fire(DeliveryT::CancelConfirmed.spec(), self.subject(key));
+                self.finalize(
+                    now,
+                    key,
+                    DeliveryStatus::Failed,
+                    Some(ErrorCode::MaxRetries),
+                    None,
+                );
+            }
         }
     }
 
@@ -580,6 +630,10 @@ impl Core {
                 }
             }
             DState::Finalizing { .. } => self.rewrite_finish(key),
+            DState::Cancelling { .. } => {
+                self.fire(DeliveryT::CancelResend.spec(), self.subject(key));
+                self.send_cancel(now, key);
+            }
             DState::Blocked | DState::Parked => {}
         }
     }
@@ -698,7 +752,7 @@ impl Core {
         for key in self.heads_of(slaves) {
             let live = matches!(
                 self.deliveries.get(&key).map(|d| d.state),
-                Some(DState::Inflight(_) | DState::Backoff)
+                Some(DState::Inflight(_) | DState::Backoff | DState::Cancelling { .. })
             );
             if live {
                 self.fire(DeliveryT::Park.spec(), self.subject(key));

@@ -57,6 +57,7 @@ transitions! {
         NotForSlave = "T20": "any", "AgentToEa::IntentAck or DeliveryConfig (master-EA messages)" => "unchanged"; "nothing; counted ignored_messages",
         RecoveredExecuted = "T21": "(durable)", "recover(): a record with its result" => "executed"; "nothing; the command is deduplicated and its position restored",
         RecoveredInDoubt = "T22": "(durable)", "recover(): a write-ahead record without a result (crash after the write-ahead: the order may or may not have reached the broker)" => "in_doubt"; "QueryOrder{command_id} — asked of the broker by client order id, never placed again",
+        CancelUnknown = "T23": "(none), gate open", "AgentToEa::Cancel(command) for a command never seen" => "recording"; "PersistCancelled{op, command, result: CANCELLED} — once durable the command is answered CANCELLED forever and never placed (a Cancel for a known or refused command gets the same answer as a redelivery: T04/T06/T12/T13)",
     }
 }
 
@@ -84,6 +85,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "A command found in doubt after a crash is resolved by QueryOrder and the broker's answer, never by placing it again.",
         "Unfinished commands are bounded by `max_pending`; beyond it the EA answers RETRY, never drops silently.",
         "The same command_id always gets the same verdict: refused stays refused, executed is answered from its stored result.",
+        "A cancelled command is never placed: its CANCELLED result is durable before it is reported, and every later delivery of it is answered from that result.",
     ],
     transitions: T::TABLE,
 };
@@ -159,6 +161,13 @@ pub enum Output {
     PlaceOrder {
         command_id: CommandId,
         body: CommandBody,
+    },
+    /// Durably record that the command was cancelled before it ever executed (the record
+    /// holds the command and its CANCELLED result), then `handle_persist_result(op, …)`.
+    PersistCancelled {
+        op: OpId,
+        command: Command,
+        result: ExecutionResult,
     },
     /// Ask the broker what became of the order with this client order id, then
     /// `handle_broker_result(command_id, …)`.
@@ -321,6 +330,16 @@ impl SlaveExecutor {
                 }
             }
             AgentToEa::Command(c) => self.handle_command(now, c),
+            AgentToEa::Cancel(c) => {
+                let known = self.commands.contains_key(&c.command_id)
+                    || self.refused.contains_key(&c.command_id);
+                if !self.gate_open || known || c.slave != self.config.account {
+                    // Same verdict as a redelivery: the stored result, a refusal, or RETRY.
+                    self.handle_command(now, c);
+                } else {
+                    self.cancel_unknown(c);
+                }
+            }
             AgentToEa::IntentAck(_) | AgentToEa::DeliveryConfig(_) => {
                 self.m.ignored_messages += 1;
                 self.fire(T::NotForSlave, Subject::None);
@@ -651,11 +670,48 @@ impl SlaveExecutor {
                 result: result.clone(),
             },
         );
+        if result.status == BrokerStatus::Cancelled {
+            // A cancelled command has no write-ahead record: this write carries the command.
+            if let Some(command) = self.commands.get(id).map(|e| e.command.clone()) {
+                self.out.push_back(Output::PersistCancelled {
+                    op,
+                    command,
+                    result,
+                });
+            }
+            return;
+        }
         self.out.push_back(Output::PersistExecuted {
             op,
             command_id: id.clone(),
             result,
         });
+    }
+
+    /// The core gave up on a command this EA never saw: refuse it durably, forever.
+    fn cancel_unknown(&mut self, c: Command) {
+        let id = c.command_id.clone();
+        let result = ExecutionResult {
+            command_id: id.clone(),
+            trade_id: c.trade_id.clone(),
+            slave: c.slave.clone(),
+            slave_ticket: 0,
+            fill_price: 0.0,
+            filled_volume: 0.0,
+            status: BrokerStatus::Cancelled,
+        };
+        self.commands.insert(
+            id.clone(),
+            Entry {
+                command: c,
+                state: State::Executing,
+                record_failures: 0,
+                deadline: None,
+            },
+        );
+        self.pending += 1;
+        self.fire(T::CancelUnknown, Subject::Command(id.clone()));
+        self.issue_record(&id, result);
     }
 
     fn apply_to_positions(&mut self, body: &CommandBody, r: &ExecutionResult) {
