@@ -1723,7 +1723,14 @@ impl World {
                         v.command_id, v.kind, v.state, v.stage.name(), v.attempts
                     );
                 }
-                let _ = writeln!(s, "  core: {} open intents, {} open deliveries", c.open_intents(), c.open_deliveries());
+                let _ = writeln!(
+                    s,
+                    "  core: {} open intents, {} open deliveries, queue depths {:?}, journal down: {}",
+                    c.open_intents(),
+                    c.open_deliveries(),
+                    c.queue_depths(),
+                    c.journal_is_down()
+                );
             }
             None => s.push_str("  core: down\n"),
         }

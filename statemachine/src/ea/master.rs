@@ -49,8 +49,8 @@ transitions! {
         AppendIssued = "T06": "append_waiting / append_retry_wait", "the older intent of its trade became durable, or the append retry timer expired" => "appending"; "PersistAppend{op (new), intent}",
         Send = "T07": "queued", "it is the oldest unresolved intent of its trade and the pipe is connected" => "in_flight"; "ToAgent(Intent(intent)); attempts += 1; counted sends; ack timer at now + ack_timeout_ms",
         AckOk = "T08": "in_flight / retry_wait / queued after a send", "TradeIntentAck{result: Ok} (CORE_ACCEPTED)" => "removing"; "PersistRemove{op, intent_id, reason: Acked}; counted acked; the next intent of the trade may be sent (T07)",
-        AckRetryable = "T09": "in_flight", "TradeIntentAck{result: Failed, retryable error}, attempts < 100" => "retry_wait"; "retry timer at now + max(retry_after_ms, backoff(retry_backoff_ms, attempts)); counted retries",
-        AckTimeout = "T10": "in_flight", "ack timer expired, attempts < 100" => "retry_wait"; "retry timer at now + backoff(retry_backoff_ms, attempts); counted retries",
+        AckRetryable = "T09": "in_flight", "TradeIntentAck{result: Failed, retryable error}, attempts < 100" => "retry_wait"; "retry timer at now + w/2 + spread(intent_id, attempt) with w = max(retry_after_ms, backoff(retry_backoff_ms, attempts)) — a deterministic spread in [w/2, w] so a refused burst does not come back as one; counted retries",
+        AckTimeout = "T10": "in_flight", "ack timer expired, attempts < 100" => "retry_wait"; "retry timer at now + w/2 + spread(intent_id, attempt), w = backoff(retry_backoff_ms, attempts); counted retries",
         Resend = "T11": "retry_wait", "retry timer expired while the pipe is connected, or the pipe reconnected after it expired" => "in_flight"; "ToAgent(Intent(intent)) with the same intent_id; attempts += 1; counted sends; ack timer at now + ack_timeout_ms",
         GaveUp = "T12": "in_flight", "retryable failure or ack timeout after the 100th send (MAX_TRIES)" => "removing"; "GaveUp{intent_id, trade_id, attempts}; PersistRemove{op, intent_id, reason: GaveUp}; counted gave_up; the next intent of the trade may be sent",
         Rejected = "T13": "in_flight / retry_wait / queued after a send", "TradeIntentAck{result: Failed, non-retryable error; a missing code counts as INTERNAL}" => "removing"; "Failed{intent_id, trade_id, error}; PersistRemove{op, intent_id, reason: Rejected(error)}; counted failed; the next intent of the trade may be sent",
@@ -735,6 +735,12 @@ impl IntentQueue {
         } else {
             wait
         };
+        // Spread retries over [wait/2, wait]: without it, every intent refused in one burst
+        // comes back in the same instant and meets the same full queue again. The spread is a
+        // pure function of the intent id and attempt, so runs stay deterministic.
+        let key = format!("{}#{attempts}", e.intent.intent_id);
+        let spread = crate::ids::stable_hash(key.as_bytes()) % (wait.0 / 2 + 1);
+        let wait = Duration(wait.0 / 2 + spread);
         self.set_stage(seq, Stage::RetryWait);
         self.arm(seq, now + wait);
         self.fire(t, subject);

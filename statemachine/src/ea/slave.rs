@@ -46,7 +46,7 @@ transitions! {
         Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open, or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body}; counted placed",
         NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
         WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
-        NotYetDurable = "T12": "persisting", "the same command_id again" => "persisting"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
+        NotYetDurable = "T12": "persisting, or recording a CANCELLED result", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
         Repeated = "T13": "executing / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
         BrokerAnswered = "T14": "executing / in_doubt", "handle_broker_result(Filled or Rejected)" => "recording"; "PersistExecuted{op, command_id, result}",
         BrokerIgnored = "T15": "any", "handle_broker_result for an unknown command or one already answered" => "unchanged"; "counted ignored_broker_results",
@@ -530,7 +530,19 @@ impl SlaveExecutor {
             return;
         }
         if let Some(e) = self.commands.get(&id) {
+            let cancel_pending = matches!(
+                &e.state,
+                State::Recording { result, .. } | State::RecordRetryWait { result }
+                    if result.status == BrokerStatus::Cancelled
+            );
+            if cancel_pending {
+                self.m.retry_not_durable += 1;
+                self.fire(T::NotYetDurable, subject);
+                self.pipe_ack(&id, PipeStatus::Retry, None);
+                return;
+            }
             match &e.state {
+                // A cancel record not yet durable has no durable write-ahead either.
                 State::Persisting { .. } => {
                     self.m.retry_not_durable += 1;
                     self.fire(T::NotYetDurable, subject);
