@@ -11,6 +11,7 @@ pub mod profile;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod trace;
 pub mod world;
 
 pub use echo_statemachine as machines;

@@ -76,6 +76,8 @@ pub struct Outcome {
     pub trace: Option<String>,
     pub steps: u64,
     pub intents: u64,
+    /// Transition ids taken during the run.
+    pub fired: std::collections::BTreeSet<&'static str>,
 }
 
 /// Runs one seed; `trace` records the NDJSON trace with the given commit id.
@@ -103,10 +105,18 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
             summary.push_str("\nstill pending after the liveness bound:\n");
             summary.push_str(&w.pending_summary());
         }
-        (verdict, w.profile.to_string(), summary, w.trace.take(), w.steps, report.intents_emitted)
+        (
+            verdict,
+            w.profile.to_string(),
+            summary,
+            w.trace.take(),
+            w.steps,
+            report.intents_emitted,
+            std::mem::take(&mut w.fired),
+        )
     }));
     match result {
-        Ok((verdict, profile, summary, trace, steps, intents)) => Outcome {
+        Ok((verdict, profile, summary, trace, steps, intents, fired)) => Outcome {
             seed,
             verdict,
             profile,
@@ -114,6 +124,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
             trace,
             steps,
             intents,
+            fired,
         },
         Err(p) => {
             let msg = p
@@ -129,6 +140,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
                 trace: None,
                 steps: 0,
                 intents: 0,
+                fired: Default::default(),
             }
         }
     }

@@ -204,6 +204,8 @@ pub struct World {
     pub violations: Vec<Violation>,
     pub steps: u64,
     pub trace: Option<String>,
+    /// Every transition id any machine took in this run (for `echo-sim coverage`).
+    pub fired: BTreeSet<&'static str>,
     healed_at: Option<Instant>,
 }
 
@@ -356,6 +358,7 @@ impl World {
             violations: Vec::new(),
             steps: 0,
             trace: None,
+            fired: BTreeSet::new(),
             healed_at: None,
             cfg,
         };
@@ -423,6 +426,7 @@ impl World {
     }
 
     fn trace_step(&mut self, node: &str, input: &str, f: &Fired, outputs: &[String]) {
+        self.fired.insert(f.transition.id);
         if let Some(t) = &mut self.trace {
             let tr = f.transition;
             let _ = writeln!(

@@ -48,6 +48,7 @@ scenarios!(
     config_push_and_subscriptions,
     recover_resumes_unfinished_in_order,
     backoff_with_account_gone_parks,
+    cancel_answered_by_the_real_result,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -547,7 +548,30 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     h.advance(20);
     assert_eq!(h.core.delivery_view(&c).map(|v| v.attempts), Some(3));
     h.take();
-    h.advance(100); // third timeout = max_retries
+    h.advance(100); // third timeout = max_retries: the core asks the slave to cancel
+    assert!(
+        !h.writes()
+            .iter()
+            .any(|w| matches!(w, JournalWrite::FinishDelivery { .. })),
+        "never FAILED before the slave confirms it will not execute"
+    );
+    let cancels: Vec<_> = h
+        .sent()
+        .into_iter()
+        .filter(|(ag, m)| ag.as_str() == "B" && matches!(m, CoreToAgent::Cancel(x) if x.command_id == c))
+        .collect();
+    assert_eq!(cancels.len(), 1);
+    assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Cancelling"));
+    // No answer: the cancel is re-sent on its timer, never given up.
+    h.take();
+    h.advance(1_000);
+    assert!(h
+        .sent()
+        .iter()
+        .any(|(_, m)| matches!(m, CoreToAgent::Cancel(x) if x.command_id == c)));
+    // The slave EA refused it durably: now, and only now, it is FAILED.
+    h.take();
+    h.msg("B", result(&c, "s1", 0, BrokerStatus::Cancelled));
     assert!(h.writes().iter().any(|w| matches!(
         w,
         JournalWrite::FinishDelivery {
@@ -566,6 +590,35 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     h.journal_ok_all();
     assert_eq!(h.core.open_deliveries(), 0);
     assert_eq!(h.core.metrics().delivery_failed_total, 1);
+    h.fired
+}
+
+fn cancel_answered_by_the_real_result() -> Vec<&'static str> {
+    let mut h = H::world();
+    h.core
+        .handle_subscriptions(h.now, vec![Subscription::new("m1", "s1", 1.0)]);
+    h.accept(intent("i1", "t1", IntentKind::Open, 1));
+    let c = cmd_id("i1", "s1");
+    // Every stage report is lost; the slave did execute it.
+    for _ in 0..3 {
+        h.next_timer();
+        h.next_timer();
+    }
+    assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Cancelling"));
+    h.take();
+    h.msg("B", result(&c, "s1", 55, BrokerStatus::Filled));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            status: DeliveryStatus::Acked,
+            slave_ticket: Some(55),
+            ..
+        }
+    )));
+    h.journal_ok_all();
+    // A later modify finds the position the cancelled-then-confirmed open produced.
+    let m = h.accept(intent("m", "t1", IntentKind::Modify, 2));
+    assert!(matches!(m[0].body, CommandBody::Modify { slave_ticket: 55, .. }));
     h.fired
 }
 

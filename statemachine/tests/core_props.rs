@@ -20,7 +20,7 @@ enum Op {
     Journal { pick: u8, outcome: u8 },
     Stage { pick: u8, stage: u8 },
     FailAck { pick: u8, retryable: bool },
-    Result { pick: u8, filled: bool },
+    Result { pick: u8, status: u8 },
     DisconnectB,
     HelloB,
     Advance(u16),
@@ -32,7 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<u8>(), 0u8..4).prop_map(|(pick, outcome)| Op::Journal { pick, outcome }),
         3 => (any::<u8>(), 0u8..3).prop_map(|(pick, stage)| Op::Stage { pick, stage }),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(pick, retryable)| Op::FailAck { pick, retryable }),
-        2 => (any::<u8>(), prop::bool::weighted(0.85)).prop_map(|(pick, filled)| Op::Result { pick, filled }),
+        2 => (any::<u8>(), 0u8..10).prop_map(|(pick, status)| Op::Result { pick, status }),
         1 => Just(Op::DisconnectB),
         1 => Just(Op::HelloB),
         2 => (1u16..800).prop_map(Op::Advance),
@@ -168,13 +168,13 @@ impl World {
                     self.h.msg("B", fail_ack(&c, &slave, e));
                 }
             }
-            Op::Result { pick, filled } => {
+            Op::Result { pick, status } => {
                 if let Some(c) = self.pick(pick) {
                     let slave = c.as_str().rsplit('@').next().unwrap_or("").to_string();
-                    let st = if filled {
-                        BrokerStatus::Filled
-                    } else {
-                        BrokerStatus::Rejected
+                    let st = match status {
+                        0 => BrokerStatus::Rejected,
+                        1 => BrokerStatus::Cancelled,
+                        _ => BrokerStatus::Filled,
                     };
                     self.h.msg("B", result(&c, &slave, 1_000 + pick as i64, st));
                 }

@@ -14,7 +14,9 @@ use echo_sim::world::Capacity;
 
 const USAGE: &str = "usage:
   echo-sim run --seeds A..B [--profile test_min|default] [--jobs N] [--scale N] [--trades N]
-  echo-sim replay --seed S [--profile …] [--scale N] [--trades N] [--trace FILE]";
+  echo-sim replay --seed S [--profile …] [--scale N] [--trades N] [--trace FILE]
+  echo-sim coverage --seeds A..B [--profile …] [--jobs N]
+  echo-sim trace check FILE";
 
 fn commit() -> String {
     std::process::Command::new("git")
@@ -187,12 +189,97 @@ fn replay(a: Args) -> ExitCode {
     ExitCode::from(o.verdict.exit_code())
 }
 
+/// Which SPEC.md transitions a suite of seeds exercised.
+fn coverage(a: Args) -> ExitCode {
+    let (lo, hi) = a.seeds;
+    let next = Arc::new(AtomicU64::new(lo));
+    let seen = Arc::new(Mutex::new(std::collections::BTreeSet::<&'static str>::new()));
+    let workers: Vec<_> = (0..a.jobs)
+        .map(|_| {
+            let (next, seen, opts) = (next.clone(), seen.clone(), a.opts.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= hi {
+                    break;
+                }
+                let o = run_seed(seed, &opts, None);
+                if let Ok(mut s) = seen.lock() {
+                    s.extend(o.fired);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut total = 0;
+    let mut covered = 0;
+    println!("transition coverage of seeds {lo}..{hi}:");
+    for m in echo_statemachine::spec::machines() {
+        let missing: Vec<&str> = m
+            .transitions
+            .iter()
+            .map(|t| t.id)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        total += m.transitions.len();
+        covered += m.transitions.len() - missing.len();
+        println!(
+            "  {:<16} {:>3}/{:<3} {}",
+            m.name,
+            m.transitions.len() - missing.len(),
+            m.transitions.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("not covered: {}", missing.join(" "))
+            }
+        );
+    }
+    println!("total {covered}/{total}");
+    ExitCode::SUCCESS
+}
+
+fn trace_cmd(mut it: impl Iterator<Item = String>) -> ExitCode {
+    match (it.next().as_deref(), it.next()) {
+        (Some("check"), Some(path)) => {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("echo-sim: cannot read {path}: {e}");
+                    return ExitCode::from(66);
+                }
+            };
+            match echo_sim::trace::check(&text) {
+                Ok(c) => {
+                    println!(
+                        "{path}: ok — {} steps, all SPEC.md transitions; {} faults, {} violations",
+                        c.steps, c.faults, c.violations
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{path}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        _ => {
+            eprintln!("echo-sim: {USAGE}");
+            ExitCode::from(64)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let cmd = args.next();
     let parsed = match cmd.as_deref() {
         Some("run") => parse(args, false).map(run),
         Some("replay") => parse(args, true).map(replay),
+        Some("coverage") => parse(args, false).map(coverage),
+        Some("trace") => return trace_cmd(args),
         _ => Err(USAGE.to_string()),
     };
     match parsed {
