@@ -89,6 +89,19 @@ impl Report {
                                 r.inconsistent.push(format!("{cmd} acked in the journal but placed {placed}× (filled: {filled})"));
                             }
                         }
+                        Some((DeliveryStatus::Failed, Some(ErrorCode::NoPosition))) => {
+                            *r.failed.entry(reason_name(ErrorCode::NoPosition)).or_insert(0) += 1;
+                            // The script closes last, so NO_POSITION is only right when the
+                            // trade's open did not succeed at this slave.
+                            if let Some(open) = open_of(w, intent) {
+                                let oc = CommandId::for_delivery(&open, account);
+                                if w.journal_delivery(&oc).map(|d| d.status) == Some(DeliveryStatus::Acked) {
+                                    r.inconsistent.push(format!(
+                                        "{cmd} FAILED NO_POSITION although its open {oc} was confirmed at that slave"
+                                    ));
+                                }
+                            }
+                        }
                         Some((DeliveryStatus::Failed, reason)) => {
                             let reason = reason.map(reason_name).unwrap_or("NO_REASON");
                             *r.failed.entry(reason).or_insert(0) += 1;
@@ -127,6 +140,23 @@ impl Report {
         r.latency_max_us = latencies.last().copied().unwrap_or(0);
         r
     }
+}
+
+/// The OPEN intent of the trade `intent` belongs to (trade ids compared case-blind, as the
+/// master meant them).
+fn open_of(w: &World, intent: &echo_statemachine::ids::IntentId) -> Option<echo_statemachine::ids::IntentId> {
+    let (_, _, trade) = w.book.emitted.get(intent)?;
+    let prefix = intent.as_str().split('-').next()?;
+    let want = trade.as_str().to_lowercase();
+    w.book
+        .emitted
+        .iter()
+        .find(|(id, (_, kind, t))| {
+            *kind == echo_statemachine::msg::IntentKind::Open
+                && id.as_str().split('-').next() == Some(prefix)
+                && t.as_str().to_lowercase() == want
+        })
+        .map(|(id, _)| id.clone())
 }
 
 fn reason_name(e: ErrorCode) -> &'static str {

@@ -41,6 +41,8 @@ pub struct RunOptions {
     /// Multiplies masters (2 × scale) and trades.
     pub scale: usize,
     pub trades: usize,
+    /// A planted bug to switch on for this run (needs the `sim-mutants` machines).
+    pub mutant: Option<echo_statemachine::mutants::Mutant>,
 }
 
 impl Default for RunOptions {
@@ -49,6 +51,7 @@ impl Default for RunOptions {
             capacity: Capacity::TestMin,
             scale: 1,
             trades: 12,
+            mutant: None,
         }
     }
 }
@@ -83,6 +86,18 @@ pub struct Outcome {
 /// Runs one seed; `trace` records the NDJSON trace with the given commit id.
 pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
     let cfg = opts.world_config();
+    if !echo_statemachine::mutants::set(opts.mutant) {
+        return Outcome {
+            seed,
+            verdict: Verdict::Crash,
+            profile: String::new(),
+            summary: "this build cannot plant mutants: build echo-sim with --features mutants".into(),
+            trace: None,
+            steps: 0,
+            intents: 0,
+            fired: Default::default(),
+        };
+    }
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut w = World::new(cfg, seed, true);
         if let Some(commit) = trace {
@@ -115,6 +130,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
             std::mem::take(&mut w.fired),
         )
     }));
+    echo_statemachine::mutants::set(None);
     match result {
         Ok((verdict, profile, summary, trace, steps, intents, fired)) => Outcome {
             seed,

@@ -204,6 +204,8 @@ pub struct World {
     pub violations: Vec<Violation>,
     pub steps: u64,
     pub trace: Option<String>,
+    /// The intent the core answered or journaled in the step being drained.
+    answered: Option<IntentId>,
     /// Every transition id any machine took in this run (for `echo-sim coverage`).
     pub fired: BTreeSet<&'static str>,
     healed_at: Option<Instant>,
@@ -359,6 +361,7 @@ impl World {
             steps: 0,
             trace: None,
             fired: BTreeSet::new(),
+            answered: None,
             healed_at: None,
             cfg,
         };
@@ -962,6 +965,21 @@ impl World {
         }
     }
 
+    /// Every intent the core receives is answered, journaled, or already being journaled:
+    /// explicit backpressure, never a silent drop.
+    fn check_answered(&mut self, id: &IntentId) {
+        if self.answered.as_ref() == Some(id) {
+            return;
+        }
+        let pending = self.journal.pending.values().any(
+            |w| matches!(w, JournalWrite::AcceptIntent { intent, .. } if intent.intent_id == *id),
+        ) || self.core.as_ref().is_some_and(|c| c.intent_persisting(id));
+        if !pending {
+            let v = format!("core neither answered nor journaled intent {id} (silent drop)");
+            self.violation(v);
+        }
+    }
+
     fn check_core_invariants(&mut self) {
         let Some(core) = self.core.as_ref() else {
             return;
@@ -1041,9 +1059,17 @@ impl World {
                     }
                 }
                 let input = describe_to_core(&msg);
+                let asked = match &msg {
+                    AgentToCore::Intent(i) => Some(i.intent_id.clone()),
+                    _ => None,
+                };
                 if let Some(c) = self.core.as_mut() {
                     c.handle_agent_message(now, &self.agent_ids[agent], msg);
+                    self.answered = None;
                     self.drain_core(&input);
+                    if let Some(id) = asked {
+                        self.check_answered(&id);
+                    }
                 }
             }
             Ev::FromCore { agent, link, msg } => {
@@ -1391,6 +1417,15 @@ impl World {
                 if let Some((_, outs)) = pending.as_mut() {
                     outs.push(describe_core_output(&o));
                 }
+            }
+            match &o {
+                CoreOutput::Send { msg: CoreToAgent::IntentAck(a), .. } => {
+                    self.answered = Some(a.intent_id.clone());
+                }
+                CoreOutput::Journal { write: JournalWrite::AcceptIntent { intent, .. }, .. } => {
+                    self.answered = Some(intent.intent_id.clone());
+                }
+                _ => {}
             }
             match o {
                 CoreOutput::Send { agent, msg } => {
@@ -1764,7 +1799,12 @@ fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<TradeIntent>
         let seq = out.len() as u64;
         out.push(TradeIntent {
             intent_id: IntentId::new(format!("m{m}-i{seq}")),
-            trade_id: trade_id(m, trade),
+            // Odd steps spell the trade id in lower case: one trade, two spellings.
+            trade_id: if step % 2 == 1 {
+                TradeId::new(trade_id(m, trade).as_str().to_lowercase())
+            } else {
+                trade_id(m, trade)
+            },
             master: master.clone(),
             kind: KINDS[step],
             symbol: Symbol::new(["EURUSD", "GBPUSD", "USDJPY"][trade % 3]),

@@ -32,6 +32,7 @@ pub mod ea;
 pub mod ids;
 pub mod marketdata;
 pub mod msg;
+pub mod mutants;
 pub mod spec;
 pub mod telemetry;
 pub mod time;

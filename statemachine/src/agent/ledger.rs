@@ -132,6 +132,10 @@ impl DeliveryManager {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.fire(T::T15, subject);
+        if crate::mutants::active(crate::mutants::Mutant::BufferedBeforeLedger) {
+            let ack = command_ack(&c, AckStage::AgentBuffered, AckResult::Ok, None, 0);
+            self.report(ack);
+        }
         self.index.insert(c.command_id.clone(), seq);
         self.entries.insert(
             seq,

@@ -467,6 +467,11 @@ impl Core {
         let (attempts, stage, cmd) = (d.rec.attempts, d.stage, d.rec.command_id.clone());
         if attempts >= self.cfg.delivery.max_retries {
             self.fire(DeliveryT::GiveUp.spec(), self.subject(key));
+            if crate::mutants::active(crate::mutants::Mutant::GiveUpWithoutCancel) {
+                let e = Some(ErrorCode::MaxRetries);
+                self.finalize(now, key, DeliveryStatus::Failed, e, None);
+                return;
+            }
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Cancelling { sends: 0 };
             }
@@ -612,6 +617,8 @@ impl Core {
         d.deadline = None; // popped by handle_timeout
         match d.state {
             DState::Inflight(AckStage::CoreAccepted) => self.attempt_failed(now, key, true),
+            DState::Inflight(_)
+                if crate::mutants::active(crate::mutants::Mutant::NoReconciler) => {}
             DState::Inflight(_) => {
                 self.fire(DeliveryT::Reconcile.spec(), self.subject(key));
                 self.metrics.reconcile_resends_total += 1;
@@ -679,7 +686,8 @@ impl Core {
         else {
             return;
         };
-        if let JournalResult::Failed { .. } = result {
+        let skip = crate::mutants::active(crate::mutants::Mutant::SkipFinishRetry);
+        if let (JournalResult::Failed { .. }, false) = (&result, skip) {
             self.metrics.journal_failures_total += 1;
             self.fire(DeliveryT::FinishRetry.spec(), self.subject(key));
             let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), writes);

@@ -213,6 +213,9 @@ impl Core {
         }
         let worker = self.router.worker_for(&i.trade_id);
         if !self.router.try_admit(worker) {
+            if crate::mutants::active(crate::mutants::Mutant::FullQueueDrops) {
+                return;
+            }
             self.fire(RouterT::RejectFull.spec(), Subject::Worker(worker));
             self.metrics.router_rejections_total[worker as usize] += 1;
             self.journal_write(
@@ -240,6 +243,9 @@ impl Core {
             deliveries: deliveries.clone(),
         };
         self.journal_write(write, Some(PendingOp::Accept(i.intent_id.clone())));
+        if crate::mutants::active(crate::mutants::Mutant::AckBeforeDurable) {
+            self.ack_intent(agent.clone(), i.intent_id.clone(), i.trade_id.clone(), None);
+        }
         self.persisting_trades
             .insert(i.trade_id.clone(), i.intent_id.clone());
         self.intents.insert(

@@ -374,6 +374,14 @@ impl Core {
             .collect()
     }
 
+    /// Whether an intent is being journaled (its answer is owed and will come).
+    pub fn intent_persisting(&self, id: &IntentId) -> bool {
+        matches!(
+            self.intents.get(id).map(|e| &e.state),
+            Some(intake::IntentState::Persisting { .. })
+        )
+    }
+
     pub fn agent_online(&self, agent: &AgentId) -> bool {
         self.registry.is_online(agent)
     }

@@ -529,6 +529,14 @@ impl SlaveExecutor {
             self.pipe_ack(&id, PipeStatus::Retry, None);
             return;
         }
+        let forget = crate::mutants::active(crate::mutants::Mutant::SlaveForgetsDedupe)
+            && matches!(
+                self.commands.get(&id).map(|e| &e.state),
+                Some(State::Executed { result }) if result.status == BrokerStatus::Filled
+            );
+        if forget {
+            self.commands.remove(&id);
+        }
         if let Some(e) = self.commands.get(&id) {
             let cancel_pending = matches!(
                 &e.state,

@@ -1,0 +1,90 @@
+//! Planted bugs, to prove the simulator is not vacuous.
+//!
+//! With the `sim-mutants` feature, a test or `echo-sim --mutant NAME` switches one known bug
+//! on for the current thread; each machine consults [`active`] at the one place the bug lives.
+//! Without the feature [`active`] is a constant `false` and every mutant compiles away. This
+//! module must never be enabled in a production build, and never reads anything but its own
+//! thread-local switch (so parallel seeds cannot disturb each other).
+
+/// One planted bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mutant {
+    /// core: acknowledge CORE_ACCEPTED when the intent is admitted, before the journal write.
+    AckBeforeDurable,
+    /// core: a failed FinishDelivery is not retried; the delivery is forgotten as if durable.
+    SkipFinishRetry,
+    /// core: no re-send of a delivery at AGENT_BUFFERED / PIPE_DELIVERED without a result.
+    NoReconciler,
+    /// core: a full worker queue drops the intent silently instead of answering BROKER_BUSY.
+    FullQueueDrops,
+    /// core: give up after max_retries with FAILED at once, without cancelling at the slave.
+    GiveUpWithoutCancel,
+    /// ids: `trade_id` is hashed and compared without lower-casing it.
+    HashWithoutNormalising,
+    /// agent: report AGENT_BUFFERED when the command arrives, before the ledger write.
+    BufferedBeforeLedger,
+    /// slave EA: a repeated command_id is executed again.
+    SlaveForgetsDedupe,
+}
+
+impl Mutant {
+    pub const ALL: &'static [Mutant] = &[
+        Mutant::AckBeforeDurable,
+        Mutant::SkipFinishRetry,
+        Mutant::NoReconciler,
+        Mutant::FullQueueDrops,
+        Mutant::GiveUpWithoutCancel,
+        Mutant::HashWithoutNormalising,
+        Mutant::BufferedBeforeLedger,
+        Mutant::SlaveForgetsDedupe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::AckBeforeDurable => "ack-before-durable",
+            Mutant::SkipFinishRetry => "skip-finish-retry",
+            Mutant::NoReconciler => "no-reconciler",
+            Mutant::FullQueueDrops => "full-queue-drops",
+            Mutant::GiveUpWithoutCancel => "give-up-without-cancel",
+            Mutant::HashWithoutNormalising => "hash-without-normalising",
+            Mutant::BufferedBeforeLedger => "buffered-before-ledger",
+            Mutant::SlaveForgetsDedupe => "slave-forgets-dedupe",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Mutant> {
+        Mutant::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+#[cfg(feature = "sim-mutants")]
+thread_local! {
+    static ACTIVE: std::cell::Cell<Option<Mutant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Switches `m` on (or every mutant off) for the current thread; true if it took effect.
+#[cfg(feature = "sim-mutants")]
+pub fn set(m: Option<Mutant>) -> bool {
+    ACTIVE.with(|a| a.set(m));
+    true
+}
+
+/// Without `sim-mutants` a bug cannot be planted: `set(Some(_))` says so by returning false.
+#[cfg(not(feature = "sim-mutants"))]
+pub fn set(m: Option<Mutant>) -> bool {
+    m.is_none()
+}
+
+/// Whether the planted bug `m` is switched on for this thread.
+#[cfg(feature = "sim-mutants")]
+#[inline]
+pub fn active(m: Mutant) -> bool {
+    ACTIVE.with(|a| a.get() == Some(m))
+}
+
+/// Without `sim-mutants` no bug can be switched on.
+#[cfg(not(feature = "sim-mutants"))]
+#[inline(always)]
+pub const fn active(_m: Mutant) -> bool {
+    false
+}
