@@ -65,7 +65,10 @@ impl Report {
                     let account = &w.slave_accounts()[s];
                     let cmd = CommandId::for_delivery(intent, account);
                     let placed = w.book.placed.get(&(s, cmd.clone())).copied().unwrap_or(0);
-                    let filled = matches!(w.broker_outcome(s, &cmd), Some(BrokerOutcome::Filled { .. }));
+                    let filled = matches!(
+                        w.broker_outcome(s, &cmd),
+                        Some(BrokerOutcome::Filled { .. })
+                    );
                     if !w.journal_has_intent(intent) {
                         if w.book.gave_up.contains(intent) {
                             *r.failed.entry("MASTER_GAVE_UP").or_insert(0) += 1;
@@ -75,7 +78,8 @@ impl Report {
                             r.lost.push(cmd.clone());
                         }
                         if placed > 0 {
-                            r.inconsistent.push(format!("{cmd} executed but its intent was never journaled"));
+                            r.inconsistent
+                                .push(format!("{cmd} executed but its intent was never journaled"));
                         }
                         continue;
                     }
@@ -90,12 +94,16 @@ impl Report {
                             }
                         }
                         Some((DeliveryStatus::Failed, Some(ErrorCode::NoPosition))) => {
-                            *r.failed.entry(reason_name(ErrorCode::NoPosition)).or_insert(0) += 1;
+                            *r.failed
+                                .entry(reason_name(ErrorCode::NoPosition))
+                                .or_insert(0) += 1;
                             // The script closes last, so NO_POSITION is only right when the
                             // trade's open did not succeed at this slave.
                             if let Some(open) = open_of(w, intent) {
                                 let oc = CommandId::for_delivery(&open, account);
-                                if w.journal_delivery(&oc).map(|d| d.status) == Some(DeliveryStatus::Acked) {
+                                if w.journal_delivery(&oc).map(|d| d.status)
+                                    == Some(DeliveryStatus::Acked)
+                                {
                                     r.inconsistent.push(format!(
                                         "{cmd} FAILED NO_POSITION although its open {oc} was confirmed at that slave"
                                     ));
@@ -125,7 +133,11 @@ impl Report {
             .filter(|v| v.what.contains(" after seq "))
             .map(|v| v.what.clone())
             .collect();
-        r.safety = w.violations.iter().map(|v| format!("{}: {}", v.at, v.what)).collect();
+        r.safety = w
+            .violations
+            .iter()
+            .map(|v| format!("{}: {}", v.at, v.what))
+            .collect();
         latencies.sort_unstable();
         let pick = |q: u64| -> u64 {
             if latencies.is_empty() {
@@ -144,7 +156,10 @@ impl Report {
 
 /// The OPEN intent of the trade `intent` belongs to (trade ids compared case-blind, as the
 /// master meant them).
-fn open_of(w: &World, intent: &echo_statemachine::ids::IntentId) -> Option<echo_statemachine::ids::IntentId> {
+fn open_of(
+    w: &World,
+    intent: &echo_statemachine::ids::IntentId,
+) -> Option<echo_statemachine::ids::IntentId> {
     let (_, _, trade) = w.book.emitted.get(intent)?;
     let prefix = intent.as_str().split('-').next()?;
     let want = trade.as_str().to_lowercase();

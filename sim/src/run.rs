@@ -91,7 +91,8 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
             seed,
             verdict: Verdict::Crash,
             profile: String::new(),
-            summary: "this build cannot plant mutants: build echo-sim with --features mutants".into(),
+            summary: "this build cannot plant mutants: build echo-sim with --features mutants"
+                .into(),
             trace: None,
             steps: 0,
             intents: 0,

@@ -36,7 +36,9 @@ pub fn check(text: &str) -> Result<TraceCheck, String> {
                 c.steps += 1;
                 let id = v.get("transition").and_then(|t| t.as_str()).unwrap_or("");
                 let Some(t) = spec::find(id) else {
-                    return Err(format!("line {lineno}: transition {id:?} is not in SPEC.md"));
+                    return Err(format!(
+                        "line {lineno}: transition {id:?} is not in SPEC.md"
+                    ));
                 };
                 let from = v.get("from").and_then(|t| t.as_str()).unwrap_or("");
                 let to = v.get("to").and_then(|t| t.as_str()).unwrap_or("");

@@ -22,7 +22,9 @@ use echo_statemachine::core::{
     JournalReply, JournalResult, JournalWrite, OpId,
 };
 use echo_statemachine::ea::master::{self, IntentQueue, IntentQueueConfig, PersistError};
-use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord, SlaveConfig, SlaveExecutor};
+use echo_statemachine::ea::slave::{
+    self, BrokerOutcome, ExecutedRecord, SlaveConfig, SlaveExecutor,
+};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::spec::Fired;
@@ -85,19 +87,69 @@ pub struct Violation {
 #[derive(Clone, Debug)]
 enum Ev {
     Tick,
-    Emit { master: usize },
-    ToCore { agent: usize, link: u64, msg: AgentToCore },
-    FromCore { agent: usize, link: u64, msg: CoreToAgent },
-    FromEa { agent: usize, pipe: u64, ea: Ea, msg: EaToAgent },
-    ToEa { ea: Ea, pipe: u64, msg: AgentToEa },
-    Journal { op: OpId, epoch: u64, commit: bool, reply: bool },
-    Ledger { agent: usize, op: LedgerOpId, epoch: u64, ok: bool },
-    MasterDisk { master: usize, op: master::OpId, epoch: u64, ok: bool },
-    SlaveDisk { slave: usize, op: slave::OpId, epoch: u64, ok: bool },
-    Broker { slave: usize, epoch: u64, command_id: CommandId, body: Option<CommandBody> },
-    Restart { node: Node },
-    Reconnect { agent: usize },
-    Reopen { ea: Ea },
+    Emit {
+        master: usize,
+    },
+    ToCore {
+        agent: usize,
+        link: u64,
+        msg: AgentToCore,
+    },
+    FromCore {
+        agent: usize,
+        link: u64,
+        msg: CoreToAgent,
+    },
+    FromEa {
+        agent: usize,
+        pipe: u64,
+        ea: Ea,
+        msg: EaToAgent,
+    },
+    ToEa {
+        ea: Ea,
+        pipe: u64,
+        msg: AgentToEa,
+    },
+    Journal {
+        op: OpId,
+        epoch: u64,
+        commit: bool,
+        reply: bool,
+    },
+    Ledger {
+        agent: usize,
+        op: LedgerOpId,
+        epoch: u64,
+        ok: bool,
+    },
+    MasterDisk {
+        master: usize,
+        op: master::OpId,
+        epoch: u64,
+        ok: bool,
+    },
+    SlaveDisk {
+        slave: usize,
+        op: slave::OpId,
+        epoch: u64,
+        ok: bool,
+    },
+    Broker {
+        slave: usize,
+        epoch: u64,
+        command_id: CommandId,
+        body: Option<CommandBody>,
+    },
+    Restart {
+        node: Node,
+    },
+    Reconnect {
+        agent: usize,
+    },
+    Reopen {
+        ea: Ea,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -287,7 +339,11 @@ impl World {
             delivery,
             agent_delivery: AgentDeliveryConfig::default(),
             subscriptions: subs,
-            recent_intents: if cfg.capacity == Capacity::TestMin { 8 } else { 4_096 },
+            recent_intents: if cfg.capacity == Capacity::TestMin {
+                8
+            } else {
+                4_096
+            },
         };
         let mut agent_accounts = Vec::new();
         for a in 0..agent_ids.len() {
@@ -302,11 +358,11 @@ impl World {
             }
             agent_accounts.push(accounts);
         }
-        let mut script = Vec::new();
-        for m in 0..cfg.masters {
-            let s = build_script(m, cfg.trades, &masters[m]);
-            script.push(s);
-        }
+        let script: Vec<Vec<TradeIntent>> = masters
+            .iter()
+            .enumerate()
+            .map(|(m, acc)| build_script(m, cfg.trades, acc))
+            .collect();
         let slave_slow = slaves
             .iter()
             .map(|_| {
@@ -384,9 +440,9 @@ impl World {
     /// Records every transition and fault as NDJSON (see SPEC.md, "Traces").
     pub fn enable_trace(&mut self, commit: &str) {
         let mut h = String::new();
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "{{\"type\":\"header\",\"seed\":{},\"commit\":{},\"masters\":{},\"slaves_per_master\":{},\"trades\":{},\"capacity\":\"{:?}\",\"profile\":{}}}\n",
+            "{{\"type\":\"header\",\"seed\":{},\"commit\":{},\"masters\":{},\"slaves_per_master\":{},\"trades\":{},\"capacity\":\"{:?}\",\"profile\":{}}}",
             self.seed,
             json_str(commit),
             self.cfg.masters,
@@ -508,7 +564,8 @@ impl World {
     fn start_ea(&mut self, ea: Ea) {
         match ea {
             Ea::Master(m) => {
-                let mut durable: Vec<TradeIntent> = self.master_files[m].values().cloned().collect();
+                let mut durable: Vec<TradeIntent> =
+                    self.master_files[m].values().cloned().collect();
                 durable.sort_by_key(|i| i.master_seq);
                 self.masters[m] = Some(IntentQueue::recover(IntentQueueConfig::default(), durable));
             }
@@ -622,7 +679,10 @@ impl World {
     }
 
     fn crash(&mut self, node: Node) {
-        let down = Duration::from_millis(self.rng.range(5, self.profile.crash_downtime_max_ms.max(10)));
+        let down = Duration::from_millis(
+            self.rng
+                .range(5, self.profile.crash_downtime_max_ms.max(10)),
+        );
         match node {
             Node::Core => {
                 if self.core.is_none() {
@@ -680,11 +740,18 @@ impl World {
                         // Terminal events not yet durable are seen again after the restart.
                         let lost: Vec<IntentId> = self.unappended[m]
                             .iter()
-                            .filter(|id| !self.master_files[m].contains_key(*id) && !self.book.emitted.contains_key(*id))
+                            .filter(|id| {
+                                !self.master_files[m].contains_key(*id)
+                                    && !self.book.emitted.contains_key(*id)
+                            })
                             .cloned()
                             .collect();
                         self.unappended[m].clear();
-                        if let Some(first) = lost.iter().filter_map(|id| self.script[m].iter().position(|i| &i.intent_id == id)).min() {
+                        if let Some(first) = lost
+                            .iter()
+                            .filter_map(|id| self.script[m].iter().position(|i| &i.intent_id == id))
+                            .min()
+                        {
                             self.script_pos[m] = self.script_pos[m].min(first);
                         }
                     }
@@ -745,7 +812,10 @@ impl World {
     fn heal(&mut self) {
         self.faults_on = false;
         self.healed_at = Some(self.now);
-        self.fault("heal", "all faults off; every node restarted, every link repaired".into());
+        self.fault(
+            "heal",
+            "all faults off; every node restarted, every link repaired".into(),
+        );
         self.journal.down_until = None;
         for s in 0..self.slave_slow.len() {
             self.slave_slow[s] = Duration::ZERO;
@@ -771,7 +841,12 @@ impl World {
                 self.restart(Node::Ea(Ea::Slave(s)));
             }
         }
-        let eas: Vec<Ea> = self.pipes.iter().filter(|(_, p)| !p.1).map(|(e, _)| *e).collect();
+        let eas: Vec<Ea> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| !p.1)
+            .map(|(e, _)| *e)
+            .collect();
         for ea in eas {
             if self.ea_up(ea) && self.agents[self.agent_of(ea)].is_some() {
                 self.open_pipe(ea);
@@ -813,18 +888,37 @@ impl World {
 
     /// The script is done and nothing is open anywhere.
     pub fn is_settled(&self) -> bool {
-        let script_done = (0..self.script.len()).all(|m| self.script_pos[m] >= self.script[m].len());
+        let script_done =
+            (0..self.script.len()).all(|m| self.script_pos[m] >= self.script[m].len());
         script_done
-            && self.masters.iter().all(|q| q.as_ref().is_some_and(|q| q.metrics().depth == 0))
-            && self.core.as_ref().is_some_and(|c| c.open_deliveries() == 0 && c.open_intents() == 0)
+            && self
+                .masters
+                .iter()
+                .all(|q| q.as_ref().is_some_and(|q| q.metrics().depth == 0))
+            && self
+                .core
+                .as_ref()
+                .is_some_and(|c| c.open_deliveries() == 0 && c.open_intents() == 0)
     }
 
     fn next_timer(&self) -> Option<Instant> {
         let mut all = Vec::new();
         all.push(self.core.as_ref().and_then(|c| c.poll_timeout()));
-        all.extend(self.agents.iter().map(|a| a.as_ref().and_then(|a| a.poll_timeout())));
-        all.extend(self.masters.iter().map(|m| m.as_ref().and_then(|m| m.poll_timeout())));
-        all.extend(self.slaves.iter().map(|s| s.as_ref().and_then(|s| s.poll_timeout())));
+        all.extend(
+            self.agents
+                .iter()
+                .map(|a| a.as_ref().and_then(|a| a.poll_timeout())),
+        );
+        all.extend(
+            self.masters
+                .iter()
+                .map(|m| m.as_ref().and_then(|m| m.poll_timeout())),
+        );
+        all.extend(
+            self.slaves
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| s.poll_timeout())),
+        );
         all.into_iter().flatten().min()
     }
 
@@ -987,12 +1081,16 @@ impl World {
         let mut found = Vec::new();
         let max = core.router_config().queue_depth_max;
         if let Some(d) = core.queue_depths().iter().find(|d| **d > max) {
-            found.push(format!("router queue depth {d} above queue_depth_max {max}"));
+            found.push(format!(
+                "router queue depth {d} above queue_depth_max {max}"
+            ));
         }
         let mut live: BTreeMap<(AccountId, TradeId), u32> = BTreeMap::new();
         for v in core.delivery_views() {
             if v.state != "Blocked" {
-                *live.entry((v.slave.clone(), v.trade_id.clone())).or_insert(0) += 1;
+                *live
+                    .entry((v.slave.clone(), v.trade_id.clone()))
+                    .or_insert(0) += 1;
             }
         }
         if let Some(((s, t), n)) = live.iter().find(|(_, n)| **n > 1) {
@@ -1017,7 +1115,9 @@ impl World {
             return;
         };
         self.script_pos[m] += 1;
-        if self.master_files[m].contains_key(&intent.intent_id) || self.book.emitted.contains_key(&intent.intent_id) {
+        if self.master_files[m].contains_key(&intent.intent_id)
+            || self.book.emitted.contains_key(&intent.intent_id)
+        {
             return; // durable already: recovery re-queued it
         }
         self.unappended[m].insert(intent.intent_id.clone());
@@ -1046,7 +1146,10 @@ impl World {
                 }
                 if let AgentToCore::ExecutionResult(r) = &msg {
                     if r.status == BrokerStatus::Filled {
-                        self.book.confirmed_at.entry(r.command_id.clone()).or_insert(now);
+                        self.book
+                            .confirmed_at
+                            .entry(r.command_id.clone())
+                            .or_insert(now);
                     }
                 }
                 if let AgentToCore::CommandAck(a) = &msg {
@@ -1054,7 +1157,10 @@ impl World {
                         && a.result == AckResult::Ok
                         && !self.ledgers[agent].contains_key(&a.command_id)
                     {
-                        let m = format!("AGENT_BUFFERED for {} before its ledger write was durable", a.command_id);
+                        let m = format!(
+                            "AGENT_BUFFERED for {} before its ledger write was durable",
+                            a.command_id
+                        );
                         self.violation(m);
                     }
                 }
@@ -1082,14 +1188,24 @@ impl World {
                     self.drain_agent(agent, &input);
                 }
             }
-            Ev::FromEa { agent, pipe, ea, msg } => {
+            Ev::FromEa {
+                agent,
+                pipe,
+                ea,
+                msg,
+            } => {
                 if self.pipes.get(&ea).map(|p| p.0) != Some(pipe) {
                     return;
                 }
                 if let EaToAgent::PipeAck(p) = &msg {
                     if let Ea::Slave(s) = ea {
-                        if p.status == PipeStatus::Ok && !self.slave_files[s].contains_key(&p.command_id) {
-                            let m = format!("slave-{s} acked {} OK before its write-ahead was durable", p.command_id);
+                        if p.status == PipeStatus::Ok
+                            && !self.slave_files[s].contains_key(&p.command_id)
+                        {
+                            let m = format!(
+                                "slave-{s} acked {} OK before its write-ahead was durable",
+                                p.command_id
+                            );
                             self.violation(m);
                         }
                     }
@@ -1108,8 +1224,13 @@ impl World {
                 match ea {
                     Ea::Master(m) => {
                         if let AgentToEa::IntentAck(a) = &msg {
-                            if a.result == AckResult::Ok && !self.journal.intents.contains_key(&a.intent_id) {
-                                let v = format!("master-{m} got CORE_ACCEPTED for {} before it was journaled", a.intent_id);
+                            if a.result == AckResult::Ok
+                                && !self.journal.intents.contains_key(&a.intent_id)
+                            {
+                                let v = format!(
+                                    "master-{m} got CORE_ACCEPTED for {} before it was journaled",
+                                    a.intent_id
+                                );
                                 self.violation(v);
                             }
                             if a.error == Some(ErrorCode::BrokerBusy) {
@@ -1136,7 +1257,12 @@ impl World {
                     }
                 }
             }
-            Ev::Journal { op, epoch, commit, reply } => {
+            Ev::Journal {
+                op,
+                epoch,
+                commit,
+                reply,
+            } => {
                 if epoch != self.core_epoch {
                     return;
                 }
@@ -1159,7 +1285,12 @@ impl World {
                     self.drain_core("journal result");
                 }
             }
-            Ev::Ledger { agent, op, epoch, ok } => {
+            Ev::Ledger {
+                agent,
+                op,
+                epoch,
+                ok,
+            } => {
                 if epoch != self.agent_epoch[agent] {
                     return;
                 }
@@ -1177,7 +1308,12 @@ impl World {
                     self.drain_agent(agent, "ledger result");
                 }
             }
-            Ev::MasterDisk { master, op, epoch, ok } => {
+            Ev::MasterDisk {
+                master,
+                op,
+                epoch,
+                ok,
+            } => {
                 if epoch != self.master_epoch[master] {
                     return;
                 }
@@ -1195,7 +1331,12 @@ impl World {
                     self.drain_master(master, "disk result");
                 }
             }
-            Ev::SlaveDisk { slave, op, epoch, ok } => {
+            Ev::SlaveDisk {
+                slave,
+                op,
+                epoch,
+                ok,
+            } => {
                 if epoch != self.slave_epoch[slave] {
                     return;
                 }
@@ -1213,7 +1354,12 @@ impl World {
                     self.drain_slave(slave);
                 }
             }
-            Ev::Broker { slave, epoch, command_id, body } => {
+            Ev::Broker {
+                slave,
+                epoch,
+                command_id,
+                body,
+            } => {
                 let outcome = self.broker(slave, &command_id, body.as_ref());
                 if epoch != self.slave_epoch[slave] {
                     return; // the order was placed; its answer is lost with the crashed EA
@@ -1231,7 +1377,10 @@ impl World {
                 self.connect(agent);
             }
             Ev::Reopen { ea } => {
-                if self.ea_up(ea) && self.agents[self.agent_of(ea)].is_some() && !self.pipes.get(&ea).is_some_and(|p| p.1) {
+                if self.ea_up(ea)
+                    && self.agents[self.agent_of(ea)].is_some()
+                    && !self.pipes.get(&ea).is_some_and(|p| p.1)
+                {
                     self.open_pipe(ea);
                 }
             }
@@ -1240,7 +1389,12 @@ impl World {
 
     /// The simulated broker: idempotent by client order id (the command id). `None` is a
     /// query for an order whose fate the EA does not know.
-    fn broker(&mut self, slave: usize, command_id: &CommandId, body: Option<&CommandBody>) -> BrokerOutcome {
+    fn broker(
+        &mut self,
+        slave: usize,
+        command_id: &CommandId,
+        body: Option<&CommandBody>,
+    ) -> BrokerOutcome {
         let key = (slave, command_id.clone());
         if let Some(o) = self.broker.get(&key) {
             return o.clone();
@@ -1262,7 +1416,10 @@ impl World {
                     (self.next_ticket, *volume)
                 }
                 CommandBody::Modify { slave_ticket, .. } => (*slave_ticket, 0.0),
-                CommandBody::Close { slave_ticket, volume } => (*slave_ticket, *volume),
+                CommandBody::Close {
+                    slave_ticket,
+                    volume,
+                } => (*slave_ticket, *volume),
             };
             BrokerOutcome::Filled {
                 ticket,
@@ -1282,14 +1439,20 @@ impl World {
                         .journal
                         .deliveries
                         .values()
-                        .filter(|d| d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight)
+                        .filter(|d| {
+                            d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight
+                        })
                         .cloned()
                         .collect();
                     return JournalReply::IntentExisted { unfinished };
                 }
-                self.journal.intents.insert(intent.intent_id.clone(), intent.clone());
+                self.journal
+                    .intents
+                    .insert(intent.intent_id.clone(), intent.clone());
                 for d in deliveries {
-                    self.journal.deliveries.insert(d.command_id.clone(), d.clone());
+                    self.journal
+                        .deliveries
+                        .insert(d.command_id.clone(), d.clone());
                 }
                 JournalReply::Done
             }
@@ -1313,7 +1476,9 @@ impl World {
                 }
                 JournalReply::Done
             }
-            JournalWrite::UpdateStage { command_id, stage, .. } => {
+            JournalWrite::UpdateStage {
+                command_id, stage, ..
+            } => {
                 if let Some(d) = self.journal.deliveries.get_mut(command_id) {
                     if d.status == DeliveryStatus::Inflight && *stage > d.stage {
                         d.stage = *stage;
@@ -1365,10 +1530,11 @@ impl World {
         match w {
             MasterWrite::Append(i) => {
                 self.unappended[m].remove(&i.intent_id);
-                self.book
-                    .emitted
-                    .entry(i.intent_id.clone())
-                    .or_insert((self.now, i.kind, i.trade_id.clone()));
+                self.book.emitted.entry(i.intent_id.clone()).or_insert((
+                    self.now,
+                    i.kind,
+                    i.trade_id.clone(),
+                ));
                 self.master_files[m].insert(i.intent_id.clone(), i);
             }
             MasterWrite::Remove(id) => {
@@ -1382,13 +1548,18 @@ impl World {
             SlaveWrite::Executing(c) => {
                 self.slave_files[s]
                     .entry(c.command_id.clone())
-                    .or_insert(ExecutedRecord { command: c, result: None });
+                    .or_insert(ExecutedRecord {
+                        command: c,
+                        result: None,
+                    });
             }
             SlaveWrite::Cancelled(c, r) => {
-                self.slave_files[s].entry(c.command_id.clone()).or_insert(ExecutedRecord {
-                    command: c,
-                    result: Some(r),
-                });
+                self.slave_files[s]
+                    .entry(c.command_id.clone())
+                    .or_insert(ExecutedRecord {
+                        command: c,
+                        result: Some(r),
+                    });
             }
             SlaveWrite::Executed(id, r) => {
                 if let Some(rec) = self.slave_files[s].get_mut(&id) {
@@ -1402,10 +1573,7 @@ impl World {
 
     fn drain_core(&mut self, input: &str) {
         let mut pending: Option<(Fired, Vec<String>)> = None;
-        loop {
-            let Some(o) = self.core.as_mut().and_then(|c| c.poll()) else {
-                break;
-            };
+        while let Some(o) = self.core.as_mut().and_then(|c| c.poll()) {
             if let CoreOutput::Fired(f) = o {
                 if let Some((pf, outs)) = pending.take() {
                     self.trace_step("core", input, &pf, &outs);
@@ -1419,10 +1587,16 @@ impl World {
                 }
             }
             match &o {
-                CoreOutput::Send { msg: CoreToAgent::IntentAck(a), .. } => {
+                CoreOutput::Send {
+                    msg: CoreToAgent::IntentAck(a),
+                    ..
+                } => {
                     self.answered = Some(a.intent_id.clone());
                 }
-                CoreOutput::Journal { write: JournalWrite::AcceptIntent { intent, .. }, .. } => {
+                CoreOutput::Journal {
+                    write: JournalWrite::AcceptIntent { intent, .. },
+                    ..
+                } => {
                     self.answered = Some(intent.intent_id.clone());
                 }
                 _ => {}
@@ -1444,7 +1618,15 @@ impl World {
                             self.fault("journal_reply_lost", format!("op {}", op.0));
                         }
                         let epoch = self.core_epoch;
-                        self.at(d, Ev::Journal { op, epoch, commit: true, reply });
+                        self.at(
+                            d,
+                            Ev::Journal {
+                                op,
+                                epoch,
+                                commit: true,
+                                reply,
+                            },
+                        );
                     } else if self.journal.down_until.is_none_or(|t| t <= self.now) {
                         self.apply_journal(&write);
                     }
@@ -1472,7 +1654,13 @@ impl World {
     }
 
     /// Sends on the agent↔core stream `a`, in the given direction, with network faults.
-    fn net_send(&mut self, to_agent: bool, a: usize, up: Option<AgentToCore>, down: Option<CoreToAgent>) {
+    fn net_send(
+        &mut self,
+        to_agent: bool,
+        a: usize,
+        up: Option<AgentToCore>,
+        down: Option<CoreToAgent>,
+    ) {
         let link = &self.links[a];
         if !link.connected {
             return;
@@ -1486,7 +1674,14 @@ impl World {
             return;
         }
         if self.chance(self.profile.net_drop) {
-            self.fault("net_drop", if to_agent { format!("core → agent-{a}") } else { format!("agent-{a} → core") });
+            self.fault(
+                "net_drop",
+                if to_agent {
+                    format!("core → agent-{a}")
+                } else {
+                    format!("agent-{a} → core")
+                },
+            );
             return;
         }
         let copies = if self.chance(self.profile.net_duplicate) {
@@ -1498,11 +1693,27 @@ impl World {
         for _ in 0..copies {
             let mut d = self.cfg.net_latency;
             if self.chance(self.profile.net_delay) {
-                d = d + Duration::from_micros(self.rng.range(1, self.profile.net_delay_max_us.max(1)));
+                d = d + Duration::from_micros(
+                    self.rng.range(1, self.profile.net_delay_max_us.max(1)),
+                );
             }
             match (&up, &down) {
-                (Some(m), _) => self.at(d, Ev::ToCore { agent: a, link: gen, msg: m.clone() }),
-                (_, Some(m)) => self.at(d, Ev::FromCore { agent: a, link: gen, msg: m.clone() }),
+                (Some(m), _) => self.at(
+                    d,
+                    Ev::ToCore {
+                        agent: a,
+                        link: gen,
+                        msg: m.clone(),
+                    },
+                ),
+                (_, Some(m)) => self.at(
+                    d,
+                    Ev::FromCore {
+                        agent: a,
+                        link: gen,
+                        msg: m.clone(),
+                    },
+                ),
                 _ => {}
             }
         }
@@ -1511,10 +1722,7 @@ impl World {
     fn drain_agent(&mut self, a: usize, input: &str) {
         let mut pending: Option<(Fired, Vec<String>)> = None;
         let node = format!("agent-{a}");
-        loop {
-            let Some(o) = self.agents[a].as_mut().and_then(|x| x.poll()) else {
-                break;
-            };
+        while let Some(o) = self.agents[a].as_mut().and_then(|x| x.poll()) {
             if let AgentOutput::Fired(f) = o {
                 if let Some((pf, outs)) = pending.take() {
                     self.trace_step(&node, input, &pf, &outs);
@@ -1530,7 +1738,9 @@ impl World {
             match o {
                 AgentOutput::ToCore(msg) => self.net_send(false, a, Some(msg), None),
                 AgentOutput::ToEa { account, msg } => {
-                    let ea = if let Some(m) = self.master_accounts.iter().position(|x| *x == account) {
+                    let ea = if let Some(m) =
+                        self.master_accounts.iter().position(|x| *x == account)
+                    {
                         Ea::Master(m)
                     } else if let Some(s) = self.slave_accounts.iter().position(|x| *x == account) {
                         Ea::Slave(s)
@@ -1564,7 +1774,15 @@ impl World {
                     self.ledger_pending[a].insert(op, record);
                     let ok = !self.chance(self.profile.ledger_fail);
                     let epoch = self.agent_epoch[a];
-                    self.at(self.cfg.disk_latency, Ev::Ledger { agent: a, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::Ledger {
+                            agent: a,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
                 AgentOutput::DeleteLedger { command_id } => {
                     self.ledgers[a].remove(&command_id);
@@ -1580,10 +1798,7 @@ impl World {
     fn drain_master(&mut self, m: usize, input: &str) {
         let mut pending: Option<(Fired, Vec<String>)> = None;
         let node = format!("master-{m}");
-        loop {
-            let Some(o) = self.masters[m].as_mut().and_then(|x| x.poll()) else {
-                break;
-            };
+        while let Some(o) = self.masters[m].as_mut().and_then(|x| x.poll()) {
             if let master::Output::Fired(f) = o {
                 if let Some((pf, outs)) = pending.take() {
                     self.trace_step(&node, input, &pf, &outs);
@@ -1601,23 +1816,49 @@ impl World {
                 master::Output::PersistAppend { op, intent } => {
                     self.master_pending[m].insert(op, MasterWrite::Append(intent));
                     let ok = !self.chance(self.profile.disk_fail);
-                    self.at(self.cfg.disk_latency, Ev::MasterDisk { master: m, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::MasterDisk {
+                            master: m,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
                 master::Output::PersistRemove { op, intent_id, .. } => {
                     self.master_pending[m].insert(op, MasterWrite::Remove(intent_id));
                     let ok = !self.chance(self.profile.disk_fail);
-                    self.at(self.cfg.disk_latency, Ev::MasterDisk { master: m, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::MasterDisk {
+                            master: m,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
                 master::Output::ToAgent(msg) => {
                     let ea = Ea::Master(m);
                     if let Some((pipe, true)) = self.pipes.get(&ea).copied() {
-                        self.at(Duration::from_micros(20), Ev::FromEa { agent: 0, pipe, ea, msg });
+                        self.at(
+                            Duration::from_micros(20),
+                            Ev::FromEa {
+                                agent: 0,
+                                pipe,
+                                ea,
+                                msg,
+                            },
+                        );
                     }
                 }
                 master::Output::GaveUp { intent_id, .. } => {
                     self.book.gave_up.insert(intent_id);
                 }
-                master::Output::Failed { intent_id, error, .. } => {
+                master::Output::Failed {
+                    intent_id, error, ..
+                } => {
                     self.book.refused.insert(intent_id, error);
                 }
                 master::Output::Fired(_) => {}
@@ -1631,10 +1872,7 @@ impl World {
     fn drain_slave(&mut self, s: usize) {
         let mut pending: Option<(Fired, Vec<String>)> = None;
         let node = format!("slave-{s}");
-        loop {
-            let Some(o) = self.slaves[s].as_mut().and_then(|x| x.poll()) else {
-                break;
-            };
+        while let Some(o) = self.slaves[s].as_mut().and_then(|x| x.poll()) {
             if let slave::Output::Fired(f) = o {
                 if let Some((pf, outs)) = pending.take() {
                     self.trace_step(&node, "", &pf, &outs);
@@ -1653,18 +1891,46 @@ impl World {
                     let ea = Ea::Slave(s);
                     if let Some((pipe, true)) = self.pipes.get(&ea).copied() {
                         let agent = self.slave_agent[s];
-                        self.at(Duration::from_micros(20), Ev::FromEa { agent, pipe, ea, msg });
+                        self.at(
+                            Duration::from_micros(20),
+                            Ev::FromEa {
+                                agent,
+                                pipe,
+                                ea,
+                                msg,
+                            },
+                        );
                     }
                 }
                 slave::Output::PersistExecuting { op, command } => {
                     self.slave_pending[s].insert(op, SlaveWrite::Executing(command));
                     let ok = !self.chance(self.profile.disk_fail);
-                    self.at(self.cfg.disk_latency, Ev::SlaveDisk { slave: s, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::SlaveDisk {
+                            slave: s,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
-                slave::Output::PersistExecuted { op, command_id, result } => {
+                slave::Output::PersistExecuted {
+                    op,
+                    command_id,
+                    result,
+                } => {
                     self.slave_pending[s].insert(op, SlaveWrite::Executed(command_id, result));
                     let ok = !self.chance(self.profile.disk_fail);
-                    self.at(self.cfg.disk_latency, Ev::SlaveDisk { slave: s, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::SlaveDisk {
+                            slave: s,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
                 slave::Output::PlaceOrder { command_id, body } => {
                     self.on_place_order(s, &command_id);
@@ -1672,15 +1938,43 @@ impl World {
                     // travels back with latency (and is lost if the EA crashes meanwhile).
                     self.broker(s, &command_id, Some(&body));
                     let d = self.cfg.broker_latency + self.slave_slow[s];
-                    self.at(d, Ev::Broker { slave: s, epoch, command_id, body: Some(body) });
+                    self.at(
+                        d,
+                        Ev::Broker {
+                            slave: s,
+                            epoch,
+                            command_id,
+                            body: Some(body),
+                        },
+                    );
                 }
-                slave::Output::PersistCancelled { op, command, result } => {
+                slave::Output::PersistCancelled {
+                    op,
+                    command,
+                    result,
+                } => {
                     self.slave_pending[s].insert(op, SlaveWrite::Cancelled(command, result));
                     let ok = !self.chance(self.profile.disk_fail);
-                    self.at(self.cfg.disk_latency, Ev::SlaveDisk { slave: s, op, epoch, ok });
+                    self.at(
+                        self.cfg.disk_latency,
+                        Ev::SlaveDisk {
+                            slave: s,
+                            op,
+                            epoch,
+                            ok,
+                        },
+                    );
                 }
                 slave::Output::QueryOrder { command_id } => {
-                    self.at(self.cfg.broker_latency, Ev::Broker { slave: s, epoch, command_id, body: None });
+                    self.at(
+                        self.cfg.broker_latency,
+                        Ev::Broker {
+                            slave: s,
+                            epoch,
+                            command_id,
+                            body: None,
+                        },
+                    );
                 }
                 slave::Output::Fired(_) => {}
             }
@@ -1759,7 +2053,11 @@ impl World {
                     let _ = writeln!(
                         s,
                         "  core: {} {:?} {} stage {} attempts {}",
-                        v.command_id, v.kind, v.state, v.stage.name(), v.attempts
+                        v.command_id,
+                        v.kind,
+                        v.state,
+                        v.stage.name(),
+                        v.attempts
                     );
                 }
                 let _ = writeln!(
@@ -1775,7 +2073,13 @@ impl World {
         }
         for (m, q) in self.masters.iter().enumerate() {
             if let Some(q) = q {
-                let _ = writeln!(s, "  master-{m}: depth {} script {}/{}", q.metrics().depth, self.script_pos[m], self.script[m].len());
+                let _ = writeln!(
+                    s,
+                    "  master-{m}: depth {} script {}/{}",
+                    q.metrics().depth,
+                    self.script_pos[m],
+                    self.script[m].len()
+                );
             }
         }
         s
@@ -1808,8 +2112,16 @@ fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<TradeIntent>
             master: master.clone(),
             kind: KINDS[step],
             symbol: Symbol::new(["EURUSD", "GBPUSD", "USDJPY"][trade % 3]),
-            side: if trade.is_multiple_of(2) { Side::Buy } else { Side::Sell },
-            volume: if KINDS[step] == IntentKind::PartialClose { 0.5 } else { 1.0 },
+            side: if trade.is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            volume: if KINDS[step] == IntentKind::PartialClose {
+                0.5
+            } else {
+                1.0
+            },
             price: 1.1,
             stop_loss: 1.0 + step as f64 * 0.01,
             take_profit: 1.3,
@@ -1856,9 +2168,20 @@ pub fn json_str(s: &str) -> String {
 fn describe_to_core(m: &AgentToCore) -> String {
     match m {
         AgentToCore::Hello(h) => format!("AgentHello {}", h.agent_id),
-        AgentToCore::Intent(i) => format!("TradeIntent {} trade {} {:?}", i.intent_id, i.trade_id, i.kind),
-        AgentToCore::CommandAck(a) => format!("CommandAck {} {} {:?}", a.command_id, a.stage.name(), a.result),
-        AgentToCore::ExecutionResult(r) => format!("ExecutionResult {} {:?} ticket {}", r.command_id, r.status, r.slave_ticket),
+        AgentToCore::Intent(i) => format!(
+            "TradeIntent {} trade {} {:?}",
+            i.intent_id, i.trade_id, i.kind
+        ),
+        AgentToCore::CommandAck(a) => format!(
+            "CommandAck {} {} {:?}",
+            a.command_id,
+            a.stage.name(),
+            a.result
+        ),
+        AgentToCore::ExecutionResult(r) => format!(
+            "ExecutionResult {} {:?} ticket {}",
+            r.command_id, r.status, r.slave_ticket
+        ),
         AgentToCore::Heartbeat => "Heartbeat".into(),
     }
 }
@@ -1866,7 +2189,10 @@ fn describe_to_core(m: &AgentToCore) -> String {
 fn describe_from_core(m: &CoreToAgent) -> String {
     match m {
         CoreToAgent::Hello(h) => format!("CoreHello accepted={}", h.accepted),
-        CoreToAgent::IntentAck(a) => format!("TradeIntentAck {} {:?} {:?}", a.intent_id, a.result, a.error),
+        CoreToAgent::IntentAck(a) => format!(
+            "TradeIntentAck {} {:?} {:?}",
+            a.intent_id, a.result, a.error
+        ),
         CoreToAgent::Command(c) => format!("Command {} trade {}", c.command_id, c.trade_id),
         CoreToAgent::Heartbeat(h) => format!("DeliveryHeartbeat v{}", h.config_version),
         CoreToAgent::DeliveryReport(a) => format!("DeliveryReport {} {:?}", a.command_id, a.result),
@@ -1876,7 +2202,10 @@ fn describe_from_core(m: &CoreToAgent) -> String {
 
 fn describe_from_ea(m: &EaToAgent) -> String {
     match m {
-        EaToAgent::Intent(i) => format!("TradeIntent {} trade {} {:?}", i.intent_id, i.trade_id, i.kind),
+        EaToAgent::Intent(i) => format!(
+            "TradeIntent {} trade {} {:?}",
+            i.intent_id, i.trade_id, i.kind
+        ),
         EaToAgent::PipeAck(p) => format!("PipeDeliveryAck {} {:?}", p.command_id, p.status),
         EaToAgent::Execution(r) => format!("ExecutionResult {} {:?}", r.command_id, r.status),
     }
@@ -1885,7 +2214,9 @@ fn describe_from_ea(m: &EaToAgent) -> String {
 fn describe_core_output(o: &CoreOutput) -> String {
     match o {
         CoreOutput::Send { agent, msg } => format!("→ {agent}: {}", describe_from_core(msg)),
-        CoreOutput::Journal { op, write } => format!("journal op {}: {}", op.0, describe_write(write)),
+        CoreOutput::Journal { op, write } => {
+            format!("journal op {}: {}", op.0, describe_write(write))
+        }
         CoreOutput::Log(l) => format!("log {l:?}"),
         CoreOutput::Fired(f) => f.id().to_string(),
     }
@@ -1894,14 +2225,31 @@ fn describe_core_output(o: &CoreOutput) -> String {
 fn describe_write(w: &JournalWrite) -> String {
     match w {
         JournalWrite::AcceptIntent { intent, deliveries } => {
-            format!("AcceptIntent {} ({} deliveries)", intent.intent_id, deliveries.len())
+            format!(
+                "AcceptIntent {} ({} deliveries)",
+                intent.intent_id,
+                deliveries.len()
+            )
         }
-        JournalWrite::FinishDelivery { command_id, status, reason, .. } => {
+        JournalWrite::FinishDelivery {
+            command_id,
+            status,
+            reason,
+            ..
+        } => {
             format!("FinishDelivery {command_id} {status:?} {reason:?}")
         }
-        JournalWrite::UpdateStage { command_id, stage, .. } => format!("UpdateStage {command_id} {}", stage.name()),
-        JournalWrite::RecordRetry { command_id, attempt, .. } => format!("RecordRetry {command_id} #{attempt}"),
-        JournalWrite::RecordRejection { intent_id, worker, .. } => format!("RecordRejection {intent_id} worker {worker}"),
+        JournalWrite::UpdateStage {
+            command_id, stage, ..
+        } => format!("UpdateStage {command_id} {}", stage.name()),
+        JournalWrite::RecordRetry {
+            command_id,
+            attempt,
+            ..
+        } => format!("RecordRetry {command_id} #{attempt}"),
+        JournalWrite::RecordRejection {
+            intent_id, worker, ..
+        } => format!("RecordRejection {intent_id} worker {worker}"),
         JournalWrite::Probe => "Probe".into(),
     }
 }
@@ -1909,8 +2257,14 @@ fn describe_write(w: &JournalWrite) -> String {
 fn describe_agent_output(o: &AgentOutput) -> String {
     match o {
         AgentOutput::ToCore(m) => format!("→ core: {}", describe_to_core(m)),
-        AgentOutput::ToEa { account, msg } => format!("→ pipe {account}: {}", format!("{msg:?}").chars().take(120).collect::<String>()),
-        AgentOutput::PersistLedger { op, record } => format!("ledger op {}: {} {:?}", op.0, record.command.command_id, record.state),
+        AgentOutput::ToEa { account, msg } => format!(
+            "→ pipe {account}: {}",
+            format!("{msg:?}").chars().take(120).collect::<String>()
+        ),
+        AgentOutput::PersistLedger { op, record } => format!(
+            "ledger op {}: {} {:?}",
+            op.0, record.command.command_id, record.state
+        ),
         AgentOutput::DeleteLedger { command_id } => format!("ledger delete {command_id}"),
         AgentOutput::Fired(f) => f.id().to_string(),
     }

@@ -33,7 +33,9 @@ fn traces_conform_to_spec_and_corruption_is_caught() {
     assert!(c.steps > 100);
     // A step naming a transition SPEC.md does not list.
     let bad = t.replacen("\"transition\":\"core.", "\"transition\":\"core.bogus.", 1);
-    assert!(echo_sim::trace::check(&bad).unwrap_err().contains("not in SPEC.md"));
+    assert!(echo_sim::trace::check(&bad)
+        .unwrap_err()
+        .contains("not in SPEC.md"));
     // A step whose states disagree with SPEC.md.
     let line = t
         .lines()
@@ -46,7 +48,9 @@ fn traces_conform_to_spec_and_corruption_is_caught() {
         "\"from\":\"Nowhere\"",
     );
     let bad = t.replacen(line, &wrong, 1);
-    assert!(echo_sim::trace::check(&bad).unwrap_err().contains("SPEC.md says"));
+    assert!(echo_sim::trace::check(&bad)
+        .unwrap_err()
+        .contains("SPEC.md says"));
     // No header.
     let headless: String = t.lines().skip(1).map(|l| format!("{l}\n")).collect();
     assert!(echo_sim::trace::check(&headless).is_err());

@@ -40,12 +40,18 @@ fn every_planted_bug_is_caught_within_the_budget() {
                     .unwrap_or("")
                     .trim()
                     .to_string();
-                println!("mutant {:<26} caught by seed {seed:>3} ({verdict:?}): {why}", m.name());
+                println!(
+                    "mutant {:<26} caught by seed {seed:>3} ({verdict:?}): {why}",
+                    m.name()
+                );
             }
             None => blind.push(m.name()),
         }
     }
-    assert!(blind.is_empty(), "the simulator missed planted bugs: {blind:?}");
+    assert!(
+        blind.is_empty(),
+        "the simulator missed planted bugs: {blind:?}"
+    );
 }
 
 #[test]

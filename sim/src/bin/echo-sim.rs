@@ -39,18 +39,23 @@ fn parse(mut it: impl Iterator<Item = String>, replay: bool) -> Result<Args, Str
     let mut a = Args {
         seeds: (0, 100),
         opts: RunOptions::default(),
-        jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        jobs: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         trace: None,
     };
     let num = |flag: &str, v: Option<String>| -> Result<u64, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
-        v.parse().map_err(|_| format!("{flag}: not a number: {v:?}"))
+        v.parse()
+            .map_err(|_| format!("{flag}: not a number: {v:?}"))
     };
     while let Some(f) = it.next() {
         match f.as_str() {
             "--seeds" if !replay => {
                 let v = it.next().ok_or("--seeds needs A..B")?;
-                let (x, y) = v.split_once("..").ok_or(format!("--seeds expects A..B, got {v:?}"))?;
+                let (x, y) = v
+                    .split_once("..")
+                    .ok_or(format!("--seeds expects A..B, got {v:?}"))?;
                 let x: u64 = x.parse().map_err(|_| format!("bad seed range {v:?}"))?;
                 let y: u64 = y.parse().map_err(|_| format!("bad seed range {v:?}"))?;
                 if y <= x {
@@ -66,7 +71,9 @@ fn parse(mut it: impl Iterator<Item = String>, replay: bool) -> Result<Args, Str
                 a.opts.capacity = match it.next().as_deref() {
                     Some("test_min") => Capacity::TestMin,
                     Some("default") => Capacity::Default,
-                    other => return Err(format!("--profile is test_min or default, got {other:?}")),
+                    other => {
+                        return Err(format!("--profile is test_min or default, got {other:?}"))
+                    }
                 }
             }
             "--jobs" if !replay => a.jobs = (num("--jobs", it.next())? as usize).clamp(1, 256),
@@ -95,7 +102,10 @@ fn run(a: Args) -> ExitCode {
     let total = hi - lo;
     println!(
         "echo-sim: seeds {lo}..{hi}, profile {:?}, scale {}, trades/master {}, {} jobs",
-        a.opts.capacity, a.opts.scale, a.opts.trades * a.opts.scale, a.jobs
+        a.opts.capacity,
+        a.opts.scale,
+        a.opts.trades * a.opts.scale,
+        a.jobs
     );
     let next = Arc::new(AtomicU64::new(lo));
     let done = Arc::new(AtomicU64::new(0));
@@ -105,8 +115,13 @@ fn run(a: Args) -> ExitCode {
     let opts = Arc::new(a.opts.clone());
     let workers: Vec<_> = (0..a.jobs)
         .map(|_| {
-            let (next, done, failures, opts, intents) =
-                (next.clone(), done.clone(), failures.clone(), opts.clone(), intents.clone());
+            let (next, done, failures, opts, intents) = (
+                next.clone(),
+                done.clone(),
+                failures.clone(),
+                opts.clone(),
+                intents.clone(),
+            );
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= hi {
@@ -158,7 +173,10 @@ fn run(a: Args) -> ExitCode {
     );
     let mut worst = Verdict::Pass;
     for o in &failures {
-        println!("\nseed {} FAILED ({:?}) — profile {}\n{}", o.seed, o.verdict, o.profile, o.summary);
+        println!(
+            "\nseed {} FAILED ({:?}) — profile {}\n{}",
+            o.seed, o.verdict, o.profile, o.summary
+        );
         println!("replay: {}", replay_cmd(o.seed, &a));
         if o.verdict.exit_code() > worst.exit_code() {
             worst = o.verdict.clone();
@@ -178,7 +196,10 @@ fn replay(a: Args) -> ExitCode {
     let seed = a.seeds.0;
     let c = commit();
     let o = run_seed(seed, &a.opts, Some(&c));
-    println!("seed {seed}: {:?} — profile {}\n{}", o.verdict, o.profile, o.summary);
+    println!(
+        "seed {seed}: {:?} — profile {}\n{}",
+        o.verdict, o.profile, o.summary
+    );
     if let (Some(path), Some(t)) = (&a.trace, &o.trace) {
         if let Err(e) = std::fs::write(path, t) {
             eprintln!("echo-sim: cannot write {path}: {e}");
