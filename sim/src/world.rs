@@ -1554,12 +1554,14 @@ impl World {
                     });
             }
             SlaveWrite::Cancelled(c, r) => {
-                self.slave_files[s]
-                    .entry(c.command_id.clone())
-                    .or_insert(ExecutedRecord {
+                // An upsert over a write-ahead whose success was never reported.
+                self.slave_files[s].insert(
+                    c.command_id.clone(),
+                    ExecutedRecord {
                         command: c,
                         result: Some(r),
-                    });
+                    },
+                );
             }
             SlaveWrite::Executed(id, r) => {
                 if let Some(rec) = self.slave_files[s].get_mut(&id) {

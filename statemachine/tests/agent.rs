@@ -11,7 +11,7 @@ use echo_statemachine::agent::{
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
-use echo_statemachine::time::{backoff, Instant};
+use echo_statemachine::time::{backoff, Duration, Instant};
 
 // ----- fixtures ------------------------------------------------------------------------------
 
@@ -434,8 +434,8 @@ fn link_connect_sends_hello() -> Fired {
     assert!(pos(&o, is_fired(T::T01.id())) < pos(&o, |o| matches!(o, AgentOutput::ToEa { .. })));
     assert_eq!(
         h.m.poll_timeout(),
-        None,
-        "heartbeat stopped with the old stream"
+        Some(h.now + Duration::from_millis(h.m.config().heartbeat_interval_ms.into())),
+        "the old stream's heartbeat stopped; only the new stream's hello timer runs"
     );
     assert_eq!(h.m.pending_intents(), 0);
     h.done()
@@ -1478,6 +1478,62 @@ fn outbox_evicts_oldest_unknown_result() -> Fired {
     h.done()
 }
 
+fn hello_is_retried_until_answered() -> Fired {
+    let mut h = H::new();
+    let o = h.connect();
+    assert_eq!(core_msgs(&o).len(), 1, "one hello");
+    let due = h.m.poll_timeout().expect("hello timer armed");
+    assert!(due > h.now);
+    // No CoreHello (lost): the agent says hello again at the deadline, and re-arms.
+    h.now = due;
+    let o = h.timeout();
+    assert_eq!(fired(&o), vec![T::T45.id()]);
+    assert!(matches!(core_msgs(&o)[..], [AgentToCore::Hello(_)]));
+    let next = h.m.poll_timeout().expect("re-armed");
+    assert!(next > due);
+    // Once accepted, the timer is the heartbeat's: no more hellos.
+    let o = h.core(hello(true));
+    assert_eq!(h.m.link_state(), LinkState::Online);
+    assert!(!core_msgs(&o)
+        .iter()
+        .any(|m| matches!(m, AgentToCore::Hello(_))));
+    h.now = h.m.poll_timeout().expect("heartbeat timer");
+    let o = h.timeout();
+    assert!(core_msgs(&o)
+        .iter()
+        .all(|m| matches!(m, AgentToCore::Heartbeat)));
+    h.done()
+}
+
+fn cancel_is_forwarded_to_an_open_slave_pipe() -> Fired {
+    let mut h = H::new();
+    h.online();
+    h.pipe("s1");
+    let c = command("c1", "s1");
+    let o = h.core(CoreToAgent::Cancel(c.clone()));
+    assert_eq!(fired(&o), vec![T::T46.id()]);
+    assert_eq!(ea_msgs(&o), vec![(acc("s1"), AgentToEa::Cancel(c))]);
+    assert!(
+        persists(&o).is_empty(),
+        "the agent keeps no state for a cancel"
+    );
+    assert!(core_msgs(&o).is_empty());
+    h.done()
+}
+
+fn cancel_without_a_pipe_is_dropped_and_counted() -> Fired {
+    let mut h = H::new();
+    h.online();
+    // s1's pipe is closed; m1 is not a slave account.
+    let o = h.core(CoreToAgent::Cancel(command("c1", "s1")));
+    assert_eq!(fired(&o), vec![T::T47.id()]);
+    assert!(ea_msgs(&o).is_empty());
+    let o = h.core(CoreToAgent::Cancel(command("c2", "m1")));
+    assert_eq!(fired(&o), vec![T::T47.id()]);
+    assert_eq!(h.m.metrics().cancels_dropped, 2);
+    h.done()
+}
+
 // ----- one test per transition, and the coverage test ----------------------------------------
 
 macro_rules! per_transition {
@@ -1546,6 +1602,9 @@ per_transition! {
     t42_retention_evicts: T42 => retention_cap_deletes_oldest;
     t43_recovered: T43 => recover_rebuilds_and_rewrites_buffered;
     t44_outbox_evicts: T44 => outbox_evicts_oldest_unknown_result;
+    t45_hello_retried: T45 => hello_is_retried_until_answered;
+    t46_cancel_forwarded: T46 => cancel_is_forwarded_to_an_open_slave_pipe;
+    t47_cancel_dropped: T47 => cancel_without_a_pipe_is_dropped_and_counted;
 }
 
 #[test]

@@ -558,10 +558,15 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     let cancels: Vec<_> = h
         .sent()
         .into_iter()
-        .filter(|(ag, m)| ag.as_str() == "B" && matches!(m, CoreToAgent::Cancel(x) if x.command_id == c))
+        .filter(|(ag, m)| {
+            ag.as_str() == "B" && matches!(m, CoreToAgent::Cancel(x) if x.command_id == c)
+        })
         .collect();
     assert_eq!(cancels.len(), 1);
-    assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Cancelling"));
+    assert_eq!(
+        h.core.delivery_view(&c).map(|v| v.state),
+        Some("Cancelling")
+    );
     // No answer: the cancel is re-sent on its timer, never given up.
     h.take();
     h.advance(1_000);
@@ -604,7 +609,10 @@ fn cancel_answered_by_the_real_result() -> Vec<&'static str> {
         h.next_timer();
         h.next_timer();
     }
-    assert_eq!(h.core.delivery_view(&c).map(|v| v.state), Some("Cancelling"));
+    assert_eq!(
+        h.core.delivery_view(&c).map(|v| v.state),
+        Some("Cancelling")
+    );
     h.take();
     h.msg("B", result(&c, "s1", 55, BrokerStatus::Filled));
     assert!(h.writes().iter().any(|w| matches!(
@@ -618,7 +626,13 @@ fn cancel_answered_by_the_real_result() -> Vec<&'static str> {
     h.journal_ok_all();
     // A later modify finds the position the cancelled-then-confirmed open produced.
     let m = h.accept(intent("m", "t1", IntentKind::Modify, 2));
-    assert!(matches!(m[0].body, CommandBody::Modify { slave_ticket: 55, .. }));
+    assert!(matches!(
+        m[0].body,
+        CommandBody::Modify {
+            slave_ticket: 55,
+            ..
+        }
+    ));
     h.fired
 }
 

@@ -9,11 +9,12 @@ use echo_statemachine::ea::master::{
     EmitError, IntentQueue, IntentQueueConfig, OpId, Output, PersistError, RemoveReason, MAX_TRIES,
     SPEC, T,
 };
+use echo_statemachine::ids::stable_hash;
 use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, EaToAgent, ErrorCode, IntentKind, Side, TradeIntent, TradeIntentAck,
 };
-use echo_statemachine::time::{backoff, Instant};
+use echo_statemachine::time::{backoff, Duration, Instant};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------- helpers
@@ -34,6 +35,13 @@ fn intent(id: &str, trade: &str) -> TradeIntent {
         master_seq: 0,
         emitted_at_ms: 0,
     }
+}
+
+/// The retry delay the queue must choose: w/2 plus a spread in [0, w/2] derived from the intent
+/// id and attempt (recomputed here independently of the machine).
+fn spread(id: &str, attempts: u32, w: Duration) -> Duration {
+    let key = format!("{id}#{attempts}");
+    Duration(w.0 / 2 + stable_hash(key.as_bytes()) % (w.0 / 2 + 1))
 }
 
 fn ack(
@@ -103,6 +111,12 @@ impl H {
     }
     fn ack(&mut self, a: TradeIntentAck) -> Vec<Output> {
         self.q.handle_ack(self.now, a);
+        self.drain()
+    }
+    /// Processes the timeout at an exact instant (retry timers are not whole milliseconds).
+    fn timeout_at(&mut self, at: Instant) -> Vec<Output> {
+        self.now = at;
+        self.q.handle_timeout(at);
         self.drain()
     }
     fn timeout(&mut self, ms: u64) -> Vec<Output> {
@@ -319,9 +333,12 @@ fn s09_retryable_failure_waits_max_of_hint_and_backoff() -> Vec<&'static str> {
         2_500,
     ));
     assert_eq!(fired(&outs), vec![id(T::AckRetryable)]);
-    assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(2_505)));
-    assert!(sent(&h.timeout(2_504)).is_empty());
-    assert_eq!(sent(&h.timeout(2_505)), vec!["a"]);
+    // The hint (2.5 s) beats backoff(100, 1); the delay is spread over [1.25 s, 2.5 s].
+    let due = Instant::from_millis(5) + spread("a", 1, Duration::from_millis(2_500));
+    assert_eq!(h.q.poll_timeout(), Some(due));
+    assert!(due >= Instant::from_millis(5 + 1_250) && due <= Instant::from_millis(2_505));
+    assert!(sent(&h.timeout_at(Instant(due.0 - 1))).is_empty());
+    assert_eq!(sent(&h.timeout_at(due)), vec!["a"]);
     // A hint shorter than the backoff loses: second attempt → backoff(100, 2) = 200 ms.
     h.at(3_000);
     h.ack(ack(
@@ -330,7 +347,8 @@ fn s09_retryable_failure_waits_max_of_hint_and_backoff() -> Vec<&'static str> {
         Some(ErrorCode::JournalUnavailable),
         1,
     ));
-    assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(3_200)));
+    let due = Instant::from_millis(3_000) + spread("a", 2, Duration::from_millis(200));
+    assert_eq!(h.q.poll_timeout(), Some(due));
     assert_eq!(h.q.metrics().retries, 2);
     h.fired
 }
@@ -342,7 +360,8 @@ fn s10_ack_timeout_retries_with_backoff() -> Vec<&'static str> {
     assert!(h.timeout(999).is_empty());
     let outs = h.timeout(1_000);
     assert_eq!(fired(&outs), vec![id(T::AckTimeout)]);
-    assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(1_100)));
+    let due = Instant::from_millis(1_000) + spread("a", 1, Duration::from_millis(100));
+    assert_eq!(h.q.poll_timeout(), Some(due));
     h.fired
 }
 
@@ -351,10 +370,12 @@ fn s11_resend_uses_the_same_intent_id() -> Vec<&'static str> {
     h.connect();
     h.durable("a", "t1");
     h.timeout(1_000);
-    let outs = h.timeout(1_100);
+    let due = Instant::from_millis(1_000) + spread("a", 1, Duration::from_millis(100));
+    let outs = h.timeout_at(due);
     assert_eq!(fired(&outs), vec![id(T::Resend)]);
     assert_eq!(sent(&outs), vec!["a"]);
-    assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(2_100)));
+    // The ack timer of the new send: ack_timeout_ms (1 s) after it.
+    assert_eq!(h.q.poll_timeout(), Some(due + Duration::from_millis(1_000)));
     assert_eq!(h.q.metrics().sends, 2);
     h.fired
 }
@@ -375,16 +396,16 @@ fn s12_gives_up_loudly_after_exactly_100_tries() -> Vec<&'static str> {
                 0,
             ))
         } else {
-            let at = h.q.poll_timeout().expect("ack timer").as_millis();
-            h.timeout(at)
+            let at = h.q.poll_timeout().expect("ack timer");
+            h.timeout_at(at)
         };
         if sends < MAX_TRIES {
             assert!(
                 outs.iter().all(|o| !matches!(o, Output::GaveUp { .. })),
                 "gave up after only {sends} tries"
             );
-            let at = h.q.poll_timeout().expect("retry timer").as_millis();
-            assert_eq!(sent(&h.timeout(at)), vec!["a"]);
+            let at = h.q.poll_timeout().expect("retry timer");
+            assert_eq!(sent(&h.timeout_at(at)), vec!["a"]);
             sends += 1;
         } else {
             assert_eq!(fired(&outs), vec![id(T::GaveUp), id(T::Send)]);
@@ -571,7 +592,8 @@ fn s19_pipe_connect_sends_due_intents_in_emission_order() -> Vec<&'static str> {
     let outs = h.timeout(6_000);
     assert_eq!(fired(&outs), vec![id(T::AckTimeout), id(T::Resend)]);
     assert_eq!(sent(&outs), vec!["a"]);
-    assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(6_200)));
+    let due = Instant::from_millis(6_000) + spread("b", 2, Duration::from_millis(200));
+    assert_eq!(h.q.poll_timeout(), Some(due));
     h.fired
 }
 
@@ -615,7 +637,7 @@ fn s22_delivery_config_applies_live() -> Vec<&'static str> {
     h.timeout(5_000);
     assert_eq!(
         h.q.poll_timeout(),
-        Some(Instant::from_millis(5_000) + backoff(1_000, 1))
+        Some(Instant::from_millis(5_000) + spread("a", 1, backoff(1_000, 1)))
     );
     h.fired
 }

@@ -657,6 +657,56 @@ fn s22_in_doubt_commands_are_queried_never_placed() -> Vec<&'static str> {
     h.fired
 }
 
+fn s23_cancel_of_an_unknown_command_is_recorded_and_never_placed() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let c1 = cmd("c1", execute(1.0));
+    let outs = h.recv(AgentToEa::Cancel(c1.clone()));
+    let op = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::PersistCancelled {
+                op,
+                command,
+                result,
+            } => {
+                assert_eq!(command, &c1);
+                assert_eq!(result.status, BrokerStatus::Cancelled);
+                Some(*op)
+            }
+            _ => None,
+        })
+        .expect("a durable CANCELLED record is written first");
+    assert!(places(&outs).is_empty());
+    assert!(
+        results(&outs).is_empty(),
+        "nothing reported before it is durable"
+    );
+    // The command itself arrives while the cancel record is not durable: not OK yet.
+    let outs = h.command(c1.clone());
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Retry, None));
+    assert!(places(&outs).is_empty());
+    let outs = h.persist(op, Ok(()));
+    let r = results(&outs);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, BrokerStatus::Cancelled);
+    // From now on every delivery is answered from the record, never executed.
+    let outs = h.command(c1.clone());
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert_eq!(results(&outs)[0].status, BrokerStatus::Cancelled);
+    assert!(places(&outs).is_empty());
+    // A cancel of an executed command reports its real result instead.
+    let c2 = cmd("c2", execute(1.0));
+    let outs = h.placed(c2.clone());
+    assert_eq!(places(&outs), vec!["c2"]);
+    let outs = h.broker("c2", filled(77, 1.0));
+    let _ = h.persist(executed_ops(&outs)[0].0, Ok(()));
+    let outs = h.recv(AgentToEa::Cancel(c2));
+    assert_eq!(results(&outs)[0].status, BrokerStatus::Filled);
+    assert_eq!(h.s.metrics().placed, 1);
+    h.fired
+}
+
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
 type Scenario = fn() -> Vec<&'static str>;
 
@@ -721,6 +771,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "ea.slave.T22",
         s22_in_doubt_commands_are_queried_never_placed,
+    ),
+    (
+        "ea.slave.T23",
+        s23_cancel_of_an_unknown_command_is_recorded_and_never_placed,
     ),
 ];
 
@@ -821,6 +875,10 @@ fn t21_recovered_executed() {
 fn t22_recovered_in_doubt() {
     run("ea.slave.T22")
 }
+#[test]
+fn t23_cancel_unknown() {
+    run("ea.slave.T23")
+}
 
 #[test]
 fn every_slave_transition_is_exercised() {
@@ -891,6 +949,9 @@ enum Op {
         ms: u64,
     },
     Crash,
+    Cancel {
+        n: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -904,11 +965,13 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, fill)| Op::Broker { pick, fill }),
         2 => (0u64..500).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Crash),
+        1 => (0..POOL).prop_map(|n| Op::Cancel { n }),
     ]
 }
 
 #[derive(Clone, Debug)]
 enum Pending {
+    Cancelled(Command, ExecutionResult),
     Executing(Command),
     Executed(CommandId, ExecutionResult),
 }
@@ -973,6 +1036,19 @@ impl Model {
                     prop_assert!(self.record(&id).is_none_or(|r| r.result.is_none()));
                     self.ops.insert(op, Pending::Executing(command));
                 }
+                Output::PersistCancelled {
+                    op,
+                    command,
+                    result,
+                } => {
+                    prop_assert_eq!(result.status, BrokerStatus::Cancelled);
+                    prop_assert!(
+                        !self.placed.contains_key(&command.command_id),
+                        "{} cancelled after it was placed",
+                        command.command_id
+                    );
+                    self.ops.insert(op, Pending::Cancelled(command, result));
+                }
                 Output::PersistExecuted {
                     op,
                     command_id,
@@ -988,6 +1064,11 @@ impl Model {
                     prop_assert!(self.reported_durable.contains(&command_id));
                     let rec = self.record(&command_id);
                     prop_assert!(rec.is_some(), "placed without a durable write-ahead");
+                    prop_assert!(
+                        rec.is_some_and(|r| r.result.is_none()),
+                        "{} placed although its record already holds a result (e.g. CANCELLED)",
+                        command_id
+                    );
                     // The broker takes it (or not) now; its answer comes later.
                     let c = &rec.expect("checked").command;
                     let outcome = match &c.body {
@@ -1081,6 +1162,27 @@ impl Model {
                 let p = self.ops.remove(&key).expect("present");
                 if ok || lost_reply {
                     match &p {
+                        Pending::Cancelled(c, r) => {
+                            // An upsert: a write-ahead the machine was told had failed (its
+                            // reply lost) is overwritten — that command was never placed.
+                            match self
+                                .file
+                                .iter_mut()
+                                .find(|x| x.command.command_id == c.command_id)
+                            {
+                                Some(rec) => {
+                                    prop_assert!(
+                                        rec.result.is_none() || rec.result.as_ref() == Some(r),
+                                        "cancel over another result"
+                                    );
+                                    rec.result = Some(r.clone());
+                                }
+                                None => self.file.push(ExecutedRecord {
+                                    command: c.clone(),
+                                    result: Some(r.clone()),
+                                }),
+                            }
+                        }
                         Pending::Executing(c) => {
                             if self.record(&c.command_id).is_none() {
                                 self.file.push(ExecutedRecord {
@@ -1099,7 +1201,7 @@ impl Model {
                     }
                 }
                 if ok {
-                    if let Pending::Executing(c) = &p {
+                    if let Pending::Executing(c) | Pending::Cancelled(c, _) = &p {
                         self.reported_durable.insert(c.command_id.clone());
                     }
                     self.s.handle_persist_result(self.now, key, Ok(()));
@@ -1132,6 +1234,10 @@ impl Model {
                 if self.s.poll_timeout().is_some_and(|at| at <= self.now) {
                     self.s.handle_timeout(self.now);
                 }
+            }
+            Op::Cancel { n } => {
+                self.s
+                    .handle_from_agent(self.now, AgentToEa::Cancel(pool(n)));
             }
             Op::Crash => {
                 self.s = SlaveExecutor::recover(self.cfg.clone(), self.file.clone());

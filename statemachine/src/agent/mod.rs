@@ -721,6 +721,8 @@ impl DeliveryManager {
             self.fire(T::T03, self.agent_subject());
             self.metrics.hello_refused += 1;
             self.link = LinkState::Refused;
+            // A refused agent does not knock again on its own: the hello timer stops.
+            self.heartbeat_at = None;
             return;
         }
         // An out-of-range config is refused first (T07) so T02's outputs use the kept one.

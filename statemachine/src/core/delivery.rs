@@ -617,8 +617,8 @@ impl Core {
         d.deadline = None; // popped by handle_timeout
         match d.state {
             DState::Inflight(AckStage::CoreAccepted) => self.attempt_failed(now, key, true),
-            DState::Inflight(_)
-                if crate::mutants::active(crate::mutants::Mutant::NoReconciler) => {}
+            DState::Inflight(_) if crate::mutants::active(crate::mutants::Mutant::NoReconciler) => {
+            }
             DState::Inflight(_) => {
                 self.fire(DeliveryT::Reconcile.spec(), self.subject(key));
                 self.metrics.reconcile_resends_total += 1;

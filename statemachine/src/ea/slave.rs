@@ -333,7 +333,8 @@ impl SlaveExecutor {
             AgentToEa::Cancel(c) => {
                 let known = self.commands.contains_key(&c.command_id)
                     || self.refused.contains_key(&c.command_id);
-                if !self.gate_open || known || c.slave != self.config.account {
+                // A malformed command is refused whatever asks for it: same verdict always.
+                if !self.gate_open || known || self.validate(&c).is_err() {
                     // Same verdict as a redelivery: the stored result, a refusal, or RETRY.
                     self.handle_command(now, c);
                 } else {
