@@ -18,7 +18,7 @@ fn first_catch(m: Mutant) -> Option<(u64, Verdict, String)> {
             !o.summary.contains("cannot plant mutants"),
             "this test build must plant mutants (dev-dependency feature sim-mutants)"
         );
-        (o.verdict != Verdict::Pass).then(|| (seed, o.verdict, o.summary))
+        (o.verdict != Verdict::Pass).then_some((seed, o.verdict, o.summary))
     })
 }
 

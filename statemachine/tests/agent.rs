@@ -5,12 +5,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::agent::{
-    AgentLimits, AgentOutput, DeliveryManager, EntryPhase, LedgerOpId, LedgerRecord, LedgerResult,
-    LedgerState, LinkState, SPEC, T,
+    AgentLimits, AgentMetrics, AgentOutput, DeliveryManager, EntryPhase, LedgerOpId, LedgerRecord,
+    LedgerResult, LedgerState, LinkState, SPEC, T,
 };
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
+use echo_statemachine::spec::Subject;
 use echo_statemachine::time::{backoff, Duration, Instant};
 
 // ----- fixtures ------------------------------------------------------------------------------
@@ -1481,27 +1482,53 @@ fn outbox_evicts_oldest_unknown_result() -> Fired {
 fn hello_is_retried_until_answered() -> Fired {
     let mut h = H::new();
     let o = h.connect();
-    assert_eq!(core_msgs(&o).len(), 1, "one hello");
-    let due = h.m.poll_timeout().expect("hello timer armed");
-    assert!(due > h.now);
-    // No CoreHello (lost): the agent says hello again at the deadline, and re-arms.
-    h.now = due;
+    let first = core_msgs(&o);
+    assert!(matches!(first[..], [AgentToCore::Hello(_)]), "{first:?}");
+    // The hello timer runs on the heartbeat period of the config in force (the local one).
+    assert_eq!(h.m.poll_timeout(), Some(Instant::from_millis(1_000)));
+    h.at(999);
+    assert!(h.timeout().is_empty(), "nothing before the deadline");
+    // No CoreHello (lost): exactly one identical hello at the deadline, and the timer re-armed.
+    h.at(1_000);
     let o = h.timeout();
     assert_eq!(fired(&o), vec![T::T45.id()]);
-    assert!(matches!(core_msgs(&o)[..], [AgentToCore::Hello(_)]));
-    let next = h.m.poll_timeout().expect("re-armed");
-    assert!(next > due);
-    // Once accepted, the timer is the heartbeat's: no more hellos.
+    assert_eq!(core_msgs(&o), first, "the same hello again, once");
+    assert!(ea_msgs(&o).is_empty() && persists(&o).is_empty());
+    assert_eq!(h.m.link_state(), LinkState::Connecting);
+    assert_eq!(h.m.poll_timeout(), Some(Instant::from_millis(2_000)));
+    // A late wake-up sends one hello, not a burst, and re-arms a full period after the wake.
+    h.at(2_500);
+    let o = h.timeout();
+    assert_eq!(fired(&o), vec![T::T45.id()]);
+    assert_eq!(core_msgs(&o), first);
+    assert_eq!(h.m.poll_timeout(), Some(Instant::from_millis(3_500)));
+    // Accepted: the timer becomes the heartbeat (core config, 5 s); no hello from now on.
+    h.at(2_600);
     let o = h.core(hello(true));
     assert_eq!(h.m.link_state(), LinkState::Online);
     assert!(!core_msgs(&o)
         .iter()
         .any(|m| matches!(m, AgentToCore::Hello(_))));
-    h.now = h.m.poll_timeout().expect("heartbeat timer");
-    let o = h.timeout();
-    assert!(core_msgs(&o)
-        .iter()
-        .all(|m| matches!(m, AgentToCore::Heartbeat)));
+    assert_eq!(h.m.poll_timeout(), Some(Instant::from_millis(7_600)));
+    for _ in 0..3 {
+        let o = h.next_deadline();
+        assert_eq!(fired(&o), vec![T::T05.id()]);
+        assert_eq!(core_msgs(&o), vec![AgentToCore::Heartbeat]);
+    }
+    // Refused: T45 is for Connecting only; the leftover timer sends nothing.
+    let o = h.connect();
+    assert_eq!(core_msgs(&o), first);
+    h.core(hello(false));
+    assert_eq!(h.m.link_state(), LinkState::Refused);
+    while h.m.poll_timeout().is_some() {
+        let o = h.next_deadline();
+        assert!(o.is_empty(), "sent while Refused: {o:#?}");
+    }
+    // Offline: the hello timer dies with the stream.
+    h.connect();
+    assert!(h.m.poll_timeout().is_some());
+    h.disconnect();
+    assert_eq!(h.m.poll_timeout(), None);
     h.done()
 }
 
@@ -1509,28 +1536,94 @@ fn cancel_is_forwarded_to_an_open_slave_pipe() -> Fired {
     let mut h = H::new();
     h.online();
     h.pipe("s1");
-    let c = command("c1", "s1");
+    h.pipe("s2");
+    h.pipe("m1");
+    h.delivered("c1", "s1");
+    let ledger_len = h.m.ledger_len();
+    let deadline = h.m.poll_timeout();
+    let metrics = h.m.metrics().clone();
+    // A cancel for a command the ledger holds: written, unchanged, to its slave's pipe only.
+    let c = Command {
+        body: CommandBody::Execute {
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Sell,
+            volume: 0.5,
+            price: 1.2,
+            stop_loss: 1.3,
+            take_profit: 1.1,
+        },
+        ..command("c1", "s1")
+    };
     let o = h.core(CoreToAgent::Cancel(c.clone()));
     assert_eq!(fired(&o), vec![T::T46.id()]);
-    assert_eq!(ea_msgs(&o), vec![(acc("s1"), AgentToEa::Cancel(c))]);
-    assert!(
-        persists(&o).is_empty(),
-        "the agent keeps no state for a cancel"
+    assert!(matches!(&o[0], AgentOutput::Fired(f) if f.subject == Subject::Command(cid("c1"))));
+    assert_eq!(
+        o[1..],
+        [AgentOutput::ToEa {
+            account: acc("s1"),
+            msg: AgentToEa::Cancel(c),
+        }],
+        "only the cancel: nothing persisted, nothing to the core"
     );
-    assert!(core_msgs(&o).is_empty());
+    assert_eq!(
+        h.phase("c1"),
+        Some(EntryPhase::Delivered),
+        "the ledger is untouched"
+    );
+    assert_eq!(h.m.ledger_len(), ledger_len);
+    assert_eq!(h.m.outstanding_ledger_ops(), 0);
+    assert_eq!(h.m.poll_timeout(), deadline);
+    assert_eq!(h.m.metrics(), &metrics);
+    // A cancel for a command the ledger does not hold still reaches the slave (it alone knows).
+    let c2 = command("c2", "s2");
+    let o = h.core(CoreToAgent::Cancel(c2.clone()));
+    assert_eq!(fired(&o), vec![T::T46.id()]);
+    assert_eq!(ea_msgs(&o), vec![(acc("s2"), AgentToEa::Cancel(c2))]);
+    assert!(persists(&o).is_empty() && core_msgs(&o).is_empty());
+    assert_eq!(h.phase("c2"), None);
+    assert_eq!(h.m.metrics(), &metrics);
     h.done()
 }
 
 fn cancel_without_a_pipe_is_dropped_and_counted() -> Fired {
     let mut h = H::new();
     h.online();
-    // s1's pipe is closed; m1 is not a slave account.
+    h.pipe("m1");
+    h.pipe("s2");
+    h.close("s2");
+    // c1 is buffered for s1, whose pipe has never been open.
+    h.buffered("c1", "s1");
+    assert_eq!(h.phase("c1"), Some(EntryPhase::WaitingPipe));
+    let deadline = h.m.poll_timeout();
+    let metrics = h.m.metrics().clone();
+    let cases = [
+        command("c1", "s1"), // served slave, pipe never opened
+        command("c2", "s2"), // served slave, pipe closed again
+        command("c3", "m1"), // pipe open, but a master account
+        command("c4", "zz"), // not served here
+    ];
+    for (n, c) in cases.into_iter().enumerate() {
+        let o = h.core(CoreToAgent::Cancel(c.clone()));
+        assert_eq!(o.len(), 1, "nothing but the Fired: {o:#?}");
+        assert!(matches!(&o[0], AgentOutput::Fired(f)
+            if f.id() == T::T47.id() && f.subject == Subject::Command(c.command_id.clone())));
+        assert_eq!(h.m.metrics().cancels_dropped, n as u64 + 1);
+    }
+    assert_eq!(
+        h.m.metrics(),
+        &AgentMetrics {
+            cancels_dropped: 4,
+            ..metrics
+        },
+        "only cancels_dropped moved"
+    );
+    assert_eq!(h.phase("c1"), Some(EntryPhase::WaitingPipe));
+    assert_eq!(h.m.poll_timeout(), deadline);
+    // Once s1's pipe is open a cancel gets through (T46) and the counter stays.
+    h.pipe("s1");
     let o = h.core(CoreToAgent::Cancel(command("c1", "s1")));
-    assert_eq!(fired(&o), vec![T::T47.id()]);
-    assert!(ea_msgs(&o).is_empty());
-    let o = h.core(CoreToAgent::Cancel(command("c2", "m1")));
-    assert_eq!(fired(&o), vec![T::T47.id()]);
-    assert_eq!(h.m.metrics().cancels_dropped, 2);
+    assert_eq!(fired(&o), vec![T::T46.id()]);
+    assert_eq!(h.m.metrics().cancels_dropped, 4);
     h.done()
 }
 
@@ -1662,6 +1755,8 @@ mod props {
 
     const IDS: [&str; 5] = ["c0", "c1", "c2", "c3", "c4"];
     const SLAVES: [&str; 3] = ["s1", "s2", "zz"];
+    /// Accounts a cancel may name: the slaves above and a master (never a cancel target here).
+    const CANCEL_TO: [&str; 4] = ["s1", "s2", "zz", "m1"];
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -1681,6 +1776,7 @@ mod props {
         Exec(usize, usize),
         Intent(usize),
         IntentAck(usize),
+        Cancel(usize, usize),
         Advance(u64),
         Timeout,
     }
@@ -1702,6 +1798,7 @@ mod props {
             3 => (0..IDS.len(), 0..SLAVES.len()).prop_map(|(i, s)| Step::Exec(i, s)),
             2 => (0usize..4).prop_map(Step::Intent),
             1 => (0usize..3).prop_map(Step::IntentAck),
+            2 => (0..IDS.len(), 0..CANCEL_TO.len()).prop_map(|(i, a)| Step::Cancel(i, a)),
             3 => (0u64..3_000).prop_map(Step::Advance),
             3 => Just(Step::Timeout),
         ]
@@ -1725,6 +1822,8 @@ mod props {
         durable: BTreeSet<CommandId>,
         /// Commands whose Delivered/Completed record was reported durable.
         durable_delivered: BTreeSet<CommandId>,
+        /// Pipes of served accounts that are open.
+        pipes: BTreeSet<AccountId>,
     }
 
     struct World {
@@ -1734,6 +1833,9 @@ mod props {
 
     impl World {
         fn apply(&mut self, s: &Step) -> Result<(), TestCaseError> {
+            if let Step::Cancel(i, a) = s {
+                return self.cancel(command(IDS[*i], CANCEL_TO[*a]));
+            }
             let h = &mut self.h;
             let before = h.m.poll_timeout();
             let mut is_timeout = false;
@@ -1778,8 +1880,16 @@ mod props {
                     };
                     h.m.handle_ledger_result(h.now, op, r);
                 }
-                Step::PipeUp(a) => h.m.handle_pipe_connected(h.now, acc(SLAVES[*a])),
-                Step::PipeDown(a) => h.m.handle_pipe_closed(h.now, acc(SLAVES[*a])),
+                Step::PipeUp(a) => {
+                    if accounts().iter().any(|(x, _)| *x == acc(SLAVES[*a])) {
+                        self.model.pipes.insert(acc(SLAVES[*a]));
+                    }
+                    h.m.handle_pipe_connected(h.now, acc(SLAVES[*a]))
+                }
+                Step::PipeDown(a) => {
+                    self.model.pipes.remove(&acc(SLAVES[*a]));
+                    h.m.handle_pipe_closed(h.now, acc(SLAVES[*a]))
+                }
                 Step::WriteFailed(i, a) => {
                     h.m.handle_pipe_write_failed(h.now, acc(SLAVES[*a]), cid(IDS[*i]))
                 }
@@ -1810,6 +1920,7 @@ mod props {
                     h.now,
                     CoreToAgent::IntentAck(intent_ack(&format!("i{k}"), AckResult::Ok)),
                 ),
+                Step::Cancel(..) => unreachable!("handled above"),
                 Step::Advance(ms) => {
                     h.now = h.now + echo_statemachine::time::Duration::from_millis(*ms)
                 }
@@ -1819,7 +1930,62 @@ mod props {
                 }
             }
             let outs = h.drain();
+            prop_assert!(
+                !ea_msgs(&outs)
+                    .iter()
+                    .any(|(_, m)| matches!(m, AgentToEa::Cancel(_))),
+                "a Cancel written without one from the core: {outs:?}"
+            );
             self.check(&outs, before, is_timeout)
+        }
+
+        /// A cancel from the core reaches its slave's pipe unchanged iff that slave is served
+        /// here and its pipe is open (T46), else it is counted (T47); it never touches the
+        /// ledger, the timers, the link or anything sent to the core.
+        fn cancel(&mut self, c: Command) -> Result<(), TestCaseError> {
+            let h = &mut self.h;
+            let before = h.m.poll_timeout();
+            let metrics = h.m.metrics().clone();
+            let link = h.m.link_state();
+            let phases: Vec<_> = IDS.iter().map(|id| h.m.entry_phase(&cid(id))).collect();
+            let (ledger_len, ops) = (h.m.ledger_len(), h.m.outstanding_ledger_ops());
+            let served = accounts().contains(&(c.slave.clone(), Role::Slave));
+            let open = served && self.model.pipes.contains(&c.slave);
+            h.m.handle_from_core(h.now, CoreToAgent::Cancel(c.clone()));
+            let outs = h.drain();
+            let subject = Subject::Command(c.command_id.clone());
+            prop_assert!(
+                matches!(&outs[..], [AgentOutput::Fired(f), ..] if f.subject == subject),
+                "{outs:?}"
+            );
+            if open {
+                prop_assert_eq!(fired(&outs), vec![T::T46.id()]);
+                prop_assert_eq!(
+                    &outs[1..],
+                    &[AgentOutput::ToEa {
+                        account: c.slave.clone(),
+                        msg: AgentToEa::Cancel(c),
+                    }][..]
+                );
+                prop_assert_eq!(h.m.metrics(), &metrics);
+            } else {
+                prop_assert_eq!(fired(&outs), vec![T::T47.id()]);
+                prop_assert_eq!(outs.len(), 1, "a dropped cancel emits nothing: {:?}", outs);
+                prop_assert_eq!(
+                    h.m.metrics(),
+                    &AgentMetrics {
+                        cancels_dropped: metrics.cancels_dropped + 1,
+                        ..metrics
+                    }
+                );
+            }
+            prop_assert_eq!(h.m.link_state(), link);
+            prop_assert_eq!(h.m.poll_timeout(), before);
+            prop_assert_eq!(h.m.ledger_len(), ledger_len);
+            prop_assert_eq!(h.m.outstanding_ledger_ops(), ops);
+            let after: Vec<_> = IDS.iter().map(|id| h.m.entry_phase(&cid(id))).collect();
+            prop_assert_eq!(after, phases);
+            self.check(&outs, before, false)
         }
 
         fn check(
