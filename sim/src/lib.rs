@@ -8,6 +8,7 @@
 //! unseeded randomness.
 
 pub mod profile;
+pub mod render;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -14,6 +14,7 @@ use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, EaToAgent, ErrorCode, IntentKind, Side, TradeIntent, TradeIntentAck,
 };
+use echo_statemachine::spec::Subject;
 use echo_statemachine::time::{backoff, Duration, Instant};
 use proptest::prelude::*;
 
@@ -360,7 +361,9 @@ fn s10_ack_timeout_retries_with_backoff() -> Vec<&'static str> {
     assert!(h.timeout(999).is_empty());
     let outs = h.timeout(1_000);
     assert_eq!(fired(&outs), vec![id(T::AckTimeout)]);
+    // backoff(100, 1) = 100 ms, spread over [50 ms, 100 ms].
     let due = Instant::from_millis(1_000) + spread("a", 1, Duration::from_millis(100));
+    assert!(due >= Instant::from_millis(1_050) && due <= Instant::from_millis(1_100));
     assert_eq!(h.q.poll_timeout(), Some(due));
     h.fired
 }
@@ -568,7 +571,8 @@ fn s19_pipe_connect_sends_due_intents_in_emission_order() -> Vec<&'static str> {
     let outs = h.connect();
     assert_eq!(fired(&outs)[0], id(T::PipeConnected));
     assert_eq!(sent(&outs), vec!["b", "a"]);
-    // b waits for a retry at 1000 + 100; the pipe drops; the retry time passes while down.
+    // b waits for a retry within 1000 + [50, 100] ms and a within 1000 + [2.5, 5] s; the pipe
+    // drops; b's retry time passes while it is down.
     h.at(1_000);
     h.ack(ack("b", AckResult::Failed, Some(ErrorCode::BrokerBusy), 0));
     h.ack(ack(
@@ -588,7 +592,7 @@ fn s19_pipe_connect_sends_due_intents_in_emission_order() -> Vec<&'static str> {
     assert_eq!(sent(&outs), vec!["b"], "b's backoff elapsed, a's has not");
     assert_eq!(fired(&outs), vec![id(T::PipeConnected), id(T::Resend)]);
     assert_eq!(h.q.poll_timeout(), Some(Instant::from_millis(3_000)));
-    // At 6 s b's ack timed out (retry armed from now: 6 s + 200 ms) and a's backoff ended.
+    // At 6 s b's ack timed out (retry within 6 s + [100, 200] ms) and a's wait (<= 5 s) ended.
     let outs = h.timeout(6_000);
     assert_eq!(fired(&outs), vec![id(T::AckTimeout), id(T::Resend)]);
     assert_eq!(sent(&outs), vec!["a"]);
@@ -939,6 +943,11 @@ struct Model {
     refused: BTreeSet<IntentId>,
     accepted_total: usize,
     resolved: BTreeSet<IntentId>,
+    /// The retry hint of the ack being handled (0 for anything but a retryable failure).
+    retry_after_ms: u32,
+    /// When each intent waiting to retry may be sent again: its failure instant plus
+    /// `spread(id, attempts, w)`, w = max(hint, backoff(retry_backoff_ms, attempts)).
+    retry_due: BTreeMap<IntentId, Instant>,
 }
 
 impl Model {
@@ -963,6 +972,8 @@ impl Model {
             refused: BTreeSet::new(),
             accepted_total: 0,
             resolved: BTreeSet::new(),
+            retry_after_ms: 0,
+            retry_due: BTreeMap::new(),
         }
     }
 
@@ -980,7 +991,7 @@ impl Model {
             }
             last_was_fired = matches!(o, Output::Fired(_)) || last_was_fired;
             match o {
-                Output::Fired(_) => {}
+                Output::Fired(f) => self.check_retry_timing(f.id(), &f.subject)?,
                 Output::PersistAppend { op, intent } => {
                     let idx = self.emitted[&intent.intent_id];
                     let older = self.alive.get(&intent.trade_id).into_iter().flatten();
@@ -1070,7 +1081,51 @@ impl Model {
         Ok(())
     }
 
+    /// A retry waits `w/2 + spread` after the failure (T09 / T10), within [w/2, w], and the
+    /// resend (T11) never comes earlier.
+    fn check_retry_timing(&mut self, t: &str, subject: &Subject) -> Result<(), TestCaseError> {
+        let Subject::Intent(i) = subject else {
+            return Ok(());
+        };
+        if t == id(T::AckRetryable) || t == id(T::AckTimeout) {
+            let attempts = self.sends.get(i).copied().unwrap_or(0);
+            let hint = if t == id(T::AckRetryable) {
+                Duration::from_millis(u64::from(self.retry_after_ms))
+            } else {
+                Duration::ZERO
+            };
+            let base = u64::from(self.q.config().delivery.retry_backoff_ms);
+            let w = backoff(base, attempts).max(hint);
+            let delay = spread(i.as_str(), attempts, w);
+            prop_assert!(
+                delay.0 >= w.0 / 2 && delay <= w,
+                "{:?} outside [w/2, w]",
+                delay
+            );
+            let due = self.now + delay;
+            prop_assert!(
+                self.q.poll_timeout().is_some_and(|at| at <= due),
+                "{} retry not armed for {:?}",
+                i,
+                due
+            );
+            self.retry_due.insert(i.clone(), due);
+        } else if t == id(T::Resend) {
+            let due = self.retry_due.remove(i);
+            prop_assert!(due.is_some(), "{} resent without a retry", i);
+            prop_assert!(
+                due.is_some_and(|due| self.now >= due),
+                "{} resent at {:?}, before {:?}",
+                i,
+                self.now,
+                due
+            );
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        self.retry_after_ms = 0;
         match op {
             Op::Emit { trade } => {
                 let id = IntentId::new(format!("i{}", self.next_id));
@@ -1153,12 +1208,15 @@ impl Model {
                         self.ok_acked.insert(id.clone());
                         ack(id.as_str(), AckResult::Ok, None, 0)
                     }
-                    2 => ack(
-                        id.as_str(),
-                        AckResult::Failed,
-                        Some(ErrorCode::BrokerBusy),
-                        retry_after,
-                    ),
+                    2 => {
+                        self.retry_after_ms = retry_after;
+                        ack(
+                            id.as_str(),
+                            AckResult::Failed,
+                            Some(ErrorCode::BrokerBusy),
+                            retry_after,
+                        )
+                    }
                     3 => {
                         self.refused.insert(id.clone());
                         ack(
@@ -1208,6 +1266,7 @@ impl Model {
                 self.ops.clear();
                 self.sends.clear();
                 self.alive.clear();
+                self.retry_due.clear();
                 for i in &self.file {
                     self.durable.insert(i.intent_id.clone());
                     self.resolved.remove(&i.intent_id);
@@ -1300,4 +1359,48 @@ fn gave_up_only_at_exactly_max_tries_under_timeouts() {
     }
     assert_eq!(m.q.metrics().gave_up, 1);
     assert_eq!(m.sends.get(&IntentId::new("i0")).copied(), Some(MAX_TRIES));
+}
+
+/// Retry instants of a burst: intents i0..i{n-1} (one trade each) sent at 0 and all refused
+/// retryably at 10 ms with the same 2 s hint; returns when each was sent again.
+fn burst_resend_times(n: usize) -> BTreeMap<String, Instant> {
+    let mut h = H::new(64);
+    h.connect();
+    let ids: Vec<String> = (0..n).map(|k| format!("i{k}")).collect();
+    for (k, i) in ids.iter().enumerate() {
+        h.durable(i, &format!("t{k}"));
+    }
+    h.at(10);
+    for i in &ids {
+        let outs = h.ack(ack(
+            i,
+            AckResult::Failed,
+            Some(ErrorCode::BrokerBusy),
+            2_000,
+        ));
+        assert_eq!(fired(&outs), vec![id(T::AckRetryable)]);
+    }
+    let mut resent = BTreeMap::new();
+    while resent.len() < n {
+        let at = h.q.poll_timeout().expect("a retry timer");
+        for i in sent(&h.timeout_at(at)) {
+            assert!(resent.insert(i, at).is_none(), "resent twice");
+        }
+    }
+    resent
+}
+
+#[test]
+fn a_refused_burst_comes_back_spread_over_half_to_full_wait() {
+    let resent = burst_resend_times(16);
+    let w = Duration::from_millis(2_000);
+    for (i, at) in &resent {
+        // Exactly the documented spread, hence within [10 ms + 1 s, 10 ms + 2 s].
+        assert_eq!(*at, Instant::from_millis(10) + spread(i, 1, w), "{i}");
+        assert!(*at >= Instant::from_millis(1_010) && *at <= Instant::from_millis(2_010));
+    }
+    let distinct: BTreeSet<Instant> = resent.values().copied().collect();
+    assert!(distinct.len() > 1, "the burst came back as one: {resent:?}");
+    // Deterministic: the same story gives the same schedule.
+    assert_eq!(burst_resend_times(16), resent);
 }

@@ -697,7 +697,10 @@ fn s23_cancel_of_an_unknown_command_is_recorded_and_never_placed() -> Vec<&'stat
     assert_eq!(result, cancelled(&c1));
     assert!(executing_ops(&outs).is_empty() && executed_ops(&outs).is_empty());
     assert!(places(&outs).is_empty());
-    assert!(acks(&outs).is_empty(), "no verdict before the record is durable");
+    assert!(
+        acks(&outs).is_empty(),
+        "no verdict before the record is durable"
+    );
     assert!(
         results(&outs).is_empty(),
         "nothing reported before it is durable"
@@ -742,7 +745,10 @@ fn s23_cancel_of_an_unknown_command_is_recorded_and_never_placed() -> Vec<&'stat
     assert_eq!(fired(&outs), vec![id(T::Repeated)]);
     assert!(cancel_ops(&outs).is_empty());
     let r = results(&outs);
-    assert_eq!((r.len(), r[0].status, r[0].slave_ticket), (1, BrokerStatus::Filled, 77));
+    assert_eq!(
+        (r.len(), r[0].status, r[0].slave_ticket),
+        (1, BrokerStatus::Filled, 77)
+    );
     assert_eq!(h.s.metrics().placed, 1);
     h.fired
 }
@@ -1119,7 +1125,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, fill)| Op::Broker { pick, fill }),
         2 => (0u64..500).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Crash),
-        1 => (0..POOL).prop_map(|n| Op::Cancel { n }),
+        2 => (0..POOL).prop_map(|n| Op::Cancel { n }),
     ]
 }
 
@@ -1172,14 +1178,15 @@ impl Model {
     }
 
     fn check_outputs(&mut self) -> Result<(), TestCaseError> {
-        let mut seen_fired = false;
+        // The transition that the outputs being read belong to.
+        let mut last_fired: Option<&'static str> = None;
         while let Some(o) = self.s.poll() {
             prop_assert!(
-                seen_fired || matches!(o, Output::Fired(_)),
+                last_fired.is_some() || matches!(o, Output::Fired(_)),
                 "{o:?} before its Fired"
             );
             match o {
-                Output::Fired(_) => seen_fired = true,
+                Output::Fired(f) => last_fired = Some(f.id()),
                 Output::PersistExecuting { op, command } => {
                     prop_assert!(self.gate, "written ahead while the gate is shut");
                     let id = command.command_id.clone();
@@ -1195,11 +1202,36 @@ impl Model {
                     command,
                     result,
                 } => {
-                    prop_assert_eq!(result.status, BrokerStatus::Cancelled);
+                    let id = command.command_id.clone();
+                    // A new cancel (T23) needs an open gate; its rewrite (T18) does not.
                     prop_assert!(
-                        !self.placed.contains_key(&command.command_id),
+                        last_fired == Some(T::CancelUnknown.id())
+                            || last_fired == Some(T::RecordRetry.id()),
+                        "{} cancel record after {:?}",
+                        id,
+                        last_fired
+                    );
+                    if last_fired == Some(T::CancelUnknown.id()) {
+                        prop_assert!(self.gate, "{} cancelled while the gate is shut", id);
+                    }
+                    // Only a valid command of this EA is ever recorded as cancelled.
+                    let n: usize = id.as_str()[1..].parse().expect("a pool id");
+                    prop_assert!(
+                        n < 7,
+                        "{} is malformed or foreign: refused, not cancelled",
+                        id
+                    );
+                    prop_assert_eq!(&command, &pool(n));
+                    prop_assert_eq!(&result, &cancelled(&command));
+                    prop_assert!(
+                        !self.placed.contains_key(&id),
                         "{} cancelled after it was placed",
-                        command.command_id
+                        id
+                    );
+                    prop_assert!(
+                        !self.reported_durable.contains(&id),
+                        "{} cancelled although the EA knows it durably",
+                        id
                     );
                     self.ops.insert(op, Pending::Cancelled(command, result));
                 }
@@ -1266,6 +1298,13 @@ impl Model {
                     }
                 }
                 Output::ToAgent(EaToAgent::Execution(r)) => {
+                    if r.status == BrokerStatus::Cancelled {
+                        prop_assert!(
+                            !self.placed.contains_key(&r.command_id),
+                            "{} reported CANCELLED although it was placed",
+                            r.command_id
+                        );
+                    }
                     let rec = self.record(&r.command_id);
                     prop_assert!(
                         rec.is_some_and(|rec| rec.result.as_ref() == Some(&r)),
@@ -1317,6 +1356,11 @@ impl Model {
                 if ok || lost_reply {
                     match &p {
                         Pending::Cancelled(c, r) => {
+                            prop_assert!(
+                                !self.placed.contains_key(&c.command_id),
+                                "a CANCELLED record for {}, which was placed",
+                                c.command_id
+                            );
                             // An upsert: a write-ahead the machine was told had failed (its
                             // reply lost) is overwritten — that command was never placed.
                             match self
@@ -1349,6 +1393,14 @@ impl Model {
                             let rec = self.file.iter_mut().find(|x| x.command.command_id == *id);
                             prop_assert!(rec.is_some(), "result for a command never written ahead");
                             if let Some(rec) = rec {
+                                // A durable result (CANCELLED included) is never replaced.
+                                prop_assert!(
+                                    rec.result.is_none() || rec.result.as_ref() == Some(r),
+                                    "{} had {:?}, rewritten as {:?}",
+                                    id,
+                                    rec.result,
+                                    r
+                                );
                                 rec.result = Some(r.clone());
                             }
                         }
@@ -1390,8 +1442,14 @@ impl Model {
                 }
             }
             Op::Cancel { n } => {
+                let before = self.s.metrics().pending;
                 self.s
                     .handle_from_agent(self.now, AgentToEa::Cancel(pool(n)));
+                let after = self.s.metrics().pending;
+                prop_assert!(
+                    after <= before.max(self.cfg.max_pending),
+                    "pending over its bound after a cancel"
+                );
             }
             Op::Crash => {
                 self.s = SlaveExecutor::recover(self.cfg.clone(), self.file.clone());
@@ -1429,21 +1487,23 @@ proptest! {
                 m.apply(Op::Crash)?;
             }
         }
-        // Everything written ahead now has a durable result.
+        // Every command again, as a delivery and as a cancel, after the crash: a durably
+        // cancelled one is answered from its record (checked by the model), never placed.
+        m.apply(Op::Handshake { mine: true })?;
+        for n in 0..POOL {
+            m.apply(Op::Deliver { n })?;
+            m.apply(Op::Cancel { n })?;
+        }
+        // Everything written ahead now has a durable result, and no cancelled one was placed.
         for r in &m.file {
             prop_assert!(r.result.is_some(), "{} still in doubt", r.command.command_id);
+            if r.result.as_ref().is_some_and(|x| x.status == BrokerStatus::Cancelled) {
+                prop_assert!(
+                    !m.placed.contains_key(&r.command.command_id),
+                    "{} both placed and cancelled",
+                    r.command.command_id
+                );
+            }
         }
     }
-}
-
-#[test]
-fn zz_tmp_cancel_pending_bound() {
-    let mut h = H::new(1);
-    h.open();
-    for i in 0..3 {
-        h.recv(AgentToEa::Cancel(cmd(&format!("x{i}"), execute(1.0))));
-    }
-    eprintln!("pending = {}", h.s.metrics().pending);
-    let outs = h.command(cmd("y", execute(1.0)));
-    eprintln!("{:?}", fired(&outs));
 }

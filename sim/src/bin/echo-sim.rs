@@ -16,7 +16,8 @@ const USAGE: &str = "usage:
   echo-sim run --seeds A..B [--profile test_min|default] [--jobs N] [--scale N] [--trades N]
   echo-sim replay --seed S [--profile …] [--scale N] [--trades N] [--trace FILE]
   echo-sim coverage --seeds A..B [--profile …] [--jobs N]
-  echo-sim trace check FILE";
+  echo-sim trace check FILE
+  echo-sim trace render FILE [-o OUT.html]   (default OUT: FILE with .html; open OUT#filter=m0-i12)";
 
 fn commit() -> String {
     std::process::Command::new("git")
@@ -262,15 +263,24 @@ fn coverage(a: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn trace_cmd(mut it: impl Iterator<Item = String>) -> ExitCode {
-    match (it.next().as_deref(), it.next()) {
-        (Some("check"), Some(path)) => {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("echo-sim: cannot read {path}: {e}");
-                    return ExitCode::from(66);
-                }
+fn trace_cmd(it: impl Iterator<Item = String>) -> ExitCode {
+    let args: Vec<String> = it.collect();
+    let read = |path: &str| match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("echo-sim: cannot read {path}: {e}");
+            None
+        }
+    };
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["check", path] => {
+            let Some(text) = read(path) else {
+                return ExitCode::from(66);
             };
             match echo_sim::trace::check(&text) {
                 Ok(c) => {
@@ -285,6 +295,42 @@ fn trace_cmd(mut it: impl Iterator<Item = String>) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        ["render", path, rest @ ..] => {
+            let out = match rest {
+                [] => std::path::Path::new(path).with_extension("html"),
+                ["-o" | "--output", out] => std::path::PathBuf::from(out),
+                _ => {
+                    eprintln!("echo-sim: {USAGE}");
+                    return ExitCode::from(64);
+                }
+            };
+            if out == std::path::Path::new(path) {
+                eprintln!("echo-sim: refusing to overwrite the trace {path} with its rendering");
+                return ExitCode::from(64);
+            }
+            let Some(text) = read(path) else {
+                return ExitCode::from(66);
+            };
+            let html = match echo_sim::render::render_html(&text) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{path}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if let Err(e) = std::fs::write(&out, html.as_bytes()) {
+                eprintln!("echo-sim: cannot write {}: {e}", out.display());
+                return ExitCode::from(73);
+            }
+            let abs = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
+            println!(
+                "{}: {} KiB — open file://{}#filter=<intent, command or trade id>",
+                out.display(),
+                html.len() / 1024,
+                abs.display()
+            );
+            ExitCode::SUCCESS
         }
         _ => {
             eprintln!("echo-sim: {USAGE}");

@@ -41,7 +41,7 @@ transitions! {
         GateClosed = "T04": "gate: closed", "Command before this session's handshake" => "gate: closed"; "ToAgent(PipeAck{Retry}); nothing remembered, nothing executed; counted retry_gate",
         Malformed = "T05": "(none)", "Command that fails validation (volume <= 0 or not finite, non-finite price/SL/TP, ticket <= 0 on modify/close, another account)" => "refused"; "ToAgent(PipeAck{Failed, InvalidArgument / UnknownAccount}); the refusal is remembered; counted malformed",
         RefusedAgain = "T06": "refused", "the same command_id again" => "refused"; "ToAgent(PipeAck{Failed, same reason}); never executed",
-        Busy = "T07": "(none)", "new Command while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
+        Busy = "T07": "(none)", "new Command, or Cancel of an unseen command, while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
         Accepted = "T08": "(none)", "new valid Command, gate open, room for it" => "persisting"; "PersistExecuting{op, command} (write-ahead)",
         Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open, or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body}; counted placed",
         NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
@@ -337,6 +337,12 @@ impl SlaveExecutor {
                 if !self.gate_open || known || self.validate(&c).is_err() {
                     // Same verdict as a redelivery: the stored result, a refusal, or RETRY.
                     self.handle_command(now, c);
+                } else if self.pending >= self.config.max_pending {
+                    // A cancel record is unfinished work too: the same bound applies.
+                    let id = c.command_id.clone();
+                    self.m.retry_busy += 1;
+                    self.fire(T::Busy, Subject::Command(id.clone()));
+                    self.pipe_ack(&id, PipeStatus::Retry, None);
                 } else {
                     self.cancel_unknown(c);
                 }
