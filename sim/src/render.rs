@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Value};
 
 /// How far after a send the receiving step may lie, in simulated µs, for an arrow to be drawn.
-const MAX_LATENCY_US: u64 = 100_000;
+const MAX_LATENCY_US: u64 = 500_000;
 /// How many later steps of the receiving lane are looked at for a match.
 const MAX_LOOKAHEAD: usize = 256;
 
@@ -71,6 +71,8 @@ struct Msg {
     out: usize,
     dst_lane: usize,
     dst: Option<usize>,
+    /// The fault (index into `faults`) the trace logged for this message: dropped, duplicated.
+    fault: Option<usize>,
 }
 
 struct Model {
@@ -213,7 +215,7 @@ impl Model {
             })
             .collect();
 
-        let msgs = infer_messages(&steps, &lanes, &lane_of, &agent_of);
+        let mut msgs = infer_messages(&steps, &lanes, &lane_of, &agent_of);
 
         // journal op → the last core step that wrote it, to tie a lost journal reply to its ids.
         let mut journal_ops: Vec<(u64, String, usize)> = Vec::new();
@@ -227,7 +229,7 @@ impl Model {
             }
         }
 
-        let faults = raw_faults
+        let mut faults: Vec<Fault> = raw_faults
             .into_iter()
             .map(|(t, kind, detail, line)| {
                 let mut ids = Ids::default();
@@ -282,6 +284,8 @@ impl Model {
                 }
             })
             .collect();
+
+        link_faults_to_messages(&mut faults, &mut msgs, &steps, &lane_of);
 
         let violations = raw_viol
             .into_iter()
@@ -340,7 +344,15 @@ impl Model {
         let msgs: Vec<Value> = self
             .msgs
             .iter()
-            .map(|m| json!([m.src, m.out, m.dst_lane, m.dst.map_or(-1, |d| d as i64)]))
+            .map(|m| {
+                json!([
+                    m.src,
+                    m.out,
+                    m.dst_lane,
+                    m.dst.map_or(-1, |d| d as i64),
+                    m.fault.map_or(-1, |f| f as i64)
+                ])
+            })
             .collect();
         let faults: Vec<Value> = self
             .faults
@@ -600,24 +612,48 @@ fn push_new(v: &mut Vec<String>, s: &str) {
     }
 }
 
-fn token_after(text: &str, at: usize) -> &str {
+/// The token at byte `at`, if a closing quote follows it (a quoted id cut off by a truncated
+/// output is not an id).
+fn quoted_token_after(text: &str, at: usize) -> &str {
     let rest = &text[at..];
     let end = rest.find(|c: char| !is_tok_char(c)).unwrap_or(rest.len());
-    &rest[..end]
+    if rest[end..].starts_with('"') {
+        &rest[..end]
+    } else {
+        ""
+    }
+}
+
+/// The tokens of `text` with what could be an id in them; a token cut off at the end of a
+/// truncated output (`IntentId("m0-i1` of `m0-i17`) is left out.
+fn id_tokens(text: &str) -> impl Iterator<Item = &str> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, c) in text
+        .char_indices()
+        .chain(std::iter::once((text.len(), ' ')))
+    {
+        match (is_tok_char(c) && i < text.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                start = None;
+                let cut = i == text.len() && text[..s].ends_with('"');
+                if !cut {
+                    out.push(&text[s..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    out.into_iter()
 }
 
 /// Collects the intent, command and trade ids `text` mentions, by shape (`m0-i12`,
 /// `m0-i12@slave-3`, `m0-t3-c21`) and by context (`IntentId("…")`, `trade …`).
 fn scan_ids(text: &str, ids: &mut Ids) {
-    for (marker, kind) in [
-        ("IntentId(\"", 0),
-        ("CommandId(\"", 1),
-        ("TradeId(\"", 2),
-        ("trade ", 2),
-        ("trade_id ", 2),
-    ] {
+    for (marker, kind) in [("IntentId(\"", 0), ("CommandId(\"", 1), ("TradeId(\"", 2)] {
         for (i, _) in text.match_indices(marker) {
-            let tok = token_after(text, i + marker.len());
+            let tok = quoted_token_after(text, i + marker.len());
             match kind {
                 0 => push_new(&mut ids.intents, tok),
                 1 => push_new(&mut ids.commands, tok),
@@ -625,7 +661,13 @@ fn scan_ids(text: &str, ids: &mut Ids) {
             }
         }
     }
-    for tok in text.split(|c: char| !is_tok_char(c)) {
+    let toks: Vec<&str> = id_tokens(text).collect();
+    for w in toks.windows(2) {
+        if w[0] == "trade" && !is_intent_like(w[1]) && !is_command_like(w[1]) {
+            push_new(&mut ids.trades, w[1]);
+        }
+    }
+    for tok in toks {
         if is_command_like(tok) {
             push_new(&mut ids.commands, tok);
         } else if is_intent_like(tok) {
@@ -659,8 +701,7 @@ fn link_trades(text: &str, trades: &mut BTreeMap<String, Vec<String>>) {
 
 /// The first command or intent id in `text`, in reading order.
 fn first_id(text: &str) -> Option<&str> {
-    text.split(|c: char| !is_tok_char(c))
-        .find(|t| is_command_like(t) || is_intent_like(t))
+    id_tokens(text).find(|t| is_command_like(t) || is_intent_like(t))
 }
 
 /// Capitalised words naming message types (`PipeDeliveryAck`, `TradeIntent`, …).
@@ -741,9 +782,24 @@ fn message_of<'a>(
     None
 }
 
+/// One message as sent: where it may land and how its receipt shows in the trace.
+struct Send<'a> {
+    src: usize,
+    out: usize,
+    lanes: Vec<usize>,
+    payload: &'a str,
+    /// The receiver logs the same text as its input (`→ core: X` arrives as input `X`); pipe
+    /// messages are logged in another form and match by id and message type, or by subject.
+    exact_only: bool,
+    /// What identifies "the same message" sent again: its text, or for pipe messages its
+    /// type and id.
+    key: String,
+}
+
 /// Finds, for every message a step sends, the step that received it: the first step of the
-/// receiving lane after the send (within [`MAX_LATENCY_US`]) whose input is the message, or
-/// names the same id and message type, or — for inputs without text — has it as subject.
+/// receiving lane after the send (within [`MAX_LATENCY_US`], and before the same message is
+/// sent again there) whose input is the message or — for pipe messages, logged differently —
+/// names the same id and message type, or has the id as subject where the input has no text.
 fn infer_messages(
     steps: &[Step],
     lanes: &[String],
@@ -754,91 +810,228 @@ fn infer_messages(
     for (i, s) in steps.iter().enumerate() {
         by_lane[s.lane].push(i);
     }
-    let mut consumed = vec![false; steps.len()];
-    let mut msgs = Vec::new();
+    let mut sends: Vec<Send> = Vec::new();
     for (si, s) in steps.iter().enumerate() {
         for (oi, out) in s.outputs.iter().enumerate() {
             let Some((target, payload)) = message_of(&lanes[s.lane], out, lanes, lane_of, agent_of)
             else {
                 continue;
             };
-            let candidates: Vec<usize> = match &target {
-                Target::Lane(l) => vec![*l],
-                Target::Agents(a) => a.clone(),
-            };
-            let pid = first_id(payload);
-            let words = kind_words(payload);
-            let mut best: Option<(u8, usize)> = None;
-            for &l in &candidates {
-                let lane = &by_lane[l];
-                let start = lane.partition_point(|&i| i <= si);
-                for &r in lane.iter().skip(start).take(MAX_LOOKAHEAD) {
-                    let rs = &steps[r];
-                    if rs.t < s.t || rs.t - s.t > MAX_LATENCY_US {
-                        break;
-                    }
-                    if consumed[r] {
-                        continue;
-                    }
-                    let score = if rs.input == payload
-                        || rs.input.ends_with(&format!(": {payload}"))
-                    {
-                        Some(0)
-                    } else if let Some(pid) = pid {
-                        let mut ids = Ids::default();
-                        scan_ids(&rs.input, &mut ids);
-                        let has_ids = !ids.commands.is_empty() || !ids.intents.is_empty();
-                        if has_ids {
-                            let same_id = ids.commands.iter().chain(&ids.intents).any(|x| x == pid);
-                            let iw = kind_words(&rs.input);
-                            (same_id && words.iter().any(|w| iw.contains(w))).then_some(1)
-                        } else if !is_local_input(&rs.input) && rs.subject == pid {
-                            Some(2)
-                        } else {
-                            None
-                        }
-                    } else {
-                        None
-                    };
-                    if let Some(sc) = score {
-                        let better = match best {
-                            None => true,
-                            Some((bs, br)) => sc < bs || (sc == bs && r < br),
-                        };
-                        if better {
-                            best = Some((sc, r));
-                        }
-                        break;
-                    }
-                }
-            }
-            let dst_lane = match (&target, best) {
-                (_, Some((_, r))) => steps[r].lane,
-                (Target::Lane(l), None) => *l,
-                (Target::Agents(a), None) => a[0],
-            };
-            if let Some((_, r)) = best {
-                consumed[r] = true;
-                // The same delivery handled by several machines of the node (router, intake…).
-                let lane = &by_lane[steps[r].lane];
-                let start = lane.partition_point(|&i| i <= r);
-                for &q in &lane[start..] {
-                    let qs = &steps[q];
-                    if qs.t != steps[r].t || qs.input != steps[r].input || qs.input.is_empty() {
-                        break;
-                    }
-                    consumed[q] = true;
-                }
-            }
-            msgs.push(Msg {
+            let exact_only = out.starts_with("→ ") && !out.starts_with("→ pipe ");
+            sends.push(Send {
                 src: si,
                 out: oi,
-                dst_lane,
-                dst: best.map(|(_, r)| r),
+                lanes: match target {
+                    Target::Lane(l) => vec![l],
+                    Target::Agents(a) => a,
+                },
+                payload,
+                exact_only,
+                key: if exact_only {
+                    payload.to_string()
+                } else {
+                    format!(
+                        "{} {}",
+                        payload.split('(').next().unwrap_or(""),
+                        first_id(payload).unwrap_or(payload)
+                    )
+                },
             });
         }
     }
+    // (lane, key) → the steps that sent it there, in trace order.
+    let mut resent: HashMap<(usize, &str), Vec<usize>> = HashMap::new();
+    for snd in &sends {
+        for &l in &snd.lanes {
+            resent
+                .entry((l, snd.key.as_str()))
+                .or_default()
+                .push(snd.src);
+        }
+    }
+    let mut consumed = vec![false; steps.len()];
+    let mut msgs = Vec::new();
+    for snd in &sends {
+        let (si, s) = (snd.src, &steps[snd.src]);
+        let pid = first_id(snd.payload);
+        let words = kind_words(snd.payload);
+        let mut best: Option<(u8, usize)> = None;
+        for &l in &snd.lanes {
+            let again = &resent[&(l, snd.key.as_str())];
+            let next_send = again
+                .get(again.partition_point(|&i| i <= si))
+                .copied()
+                .unwrap_or(usize::MAX);
+            let lane = &by_lane[l];
+            let start = lane.partition_point(|&i| i <= si);
+            for &r in lane.iter().skip(start).take(MAX_LOOKAHEAD) {
+                let rs = &steps[r];
+                if rs.t < s.t || rs.t - s.t > MAX_LATENCY_US || r > next_send {
+                    break;
+                }
+                if consumed[r] {
+                    continue;
+                }
+                let score = if rs.input == snd.payload
+                    || rs.input.ends_with(&format!(": {}", snd.payload))
+                {
+                    Some(0)
+                } else if snd.exact_only {
+                    None
+                } else if let Some(pid) = pid {
+                    let mut ids = Ids::default();
+                    scan_ids(&rs.input, &mut ids);
+                    if !ids.commands.is_empty() || !ids.intents.is_empty() {
+                        let same_id = ids.commands.iter().chain(&ids.intents).any(|x| x == pid);
+                        let iw = kind_words(&rs.input);
+                        (same_id && words.iter().any(|w| iw.contains(w))).then_some(1)
+                    } else if !is_local_input(&rs.input) && rs.subject == pid {
+                        Some(2)
+                    } else {
+                        None
+                    }
+                } else {
+                    None
+                };
+                if let Some(sc) = score {
+                    if best.is_none_or(|(bs, br)| sc < bs || (sc == bs && r < br)) {
+                        best = Some((sc, r));
+                    }
+                    break;
+                }
+            }
+        }
+        let dst_lane = match best {
+            Some((_, r)) => steps[r].lane,
+            None => snd.lanes[0],
+        };
+        if let Some((_, r)) = best {
+            consumed[r] = true;
+            // The same delivery handled by several machines of the node (router, intake…).
+            let lane = &by_lane[steps[r].lane];
+            let start = lane.partition_point(|&i| i <= r);
+            for &q in &lane[start..] {
+                let qs = &steps[q];
+                if qs.t != steps[r].t || qs.input != steps[r].input || qs.input.is_empty() {
+                    break;
+                }
+                consumed[q] = true;
+            }
+        }
+        msgs.push(Msg {
+            src: si,
+            out: snd.out,
+            dst_lane,
+            dst: best.map(|(_, r)| r),
+            fault: None,
+        });
+    }
     msgs
+}
+
+/// A network or pipe fault is logged just before the step whose message it hit, at the same
+/// time: ties the fault to that message (`agent-0 → core`, `agent-0 link`, `Slave(3) <cmd>`)
+/// and gives the fault the message's ids, so filtering by an intent shows what hit it.
+fn link_faults_to_messages(
+    faults: &mut [Fault],
+    msgs: &mut [Msg],
+    steps: &[Step],
+    lane_of: &HashMap<&str, usize>,
+) {
+    let mut by_src: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, m) in msgs.iter().enumerate() {
+        by_src[m.src].push(i);
+    }
+    for (fi, f) in faults.iter_mut().enumerate() {
+        let link = f.detail.contains(" link");
+        let (srcs, dsts): (Vec<usize>, Vec<usize>) = if let Some((a, b)) = f.detail.split_once('→')
+        {
+            (nodes_in(a, lane_of), nodes_in(b, lane_of))
+        } else if link || f.kind.starts_with("pipe_write") {
+            (Vec::new(), f.lanes.clone())
+        } else {
+            continue;
+        };
+        if dsts.is_empty() {
+            continue;
+        }
+        let want_id = first_id(&f.detail).map(str::to_string);
+        let first = steps.partition_point(|s| s.line < f.line);
+        'scan: for (si, s) in steps.iter().enumerate().skip(first).take(64) {
+            if s.t != f.t {
+                break;
+            }
+            for &mi in &by_src[si] {
+                let m = &msgs[mi];
+                let payload = &s.outputs[m.out];
+                let lane_ok = if link {
+                    f.lanes.contains(&s.lane)
+                        && f.lanes.contains(&m.dst_lane)
+                        && s.lane != m.dst_lane
+                } else {
+                    (srcs.is_empty() || srcs.contains(&s.lane)) && dsts.contains(&m.dst_lane)
+                };
+                let id_ok = want_id
+                    .as_deref()
+                    .is_none_or(|w| first_id(payload) == Some(w));
+                if lane_ok && id_ok && m.fault.is_none() {
+                    msgs[mi].fault = Some(fi);
+                    let mut ids = Ids::default();
+                    scan_ids(payload, &mut ids);
+                    for k in ids
+                        .commands
+                        .into_iter()
+                        .chain(ids.intents)
+                        .chain(ids.trades)
+                    {
+                        if !f.keys.contains(&k) {
+                            f.keys.push(k);
+                        }
+                    }
+                    break 'scan;
+                }
+            }
+        }
+    }
+    // Messages lost without a fault of their own: inside a partition of their link, or sent
+    // to a node that crashed before taking them (and had not restarted yet).
+    let mut by_lane: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        by_lane.entry(s.lane).or_default().push(i);
+    }
+    for m in msgs
+        .iter_mut()
+        .filter(|m| m.dst.is_none() && m.fault.is_none())
+    {
+        let (src_lane, t) = (steps[m.src].lane, steps[m.src].t);
+        m.fault = faults.iter().position(|f| match f.kind.as_str() {
+            "partition" => {
+                let covers = |a: &str, b: &str| {
+                    let (a, b) = (nodes_in(a, lane_of), nodes_in(b, lane_of));
+                    a.contains(&src_lane) && b.contains(&m.dst_lane)
+                };
+                let link = if let Some((a, b)) = f.detail.split_once('↔') {
+                    covers(a, b) || covers(b, a)
+                } else if let Some((a, b)) = f.detail.split_once('→') {
+                    covers(a, b)
+                } else {
+                    false
+                };
+                link && f.t <= t && t <= f.t + f.dur_us
+            }
+            "crash" if f.lanes.contains(&m.dst_lane) => {
+                if f.t >= t {
+                    f.t - t <= MAX_LATENCY_US
+                } else {
+                    // Down since the crash: no step of the node between the crash and the send.
+                    let lane = &by_lane[&m.dst_lane];
+                    let after = lane.partition_point(|&i| steps[i].line < f.line);
+                    lane.get(after).is_none_or(|&i| steps[i].t > t)
+                }
+            }
+            _ => false,
+        });
+    }
 }
 
 // ---- the page ---------------------------------------------------------------------------
@@ -853,6 +1046,8 @@ pub fn escape_html(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\u{2028}' => out.push_str("&#x2028;"),
+            '\u{2029}' => out.push_str("&#x2029;"),
             _ => out.push(c),
         }
     }
@@ -1001,14 +1196,15 @@ header#hdr code { font:12px/1.3 ui-monospace,SFMono-Regular,Menlo,Consolas,monos
 #viol-banner { background:#ffebee; border-left:6px solid var(--viol); color:#7f0000; padding:6px 16px; }
 #viol-banner b { color:var(--viol); }
 #viol-banner a { color:#7f0000; cursor:pointer; text-decoration:underline; margin-right:10px; }
-#controls { display:flex; flex-wrap:wrap; align-items:center; gap:6px 14px; padding:8px 16px; background:var(--panel);
+#controls { display:flex; flex-wrap:wrap; align-items:center; gap:6px 12px; padding:8px 16px; background:var(--panel);
   border-bottom:1px solid var(--line); position:sticky; top:0; z-index:5; }
 #controls label { color:var(--mut); white-space:nowrap; }
-#filter { width:300px; font:13px ui-monospace,Menlo,Consolas,monospace; padding:4px 6px; border:1px solid #98a2b3; border-radius:4px; }
+#filter { width:260px; font:13px ui-monospace,Menlo,Consolas,monospace; padding:4px 6px; border:1px solid #98a2b3; border-radius:4px; }
 #filter.active { border-color:#1565c0; box-shadow:0 0 0 2px #bbdefb; }
 #controls button { font:12px system-ui,sans-serif; padding:3px 8px; border:1px solid #98a2b3; background:#fff; border-radius:4px; cursor:pointer; }
 #controls button:hover { background:#eef2f7; }
-#controls input[type=number] { width:92px; font:12px ui-monospace,monospace; padding:3px 4px; }
+#controls select { font:12px system-ui,sans-serif; padding:2px 4px; }
+#controls input[type=number] { width:84px; font:12px ui-monospace,monospace; padding:3px 4px; }
 #controls .grp { display:flex; align-items:center; gap:4px; }
 #status { padding:6px 16px 2px; color:#344054; min-height:22px; }
 #status .term { font-family:ui-monospace,Menlo,monospace; font-weight:600; color:#0d47a1; }
@@ -1037,12 +1233,14 @@ header#hdr code { font:12px/1.3 ui-monospace,SFMono-Regular,Menlo,Consolas,monos
 #chart .msg.elsewhere { stroke-dasharray:2 3; opacity:.45; }
 #chart .msg.lost { stroke:#c62828; stroke-dasharray:4 3; opacity:.95; }
 #chart .lost-x { fill:#c62828; font:bold 12px system-ui,sans-serif; }
+#chart .msg.unseen { stroke:#98a2b3; stroke-dasharray:2 2; }
+#chart .unseen-q { fill:#98a2b3; font:bold 11px system-ui,sans-serif; }
 #chart .fault-row-bg { fill:#fff7f0; }
 #chart .fault-line { stroke-width:1.3; stroke-dasharray:5 3; opacity:.75; }
 #chart .fault-band { opacity:.13; }
 #chart .fault-flag-text { font:600 10px system-ui,sans-serif; fill:#fff; pointer-events:none; }
 #chart .fault-lane-mark { stroke:#fff; stroke-width:1; }
-#chart .fault-marker.ctx { opacity:.55; }
+#chart .fault-marker.ctx { opacity:.45; }
 #chart .violation-line { stroke:var(--viol); stroke-width:2.5; }
 #chart .violation-flag { fill:var(--viol); }
 #chart .gap-line { stroke:#98a2b3; stroke-dasharray:1 4; }
@@ -1051,6 +1249,7 @@ header#hdr code { font:12px/1.3 ui-monospace,SFMono-Regular,Menlo,Consolas,monos
 #chart .axis-line { stroke:#98a2b3; }
 #chart .density { opacity:.85; }
 #chart .hint { font:12px system-ui,sans-serif; fill:#b54708; }
+#chart-hint { margin:0 16px; padding:3px 8px; background:#fff8e1; color:#7a4f01; border:1px solid #ffe082; border-top:none; font-size:12px; }
 #legend { padding:4px 16px 0; color:var(--mut); font-size:12px; display:flex; flex-wrap:wrap; gap:4px 16px; }
 #legend .sw { display:inline-block; width:10px; height:10px; border-radius:50%; vertical-align:-1px; margin-right:4px; }
 #legend .ln { display:inline-block; width:22px; height:0; border-top:2px solid #607d8b; vertical-align:3px; margin-right:4px; }
@@ -1072,6 +1271,7 @@ table#events { border-collapse:collapse; width:100%; background:#fff; border:1px
 #events td .out.msg-out { color:#1d4ed8; }
 #events td .out .tag { font:10px system-ui,sans-serif; border-radius:3px; padding:0 4px; margin-left:4px; }
 #events td .out .tag.lost { background:#ffcdd2; color:#b71c1c; }
+#events td .out .tag.unseen { background:#eceff1; color:#546e7a; }
 #events td .out .tag.recv { background:#e8f5e9; color:#1b5e20; cursor:pointer; }
 #events td.fromto .arrow { color:var(--mut); }
 #events tr.more td { text-align:center; font-family:system-ui,sans-serif; color:var(--mut); padding:8px; }
@@ -1087,22 +1287,23 @@ const BODY: &str = r#"<div id="errors" hidden></div>
 <section id="controls">
   <span class="grp"><label for="filter">Filter</label>
   <input id="filter" type="search" spellcheck="false" autocomplete="off"
-    placeholder="intent m0-i12 · command m0-i12@slave-3 · trade m0-t3-c21 · @slave-3 · m0-i1* · node:core">
+    placeholder="m0-i12 · m0-i12@slave-3 · m0-t3-c21 · @slave-3 · m0-i1* · node:core   ( / )"
+    title="Filter by intent id (m0-i12: the intent and all its deliveries m0-i12@slave-*), command id, trade id (all the trade's intents), @slave-3 (deliveries to a slave), a prefix ending in * or node:NAME; several terms separated by spaces match any. Press / to focus, Esc to clear.">
   <button id="clear" title="Show the whole trace">clear</button></span>
-  <span class="grp"><label>Axis</label>
-  <label><input type="radio" name="mode" value="compact" checked> compact</label>
-  <label><input type="radio" name="mode" value="linear"> linear time</label></span>
-  <span class="grp"><label><input type="checkbox" id="opt-ctx" checked> nearby faults</label>
+  <span class="grp"><select id="mode" title="compact: every step gets room, idle time is squeezed (gaps are labelled); linear: true simulated time">
+  <option value="compact">compact time</option><option value="linear">linear time</option></select></span>
+  <span class="grp"><label title="crashes, partitions, heals, … on the filtered lanes during the journey"><input type="checkbox" id="opt-ctx" checked> major faults nearby</label>
   <label><input type="checkbox" id="opt-msgs" checked> messages</label>
   <label><input type="checkbox" id="opt-idle" checked> hide idle lanes</label>
   <label><input type="checkbox" id="opt-follow" checked> table follows zoom</label></span>
   <span class="grp"><button id="zoom-out" title="Zoom out">−</button><button id="zoom-in" title="Zoom in (or Ctrl + wheel on the chart)">+</button>
   <button id="pan-left" title="Pan left">◀</button><button id="pan-right" title="Pan right">▶</button><button id="fit" title="Fit the filtered events">fit</button></span>
-  <span class="grp"><label for="t-from">from</label><input id="t-from" type="number" step="any"><label for="t-to">to</label><input id="t-to" type="number" step="any"><label>ms</label></span>
+  <span class="grp"><label for="t-from">ms</label><input id="t-from" type="number" step="any" title="view from (ms)"><label for="t-to">…</label><input id="t-to" type="number" step="any" title="view to (ms)"></span>
 </section>
 <div id="status"></div>
 <div id="overview-wrap"><svg id="overview" xmlns="http://www.w3.org/2000/svg"></svg></div>
 <div id="chart-wrap"><svg id="chart" xmlns="http://www.w3.org/2000/svg"></svg></div>
+<div id="chart-hint" hidden></div>
 <div id="legend"></div>
 <div id="table-wrap"><div id="table-title"></div>
 <table id="events"><colgroup><col class="c-line"><col class="c-time"><col class="c-node"><col class="c-tr"><col class="c-ft"><col class="c-subj"><col class="c-in"><col class="c-out"></colgroup>
@@ -1116,6 +1317,7 @@ var errBox = document.getElementById('errors');
 function showError(msg) { errBox.hidden = false; errBox.textContent += msg + '\n'; }
 window.addEventListener('error', function (e) { showError('script error: ' + e.message); });
 
+var started = Date.now();
 var D = JSON.parse(document.getElementById('trace-data').textContent);
 var S = D.strs;
 var lanes = D.lanes;
@@ -1140,14 +1342,18 @@ D.steps.forEach(function (r) {
     msgs: [], recv: [] };
   STEPS.push(ev); EV.push(ev);
 });
-D.msgs.forEach(function (m) {
-  var src = STEPS[m[0]], dst = m[3] >= 0 ? STEPS[m[3]] : null;
-  var msg = { src: src, out: m[1], dstLane: m[2], dst: dst };
-  src.msgs.push(msg); if (dst) dst.recv.push(msg);
-});
+var FAULTS = [];
 D.faults.forEach(function (r) {
-  EV.push({ k: 'fault', t: r[0], kind: S[r[1]], detail: S[r[2]], lanes: r[3], keys: r[4].map(function (i) { return S[i].toLowerCase(); }), dur: r[5], line: r[6] });
+  var ev = { k: 'fault', t: r[0], kind: S[r[1]], detail: S[r[2]], lanes: r[3], keys: r[4].map(function (i) { return S[i].toLowerCase(); }), dur: r[5], line: r[6], msgs: [] };
+  FAULTS.push(ev); EV.push(ev);
 });
+D.msgs.forEach(function (m) {
+  var src = STEPS[m[0]], dst = m[3] >= 0 ? STEPS[m[3]] : null, fault = m[4] >= 0 ? FAULTS[m[4]] : null;
+  var msg = { src: src, out: m[1], dstLane: m[2], dst: dst, fault: fault };
+  src.msgs.push(msg); if (dst) dst.recv.push(msg); if (fault) fault.msgs.push(msg);
+});
+// Faults that change the whole picture, shown in full even where faults are many.
+var MAJOR = { crash: 1, partition: 1, heal: 1, burst: 1, config_change: 1, pipe_close: 1, journal_outage: 1 };
 D.viols.forEach(function (r) {
   EV.push({ k: 'viol', t: r[0], what: S[r[1]], lanes: r[2], keys: r[3].map(function (i) { return S[i].toLowerCase(); }), line: r[4] });
 });
@@ -1206,13 +1412,20 @@ function applyFilter(keepView) {
     var hits = EV.filter(filt.match);
     hits.forEach(function (ev) { direct.add(ev); });
     if (state.ctx && hits.length) {
+      // Nearby: violations and major faults (crash, partition, heal…) within the journey's
+      // span on its lanes. Faults that hit the journey's own messages name its ids and are
+      // direct matches already.
       var t0 = Infinity, t1 = -Infinity, involved = new Set();
-      hits.forEach(function (ev) { if (ev.k === 'step') { t0 = Math.min(t0, ev.t); t1 = Math.max(t1, ev.t); involved.add(ev.lane); } });
+      hits.forEach(function (ev) {
+        if (ev.k !== 'step') return;
+        t0 = Math.min(t0, ev.t); t1 = Math.max(t1, ev.t); involved.add(ev.lane);
+      });
       if (t0 <= t1) {
         EV.forEach(function (ev) {
           if (ev.k === 'step' || direct.has(ev) || ev.t < t0 || ev.t > t1) return;
+          if (ev.k === 'fault' && !MAJOR[ev.kind]) return;
           var ls = ev.lanes;
-          if (ev.k === 'viol' || !ls.length || ls.some(function (l) { return involved.has(l); })) ctxSet.add(ev);
+          if (!ls.length || ls.some(function (l) { return involved.has(l); })) ctxSet.add(ev);
         });
       }
     }
@@ -1225,35 +1438,40 @@ function applyFilter(keepView) {
   renderAll();
 }
 
+// The compact axis: every step (and fault naming the filter) gets room of its own and idle
+// time is compressed logarithmically; nearby faults sit where their time falls between them.
+var K = [];
 function computeWarp() {
+  K = [];
   var w = 0, prev = null;
-  for (var i = 0; i < V.length; i++) {
-    var ev = V[i];
-    if (state.mode === 'linear') ev.w = ev.t;
-    else {
-      if (prev !== null) { var d = ev.t - prev; w += d === 0 ? 0.55 : 1 + Math.log2(1 + d / 150); }
-      ev.w = w;
-    }
-    prev = ev.t;
+  V.forEach(function (ev) {
+    if (state.mode === 'linear') { ev.w = ev.t; return; }
+    if (ctxSet.has(ev)) return;
+    if (prev !== null) { var d = ev.t - prev; w += d === 0 ? 0.55 : 1 + Math.log2(1 + d / 150); }
+    ev.w = w; prev = ev.t; K.push(ev);
+  });
+  if (state.mode !== 'linear') {
+    if (!K.length) K = V.slice(0, 1).map(function (ev) { ev.w = 0; return ev; });
+    V.forEach(function (ev) { if (ctxSet.has(ev)) ev.w = warpAt(ev.t); });
   }
 }
-// w of an arbitrary time (for durations).
+// w of an arbitrary time (nearby faults, durations).
 function warpAt(t) {
-  if (state.mode === 'linear' || !V.length) return t;
-  var lo = 0, hi = V.length - 1;
-  if (t <= V[0].t) return V[0].w - Math.log2(1 + (V[0].t - t) / 150);
-  if (t >= V[hi].t) return V[hi].w + Math.log2(1 + (t - V[hi].t) / 150);
-  while (hi - lo > 1) { var mid = (lo + hi) >> 1; if (V[mid].t <= t) lo = mid; else hi = mid; }
-  var a = V[lo], b = V[hi];
+  if (state.mode === 'linear' || !K.length) return t;
+  var lo = 0, hi = K.length - 1;
+  if (t <= K[0].t) return K[0].w - Math.log2(1 + (K[0].t - t) / 150);
+  if (t >= K[hi].t) return K[hi].w + Math.log2(1 + (t - K[hi].t) / 150);
+  while (hi - lo > 1) { var mid = (lo + hi) >> 1; if (K[mid].t <= t) lo = mid; else hi = mid; }
+  var a = K[lo], b = K[hi];
   return a.w + (b.w - a.w) * (t - a.t) / Math.max(1, b.t - a.t);
 }
 function unwarp(w) {
-  if (state.mode === 'linear' || !V.length) return w;
-  var lo = 0, hi = V.length - 1;
-  if (w <= V[0].w) return V[0].t;
-  if (w >= V[hi].w) return V[hi].t;
-  while (hi - lo > 1) { var mid = (lo + hi) >> 1; if (V[mid].w <= w) lo = mid; else hi = mid; }
-  var a = V[lo], b = V[hi];
+  if (state.mode === 'linear' || !K.length) return w;
+  var lo = 0, hi = K.length - 1;
+  if (w <= K[0].w) return K[0].t;
+  if (w >= K[hi].w) return K[hi].t;
+  while (hi - lo > 1) { var mid = (lo + hi) >> 1; if (K[mid].w <= w) lo = mid; else hi = mid; }
+  var a = K[lo], b = K[hi];
   return b.w === a.w ? a.t : a.t + (b.t - a.t) * (w - a.w) / (b.w - a.w);
 }
 function computeLanes() {
@@ -1297,8 +1515,9 @@ function renderStatus() {
     filt.terms.forEach(function (t) { var s = document.createElement('span'); s.className = 'term'; s.textContent = t + ' '; st.appendChild(s); });
   } else { b.textContent = 'Whole trace: '; st.appendChild(b); }
   var nodes = Object.keys(perLane).length;
-  st.appendChild(document.createTextNode(' — ' + steps + ' steps on ' + nodes + ' lanes, ' + faults + ' faults' +
-    (filt ? ' (+' + cf + ' nearby on these lanes)' : '') + ', ' + viols + ' violations' +
+  var pl = function (n, w) { return n + ' ' + w + (n === 1 ? '' : 's'); };
+  st.appendChild(document.createTextNode(' — ' + pl(steps, 'step') + ' on ' + pl(nodes, 'lane') + ', ' + pl(faults, 'fault') +
+    (filt && cf ? ' (+' + cf + ' nearby major: crash, partition, heal…)' : '') + ', ' + pl(viols, 'violation') +
     (steps ? '; ' + fmtT(t0) + ' … ' + fmtT(t1) + ' (' + fmtDur(t1 - t0) + ')' : '') + '. '));
   if (filt && filt.textTerms.length) {
     var w = document.createElement('span'); w.className = 'warn';
@@ -1333,7 +1552,7 @@ function renderBanner() {
   vb.hidden = false; vb.textContent = '';
   var b = document.createElement('b'); b.textContent = vs.length + ' violation' + (vs.length > 1 ? 's' : '') + ': ';
   vb.appendChild(b);
-  vs.slice(0, 12).forEach(function (v) {
+  vs.slice(0, 8).forEach(function (v) {
     var a = document.createElement('a'); a.textContent = fmtT(v.t) + ' — ' + v.what;
     a.addEventListener('click', function () {
       var q = v.keys.length ? v.keys[0] : '';
@@ -1342,7 +1561,7 @@ function renderBanner() {
     });
     vb.appendChild(a);
   });
-  if (vs.length > 12) vb.appendChild(document.createTextNode('… and ' + (vs.length - 12) + ' more (see the table).'));
+  if (vs.length > 8) vb.appendChild(document.createTextNode('… and ' + (vs.length - 8) + ' more (red rows in the table).'));
 }
 function renderWarnings() {
   var w = document.getElementById('warnings');
@@ -1366,7 +1585,8 @@ function stepTitle(ev) {
 }
 function faultTitle(ev) {
   return (ev.k === 'viol' ? 'VIOLATION  ' + fmtT(ev.t) + '\n' + ev.what
-    : 'fault ' + ev.kind + '  ' + fmtT(ev.t) + (ev.dur ? '  for ' + fmtDur(ev.dur) : '') + '\n' + ev.detail) + '\n(trace line ' + ev.line + ')' +
+    : 'fault ' + ev.kind + '  ' + fmtT(ev.t) + (ev.dur ? '  for ' + fmtDur(ev.dur) : '') + '\n' + ev.detail +
+      (ev.msgs.length ? '\nhit: ' + ev.msgs[0].src.outs[ev.msgs[0].out] + (ev.msgs.length > 1 ? ' and ' + (ev.msgs.length - 1) + ' more' : '') : '')) + '\n(trace line ' + ev.line + ')' +
     (ctxSet.has(ev) ? '\n(nearby: not naming the filtered ids)' : '');
 }
 function shortTr(tr) { var p = tr.split('.'); return p.length > 1 ? p[p.length - 1] : tr; }
@@ -1411,12 +1631,12 @@ function renderChart() {
   var bottom = TOP + lanesH;
 
   var lo = lowerW(state.v0), hi = lowerW(state.v1 + 1e-9);
-  var vis = V.slice(lo, hi);
+  var vis = V.slice(lo, hi), hint = '';
   var visSteps = vis.filter(function (e) { return e.k === 'step'; });
   var dense = visSteps.length > DENSE;
 
   // gaps (compact axis)
-  var gapG = el('g', {}, plot);
+  var gapG = el('g', {}, plot), lastGapX = -1e9;
   if (state.mode === 'compact' && !dense) {
     for (var i = Math.max(1, lo); i < Math.min(V.length, hi + 1); i++) {
       var d = V[i].t - V[i - 1].t;
@@ -1424,19 +1644,23 @@ function renderChart() {
         var gx = (X(V[i].w) + X(V[i - 1].w)) / 2;
         if (X(V[i].w) - X(V[i - 1].w) < 14) continue;
         el('line', { x1: gx, x2: gx, y1: TOP, y2: bottom, class: 'gap-line' }, gapG);
-        el('text', { x: gx, y: bottom + 24, 'text-anchor': 'middle', class: 'gap-label' }, gapG, '⋯ ' + fmtDur(d) + ' ⋯');
+        if (gx - lastGapX > 80) { el('text', { x: gx, y: bottom + 26, 'text-anchor': 'middle', class: 'gap-label' }, gapG, '⋯ ' + fmtDur(d) + ' ⋯'); lastGapX = gx; }
       }
     }
   }
   // faults & violations (also those whose band reaches into view)
   var fg = el('g', {}, plot);
   var lastFlagX = -1e9;
-  V.forEach(function (ev) {
-    if (ev.k === 'step') return;
+  var marks = V.filter(function (ev) { return ev.k !== 'step'; });
+  var inView = marks.filter(function (ev) { return ev.w >= state.v0 && ev.w <= state.v1; }).length;
+  var busy = inView > 60;
+  var quiet = function (ev) { return ctxSet.has(ev) || (busy && ev.k === 'fault' && !MAJOR[ev.kind] && !direct.has(ev)) ? 1 : 0; };
+  marks.sort(function (a, b) { return (quiet(b) - quiet(a)) || (a.line - b.line); });
+  marks.forEach(function (ev) {
     var x = X(ev.w);
     var x2 = ev.k === 'fault' && ev.dur ? X(warpAt(ev.t + ev.dur)) : x;
     if (x2 < PL - 40 || x > chartW + 40) return;
-    var g = el('g', { class: (ev.k === 'viol' ? 'violation-marker' : 'fault-marker') + (ctxSet.has(ev) ? ' ctx' : ''), 'data-kind': ev.k === 'viol' ? 'violation' : ev.kind, 'data-line': ev.line }, fg);
+    var g = el('g', { class: (ev.k === 'viol' ? 'violation-marker' : 'fault-marker') + (ctxSet.has(ev) || (busy && ev.k === 'fault' && !MAJOR[ev.kind] && !direct.has(ev)) ? ' ctx' : ''), 'data-kind': ev.k === 'viol' ? 'violation' : ev.kind, 'data-line': ev.line }, fg);
     el('title', {}, g, faultTitle(ev));
     var col = ev.k === 'viol' ? '#d50000' : faultColor(ev.kind);
     var ls = ev.lanes.filter(function (l) { return laneRow[l] !== undefined; });
@@ -1444,19 +1668,21 @@ function renderChart() {
       if (ls.length) ls.forEach(function (l) { el('rect', { x: x, y: Y(l) - LH / 2, width: x2 - x, height: LH, fill: col, class: 'fault-band' }, g); });
       else el('rect', { x: x, y: TOP, width: x2 - x, height: bottom - TOP, fill: col, class: 'fault-band' }, g);
     }
-    el('line', { x1: x, x2: x, y1: 2, y2: bottom, stroke: col, class: ev.k === 'viol' ? 'violation-line' : 'fault-line' }, g);
+    var ctx = ctxSet.has(ev) || (busy && ev.k === 'fault' && !MAJOR[ev.kind] && !direct.has(ev));
+    if (!ctx) el('line', { x1: x, x2: x, y1: 2, y2: bottom, stroke: col, class: ev.k === 'viol' ? 'violation-line' : 'fault-line' }, g);
     var label = ev.k === 'viol' ? 'VIOLATION' : ev.kind;
     var fw = label.length * 5.9 + 8;
-    if (x - lastFlagX > fw + 2 || ev.k === 'viol') {
+    if (!ctx && x - lastFlagX > fw + 2) {
       el('rect', { x: x, y: 4, width: fw, height: 15, rx: 2, fill: col, class: ev.k === 'viol' ? 'violation-flag' : 'fault-flag' }, g);
       el('text', { x: x + 4, y: 15, class: 'fault-flag-text' }, g, label);
       lastFlagX = x;
     } else {
       el('path', { d: 'M' + x + ',4 l5,7 l-5,7 l-5,-7 z', fill: col, class: 'fault-flag' }, g);
     }
+    var dm = ctx ? 6 : 9;
     ls.forEach(function (l) {
       var y = Y(l);
-      el('path', { d: 'M' + x + ',' + (y - 9) + ' l6,9 l-6,9 l-6,-9 z', fill: col, class: 'fault-lane-mark' }, g);
+      el('path', { d: 'M' + x + ',' + (y - dm) + ' l' + (dm * 2 / 3) + ',' + dm + ' l' + (-dm * 2 / 3) + ',' + dm + ' l' + (-dm * 2 / 3) + ',' + (-dm) + ' z', fill: col, class: 'fault-lane-mark' }, g);
     });
   });
 
@@ -1474,9 +1700,10 @@ function renderChart() {
       var h = Math.max(3, (LH - 6) * Math.sqrt(c / max));
       el('rect', { x: PL + b * bw, y: Y(l) - h / 2, width: bw - 0.5, height: h, class: 'k-' + laneKind(lanes[l]) }, dg);
     });
-    el('text', { x: PL + 8, y: bottom - 6, class: 'hint' }, svg, visSteps.length + ' steps in view — zoom in (Ctrl + wheel, +, or drag on the overview) or filter to see single steps and messages');
+    hint = visSteps.length + ' steps in view, drawn as density — zoom in (Ctrl + wheel, +, or drag across the overview) or filter to see single steps and messages.';
   } else {
     // messages
+    var rr = LH >= 28 ? 5.5 : LH >= 22 ? 4.5 : 3.5;
     if (state.msgs && visSteps.length <= ARROW_LIMIT) {
       var mg = el('g', {}, plot);
       var inV = new Set(V);
@@ -1486,28 +1713,35 @@ function renderChart() {
         ev.msgs.forEach(function (m) {
           var x1 = X(ev.w), y1 = Y(ev.lane), cls, x2, y2, kind = laneKind(lanes[m.dstLane]);
           var tgtShown = laneRow[m.dstLane] !== undefined;
-          if (m.dst && inV.has(m.dst) && laneRow[m.dst.lane] !== undefined) {
+          var full = m.dst && inV.has(m.dst) && laneRow[m.dst.lane] !== undefined;
+          if (full) {
             x2 = X(m.dst.w); y2 = Y(m.dst.lane); cls = 'msg to-' + kind;
             if ((x1 < PL && x2 < PL) || (x1 > chartW && x2 > chartW)) return;
+            // End at the receiving mark's rim so the arrowhead stays visible.
+            var dx = x2 - x1, dy = y2 - y1, len = Math.sqrt(dx * dx + dy * dy);
+            if (len > 2 * rr + 2) { x2 -= dx / len * (rr + 1); y2 -= dy / len * (rr + 1); }
           } else {
-            if (x1 < PL - 20 || x1 > chartW + 20) return;
-            var ty = tgtShown ? Y(m.dstLane) : (y1 + (laneRow[m.dstLane] === undefined ? (m.dstLane < ev.lane ? -LH * 0.45 : LH * 0.45) : 0));
-            x2 = x1 + 12; y2 = tgtShown ? y1 + (ty - y1) * 0.5 : ty;
-            cls = m.dst ? 'msg elsewhere to-' + kind : 'msg lost';
+            if (x1 < PL - 30 || x1 > chartW + 30) return;
+            var ty = tgtShown ? Y(m.dstLane) : y1 + (m.dstLane < ev.lane ? -LH * 0.5 : LH * 0.5);
+            x2 = x1 + 18; y2 = y1 + (ty - y1) * (tgtShown ? 0.6 : 1);
+            cls = m.dst ? 'msg elsewhere to-' + kind : m.fault ? 'msg lost' : 'msg unseen';
           }
-          var line = el('line', { x1: x1, y1: y1, x2: x2, y2: y2, class: cls, 'marker-end': 'url(#ah-' + (m.dst ? kind : 'lost') + ')' }, mg);
-          el('title', {}, line, (m.dst ? 'message ' : 'message with no matching receive in the trace (lost?) ') + lanes[ev.lane] + ' → ' + lanes[m.dstLane] + '\n' + ev.outs[m.out] +
-            (m.dst ? '\nreceived ' + fmtT(m.dst.t) + ' (line ' + m.dst.line + ', +' + fmtDur(m.dst.t - ev.t) + ')' : ''));
-          if (!m.dst) el('text', { x: x2 + 1, y: y2 + 4, class: 'lost-x' }, mg, '✕');
+          var attrs = { x1: x1, y1: y1, x2: x2, y2: y2, class: cls };
+          if (full) attrs['marker-end'] = 'url(#ah-' + kind + ')';
+          var line = el('line', attrs, mg);
+          el('title', {}, line, (m.dst ? 'message ' : m.fault ? 'message lost to a fault ' : 'message with no receiving step in the trace ') + lanes[ev.lane] + ' → ' + lanes[m.dstLane] + '\n' + ev.outs[m.out] +
+            (m.dst ? '\nreceived ' + fmtT(m.dst.t) + ' (line ' + m.dst.line + ', +' + fmtDur(m.dst.t - ev.t) + ')' : '') +
+            (m.fault ? '\nfault ' + m.fault.kind + ' (line ' + m.fault.line + '): ' + m.fault.detail : ''));
+          if (!m.dst) el('text', { x: x2, y: y2 + 4, 'text-anchor': 'middle', class: m.fault ? 'lost-x' : 'unseen-q' }, mg, m.fault ? '✕' : '?');
         });
       });
     } else if (state.msgs) {
-      el('text', { x: PL + 8, y: bottom - 6, class: 'hint' }, svg, 'messages hidden: ' + visSteps.length + ' steps in view — zoom in to see them');
+      hint = 'Messages hidden: ' + visSteps.length + ' steps in view — zoom in to see them.';
     }
     // marks
     var kg = el('g', {}, plot);
     var showLabels = visSteps.length <= LABEL_LIMIT, lastLabel = {};
-    var r = LH >= 28 ? 5.5 : LH >= 22 ? 4.5 : 3.5;
+    var r = rr;
     visSteps.forEach(function (ev) {
       if (laneRow[ev.lane] === undefined) return;
       var x = X(ev.w), y = Y(ev.lane), kind = laneKind(lanes[ev.lane]);
@@ -1544,6 +1778,8 @@ function renderChart() {
       el('text', { x: x, y: bottom + 15, 'text-anchor': 'middle', class: 'axis-text' }, ag, fmtT(ev.t));
     });
   }
+  var hb = document.getElementById('chart-hint');
+  hb.textContent = hint; hb.hidden = !hint;
   var tf = document.getElementById('t-from'), tt2 = document.getElementById('t-to');
   if (document.activeElement !== tf) tf.value = (unwarp(state.v0) / 1000).toFixed(3);
   if (document.activeElement !== tt2) tt2.value = (unwarp(state.v1) / 1000).toFixed(3);
@@ -1610,8 +1846,13 @@ function rowFor(ev) {
           tag.className = 'tag recv'; tag.textContent = 'received ' + fmtT(m.dst.t);
           tag.title = 'line ' + m.dst.line + ' on ' + lanes[m.dst.lane] + ' — click to select';
           tag.addEventListener('click', function (e) { e.stopPropagation(); select(m.dst, true); });
-        } else { tag.className = 'tag lost'; tag.textContent = 'no receive found'; }
+        } else if (m.fault) { tag.className = 'tag lost'; tag.textContent = 'lost'; }
+        else { tag.className = 'tag unseen'; tag.textContent = 'no receiving step in the trace'; }
         d.appendChild(tag);
+        if (m.fault) {
+          var ft2 = document.createElement('span'); ft2.className = 'tag lost'; ft2.textContent = m.fault.kind + ' (line ' + m.fault.line + ')';
+          ft2.title = m.fault.detail; d.appendChild(ft2);
+        }
       }
       oc.appendChild(d);
     });
@@ -1619,7 +1860,9 @@ function rowFor(ev) {
     tr.className = 'fault-row' + (ctxSet.has(ev) ? ' ctx' : ''); tr.dataset.kind = ev.kind;
     td(tr, 'node', (ev.lanes.map(function (l) { return lanes[l]; }).join(' ') || 'all'));
     td(tr, 'tr', 'fault: ' + ev.kind);
-    var c = td(tr, 'detail', ev.detail + (ev.dur ? '  (for ' + fmtDur(ev.dur) + ')' : '') + (ctxSet.has(ev) ? '  — nearby fault on a lane of this journey' : ''));
+    var hit = ev.msgs.length === 1 ? '  — hit the message ' + lanes[ev.msgs[0].src.lane] + ' ' + ev.msgs[0].src.outs[ev.msgs[0].out] + ' (line ' + ev.msgs[0].src.line + ')'
+      : ev.msgs.length > 1 ? '  — ' + ev.msgs.length + ' messages lost to it, first ' + lanes[ev.msgs[0].src.lane] + ' ' + ev.msgs[0].src.outs[ev.msgs[0].out] + ' (line ' + ev.msgs[0].src.line + ')' : '';
+    var c = td(tr, 'detail', ev.detail + (ev.dur ? '  (for ' + fmtDur(ev.dur) + ')' : '') + hit + (ctxSet.has(ev) ? '  — nearby: on a lane of this journey, during it' : ''));
     c.colSpan = 4;
   } else {
     tr.className = 'violation-row';
@@ -1728,7 +1971,7 @@ function readParams() {
 function init() {
   var p = readParams();
   if (p.mode === 'linear' || p.mode === 'compact') state.mode = p.mode;
-  document.querySelectorAll('input[name=mode]').forEach(function (r) { r.checked = r.value === state.mode; });
+  document.getElementById('mode').value = state.mode;
   state.q = p.filter || p.q || '';
   var f = document.getElementById('filter');
   f.value = state.q; f.classList.toggle('active', !!state.q.trim());
@@ -1738,7 +1981,7 @@ function init() {
     sw.className = 'sw'; sw.style.background = 'var(--' + k[0] + ')'; s.appendChild(sw); s.appendChild(document.createTextNode(k[1] + ' step'));
     legend.appendChild(s);
   });
-  [['msg', 'message (arrow to the step that received it)', '#607d8b', 'solid'], ['lost', 'message with no receive in the trace ✕', '#c62828', 'dashed']].forEach(function (k) {
+  [['msg', 'message → the step that received it', '#607d8b', 'solid'], ['lost', '✕ lost to a fault', '#c62828', 'dashed'], ['unseen', '? no receiving step in the trace', '#98a2b3', 'dotted']].forEach(function (k) {
     var s = document.createElement('span'), ln = document.createElement('span');
     ln.className = 'ln'; ln.style.borderTop = '2px ' + k[3] + ' ' + k[2]; s.appendChild(ln); s.appendChild(document.createTextNode(k[1])); legend.appendChild(s);
   });
@@ -1749,9 +1992,11 @@ function init() {
   f.addEventListener('input', function () { clearTimeout(timer); timer = setTimeout(function () { setFilter(f.value); }, 250); });
   f.addEventListener('keydown', function (e) { if (e.key === 'Enter') { clearTimeout(timer); setFilter(f.value); } });
   document.getElementById('clear').addEventListener('click', function () { setFilter(''); });
-  document.querySelectorAll('input[name=mode]').forEach(function (r) {
-    r.addEventListener('change', function () { state.mode = r.value; writeHash(); applyFilter(false); });
+  document.addEventListener('keydown', function (e) {
+    if (e.key === '/' && document.activeElement !== f) { e.preventDefault(); f.focus(); f.select(); }
+    else if (e.key === 'Escape' && document.activeElement === f) { setFilter(''); f.blur(); }
   });
+  document.getElementById('mode').addEventListener('change', function (e) { state.mode = e.target.value; writeHash(); applyFilter(false); });
   [['opt-ctx', 'ctx', true], ['opt-msgs', 'msgs', false], ['opt-idle', 'idle', true], ['opt-follow', 'follow', false]].forEach(function (o) {
     var c = document.getElementById(o[0]);
     c.addEventListener('change', function () { state[o[1]] = c.checked; if (o[2]) applyFilter(true); else renderAll(); });
@@ -1814,5 +2059,6 @@ function init() {
   document.body.setAttribute('data-ready', '1');
 }
 try { init(); } catch (e) { showError('render failed: ' + (e && e.stack || e)); }
+document.body.setAttribute('data-render-ms', String(Date.now() - started));
 })();
 "#;
