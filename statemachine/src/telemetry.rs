@@ -38,7 +38,7 @@ pub const METRICS: &[MetricSpec] = &[
         "echo_core_router_dispatch_total",
         "counter",
         &["worker_id", "result", "component"],
-        "intents a worker finished (result=ok|journal_unavailable)",
+        "intents a worker journaled (result=ok; CoreMetrics::router_dispatch_total)",
     ),
     m(
         "echo_core_router_dispatch_duration_ms",
@@ -50,7 +50,7 @@ pub const METRICS: &[MetricSpec] = &[
         "echo_core_router_rejections_total",
         "counter",
         &["worker_id", "reason", "component"],
-        "intents refused by a worker (reason=queue_full|trade_busy)",
+        "intents refused because the worker queue was full (reason=queue_full; CoreMetrics::router_rejections_total)",
     ),
     m(
         "echo_core_delivery_retry_total",
@@ -62,7 +62,7 @@ pub const METRICS: &[MetricSpec] = &[
         "echo_core_delivery_pending_age_ms",
         "gauge",
         &["stage"],
-        "age of the oldest unfinished delivery per stage",
+        "age of the oldest unfinished delivery per stage (computed by the runtime from Core::delivery_views; not yet exported)",
     ),
     m(
         "echo_core_delivery_compat_mode_total",
