@@ -1,9 +1,25 @@
-//! Echo's production runtime — **stub**.
+//! Echo's production runtime: thin tokio drivers that move bytes, time and storage results in
+//! and out of the `echo-statemachine` machines.
 //!
-//! This crate will own the tokio drivers that move bytes, time and storage results in and
-//! out of the `echo-statemachine` machines (tonic gRPC, sqlx journal, etcd config, terminal
-//! pipes). It is filled by the runtime issue; until then it only re-exports the machines so the
-//! workspace layout is fixed. It must never decide anything about trades itself: every `if`
-//! about a trade belongs in `echo-statemachine`.
+//! It must never decide anything about trades itself: every `if` about a trade belongs in
+//! `echo-statemachine`. Each module owns one kind of IO:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`journal`] | the core's journal: one trait, SQLite (embedded default) and Postgres (production), group commit, wake-ups |
+//! | [`ledger`] | the agent's crash-safe ledger (redb) |
+//! | [`config`] | typed config from a TOML file (embedded default) or etcd, validated key by key, watched live |
+//! | [`pipe`] | the framed protocol between an agent and its terminals, over Unix sockets / Windows named pipes |
+//! | [`terminal`] | `echo terminal`: the reference master / slave terminal that speaks the pipe protocol |
+//! | [`link`] | the agent ↔ core gRPC stream: conversions, TLS, token auth |
+//! | [`drivers`] | one tokio task per machine, feeding inputs, draining outputs, re-arming the timer |
 
 pub use echo_statemachine as machines;
+
+pub mod config;
+pub mod drivers;
+pub mod journal;
+pub mod ledger;
+pub mod link;
+pub mod pipe;
+pub mod terminal;

@@ -1,0 +1,1 @@
+//! One tokio task per machine instance. (Being filled.)

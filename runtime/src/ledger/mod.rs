@@ -1,0 +1,1 @@
+//! The agent's crash-safe ledger. (Being filled.)

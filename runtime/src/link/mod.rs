@@ -1,0 +1,1 @@
+//! The agent ↔ core gRPC stream. (Being filled.)

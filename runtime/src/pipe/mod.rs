@@ -1,0 +1,1 @@
+//! The framed protocol between an agent and its terminals. (Being filled.)

@@ -1,0 +1,1 @@
+//! `echo terminal`: the reference master / slave terminal. (Being filled.)
