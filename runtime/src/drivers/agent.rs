@@ -1,0 +1,204 @@
+//! The agent driver: one tokio task that owns the agent's [`DeliveryManager`].
+//!
+//! Inputs are the core link's events, the terminals' pipe events and the ledger's results;
+//! outputs go to the current core stream, to the pipes and to the ledger. It must never decide
+//! anything: a message for a closed pipe or a down link is dropped here because the machine
+//! re-sends whatever matters once the pipe or link is back.
+
+use std::sync::Arc;
+
+use echo_proto::v1 as pb;
+use echo_statemachine::agent::{
+    AgentMetrics, AgentOutput, DeliveryManager, LedgerOpId, LedgerRecord, LedgerResult, LinkState,
+};
+use echo_statemachine::ids::{AccountId, AgentId, CommandId};
+use echo_statemachine::msg::{AgentToEa, EaToAgent};
+use tokio::sync::{mpsc, watch};
+
+use super::clock::Clock;
+use super::core::sleep_until_opt;
+use crate::link::client::LinkEvent;
+use crate::link::convert;
+
+/// Pipe events and link events, in one mailbox.
+#[derive(Debug)]
+pub enum AgentInput {
+    Link(LinkEvent),
+    PipeUp {
+        account: AccountId,
+    },
+    PipeDown {
+        account: AccountId,
+    },
+    FromEa {
+        account: AccountId,
+        msg: EaToAgent,
+    },
+    PipeWriteFailed {
+        account: AccountId,
+        command_id: CommandId,
+    },
+}
+
+/// Where messages for terminals go. Must not block: a full or closed pipe reports
+/// [`AgentInput::PipeWriteFailed`] (for commands) or drops the message.
+pub trait PipePort: Send + 'static {
+    fn send(&mut self, account: &AccountId, msg: AgentToEa);
+}
+
+/// The durable ledger. Results come back on the channel given to [`spawn_agent`].
+pub trait LedgerPort: Send + 'static {
+    /// Write and fsync `record`, then answer `(op, result)`.
+    fn persist(&mut self, op: LedgerOpId, record: LedgerRecord);
+    /// Fire-and-forget removal of a retained terminal record.
+    fn delete(&mut self, command_id: CommandId);
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentStatus {
+    pub metrics: AgentMetrics,
+    pub link_online: bool,
+    pub ledger_len: usize,
+    pub active_len: usize,
+    pub pending_intents: usize,
+}
+
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub inputs: mpsc::Sender<AgentInput>,
+    pub status: watch::Receiver<Arc<AgentStatus>>,
+}
+
+struct AgentTask<P: PipePort, L: LedgerPort> {
+    m: DeliveryManager,
+    agent_id: String,
+    token: String,
+    clock: Clock,
+    pipes: P,
+    ledger: L,
+    link: Option<(u64, mpsc::Sender<pb::AgentToCore>)>,
+    status_tx: watch::Sender<Arc<AgentStatus>>,
+}
+
+pub fn spawn_agent<P: PipePort, L: LedgerPort>(
+    m: DeliveryManager,
+    agent_id: AgentId,
+    token: String,
+    pipes: P,
+    ledger: L,
+    ledger_results: mpsc::UnboundedReceiver<(LedgerOpId, LedgerResult)>,
+    inputs_cap: usize,
+) -> (AgentHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(inputs_cap);
+    let (status_tx, status_rx) = watch::channel(Arc::new(AgentStatus::default()));
+    let task = AgentTask {
+        m,
+        agent_id: agent_id.to_string(),
+        token,
+        clock: Clock::new(),
+        pipes,
+        ledger,
+        link: None,
+        status_tx,
+    };
+    let join = tokio::spawn(task.run(rx, ledger_results));
+    (
+        AgentHandle {
+            inputs: tx,
+            status: status_rx,
+        },
+        join,
+    )
+}
+
+impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<AgentInput>,
+        mut lrx: mpsc::UnboundedReceiver<(LedgerOpId, LedgerResult)>,
+    ) {
+        let mut publish = tokio::time::interval(std::time::Duration::from_millis(500));
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.m.poll_timeout().map(|d| self.clock.deadline(d));
+            tokio::select! {
+                biased;
+                Some((op, result)) = lrx.recv() => {
+                    self.m.handle_ledger_result(self.clock.now(), op, result);
+                }
+                inp = rx.recv() => match inp {
+                    Some(inp) => self.handle_input(inp),
+                    None => { self.publish(); return; }
+                },
+                _ = sleep_until_opt(deadline) => self.m.handle_timeout(self.clock.now()),
+                _ = publish.tick() => self.publish(),
+            }
+            self.drain();
+        }
+    }
+
+    fn handle_input(&mut self, inp: AgentInput) {
+        let now = self.clock.now();
+        match inp {
+            AgentInput::Link(LinkEvent::Up { epoch, tx }) => {
+                if self.link.is_some() {
+                    self.m.handle_core_disconnected(now);
+                }
+                self.link = Some((epoch, tx));
+                self.m.handle_core_connected(now);
+            }
+            AgentInput::Link(LinkEvent::Message { epoch, msg }) => {
+                if self.link.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    self.m.handle_from_core(now, msg);
+                }
+            }
+            AgentInput::Link(LinkEvent::Down { epoch }) => {
+                if self.link.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    self.link = None;
+                    self.m.handle_core_disconnected(now);
+                }
+            }
+            AgentInput::PipeUp { account } => self.m.handle_pipe_connected(now, account),
+            AgentInput::PipeDown { account } => self.m.handle_pipe_closed(now, account),
+            AgentInput::FromEa { account, msg } => self.m.handle_from_ea(now, account, msg),
+            AgentInput::PipeWriteFailed {
+                account,
+                command_id,
+            } => self.m.handle_pipe_write_failed(now, account, command_id),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(out) = self.m.poll() {
+            match out {
+                AgentOutput::Fired(f) => {
+                    tracing::trace!(transition = f.transition.id, "agent transition")
+                }
+                AgentOutput::ToCore(msg) => {
+                    let Some((_, tx)) = &self.link else { continue };
+                    let wire = convert::agent_to_core_to_wire(&msg, &self.token, &self.agent_id);
+                    if tx.try_send(wire).is_err() {
+                        // The stream is full or gone: drop it; the machine re-sends what
+                        // matters after the reconnect (its stage reports are re-derived).
+                        tracing::warn!("core stream full or closed; dropping the link");
+                        self.link = None;
+                        self.m.handle_core_disconnected(self.clock.now());
+                    }
+                }
+                AgentOutput::ToEa { account, msg } => self.pipes.send(&account, msg),
+                AgentOutput::PersistLedger { op, record } => self.ledger.persist(op, record),
+                AgentOutput::DeleteLedger { command_id } => self.ledger.delete(command_id),
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.status_tx.send_replace(Arc::new(AgentStatus {
+            metrics: self.m.metrics().clone(),
+            link_online: self.m.link_state() == LinkState::Online,
+            ledger_len: self.m.ledger_len(),
+            active_len: self.m.active_len(),
+            pending_intents: self.m.pending_intents(),
+        }));
+    }
+}

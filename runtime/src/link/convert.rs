@@ -1,0 +1,634 @@
+//! Conversions between the `echo.v1` wire messages (prost) and the machines' plain messages.
+//!
+//! Owns the mapping only: every field, every enum value, in both directions. Decoding is
+//! total — an unknown or UNSPECIFIED enum, or a message without its required body, is a typed
+//! [`WireError`] (the caller answers `ERROR_CODE_PROTOCOL_VIOLATION`), never a guess and never
+//! a panic. It must never decide about trades: whether an intent is valid (volume, ids,
+//! accounts) is the core machine's call, so values pass through unchanged.
+
+use echo_proto::v1 as pb;
+use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
+use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
+use echo_statemachine::msg::{
+    AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, Command, CommandAck, CommandBody,
+    CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecutionResult, IntentKind, Role, Side,
+    TradeIntent, TradeIntentAck,
+};
+
+/// Why a wire message could not become a machine message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message has no body")]
+    EmptyBody,
+    #[error("field {field}: {value} is not a value this side understands")]
+    BadEnum { field: &'static str, value: i32 },
+    #[error("field {0} is required")]
+    Missing(&'static str),
+}
+
+/// What an agent's stream delivered, once decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FromAgent {
+    /// The hello, and the token it presented (checked by the link, never by the machine).
+    Hello {
+        hello: AgentHello,
+        token: String,
+    },
+    Msg(AgentToCore),
+    /// Market data is not routed by this core version; the link counts and drops it.
+    MarketData,
+}
+
+fn bad(field: &'static str, value: i32) -> WireError {
+    WireError::BadEnum { field, value }
+}
+
+// ----- enums ------------------------------------------------------------------------------
+
+pub fn kind_from_wire(v: i32) -> Result<IntentKind, WireError> {
+    match pb::IntentKind::try_from(v) {
+        Ok(pb::IntentKind::Open) => Ok(IntentKind::Open),
+        Ok(pb::IntentKind::Modify) => Ok(IntentKind::Modify),
+        Ok(pb::IntentKind::PartialClose) => Ok(IntentKind::PartialClose),
+        Ok(pb::IntentKind::Close) => Ok(IntentKind::Close),
+        _ => Err(bad("kind", v)),
+    }
+}
+
+pub fn kind_to_wire(k: IntentKind) -> pb::IntentKind {
+    match k {
+        IntentKind::Open => pb::IntentKind::Open,
+        IntentKind::Modify => pb::IntentKind::Modify,
+        IntentKind::PartialClose => pb::IntentKind::PartialClose,
+        IntentKind::Close => pb::IntentKind::Close,
+    }
+}
+
+pub fn side_from_wire(v: i32) -> Result<Side, WireError> {
+    match pb::Side::try_from(v) {
+        Ok(pb::Side::Buy) => Ok(Side::Buy),
+        Ok(pb::Side::Sell) => Ok(Side::Sell),
+        _ => Err(bad("side", v)),
+    }
+}
+
+pub fn side_to_wire(s: Side) -> pb::Side {
+    match s {
+        Side::Buy => pb::Side::Buy,
+        Side::Sell => pb::Side::Sell,
+    }
+}
+
+pub fn role_from_wire(v: i32) -> Result<Role, WireError> {
+    match pb::Role::try_from(v) {
+        Ok(pb::Role::Master) => Ok(Role::Master),
+        Ok(pb::Role::Slave) => Ok(Role::Slave),
+        _ => Err(bad("role", v)),
+    }
+}
+
+pub fn role_to_wire(r: Role) -> pb::Role {
+    match r {
+        Role::Master => pb::Role::Master,
+        Role::Slave => pb::Role::Slave,
+    }
+}
+
+pub fn stage_from_wire(v: i32) -> Result<AckStage, WireError> {
+    match pb::AckStage::try_from(v) {
+        Ok(pb::AckStage::CoreAccepted) => Ok(AckStage::CoreAccepted),
+        Ok(pb::AckStage::AgentBuffered) => Ok(AckStage::AgentBuffered),
+        Ok(pb::AckStage::PipeDelivered) => Ok(AckStage::PipeDelivered),
+        Ok(pb::AckStage::EaConfirmed) => Ok(AckStage::EaConfirmed),
+        _ => Err(bad("stage", v)),
+    }
+}
+
+pub fn stage_to_wire(s: AckStage) -> pb::AckStage {
+    match s {
+        AckStage::CoreAccepted => pb::AckStage::CoreAccepted,
+        AckStage::AgentBuffered => pb::AckStage::AgentBuffered,
+        AckStage::PipeDelivered => pb::AckStage::PipeDelivered,
+        AckStage::EaConfirmed => pb::AckStage::EaConfirmed,
+    }
+}
+
+pub fn result_from_wire(v: i32) -> Result<AckResult, WireError> {
+    match pb::AckResult::try_from(v) {
+        Ok(pb::AckResult::Pending) => Ok(AckResult::Pending),
+        Ok(pb::AckResult::Ok) => Ok(AckResult::Ok),
+        Ok(pb::AckResult::Failed) => Ok(AckResult::Failed),
+        _ => Err(bad("result", v)),
+    }
+}
+
+pub fn result_to_wire(r: AckResult) -> pb::AckResult {
+    match r {
+        AckResult::Pending => pb::AckResult::Pending,
+        AckResult::Ok => pb::AckResult::Ok,
+        AckResult::Failed => pb::AckResult::Failed,
+    }
+}
+
+/// Every machine error code and its wire value; one table keeps both directions in step.
+const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 14] = [
+    (ErrorCode::BrokerBusy, pb::ErrorCode::BrokerBusy),
+    (ErrorCode::InvalidArgument, pb::ErrorCode::InvalidArgument),
+    (ErrorCode::Unauthenticated, pb::ErrorCode::Unauthenticated),
+    (ErrorCode::UnknownAccount, pb::ErrorCode::UnknownAccount),
+    (
+        ErrorCode::JournalUnavailable,
+        pb::ErrorCode::JournalUnavailable,
+    ),
+    (ErrorCode::SymbolNotMapped, pb::ErrorCode::SymbolNotMapped),
+    (ErrorCode::MaxRetries, pb::ErrorCode::MaxRetries),
+    (ErrorCode::BrokerRejected, pb::ErrorCode::BrokerRejected),
+    (ErrorCode::EaRejected, pb::ErrorCode::EaRejected),
+    (ErrorCode::NoPosition, pb::ErrorCode::NoPosition),
+    (ErrorCode::Duplicate, pb::ErrorCode::Duplicate),
+    (
+        ErrorCode::ProtocolViolation,
+        pb::ErrorCode::ProtocolViolation,
+    ),
+    (ErrorCode::PipeUnavailable, pb::ErrorCode::PipeUnavailable),
+    (ErrorCode::Internal, pb::ErrorCode::Internal),
+];
+
+/// `ERROR_CODE_UNSPECIFIED` (0) is "no error"; any other unknown value is refused.
+pub fn error_from_wire(v: i32) -> Result<Option<ErrorCode>, WireError> {
+    if v == pb::ErrorCode::Unspecified as i32 {
+        return Ok(None);
+    }
+    ERROR_CODES
+        .iter()
+        .find(|(_, w)| *w as i32 == v)
+        .map(|(m, _)| Some(*m))
+        .ok_or(bad("error_code", v))
+}
+
+pub fn error_to_wire(e: Option<ErrorCode>) -> pb::ErrorCode {
+    match e {
+        None => pb::ErrorCode::Unspecified,
+        Some(e) => ERROR_CODES
+            .iter()
+            .find(|(m, _)| *m == e)
+            .map(|(_, w)| *w)
+            .unwrap_or(pb::ErrorCode::Internal),
+    }
+}
+
+/// The machine error code whose SPEC name is `name` (`CoreHello.reason` carries the name).
+pub fn error_from_name(name: &str) -> Option<ErrorCode> {
+    ERROR_CODES
+        .iter()
+        .map(|(m, _)| *m)
+        .find(|m| m.name() == name)
+}
+
+pub fn broker_status_from_wire(v: i32) -> Result<BrokerStatus, WireError> {
+    match pb::BrokerStatus::try_from(v) {
+        // Partial fills and modifications are executions: `filled_volume` says how much.
+        Ok(pb::BrokerStatus::Filled | pb::BrokerStatus::PartiallyFilled)
+        | Ok(pb::BrokerStatus::Modified) => Ok(BrokerStatus::Filled),
+        Ok(pb::BrokerStatus::Rejected | pb::BrokerStatus::NoPosition) => Ok(BrokerStatus::Rejected),
+        Ok(pb::BrokerStatus::Cancelled) => Ok(BrokerStatus::Cancelled),
+        _ => Err(bad("broker_status", v)),
+    }
+}
+
+pub fn broker_status_to_wire(s: BrokerStatus) -> pb::BrokerStatus {
+    match s {
+        BrokerStatus::Filled => pb::BrokerStatus::Filled,
+        BrokerStatus::Rejected => pb::BrokerStatus::Rejected,
+        BrokerStatus::Cancelled => pb::BrokerStatus::Cancelled,
+    }
+}
+
+// ----- messages ---------------------------------------------------------------------------
+
+pub fn intent_from_wire(w: pb::TradeIntent) -> Result<TradeIntent, WireError> {
+    Ok(TradeIntent {
+        intent_id: IntentId::new(&w.intent_id),
+        trade_id: TradeId::new(&w.trade_id),
+        master: AccountId::new(&w.master_account),
+        kind: kind_from_wire(w.kind)?,
+        symbol: Symbol::new(&w.symbol),
+        side: side_from_wire(w.side)?,
+        volume: w.volume,
+        price: w.price,
+        stop_loss: w.stop_loss,
+        take_profit: w.take_profit,
+        master_ticket: w.master_ticket,
+        master_seq: w.master_seq,
+        emitted_at_ms: w.emitted_at_unix_ms,
+    })
+}
+
+pub fn intent_to_wire(m: &TradeIntent) -> pb::TradeIntent {
+    pb::TradeIntent {
+        intent_id: m.intent_id.to_string(),
+        trade_id: m.trade_id.to_string(),
+        master_account: m.master.to_string(),
+        kind: kind_to_wire(m.kind) as i32,
+        symbol: m.symbol.to_string(),
+        side: side_to_wire(m.side) as i32,
+        volume: m.volume,
+        price: m.price,
+        stop_loss: m.stop_loss,
+        take_profit: m.take_profit,
+        master_ticket: m.master_ticket,
+        master_seq: m.master_seq,
+        emitted_at_unix_ms: m.emitted_at_ms,
+    }
+}
+
+pub fn intent_ack_from_wire(w: pb::TradeIntentAck) -> Result<TradeIntentAck, WireError> {
+    Ok(TradeIntentAck {
+        intent_id: IntentId::new(&w.intent_id),
+        trade_id: TradeId::new(&w.trade_id),
+        result: result_from_wire(w.result)?,
+        error: error_from_wire(w.error_code)?,
+        retry_after_ms: w.retry_after_ms,
+    })
+}
+
+pub fn intent_ack_to_wire(m: &TradeIntentAck) -> pb::TradeIntentAck {
+    pb::TradeIntentAck {
+        intent_id: m.intent_id.to_string(),
+        trade_id: m.trade_id.to_string(),
+        result: result_to_wire(m.result) as i32,
+        error_code: error_to_wire(m.error) as i32,
+        retry_after_ms: m.retry_after_ms,
+        message: m.error.map(|e| e.name().to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn command_from_wire(w: pb::SlaveCommand) -> Result<Command, WireError> {
+    use pb::slave_command::Command as C;
+    match w.command.ok_or(WireError::Missing("command"))? {
+        C::Execute(e) => Ok(Command {
+            command_id: CommandId::new(&e.command_id),
+            intent_id: IntentId::new(&e.intent_id),
+            trade_id: TradeId::new(&e.trade_id),
+            slave: AccountId::new(&e.slave_account),
+            body: CommandBody::Execute {
+                symbol: Symbol::new(&e.symbol),
+                side: side_from_wire(e.side)?,
+                volume: e.volume,
+                price: e.price,
+                stop_loss: e.stop_loss,
+                take_profit: e.take_profit,
+            },
+        }),
+        C::Modify(m) => Ok(Command {
+            command_id: CommandId::new(&m.command_id),
+            intent_id: IntentId::new(&m.intent_id),
+            trade_id: TradeId::new(&m.trade_id),
+            slave: AccountId::new(&m.slave_account),
+            body: CommandBody::Modify {
+                slave_ticket: m.slave_ticket,
+                stop_loss: m.stop_loss,
+                take_profit: m.take_profit,
+            },
+        }),
+        C::Close(c) => Ok(Command {
+            command_id: CommandId::new(&c.command_id),
+            intent_id: IntentId::new(&c.intent_id),
+            trade_id: TradeId::new(&c.trade_id),
+            slave: AccountId::new(&c.slave_account),
+            body: CommandBody::Close {
+                slave_ticket: c.slave_ticket,
+                volume: c.volume,
+            },
+        }),
+    }
+}
+
+pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
+    use pb::slave_command::Command as C;
+    let (command_id, intent_id, trade_id, slave_account) = (
+        m.command_id.to_string(),
+        m.intent_id.to_string(),
+        m.trade_id.to_string(),
+        m.slave.to_string(),
+    );
+    let command = match &m.body {
+        CommandBody::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+        } => C::Execute(pb::ExecuteOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            symbol: symbol.to_string(),
+            side: side_to_wire(*side) as i32,
+            volume: *volume,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        }),
+        CommandBody::Modify {
+            slave_ticket,
+            stop_loss,
+            take_profit,
+        } => C::Modify(pb::ModifyOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        }),
+        CommandBody::Close {
+            slave_ticket,
+            volume,
+        } => C::Close(pb::CloseOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            volume: *volume,
+        }),
+    };
+    pb::SlaveCommand {
+        command: Some(command),
+    }
+}
+
+pub fn command_ack_from_wire(w: pb::CommandAck) -> Result<CommandAck, WireError> {
+    Ok(CommandAck {
+        command_id: CommandId::new(&w.command_id),
+        trade_id: TradeId::new(&w.trade_id),
+        slave: AccountId::new(&w.slave_account),
+        stage: stage_from_wire(w.stage)?,
+        result: result_from_wire(w.result)?,
+        error: error_from_wire(w.error_code)?,
+        attempt: w.attempt,
+    })
+}
+
+pub fn command_ack_to_wire(m: &CommandAck) -> pb::CommandAck {
+    pb::CommandAck {
+        command_id: m.command_id.to_string(),
+        trade_id: m.trade_id.to_string(),
+        slave_account: m.slave.to_string(),
+        stage: stage_to_wire(m.stage) as i32,
+        result: result_to_wire(m.result) as i32,
+        error_code: error_to_wire(m.error) as i32,
+        message: String::new(),
+        attempt: m.attempt,
+    }
+}
+
+pub fn execution_from_wire(w: pb::ExecutionResult) -> Result<ExecutionResult, WireError> {
+    Ok(ExecutionResult {
+        command_id: CommandId::new(&w.command_id),
+        trade_id: TradeId::new(&w.trade_id),
+        slave: AccountId::new(&w.slave_account),
+        slave_ticket: w.slave_ticket,
+        fill_price: w.fill_price,
+        filled_volume: w.filled_volume,
+        status: broker_status_from_wire(w.broker_status)?,
+    })
+}
+
+pub fn execution_to_wire(m: &ExecutionResult) -> pb::ExecutionResult {
+    pb::ExecutionResult {
+        command_id: m.command_id.to_string(),
+        trade_id: m.trade_id.to_string(),
+        slave_account: m.slave.to_string(),
+        slave_ticket: m.slave_ticket,
+        fill_price: m.fill_price,
+        filled_volume: m.filled_volume,
+        broker_status: broker_status_to_wire(m.status) as i32,
+        broker_message: String::new(),
+        executed_at_unix_ms: 0,
+        error_code: pb::ErrorCode::Unspecified as i32,
+    }
+}
+
+/// A wire value of 0 means "not set": the receiver keeps its default.
+fn or_default(v: u32, d: u32) -> u32 {
+    if v == 0 {
+        d
+    } else {
+        v
+    }
+}
+
+pub fn core_delivery_to_wire(c: &DeliveryConfig) -> pb::DeliveryConfig {
+    pb::DeliveryConfig {
+        ack_timeout_ms: c.ack_timeout_ms,
+        retry_backoff_ms: c.retry_backoff_ms,
+        max_retries: c.max_retries,
+        heartbeat_interval_ms: c.heartbeat_interval_ms,
+        reconcile_interval_ms: c.reconcile_interval_ms,
+    }
+}
+
+pub fn core_delivery_from_wire(w: Option<pb::DeliveryConfig>) -> DeliveryConfig {
+    let d = DeliveryConfig::default();
+    let w = w.unwrap_or_default();
+    DeliveryConfig {
+        ack_timeout_ms: or_default(w.ack_timeout_ms, d.ack_timeout_ms),
+        retry_backoff_ms: or_default(w.retry_backoff_ms, d.retry_backoff_ms),
+        max_retries: or_default(w.max_retries, d.max_retries),
+        heartbeat_interval_ms: or_default(w.heartbeat_interval_ms, d.heartbeat_interval_ms),
+        reconcile_interval_ms: or_default(w.reconcile_interval_ms, d.reconcile_interval_ms),
+    }
+}
+
+pub fn agent_delivery_to_wire(c: &AgentDeliveryConfig) -> pb::DeliveryConfig {
+    pb::DeliveryConfig {
+        ack_timeout_ms: c.ack_timeout_ms,
+        retry_backoff_ms: c.retry_backoff_ms,
+        max_retries: c.max_retries,
+        heartbeat_interval_ms: c.heartbeat_interval_ms,
+        reconcile_interval_ms: 0,
+    }
+}
+
+pub fn agent_delivery_from_wire(w: Option<pb::DeliveryConfig>) -> AgentDeliveryConfig {
+    let d = AgentDeliveryConfig::default();
+    let w = w.unwrap_or_default();
+    AgentDeliveryConfig {
+        ack_timeout_ms: or_default(w.ack_timeout_ms, d.ack_timeout_ms),
+        retry_backoff_ms: or_default(w.retry_backoff_ms, d.retry_backoff_ms),
+        max_retries: or_default(w.max_retries, d.max_retries),
+        heartbeat_interval_ms: or_default(w.heartbeat_interval_ms, d.heartbeat_interval_ms),
+    }
+}
+
+pub fn heartbeat_to_wire(
+    m: &DeliveryHeartbeat,
+    core_id: &str,
+    sent_at_unix_ms: i64,
+) -> pb::DeliveryHeartbeat {
+    pb::DeliveryHeartbeat {
+        core_id: core_id.to_string(),
+        agent_id: String::new(),
+        sent_at_unix_ms,
+        core: Some(core_delivery_to_wire(&m.core)),
+        agent: Some(agent_delivery_to_wire(&m.agent)),
+        config_version: m.config_version,
+    }
+}
+
+pub fn heartbeat_from_wire(w: pb::DeliveryHeartbeat) -> DeliveryHeartbeat {
+    DeliveryHeartbeat {
+        core: core_delivery_from_wire(w.core),
+        agent: agent_delivery_from_wire(w.agent),
+        config_version: w.config_version,
+    }
+}
+
+pub fn hello_from_wire(w: pb::AgentHello) -> Result<(AgentHello, String), WireError> {
+    let accounts = w
+        .accounts
+        .into_iter()
+        .map(|b| Ok((AccountId::new(&b.account_id), role_from_wire(b.role)?)))
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok((
+        AgentHello {
+            agent_id: AgentId::new(&w.agent_id),
+            protocol_version: w.protocol_version,
+            supports_lossless_delivery: w.supports_lossless_delivery,
+            accounts,
+        },
+        w.auth_token,
+    ))
+}
+
+pub fn hello_to_wire(m: &AgentHello, token: &str) -> pb::AgentHello {
+    pb::AgentHello {
+        agent_id: m.agent_id.to_string(),
+        auth_token: token.to_string(),
+        protocol_version: m.protocol_version,
+        supports_lossless_delivery: m.supports_lossless_delivery,
+        accounts: m
+            .accounts
+            .iter()
+            .map(|(a, r)| pb::AccountBinding {
+                account_id: a.to_string(),
+                role: role_to_wire(*r) as i32,
+            })
+            .collect(),
+    }
+}
+
+pub fn core_hello_to_wire(m: &CoreHello, core_id: &str) -> pb::CoreHello {
+    pb::CoreHello {
+        core_id: core_id.to_string(),
+        protocol_version: m.protocol_version,
+        supports_lossless_delivery: !m.compat_mode,
+        accepted: m.accepted,
+        compat_mode: m.compat_mode,
+        reason: m.reason.map(|e| e.name().to_string()).unwrap_or_default(),
+        delivery_config: Some(agent_delivery_to_wire(&m.delivery.agent)),
+    }
+}
+
+/// The core's hello carries the agent's block only; the machine wants the whole heartbeat,
+/// so the core block and version come from the first `DeliveryHeartbeat` (sent with it).
+pub fn core_hello_from_wire(w: pb::CoreHello) -> CoreHello {
+    CoreHello {
+        protocol_version: w.protocol_version,
+        accepted: w.accepted,
+        compat_mode: w.compat_mode,
+        reason: error_from_name(&w.reason),
+        delivery: DeliveryHeartbeat {
+            core: DeliveryConfig::default(),
+            agent: agent_delivery_from_wire(w.delivery_config),
+            config_version: 0,
+        },
+    }
+}
+
+// ----- envelopes --------------------------------------------------------------------------
+
+pub fn agent_to_core_from_wire(w: pb::AgentToCore) -> Result<FromAgent, WireError> {
+    use pb::agent_to_core::Body;
+    Ok(match w.body.ok_or(WireError::EmptyBody)? {
+        Body::Hello(h) => {
+            let (hello, token) = hello_from_wire(h)?;
+            FromAgent::Hello { hello, token }
+        }
+        Body::Intent(i) => FromAgent::Msg(AgentToCore::Intent(intent_from_wire(i)?)),
+        Body::CommandAck(a) => FromAgent::Msg(AgentToCore::CommandAck(command_ack_from_wire(a)?)),
+        Body::ExecutionResult(r) => {
+            FromAgent::Msg(AgentToCore::ExecutionResult(execution_from_wire(r)?))
+        }
+        Body::Heartbeat(_) => FromAgent::Msg(AgentToCore::Heartbeat),
+        Body::MarketData(_) => FromAgent::MarketData,
+    })
+}
+
+/// `token` is only sent in the hello.
+pub fn agent_to_core_to_wire(m: &AgentToCore, token: &str, agent_id: &str) -> pb::AgentToCore {
+    use pb::agent_to_core::Body;
+    let body = match m {
+        AgentToCore::Hello(h) => Body::Hello(hello_to_wire(h, token)),
+        AgentToCore::Intent(i) => Body::Intent(intent_to_wire(i)),
+        AgentToCore::CommandAck(a) => Body::CommandAck(command_ack_to_wire(a)),
+        AgentToCore::ExecutionResult(r) => Body::ExecutionResult(execution_to_wire(r)),
+        AgentToCore::Heartbeat => Body::Heartbeat(pb::DeliveryHeartbeat {
+            agent_id: agent_id.to_string(),
+            ..Default::default()
+        }),
+    };
+    pb::AgentToCore { body: Some(body) }
+}
+
+/// One machine message may need two wire messages: a `CoreHello` carries only the agent's
+/// delivery block, so it is followed by a heartbeat with the whole configuration.
+pub fn core_to_agent_to_wire(
+    m: &CoreToAgent,
+    core_id: &str,
+    now_unix_ms: i64,
+) -> Vec<pb::CoreToAgent> {
+    use pb::core_to_agent::Body;
+    let one = |b: Body| pb::CoreToAgent { body: Some(b) };
+    match m {
+        CoreToAgent::Hello(h) => {
+            let mut v = vec![one(Body::Hello(core_hello_to_wire(h, core_id)))];
+            if h.accepted {
+                v.push(one(Body::Heartbeat(heartbeat_to_wire(
+                    &h.delivery,
+                    core_id,
+                    now_unix_ms,
+                ))));
+            }
+            v
+        }
+        CoreToAgent::IntentAck(a) => vec![one(Body::IntentAck(intent_ack_to_wire(a)))],
+        CoreToAgent::Command(c) => vec![one(Body::Command(command_to_wire(c)))],
+        CoreToAgent::Heartbeat(h) => vec![one(Body::Heartbeat(heartbeat_to_wire(
+            h,
+            core_id,
+            now_unix_ms,
+        )))],
+        CoreToAgent::DeliveryReport(a) => vec![one(Body::CommandAck(command_ack_to_wire(a)))],
+        CoreToAgent::Cancel(c) => vec![one(Body::Cancel(command_to_wire(c)))],
+    }
+}
+
+/// What the core's stream delivered to an agent. Market data is not routed yet: `None`.
+pub fn core_to_agent_from_wire(w: pb::CoreToAgent) -> Result<Option<CoreToAgent>, WireError> {
+    use pb::core_to_agent::Body;
+    Ok(Some(match w.body.ok_or(WireError::EmptyBody)? {
+        Body::Hello(h) => CoreToAgent::Hello(core_hello_from_wire(h)),
+        Body::IntentAck(a) => CoreToAgent::IntentAck(intent_ack_from_wire(a)?),
+        Body::Command(c) => CoreToAgent::Command(command_from_wire(c)?),
+        Body::Heartbeat(h) => CoreToAgent::Heartbeat(heartbeat_from_wire(h)),
+        Body::MarketData(_) => return Ok(None),
+        Body::CommandAck(a) => CoreToAgent::DeliveryReport(command_ack_from_wire(a)?),
+        Body::Cancel(c) => CoreToAgent::Cancel(command_from_wire(c)?),
+    }))
+}
