@@ -36,6 +36,7 @@ fn delivery_config(seed: u32) -> DeliveryConfig {
         retry_backoff_ms: 250 + seed,
         max_retries: 5 + seed,
         heartbeat_interval_ms: 2_000 + seed,
+        reconcile_interval_ms: 5_000 + seed,
     }
 }
 
@@ -439,6 +440,7 @@ fn error_code_numbers_are_stable() {
             "ERROR_CODE_PROTOCOL_VIOLATION",
         ),
         (ErrorCode::Internal, 13, "ERROR_CODE_INTERNAL"),
+        (ErrorCode::PipeUnavailable, 14, "ERROR_CODE_PIPE_UNAVAILABLE"),
     ];
     for (code, number, name) in expected {
         assert_eq!(code as i32, number, "{name}");
@@ -446,7 +448,7 @@ fn error_code_numbers_are_stable() {
         assert_eq!(ErrorCode::try_from(number), Ok(code));
     }
     assert!(
-        ErrorCode::try_from(14).is_err(),
+        ErrorCode::try_from(15).is_err(),
         "a new ErrorCode needs this test updated"
     );
 }
