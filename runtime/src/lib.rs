@@ -21,5 +21,6 @@ pub mod drivers;
 pub mod journal;
 pub mod ledger;
 pub mod link;
+pub mod observe;
 pub mod pipe;
 pub mod terminal;
