@@ -1,1 +1,1 @@
-//! The agent's crash-safe ledger. (Being filled.)
+//! The agent ledger (filled below).
