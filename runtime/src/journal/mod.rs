@@ -24,7 +24,7 @@
 //! ```
 //! A processor that waits for new work uses [`Journal::subscribe`] and [`WorkWaiter::wait`].
 
-mod codec;
+pub(crate) mod codec;
 mod postgres;
 mod query;
 mod sqlite;
