@@ -1,5 +1,6 @@
 -- Echo journal schema (SPEC.md §4). Rows map 1:1 onto echo_statemachine::core::journal.
--- The runtime issue wires these into sqlx migrations; the schema is fixed here so the
+-- Applied in order by echo-runtime (runtime/src/journal/postgres.rs), each once, under an
+-- advisory lock; the schema is fixed here so the
 -- machines' record shapes and the tables are reviewed together.
 
 CREATE SCHEMA IF NOT EXISTS echo;

@@ -1,0 +1,201 @@
+//! Text forms of the machine's enums as the journal stores them, and back.
+//!
+//! Owns the spelling of `kind`, `side`, `stage`, `status` and `reason` columns (the same in
+//! SQLite and Postgres, and the same names the wire and the logs use). A row read back with a
+//! spelling not listed here is corrupt: decoding fails with [`JournalError::Corrupt`]; nothing
+//! is guessed.
+
+use super::JournalError;
+use echo_statemachine::core::DeliveryStatus;
+use echo_statemachine::msg::{AckStage, ErrorCode, IntentKind, Side};
+
+pub(crate) fn kind_str(k: IntentKind) -> &'static str {
+    match k {
+        IntentKind::Open => "OPEN",
+        IntentKind::Modify => "MODIFY",
+        IntentKind::PartialClose => "PARTIAL_CLOSE",
+        IntentKind::Close => "CLOSE",
+    }
+}
+
+pub(crate) fn kind_from(s: &str) -> Result<IntentKind, JournalError> {
+    Ok(match s {
+        "OPEN" => IntentKind::Open,
+        "MODIFY" => IntentKind::Modify,
+        "PARTIAL_CLOSE" => IntentKind::PartialClose,
+        "CLOSE" => IntentKind::Close,
+        other => return Err(corrupt("kind", other)),
+    })
+}
+
+pub(crate) fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::Buy => "BUY",
+        Side::Sell => "SELL",
+    }
+}
+
+pub(crate) fn side_from(s: &str) -> Result<Side, JournalError> {
+    Ok(match s {
+        "BUY" => Side::Buy,
+        "SELL" => Side::Sell,
+        other => return Err(corrupt("side", other)),
+    })
+}
+
+pub(crate) fn stage_str(s: AckStage) -> &'static str {
+    s.name()
+}
+
+/// Position of a stage in the only order a delivery moves through them.
+pub(crate) fn stage_rank(s: AckStage) -> i32 {
+    match s {
+        AckStage::CoreAccepted => 0,
+        AckStage::AgentBuffered => 1,
+        AckStage::PipeDelivered => 2,
+        AckStage::EaConfirmed => 3,
+    }
+}
+
+pub(crate) fn stage_from(s: &str) -> Result<AckStage, JournalError> {
+    [
+        AckStage::CoreAccepted,
+        AckStage::AgentBuffered,
+        AckStage::PipeDelivered,
+        AckStage::EaConfirmed,
+    ]
+    .into_iter()
+    .find(|st| st.name() == s)
+    .ok_or_else(|| corrupt("stage", s))
+}
+
+pub(crate) fn status_str(s: DeliveryStatus) -> &'static str {
+    match s {
+        DeliveryStatus::Inflight => "inflight",
+        DeliveryStatus::Acked => "acked",
+        DeliveryStatus::Failed => "failed",
+    }
+}
+
+pub(crate) fn status_from(s: &str) -> Result<DeliveryStatus, JournalError> {
+    Ok(match s {
+        "inflight" => DeliveryStatus::Inflight,
+        "acked" => DeliveryStatus::Acked,
+        "failed" => DeliveryStatus::Failed,
+        other => return Err(corrupt("status", other)),
+    })
+}
+
+/// Every error code. The match in [`all_codes_listed`] fails to compile when a variant is
+/// added, so this list cannot silently fall behind.
+const ALL_CODES: [ErrorCode; 14] = [
+    ErrorCode::BrokerBusy,
+    ErrorCode::InvalidArgument,
+    ErrorCode::Unauthenticated,
+    ErrorCode::UnknownAccount,
+    ErrorCode::JournalUnavailable,
+    ErrorCode::SymbolNotMapped,
+    ErrorCode::MaxRetries,
+    ErrorCode::BrokerRejected,
+    ErrorCode::EaRejected,
+    ErrorCode::NoPosition,
+    ErrorCode::Duplicate,
+    ErrorCode::ProtocolViolation,
+    ErrorCode::PipeUnavailable,
+    ErrorCode::Internal,
+];
+
+#[allow(dead_code)]
+fn all_codes_listed(c: ErrorCode) {
+    match c {
+        ErrorCode::BrokerBusy
+        | ErrorCode::InvalidArgument
+        | ErrorCode::Unauthenticated
+        | ErrorCode::UnknownAccount
+        | ErrorCode::JournalUnavailable
+        | ErrorCode::SymbolNotMapped
+        | ErrorCode::MaxRetries
+        | ErrorCode::BrokerRejected
+        | ErrorCode::EaRejected
+        | ErrorCode::NoPosition
+        | ErrorCode::Duplicate
+        | ErrorCode::ProtocolViolation
+        | ErrorCode::PipeUnavailable
+        | ErrorCode::Internal => {}
+    }
+}
+
+pub(crate) fn reason_str(r: ErrorCode) -> &'static str {
+    r.name()
+}
+
+pub(crate) fn reason_from(s: &str) -> Result<ErrorCode, JournalError> {
+    ALL_CODES
+        .into_iter()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| corrupt("reason", s))
+}
+
+pub(crate) fn opt_reason_from(s: Option<&str>) -> Result<Option<ErrorCode>, JournalError> {
+    s.map(reason_from).transpose()
+}
+
+/// `u64` sequence numbers are stored as SQL `BIGINT`.
+pub(crate) fn seq_to_sql(v: u64) -> Result<i64, JournalError> {
+    i64::try_from(v).map_err(|_| JournalError::OutOfRange {
+        field: "master_seq",
+        value: v.to_string(),
+    })
+}
+
+pub(crate) fn seq_from_sql(v: i64) -> Result<u64, JournalError> {
+    u64::try_from(v).map_err(|_| corrupt("master_seq", &v.to_string()))
+}
+
+pub(crate) fn attempts_from_sql(v: i64) -> Result<u32, JournalError> {
+    u32::try_from(v).map_err(|_| corrupt("attempts", &v.to_string()))
+}
+
+fn corrupt(column: &'static str, value: &str) -> JournalError {
+    JournalError::Corrupt {
+        column,
+        value: value.chars().take(64).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_round_trips() {
+        for c in ALL_CODES {
+            assert_eq!(reason_from(reason_str(c)).ok(), Some(c));
+        }
+        for k in [
+            IntentKind::Open,
+            IntentKind::Modify,
+            IntentKind::PartialClose,
+            IntentKind::Close,
+        ] {
+            assert_eq!(kind_from(kind_str(k)).ok(), Some(k));
+        }
+        for s in [
+            AckStage::CoreAccepted,
+            AckStage::AgentBuffered,
+            AckStage::PipeDelivered,
+            AckStage::EaConfirmed,
+        ] {
+            assert_eq!(stage_from(stage_str(s)).ok(), Some(s));
+        }
+        for s in [
+            DeliveryStatus::Inflight,
+            DeliveryStatus::Acked,
+            DeliveryStatus::Failed,
+        ] {
+            assert_eq!(status_from(status_str(s)).ok(), Some(s));
+        }
+        assert!(reason_from("nope").is_err());
+        assert!(seq_from_sql(-1).is_err());
+    }
+}

@@ -1,0 +1,631 @@
+//! The Postgres journal (production): the `echo` schema from `migrations/`, batched writes,
+//! `NOTIFY` inside the commit and the `LISTEN` task that wakes this process for work committed
+//! by another.
+//!
+//! Owns the Postgres SQL, the migrations runner, connection settings that keep an outage short
+//! (acquire and statement timeouts; the pool reconnects by itself) and the listener. It must
+//! never decide about a trade, and never report a write before its transaction committed.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use echo_statemachine::core::{
+    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
+};
+use echo_statemachine::ids::{AccountId, TradeId};
+use echo_statemachine::msg::IntentKind;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::codec::{self, seq_to_sql};
+use super::query::{raw_delivery, raw_intent, DELIVERY_COLUMNS, INTENT_COLUMNS};
+use super::writer::BatchOk;
+use super::{DeliveryRow, IntentRow, JournalError, TradeReport, WakeReason, Waker, NOTIFY_CHANNEL};
+
+/// The migrations, applied in order, each once.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/0001_echo_journal.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_echo_open_position.sql"),
+    ),
+];
+
+/// Serialises migrations between processes starting at once.
+const MIGRATION_LOCK: i64 = 0x6563_686f_6a6e_6c31; // "echojnl1"
+
+/// How to reach Postgres.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// e.g. `postgres://echo@127.0.0.1:5432/echo`.
+    pub url: String,
+    /// Pool size (writers + readers + a spare).
+    pub max_connections: u32,
+    /// Writer tasks, each committing its own batches (more overlap network round trips).
+    pub writers: usize,
+    /// How long a write waits for a connection before it is answered `Failed{retryable}`:
+    /// bounds how long an outage keeps a write waiting.
+    pub acquire_timeout: Duration,
+    /// Server-side `statement_timeout` of every statement.
+    pub statement_timeout: Duration,
+    /// Whether to `LISTEN` for other processes' commits.
+    pub listen: bool,
+}
+
+impl PostgresOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            max_connections: 6,
+            writers: 2,
+            acquire_timeout: Duration::from_millis(1_500),
+            statement_timeout: Duration::from_secs(3),
+            listen: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct PgStore {
+    pool: PgPool,
+    /// This process's `NOTIFY` payload, so its own notifications are not taken for others'.
+    instance: String,
+}
+
+static INSTANCE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl PgStore {
+    pub(crate) async fn open(
+        o: &PostgresOptions,
+    ) -> Result<(PgStore, Option<PgListener>), JournalError> {
+        let connect = PgConnectOptions::from_str(&o.url)?
+            .application_name("echo-journal")
+            .options([(
+                "statement_timeout",
+                o.statement_timeout.as_millis().to_string(),
+            )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(o.max_connections.max(2))
+            .acquire_timeout(o.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        migrate(&pool).await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let instance = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            nanos,
+            INSTANCE_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let listener = if o.listen {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(NOTIFY_CHANNEL).await?;
+            Some(l)
+        } else {
+            None
+        };
+        Ok((PgStore { pool, instance }, listener))
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) async fn run_batch(
+        &mut self,
+        writes: &[&JournalWrite],
+    ) -> Result<BatchOk, JournalError> {
+        let mut tx = self.pool.begin().await?;
+        let mut replies = Vec::with_capacity(writes.len());
+        let mut new_work = false;
+        for w in writes {
+            replies.push(apply(&mut tx, w, &mut new_work).await?);
+        }
+        if new_work {
+            // Delivered to listeners only if (and when) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(&self.instance)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(BatchOk { replies, new_work })
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE SCHEMA IF NOT EXISTS echo;
+         CREATE TABLE IF NOT EXISTS echo.schema_migrations (
+             version BIGINT PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now());",
+    )
+    .execute(&mut *tx)
+    .await?;
+    for (version, sql) in MIGRATIONS {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM echo.schema_migrations WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|source| JournalError::Migration {
+                version: *version,
+                source,
+            })?;
+        sqlx::query("INSERT INTO echo.schema_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn apply(
+    tx: &mut Transaction<'static, Postgres>,
+    w: &JournalWrite,
+    new_work: &mut bool,
+) -> Result<JournalReply, JournalError> {
+    match w {
+        JournalWrite::AcceptIntent { intent, deliveries } => {
+            let inserted = sqlx::query(
+                "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, \
+                 symbol, side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
+                 emitted_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
+                 ON CONFLICT (intent_id) DO NOTHING",
+            )
+            .bind(intent.intent_id.as_str())
+            .bind(intent.trade_id.as_str())
+            .bind(intent.master.as_str())
+            .bind(codec::kind_str(intent.kind))
+            .bind(intent.symbol.as_str())
+            .bind(codec::side_str(intent.side))
+            .bind(intent.volume)
+            .bind(intent.price)
+            .bind(intent.stop_loss)
+            .bind(intent.take_profit)
+            .bind(intent.master_ticket)
+            .bind(seq_to_sql(intent.master_seq)?)
+            .bind(intent.emitted_at_ms)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let rows = sqlx::query(&format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal \
+                     WHERE intent_id = $1 AND status = 'inflight' ORDER BY command_id"
+                ))
+                .bind(intent.intent_id.as_str())
+                .fetch_all(&mut **tx)
+                .await?;
+                let unfinished = decode_deliveries(rows)?;
+                return Ok(JournalReply::IntentExisted { unfinished });
+            }
+            if !deliveries.is_empty() {
+                insert_deliveries(tx, deliveries).await?;
+                *new_work = true;
+            }
+            Ok(JournalReply::Done)
+        }
+        JournalWrite::FinishDelivery {
+            command_id,
+            status,
+            stage,
+            attempts,
+            slave_ticket,
+            reason,
+            ..
+        } => {
+            let row = sqlx::query(
+                "UPDATE echo.delivery_journal SET status = $2, stage = $3, attempts = $4, \
+                 slave_ticket = $5, reason = $6, updated_at = now() \
+                 WHERE command_id = $1 AND status = 'inflight' \
+                 RETURNING kind, trade_id, slave_account, master_seq",
+            )
+            .bind(command_id.as_str())
+            .bind(codec::status_str(*status))
+            .bind(codec::stage_str(*stage))
+            .bind(attempts_i32(*attempts))
+            .bind(*slave_ticket)
+            .bind(reason.map(codec::reason_str))
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = row else {
+                // Already final (never regressed) or unknown: nothing to change.
+                return Ok(JournalReply::Done);
+            };
+            if *status != DeliveryStatus::Acked {
+                return Ok(JournalReply::Done);
+            }
+            let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
+            let trade: String = row.try_get("trade_id")?;
+            let slave: String = row.try_get("slave_account")?;
+            let seq: i64 = row.try_get("master_seq")?;
+            match (kind, slave_ticket) {
+                (IntentKind::Open, Some(ticket)) => {
+                    sqlx::query(
+                        "INSERT INTO echo.open_position (trade_id, slave_account, slave_ticket, \
+                         open_seq) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (trade_id, slave_account) DO UPDATE \
+                         SET slave_ticket = EXCLUDED.slave_ticket, open_seq = EXCLUDED.open_seq \
+                         WHERE echo.open_position.open_seq <= EXCLUDED.open_seq",
+                    )
+                    .bind(&trade)
+                    .bind(&slave)
+                    .bind(*ticket)
+                    .bind(seq)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                (IntentKind::Close, _) => {
+                    sqlx::query(
+                        "DELETE FROM echo.open_position \
+                         WHERE trade_id = $1 AND slave_account = $2 AND open_seq < $3",
+                    )
+                    .bind(&trade)
+                    .bind(&slave)
+                    .bind(seq)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                _ => {}
+            }
+            Ok(JournalReply::Done)
+        }
+        JournalWrite::UpdateStage {
+            command_id,
+            stage,
+            attempts,
+        } => {
+            sqlx::query(
+                "UPDATE echo.delivery_journal SET stage = $2, \
+                 attempts = GREATEST(attempts, $3), updated_at = now() \
+                 WHERE command_id = $1 AND status = 'inflight' AND (CASE stage \
+                 WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
+                 WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < $4",
+            )
+            .bind(command_id.as_str())
+            .bind(codec::stage_str(*stage))
+            .bind(attempts_i32(*attempts))
+            .bind(codec::stage_rank(*stage))
+            .execute(&mut **tx)
+            .await?;
+            Ok(JournalReply::Done)
+        }
+        JournalWrite::RecordRetry {
+            command_id,
+            attempt,
+            stage,
+            reason,
+        } => {
+            sqlx::query(
+                "INSERT INTO echo.delivery_retry_event (command_id, attempt, stage, reason) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(command_id.as_str())
+            .bind(attempts_i32(*attempt))
+            .bind(codec::stage_str(*stage))
+            .bind(codec::reason_str(*reason))
+            .execute(&mut **tx)
+            .await?;
+            Ok(JournalReply::Done)
+        }
+        JournalWrite::RecordRejection {
+            intent_id,
+            trade_id,
+            worker,
+            reason,
+        } => {
+            sqlx::query(
+                "INSERT INTO echo.router_rejection (intent_id, trade_id, worker_id, reason) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(intent_id.as_str())
+            .bind(trade_id.as_str())
+            .bind(attempts_i32(*worker))
+            .bind(codec::reason_str(*reason))
+            .execute(&mut **tx)
+            .await?;
+            Ok(JournalReply::Done)
+        }
+        JournalWrite::Probe => {
+            sqlx::query("SELECT 1").execute(&mut **tx).await?;
+            Ok(JournalReply::Done)
+        }
+    }
+}
+
+/// `INTEGER` columns hold counts that never come near `i32::MAX`; saturate rather than wrap.
+fn attempts_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// All deliveries of one intent in one statement (arrays unnested server-side).
+async fn insert_deliveries(
+    tx: &mut Transaction<'static, Postgres>,
+    ds: &[DeliveryRecord],
+) -> Result<(), JournalError> {
+    let n = ds.len();
+    let mut command_id = Vec::with_capacity(n);
+    let mut intent_id = Vec::with_capacity(n);
+    let mut trade_id = Vec::with_capacity(n);
+    let mut master = Vec::with_capacity(n);
+    let mut slave = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut symbol = Vec::with_capacity(n);
+    let mut side = Vec::with_capacity(n);
+    let mut volume = Vec::with_capacity(n);
+    let mut price = Vec::with_capacity(n);
+    let mut stop_loss = Vec::with_capacity(n);
+    let mut take_profit = Vec::with_capacity(n);
+    let mut master_seq = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut stage = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut slave_ticket: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut reason: Vec<Option<&str>> = Vec::with_capacity(n);
+    for d in ds {
+        command_id.push(d.command_id.as_str());
+        intent_id.push(d.intent_id.as_str());
+        trade_id.push(d.trade_id.as_str());
+        master.push(d.master.as_str());
+        slave.push(d.slave.as_str());
+        kind.push(codec::kind_str(d.kind));
+        symbol.push(d.symbol.as_str());
+        side.push(codec::side_str(d.side));
+        volume.push(d.volume);
+        price.push(d.price);
+        stop_loss.push(d.stop_loss);
+        take_profit.push(d.take_profit);
+        master_seq.push(seq_to_sql(d.master_seq)?);
+        status.push(codec::status_str(d.status));
+        stage.push(codec::stage_str(d.stage));
+        attempts.push(attempts_i32(d.attempts));
+        slave_ticket.push(d.slave_ticket);
+        reason.push(d.reason.map(codec::reason_str));
+    }
+    sqlx::query(
+        "INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, master_account, \
+         slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
+         status, stage, attempts, slave_ticket, reason) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[], \
+         $12::float8[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::int8[], \
+         $18::text[])",
+    )
+    .bind(command_id)
+    .bind(intent_id)
+    .bind(trade_id)
+    .bind(master)
+    .bind(slave)
+    .bind(kind)
+    .bind(symbol)
+    .bind(side)
+    .bind(volume)
+    .bind(price)
+    .bind(stop_loss)
+    .bind(take_profit)
+    .bind(master_seq)
+    .bind(status)
+    .bind(stage)
+    .bind(attempts)
+    .bind(slave_ticket)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn decode_deliveries(
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<DeliveryRecord>, JournalError> {
+    rows.iter()
+        .map(|r| -> Result<DeliveryRecord, JournalError> { raw_delivery!(r).decode() })
+        .collect()
+}
+
+pub(crate) async fn load(pool: &PgPool) -> Result<CoreDurableState, JournalError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal WHERE status = 'inflight'"
+    ))
+    .fetch_all(pool)
+    .await?;
+    let unfinished = decode_deliveries(rows)?;
+    let rows = sqlx::query(
+        "SELECT trade_id, slave_account, slave_ticket FROM echo.open_position \
+         ORDER BY trade_id, slave_account",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut open_tickets = Vec::with_capacity(rows.len());
+    for r in rows {
+        let t: String = r.try_get("trade_id")?;
+        let s: String = r.try_get("slave_account")?;
+        let k: i64 = r.try_get("slave_ticket")?;
+        open_tickets.push((TradeId::new(t), AccountId::new(s), k));
+    }
+    Ok(CoreDurableState {
+        unfinished,
+        open_tickets,
+    })
+}
+
+pub(crate) async fn deliveries_by_status(
+    pool: &PgPool,
+    status: &str,
+    limit: u32,
+) -> Result<Vec<DeliveryRow>, JournalError> {
+    let order = if status == "inflight" { "ASC" } else { "DESC" };
+    let rows = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS}, \
+         (EXTRACT(EPOCH FROM updated_at) * 1000)::BIGINT AS updated_at_ms \
+         FROM echo.delivery_journal WHERE status = $1 \
+         ORDER BY updated_at {order}, command_id LIMIT $2"
+    ))
+    .bind(status)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeliveryRow {
+                updated_at_ms: r.try_get("updated_at_ms")?,
+                record: raw_delivery!(r).decode()?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn trade(pool: &PgPool, trade_id: &TradeId) -> Result<TradeReport, JournalError> {
+    let t = trade_id.as_str();
+    let intents = sqlx::query(&format!(
+        "SELECT {INTENT_COLUMNS}, (EXTRACT(EPOCH FROM accepted_at) * 1000)::BIGINT AS at_ms \
+         FROM echo.trade_intent WHERE trade_id = $1 ORDER BY master_seq, intent_id"
+    ))
+    .bind(t)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(IntentRow {
+            accepted_at_ms: r.try_get("at_ms")?,
+            intent: raw_intent!(r).decode()?,
+        })
+    })
+    .collect::<Result<Vec<_>, JournalError>>()?;
+    let deliveries = sqlx::query(&format!(
+        "SELECT {DELIVERY_COLUMNS}, \
+         (EXTRACT(EPOCH FROM updated_at) * 1000)::BIGINT AS updated_at_ms \
+         FROM echo.delivery_journal WHERE trade_id = $1 \
+         ORDER BY master_seq, slave_account, command_id"
+    ))
+    .bind(t)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeliveryRow {
+            updated_at_ms: r.try_get("updated_at_ms")?,
+            record: raw_delivery!(r).decode()?,
+        })
+    })
+    .collect::<Result<Vec<_>, JournalError>>()?;
+    let mut retries = Vec::new();
+    for r in sqlx::query(
+        "SELECT e.command_id, e.attempt, e.stage, e.reason, \
+         (EXTRACT(EPOCH FROM e.at) * 1000)::BIGINT AS at_ms \
+         FROM echo.delivery_retry_event e \
+         JOIN echo.delivery_journal d ON d.command_id = e.command_id \
+         WHERE d.trade_id = $1 ORDER BY e.id",
+    )
+    .bind(t)
+    .fetch_all(pool)
+    .await?
+    {
+        retries.push(super::query::retry_row(
+            r.try_get("command_id")?,
+            i64::from(r.try_get::<i32, _>("attempt")?),
+            r.try_get("stage")?,
+            r.try_get("reason")?,
+            r.try_get("at_ms")?,
+        )?);
+    }
+    let mut rejections = Vec::new();
+    for r in sqlx::query(
+        "SELECT intent_id, trade_id, worker_id, reason, \
+         (EXTRACT(EPOCH FROM at) * 1000)::BIGINT AS at_ms \
+         FROM echo.router_rejection WHERE trade_id = $1 ORDER BY id",
+    )
+    .bind(t)
+    .fetch_all(pool)
+    .await?
+    {
+        rejections.push(super::query::rejection_row(
+            r.try_get("intent_id")?,
+            r.try_get("trade_id")?,
+            i64::from(r.try_get::<i32, _>("worker_id")?),
+            r.try_get("reason")?,
+            r.try_get("at_ms")?,
+        )?);
+    }
+    let mut open_tickets = Vec::new();
+    for r in sqlx::query(
+        "SELECT slave_account, slave_ticket FROM echo.open_position \
+         WHERE trade_id = $1 ORDER BY slave_account",
+    )
+    .bind(t)
+    .fetch_all(pool)
+    .await?
+    {
+        let s: String = r.try_get("slave_account")?;
+        open_tickets.push((AccountId::new(s), r.try_get::<i64, _>("slave_ticket")?));
+    }
+    Ok(TradeReport {
+        intents,
+        deliveries,
+        retries,
+        rejections,
+        open_tickets,
+    })
+}
+
+/// Wakes this process when another one commits new deliveries. Reconnects by itself; after a
+/// reconnection it wakes once, since notifications sent meanwhile are lost.
+pub(crate) async fn listen_loop(
+    pool: PgPool,
+    mut listener: PgListener,
+    waker: Waker,
+    instance: String,
+) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                if n.payload() != instance {
+                    waker.wake(WakeReason::Notified);
+                }
+            }
+            Ok(None) => {
+                // The connection was lost and (eagerly) re-established.
+                tracing::warn!("journal LISTEN connection lost; reconnected");
+                waker.wake(WakeReason::Reconnected);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "journal LISTEN connection down; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Start over with a fresh listener; a pool that was closed ends the task.
+                if pool.is_closed() {
+                    return;
+                }
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut l) => {
+                        if l.listen(NOTIFY_CHANNEL).await.is_ok() {
+                            listener = l;
+                            waker.wake(WakeReason::Reconnected);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "journal LISTEN reconnect failed"),
+                }
+            }
+        }
+    }
+}

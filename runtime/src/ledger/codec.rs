@@ -1,0 +1,254 @@
+//! The ledger's value format: versioned JSON of one [`LedgerRecord`].
+//!
+//! Owns the on-disk shape (field names, enum spellings, the `v` version). It must never guess:
+//! a value it cannot read back exactly is reported corrupt.
+
+use echo_statemachine::agent::{LedgerRecord, LedgerState};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
+use echo_statemachine::msg::{Command, CommandBody};
+use serde::{Deserialize, Serialize};
+
+use crate::journal::codec as names;
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct RecordV1 {
+    v: u32,
+    seq: u64,
+    command_id: String,
+    intent_id: String,
+    trade_id: String,
+    slave: String,
+    body: BodyV1,
+    state: StateV1,
+    attempts: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum BodyV1 {
+    Execute {
+        symbol: String,
+        side: String,
+        volume: f64,
+        price: f64,
+        stop_loss: f64,
+        take_profit: f64,
+    },
+    Modify {
+        slave_ticket: i64,
+        stop_loss: f64,
+        take_profit: f64,
+    },
+    Close {
+        slave_ticket: i64,
+        volume: f64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "state")]
+enum StateV1 {
+    Buffered,
+    Delivered,
+    Completed,
+    Rejected { reason: String },
+}
+
+/// The record as stored, or why it cannot be stored faithfully (a non-finite price or volume
+/// would come back as something else).
+pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
+    let c = &r.command;
+    let floats: &[f64] = match &c.body {
+        CommandBody::Execute {
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            ..
+        } => &[*volume, *price, *stop_loss, *take_profit],
+        CommandBody::Modify {
+            stop_loss,
+            take_profit,
+            ..
+        } => &[*stop_loss, *take_profit],
+        CommandBody::Close { volume, .. } => &[*volume],
+    };
+    if floats.iter().any(|f| !f.is_finite()) {
+        return Err(format!("command {} holds a non-finite number", c.command_id));
+    }
+    let body = match &c.body {
+        CommandBody::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+        } => BodyV1::Execute {
+            symbol: symbol.as_str().to_string(),
+            side: names::side_str(*side).to_string(),
+            volume: *volume,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        },
+        CommandBody::Modify {
+            slave_ticket,
+            stop_loss,
+            take_profit,
+        } => BodyV1::Modify {
+            slave_ticket: *slave_ticket,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        },
+        CommandBody::Close {
+            slave_ticket,
+            volume,
+        } => BodyV1::Close {
+            slave_ticket: *slave_ticket,
+            volume: *volume,
+        },
+    };
+    let state = match r.state {
+        LedgerState::Buffered => StateV1::Buffered,
+        LedgerState::Delivered => StateV1::Delivered,
+        LedgerState::Completed => StateV1::Completed,
+        LedgerState::Rejected { reason } => StateV1::Rejected {
+            reason: names::reason_str(reason).to_string(),
+        },
+    };
+    let v = RecordV1 {
+        v: VERSION,
+        seq: r.seq,
+        command_id: c.command_id.as_str().to_string(),
+        intent_id: c.intent_id.as_str().to_string(),
+        trade_id: c.trade_id.as_str().to_string(),
+        slave: c.slave.as_str().to_string(),
+        body,
+        state,
+        attempts: r.attempts,
+    };
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
+    let v: RecordV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if v.v != VERSION {
+        return Err(format!(
+            "record version {} (this build reads {VERSION})",
+            v.v
+        ));
+    }
+    let body = match v.body {
+        BodyV1::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+        } => CommandBody::Execute {
+            symbol: Symbol::new(symbol),
+            side: names::side_from(&side).map_err(|e| e.to_string())?,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+        },
+        BodyV1::Modify {
+            slave_ticket,
+            stop_loss,
+            take_profit,
+        } => CommandBody::Modify {
+            slave_ticket,
+            stop_loss,
+            take_profit,
+        },
+        BodyV1::Close {
+            slave_ticket,
+            volume,
+        } => CommandBody::Close {
+            slave_ticket,
+            volume,
+        },
+    };
+    let state = match v.state {
+        StateV1::Buffered => LedgerState::Buffered,
+        StateV1::Delivered => LedgerState::Delivered,
+        StateV1::Completed => LedgerState::Completed,
+        StateV1::Rejected { reason } => LedgerState::Rejected {
+            reason: names::reason_from(&reason).map_err(|e| e.to_string())?,
+        },
+    };
+    Ok(LedgerRecord {
+        seq: v.seq,
+        command: Command {
+            command_id: CommandId::new(v.command_id),
+            intent_id: IntentId::new(v.intent_id),
+            trade_id: TradeId::new(v.trade_id),
+            slave: AccountId::new(v.slave),
+            body,
+        },
+        state,
+        attempts: v.attempts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use echo_statemachine::msg::{ErrorCode, Side};
+
+    #[test]
+    fn records_round_trip() {
+        let bodies = [
+            CommandBody::Execute {
+                symbol: Symbol::new("EURUSD.m"),
+                side: Side::Sell,
+                volume: 0.25,
+                price: 1.1,
+                stop_loss: 1.2,
+                take_profit: 1.0,
+            },
+            CommandBody::Modify {
+                slave_ticket: 7,
+                stop_loss: 1.0,
+                take_profit: 2.0,
+            },
+            CommandBody::Close {
+                slave_ticket: 9,
+                volume: 0.0,
+            },
+        ];
+        let states = [
+            LedgerState::Buffered,
+            LedgerState::Delivered,
+            LedgerState::Completed,
+            LedgerState::Rejected {
+                reason: ErrorCode::EaRejected,
+            },
+        ];
+        for (i, body) in bodies.into_iter().enumerate() {
+            for state in states {
+                let r = LedgerRecord {
+                    seq: i as u64 + 1,
+                    command: Command {
+                        command_id: CommandId::new("i1@s1"),
+                        intent_id: IntentId::new("i1"),
+                        trade_id: TradeId::new("t1"),
+                        slave: AccountId::new("s1"),
+                        body: body.clone(),
+                    },
+                    state,
+                    attempts: 3,
+                };
+                let bytes = encode(&r).expect("finite record encodes");
+                assert_eq!(decode(&bytes).ok(), Some(r));
+            }
+        }
+        assert!(decode(b"{}").is_err());
+        assert!(decode(b"\xff").is_err());
+    }
+}
