@@ -136,10 +136,27 @@ pub fn build(flat: &FlatConfig) -> Result<EchoConfig, Vec<ConfigError>> {
     };
     for (key, value) in flat {
         if let Err(e) = b.set(key, value) {
-            b.errors.push(e);
+            b.errors.push(redacted(e));
         }
     }
     b.finish()
+}
+
+/// Errors keep no secret: an invalid token hash or journal URL is stored redacted, so even
+/// `Debug` of the error is safe to log.
+fn redacted(e: ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            value,
+            expected,
+        } => ConfigError::Invalid {
+            value: loggable_value(&key, &value).into_owned(),
+            key,
+            expected,
+        },
+        other => other,
+    }
 }
 
 fn defaults() -> EchoConfig {
