@@ -84,7 +84,12 @@ async fn snapshot_load_reads_every_kind_of_key() {
     put(&mut c, "/echo/core/router/worker_pool_size", "8").await;
     put(&mut c, "/echo/agent/delivery/max_retries", "20").await;
     put(&mut c, "/echo/subscriptions/m1/s1/multiplier", "2.5").await;
-    put(&mut c, "/echo/subscriptions/m1/s1/symbol_map/EURUSD", "EURUSD.m").await;
+    put(
+        &mut c,
+        "/echo/subscriptions/m1/s1/symbol_map/EURUSD",
+        "EURUSD.m",
+    )
+    .await;
     put(&mut c, "/echo/agents/a1/token_hash", &hash_token("tok-1")).await;
     put(&mut c, "/echo/agents/a1/accounts/m1", "master").await;
     put(&mut c, "/echo/core/delivery/max_retries", "1000").await; // out of range
@@ -93,19 +98,22 @@ async fn snapshot_load_reads_every_kind_of_key() {
     let h = open(&etcd).await;
     let cfg = h.current();
     assert_eq!(cfg.core.delivery.ack_timeout_ms, 4000);
-    assert_eq!(cfg.core.router.worker_pool_size, 8, "startup applies router keys");
+    assert_eq!(
+        cfg.core.router.worker_pool_size, 8,
+        "startup applies router keys"
+    );
     assert_eq!(cfg.agent.delivery.max_retries, 20);
-    assert_eq!(cfg.core.delivery.max_retries, 5, "invalid key keeps the default");
+    assert_eq!(
+        cfg.core.delivery.max_retries, 5,
+        "invalid key keeps the default"
+    );
     assert_eq!(cfg.subscriptions.len(), 1);
     assert_eq!(cfg.subscriptions[0].multiplier, 2.5);
     assert_eq!(cfg.subscriptions[0].symbol_map.len(), 1);
     let entry = cfg
         .authenticate(&AgentId::new("a1"), "tok-1")
         .expect("token accepted");
-    assert!(entry.may_speak_for(
-        &AccountId::new("m1"),
-        echo_runtime::config::Role::Master
-    ));
+    assert!(entry.may_speak_for(&AccountId::new("m1"), echo_runtime::config::Role::Master));
     assert!(cfg.authenticate(&AgentId::new("a1"), "tok-2").is_err());
 
     let rejected: Vec<&str> = h
@@ -221,7 +229,10 @@ async fn invalid_value_is_refused_logged_and_old_value_stays() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("\"0\""), "names the value: {line}");
     assert!(line.contains("1..=1000"), "names the range: {line}");
-    assert!(!text.contains("0123456789abcdef"), "token hash leaked:\n{text}");
+    assert!(
+        !text.contains("0123456789abcdef"),
+        "token hash leaked:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +248,10 @@ async fn router_key_change_is_flagged_restart_required() {
         other => panic!("expected RestartRequired, got {other:?}"),
     }
     let snap = h.snapshot();
-    assert_eq!(snap.config.core.router.queue_depth_max, 8, "not applied live");
+    assert_eq!(
+        snap.config.core.router.queue_depth_max, 8,
+        "not applied live"
+    );
     assert_eq!(
         snap.restart_pending
             .get("/echo/core/router/queue_depth_max")

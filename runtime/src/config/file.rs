@@ -7,6 +7,7 @@ use std::path::Path;
 use super::error::ConfigError;
 use super::keys::{build, FlatConfig, RawValue, PREFIX};
 use super::model::EchoConfig;
+use super::store::{Change, ConfigStore};
 
 /// The documented example (`runtime/config/echo.example.toml`); it validates.
 pub const EXAMPLE_TOML: &str = include_str!("../../config/echo.example.toml");
@@ -106,6 +107,64 @@ pub fn parse_pairs(text: &str) -> Result<EchoConfig, Vec<ConfigError>> {
         return Err(errors);
     }
     build(&flat)
+}
+
+/// Everything the config parsers do with untrusted bytes — the body of the `config_parse`
+/// fuzz target and of the stable test that replays its corpus: the bytes as a TOML file, as
+/// `key=value` lines, and as one etcd transaction applied to a live [`ConfigStore`]. Returns the
+/// TOML outcome. Panics only if an invariant breaks (a config accepted that fails its own
+/// validation), which is what the fuzzer looks for.
+pub fn exercise_untrusted(data: &[u8]) -> Result<EchoConfig, Vec<ConfigError>> {
+    let text = String::from_utf8_lossy(data);
+    let toml = match std::str::from_utf8(data) {
+        Ok(t) => parse_toml(t),
+        Err(e) => Err(vec![ConfigError::Syntax {
+            message: format!("not UTF-8: {e}"),
+        }]),
+    };
+    if let Ok(cfg) = &toml {
+        assert_valid(cfg);
+    }
+    if let Ok(cfg) = parse_pairs(&text) {
+        assert_valid(&cfg);
+    }
+    let changes: Vec<Change> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| Change::Put {
+            key: k.trim().to_string(),
+            value: v.trim().to_string(),
+        })
+        .collect();
+    if let Ok(mut store) = ConfigStore::new(FlatConfig::new()) {
+        let _ = store.apply(1, changes);
+        assert_valid(store.current());
+    }
+    toml
+}
+
+fn assert_valid(cfg: &EchoConfig) {
+    assert!(
+        cfg.core.delivery.validate().is_ok(),
+        "accepted invalid core delivery"
+    );
+    assert!(
+        cfg.agent.delivery.validate().is_ok(),
+        "accepted invalid agent delivery"
+    );
+    let r = cfg.core.router;
+    assert!(
+        echo_statemachine::config::RouterConfig::new(
+            r.worker_pool_size.into(),
+            r.queue_depth_max.into(),
+            r.worker_timeout_ms.into()
+        )
+        .is_ok(),
+        "accepted invalid router config"
+    );
+    for s in &cfg.subscriptions {
+        assert!(s.validate().is_ok(), "accepted invalid subscription");
+    }
 }
 
 #[cfg(test)]

@@ -62,7 +62,9 @@ mod store;
 mod token;
 
 pub use error::{ConfigError, OpenError};
-pub use file::{check_file, flatten_toml, parse_pairs, parse_toml, EXAMPLE_TOML};
+pub use file::{
+    check_file, exercise_untrusted, flatten_toml, parse_pairs, parse_toml, EXAMPLE_TOML,
+};
 pub use keys::{apply_class, build, loggable_value, Apply, FlatConfig, RawValue, PREFIX};
 pub use model::{
     redact_url, AgentEntry, AgentSection, AgentTls, CoreSection, CoreTls, EchoConfig,
