@@ -862,14 +862,100 @@ pub fn decode_agent(line: &[u8]) -> Result<AgentFrame, DecodeError> {
     })
 }
 
-/// Encodes a trade intent as the object of an `intent` frame (also the terminal's file rows).
-pub fn intent_to_line(i: &TradeIntent) -> String {
-    intent_line(i)
+/// The `intent` frame's fields as a JSON object (also the terminal's file rows).
+pub fn intent_value(i: &TradeIntent) -> Value {
+    serde_json::json!({
+        "intent_id": i.intent_id.as_str(),
+        "trade_id": i.trade_id.as_str(),
+        "master": i.master.as_str(),
+        "kind": kind_str(i.kind),
+        "symbol": i.symbol.as_str(),
+        "side": side_str(i.side),
+        "volume": i.volume,
+        "price": i.price,
+        "stop_loss": i.stop_loss,
+        "take_profit": i.take_profit,
+        "master_ticket": i.master_ticket,
+        "master_seq": i.master_seq,
+        "emitted_at_ms": i.emitted_at_ms,
+    })
 }
 
-/// Encodes a command as the object of a `command` frame (also the terminal's file rows).
-pub fn command_to_line(c: &Command) -> String {
-    command_line("command", c)
+/// The `command` frame's fields as a JSON object (also the terminal's file rows).
+pub fn command_value(c: &Command) -> Value {
+    let mut v = serde_json::json!({
+        "command_id": c.command_id.as_str(),
+        "intent_id": c.intent_id.as_str(),
+        "trade_id": c.trade_id.as_str(),
+        "slave": c.slave.as_str(),
+    });
+    let body = match &c.body {
+        CommandBody::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+        } => serde_json::json!({
+            "action": "EXECUTE",
+            "symbol": symbol.as_str(),
+            "side": side_str(*side),
+            "volume": volume,
+            "price": price,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        }),
+        CommandBody::Modify {
+            slave_ticket,
+            stop_loss,
+            take_profit,
+        } => serde_json::json!({
+            "action": "MODIFY",
+            "slave_ticket": slave_ticket,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        }),
+        CommandBody::Close {
+            slave_ticket,
+            volume,
+        } => serde_json::json!({
+            "action": "CLOSE",
+            "slave_ticket": slave_ticket,
+            "volume": volume,
+        }),
+    };
+    if let (Value::Object(m), Value::Object(b)) = (&mut v, body) {
+        m.extend(b);
+    }
+    v
+}
+
+/// The `execution` frame's fields as a JSON object (also the terminal's file rows).
+pub fn execution_value(r: &ExecutionResult) -> Value {
+    serde_json::json!({
+        "command_id": r.command_id.as_str(),
+        "trade_id": r.trade_id.as_str(),
+        "slave": r.slave.as_str(),
+        "slave_ticket": r.slave_ticket,
+        "fill_price": r.fill_price,
+        "filled_volume": r.filled_volume,
+        "status": broker_status_str(r.status),
+    })
+}
+
+/// The wire spelling of an intent kind (`OPEN`, `MODIFY`, `PARTIAL_CLOSE`, `CLOSE`).
+pub fn intent_kind_str(k: IntentKind) -> &'static str {
+    kind_str(k)
+}
+
+/// The wire spelling of a command's action (`EXECUTE`, `MODIFY`, `CLOSE`).
+pub fn action_str(b: &CommandBody) -> &'static str {
+    match b {
+        CommandBody::Execute { .. } => "EXECUTE",
+        CommandBody::Modify { .. } => "MODIFY",
+        CommandBody::Close { .. } => "CLOSE",
+    }
 }
 
 /// Decodes a `TradeIntent` from any JSON object carrying the `intent` frame's fields.
