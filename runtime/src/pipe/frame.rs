@@ -752,7 +752,7 @@ fn decode_with<T>(
     let Value::Object(map) = &value else {
         return Err(DecodeError::bare(DecodeErrorKind::NotAnObject));
     };
-    let frame_id = ["intent_id", "command_id", "account"]
+    let frame_id = ["command_id", "intent_id", "account"]
         .iter()
         .find_map(|k| map.get(*k).and_then(Value::as_str))
         .map(str::to_string);

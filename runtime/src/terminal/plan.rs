@@ -366,7 +366,11 @@ impl Plan {
         let p = k - group * conc * life;
         let (step, lane) = (p / lanes, p % lanes);
         let n = group * conc + lane;
-        let side = if n.is_multiple_of(2) { Side::Buy } else { Side::Sell };
+        let side = if n.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
         let sign = if side == Side::Buy { 1.0 } else { -1.0 };
         let price = round_price(1.1 + (n % 100) as f64 * 0.0001);
         let m = u64::from(*modifies);
