@@ -1,0 +1,405 @@
+//! What the reference master emits: trade lifecycles from a script file or generated at a rate.
+//!
+//! Owns the deterministic list of steps (the n-th intent is always the same trade event), so a
+//! restarted master resumes where its files say it stopped and regenerates any step it had not
+//! made durable with the same ids. It must never talk to the pipe or the files, and never
+//! decide about delivery: it only says what the master's trader did, in order.
+//!
+//! Script format (one step per line; `#` starts a comment; blank lines are skipped):
+//!
+//! ```text
+//! open    <trade> <SYMBOL> buy|sell <volume> <price> [sl=<price>] [tp=<price>]
+//! modify  <trade> [sl=<price>] [tp=<price>]
+//! partial <trade> <volume> [<price>]
+//! close   <trade> [<price>]
+//! sleep   <milliseconds>
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use echo_statemachine::msg::{IntentKind, Side};
+
+/// One intent to emit, before ids and timestamps are attached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntentSpec {
+    /// The trade's name, unique per master (the trade id is `<account>-<name>`, lower case).
+    pub trade: String,
+    pub kind: IntentKind,
+    pub symbol: String,
+    pub side: Side,
+    pub volume: f64,
+    pub price: f64,
+    pub stop_loss: f64,
+    pub take_profit: f64,
+    pub master_ticket: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Emit(IntentSpec),
+    Sleep(Duration),
+}
+
+/// A script line that cannot be understood.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptError {
+    pub path: PathBuf,
+    /// 1-based; 0 when the file itself could not be read.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+/// The master's steps, consumed in order.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    kind: PlanKind,
+    /// Emit steps handed out (or skipped) so far.
+    emitted: u64,
+    /// Script: index of the next step.
+    pos: usize,
+}
+
+#[derive(Clone, Debug)]
+enum PlanKind {
+    Script(Vec<Step>),
+    Rate {
+        interval: Duration,
+        trades: u64,
+        modifies: u32,
+        partials: u32,
+        concurrent: u32,
+        symbol: String,
+    },
+}
+
+fn round_lots(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn round_price(v: f64) -> f64 {
+    (v * 100_000.0).round() / 100_000.0
+}
+
+impl Plan {
+    pub fn rate(
+        per_sec: f64,
+        trades: u64,
+        modifies: u32,
+        partials: u32,
+        concurrent: u32,
+        symbol: &str,
+    ) -> Plan {
+        Plan {
+            kind: PlanKind::Rate {
+                interval: Duration::from_secs_f64(1.0 / per_sec.max(1e-3)),
+                trades,
+                modifies,
+                partials,
+                concurrent: concurrent.max(1),
+                symbol: symbol.to_string(),
+            },
+            emitted: 0,
+            pos: 0,
+        }
+    }
+
+    pub fn script_file(path: &Path) -> Result<Plan, ScriptError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScriptError {
+            path: path.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        Plan::script(path, &text)
+    }
+
+    /// Parses a script (`path` names it in errors).
+    pub fn script(path: &Path, text: &str) -> Result<Plan, ScriptError> {
+        struct Open {
+            symbol: String,
+            side: Side,
+            remaining: f64,
+            price: f64,
+            sl: f64,
+            tp: f64,
+            ticket: i64,
+        }
+        let mut trades: BTreeMap<String, Open> = BTreeMap::new();
+        let mut next_ticket: i64 = 1_000_000;
+        let mut steps = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let err = |message: String| ScriptError {
+                path: path.to_path_buf(),
+                line: n + 1,
+                message,
+            };
+            let content = raw.split('#').next().unwrap_or("").trim();
+            if content.is_empty() {
+                continue;
+            }
+            let words: Vec<&str> = content.split_whitespace().collect();
+            let num = |w: Option<&&str>, what: &str| -> Result<f64, ScriptError> {
+                let w = w.ok_or_else(|| err(format!("missing {what}")))?;
+                w.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| err(format!("{what} {w:?} is not a non-negative number")))
+            };
+            let levels = |rest: &[&str], sl: &mut f64, tp: &mut f64| -> Result<(), ScriptError> {
+                for w in rest {
+                    let (key, val) = w.split_once('=').ok_or_else(|| {
+                        err(format!("expected sl=<price> or tp=<price>, got {w:?}"))
+                    })?;
+                    let v = num(Some(&val), key)?;
+                    match key {
+                        "sl" => *sl = v,
+                        "tp" => *tp = v,
+                        _ => return Err(err(format!("unknown level {key:?}"))),
+                    }
+                }
+                Ok(())
+            };
+            let verb = words[0];
+            if verb == "sleep" {
+                let ms = words
+                    .get(1)
+                    .and_then(|w| w.parse::<u64>().ok())
+                    .ok_or_else(|| err("sleep needs milliseconds".into()))?;
+                steps.push(Step::Sleep(Duration::from_millis(ms)));
+                continue;
+            }
+            let trade = words
+                .get(1)
+                .ok_or_else(|| err(format!("{verb} needs a trade name")))?
+                .to_string();
+            let spec = match verb {
+                "open" => {
+                    if trades.contains_key(&trade) {
+                        return Err(err(format!("trade {trade:?} is already open")));
+                    }
+                    let symbol = words
+                        .get(2)
+                        .ok_or_else(|| err("open needs a symbol".into()))?
+                        .to_string();
+                    let side = match words.get(3).map(|s| s.to_ascii_lowercase()).as_deref() {
+                        Some("buy") => Side::Buy,
+                        Some("sell") => Side::Sell,
+                        _ => return Err(err("open needs buy or sell".into())),
+                    };
+                    let volume = num(words.get(4), "volume")?;
+                    if volume <= 0.0 {
+                        return Err(err("volume must be > 0".into()));
+                    }
+                    let price = num(words.get(5), "price")?;
+                    let (mut sl, mut tp) = (0.0, 0.0);
+                    levels(words.get(6..).unwrap_or(&[]), &mut sl, &mut tp)?;
+                    next_ticket += 1;
+                    trades.insert(
+                        trade.clone(),
+                        Open {
+                            symbol: symbol.clone(),
+                            side,
+                            remaining: volume,
+                            price,
+                            sl,
+                            tp,
+                            ticket: next_ticket,
+                        },
+                    );
+                    IntentSpec {
+                        trade,
+                        kind: IntentKind::Open,
+                        symbol,
+                        side,
+                        volume,
+                        price,
+                        stop_loss: sl,
+                        take_profit: tp,
+                        master_ticket: next_ticket,
+                    }
+                }
+                "modify" | "partial" | "close" => {
+                    let t = trades
+                        .get_mut(&trade)
+                        .ok_or_else(|| err(format!("trade {trade:?} is not open")))?;
+                    let (kind, volume) = match verb {
+                        "modify" => {
+                            levels(words.get(2..).unwrap_or(&[]), &mut t.sl, &mut t.tp)?;
+                            (IntentKind::Modify, t.remaining)
+                        }
+                        "partial" => {
+                            let v = num(words.get(2), "volume")?;
+                            if v <= 0.0 || v >= t.remaining {
+                                return Err(err(format!(
+                                    "partial volume must be in (0, {}) for {trade:?}",
+                                    t.remaining
+                                )));
+                            }
+                            if let Some(p) = words.get(3) {
+                                t.price = num(Some(p), "price")?;
+                            }
+                            t.remaining = round_lots(t.remaining - v);
+                            (IntentKind::PartialClose, v)
+                        }
+                        _ => {
+                            if let Some(p) = words.get(2) {
+                                t.price = num(Some(p), "price")?;
+                            }
+                            (IntentKind::Close, t.remaining)
+                        }
+                    };
+                    let spec = IntentSpec {
+                        trade: trade.clone(),
+                        kind,
+                        symbol: t.symbol.clone(),
+                        side: t.side,
+                        volume,
+                        price: t.price,
+                        stop_loss: t.sl,
+                        take_profit: t.tp,
+                        master_ticket: t.ticket,
+                    };
+                    if kind == IntentKind::Close {
+                        trades.remove(&trade);
+                    }
+                    spec
+                }
+                other => return Err(err(format!("unknown step {other:?}"))),
+            };
+            steps.push(Step::Emit(spec));
+        }
+        Ok(Plan {
+            kind: PlanKind::Script(steps),
+            emitted: 0,
+            pos: 0,
+        })
+    }
+
+    /// Total intents this plan emits.
+    pub fn total(&self) -> u64 {
+        match &self.kind {
+            PlanKind::Script(steps) => {
+                steps.iter().filter(|s| matches!(s, Step::Emit(_))).count() as u64
+            }
+            PlanKind::Rate {
+                trades,
+                modifies,
+                partials,
+                ..
+            } => trades.saturating_mul(2 + u64::from(*modifies) + u64::from(*partials)),
+        }
+    }
+
+    /// Intents handed out so far (including skipped ones).
+    pub fn emitted(&self) -> u64 {
+        self.emitted
+    }
+
+    /// In rate mode, the pause between two intents.
+    pub fn interval(&self) -> Option<Duration> {
+        match &self.kind {
+            PlanKind::Rate { interval, .. } => Some(*interval),
+            PlanKind::Script(_) => None,
+        }
+    }
+
+    /// Skips the first `n` intents (a restarted master resumes after what it already emitted).
+    /// Sleeps before a skipped intent are skipped with it.
+    pub fn skip(&mut self, n: u64) {
+        while self.emitted < n {
+            if self.next_step().is_none() {
+                return;
+            }
+        }
+    }
+
+    /// The next step, `None` when the plan is exhausted.
+    pub fn next_step(&mut self) -> Option<Step> {
+        match &self.kind {
+            PlanKind::Script(steps) => {
+                let step = steps.get(self.pos)?.clone();
+                self.pos += 1;
+                if matches!(step, Step::Emit(_)) {
+                    self.emitted += 1;
+                }
+                Some(step)
+            }
+            PlanKind::Rate { .. } => {
+                let spec = self.rate_intent(self.emitted)?;
+                self.emitted += 1;
+                Some(Step::Emit(spec))
+            }
+        }
+    }
+
+    /// The k-th generated intent: `concurrent` trades run side by side, round robin, each
+    /// open → modifies → partial closes → close.
+    fn rate_intent(&self, k: u64) -> Option<IntentSpec> {
+        let PlanKind::Rate {
+            trades,
+            modifies,
+            partials,
+            concurrent,
+            symbol,
+            ..
+        } = &self.kind
+        else {
+            return None;
+        };
+        let life = 2 + u64::from(*modifies) + u64::from(*partials);
+        if k >= trades.saturating_mul(life) {
+            return None;
+        }
+        let conc = u64::from(*concurrent);
+        let group = k / (conc * life);
+        let lanes = conc.min(trades - group * conc);
+        let p = k - group * conc * life;
+        let (step, lane) = (p / lanes, p % lanes);
+        let n = group * conc + lane;
+        let side = if n.is_multiple_of(2) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        let sign = if side == Side::Buy { 1.0 } else { -1.0 };
+        let price = round_price(1.1 + (n % 100) as f64 * 0.0001);
+        let m = u64::from(*modifies);
+        let nudge = (step.min(m + 1)) as f64 * 0.0001;
+        let sl = round_price(price - sign * (0.0050 - nudge));
+        let tp = round_price(price + sign * (0.0100 + nudge));
+        let part = round_lots(1.0 / (f64::from(*partials) + 1.0)).max(0.01);
+        let (kind, volume) = if step == 0 {
+            (IntentKind::Open, 1.0)
+        } else if step <= m {
+            (IntentKind::Modify, 1.0)
+        } else if step < life - 1 {
+            (IntentKind::PartialClose, part)
+        } else {
+            (
+                IntentKind::Close,
+                round_lots(1.0 - part * f64::from(*partials)).max(0.01),
+            )
+        };
+        Some(IntentSpec {
+            trade: format!("t{n}"),
+            kind,
+            symbol: symbol.clone(),
+            side,
+            volume,
+            price,
+            stop_loss: sl,
+            take_profit: tp,
+            master_ticket: 1_000_000 + n as i64,
+        })
+    }
+}
