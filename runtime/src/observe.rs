@@ -452,8 +452,10 @@ mod tests {
 
     #[test]
     fn every_core_and_agent_metric_of_the_spec_is_exported_without_trade_labels() {
-        let mut core = CoreStatus::default();
-        core.queue_depths = vec![0; 2];
+        let mut core = CoreStatus {
+            queue_depths: vec![0; 2],
+            ..Default::default()
+        };
         core.metrics.router_dispatch_total = vec![1, 2];
         core.metrics.router_rejections_total = vec![0, 3];
         core.metrics.delivery_retry_total.insert(
