@@ -177,6 +177,26 @@ async fn live_delivery_change_arrives_as_event_and_in_current_config() {
     put(&mut c, "/echo/subscriptions/m/s/multiplier", "0.1").await;
     event_for(&mut events, "/echo/subscriptions/m/s/multiplier").await;
     assert_eq!(h.current().subscriptions.len(), 1);
+    put(
+        &mut c,
+        "/echo/subscriptions/m/s/symbol_map/EURUSD",
+        "EURUSD.x",
+    )
+    .await;
+    event_for(&mut events, "/echo/subscriptions/m/s/symbol_map/EURUSD").await;
+    assert_eq!(h.current().subscriptions[0].symbol_map.len(), 1);
+
+    // Removed whole in one transaction (`etcdctl del --prefix`): key order inside it does
+    // not matter.
+    c.delete(
+        "/echo/subscriptions/m/s/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete prefix");
+    let ev = event_for(&mut events, "/echo/subscriptions/m/s/symbol_map/EURUSD").await;
+    assert!(matches!(ev, ConfigEvent::Applied { .. }), "{ev:?}");
+    assert!(h.current().subscriptions.is_empty());
 }
 
 #[tokio::test(flavor = "current_thread")]

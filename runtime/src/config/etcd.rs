@@ -195,10 +195,8 @@ async fn watch_loop(
                             out.extend(store.apply(rev, changes));
                             next = next.max(rev + 1);
                         }
-                        if let Some(h) = resp.header() {
-                            // Progress without events for our prefix is still progress.
-                            next = next.max(h.revision() + 1);
-                        }
+                        // Only events advance `next`: a `created` response's header revision
+                        // can be ahead of history still to be replayed on this stream.
                         publish(&store, &tx, &events, out);
                     }
                     Ok(None) => break StreamEnd::Broken("watch stream ended".into()),

@@ -427,4 +427,31 @@ mod tests {
         assert_eq!(ev.len(), 2, "{ev:?}");
         assert!(s.current().agents.is_empty());
     }
+
+    #[test]
+    fn resync_applies_only_the_difference() {
+        let mut s = ConfigStore::new(FlatConfig::new()).expect("defaults");
+        s.load_snapshot(
+            2,
+            vec![
+                (ACK.into(), "3000".into()),
+                ("/echo/core/delivery/max_retries".into(), "7".into()),
+            ],
+        );
+        s.apply(3, vec![put(POOL, "16")]);
+        // After a compaction: max_retries deleted, ack changed, pool still 16 (pending).
+        let ev = s.resync(
+            9,
+            vec![(ACK.into(), "4000".into()), (POOL.into(), "16".into())],
+        );
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        let c = s.current();
+        assert_eq!(c.core.delivery.ack_timeout_ms, 4000);
+        assert_eq!(
+            c.core.delivery.max_retries, 5,
+            "deleted key back to its default"
+        );
+        assert_eq!(c.core.router.worker_pool_size, 4);
+        assert_eq!(s.snapshot().revision, 9);
+    }
 }
