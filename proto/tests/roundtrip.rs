@@ -440,7 +440,11 @@ fn error_code_numbers_are_stable() {
             "ERROR_CODE_PROTOCOL_VIOLATION",
         ),
         (ErrorCode::Internal, 13, "ERROR_CODE_INTERNAL"),
-        (ErrorCode::PipeUnavailable, 14, "ERROR_CODE_PIPE_UNAVAILABLE"),
+        (
+            ErrorCode::PipeUnavailable,
+            14,
+            "ERROR_CODE_PIPE_UNAVAILABLE",
+        ),
     ];
     for (code, number, name) in expected {
         assert_eq!(code as i32, number, "{name}");

@@ -463,7 +463,8 @@ mod tests {
             4,
         );
         core.pending_age_ms.insert("AGENT_BUFFERED", 12);
-        let text = render_core(&core, &LinkMetrics::default()) + &render_agent(&AgentStatus::default());
+        let text =
+            render_core(&core, &LinkMetrics::default()) + &render_agent(&AgentStatus::default());
         for spec in METRICS.iter().filter(|m| !m.name.starts_with("echo_ea_")) {
             assert!(
                 text.contains(&format!("# TYPE {} ", spec.name)),
