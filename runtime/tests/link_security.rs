@@ -11,6 +11,7 @@ use std::time::Duration;
 use echo_proto::v1 as pb;
 use echo_proto::v1::echo_link_client::EchoLinkClient;
 use echo_runtime::drivers::core::{spawn_core, CoreHandle, JournalPort};
+use echo_runtime::journal::Completion;
 use echo_runtime::link::server::{
     serve, Authenticator, LinkMetrics, LinkService, Refusal, ServeError, Transport,
 };
@@ -23,12 +24,15 @@ use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
 /// Answers every write as durable at once: these tests are about the link, not storage.
-struct InstantJournal(mpsc::UnboundedSender<(OpId, JournalResult)>);
+struct InstantJournal(mpsc::UnboundedSender<Completion>);
 
 impl JournalPort for InstantJournal {
     fn submit(&mut self, op: OpId, write: JournalWrite) {
         if write.is_awaited() {
-            let _ = self.0.send((op, JournalResult::Ok(JournalReply::Done)));
+            let _ = self.0.send(Completion {
+                op,
+                result: JournalResult::Ok(JournalReply::Done),
+            });
         }
     }
 }

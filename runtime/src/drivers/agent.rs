@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use echo_proto::v1 as pb;
 use echo_statemachine::agent::{
-    AgentMetrics, AgentOutput, DeliveryManager, LedgerOpId, LedgerRecord, LedgerResult, LinkState,
+    AgentMetrics, AgentOutput, DeliveryManager, LedgerOpId, LedgerRecord, LinkState,
 };
 use echo_statemachine::ids::{AccountId, AgentId, CommandId};
 use echo_statemachine::msg::{AgentToEa, EaToAgent};
@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::clock::Clock;
 use super::core::sleep_until_opt;
+use crate::ledger::{Ledger, LedgerCompletion};
 use crate::link::client::LinkEvent;
+use crate::pipe::PipeSender;
 use crate::link::convert;
 
 /// Pipe events and link events, in one mailbox.
@@ -46,12 +48,52 @@ pub trait PipePort: Send + 'static {
     fn send(&mut self, account: &AccountId, msg: AgentToEa);
 }
 
-/// The durable ledger. Results come back on the channel given to [`spawn_agent`].
+/// The durable ledger. Results come back as [`LedgerCompletion`]s on the channel given to
+/// [`spawn_agent`].
 pub trait LedgerPort: Send + 'static {
     /// Write and fsync `record`, then answer `(op, result)`.
     fn persist(&mut self, op: LedgerOpId, record: LedgerRecord);
     /// Fire-and-forget removal of a retained terminal record.
     fn delete(&mut self, command_id: CommandId);
+}
+
+/// The production port: the redb [`Ledger`] thread.
+pub struct LedgerWriterPort {
+    pub ledger: Ledger,
+    pub done: mpsc::UnboundedSender<LedgerCompletion>,
+}
+
+impl LedgerPort for LedgerWriterPort {
+    fn persist(&mut self, op: LedgerOpId, record: LedgerRecord) {
+        self.ledger.submit(op, record, &self.done);
+    }
+    fn delete(&mut self, command_id: CommandId) {
+        self.ledger.delete(command_id);
+    }
+}
+
+/// The production pipes: the agent's per-account socket server. A command that cannot be
+/// queued is reported as a failed write (the machine backs off and re-writes it).
+pub struct PipeServerPort {
+    pub sender: PipeSender,
+    pub inputs: mpsc::Sender<AgentInput>,
+}
+
+impl PipePort for PipeServerPort {
+    fn send(&mut self, account: &AccountId, msg: AgentToEa) {
+        let command_id = match &msg {
+            AgentToEa::Command(c) => Some(c.command_id.clone()),
+            _ => None,
+        };
+        if self.sender.send(account, msg).is_err() {
+            if let Some(command_id) = command_id {
+                let _ = self.inputs.try_send(AgentInput::PipeWriteFailed {
+                    account: account.clone(),
+                    command_id,
+                });
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -86,7 +128,7 @@ pub fn spawn_agent<P: PipePort, L: LedgerPort>(
     token: String,
     pipes: P,
     ledger: L,
-    ledger_results: mpsc::UnboundedReceiver<(LedgerOpId, LedgerResult)>,
+    ledger_results: mpsc::UnboundedReceiver<LedgerCompletion>,
     inputs_cap: usize,
 ) -> (AgentHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(inputs_cap);
@@ -115,7 +157,7 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<AgentInput>,
-        mut lrx: mpsc::UnboundedReceiver<(LedgerOpId, LedgerResult)>,
+        mut lrx: mpsc::UnboundedReceiver<LedgerCompletion>,
     ) {
         let mut publish = tokio::time::interval(std::time::Duration::from_millis(500));
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -123,7 +165,7 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
             let deadline = self.m.poll_timeout().map(|d| self.clock.deadline(d));
             tokio::select! {
                 biased;
-                Some((op, result)) = lrx.recv() => {
+                Some(LedgerCompletion { op, result }) = lrx.recv() => {
                     self.m.handle_ledger_result(self.clock.now(), op, result);
                 }
                 inp = rx.recv() => match inp {

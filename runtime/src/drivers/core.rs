@@ -13,13 +13,14 @@ use std::sync::Arc;
 use echo_proto::v1 as pb;
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig, Subscription};
 use echo_statemachine::core::{
-    Core, CoreLog, CoreMetrics, CoreOutput, JournalResult, JournalWrite, OpId,
+    Core, CoreLog, CoreMetrics, CoreOutput, JournalWrite, OpId,
 };
 use echo_statemachine::ids::{AgentId, CommandId};
 use echo_statemachine::msg::{AgentHello, AgentToCore};
 use tokio::sync::{mpsc, watch};
 
 use super::clock::{unix_ms, Clock};
+use crate::journal::Completion;
 use crate::link::convert;
 
 /// The outbound half of one agent's stream.
@@ -52,13 +53,26 @@ pub enum CoreInput {
     Subscriptions(Vec<Subscription>),
 }
 
-/// Where journal writes go. Results come back on the unbounded channel given to
-/// [`spawn_core`]: they are bounded by the machine's own in-flight caps, and must never be
-/// dropped or block the task that produces them.
+/// Where journal writes go. Results come back as [`Completion`]s on the unbounded channel
+/// given to [`spawn_core`]: they are bounded by the machine's own in-flight caps, and must
+/// never be dropped or block the task that produces them.
 pub trait JournalPort: Send + 'static {
     /// Queue one write. Must not block; if the write cannot even be queued, report
     /// `JournalResult::Failed { retryable: true }` for it through the results channel.
     fn submit(&mut self, op: OpId, write: JournalWrite);
+}
+
+/// The production port: the group-commit writer of [`crate::journal::Journal`].
+pub struct JournalWriterPort {
+    pub journal: crate::journal::Journal,
+    pub done: mpsc::UnboundedSender<Completion>,
+}
+
+impl JournalPort for JournalWriterPort {
+    fn submit(&mut self, op: OpId, write: JournalWrite) {
+        // A full queue answers Failed{retryable} at once: the machine's retry is the backoff.
+        self.journal.try_submit(op, write, &self.done);
+    }
 }
 
 /// A snapshot of the core for `/metrics`, `/readyz` and the operator.
@@ -106,7 +120,7 @@ pub fn spawn_core<J: JournalPort>(
     core: Core,
     core_id: String,
     journal: J,
-    journal_results: mpsc::UnboundedReceiver<(OpId, JournalResult)>,
+    journal_results: mpsc::UnboundedReceiver<Completion>,
     inputs_cap: usize,
 ) -> (CoreHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(inputs_cap);
@@ -135,7 +149,7 @@ impl<J: JournalPort> CoreTask<J> {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<CoreInput>,
-        mut jrx: mpsc::UnboundedReceiver<(OpId, JournalResult)>,
+        mut jrx: mpsc::UnboundedReceiver<Completion>,
     ) {
         let mut publish = tokio::time::interval(std::time::Duration::from_millis(500));
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,7 +158,7 @@ impl<J: JournalPort> CoreTask<J> {
             let deadline = self.core.poll_timeout().map(|d| self.clock.deadline(d));
             tokio::select! {
                 biased;
-                Some((op, result)) = jrx.recv() => {
+                Some(Completion { op, result }) = jrx.recv() => {
                     self.core.handle_journal_result(self.clock.now(), op, result);
                 }
                 inp = rx.recv(), if inputs_open => match inp {
