@@ -52,7 +52,7 @@ master:
   --rate N[/s]            emit N intents per second (default 100) ...
   --trades N              ... for N trades (default 10), each open, modifies, partials, close
   --modifies N            modifies per trade in rate mode (default 1)
-  --partials N            partial closes per trade in rate mode (default 1)
+  --partials N            partial closes per trade in rate mode (default 1, at most 49)
   --concurrent N          trades open at once in rate mode (default 4)
   --symbol SYM            symbol in rate mode (default EURUSD)
   --capacity N            IntentQueue capacity (default 1024)
@@ -191,6 +191,11 @@ impl TerminalArgs {
         if !(0.0..=1.0).contains(&reject_rate) {
             return Err(ArgsError(format!(
                 "--reject-rate must be in 0..=1, got {reject_rate}"
+            )));
+        }
+        if partials > 49 {
+            return Err(ArgsError(format!(
+                "--partials must be at most 49, got {partials}"
             )));
         }
         if concurrent == 0 || capacity == 0 || max_frame_len < 1_024 {
