@@ -18,8 +18,7 @@ use echo_runtime::machines::msg::{
 };
 use echo_runtime::pipe::{PipeEvent, PipeSender, PipeServer, PipeServerConfig};
 use echo_runtime::terminal::{run_until, Outcome, TerminalArgs};
-use serde_json::Value;
-use support::{next_event, temp_dir};
+use support::{next_event, rows, temp_dir, terminal_args};
 use tokio::sync::mpsc;
 
 fn m1() -> AccountId {
@@ -33,21 +32,7 @@ async fn agent(dir: &Path) -> (PipeServer, mpsc::Receiver<PipeEvent>) {
 }
 
 fn args(sock: &Path, data: &Path, extra: &[&str]) -> TerminalArgs {
-    let mut v: Vec<String> = [
-        "--role",
-        "master",
-        "--account",
-        "M1",
-        "--socket",
-        sock.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    TerminalArgs::parse(v).expect("terminal args")
+    terminal_args("master", "M1", sock, data, extra)
 }
 
 /// What a fake agent does on every event: handshake + fast delivery config on connect;
@@ -93,14 +78,6 @@ fn ack(pipes: &PipeSender, i: &TradeIntent, result: AckResult, error: Option<Err
             }),
         )
         .unwrap();
-}
-
-fn rows(path: PathBuf) -> Vec<Value> {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON row"))
-        .collect()
 }
 
 /// Intent ids appended and not removed in the IntentQueue file.

@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use echo_runtime::machines::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
@@ -18,8 +18,7 @@ use echo_runtime::machines::msg::{
 };
 use echo_runtime::pipe::{PipeEvent, PipeSender, PipeServer, PipeServerConfig};
 use echo_runtime::terminal::{run_until, TerminalArgs};
-use serde_json::Value;
-use support::{next_event, temp_dir, wait_event};
+use support::{next_event, rows, temp_dir, terminal_args, wait_event};
 use tokio::sync::mpsc;
 
 fn s1() -> AccountId {
@@ -51,21 +50,7 @@ fn open(n: u32) -> Command {
 }
 
 fn args(sock: &Path, data: &Path, extra: &[&str]) -> TerminalArgs {
-    let mut v: Vec<String> = [
-        "--role",
-        "slave",
-        "--account",
-        "S1",
-        "--socket",
-        sock.to_str().unwrap(),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.extend(extra.iter().map(|s| s.to_string()));
-    TerminalArgs::parse(v).expect("terminal args")
+    terminal_args("slave", "S1", sock, data, extra)
 }
 
 struct FakeAgent {
@@ -152,14 +137,6 @@ impl FakeAgent {
         }
         panic!("{c:?} never answered OK");
     }
-}
-
-fn rows(path: PathBuf) -> Vec<Value> {
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON row"))
-        .collect()
 }
 
 /// Orders the broker placed, per command id.

@@ -437,3 +437,33 @@ pub(crate) fn send_frame(writer: &Option<mpsc::Sender<EaFrame>>, frame: EaFrame)
         None => tracing::debug!("pipe down; frame dropped (the machine will resend)"),
     }
 }
+
+/// Starts the pipe connection task of a terminal; it is aborted when the guard drops.
+pub(crate) fn spawn_link(args: &TerminalArgs) -> (AbortOnDrop<()>, mpsc::Receiver<LinkEvent>) {
+    let (tx, rx) = mpsc::channel(4_096);
+    let task = tokio::spawn(link(
+        args.socket.clone(),
+        hello_for(args),
+        args.max_frame_len,
+        args.reconnect_max,
+        tx,
+    ));
+    (AbortOnDrop(task), rx)
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a spawned task when dropped (the terminal's pipe task dies with its loop).
+pub(crate) struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
