@@ -204,9 +204,7 @@ impl TerminalArgs {
             ));
         }
         let socket = socket.unwrap_or_else(|| {
-            let dir = socket_dir
-                .or_else(|| std::env::var_os("ECHO_SOCKET_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("/tmp/echo-pipes"));
+            let dir = socket_dir.unwrap_or_else(crate::pipe::default_socket_dir);
             crate::pipe::endpoint_path(&dir, &account)
         });
         let data_dir =
@@ -281,12 +279,29 @@ pub enum Outcome {
     Done { failed: u64 },
 }
 
-/// Runs the terminal until Ctrl-C / SIGTERM-less shutdown (Ctrl-C), or until done with
+/// Runs the terminal until Ctrl-C or SIGTERM, or until done with
 /// `--exit-when-done`. Exit code 0 on a clean end, 1 if intents failed, 2 on errors.
 pub async fn run(args: TerminalArgs) -> ExitCode {
     let shutdown = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        let int = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
         }
     };
     match run_until(args, shutdown).await {
