@@ -218,6 +218,7 @@ impl Master {
                 && plan_done
                 && self.held.is_none()
                 && self.q.metrics().depth == 0
+                && self.q.metrics().removing == 0
             {
                 tracing::info!(account = %self.args.account, failed = self.failed, "master done: every intent emitted and resolved");
                 return Ok(Outcome::Done {
