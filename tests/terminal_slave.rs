@@ -378,3 +378,74 @@ async fn the_simulated_broker_rejects_deterministically() {
     assert_eq!(row["status"], "REJECTED");
     run.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_agent_frame_is_answered_and_the_slave_keeps_working() {
+    use echo_runtime::pipe::lines::LineReader;
+    use echo_runtime::pipe::{encode_agent, AgentFrame, EaFrame, PipeErrorCode};
+    use tokio::io::{AsyncWriteExt, BufReader};
+
+    let dir = temp_dir("term-x");
+    let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let sock = sock_dir.join("S1.sock");
+    // A raw agent, to write what the real one never would.
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let run = tokio::spawn(run_until(args(&sock, &data, &[]), std::future::pending()));
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut lines = LineReader::new(BufReader::new(r), 65_536);
+    match next_ea(&mut lines).await {
+        EaFrame::Hello(h) => assert_eq!((h.account.as_str(), h.role), ("S1", Role::Slave)),
+        other => panic!("{other:?}"),
+    }
+    let handshake = encode_agent(&AgentFrame::Msg(AgentToEa::Handshake {
+        account: s1(),
+        protocol_version: 1,
+    }));
+    let bad = r#"{"type":"command","command_id":"M1-5@S1","intent_id":"M1-5","trade_id":"m1-t0","slave":"S1","action":"EXECUTE","symbol":"EURUSD","side":"LONG","volume":0.5,"price":1.1,"stop_loss":0.0,"take_profit":0.0}"#;
+    let good = encode_agent(&AgentFrame::Msg(AgentToEa::Command(open(5))));
+    w.write_all(format!("{handshake}{bad}\nnot json\n{good}").as_bytes())
+        .await
+        .unwrap();
+    match next_ea(&mut lines).await {
+        EaFrame::Error(e) => {
+            assert_eq!(e.code, PipeErrorCode::BadField);
+            assert_eq!(e.ref_id.as_deref(), Some("M1-5@S1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match next_ea(&mut lines).await {
+        EaFrame::Error(e) => assert_eq!(e.code, PipeErrorCode::BadJson),
+        other => panic!("{other:?}"),
+    }
+    match next_ea(&mut lines).await {
+        EaFrame::Msg(EaToAgent::PipeAck(a)) => {
+            assert_eq!(
+                (a.command_id.as_str(), a.status),
+                ("M1-5@S1", PipeStatus::Ok)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match next_ea(&mut lines).await {
+        EaFrame::Msg(EaToAgent::Execution(r)) => assert_eq!(r.status, BrokerStatus::Filled),
+        other => panic!("{other:?}"),
+    }
+    run.abort();
+}
+
+async fn next_ea<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut echo_runtime::pipe::lines::LineReader<R>,
+) -> echo_runtime::pipe::EaFrame {
+    use echo_runtime::pipe::lines::Framed;
+    match tokio::time::timeout(Duration::from_secs(10), lines.next()).await {
+        Ok(Ok(Some(Framed::Line(l)))) => {
+            echo_runtime::pipe::decode_ea(&l).expect("a terminal frame")
+        }
+        other => panic!("{other:?}"),
+    }
+}
