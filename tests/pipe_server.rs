@@ -130,6 +130,16 @@ async fn bad_configuration_is_refused() {
             .err(),
         Some(PipeError::BadAccountName { .. })
     ));
+    // A socket directory others may write is refused (they could swap the socket), and the
+    // refused attempt leaves nothing behind.
+    let open_dir = temp_dir("pipe-777");
+    std::fs::create_dir_all(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    match PipeServer::bind(PipeServerConfig::new(&open_dir, accounts())).await {
+        Err(PipeError::UnsafeDir { .. }) => {}
+        other => panic!("expected UnsafeDir, got {:?}", other.err()),
+    }
+    assert_eq!(std::fs::read_dir(&open_dir).unwrap().count(), 0);
     let twice = vec![
         (AccountId::new("M1"), Role::Master),
         (AccountId::new("M1"), Role::Slave),

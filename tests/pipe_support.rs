@@ -99,3 +99,34 @@ pub async fn wait_event(
         }
     }
 }
+
+/// `echo terminal` options for a test terminal.
+pub fn terminal_args(
+    role: &str,
+    account: &str,
+    sock: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> echo_runtime::terminal::TerminalArgs {
+    let base = [
+        "--role",
+        role,
+        "--account",
+        account,
+        "--socket",
+        sock.to_str().expect("utf-8 path"),
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+    ];
+    let all = base.iter().chain(extra.iter()).map(|s| s.to_string());
+    echo_runtime::terminal::TerminalArgs::parse(all).expect("terminal args")
+}
+
+/// The JSON rows of a terminal file.
+pub fn rows(path: PathBuf) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect()
+}

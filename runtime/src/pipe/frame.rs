@@ -265,105 +265,53 @@ impl std::error::Error for DecodeError {}
 
 // ---------------------------------------------------------------- enum spellings
 
-fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::Master => "MASTER",
-        Role::Slave => "SLAVE",
-    }
+/// Declares the two directions of one enum's wire spelling: `$to` and `$from`.
+macro_rules! spelling {
+    ($to:ident, $from:ident, $ty:ty { $($v:path => $s:literal),+ $(,)? }) => {
+        fn $to(x: $ty) -> &'static str {
+            match x {
+                $($v => $s,)+
+            }
+        }
+
+        fn $from(s: &str) -> Option<$ty> {
+            match s {
+                $($s => Some($v),)+
+                _ => None,
+            }
+        }
+    };
 }
 
-fn parse_role(s: &str) -> Option<Role> {
-    match s {
-        "MASTER" => Some(Role::Master),
-        "SLAVE" => Some(Role::Slave),
-        _ => None,
-    }
-}
-
-fn kind_str(k: IntentKind) -> &'static str {
-    match k {
-        IntentKind::Open => "OPEN",
-        IntentKind::Modify => "MODIFY",
-        IntentKind::PartialClose => "PARTIAL_CLOSE",
-        IntentKind::Close => "CLOSE",
-    }
-}
-
-fn parse_kind(s: &str) -> Option<IntentKind> {
-    match s {
-        "OPEN" => Some(IntentKind::Open),
-        "MODIFY" => Some(IntentKind::Modify),
-        "PARTIAL_CLOSE" => Some(IntentKind::PartialClose),
-        "CLOSE" => Some(IntentKind::Close),
-        _ => None,
-    }
-}
-
-fn side_str(s: Side) -> &'static str {
-    match s {
-        Side::Buy => "BUY",
-        Side::Sell => "SELL",
-    }
-}
-
-fn parse_side(s: &str) -> Option<Side> {
-    match s {
-        "BUY" => Some(Side::Buy),
-        "SELL" => Some(Side::Sell),
-        _ => None,
-    }
-}
-
-fn ack_result_str(r: AckResult) -> &'static str {
-    match r {
-        AckResult::Pending => "PENDING",
-        AckResult::Ok => "OK",
-        AckResult::Failed => "FAILED",
-    }
-}
-
-fn parse_ack_result(s: &str) -> Option<AckResult> {
-    match s {
-        "PENDING" => Some(AckResult::Pending),
-        "OK" => Some(AckResult::Ok),
-        "FAILED" => Some(AckResult::Failed),
-        _ => None,
-    }
-}
-
-fn pipe_status_str(s: PipeStatus) -> &'static str {
-    match s {
-        PipeStatus::Ok => "OK",
-        PipeStatus::Retry => "RETRY",
-        PipeStatus::Failed => "FAILED",
-    }
-}
-
-fn parse_pipe_status(s: &str) -> Option<PipeStatus> {
-    match s {
-        "OK" => Some(PipeStatus::Ok),
-        "RETRY" => Some(PipeStatus::Retry),
-        "FAILED" => Some(PipeStatus::Failed),
-        _ => None,
-    }
-}
-
-fn broker_status_str(s: BrokerStatus) -> &'static str {
-    match s {
-        BrokerStatus::Filled => "FILLED",
-        BrokerStatus::Rejected => "REJECTED",
-        BrokerStatus::Cancelled => "CANCELLED",
-    }
-}
-
-fn parse_broker_status(s: &str) -> Option<BrokerStatus> {
-    match s {
-        "FILLED" => Some(BrokerStatus::Filled),
-        "REJECTED" => Some(BrokerStatus::Rejected),
-        "CANCELLED" => Some(BrokerStatus::Cancelled),
-        _ => None,
-    }
-}
+spelling!(role_str, parse_role, Role {
+    Role::Master => "MASTER",
+    Role::Slave => "SLAVE",
+});
+spelling!(kind_str, parse_kind, IntentKind {
+    IntentKind::Open => "OPEN",
+    IntentKind::Modify => "MODIFY",
+    IntentKind::PartialClose => "PARTIAL_CLOSE",
+    IntentKind::Close => "CLOSE",
+});
+spelling!(side_str, parse_side, Side {
+    Side::Buy => "BUY",
+    Side::Sell => "SELL",
+});
+spelling!(ack_result_str, parse_ack_result, AckResult {
+    AckResult::Pending => "PENDING",
+    AckResult::Ok => "OK",
+    AckResult::Failed => "FAILED",
+});
+spelling!(pipe_status_str, parse_pipe_status, PipeStatus {
+    PipeStatus::Ok => "OK",
+    PipeStatus::Retry => "RETRY",
+    PipeStatus::Failed => "FAILED",
+});
+spelling!(broker_status_str, parse_broker_status, BrokerStatus {
+    BrokerStatus::Filled => "FILLED",
+    BrokerStatus::Rejected => "REJECTED",
+    BrokerStatus::Cancelled => "CANCELLED",
+});
 
 /// The wire name of an error code (`ERROR_CODE_BROKER_BUSY`, …).
 pub fn error_code_str(c: ErrorCode) -> &'static str {

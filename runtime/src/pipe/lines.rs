@@ -104,3 +104,55 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::BufReader;
+
+    /// Every framing result of `input`, read through a buffer of `cap` bytes.
+    async fn frames(input: &[u8], cap: usize, max: usize) -> Vec<Framed> {
+        let mut r = LineReader::new(BufReader::with_capacity(cap, input), max);
+        let mut out = Vec::new();
+        while let Some(f) = r.next().await.expect("in-memory read") {
+            out.push(f);
+        }
+        out
+    }
+
+    fn line(s: &str) -> Framed {
+        Framed::Line(s.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn splits_lines_whatever_the_chunking() {
+        let input = b"{\"a\":1}\n\r\n\n{\"b\":2}\r\nxyz\ntail-without-newline";
+        for cap in [1, 2, 3, 7, 64] {
+            assert_eq!(
+                frames(input, cap, 16).await,
+                vec![line("{\"a\":1}"), line("{\"b\":2}"), line("xyz")],
+                "cap {cap}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_reported_once_and_the_stream_goes_on() {
+        let mut input = b"ok\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 40));
+        input.extend(b"\nafter\n1234567890\r\n12345678901\n");
+        for cap in [1, 5, 8, 100] {
+            assert_eq!(
+                frames(&input, cap, 10).await,
+                vec![
+                    line("ok"),
+                    Framed::TooLong { len: 40 },
+                    line("after"),
+                    line("1234567890"),
+                    Framed::TooLong { len: 11 },
+                ],
+                "cap {cap}"
+            );
+        }
+    }
+}

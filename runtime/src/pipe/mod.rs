@@ -82,6 +82,8 @@ pub enum PipeError {
     NotASocket { path: PathBuf },
     /// Another live process is listening on the socket (a second agent?).
     InUse { path: PathBuf },
+    /// The socket directory could let another user replace a socket.
+    UnsafeDir { path: PathBuf, reason: String },
     /// An account appears twice in the configuration.
     DuplicateAccount { account: String },
     Io {
@@ -110,6 +112,11 @@ impl fmt::Display for PipeError {
             PipeError::InUse { path } => write!(
                 f,
                 "{} is in use by another live listener",
+                path.display()
+            ),
+            PipeError::UnsafeDir { path, reason } => write!(
+                f,
+                "socket directory {} is unsafe: {reason}",
                 path.display()
             ),
             PipeError::DuplicateAccount { account } => {
@@ -144,6 +151,14 @@ pub fn check_account_name(account: &AccountId) -> Result<(), PipeError> {
             account: s.to_string(),
         })
     }
+}
+
+/// The socket directory used when none is configured: `$ECHO_SOCKET_DIR`, else
+/// `/tmp/echo-pipes`. Agent and terminal must agree on it.
+pub fn default_socket_dir() -> PathBuf {
+    std::env::var_os("ECHO_SOCKET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/echo-pipes"))
 }
 
 /// The socket of `account` in the agent's socket directory: `<dir>/<account>.sock`.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use echo_statemachine::ids::{AccountId, CommandId};
-use echo_statemachine::msg::{AgentToEa, Role, PROTOCOL_VERSION};
+use echo_statemachine::msg::{AgentToEa, EaToAgent, Role, PROTOCOL_VERSION};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -38,7 +38,7 @@ pub enum PipeEvent {
     Message {
         account: AccountId,
         conn: ConnId,
-        msg: EaToAgentMsg,
+        msg: EaToAgent,
     },
     /// The current connection ended: call `handle_pipe_closed`.
     Closed {
@@ -73,9 +73,6 @@ pub enum PipeEvent {
         error: ErrorFrame,
     },
 }
-
-/// The message type the listener hands on (re-exported for readability).
-pub type EaToAgentMsg = echo_statemachine::msg::EaToAgent;
 
 impl PipeEvent {
     /// For a `WriteFailed` of a `command`: the account and command id to report to the
@@ -315,7 +312,7 @@ enum Outgoing {
 
 /// What a connection's tasks tell the actor.
 enum Note {
-    Frame(ConnId, EaToAgentMsg),
+    Frame(ConnId, EaToAgent),
     Bad(ConnId, DecodeError),
     Peer(ConnId, ErrorFrame),
     Ended(ConnId, CloseReason),
@@ -653,19 +650,19 @@ async fn handshake(
     Err(refusal)
 }
 
-fn frame_type_of(m: &EaToAgentMsg) -> &'static str {
+fn frame_type_of(m: &EaToAgent) -> &'static str {
     match m {
-        EaToAgentMsg::Intent(_) => "intent",
-        EaToAgentMsg::PipeAck(_) => "pipe_ack",
-        EaToAgentMsg::Execution(_) => "execution",
+        EaToAgent::Intent(_) => "intent",
+        EaToAgent::PipeAck(_) => "pipe_ack",
+        EaToAgent::Execution(_) => "execution",
     }
 }
 
-fn frame_id_of(m: &EaToAgentMsg) -> String {
+fn frame_id_of(m: &EaToAgent) -> String {
     match m {
-        EaToAgentMsg::Intent(i) => i.intent_id.to_string(),
-        EaToAgentMsg::PipeAck(a) => a.command_id.to_string(),
-        EaToAgentMsg::Execution(r) => r.command_id.to_string(),
+        EaToAgent::Intent(i) => i.intent_id.to_string(),
+        EaToAgent::PipeAck(a) => a.command_id.to_string(),
+        EaToAgent::Execution(r) => r.command_id.to_string(),
     }
 }
 

@@ -90,6 +90,7 @@ pub(super) fn bind(
         let _ = std::fs::remove_file(&tmp);
         e
     };
+    check_dir(dir, &tmp).map_err(cleanup)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .map_err(io_err(&tmp))
         .map_err(cleanup)?;
@@ -106,6 +107,36 @@ pub(super) fn bind(
             dev_ino: (m.dev(), m.ino()),
         },
     ))
+}
+
+/// The socket directory must belong to this process's user and be writable by nobody else:
+/// whoever can write the directory can swap the socket for their own. The owner is compared
+/// with the owner of the socket just bound (this process's effective user), which needs no
+/// `unsafe` call to learn the user id.
+fn check_dir(dir: &Path, ours: &Path) -> Result<(), PipeError> {
+    let d = std::fs::metadata(dir).map_err(io_err(dir))?;
+    let me = std::fs::symlink_metadata(ours).map_err(io_err(ours))?;
+    let reason = if d.uid() != me.uid() {
+        Some(format!(
+            "owned by uid {}, not by this process (uid {})",
+            d.uid(),
+            me.uid()
+        ))
+    } else if d.mode() & 0o022 != 0 {
+        Some(format!(
+            "writable by group or others (mode {:o})",
+            d.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(PipeError::UnsafeDir {
+            path: dir.to_path_buf(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 pub(super) async fn accept_loop(

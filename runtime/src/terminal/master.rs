@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use super::plan::{IntentSpec, Plan, Step};
 use super::store::{line, wall_ms, JsonlFile, StoreError};
 use super::{
-    hello_for, link, send_frame, Clock, LinkEvent, Outcome, Source, TerminalArgs, TerminalError,
+    send_frame, sleep_until_opt, spawn_link, Clock, LinkEvent, Outcome, Source, TerminalArgs,
+    TerminalError,
 };
 use crate::pipe::frame::{error_code_str, intent_from_value, intent_kind_str, intent_value};
 use crate::pipe::{AgentFrame, EaFrame, ErrorFrame, PipeErrorCode};
@@ -206,15 +207,7 @@ impl Master {
         &mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Outcome, TerminalError> {
-        let (link_tx, mut link_rx) = mpsc::channel(4_096);
-        let link_task = tokio::spawn(link(
-            self.args.socket.clone(),
-            hello_for(&self.args),
-            self.args.max_frame_len,
-            self.args.reconnect_max,
-            link_tx,
-        ));
-        let _abort = AbortOnDrop(link_task);
+        let (_link, mut link_rx) = spawn_link(&self.args);
         tokio::pin!(shutdown);
         let mut next_emit = tokio::time::Instant::now();
         let mut plan_done = false;
@@ -225,6 +218,7 @@ impl Master {
                 && plan_done
                 && self.held.is_none()
                 && self.q.metrics().depth == 0
+                && self.q.metrics().removing == 0
             {
                 tracing::info!(account = %self.args.account, failed = self.failed, "master done: every intent emitted and resolved");
                 return Ok(Outcome::Done {
@@ -416,21 +410,5 @@ impl Master {
                 self.q.handle_persist_result(now, op, r);
             }
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Aborts a spawned task when dropped (the terminal's pipe task dies with its loop).
-pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -52,7 +52,7 @@ master:
   --rate N[/s]            emit N intents per second (default 100) ...
   --trades N              ... for N trades (default 10), each open, modifies, partials, close
   --modifies N            modifies per trade in rate mode (default 1)
-  --partials N            partial closes per trade in rate mode (default 1)
+  --partials N            partial closes per trade in rate mode (default 1, at most 49)
   --concurrent N          trades open at once in rate mode (default 4)
   --symbol SYM            symbol in rate mode (default EURUSD)
   --capacity N            IntentQueue capacity (default 1024)
@@ -193,15 +193,18 @@ impl TerminalArgs {
                 "--reject-rate must be in 0..=1, got {reject_rate}"
             )));
         }
+        if partials > 49 {
+            return Err(ArgsError(format!(
+                "--partials must be at most 49, got {partials}"
+            )));
+        }
         if concurrent == 0 || capacity == 0 || max_frame_len < 1_024 {
             return Err(ArgsError(
                 "--concurrent and --capacity must be >= 1, --max-frame-len >= 1024".into(),
             ));
         }
         let socket = socket.unwrap_or_else(|| {
-            let dir = socket_dir
-                .or_else(|| std::env::var_os("ECHO_SOCKET_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("/tmp/echo-pipes"));
+            let dir = socket_dir.unwrap_or_else(crate::pipe::default_socket_dir);
             crate::pipe::endpoint_path(&dir, &account)
         });
         let data_dir =
@@ -276,12 +279,29 @@ pub enum Outcome {
     Done { failed: u64 },
 }
 
-/// Runs the terminal until Ctrl-C / SIGTERM-less shutdown (Ctrl-C), or until done with
+/// Runs the terminal until Ctrl-C or SIGTERM, or until done with
 /// `--exit-when-done`. Exit code 0 on a clean end, 1 if intents failed, 2 on errors.
 pub async fn run(args: TerminalArgs) -> ExitCode {
     let shutdown = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        let int = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
         }
     };
     match run_until(args, shutdown).await {
@@ -430,5 +450,35 @@ pub(crate) fn send_frame(writer: &Option<mpsc::Sender<EaFrame>>, frame: EaFrame)
             }
         }
         None => tracing::debug!("pipe down; frame dropped (the machine will resend)"),
+    }
+}
+
+/// Starts the pipe connection task of a terminal; it is aborted when the guard drops.
+pub(crate) fn spawn_link(args: &TerminalArgs) -> (AbortOnDrop<()>, mpsc::Receiver<LinkEvent>) {
+    let (tx, rx) = mpsc::channel(4_096);
+    let task = tokio::spawn(link(
+        args.socket.clone(),
+        hello_for(args),
+        args.max_frame_len,
+        args.reconnect_max,
+        tx,
+    ));
+    (AbortOnDrop(task), rx)
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a spawned task when dropped (the terminal's pipe task dies with its loop).
+pub(crate) struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

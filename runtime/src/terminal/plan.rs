@@ -403,3 +403,81 @@ impl Plan {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emits(plan: &mut Plan) -> Vec<IntentSpec> {
+        let mut v = Vec::new();
+        while let Some(s) = plan.next_step() {
+            if let Step::Emit(i) = s {
+                v.push(i);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn rate_mode_runs_every_lifecycle_in_order() {
+        for (trades, conc, modifies, partials) in [(7, 3, 2, 1), (1, 4, 0, 0), (6, 2, 1, 3)] {
+            let mut plan = Plan::rate(100.0, trades, modifies, partials, conc, "EURUSD");
+            let all = emits(&mut plan);
+            let life = 2 + modifies as usize + partials as usize;
+            assert_eq!(all.len(), trades as usize * life);
+            assert_eq!(plan.total(), all.len() as u64);
+            for t in 0..trades {
+                let mine: Vec<&IntentSpec> =
+                    all.iter().filter(|i| i.trade == format!("t{t}")).collect();
+                assert_eq!(mine.len(), life, "trade {t}");
+                assert_eq!(mine[0].kind, IntentKind::Open);
+                assert_eq!(mine[life - 1].kind, IntentKind::Close);
+                let closed: f64 = mine[1..]
+                    .iter()
+                    .filter(|i| i.kind != IntentKind::Modify)
+                    .map(|i| i.volume)
+                    .sum();
+                assert!(
+                    (closed - mine[0].volume).abs() < 1e-9,
+                    "trade {t} closes what it opened"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn skip_resumes_at_the_same_step() {
+        let mut a = Plan::rate(100.0, 5, 1, 1, 2, "X");
+        let all = emits(&mut a);
+        let mut b = Plan::rate(100.0, 5, 1, 1, 2, "X");
+        b.skip(7);
+        assert_eq!(emits(&mut b), all[7..].to_vec());
+        let text = "open a X buy 1 1.1\nsleep 5\nmodify a sl=1\nclose a\n";
+        let mut s = Plan::script(Path::new("s"), text).unwrap();
+        s.skip(1);
+        assert_eq!(s.next_step(), Some(Step::Sleep(Duration::from_millis(5))));
+        assert!(matches!(
+            s.next_step(),
+            Some(Step::Emit(IntentSpec {
+                kind: IntentKind::Modify,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn script_errors_name_the_line() {
+        for (text, line) in [
+            ("open a X buy 1 1.1\nopen a X buy 1 1.1\n", 2),
+            ("modify z sl=1\n", 1),
+            ("# c\n\nopen a X long 1 1\n", 3),
+            ("open a X buy 1 1\npartial a 1\n", 2),
+            ("open a X buy 1 1 sl=oops\n", 1),
+            ("jump a\n", 1),
+            ("sleep\n", 1),
+        ] {
+            let e = Plan::script(Path::new("s"), text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+        }
+    }
+}

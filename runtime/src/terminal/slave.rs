@@ -20,9 +20,10 @@ use echo_statemachine::msg::{Command, CommandBody};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::master::AbortOnDrop;
 use super::store::{line, wall_ms, JsonlFile, StoreError};
-use super::{hello_for, link, send_frame, Clock, LinkEvent, Outcome, TerminalArgs, TerminalError};
+use super::{
+    send_frame, sleep_until_opt, spawn_link, Clock, LinkEvent, Outcome, TerminalArgs, TerminalError,
+};
 use crate::pipe::frame::{
     action_str, command_from_value, command_value, execution_from_value, execution_value,
 };
@@ -327,14 +328,7 @@ impl Slave {
         &mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Outcome, TerminalError> {
-        let (link_tx, mut link_rx) = mpsc::channel(4_096);
-        let _link = AbortOnDrop(tokio::spawn(link(
-            self.args.socket.clone(),
-            hello_for(&self.args),
-            self.args.max_frame_len,
-            self.args.reconnect_max,
-            link_tx,
-        )));
+        let (_link, mut link_rx) = spawn_link(&self.args);
         tokio::pin!(shutdown);
         let mut progress = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
@@ -487,12 +481,5 @@ impl Slave {
         for (id, outcome) in answers {
             self.ex.handle_broker_result(now, id, outcome);
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
