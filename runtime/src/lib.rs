@@ -16,6 +16,7 @@
 
 pub use echo_statemachine as machines;
 
+pub mod app;
 pub mod config;
 pub mod drivers;
 pub mod journal;

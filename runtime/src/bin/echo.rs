@@ -1,93 +1,94 @@
-//! `echo` — Echo's operator command.
+//! `echo` — Echo's operator command, and the one binary behind every Echo process.
 //!
-//! `echo demo` copies trades from masters to slaves through the real Echo machines (core,
-//! agents, master IntentQueue, slave executor) and prints the run's ledger. Until the runtime
-//! issue lands real processes, gRPC and on-disk storage, the demo runs every machine in this
-//! process over simulated time and storage; its exit code is non-zero if anything was lost,
-//! executed twice or delivered out of order.
+//! `echo demo` runs the main job as real processes (see `echo_runtime::app::demo`); `echo core`,
+//! `echo agent` and `echo terminal` are the processes themselves (`echo-core` and `echo-agent`
+//! are the same entry points under their own names); `echo journal` and `echo config` are the
+//! operator's read-only tools.
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use echo_sim::world::WorldConfig;
+use echo_runtime::app::{self, AppError};
 
-const USAGE: &str = "usage: echo demo [--masters N] [--slaves N] [--trades N]
+const USAGE: &str = "usage: echo <command> [options]   (echo <command> --help for its options)
 
-  --masters N   master accounts (default 1, 1..=16)
-  --slaves N    slaves per master (default 5, 1..=64)
-  --trades N    trades per master, each open → modify → partial close → close (default 200, 1..=100000)";
+  demo       run core, agents and terminals as processes, kill some mid-stream, report
+  core       the core process (gRPC link, journal, config)
+  agent      an agent process (ledger, terminal pipes, core link)
+  terminal   a reference master / slave terminal on an agent's pipe
+  journal    ls | show TRADE_ID: what the journal holds
+  config     check FILE | hash-token | new-token";
 
-fn parse_num(flag: &str, raw: Option<String>, min: usize, max: usize) -> Result<usize, String> {
-    let raw = raw.ok_or_else(|| format!("{flag} needs a value"))?;
-    let v: usize = raw
-        .parse()
-        .map_err(|_| format!("{flag} expects an integer, got {raw:?}"))?;
-    if v < min || v > max {
-        return Err(format!("{flag} must be in {min}..={max}, got {v}"));
-    }
-    Ok(v)
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::io("starting the tokio runtime"))
 }
 
-fn demo(args: impl Iterator<Item = String>) -> Result<ExitCode, String> {
-    let mut cfg = WorldConfig {
-        trades: 200,
-        ..WorldConfig::default()
-    };
-    let mut args = args.peekable();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--masters" => cfg.masters = parse_num("--masters", args.next(), 1, 16)?,
-            "--slaves" => cfg.slaves_per_master = parse_num("--slaves", args.next(), 1, 64)?,
-            "--trades" => cfg.trades = parse_num("--trades", args.next(), 1, 100_000)?,
-            "-h" | "--help" => {
-                println!("{USAGE}");
+fn run(cmd: &str, rest: &[String]) -> Result<ExitCode, AppError> {
+    match cmd {
+        "demo" => {
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", app::demo::USAGE);
                 return Ok(ExitCode::SUCCESS);
             }
-            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+            let ok = app::demo::run(app::demo::DemoOptions::parse(rest)?)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-    }
-    println!(
-        "echo demo: {} master(s) × {} slaves, {} trades each (in-process machines, simulated time)",
-        cfg.masters, cfg.slaves_per_master, cfg.trades
-    );
-    let mut last = u64::MAX;
-    let (report, settled) = echo_sim::run_world(cfg, |done, total| {
-        let pct = done * 100 / total.max(1);
-        if pct != last {
-            last = pct;
-            let bar = "#".repeat((pct / 4) as usize);
-            eprint!("\r[{bar:<25}] {pct:>3}% intents emitted {done}/{total}");
-            let _ = std::io::stderr().flush();
+        "core" => runtime()?
+            .block_on(app::core::main(rest))
+            .map(|_| ExitCode::SUCCESS),
+        "agent" => runtime()?
+            .block_on(app::agent::main(rest))
+            .map(|_| ExitCode::SUCCESS),
+        "terminal" => {
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", echo_runtime::terminal::USAGE);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let args = echo_runtime::terminal::TerminalArgs::parse(rest.iter().cloned())
+                .map_err(|e| AppError::Usage(format!("{e}\n{}", echo_runtime::terminal::USAGE)))?;
+            echo_runtime::observe::init_logging(false);
+            Ok(runtime()?.block_on(echo_runtime::terminal::run(args)))
         }
-    });
-    eprintln!();
-    println!("{report}");
-    if !settled {
-        println!("NOT SETTLED: deliveries were still open when the time budget ran out");
-    }
-    if report.is_clean() && settled {
-        println!("result: OK — nothing lost, nothing duplicated, order kept");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("result: FAILED");
-        Ok(ExitCode::from(1))
+        "journal" => runtime()?
+            .block_on(app::cli::journal(rest))
+            .map(|_| ExitCode::SUCCESS),
+        "config" => app::cli::config(rest).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(AppError::Usage(format!(
+            "unknown command {other:?}\n{USAGE}"
+        ))),
     }
 }
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let result = match args.next().as_deref() {
-        Some("demo") => demo(args),
-        Some("-h" | "--help") | None => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
     };
-    match result {
+    match run(cmd, rest) {
         Ok(code) => code,
-        Err(msg) => {
-            eprintln!("echo: {msg}");
+        Err(AppError::Usage(msg)) => {
+            eprintln!("echo {cmd}: {msg}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("echo {cmd}: {e}");
             ExitCode::from(2)
         }
     }

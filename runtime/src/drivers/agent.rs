@@ -19,8 +19,8 @@ use super::clock::Clock;
 use super::core::sleep_until_opt;
 use crate::ledger::{Ledger, LedgerCompletion};
 use crate::link::client::LinkEvent;
-use crate::pipe::PipeSender;
 use crate::link::convert;
+use crate::pipe::PipeSender;
 
 /// Pipe events and link events, in one mailbox.
 #[derive(Debug)]
@@ -122,6 +122,8 @@ struct AgentTask<P: PipePort, L: LedgerPort> {
     status_tx: watch::Sender<Arc<AgentStatus>>,
 }
 
+/// Starts the agent task. `inputs` is its mailbox (made by the caller, so ports such as
+/// [`PipeServerPort`] can hold the sender before the task exists).
 pub fn spawn_agent<P: PipePort, L: LedgerPort>(
     m: DeliveryManager,
     agent_id: AgentId,
@@ -129,9 +131,9 @@ pub fn spawn_agent<P: PipePort, L: LedgerPort>(
     pipes: P,
     ledger: L,
     ledger_results: mpsc::UnboundedReceiver<LedgerCompletion>,
-    inputs_cap: usize,
+    inputs: (mpsc::Sender<AgentInput>, mpsc::Receiver<AgentInput>),
 ) -> (AgentHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(inputs_cap);
+    let (tx, rx) = inputs;
     let (status_tx, status_rx) = watch::channel(Arc::new(AgentStatus::default()));
     let task = AgentTask {
         m,

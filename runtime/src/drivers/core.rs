@@ -12,9 +12,7 @@ use std::sync::Arc;
 
 use echo_proto::v1 as pb;
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig, Subscription};
-use echo_statemachine::core::{
-    Core, CoreLog, CoreMetrics, CoreOutput, JournalWrite, OpId,
-};
+use echo_statemachine::core::{Core, CoreLog, CoreMetrics, CoreOutput, JournalWrite, OpId};
 use echo_statemachine::ids::{AgentId, CommandId};
 use echo_statemachine::msg::{AgentHello, AgentToCore};
 use tokio::sync::{mpsc, watch};
