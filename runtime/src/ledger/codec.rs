@@ -76,7 +76,10 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
         CommandBody::Close { volume, .. } => &[*volume],
     };
     if floats.iter().any(|f| !f.is_finite()) {
-        return Err(format!("command {} holds a non-finite number", c.command_id));
+        return Err(format!(
+            "command {} holds a non-finite number",
+            c.command_id
+        ));
     }
     let body = match &c.body {
         CommandBody::Execute {

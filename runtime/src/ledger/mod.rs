@@ -291,10 +291,7 @@ fn run(
         // Requests are taken in order; a Load or Shutdown ends the batch, so it sees every
         // write queued before it committed.
         let mut tail = None;
-        if matches!(
-            writes.last(),
-            Some(Request::Load(_) | Request::Shutdown(_))
-        ) {
+        if matches!(writes.last(), Some(Request::Load(_) | Request::Shutdown(_))) {
             tail = writes.pop();
         }
         // A record that cannot be stored faithfully is refused on its own (not retryable).
@@ -387,16 +384,10 @@ fn fail_all(writes: Vec<Request>, retryable: bool, stats: &Stats) {
 }
 
 /// `encoded` holds the bytes of each `Persist` in `writes`, in order.
-fn commit(
-    db: &Database,
-    writes: &[Request],
-    encoded: &[Vec<u8>],
-) -> Result<(), Box<redb::Error>> {
+fn commit(db: &Database, writes: &[Request], encoded: &[Vec<u8>]) -> Result<(), Box<redb::Error>> {
     let e = |e: redb::Error| Box::new(e);
     let mut w = db.begin_write().map_err(|x| e(x.into()))?;
-    let any_persist = writes
-        .iter()
-        .any(|r| matches!(r, Request::Persist { .. }));
+    let any_persist = writes.iter().any(|r| matches!(r, Request::Persist { .. }));
     // Deletes alone need no fsync: a delete lost to a crash is issued again on recover.
     w.set_durability(if any_persist {
         Durability::Immediate
