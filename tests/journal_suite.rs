@@ -430,6 +430,63 @@ async fn group_commit_answers_each_op(kind: Kind) {
     j.close().await;
 }
 
+async fn repeats_in_one_batch_insert_once(kind: Kind) {
+    let env = Env::new(kind).await;
+    let j = env.open().await;
+    let old = intent("old", "t1", IntentKind::Open, 1);
+    let (w_old, old_ds) = accept(&old, &["s1", "s2"]);
+    assert_eq!(j.write(w_old.clone()).await, DONE);
+    j.write(finish(&old_ds[0], DeliveryStatus::Acked, Some(5), None))
+        .await;
+    // Queued back to back so they share batches: a new intent twice, an old one, the new one
+    // again, other new intents in between.
+    let x = intent("x", "t2", IntentKind::Open, 2);
+    let (w_x, x_ds) = accept(&x, &["s2", "s1", "s3"]);
+    let mut writes = vec![w_x.clone()];
+    for n in 0..5u64 {
+        writes.push(
+            accept(
+                &intent(&format!("y{n}"), "t3", IntentKind::Open, 3 + n),
+                &["s1"],
+            )
+            .0,
+        );
+    }
+    writes.push(w_x.clone());
+    writes.push(w_old);
+    writes.push(w_x);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (n, w) in writes.into_iter().enumerate() {
+        assert!(j.try_submit(OpId(n as u64), w, &tx));
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..9 {
+        let c = rx.recv().await.expect("answer");
+        answers.insert(c.op.0, c.result);
+    }
+    let x_unfinished = JournalResult::Ok(JournalReply::IntentExisted {
+        unfinished: sorted(x_ds),
+    });
+    let x_answers: Vec<&JournalResult> = [0u64, 6, 8].iter().map(|k| &answers[k]).collect();
+    assert_eq!(x_answers.iter().filter(|r| ***r == DONE).count(), 1);
+    assert_eq!(
+        x_answers.iter().filter(|r| ***r == x_unfinished).count(),
+        2,
+        "{x_answers:?}"
+    );
+    for k in 1..=5 {
+        assert_eq!(answers[&k], DONE);
+    }
+    assert_eq!(
+        answers[&7],
+        JournalResult::Ok(JournalReply::IntentExisted {
+            unfinished: vec![old_ds[1].clone()]
+        })
+    );
+    assert_eq!(j.load().await.expect("load").unfinished.len(), 1 + 3 + 5);
+    j.close().await;
+}
+
 async fn new_work_wakes_at_once_and_poll_backstops(kind: Kind) {
     let env = Env::new(kind).await;
     let j = env.open().await;
@@ -491,6 +548,7 @@ suite!(
     open_tickets_follow_opens_and_closes,
     reload_after_reopen_rebuilds_the_core,
     group_commit_answers_each_op,
+    repeats_in_one_batch_insert_once,
     new_work_wakes_at_once_and_poll_backstops,
     closed_journal_answers_retryable,
 );

@@ -14,7 +14,7 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, TradeId};
-use echo_statemachine::msg::IntentKind;
+use echo_statemachine::msg::{IntentKind, TradeIntent};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -88,6 +88,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(o.max_connections.max(2))
             .acquire_timeout(o.acquire_timeout)
+            // No ping before each batch (a round trip per commit): a dead connection fails its
+            // batch retryably instead, and is replaced.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         migrate(&pool).await?;
@@ -126,8 +129,21 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let mut replies = Vec::with_capacity(writes.len());
         let mut new_work = false;
-        for w in writes {
-            replies.push(apply(&mut tx, w, &mut new_work).await?);
+        let mut i = 0;
+        while i < writes.len() {
+            // A run of consecutive AcceptIntents takes a few statements in all, not two per
+            // intent: same answers as one by one (nothing else interleaves within the run).
+            let run = writes[i..]
+                .iter()
+                .take_while(|w| matches!(w, JournalWrite::AcceptIntent { .. }))
+                .count();
+            if run > 1 {
+                replies.extend(accept_run(&mut tx, &writes[i..i + run], &mut new_work).await?);
+                i += run;
+            } else {
+                replies.push(apply(&mut tx, writes[i], &mut new_work).await?);
+                i += 1;
+            }
         }
         if new_work {
             // Delivered to listeners only if (and when) the transaction commits.
@@ -181,6 +197,172 @@ async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
     Ok(())
 }
 
+/// Consecutive `AcceptIntent`s in bulk: one intent insert, one delivery insert, one read of
+/// the unfinished deliveries of intents that already existed.
+async fn accept_run(
+    tx: &mut Transaction<'static, Postgres>,
+    run: &[&JournalWrite],
+    new_work: &mut bool,
+) -> Result<Vec<JournalReply>, JournalError> {
+    use std::collections::{HashMap, HashSet};
+    let accepts: Vec<(&TradeIntent, &[DeliveryRecord])> = run
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::AcceptIntent { intent, deliveries } => {
+                Some((intent, deliveries.as_slice()))
+            }
+            _ => None,
+        })
+        .collect();
+    // The first write of each intent id is the one that may insert it.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (k, (i, _)) in accepts.iter().enumerate() {
+        first.entry(i.intent_id.as_str()).or_insert(k);
+    }
+    let mut firsts: Vec<usize> = first.values().copied().collect();
+    firsts.sort_unstable();
+    let n = firsts.len();
+    let mut c = IntentColumns::with_capacity(n);
+    for &k in &firsts {
+        c.push(accepts[k].0)?;
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
+         side, volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::int8[], \
+         $12::int8[], $13::int8[]) \
+         ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id",
+    )
+    .bind(c.intent_id)
+    .bind(c.trade_id)
+    .bind(c.master)
+    .bind(c.kind)
+    .bind(c.symbol)
+    .bind(c.side)
+    .bind(c.volume)
+    .bind(c.price)
+    .bind(c.stop_loss)
+    .bind(c.take_profit)
+    .bind(c.master_ticket)
+    .bind(c.master_seq)
+    .bind(c.emitted_at_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    let mut new_rows: Vec<&DeliveryRecord> = Vec::new();
+    let mut existed: Vec<&str> = Vec::new();
+    for &k in &firsts {
+        let (i, ds) = accepts[k];
+        if inserted.contains(i.intent_id.as_str()) {
+            new_rows.extend(ds.iter());
+        } else {
+            existed.push(i.intent_id.as_str());
+        }
+    }
+    if !new_rows.is_empty() {
+        insert_deliveries(tx, &new_rows).await?;
+        *new_work = true;
+    }
+    let mut unfinished: HashMap<String, Vec<DeliveryRecord>> = HashMap::new();
+    if !existed.is_empty() {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal \
+             WHERE intent_id = ANY($1) AND status = 'inflight' ORDER BY command_id"
+        ))
+        .bind(&existed)
+        .fetch_all(&mut **tx)
+        .await?;
+        for d in decode_deliveries(rows)? {
+            unfinished
+                .entry(d.intent_id.as_str().to_string())
+                .or_default()
+                .push(d);
+        }
+    }
+    let mut replies = Vec::with_capacity(accepts.len());
+    for (k, (i, _)) in accepts.iter().enumerate() {
+        let id = i.intent_id.as_str();
+        let f = first.get(id).copied().unwrap_or(k);
+        let reply = if inserted.contains(id) {
+            if f == k {
+                JournalReply::Done
+            } else {
+                // A repeat of an intent inserted earlier in this run: its deliveries as just
+                // written, all unfinished.
+                let mut ds: Vec<DeliveryRecord> = accepts[f]
+                    .1
+                    .iter()
+                    .filter(|d| d.status == DeliveryStatus::Inflight)
+                    .cloned()
+                    .collect();
+                ds.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+                JournalReply::IntentExisted { unfinished: ds }
+            }
+        } else {
+            JournalReply::IntentExisted {
+                unfinished: unfinished.get(id).cloned().unwrap_or_default(),
+            }
+        };
+        replies.push(reply);
+    }
+    Ok(replies)
+}
+
+#[derive(Default)]
+struct IntentColumns<'a> {
+    intent_id: Vec<&'a str>,
+    trade_id: Vec<&'a str>,
+    master: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    symbol: Vec<&'a str>,
+    side: Vec<&'static str>,
+    volume: Vec<f64>,
+    price: Vec<f64>,
+    stop_loss: Vec<f64>,
+    take_profit: Vec<f64>,
+    master_ticket: Vec<i64>,
+    master_seq: Vec<i64>,
+    emitted_at_ms: Vec<i64>,
+}
+
+impl<'a> IntentColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        IntentColumns {
+            intent_id: Vec::with_capacity(n),
+            trade_id: Vec::with_capacity(n),
+            master: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            symbol: Vec::with_capacity(n),
+            side: Vec::with_capacity(n),
+            volume: Vec::with_capacity(n),
+            price: Vec::with_capacity(n),
+            stop_loss: Vec::with_capacity(n),
+            take_profit: Vec::with_capacity(n),
+            master_ticket: Vec::with_capacity(n),
+            master_seq: Vec::with_capacity(n),
+            emitted_at_ms: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, i: &'a TradeIntent) -> Result<(), JournalError> {
+        self.intent_id.push(i.intent_id.as_str());
+        self.trade_id.push(i.trade_id.as_str());
+        self.master.push(i.master.as_str());
+        self.kind.push(codec::kind_str(i.kind));
+        self.symbol.push(i.symbol.as_str());
+        self.side.push(codec::side_str(i.side));
+        self.volume.push(i.volume);
+        self.price.push(i.price);
+        self.stop_loss.push(i.stop_loss);
+        self.take_profit.push(i.take_profit);
+        self.master_ticket.push(i.master_ticket);
+        self.master_seq.push(seq_to_sql(i.master_seq)?);
+        self.emitted_at_ms.push(i.emitted_at_ms);
+        Ok(())
+    }
+}
+
 async fn apply(
     tx: &mut Transaction<'static, Postgres>,
     w: &JournalWrite,
@@ -222,7 +404,8 @@ async fn apply(
                 return Ok(JournalReply::IntentExisted { unfinished });
             }
             if !deliveries.is_empty() {
-                insert_deliveries(tx, deliveries).await?;
+                let rows: Vec<&DeliveryRecord> = deliveries.iter().collect();
+                insert_deliveries(tx, &rows).await?;
                 *new_work = true;
             }
             Ok(JournalReply::Done)
@@ -360,10 +543,10 @@ fn attempts_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-/// All deliveries of one intent in one statement (arrays unnested server-side).
+/// Many deliveries in one statement (arrays unnested server-side).
 async fn insert_deliveries(
     tx: &mut Transaction<'static, Postgres>,
-    ds: &[DeliveryRecord],
+    ds: &[&DeliveryRecord],
 ) -> Result<(), JournalError> {
     let n = ds.len();
     let mut command_id = Vec::with_capacity(n);

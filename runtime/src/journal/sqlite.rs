@@ -147,8 +147,9 @@ async fn apply(
                 let unfinished = decode_deliveries(rows)?;
                 return Ok(JournalReply::IntentExisted { unfinished });
             }
-            for d in deliveries {
-                insert_delivery(tx, d).await?;
+            // Many rows per statement (SQLite allows 32766 parameters; 18 per row).
+            for chunk in deliveries.chunks(500) {
+                insert_deliveries(tx, chunk).await?;
             }
             if !deliveries.is_empty() {
                 *new_work = true;
@@ -283,36 +284,40 @@ async fn apply(
     }
 }
 
-async fn insert_delivery(
+async fn insert_deliveries(
     tx: &mut Transaction<'static, Sqlite>,
-    d: &DeliveryRecord,
+    ds: &[DeliveryRecord],
 ) -> Result<(), JournalError> {
-    sqlx::query(
+    let mut q = sqlx::QueryBuilder::<Sqlite>::new(
         "INSERT INTO delivery_journal (command_id, intent_id, trade_id, master_account, \
          slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-         status, stage, attempts, slave_ticket, reason) \
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)",
-    )
-    .bind(d.command_id.as_str())
-    .bind(d.intent_id.as_str())
-    .bind(d.trade_id.as_str())
-    .bind(d.master.as_str())
-    .bind(d.slave.as_str())
-    .bind(codec::kind_str(d.kind))
-    .bind(d.symbol.as_str())
-    .bind(codec::side_str(d.side))
-    .bind(d.volume)
-    .bind(d.price)
-    .bind(d.stop_loss)
-    .bind(d.take_profit)
-    .bind(seq_to_sql(d.master_seq)?)
-    .bind(codec::status_str(d.status))
-    .bind(codec::stage_str(d.stage))
-    .bind(i64::from(d.attempts))
-    .bind(d.slave_ticket)
-    .bind(d.reason.map(codec::reason_str))
-    .execute(&mut **tx)
-    .await?;
+         status, stage, attempts, slave_ticket, reason) ",
+    );
+    let mut seqs = Vec::with_capacity(ds.len());
+    for d in ds {
+        seqs.push(seq_to_sql(d.master_seq)?);
+    }
+    q.push_values(ds.iter().zip(seqs), |mut b, (d, seq)| {
+        b.push_bind(d.command_id.as_str())
+            .push_bind(d.intent_id.as_str())
+            .push_bind(d.trade_id.as_str())
+            .push_bind(d.master.as_str())
+            .push_bind(d.slave.as_str())
+            .push_bind(codec::kind_str(d.kind))
+            .push_bind(d.symbol.as_str())
+            .push_bind(codec::side_str(d.side))
+            .push_bind(d.volume)
+            .push_bind(d.price)
+            .push_bind(d.stop_loss)
+            .push_bind(d.take_profit)
+            .push_bind(seq)
+            .push_bind(codec::status_str(d.status))
+            .push_bind(codec::stage_str(d.stage))
+            .push_bind(i64::from(d.attempts))
+            .push_bind(d.slave_ticket)
+            .push_bind(d.reason.map(codec::reason_str));
+    });
+    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 
