@@ -137,21 +137,15 @@ impl PgStore {
                 .iter()
                 .take_while(|w| matches!(w, JournalWrite::AcceptIntent { .. }))
                 .count();
-            if run > 1 {
-                replies.extend(accept_run(&mut tx, &writes[i..i + run], &mut new_work).await?);
+            if run > 0 {
+                let replies_run =
+                    accept_run(&mut tx, &writes[i..i + run], &self.instance, &mut new_work).await?;
+                replies.extend(replies_run);
                 i += run;
             } else {
-                replies.push(apply(&mut tx, writes[i], &mut new_work).await?);
+                replies.push(apply(&mut tx, writes[i], &self.instance).await?);
                 i += 1;
             }
-        }
-        if new_work {
-            // Delivered to listeners only if (and when) the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(&self.instance)
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
         Ok(BatchOk { replies, new_work })
@@ -197,11 +191,13 @@ async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// Consecutive `AcceptIntent`s in bulk: one intent insert, one delivery insert, one read of
-/// the unfinished deliveries of intents that already existed.
+/// Consecutive `AcceptIntent`s in bulk: one statement inserts the new intents, their
+/// deliveries and the NOTIFY; one more reads the unfinished deliveries of intents that
+/// already existed, if any did.
 async fn accept_run(
     tx: &mut Transaction<'static, Postgres>,
     run: &[&JournalWrite],
+    instance: &str,
     new_work: &mut bool,
 ) -> Result<Vec<JournalReply>, JournalError> {
     use std::collections::{HashMap, HashSet};
@@ -226,13 +222,40 @@ async fn accept_run(
     for &k in &firsts {
         c.push(accepts[k].0)?;
     }
+    let mut d = DeliveryColumns::default();
+    for &k in &firsts {
+        for r in accepts[k].1 {
+            d.push(r)?;
+        }
+    }
+    // One statement: the intents not yet journaled, the deliveries of exactly those, and the
+    // NOTIFY (sent on commit) if any delivery is new.
     let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
-         side, volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::int8[], \
-         $12::int8[], $13::int8[]) \
-         ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id",
+        "WITH new_intent AS ( \
+           INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
+             side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
+             emitted_at_ms) \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], \
+             $11::int8[], $12::int8[], $13::int8[]) \
+           ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id), \
+         new_delivery AS ( \
+           INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, \
+             master_account, slave_account, kind, symbol, side, volume, price, stop_loss, \
+             take_profit, master_seq, status, stage, attempts, slave_ticket, reason) \
+           SELECT u.* FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], \
+             $18::text[], $19::text[], $20::text[], $21::text[], $22::float8[], \
+             $23::float8[], $24::float8[], $25::float8[], $26::int8[], $27::text[], \
+             $28::text[], $29::int4[], $30::int8[], $31::text[]) \
+             AS u(command_id, intent_id, trade_id, master_account, slave_account, kind, \
+             symbol, side, volume, price, stop_loss, take_profit, master_seq, status, stage, \
+             attempts, slave_ticket, reason) \
+           WHERE u.intent_id IN (SELECT intent_id FROM new_intent) \
+           RETURNING 1), \
+         notified AS ( \
+           SELECT pg_notify($32, $33) WHERE EXISTS (SELECT 1 FROM new_delivery)) \
+         SELECT intent_id FROM new_intent \
+         WHERE (SELECT count(*) FROM notified) >= 0",
     )
     .bind(c.intent_id)
     .bind(c.trade_id)
@@ -247,22 +270,39 @@ async fn accept_run(
     .bind(c.master_ticket)
     .bind(c.master_seq)
     .bind(c.emitted_at_ms)
+    .bind(d.command_id)
+    .bind(d.intent_id)
+    .bind(d.trade_id)
+    .bind(d.master)
+    .bind(d.slave)
+    .bind(d.kind)
+    .bind(d.symbol)
+    .bind(d.side)
+    .bind(d.volume)
+    .bind(d.price)
+    .bind(d.stop_loss)
+    .bind(d.take_profit)
+    .bind(d.master_seq)
+    .bind(d.status)
+    .bind(d.stage)
+    .bind(d.attempts)
+    .bind(d.slave_ticket)
+    .bind(d.reason)
+    .bind(NOTIFY_CHANNEL)
+    .bind(instance)
     .fetch_all(&mut **tx)
     .await?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
-    let mut new_rows: Vec<&DeliveryRecord> = Vec::new();
     let mut existed: Vec<&str> = Vec::new();
     for &k in &firsts {
         let (i, ds) = accepts[k];
         if inserted.contains(i.intent_id.as_str()) {
-            new_rows.extend(ds.iter());
+            if !ds.is_empty() {
+                *new_work = true;
+            }
         } else {
             existed.push(i.intent_id.as_str());
         }
-    }
-    if !new_rows.is_empty() {
-        insert_deliveries(tx, &new_rows).await?;
-        *new_work = true;
     }
     let mut unfinished: HashMap<String, Vec<DeliveryRecord>> = HashMap::new();
     if !existed.is_empty() {
@@ -366,49 +406,16 @@ impl<'a> IntentColumns<'a> {
 async fn apply(
     tx: &mut Transaction<'static, Postgres>,
     w: &JournalWrite,
-    new_work: &mut bool,
+    instance: &str,
 ) -> Result<JournalReply, JournalError> {
     match w {
-        JournalWrite::AcceptIntent { intent, deliveries } => {
-            let inserted = sqlx::query(
-                "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, \
-                 symbol, side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-                 emitted_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
-                 ON CONFLICT (intent_id) DO NOTHING",
-            )
-            .bind(intent.intent_id.as_str())
-            .bind(intent.trade_id.as_str())
-            .bind(intent.master.as_str())
-            .bind(codec::kind_str(intent.kind))
-            .bind(intent.symbol.as_str())
-            .bind(codec::side_str(intent.side))
-            .bind(intent.volume)
-            .bind(intent.price)
-            .bind(intent.stop_loss)
-            .bind(intent.take_profit)
-            .bind(intent.master_ticket)
-            .bind(seq_to_sql(intent.master_seq)?)
-            .bind(intent.emitted_at_ms)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                let rows = sqlx::query(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal \
-                     WHERE intent_id = $1 AND status = 'inflight' ORDER BY command_id"
-                ))
-                .bind(intent.intent_id.as_str())
-                .fetch_all(&mut **tx)
-                .await?;
-                let unfinished = decode_deliveries(rows)?;
-                return Ok(JournalReply::IntentExisted { unfinished });
-            }
-            if !deliveries.is_empty() {
-                let rows: Vec<&DeliveryRecord> = deliveries.iter().collect();
-                insert_deliveries(tx, &rows).await?;
-                *new_work = true;
-            }
-            Ok(JournalReply::Done)
+        JournalWrite::AcceptIntent { .. } => {
+            // Runs of AcceptIntent (even of one) go through `accept_run`.
+            let replies = accept_run(tx, &[w], instance, &mut false).await?;
+            replies.into_iter().next().ok_or(JournalError::Corrupt {
+                column: "batch",
+                value: "no reply for an AcceptIntent".into(),
+            })
         }
         JournalWrite::FinishDelivery {
             command_id,
@@ -543,80 +550,51 @@ fn attempts_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-/// Many deliveries in one statement (arrays unnested server-side).
-async fn insert_deliveries(
-    tx: &mut Transaction<'static, Postgres>,
-    ds: &[&DeliveryRecord],
-) -> Result<(), JournalError> {
-    let n = ds.len();
-    let mut command_id = Vec::with_capacity(n);
-    let mut intent_id = Vec::with_capacity(n);
-    let mut trade_id = Vec::with_capacity(n);
-    let mut master = Vec::with_capacity(n);
-    let mut slave = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut symbol = Vec::with_capacity(n);
-    let mut side = Vec::with_capacity(n);
-    let mut volume = Vec::with_capacity(n);
-    let mut price = Vec::with_capacity(n);
-    let mut stop_loss = Vec::with_capacity(n);
-    let mut take_profit = Vec::with_capacity(n);
-    let mut master_seq = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut stage = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut slave_ticket: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut reason: Vec<Option<&str>> = Vec::with_capacity(n);
-    for d in ds {
-        command_id.push(d.command_id.as_str());
-        intent_id.push(d.intent_id.as_str());
-        trade_id.push(d.trade_id.as_str());
-        master.push(d.master.as_str());
-        slave.push(d.slave.as_str());
-        kind.push(codec::kind_str(d.kind));
-        symbol.push(d.symbol.as_str());
-        side.push(codec::side_str(d.side));
-        volume.push(d.volume);
-        price.push(d.price);
-        stop_loss.push(d.stop_loss);
-        take_profit.push(d.take_profit);
-        master_seq.push(seq_to_sql(d.master_seq)?);
-        status.push(codec::status_str(d.status));
-        stage.push(codec::stage_str(d.stage));
-        attempts.push(attempts_i32(d.attempts));
-        slave_ticket.push(d.slave_ticket);
-        reason.push(d.reason.map(codec::reason_str));
+/// Delivery rows as column arrays, for `UNNEST`.
+#[derive(Default)]
+struct DeliveryColumns<'a> {
+    command_id: Vec<&'a str>,
+    intent_id: Vec<&'a str>,
+    trade_id: Vec<&'a str>,
+    master: Vec<&'a str>,
+    slave: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    symbol: Vec<&'a str>,
+    side: Vec<&'static str>,
+    volume: Vec<f64>,
+    price: Vec<f64>,
+    stop_loss: Vec<f64>,
+    take_profit: Vec<f64>,
+    master_seq: Vec<i64>,
+    status: Vec<&'static str>,
+    stage: Vec<&'static str>,
+    attempts: Vec<i32>,
+    slave_ticket: Vec<Option<i64>>,
+    reason: Vec<Option<&'static str>>,
+}
+
+impl<'a> DeliveryColumns<'a> {
+    fn push(&mut self, d: &'a DeliveryRecord) -> Result<(), JournalError> {
+        self.command_id.push(d.command_id.as_str());
+        self.intent_id.push(d.intent_id.as_str());
+        self.trade_id.push(d.trade_id.as_str());
+        self.master.push(d.master.as_str());
+        self.slave.push(d.slave.as_str());
+        self.kind.push(codec::kind_str(d.kind));
+        self.symbol.push(d.symbol.as_str());
+        self.side.push(codec::side_str(d.side));
+        self.volume.push(d.volume);
+        self.price.push(d.price);
+        self.stop_loss.push(d.stop_loss);
+        self.take_profit.push(d.take_profit);
+        self.master_seq.push(seq_to_sql(d.master_seq)?);
+        self.status.push(codec::status_str(d.status));
+        self.stage.push(codec::stage_str(d.stage));
+        self.attempts.push(attempts_i32(d.attempts));
+        self.slave_ticket.push(d.slave_ticket);
+        self.reason.push(d.reason.map(codec::reason_str));
+        Ok(())
     }
-    sqlx::query(
-        "INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, master_account, \
-         slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-         status, stage, attempts, slave_ticket, reason) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[], \
-         $12::float8[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::int8[], \
-         $18::text[])",
-    )
-    .bind(command_id)
-    .bind(intent_id)
-    .bind(trade_id)
-    .bind(master)
-    .bind(slave)
-    .bind(kind)
-    .bind(symbol)
-    .bind(side)
-    .bind(volume)
-    .bind(price)
-    .bind(stop_loss)
-    .bind(take_profit)
-    .bind(master_seq)
-    .bind(status)
-    .bind(stage)
-    .bind(attempts)
-    .bind(slave_ticket)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn decode_deliveries(
