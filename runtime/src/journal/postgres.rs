@@ -403,6 +403,8 @@ impl<'a> IntentColumns<'a> {
     }
 }
 
+super::shared_writes::shared_writes!(Postgres, "echo.", "now()");
+
 async fn apply(
     tx: &mut Transaction<'static, Postgres>,
     w: &JournalWrite,
@@ -417,137 +419,8 @@ async fn apply(
                 value: "no reply for an AcceptIntent".into(),
             })
         }
-        JournalWrite::FinishDelivery {
-            command_id,
-            status,
-            stage,
-            attempts,
-            slave_ticket,
-            reason,
-            ..
-        } => {
-            let row = sqlx::query(
-                "UPDATE echo.delivery_journal SET status = $2, stage = $3, attempts = $4, \
-                 slave_ticket = $5, reason = $6, updated_at = now() \
-                 WHERE command_id = $1 AND status = 'inflight' \
-                 RETURNING kind, trade_id, slave_account, master_seq",
-            )
-            .bind(command_id.as_str())
-            .bind(codec::status_str(*status))
-            .bind(codec::stage_str(*stage))
-            .bind(attempts_i32(*attempts))
-            .bind(*slave_ticket)
-            .bind(reason.map(codec::reason_str))
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else {
-                // Already final (never regressed) or unknown: nothing to change.
-                return Ok(JournalReply::Done);
-            };
-            if *status != DeliveryStatus::Acked {
-                return Ok(JournalReply::Done);
-            }
-            let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
-            let trade: String = row.try_get("trade_id")?;
-            let slave: String = row.try_get("slave_account")?;
-            let seq: i64 = row.try_get("master_seq")?;
-            match (kind, slave_ticket) {
-                (IntentKind::Open, Some(ticket)) => {
-                    sqlx::query(
-                        "INSERT INTO echo.open_position (trade_id, slave_account, slave_ticket, \
-                         open_seq) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (trade_id, slave_account) DO UPDATE \
-                         SET slave_ticket = EXCLUDED.slave_ticket, open_seq = EXCLUDED.open_seq \
-                         WHERE echo.open_position.open_seq <= EXCLUDED.open_seq",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(*ticket)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                (IntentKind::Close, _) => {
-                    sqlx::query(
-                        "DELETE FROM echo.open_position \
-                         WHERE trade_id = $1 AND slave_account = $2 AND open_seq < $3",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::UpdateStage {
-            command_id,
-            stage,
-            attempts,
-        } => {
-            sqlx::query(
-                "UPDATE echo.delivery_journal SET stage = $2, \
-                 attempts = GREATEST(attempts, $3), updated_at = now() \
-                 WHERE command_id = $1 AND status = 'inflight' AND (CASE stage \
-                 WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
-                 WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < $4",
-            )
-            .bind(command_id.as_str())
-            .bind(codec::stage_str(*stage))
-            .bind(attempts_i32(*attempts))
-            .bind(codec::stage_rank(*stage))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRetry {
-            command_id,
-            attempt,
-            stage,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO echo.delivery_retry_event (command_id, attempt, stage, reason) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(command_id.as_str())
-            .bind(attempts_i32(*attempt))
-            .bind(codec::stage_str(*stage))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRejection {
-            intent_id,
-            trade_id,
-            worker,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO echo.router_rejection (intent_id, trade_id, worker_id, reason) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(intent_id.as_str())
-            .bind(trade_id.as_str())
-            .bind(attempts_i32(*worker))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::Probe => {
-            sqlx::query("SELECT 1").execute(&mut **tx).await?;
-            Ok(JournalReply::Done)
-        }
+        _ => apply_shared(tx, w).await,
     }
-}
-
-/// `INTEGER` columns hold counts that never come near `i32::MAX`; saturate rather than wrap.
-fn attempts_i32(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 /// Delivery rows as column arrays, for `UNNEST`.
@@ -590,7 +463,7 @@ impl<'a> DeliveryColumns<'a> {
         self.master_seq.push(seq_to_sql(d.master_seq)?);
         self.status.push(codec::status_str(d.status));
         self.stage.push(codec::stage_str(d.stage));
-        self.attempts.push(attempts_i32(d.attempts));
+        self.attempts.push(codec::count_to_sql(d.attempts));
         self.slave_ticket.push(d.slave_ticket);
         self.reason.push(d.reason.map(codec::reason_str));
         Ok(())

@@ -29,9 +29,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     include_str!("../../../migrations/sqlite/0001_echo_journal.sql"),
 )];
 
-/// SQLite stores the same millisecond timestamps the Postgres queries return.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
 }
@@ -107,6 +104,12 @@ async fn migrate(pool: &SqlitePool) -> Result<(), JournalError> {
     Ok(())
 }
 
+super::shared_writes::shared_writes!(
+    Sqlite,
+    "",
+    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+);
+
 async fn apply(
     tx: &mut Transaction<'static, Sqlite>,
     w: &JournalWrite,
@@ -156,131 +159,7 @@ async fn apply(
             }
             Ok(JournalReply::Done)
         }
-        JournalWrite::FinishDelivery {
-            command_id,
-            status,
-            stage,
-            attempts,
-            slave_ticket,
-            reason,
-            ..
-        } => {
-            let row = sqlx::query(&format!(
-                "UPDATE delivery_journal SET status = ?2, stage = ?3, attempts = ?4, \
-                 slave_ticket = ?5, reason = ?6, updated_at = {NOW_MS} \
-                 WHERE command_id = ?1 AND status = 'inflight' \
-                 RETURNING kind, trade_id, slave_account, master_seq"
-            ))
-            .bind(command_id.as_str())
-            .bind(codec::status_str(*status))
-            .bind(codec::stage_str(*stage))
-            .bind(i64::from(*attempts))
-            .bind(*slave_ticket)
-            .bind(reason.map(codec::reason_str))
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else {
-                // Already final (never regressed) or unknown: nothing to change.
-                return Ok(JournalReply::Done);
-            };
-            if *status != DeliveryStatus::Acked {
-                return Ok(JournalReply::Done);
-            }
-            let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
-            let trade: String = row.try_get("trade_id")?;
-            let slave: String = row.try_get("slave_account")?;
-            let seq: i64 = row.try_get("master_seq")?;
-            match (kind, slave_ticket) {
-                (IntentKind::Open, Some(ticket)) => {
-                    sqlx::query(
-                        "INSERT INTO open_position (trade_id, slave_account, slave_ticket, \
-                         open_seq) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (trade_id, slave_account) DO UPDATE \
-                         SET slave_ticket = excluded.slave_ticket, open_seq = excluded.open_seq \
-                         WHERE open_position.open_seq <= excluded.open_seq",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(*ticket)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                (IntentKind::Close, _) => {
-                    sqlx::query(
-                        "DELETE FROM open_position \
-                         WHERE trade_id = ?1 AND slave_account = ?2 AND open_seq < ?3",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::UpdateStage {
-            command_id,
-            stage,
-            attempts,
-        } => {
-            sqlx::query(&format!(
-                "UPDATE delivery_journal SET stage = ?2, attempts = MAX(attempts, ?3), \
-                 updated_at = {NOW_MS} \
-                 WHERE command_id = ?1 AND status = 'inflight' AND (CASE stage \
-                 WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
-                 WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < ?4"
-            ))
-            .bind(command_id.as_str())
-            .bind(codec::stage_str(*stage))
-            .bind(i64::from(*attempts))
-            .bind(codec::stage_rank(*stage))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRetry {
-            command_id,
-            attempt,
-            stage,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO delivery_retry_event (command_id, attempt, stage, reason) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(command_id.as_str())
-            .bind(i64::from(*attempt))
-            .bind(codec::stage_str(*stage))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRejection {
-            intent_id,
-            trade_id,
-            worker,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO router_rejection (intent_id, trade_id, worker_id, reason) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(intent_id.as_str())
-            .bind(trade_id.as_str())
-            .bind(i64::from(*worker))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::Probe => {
-            sqlx::query("SELECT 1").execute(&mut **tx).await?;
-            Ok(JournalReply::Done)
-        }
+        _ => apply_shared(tx, w).await,
     }
 }
 
