@@ -2,12 +2,12 @@
 //! loses no intent the journal had answered `Ok` (WAL + `synchronous=FULL`), and the reopened
 //! journal still dedupes them.
 
+#[path = "crash_support.rs"]
+mod crash;
 #[path = "journal_support.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
 
 use echo_runtime::journal::{Journal, JournalOptions};
 use echo_statemachine::core::{JournalReply, JournalResult, OpId};
@@ -57,43 +57,7 @@ async fn crash_child_core() {
 #[test]
 fn sigkill_loses_no_accepted_intent() {
     let dir = tempfile::tempdir().expect("tmp");
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Process::new(exe)
-        .args([
-            "crash_child_core",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn core");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut durable = Vec::new();
-    let t0 = Instant::now();
-    while durable.len() < 500 {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(n) = l.strip_prefix("DURABLE ") {
-                    durable.push(n.parse::<u64>().expect("op number"));
-                }
-            }
-            _ => panic!("the core stopped after {} durable intents", durable.len()),
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "core too slow");
-    }
-    child.kill().expect("kill");
-    let _ = child.wait();
-    for l in lines.map_while(Result::ok) {
-        if let Some(n) = l.strip_prefix("DURABLE ") {
-            if let Ok(n) = n.parse::<u64>() {
-                durable.push(n);
-            }
-        }
-    }
+    let durable = crash::kill_writer_after("crash_child_core", CHILD_ENV, dir.path(), 500);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let j = Journal::open_sqlite_in(dir.path(), JournalOptions::default())

@@ -2,9 +2,11 @@
 //! reopen and a `SIGKILL` of the writing process, and give `DeliveryManager::recover` what it
 //! needs.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command as Process, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
+
+#[path = "crash_support.rs"]
+mod crash;
 
 use echo_runtime::ledger::{Ledger, LedgerCompletion, LEDGER_FILE};
 use echo_statemachine::agent::{
@@ -251,45 +253,7 @@ async fn crash_child_writer() {
 fn sigkill_loses_nothing_reported_durable() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join(LEDGER_FILE);
-    let exe = std::env::current_exe().expect("test binary");
-    let mut child = Process::new(exe)
-        .args([
-            "crash_child_writer",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn writer");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut durable = Vec::new();
-    let t0 = Instant::now();
-    while durable.len() < 300 {
-        match lines.next() {
-            Some(Ok(l)) => {
-                if let Some(n) = l.strip_prefix("DURABLE ") {
-                    durable.push(n.parse::<u64>().expect("op number"));
-                }
-            }
-            _ => panic!("the writer stopped after {} durable writes", durable.len()),
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "writer too slow");
-    }
-    // SIGKILL mid-stream: no destructor, no close.
-    child.kill().expect("kill");
-    let _ = child.wait();
-    // Everything it printed before dying is still in the pipe.
-    for l in lines.map_while(Result::ok) {
-        if let Some(n) = l.strip_prefix("DURABLE ") {
-            if let Ok(n) = n.parse::<u64>() {
-                durable.push(n);
-            }
-        }
-    }
+    let durable = crash::kill_writer_after("crash_child_writer", CHILD_ENV, &path, 300);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let loaded = rt.block_on(async {
         let l = reopen(&path).await;
