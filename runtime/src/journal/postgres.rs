@@ -143,7 +143,8 @@ impl PgStore {
                 replies.extend(replies_run);
                 i += run;
             } else {
-                replies.push(apply(&mut tx, writes[i], &self.instance).await?);
+                // Every AcceptIntent is in a run; the rest are the shared writes.
+                replies.push(apply_shared(&mut tx, writes[i]).await?);
                 i += 1;
             }
         }
@@ -404,24 +405,6 @@ impl<'a> IntentColumns<'a> {
 }
 
 super::shared_writes::shared_writes!(Postgres, "echo.", "now()");
-
-async fn apply(
-    tx: &mut Transaction<'static, Postgres>,
-    w: &JournalWrite,
-    instance: &str,
-) -> Result<JournalReply, JournalError> {
-    match w {
-        JournalWrite::AcceptIntent { .. } => {
-            // Runs of AcceptIntent (even of one) go through `accept_run`.
-            let replies = accept_run(tx, &[w], instance, &mut false).await?;
-            replies.into_iter().next().ok_or(JournalError::Corrupt {
-                column: "batch",
-                value: "no reply for an AcceptIntent".into(),
-            })
-        }
-        _ => apply_shared(tx, w).await,
-    }
-}
 
 /// Delivery rows as column arrays, for `UNNEST`.
 #[derive(Default)]
