@@ -124,6 +124,7 @@ async fn create_database() -> String {
              (e.g. `pg_ctlcluster 15 main start`) or point ECHO_TEST_PG_URL at one."
         ),
     };
+    sweep_leftovers(&mut conn).await;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -149,6 +150,38 @@ async fn create_database() -> String {
         }
     }
     panic!("cannot create test database {name} at {url}: {last:?}");
+}
+
+static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Drops test and bench databases whose process is gone (a run killed before its cleanup),
+/// once per process. Names carry the creating pid: `echo_t_<pid>_…`, `echo_bench_<pid>`.
+async fn sweep_leftovers(conn: &mut sqlx::PgConnection) {
+    if SWEPT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT datname FROM pg_database \
+         WHERE datname LIKE 'echo\\_t\\_%' OR datname LIKE 'echo\\_bench\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    for name in names {
+        let pid = name
+            .trim_start_matches("echo_t_")
+            .trim_start_matches("echo_bench_")
+            .split('_')
+            .next()
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut *conn)
+            .await;
+    }
 }
 
 pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent {
