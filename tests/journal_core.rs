@@ -4,6 +4,7 @@
 //! A minimal stand-in for the core driver, to show the journal gives the machine what it needs.
 
 #[path = "journal_support.rs"]
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -180,25 +181,4 @@ async fn core_recovers_from_the_journal_alone(kind: Kind) {
     j2.close().await;
 }
 
-macro_rules! both {
-    ($($name:ident),*) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-both!(core_recovers_from_the_journal_alone);
+per_backend!(core_recovers_from_the_journal_alone);

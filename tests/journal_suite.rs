@@ -3,6 +3,7 @@
 //! A Postgres that is not reachable fails the Postgres half loudly; nothing is skipped.
 
 #[path = "journal_support.rs"]
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -532,28 +533,7 @@ async fn closed_journal_answers_retryable(kind: Kind) {
     );
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Kind::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+per_backend!(
     accept_then_load,
     duplicate_intent_reports_exactly_the_unfinished,
     finish_never_regresses,

@@ -264,3 +264,27 @@ pub fn sorted(mut v: Vec<DeliveryRecord>) -> Vec<DeliveryRecord> {
     v.sort_by(|a, b| a.command_id.cmp(&b.command_id));
     v
 }
+
+/// One `#[tokio::test]` per scenario and backend: `sqlite::NAME` and `postgres::NAME`, each
+/// calling `NAME(Kind)` from the including file.
+#[allow(unused_macros)]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Postgres).await
+                }
+            )*
+        }
+    };
+}
