@@ -35,8 +35,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// Serialises migrations between processes starting at once.
 const MIGRATION_LOCK: i64 = 0x6563_686f_6a6e_6c31; // "echojnl1"
 
-/// How to reach Postgres.
-#[derive(Clone, Debug)]
+/// How to reach Postgres. Its `Debug` hides a password in the URL.
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// e.g. `postgres://echo@127.0.0.1:5432/echo`.
     pub url: String,
@@ -51,6 +51,33 @@ pub struct PostgresOptions {
     pub statement_timeout: Duration,
     /// Whether to `LISTEN` for other processes' commits.
     pub listen: bool,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("writers", &self.writers)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let Some(at) = url[start..].find('@').map(|i| start + i) else {
+        return url.to_string();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_string(),
+    }
 }
 
 impl PostgresOptions {
@@ -508,5 +535,20 @@ pub(crate) async fn listen_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_hides_the_password() {
+        let o = super::PostgresOptions::new("postgres://echo:s3cret@db:5432/echo");
+        let d = format!("{o:?}");
+        assert!(!d.contains("s3cret"), "{d}");
+        assert!(d.contains("postgres://echo:***@db:5432/echo"), "{d}");
+        assert_eq!(
+            super::redact("postgres://echo@db/x"),
+            "postgres://echo@db/x"
+        );
     }
 }
