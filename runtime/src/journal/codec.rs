@@ -148,6 +148,12 @@ pub(crate) fn seq_to_sql(v: u64) -> Result<i64, JournalError> {
     })
 }
 
+/// Attempt and worker counts go into `INTEGER` columns; they never come near `i32::MAX`, so
+/// saturate rather than wrap.
+pub(crate) fn count_to_sql(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
 pub(crate) fn seq_from_sql(v: i64) -> Result<u64, JournalError> {
     u64::try_from(v).map_err(|_| corrupt("master_seq", &v.to_string()))
 }

@@ -27,6 +27,7 @@
 pub(crate) mod codec;
 mod postgres;
 mod query;
+mod shared_writes;
 mod sqlite;
 mod writer;
 

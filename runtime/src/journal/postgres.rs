@@ -14,7 +14,7 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, TradeId};
-use echo_statemachine::msg::IntentKind;
+use echo_statemachine::msg::{IntentKind, TradeIntent};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -35,8 +35,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// Serialises migrations between processes starting at once.
 const MIGRATION_LOCK: i64 = 0x6563_686f_6a6e_6c31; // "echojnl1"
 
-/// How to reach Postgres.
-#[derive(Clone, Debug)]
+/// How to reach Postgres. Its `Debug` hides a password in the URL.
+#[derive(Clone)]
 pub struct PostgresOptions {
     /// e.g. `postgres://echo@127.0.0.1:5432/echo`.
     pub url: String,
@@ -51,6 +51,33 @@ pub struct PostgresOptions {
     pub statement_timeout: Duration,
     /// Whether to `LISTEN` for other processes' commits.
     pub listen: bool,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("writers", &self.writers)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("listen", &self.listen)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let Some(at) = url[start..].find('@').map(|i| start + i) else {
+        return url.to_string();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_string(),
+    }
 }
 
 impl PostgresOptions {
@@ -88,6 +115,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(o.max_connections.max(2))
             .acquire_timeout(o.acquire_timeout)
+            // No ping before each batch (a round trip per commit): a dead connection fails its
+            // batch retryably instead, and is replaced.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         migrate(&pool).await?;
@@ -126,16 +156,24 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let mut replies = Vec::with_capacity(writes.len());
         let mut new_work = false;
-        for w in writes {
-            replies.push(apply(&mut tx, w, &mut new_work).await?);
-        }
-        if new_work {
-            // Delivered to listeners only if (and when) the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(&self.instance)
-                .execute(&mut *tx)
-                .await?;
+        let mut i = 0;
+        while i < writes.len() {
+            // A run of consecutive AcceptIntents takes a few statements in all, not two per
+            // intent: same answers as one by one (nothing else interleaves within the run).
+            let run = writes[i..]
+                .iter()
+                .take_while(|w| matches!(w, JournalWrite::AcceptIntent { .. }))
+                .count();
+            if run > 0 {
+                let replies_run =
+                    accept_run(&mut tx, &writes[i..i + run], &self.instance, &mut new_work).await?;
+                replies.extend(replies_run);
+                i += run;
+            } else {
+                // Every AcceptIntent is in a run; the rest are the shared writes.
+                replies.push(apply_shared(&mut tx, writes[i]).await?);
+                i += 1;
+            }
         }
         tx.commit().await?;
         Ok(BatchOk { replies, new_work })
@@ -181,259 +219,265 @@ async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
     Ok(())
 }
 
-async fn apply(
+/// Consecutive `AcceptIntent`s in bulk: one statement inserts the new intents, their
+/// deliveries and the NOTIFY; one more reads the unfinished deliveries of intents that
+/// already existed, if any did.
+async fn accept_run(
     tx: &mut Transaction<'static, Postgres>,
-    w: &JournalWrite,
+    run: &[&JournalWrite],
+    instance: &str,
     new_work: &mut bool,
-) -> Result<JournalReply, JournalError> {
-    match w {
-        JournalWrite::AcceptIntent { intent, deliveries } => {
-            let inserted = sqlx::query(
-                "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, \
-                 symbol, side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-                 emitted_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
-                 ON CONFLICT (intent_id) DO NOTHING",
-            )
-            .bind(intent.intent_id.as_str())
-            .bind(intent.trade_id.as_str())
-            .bind(intent.master.as_str())
-            .bind(codec::kind_str(intent.kind))
-            .bind(intent.symbol.as_str())
-            .bind(codec::side_str(intent.side))
-            .bind(intent.volume)
-            .bind(intent.price)
-            .bind(intent.stop_loss)
-            .bind(intent.take_profit)
-            .bind(intent.master_ticket)
-            .bind(seq_to_sql(intent.master_seq)?)
-            .bind(intent.emitted_at_ms)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                let rows = sqlx::query(&format!(
-                    "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal \
-                     WHERE intent_id = $1 AND status = 'inflight' ORDER BY command_id"
-                ))
-                .bind(intent.intent_id.as_str())
-                .fetch_all(&mut **tx)
-                .await?;
-                let unfinished = decode_deliveries(rows)?;
-                return Ok(JournalReply::IntentExisted { unfinished });
+) -> Result<Vec<JournalReply>, JournalError> {
+    use std::collections::{HashMap, HashSet};
+    let accepts: Vec<(&TradeIntent, &[DeliveryRecord])> = run
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::AcceptIntent { intent, deliveries } => {
+                Some((intent, deliveries.as_slice()))
             }
-            if !deliveries.is_empty() {
-                insert_deliveries(tx, deliveries).await?;
+            _ => None,
+        })
+        .collect();
+    // The first write of each intent id is the one that may insert it.
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (k, (i, _)) in accepts.iter().enumerate() {
+        first.entry(i.intent_id.as_str()).or_insert(k);
+    }
+    let mut firsts: Vec<usize> = first.values().copied().collect();
+    firsts.sort_unstable();
+    let n = firsts.len();
+    let mut c = IntentColumns::with_capacity(n);
+    for &k in &firsts {
+        c.push(accepts[k].0)?;
+    }
+    let mut d = DeliveryColumns::default();
+    for &k in &firsts {
+        for r in accepts[k].1 {
+            d.push(r)?;
+        }
+    }
+    // One statement: the intents not yet journaled, the deliveries of exactly those, and the
+    // NOTIFY (sent on commit) if any delivery is new.
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "WITH new_intent AS ( \
+           INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
+             side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
+             emitted_at_ms) \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], \
+             $11::int8[], $12::int8[], $13::int8[]) \
+           ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id), \
+         new_delivery AS ( \
+           INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, \
+             master_account, slave_account, kind, symbol, side, volume, price, stop_loss, \
+             take_profit, master_seq, status, stage, attempts, slave_ticket, reason) \
+           SELECT u.* FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], \
+             $18::text[], $19::text[], $20::text[], $21::text[], $22::float8[], \
+             $23::float8[], $24::float8[], $25::float8[], $26::int8[], $27::text[], \
+             $28::text[], $29::int4[], $30::int8[], $31::text[]) \
+             AS u(command_id, intent_id, trade_id, master_account, slave_account, kind, \
+             symbol, side, volume, price, stop_loss, take_profit, master_seq, status, stage, \
+             attempts, slave_ticket, reason) \
+           WHERE u.intent_id IN (SELECT intent_id FROM new_intent) \
+           RETURNING 1), \
+         notified AS ( \
+           SELECT pg_notify($32, $33) WHERE EXISTS (SELECT 1 FROM new_delivery)) \
+         SELECT intent_id FROM new_intent \
+         WHERE (SELECT count(*) FROM notified) >= 0",
+    )
+    .bind(c.intent_id)
+    .bind(c.trade_id)
+    .bind(c.master)
+    .bind(c.kind)
+    .bind(c.symbol)
+    .bind(c.side)
+    .bind(c.volume)
+    .bind(c.price)
+    .bind(c.stop_loss)
+    .bind(c.take_profit)
+    .bind(c.master_ticket)
+    .bind(c.master_seq)
+    .bind(c.emitted_at_ms)
+    .bind(d.command_id)
+    .bind(d.intent_id)
+    .bind(d.trade_id)
+    .bind(d.master)
+    .bind(d.slave)
+    .bind(d.kind)
+    .bind(d.symbol)
+    .bind(d.side)
+    .bind(d.volume)
+    .bind(d.price)
+    .bind(d.stop_loss)
+    .bind(d.take_profit)
+    .bind(d.master_seq)
+    .bind(d.status)
+    .bind(d.stage)
+    .bind(d.attempts)
+    .bind(d.slave_ticket)
+    .bind(d.reason)
+    .bind(NOTIFY_CHANNEL)
+    .bind(instance)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    let mut existed: Vec<&str> = Vec::new();
+    for &k in &firsts {
+        let (i, ds) = accepts[k];
+        if inserted.contains(i.intent_id.as_str()) {
+            if !ds.is_empty() {
                 *new_work = true;
             }
-            Ok(JournalReply::Done)
+        } else {
+            existed.push(i.intent_id.as_str());
         }
-        JournalWrite::FinishDelivery {
-            command_id,
-            status,
-            stage,
-            attempts,
-            slave_ticket,
-            reason,
-            ..
-        } => {
-            let row = sqlx::query(
-                "UPDATE echo.delivery_journal SET status = $2, stage = $3, attempts = $4, \
-                 slave_ticket = $5, reason = $6, updated_at = now() \
-                 WHERE command_id = $1 AND status = 'inflight' \
-                 RETURNING kind, trade_id, slave_account, master_seq",
-            )
-            .bind(command_id.as_str())
-            .bind(codec::status_str(*status))
-            .bind(codec::stage_str(*stage))
-            .bind(attempts_i32(*attempts))
-            .bind(*slave_ticket)
-            .bind(reason.map(codec::reason_str))
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else {
-                // Already final (never regressed) or unknown: nothing to change.
-                return Ok(JournalReply::Done);
-            };
-            if *status != DeliveryStatus::Acked {
-                return Ok(JournalReply::Done);
+    }
+    let mut unfinished: HashMap<String, Vec<DeliveryRecord>> = HashMap::new();
+    if !existed.is_empty() {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal \
+             WHERE intent_id = ANY($1) AND status = 'inflight' ORDER BY command_id"
+        ))
+        .bind(&existed)
+        .fetch_all(&mut **tx)
+        .await?;
+        for d in decode_deliveries(rows)? {
+            unfinished
+                .entry(d.intent_id.as_str().to_string())
+                .or_default()
+                .push(d);
+        }
+    }
+    let mut replies = Vec::with_capacity(accepts.len());
+    for (k, (i, _)) in accepts.iter().enumerate() {
+        let id = i.intent_id.as_str();
+        let f = first.get(id).copied().unwrap_or(k);
+        let reply = if inserted.contains(id) {
+            if f == k {
+                JournalReply::Done
+            } else {
+                // A repeat of an intent inserted earlier in this run: its deliveries as just
+                // written, all unfinished.
+                let mut ds: Vec<DeliveryRecord> = accepts[f]
+                    .1
+                    .iter()
+                    .filter(|d| d.status == DeliveryStatus::Inflight)
+                    .cloned()
+                    .collect();
+                ds.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+                JournalReply::IntentExisted { unfinished: ds }
             }
-            let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
-            let trade: String = row.try_get("trade_id")?;
-            let slave: String = row.try_get("slave_account")?;
-            let seq: i64 = row.try_get("master_seq")?;
-            match (kind, slave_ticket) {
-                (IntentKind::Open, Some(ticket)) => {
-                    sqlx::query(
-                        "INSERT INTO echo.open_position (trade_id, slave_account, slave_ticket, \
-                         open_seq) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (trade_id, slave_account) DO UPDATE \
-                         SET slave_ticket = EXCLUDED.slave_ticket, open_seq = EXCLUDED.open_seq \
-                         WHERE echo.open_position.open_seq <= EXCLUDED.open_seq",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(*ticket)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                (IntentKind::Close, _) => {
-                    sqlx::query(
-                        "DELETE FROM echo.open_position \
-                         WHERE trade_id = $1 AND slave_account = $2 AND open_seq < $3",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                _ => {}
+        } else {
+            JournalReply::IntentExisted {
+                unfinished: unfinished.get(id).cloned().unwrap_or_default(),
             }
-            Ok(JournalReply::Done)
+        };
+        replies.push(reply);
+    }
+    Ok(replies)
+}
+
+#[derive(Default)]
+struct IntentColumns<'a> {
+    intent_id: Vec<&'a str>,
+    trade_id: Vec<&'a str>,
+    master: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    symbol: Vec<&'a str>,
+    side: Vec<&'static str>,
+    volume: Vec<f64>,
+    price: Vec<f64>,
+    stop_loss: Vec<f64>,
+    take_profit: Vec<f64>,
+    master_ticket: Vec<i64>,
+    master_seq: Vec<i64>,
+    emitted_at_ms: Vec<i64>,
+}
+
+impl<'a> IntentColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        IntentColumns {
+            intent_id: Vec::with_capacity(n),
+            trade_id: Vec::with_capacity(n),
+            master: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            symbol: Vec::with_capacity(n),
+            side: Vec::with_capacity(n),
+            volume: Vec::with_capacity(n),
+            price: Vec::with_capacity(n),
+            stop_loss: Vec::with_capacity(n),
+            take_profit: Vec::with_capacity(n),
+            master_ticket: Vec::with_capacity(n),
+            master_seq: Vec::with_capacity(n),
+            emitted_at_ms: Vec::with_capacity(n),
         }
-        JournalWrite::UpdateStage {
-            command_id,
-            stage,
-            attempts,
-        } => {
-            sqlx::query(
-                "UPDATE echo.delivery_journal SET stage = $2, \
-                 attempts = GREATEST(attempts, $3), updated_at = now() \
-                 WHERE command_id = $1 AND status = 'inflight' AND (CASE stage \
-                 WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
-                 WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < $4",
-            )
-            .bind(command_id.as_str())
-            .bind(codec::stage_str(*stage))
-            .bind(attempts_i32(*attempts))
-            .bind(codec::stage_rank(*stage))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRetry {
-            command_id,
-            attempt,
-            stage,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO echo.delivery_retry_event (command_id, attempt, stage, reason) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(command_id.as_str())
-            .bind(attempts_i32(*attempt))
-            .bind(codec::stage_str(*stage))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRejection {
-            intent_id,
-            trade_id,
-            worker,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO echo.router_rejection (intent_id, trade_id, worker_id, reason) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(intent_id.as_str())
-            .bind(trade_id.as_str())
-            .bind(attempts_i32(*worker))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::Probe => {
-            sqlx::query("SELECT 1").execute(&mut **tx).await?;
-            Ok(JournalReply::Done)
-        }
+    }
+
+    fn push(&mut self, i: &'a TradeIntent) -> Result<(), JournalError> {
+        self.intent_id.push(i.intent_id.as_str());
+        self.trade_id.push(i.trade_id.as_str());
+        self.master.push(i.master.as_str());
+        self.kind.push(codec::kind_str(i.kind));
+        self.symbol.push(i.symbol.as_str());
+        self.side.push(codec::side_str(i.side));
+        self.volume.push(i.volume);
+        self.price.push(i.price);
+        self.stop_loss.push(i.stop_loss);
+        self.take_profit.push(i.take_profit);
+        self.master_ticket.push(i.master_ticket);
+        self.master_seq.push(seq_to_sql(i.master_seq)?);
+        self.emitted_at_ms.push(i.emitted_at_ms);
+        Ok(())
     }
 }
 
-/// `INTEGER` columns hold counts that never come near `i32::MAX`; saturate rather than wrap.
-fn attempts_i32(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
+super::shared_writes::shared_writes!(Postgres, "echo.", "now()");
+
+/// Delivery rows as column arrays, for `UNNEST`.
+#[derive(Default)]
+struct DeliveryColumns<'a> {
+    command_id: Vec<&'a str>,
+    intent_id: Vec<&'a str>,
+    trade_id: Vec<&'a str>,
+    master: Vec<&'a str>,
+    slave: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    symbol: Vec<&'a str>,
+    side: Vec<&'static str>,
+    volume: Vec<f64>,
+    price: Vec<f64>,
+    stop_loss: Vec<f64>,
+    take_profit: Vec<f64>,
+    master_seq: Vec<i64>,
+    status: Vec<&'static str>,
+    stage: Vec<&'static str>,
+    attempts: Vec<i32>,
+    slave_ticket: Vec<Option<i64>>,
+    reason: Vec<Option<&'static str>>,
 }
 
-/// All deliveries of one intent in one statement (arrays unnested server-side).
-async fn insert_deliveries(
-    tx: &mut Transaction<'static, Postgres>,
-    ds: &[DeliveryRecord],
-) -> Result<(), JournalError> {
-    let n = ds.len();
-    let mut command_id = Vec::with_capacity(n);
-    let mut intent_id = Vec::with_capacity(n);
-    let mut trade_id = Vec::with_capacity(n);
-    let mut master = Vec::with_capacity(n);
-    let mut slave = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut symbol = Vec::with_capacity(n);
-    let mut side = Vec::with_capacity(n);
-    let mut volume = Vec::with_capacity(n);
-    let mut price = Vec::with_capacity(n);
-    let mut stop_loss = Vec::with_capacity(n);
-    let mut take_profit = Vec::with_capacity(n);
-    let mut master_seq = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut stage = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut slave_ticket: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut reason: Vec<Option<&str>> = Vec::with_capacity(n);
-    for d in ds {
-        command_id.push(d.command_id.as_str());
-        intent_id.push(d.intent_id.as_str());
-        trade_id.push(d.trade_id.as_str());
-        master.push(d.master.as_str());
-        slave.push(d.slave.as_str());
-        kind.push(codec::kind_str(d.kind));
-        symbol.push(d.symbol.as_str());
-        side.push(codec::side_str(d.side));
-        volume.push(d.volume);
-        price.push(d.price);
-        stop_loss.push(d.stop_loss);
-        take_profit.push(d.take_profit);
-        master_seq.push(seq_to_sql(d.master_seq)?);
-        status.push(codec::status_str(d.status));
-        stage.push(codec::stage_str(d.stage));
-        attempts.push(attempts_i32(d.attempts));
-        slave_ticket.push(d.slave_ticket);
-        reason.push(d.reason.map(codec::reason_str));
+impl<'a> DeliveryColumns<'a> {
+    fn push(&mut self, d: &'a DeliveryRecord) -> Result<(), JournalError> {
+        self.command_id.push(d.command_id.as_str());
+        self.intent_id.push(d.intent_id.as_str());
+        self.trade_id.push(d.trade_id.as_str());
+        self.master.push(d.master.as_str());
+        self.slave.push(d.slave.as_str());
+        self.kind.push(codec::kind_str(d.kind));
+        self.symbol.push(d.symbol.as_str());
+        self.side.push(codec::side_str(d.side));
+        self.volume.push(d.volume);
+        self.price.push(d.price);
+        self.stop_loss.push(d.stop_loss);
+        self.take_profit.push(d.take_profit);
+        self.master_seq.push(seq_to_sql(d.master_seq)?);
+        self.status.push(codec::status_str(d.status));
+        self.stage.push(codec::stage_str(d.stage));
+        self.attempts.push(codec::count_to_sql(d.attempts));
+        self.slave_ticket.push(d.slave_ticket);
+        self.reason.push(d.reason.map(codec::reason_str));
+        Ok(())
     }
-    sqlx::query(
-        "INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, master_account, \
-         slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-         status, stage, attempts, slave_ticket, reason) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::text[], $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[], \
-         $12::float8[], $13::int8[], $14::text[], $15::text[], $16::int4[], $17::int8[], \
-         $18::text[])",
-    )
-    .bind(command_id)
-    .bind(intent_id)
-    .bind(trade_id)
-    .bind(master)
-    .bind(slave)
-    .bind(kind)
-    .bind(symbol)
-    .bind(side)
-    .bind(volume)
-    .bind(price)
-    .bind(stop_loss)
-    .bind(take_profit)
-    .bind(master_seq)
-    .bind(status)
-    .bind(stage)
-    .bind(attempts)
-    .bind(slave_ticket)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 fn decode_deliveries(
@@ -444,150 +488,14 @@ fn decode_deliveries(
         .collect()
 }
 
-pub(crate) async fn load(pool: &PgPool) -> Result<CoreDurableState, JournalError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM echo.delivery_journal WHERE status = 'inflight'"
-    ))
-    .fetch_all(pool)
-    .await?;
-    let unfinished = decode_deliveries(rows)?;
-    let rows = sqlx::query(
-        "SELECT trade_id, slave_account, slave_ticket FROM echo.open_position \
-         ORDER BY trade_id, slave_account",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut open_tickets = Vec::with_capacity(rows.len());
-    for r in rows {
-        let t: String = r.try_get("trade_id")?;
-        let s: String = r.try_get("slave_account")?;
-        let k: i64 = r.try_get("slave_ticket")?;
-        open_tickets.push((TradeId::new(t), AccountId::new(s), k));
-    }
-    Ok(CoreDurableState {
-        unfinished,
-        open_tickets,
-    })
-}
-
-pub(crate) async fn deliveries_by_status(
-    pool: &PgPool,
-    status: &str,
-    limit: u32,
-) -> Result<Vec<DeliveryRow>, JournalError> {
-    let order = if status == "inflight" { "ASC" } else { "DESC" };
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS}, \
-         (EXTRACT(EPOCH FROM updated_at) * 1000)::BIGINT AS updated_at_ms \
-         FROM echo.delivery_journal WHERE status = $1 \
-         ORDER BY updated_at {order}, command_id LIMIT $2"
-    ))
-    .bind(status)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DeliveryRow {
-                updated_at_ms: r.try_get("updated_at_ms")?,
-                record: raw_delivery!(r).decode()?,
-            })
-        })
-        .collect()
-}
-
-pub(crate) async fn trade(pool: &PgPool, trade_id: &TradeId) -> Result<TradeReport, JournalError> {
-    let t = trade_id.as_str();
-    let intents = sqlx::query(&format!(
-        "SELECT {INTENT_COLUMNS}, (EXTRACT(EPOCH FROM accepted_at) * 1000)::BIGINT AS at_ms \
-         FROM echo.trade_intent WHERE trade_id = $1 ORDER BY master_seq, intent_id"
-    ))
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(IntentRow {
-            accepted_at_ms: r.try_get("at_ms")?,
-            intent: raw_intent!(r).decode()?,
-        })
-    })
-    .collect::<Result<Vec<_>, JournalError>>()?;
-    let deliveries = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS}, \
-         (EXTRACT(EPOCH FROM updated_at) * 1000)::BIGINT AS updated_at_ms \
-         FROM echo.delivery_journal WHERE trade_id = $1 \
-         ORDER BY master_seq, slave_account, command_id"
-    ))
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(DeliveryRow {
-            updated_at_ms: r.try_get("updated_at_ms")?,
-            record: raw_delivery!(r).decode()?,
-        })
-    })
-    .collect::<Result<Vec<_>, JournalError>>()?;
-    let mut retries = Vec::new();
-    for r in sqlx::query(
-        "SELECT e.command_id, e.attempt, e.stage, e.reason, \
-         (EXTRACT(EPOCH FROM e.at) * 1000)::BIGINT AS at_ms \
-         FROM echo.delivery_retry_event e \
-         JOIN echo.delivery_journal d ON d.command_id = e.command_id \
-         WHERE d.trade_id = $1 ORDER BY e.id",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        retries.push(super::query::retry_row(
-            r.try_get("command_id")?,
-            i64::from(r.try_get::<i32, _>("attempt")?),
-            r.try_get("stage")?,
-            r.try_get("reason")?,
-            r.try_get("at_ms")?,
-        )?);
-    }
-    let mut rejections = Vec::new();
-    for r in sqlx::query(
-        "SELECT intent_id, trade_id, worker_id, reason, \
-         (EXTRACT(EPOCH FROM at) * 1000)::BIGINT AS at_ms \
-         FROM echo.router_rejection WHERE trade_id = $1 ORDER BY id",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        rejections.push(super::query::rejection_row(
-            r.try_get("intent_id")?,
-            r.try_get("trade_id")?,
-            i64::from(r.try_get::<i32, _>("worker_id")?),
-            r.try_get("reason")?,
-            r.try_get("at_ms")?,
-        )?);
-    }
-    let mut open_tickets = Vec::new();
-    for r in sqlx::query(
-        "SELECT slave_account, slave_ticket FROM echo.open_position \
-         WHERE trade_id = $1 ORDER BY slave_account",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        let s: String = r.try_get("slave_account")?;
-        open_tickets.push((AccountId::new(s), r.try_get::<i64, _>("slave_ticket")?));
-    }
-    Ok(TradeReport {
-        intents,
-        deliveries,
-        retries,
-        rejections,
-        open_tickets,
-    })
-}
+super::query::read_side!(
+    PgPool,
+    "echo.",
+    "(EXTRACT(EPOCH FROM updated_at) * 1000)::BIGINT",
+    "(EXTRACT(EPOCH FROM accepted_at) * 1000)::BIGINT",
+    "(EXTRACT(EPOCH FROM e.at) * 1000)::BIGINT",
+    "(EXTRACT(EPOCH FROM at) * 1000)::BIGINT"
+);
 
 /// Wakes this process when another one commits new deliveries. Reconnects by itself; after a
 /// reconnection it wakes once, since notifications sent meanwhile are lost.
@@ -627,5 +535,20 @@ pub(crate) async fn listen_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_hides_the_password() {
+        let o = super::PostgresOptions::new("postgres://echo:s3cret@db:5432/echo");
+        let d = format!("{o:?}");
+        assert!(!d.contains("s3cret"), "{d}");
+        assert!(d.contains("postgres://echo:***@db:5432/echo"), "{d}");
+        assert_eq!(
+            super::redact("postgres://echo@db/x"),
+            "postgres://echo@db/x"
+        );
     }
 }

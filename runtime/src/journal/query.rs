@@ -235,3 +235,162 @@ pub(crate) fn rejection_row(
         at_ms,
     })
 }
+
+/// The read side (restart load and operator queries), the same SQL on both backends apart from
+/// the table prefix and the millisecond-timestamp expressions. Expands in the backend module,
+/// which supplies `decode_deliveries` for its row type.
+macro_rules! read_side {
+    ($pool:ty, $prefix:literal, $updated_ms:literal, $accepted_ms:literal, $retry_ms:literal,
+     $rejected_ms:literal) => {
+        /// Everything a restarted core needs: unfinished deliveries and open slave tickets.
+        pub(crate) async fn load(pool: &$pool) -> Result<CoreDurableState, JournalError> {
+            let p = $prefix;
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {p}delivery_journal WHERE status = 'inflight'"
+            ))
+            .fetch_all(pool)
+            .await?;
+            let unfinished = decode_deliveries(rows)?;
+            let rows = sqlx::query(&format!(
+                "SELECT trade_id, slave_account, slave_ticket FROM {p}open_position \
+                 ORDER BY trade_id, slave_account"
+            ))
+            .fetch_all(pool)
+            .await?;
+            let mut open_tickets = Vec::with_capacity(rows.len());
+            for r in rows {
+                let t: String = r.try_get("trade_id")?;
+                let s: String = r.try_get("slave_account")?;
+                let k: i64 = r.try_get("slave_ticket")?;
+                open_tickets.push((TradeId::new(t), AccountId::new(s), k));
+            }
+            Ok(CoreDurableState {
+                unfinished,
+                open_tickets,
+            })
+        }
+
+        /// Deliveries with `status`: unfinished oldest first, finished newest first.
+        pub(crate) async fn deliveries_by_status(
+            pool: &$pool,
+            status: &str,
+            limit: u32,
+        ) -> Result<Vec<DeliveryRow>, JournalError> {
+            let (p, ms) = ($prefix, $updated_ms);
+            let order = if status == "inflight" { "ASC" } else { "DESC" };
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS}, {ms} AS updated_at_ms \
+                 FROM {p}delivery_journal WHERE status = $1 \
+                 ORDER BY updated_at {order}, command_id LIMIT $2"
+            ))
+            .bind(status)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(DeliveryRow {
+                        updated_at_ms: r.try_get("updated_at_ms")?,
+                        record: raw_delivery!(r).decode()?,
+                    })
+                })
+                .collect()
+        }
+
+        /// Everything journaled about one trade.
+        pub(crate) async fn trade(
+            pool: &$pool,
+            trade_id: &TradeId,
+        ) -> Result<TradeReport, JournalError> {
+            let p = $prefix;
+            let (upd, acc, rty, rej) = ($updated_ms, $accepted_ms, $retry_ms, $rejected_ms);
+            let t = trade_id.as_str();
+            let intents = sqlx::query(&format!(
+                "SELECT {INTENT_COLUMNS}, {acc} AS at_ms FROM {p}trade_intent \
+                 WHERE trade_id = $1 ORDER BY master_seq, intent_id"
+            ))
+            .bind(t)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(IntentRow {
+                    accepted_at_ms: r.try_get("at_ms")?,
+                    intent: raw_intent!(r).decode()?,
+                })
+            })
+            .collect::<Result<Vec<_>, JournalError>>()?;
+            let deliveries = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS}, {upd} AS updated_at_ms FROM {p}delivery_journal \
+                 WHERE trade_id = $1 ORDER BY master_seq, slave_account, command_id"
+            ))
+            .bind(t)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(DeliveryRow {
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                    record: raw_delivery!(r).decode()?,
+                })
+            })
+            .collect::<Result<Vec<_>, JournalError>>()?;
+            let mut retries = Vec::new();
+            for r in sqlx::query(&format!(
+                "SELECT e.command_id, e.attempt, e.stage, e.reason, {rty} AS at_ms \
+                 FROM {p}delivery_retry_event e \
+                 JOIN {p}delivery_journal d ON d.command_id = e.command_id \
+                 WHERE d.trade_id = $1 ORDER BY e.id"
+            ))
+            .bind(t)
+            .fetch_all(pool)
+            .await?
+            {
+                retries.push($crate::journal::query::retry_row(
+                    r.try_get("command_id")?,
+                    i64::from(r.try_get::<i32, _>("attempt")?),
+                    r.try_get("stage")?,
+                    r.try_get("reason")?,
+                    r.try_get("at_ms")?,
+                )?);
+            }
+            let mut rejections = Vec::new();
+            for r in sqlx::query(&format!(
+                "SELECT intent_id, trade_id, worker_id, reason, {rej} AS at_ms \
+                 FROM {p}router_rejection WHERE trade_id = $1 ORDER BY id"
+            ))
+            .bind(t)
+            .fetch_all(pool)
+            .await?
+            {
+                rejections.push($crate::journal::query::rejection_row(
+                    r.try_get("intent_id")?,
+                    r.try_get("trade_id")?,
+                    i64::from(r.try_get::<i32, _>("worker_id")?),
+                    r.try_get("reason")?,
+                    r.try_get("at_ms")?,
+                )?);
+            }
+            let mut open_tickets = Vec::new();
+            for r in sqlx::query(&format!(
+                "SELECT slave_account, slave_ticket FROM {p}open_position \
+                 WHERE trade_id = $1 ORDER BY slave_account"
+            ))
+            .bind(t)
+            .fetch_all(pool)
+            .await?
+            {
+                let s: String = r.try_get("slave_account")?;
+                open_tickets.push((AccountId::new(s), r.try_get::<i64, _>("slave_ticket")?));
+            }
+            Ok(TradeReport {
+                intents,
+                deliveries,
+                retries,
+                rejections,
+                open_tickets,
+            })
+        }
+    };
+}
+pub(crate) use read_side;

@@ -29,9 +29,6 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     include_str!("../../../migrations/sqlite/0001_echo_journal.sql"),
 )];
 
-/// SQLite stores the same millisecond timestamps the Postgres queries return.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
 }
@@ -107,6 +104,12 @@ async fn migrate(pool: &SqlitePool) -> Result<(), JournalError> {
     Ok(())
 }
 
+super::shared_writes::shared_writes!(
+    Sqlite,
+    "",
+    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+);
+
 async fn apply(
     tx: &mut Transaction<'static, Sqlite>,
     w: &JournalWrite,
@@ -147,172 +150,53 @@ async fn apply(
                 let unfinished = decode_deliveries(rows)?;
                 return Ok(JournalReply::IntentExisted { unfinished });
             }
-            for d in deliveries {
-                insert_delivery(tx, d).await?;
+            // Many rows per statement (SQLite allows 32766 parameters; 18 per row).
+            for chunk in deliveries.chunks(500) {
+                insert_deliveries(tx, chunk).await?;
             }
             if !deliveries.is_empty() {
                 *new_work = true;
             }
             Ok(JournalReply::Done)
         }
-        JournalWrite::FinishDelivery {
-            command_id,
-            status,
-            stage,
-            attempts,
-            slave_ticket,
-            reason,
-            ..
-        } => {
-            let row = sqlx::query(&format!(
-                "UPDATE delivery_journal SET status = ?2, stage = ?3, attempts = ?4, \
-                 slave_ticket = ?5, reason = ?6, updated_at = {NOW_MS} \
-                 WHERE command_id = ?1 AND status = 'inflight' \
-                 RETURNING kind, trade_id, slave_account, master_seq"
-            ))
-            .bind(command_id.as_str())
-            .bind(codec::status_str(*status))
-            .bind(codec::stage_str(*stage))
-            .bind(i64::from(*attempts))
-            .bind(*slave_ticket)
-            .bind(reason.map(codec::reason_str))
-            .fetch_optional(&mut **tx)
-            .await?;
-            let Some(row) = row else {
-                // Already final (never regressed) or unknown: nothing to change.
-                return Ok(JournalReply::Done);
-            };
-            if *status != DeliveryStatus::Acked {
-                return Ok(JournalReply::Done);
-            }
-            let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
-            let trade: String = row.try_get("trade_id")?;
-            let slave: String = row.try_get("slave_account")?;
-            let seq: i64 = row.try_get("master_seq")?;
-            match (kind, slave_ticket) {
-                (IntentKind::Open, Some(ticket)) => {
-                    sqlx::query(
-                        "INSERT INTO open_position (trade_id, slave_account, slave_ticket, \
-                         open_seq) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (trade_id, slave_account) DO UPDATE \
-                         SET slave_ticket = excluded.slave_ticket, open_seq = excluded.open_seq \
-                         WHERE open_position.open_seq <= excluded.open_seq",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(*ticket)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                (IntentKind::Close, _) => {
-                    sqlx::query(
-                        "DELETE FROM open_position \
-                         WHERE trade_id = ?1 AND slave_account = ?2 AND open_seq < ?3",
-                    )
-                    .bind(&trade)
-                    .bind(&slave)
-                    .bind(seq)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                _ => {}
-            }
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::UpdateStage {
-            command_id,
-            stage,
-            attempts,
-        } => {
-            sqlx::query(&format!(
-                "UPDATE delivery_journal SET stage = ?2, attempts = MAX(attempts, ?3), \
-                 updated_at = {NOW_MS} \
-                 WHERE command_id = ?1 AND status = 'inflight' AND (CASE stage \
-                 WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
-                 WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < ?4"
-            ))
-            .bind(command_id.as_str())
-            .bind(codec::stage_str(*stage))
-            .bind(i64::from(*attempts))
-            .bind(codec::stage_rank(*stage))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRetry {
-            command_id,
-            attempt,
-            stage,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO delivery_retry_event (command_id, attempt, stage, reason) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(command_id.as_str())
-            .bind(i64::from(*attempt))
-            .bind(codec::stage_str(*stage))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::RecordRejection {
-            intent_id,
-            trade_id,
-            worker,
-            reason,
-        } => {
-            sqlx::query(
-                "INSERT INTO router_rejection (intent_id, trade_id, worker_id, reason) \
-                 VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(intent_id.as_str())
-            .bind(trade_id.as_str())
-            .bind(i64::from(*worker))
-            .bind(codec::reason_str(*reason))
-            .execute(&mut **tx)
-            .await?;
-            Ok(JournalReply::Done)
-        }
-        JournalWrite::Probe => {
-            sqlx::query("SELECT 1").execute(&mut **tx).await?;
-            Ok(JournalReply::Done)
-        }
+        _ => apply_shared(tx, w).await,
     }
 }
 
-async fn insert_delivery(
+async fn insert_deliveries(
     tx: &mut Transaction<'static, Sqlite>,
-    d: &DeliveryRecord,
+    ds: &[DeliveryRecord],
 ) -> Result<(), JournalError> {
-    sqlx::query(
+    let mut q = sqlx::QueryBuilder::<Sqlite>::new(
         "INSERT INTO delivery_journal (command_id, intent_id, trade_id, master_account, \
          slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-         status, stage, attempts, slave_ticket, reason) \
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)",
-    )
-    .bind(d.command_id.as_str())
-    .bind(d.intent_id.as_str())
-    .bind(d.trade_id.as_str())
-    .bind(d.master.as_str())
-    .bind(d.slave.as_str())
-    .bind(codec::kind_str(d.kind))
-    .bind(d.symbol.as_str())
-    .bind(codec::side_str(d.side))
-    .bind(d.volume)
-    .bind(d.price)
-    .bind(d.stop_loss)
-    .bind(d.take_profit)
-    .bind(seq_to_sql(d.master_seq)?)
-    .bind(codec::status_str(d.status))
-    .bind(codec::stage_str(d.stage))
-    .bind(i64::from(d.attempts))
-    .bind(d.slave_ticket)
-    .bind(d.reason.map(codec::reason_str))
-    .execute(&mut **tx)
-    .await?;
+         status, stage, attempts, slave_ticket, reason) ",
+    );
+    let mut seqs = Vec::with_capacity(ds.len());
+    for d in ds {
+        seqs.push(seq_to_sql(d.master_seq)?);
+    }
+    q.push_values(ds.iter().zip(seqs), |mut b, (d, seq)| {
+        b.push_bind(d.command_id.as_str())
+            .push_bind(d.intent_id.as_str())
+            .push_bind(d.trade_id.as_str())
+            .push_bind(d.master.as_str())
+            .push_bind(d.slave.as_str())
+            .push_bind(codec::kind_str(d.kind))
+            .push_bind(d.symbol.as_str())
+            .push_bind(codec::side_str(d.side))
+            .push_bind(d.volume)
+            .push_bind(d.price)
+            .push_bind(d.stop_loss)
+            .push_bind(d.take_profit)
+            .push_bind(seq)
+            .push_bind(codec::status_str(d.status))
+            .push_bind(codec::stage_str(d.stage))
+            .push_bind(i64::from(d.attempts))
+            .push_bind(d.slave_ticket)
+            .push_bind(d.reason.map(codec::reason_str));
+    });
+    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -322,146 +206,4 @@ fn decode_deliveries(rows: Vec<SqliteRow>) -> Result<Vec<DeliveryRecord>, Journa
         .collect()
 }
 
-pub(crate) async fn load(pool: &SqlitePool) -> Result<CoreDurableState, JournalError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM delivery_journal WHERE status = 'inflight'"
-    ))
-    .fetch_all(pool)
-    .await?;
-    let unfinished = decode_deliveries(rows)?;
-    let rows = sqlx::query(
-        "SELECT trade_id, slave_account, slave_ticket FROM open_position \
-         ORDER BY trade_id, slave_account",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut open_tickets = Vec::with_capacity(rows.len());
-    for r in rows {
-        let t: String = r.try_get("trade_id")?;
-        let s: String = r.try_get("slave_account")?;
-        let k: i64 = r.try_get("slave_ticket")?;
-        open_tickets.push((TradeId::new(t), AccountId::new(s), k));
-    }
-    Ok(CoreDurableState {
-        unfinished,
-        open_tickets,
-    })
-}
-
-pub(crate) async fn deliveries_by_status(
-    pool: &SqlitePool,
-    status: &str,
-    limit: u32,
-) -> Result<Vec<DeliveryRow>, JournalError> {
-    let order = if status == "inflight" { "ASC" } else { "DESC" };
-    let rows = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS}, updated_at AS updated_at_ms \
-         FROM delivery_journal WHERE status = ?1 \
-         ORDER BY updated_at {order}, command_id LIMIT ?2"
-    ))
-    .bind(status)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DeliveryRow {
-                updated_at_ms: r.try_get("updated_at_ms")?,
-                record: raw_delivery!(r).decode()?,
-            })
-        })
-        .collect()
-}
-
-pub(crate) async fn trade(
-    pool: &SqlitePool,
-    trade_id: &TradeId,
-) -> Result<TradeReport, JournalError> {
-    let t = trade_id.as_str();
-    let intents = sqlx::query(&format!(
-        "SELECT {INTENT_COLUMNS}, accepted_at AS at_ms \
-         FROM trade_intent WHERE trade_id = ?1 ORDER BY master_seq, intent_id"
-    ))
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(IntentRow {
-            accepted_at_ms: r.try_get("at_ms")?,
-            intent: raw_intent!(r).decode()?,
-        })
-    })
-    .collect::<Result<Vec<_>, JournalError>>()?;
-    let deliveries = sqlx::query(&format!(
-        "SELECT {DELIVERY_COLUMNS}, updated_at AS updated_at_ms \
-         FROM delivery_journal WHERE trade_id = ?1 \
-         ORDER BY master_seq, slave_account, command_id"
-    ))
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(DeliveryRow {
-            updated_at_ms: r.try_get("updated_at_ms")?,
-            record: raw_delivery!(r).decode()?,
-        })
-    })
-    .collect::<Result<Vec<_>, JournalError>>()?;
-    let mut retries = Vec::new();
-    for r in sqlx::query(
-        "SELECT e.command_id, e.attempt, e.stage, e.reason, e.at AS at_ms \
-         FROM delivery_retry_event e \
-         JOIN delivery_journal d ON d.command_id = e.command_id \
-         WHERE d.trade_id = ?1 ORDER BY e.id",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        retries.push(super::query::retry_row(
-            r.try_get("command_id")?,
-            r.try_get("attempt")?,
-            r.try_get("stage")?,
-            r.try_get("reason")?,
-            r.try_get("at_ms")?,
-        )?);
-    }
-    let mut rejections = Vec::new();
-    for r in sqlx::query(
-        "SELECT intent_id, trade_id, worker_id, reason, at AS at_ms \
-         FROM router_rejection WHERE trade_id = ?1 ORDER BY id",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        rejections.push(super::query::rejection_row(
-            r.try_get("intent_id")?,
-            r.try_get("trade_id")?,
-            r.try_get("worker_id")?,
-            r.try_get("reason")?,
-            r.try_get("at_ms")?,
-        )?);
-    }
-    let mut open_tickets = Vec::new();
-    for r in sqlx::query(
-        "SELECT slave_account, slave_ticket FROM open_position \
-         WHERE trade_id = ?1 ORDER BY slave_account",
-    )
-    .bind(t)
-    .fetch_all(pool)
-    .await?
-    {
-        let s: String = r.try_get("slave_account")?;
-        open_tickets.push((AccountId::new(s), r.try_get::<i64, _>("slave_ticket")?));
-    }
-    Ok(TradeReport {
-        intents,
-        deliveries,
-        retries,
-        rejections,
-        open_tickets,
-    })
-}
+super::query::read_side!(SqlitePool, "", "updated_at", "accepted_at", "e.at", "at");

@@ -25,24 +25,45 @@ struct RecordV1 {
     attempts: u32,
 }
 
+/// Floats are stored as their IEEE-754 bit patterns: decimal JSON numbers do not always read
+/// back to the same `f64` (e.g. `0.1 * 14.0`), and the ledger must return exactly what it took.
+mod bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(v.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type")]
 enum BodyV1 {
     Execute {
         symbol: String,
         side: String,
+        #[serde(with = "bits")]
         volume: f64,
+        #[serde(with = "bits")]
         price: f64,
+        #[serde(with = "bits")]
         stop_loss: f64,
+        #[serde(with = "bits")]
         take_profit: f64,
     },
     Modify {
         slave_ticket: i64,
+        #[serde(with = "bits")]
         stop_loss: f64,
+        #[serde(with = "bits")]
         take_profit: f64,
     },
     Close {
         slave_ticket: i64,
+        #[serde(with = "bits")]
         volume: f64,
     },
 }
@@ -56,31 +77,9 @@ enum StateV1 {
     Rejected { reason: String },
 }
 
-/// The record as stored, or why it cannot be stored faithfully (a non-finite price or volume
-/// would come back as something else).
+/// The record as stored, or why it cannot be stored.
 pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
     let c = &r.command;
-    let floats: &[f64] = match &c.body {
-        CommandBody::Execute {
-            volume,
-            price,
-            stop_loss,
-            take_profit,
-            ..
-        } => &[*volume, *price, *stop_loss, *take_profit],
-        CommandBody::Modify {
-            stop_loss,
-            take_profit,
-            ..
-        } => &[*stop_loss, *take_profit],
-        CommandBody::Close { volume, .. } => &[*volume],
-    };
-    if floats.iter().any(|f| !f.is_finite()) {
-        return Err(format!(
-            "command {} holds a non-finite number",
-            c.command_id
-        ));
-    }
     let body = match &c.body {
         CommandBody::Execute {
             symbol,
@@ -210,7 +209,7 @@ mod tests {
             CommandBody::Execute {
                 symbol: Symbol::new("EURUSD.m"),
                 side: Side::Sell,
-                volume: 0.25,
+                volume: 0.1 * 14.0,
                 price: 1.1,
                 stop_loss: 1.2,
                 take_profit: 1.0,

@@ -59,6 +59,8 @@ pub enum LedgerError {
     Storage(#[from] Box<redb::Error>),
     #[error("ledger record {key:?} cannot be decoded: {detail}")]
     Corrupt { key: String, detail: String },
+    #[error("ledger thread could not be started: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("ledger is closed")]
     Closed,
 }
@@ -152,10 +154,7 @@ impl Ledger {
         std::thread::Builder::new()
             .name("echo-ledger".into())
             .spawn(move || run(db, path, rx, thread_stats))
-            .map_err(|source| LedgerError::DataDir {
-                path: PathBuf::from("(ledger thread)"),
-                source,
-            })?;
+            .map_err(LedgerError::Thread)?;
         Ok(Ledger { tx, stats })
     }
 
