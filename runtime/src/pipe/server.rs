@@ -189,7 +189,10 @@ pub struct PipeSender {
 
 impl PipeSender {
     /// Queues `msg` for `account`'s terminal without waiting. `Ok` means queued: a message
-    /// that then cannot be written comes back as [`PipeEvent::WriteFailed`].
+    /// that then cannot be written comes back as [`PipeEvent::WriteFailed`]. `Err(Full)` means
+    /// it was not queued: for a command, report `handle_pipe_write_failed` at once (the machine
+    /// retries with backoff); `UnknownAccount` is a configuration mismatch between the machine's
+    /// accounts and [`PipeServerConfig::accounts`].
     pub fn send(&self, account: &AccountId, msg: AgentToEa) -> Result<(), SendError> {
         let tx = self
             .accounts
