@@ -125,6 +125,7 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
     // Phase 1: the agent acks trade a's open and modify only.
     let first = tokio::spawn(run_until(a.clone(), std::future::pending()));
     let mut seen: Vec<TradeIntent> = Vec::new();
+    let mut partial_sends: Vec<tokio::time::Instant> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let partial_resent = seen
@@ -147,9 +148,16 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
             {
                 ack(&pipes, &i, AckResult::Ok, None);
             }
+            if i.intent_id.as_str() == "M1-3" {
+                partial_sends.push(tokio::time::Instant::now());
+            }
             seen.push(i);
         }
     }
+    // The agent's delivery config applies: the unacked partial is re-sent after ~150 ms
+    // (its ack_timeout_ms), not after the default 1000 ms.
+    let gap = partial_sends[1] - partial_sends[0];
+    assert!(gap < Duration::from_millis(800), "re-sent after {gap:?}");
     // Per-trade order: the close of a is never sent while its partial close is unacked.
     assert!(!seen.iter().any(|i| i.intent_id.as_str() == "M1-4"));
     let ids: Vec<&str> = seen.iter().map(|i| i.intent_id.as_str()).collect();
