@@ -173,8 +173,15 @@ async fn hello_messages_and_close_reach_the_driver_in_order() {
         }
         other => panic!("{other:?}"),
     };
-    // The driver answers with the machine's Handshake and a command.
+    // Nothing overtakes the handshake on a new connection (e.g. a command the machine
+    // wrote for the previous connection): reported unwritten instead.
     let s1 = AccountId::new("S1");
+    pipes.send(&s1, AgentToEa::Command(command(0))).unwrap();
+    match next_event(&mut events).await {
+        PipeEvent::WriteFailed { reason, .. } => assert_eq!(reason, WriteFailure::NotConnected),
+        other => panic!("{other:?}"),
+    }
+    // The driver answers with the machine's Handshake and a command.
     pipes
         .send(
             &s1,
@@ -445,6 +452,15 @@ async fn undeliverable_writes_are_reported() {
         next_event(&mut events).await,
         PipeEvent::Connected { .. }
     ));
+    pipes
+        .send(
+            &s1,
+            AgentToEa::Handshake {
+                account: s1.clone(),
+                protocol_version: 1,
+            },
+        )
+        .unwrap();
     let total = 20_000;
     for n in 0..total {
         loop {
