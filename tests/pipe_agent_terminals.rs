@@ -182,6 +182,8 @@ async fn agent_machine_pipes_master_intents_to_the_slave_exactly_once() {
                 AgentOutput::ToCore(m) => to_core.push(Ok(m)),
             }
         }
+        // Storage results and core answers cause more outputs: drain again before waiting.
+        let busy = !to_core.is_empty();
         let mut from_core = Vec::new();
         for item in to_core {
             match item {
@@ -202,6 +204,9 @@ async fn agent_machine_pipes_master_intents_to_the_slave_exactly_once() {
         }
         for m in from_core {
             dm.handle_from_core(now(), m);
+        }
+        if busy {
+            continue;
         }
         if dm.poll_timeout().is_some_and(|at| at <= now()) {
             dm.handle_timeout(now());
