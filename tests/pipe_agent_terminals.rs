@@ -100,6 +100,7 @@ impl MiniCore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_machine_pipes_master_intents_to_the_slave_exactly_once() {
     let dir = temp_dir("pipe-e2e");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, mdata, sdata) = (dir.join("sock"), dir.join("m"), dir.join("s"));
     let accounts = vec![
         (AccountId::new("M1"), Role::Master),

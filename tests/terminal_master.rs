@@ -109,6 +109,7 @@ open b GBPUSD sell 0.5 1.25000
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
     let dir = temp_dir("term-m");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("script.txt");
@@ -259,6 +260,7 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_mode_retries_busy_keeps_trade_order_and_survives_an_agent_restart() {
     let dir = temp_dir("term-r");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     let sock = sock_dir.join("M1.sock");
     let (server, mut events) = agent(&sock_dir).await;

@@ -152,6 +152,7 @@ fn book(data: &Path) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_command_executes_once_across_redelivery_and_restart() {
     let dir = temp_dir("term-s");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     let sock = sock_dir.join("S1.sock");
     let mut agent = FakeAgent::bind(&sock_dir).await;
@@ -319,6 +320,7 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_in_doubt_after_a_crash_is_asked_of_the_broker_not_placed_again() {
     let dir = temp_dir("term-d");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     let sock = sock_dir.join("S1.sock");
     std::fs::create_dir_all(&data).unwrap();
@@ -360,6 +362,7 @@ async fn a_command_in_doubt_after_a_crash_is_asked_of_the_broker_not_placed_agai
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulated_broker_rejects_deterministically() {
     let dir = temp_dir("term-j");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     let sock = sock_dir.join("S1.sock");
     let mut agent = FakeAgent::bind(&sock_dir).await;
@@ -384,6 +387,8 @@ async fn a_malformed_agent_frame_is_answered_and_the_slave_keeps_working() {
     use tokio::io::{AsyncWriteExt, BufReader};
 
     let dir = temp_dir("term-x");
+
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     std::fs::create_dir_all(&sock_dir).unwrap();
     let sock = sock_dir.join("S1.sock");
