@@ -58,6 +58,7 @@ async fn error_code(c: &mut RawClient) -> PipeErrorCode {
 #[tokio::test]
 async fn socket_files_are_0600_and_removed_on_shutdown() {
     let dir = temp_dir("pipe-mode");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (server, _events) = PipeServer::bind(PipeServerConfig::new(&dir, accounts()))
         .await
         .expect("bind");
@@ -79,6 +80,7 @@ async fn socket_files_are_0600_and_removed_on_shutdown() {
 #[tokio::test]
 async fn stale_sockets_are_replaced_live_ones_and_other_files_refused() {
     let dir = temp_dir("pipe-stale");
+    let _rm_dir = support::Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).unwrap();
     // A crashed agent's socket: the file exists, nobody listens.
     drop(std::os::unix::net::UnixListener::bind(dir.join("M1.sock")).unwrap());
@@ -111,6 +113,7 @@ async fn stale_sockets_are_replaced_live_ones_and_other_files_refused() {
 
     // A regular file where the socket goes is never deleted.
     let dir2 = temp_dir("pipe-file");
+    let _rm_dir2 = support::Cleanup(dir2.clone());
     std::fs::create_dir_all(&dir2).unwrap();
     std::fs::write(dir2.join("M1.sock"), b"precious").unwrap();
     match PipeServer::bind(PipeServerConfig::new(&dir2, one)).await {
@@ -123,6 +126,7 @@ async fn stale_sockets_are_replaced_live_ones_and_other_files_refused() {
 #[tokio::test]
 async fn bad_configuration_is_refused() {
     let dir = temp_dir("pipe-cfg");
+    let _rm_dir = support::Cleanup(dir.clone());
     let bad = vec![(AccountId::new("../etc"), Role::Master)];
     assert!(matches!(
         PipeServer::bind(PipeServerConfig::new(&dir, bad))
@@ -133,6 +137,7 @@ async fn bad_configuration_is_refused() {
     // A socket directory others may write is refused (they could swap the socket), and the
     // refused attempt leaves nothing behind.
     let open_dir = temp_dir("pipe-777");
+    let _rm_open_dir = support::Cleanup(open_dir.clone());
     std::fs::create_dir_all(&open_dir).unwrap();
     std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     match PipeServer::bind(PipeServerConfig::new(&open_dir, accounts())).await {
@@ -155,6 +160,7 @@ async fn bad_configuration_is_refused() {
 #[tokio::test]
 async fn hello_messages_and_close_reach_the_driver_in_order() {
     let dir = temp_dir("pipe-flow");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (server, mut events) = PipeServer::bind(PipeServerConfig::new(&dir, accounts()))
         .await
         .unwrap();
@@ -173,8 +179,15 @@ async fn hello_messages_and_close_reach_the_driver_in_order() {
         }
         other => panic!("{other:?}"),
     };
-    // The driver answers with the machine's Handshake and a command.
+    // Nothing overtakes the handshake on a new connection (e.g. a command the machine
+    // wrote for the previous connection): reported unwritten instead.
     let s1 = AccountId::new("S1");
+    pipes.send(&s1, AgentToEa::Command(command(0))).unwrap();
+    match next_event(&mut events).await {
+        PipeEvent::WriteFailed { reason, .. } => assert_eq!(reason, WriteFailure::NotConnected),
+        other => panic!("{other:?}"),
+    }
+    // The driver answers with the machine's Handshake and a command.
     pipes
         .send(
             &s1,
@@ -222,6 +235,7 @@ async fn hello_messages_and_close_reach_the_driver_in_order() {
 #[tokio::test]
 async fn every_malformed_frame_is_answered_and_the_connection_keeps_working() {
     let dir = temp_dir("pipe-bad");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (_server, mut events) = PipeServer::bind(PipeServerConfig::new(&dir, accounts()))
         .await
         .unwrap();
@@ -313,6 +327,7 @@ async fn every_malformed_frame_is_answered_and_the_connection_keeps_working() {
 #[tokio::test]
 async fn frames_before_hello_are_refused_and_bad_hellos_close() {
     let dir = temp_dir("pipe-hello");
+    let _rm_dir = support::Cleanup(dir.clone());
     let mut cfg = PipeServerConfig::new(&dir, accounts());
     cfg.hello_timeout = Duration::from_millis(300);
     let (_server, mut events) = PipeServer::bind(cfg).await.unwrap();
@@ -378,6 +393,7 @@ async fn frames_before_hello_are_refused_and_bad_hellos_close() {
 #[tokio::test]
 async fn the_newest_connection_wins() {
     let dir = temp_dir("pipe-replace");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (_server, mut events) = PipeServer::bind(PipeServerConfig::new(&dir, accounts()))
         .await
         .unwrap();
@@ -413,6 +429,7 @@ async fn the_newest_connection_wins() {
 #[tokio::test]
 async fn undeliverable_writes_are_reported() {
     let dir = temp_dir("pipe-wfail");
+    let _rm_dir = support::Cleanup(dir.clone());
     let mut cfg = PipeServerConfig::new(&dir, accounts());
     cfg.write_timeout = Duration::from_millis(300);
     cfg.outbound_capacity = 100_000;
@@ -445,6 +462,15 @@ async fn undeliverable_writes_are_reported() {
         next_event(&mut events).await,
         PipeEvent::Connected { .. }
     ));
+    pipes
+        .send(
+            &s1,
+            AgentToEa::Handshake {
+                account: s1.clone(),
+                protocol_version: 1,
+            },
+        )
+        .unwrap();
     let total = 20_000;
     for n in 0..total {
         loop {

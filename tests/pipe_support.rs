@@ -27,6 +27,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Removes a test directory when the test ends well (kept after a failure, for a look).
+pub struct Cleanup(pub PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A raw terminal-side connection for tests: writes arbitrary bytes, reads agent frames.
 pub struct RawClient {
     pub reader: LineReader<BufReader<BoxRead>>,

@@ -109,6 +109,7 @@ open b GBPUSD sell 0.5 1.25000
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
     let dir = temp_dir("term-m");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     std::fs::create_dir_all(&dir).unwrap();
     let script = dir.join("script.txt");
@@ -125,6 +126,7 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
     // Phase 1: the agent acks trade a's open and modify only.
     let first = tokio::spawn(run_until(a.clone(), std::future::pending()));
     let mut seen: Vec<TradeIntent> = Vec::new();
+    let mut partial_sends: Vec<tokio::time::Instant> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let partial_resent = seen
@@ -147,9 +149,16 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
             {
                 ack(&pipes, &i, AckResult::Ok, None);
             }
+            if i.intent_id.as_str() == "M1-3" {
+                partial_sends.push(tokio::time::Instant::now());
+            }
             seen.push(i);
         }
     }
+    // The agent's delivery config applies: the unacked partial is re-sent after ~150 ms
+    // (its ack_timeout_ms), not after the default 1000 ms.
+    let gap = partial_sends[1] - partial_sends[0];
+    assert!(gap < Duration::from_millis(800), "re-sent after {gap:?}");
     // Per-trade order: the close of a is never sent while its partial close is unacked.
     assert!(!seen.iter().any(|i| i.intent_id.as_str() == "M1-4"));
     let ids: Vec<&str> = seen.iter().map(|i| i.intent_id.as_str()).collect();
@@ -251,6 +260,7 @@ async fn unacked_intents_survive_a_kill_and_acked_ones_are_never_resent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_mode_retries_busy_keeps_trade_order_and_survives_an_agent_restart() {
     let dir = temp_dir("term-r");
+    let _rm_dir = support::Cleanup(dir.clone());
     let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
     let sock = sock_dir.join("M1.sock");
     let (server, mut events) = agent(&sock_dir).await;

@@ -4,7 +4,8 @@
 //! connection (newest `hello` wins), its reader and writer tasks, and the translation of all of
 //! it into [`PipeEvent`]s in a strict per-account order: `Connected`, its `Message`s, `Closed`.
 //! It must never hand on a frame from a connection after that connection's `Closed`, never
-//! write on a connection that has not said `hello`, and never decide about a message's content.
+//! write on a connection that has not said `hello`, never let anything overtake the machine's
+//! `handshake` on a new connection, and never decide about a message's content.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -189,7 +190,10 @@ pub struct PipeSender {
 
 impl PipeSender {
     /// Queues `msg` for `account`'s terminal without waiting. `Ok` means queued: a message
-    /// that then cannot be written comes back as [`PipeEvent::WriteFailed`].
+    /// that then cannot be written comes back as [`PipeEvent::WriteFailed`]. `Err(Full)` means
+    /// it was not queued: for a command, report `handle_pipe_write_failed` at once (the machine
+    /// retries with backoff); `UnknownAccount` is a configuration mismatch between the machine's
+    /// accounts and [`PipeServerConfig::accounts`].
     pub fn send(&self, account: &AccountId, msg: AgentToEa) -> Result<(), SendError> {
         let tx = self
             .accounts
@@ -323,6 +327,9 @@ struct Current {
     id: ConnId,
     writer: mpsc::Sender<Outgoing>,
     reader: AbortHandle,
+    /// Whether the machine's `handshake` went out on this connection. Until it has, nothing
+    /// else is written (a message queued for the previous connection must not overtake it).
+    handshaken: bool,
 }
 
 type Handshaken = (
@@ -430,6 +437,7 @@ impl Actor {
             id,
             writer: wtx,
             reader,
+            handshaken: false,
         });
         tracing::info!(account = %self.account, conn = id, software = ?hello.software, "pipe connected");
         self.emit(PipeEvent::Connected {
@@ -501,14 +509,23 @@ impl Actor {
 
     async fn on_outbound(&mut self, msg: AgentToEa) -> bool {
         let account = self.account.clone();
-        let Some(c) = &self.current else {
-            return self
-                .emit(PipeEvent::WriteFailed {
-                    account,
-                    msg,
-                    reason: WriteFailure::NotConnected,
-                })
-                .await;
+        let is_handshake = matches!(msg, AgentToEa::Handshake { .. });
+        let c = match &mut self.current {
+            Some(c) if c.handshaken || is_handshake => {
+                c.handshaken = true;
+                c
+            }
+            // No connection, or one the machine has not greeted yet: what was meant for an
+            // earlier connection does not reach this one.
+            _ => {
+                return self
+                    .emit(PipeEvent::WriteFailed {
+                        account,
+                        msg,
+                        reason: WriteFailure::NotConnected,
+                    })
+                    .await;
+            }
         };
         match c.writer.try_send(Outgoing::Msg(msg)) {
             Ok(()) => true,

@@ -236,17 +236,28 @@ impl Master {
                     self.q.handle_timeout(self.clock.now());
                 }
                 _ = tokio::time::sleep_until(next_emit), if can_emit => {
-                    let (done, pause) = self.emit_next();
-                    plan_done = done;
-                    next_emit = match pause {
-                        // Pacing from the previous deadline keeps the rate; after a stall do
-                        // not burst more than a second's worth.
-                        Some(p) => (next_emit + p).max(tokio::time::Instant::now() - std::time::Duration::from_secs(1)),
-                        None => next_emit,
-                    };
+                    // Every step already due is emitted now, so one drain (one fsync) serves
+                    // them all; after a stall, at most a second's worth is caught up.
+                    let now = tokio::time::Instant::now();
+                    for _ in 0..256 {
+                        let (done, pause) = self.emit_next();
+                        plan_done = done;
+                        let Some(p) = pause else { break };
+                        next_emit = (next_emit + p).max(now - std::time::Duration::from_secs(1));
+                        if next_emit > now || self.held.is_some() || self.q.is_full() {
+                            break;
+                        }
+                    }
                 }
                 ev = link_rx.recv() => match ev {
-                    Some(ev) => self.on_link(ev),
+                    Some(ev) => {
+                        self.on_link(ev);
+                        // Take what else already arrived: one drain, one fsync for all of it.
+                        for _ in 0..1_024 {
+                            let Ok(ev) = link_rx.try_recv() else { break };
+                            self.on_link(ev);
+                        }
+                    }
                     None => return Err(TerminalError::Io(std::io::Error::other("pipe task ended"))),
                 },
                 _ = progress.tick() => {

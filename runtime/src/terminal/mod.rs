@@ -10,6 +10,9 @@
 //! machines' outputs and feeds back their results — and never report a write as durable
 //! before its `fsync` returned.
 //!
+//! File writes are synchronous inside the terminal's loop (one batch, one `fsync`): a terminal
+//! is one process standing in for one EA, and its loop must not run ahead of its disk anyway.
+//!
 //! Files in `--data-dir` (JSON lines, one object per line, append + fsync):
 //!
 //! | file | who | rows |

@@ -352,7 +352,14 @@ impl Slave {
                     self.fill(due);
                 }
                 ev = link_rx.recv() => match ev {
-                    Some(ev) => self.on_link(ev),
+                    Some(ev) => {
+                        self.on_link(ev);
+                        // Take what else already arrived: one drain, one fsync for all of it.
+                        for _ in 0..1_024 {
+                            let Ok(ev) = link_rx.try_recv() else { break };
+                            self.on_link(ev);
+                        }
+                    }
                     None => return Err(TerminalError::Io(std::io::Error::other("pipe task ended"))),
                 },
                 _ = progress.tick() => {
