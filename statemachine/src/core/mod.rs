@@ -103,6 +103,31 @@ pub struct CoreMetrics {
     pub protocol_violations_total: u64,
 }
 
+/// Entry counts of the core's internal tables (see [`Core::debug_sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreSizes {
+    /// Intents persisting or with unfinished deliveries.
+    pub intents: usize,
+    /// Deliveries unfinished or finishing.
+    pub deliveries: usize,
+    /// The command id index over `deliveries`.
+    pub by_command: usize,
+    /// (slave, trade) chains with an unfinished delivery.
+    pub chains: usize,
+    /// Journal writes whose result is awaited.
+    pub pending_ops: usize,
+    /// Armed timers.
+    pub timers: usize,
+    /// Trades with an intent persisting.
+    pub persisting_trades: usize,
+    /// The recent-dedupe window (capped by `CoreConfig::recent_intents`).
+    pub recent_intents: usize,
+    /// Slave positions still open: (trade, slave) → ticket.
+    pub open_tickets: usize,
+    /// Outputs not yet polled.
+    pub outputs: usize,
+}
+
 /// Timer owners. Each owner remembers its one armed deadline so re-arming removes the old
 /// entry: the timer set never grows with history.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -357,6 +382,24 @@ impl Core {
     /// Armed timers (bounded by open intents + deliveries + 2).
     pub fn armed_timers(&self) -> usize {
         self.timers.len()
+    }
+
+    /// The sizes of the core's internal tables, for checks that memory does not grow with
+    /// history (every one of them is bounded by work in progress, open positions, or a
+    /// configured window).
+    pub fn debug_sizes(&self) -> CoreSizes {
+        CoreSizes {
+            intents: self.intents.len(),
+            deliveries: self.deliveries.len(),
+            by_command: self.by_command.len(),
+            chains: self.chains.len(),
+            pending_ops: self.ops.len(),
+            timers: self.timers.len(),
+            persisting_trades: self.persisting_trades.len(),
+            recent_intents: self.recent.len(),
+            open_tickets: self.tickets.len(),
+            outputs: self.out.len(),
+        }
     }
 
     /// A read-only view of one delivery, for checkers and operators.
