@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant as WallClock};
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use echo_statemachine::config::{DeliveryConfig, RouterConfig, Subscription};
 use echo_statemachine::core::{Core, CoreConfig, CoreOutput, JournalReply, JournalResult, OpId};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
@@ -219,60 +219,118 @@ impl Bench {
     }
 }
 
-fn run(c: &mut Criterion, name: &str, slaves: usize, lifecycle: bool, trace: bool) {
+/// `perf stat --delay=-1 --control fifo:CTL,ACK`: with `ECHO_PERF_CTL=CTL,ACK` the counters
+/// run during the timed regions only.
+struct PerfControl(Option<(std::fs::File, std::io::BufReader<std::fs::File>)>);
+
+impl PerfControl {
+    fn from_env() -> Self {
+        PerfControl(std::env::var("ECHO_PERF_CTL").ok().map(|v| {
+            let (ctl, ack) = v.split_once(',').expect("ECHO_PERF_CTL=CTL,ACK");
+            let ctl = std::fs::OpenOptions::new().write(true).open(ctl);
+            let ack = std::fs::File::open(ack).expect("ack fifo");
+            (ctl.expect("ctl fifo"), std::io::BufReader::new(ack))
+        }))
+    }
+
+    fn toggle(&mut self, cmd: &str) {
+        use std::io::{BufRead, Write};
+        if let Some((ctl, ack)) = &mut self.0 {
+            writeln!(ctl, "{cmd}").expect("perf control");
+            let mut line = String::new();
+            ack.read_line(&mut line).expect("perf ack");
+        }
+    }
+}
+
+/// Runs `iters` intents through a fresh core; returns the time spent in the timed regions.
+fn measure(iters: usize, slaves: usize, lifecycle: bool, trace: bool) -> Duration {
+    let mut perf = PerfControl::from_env();
+    let mut b = setup(slaves, trace);
+    let mut timed = Duration::ZERO;
+    let mut done = 0usize;
+    let mut clock = 0u64;
+    while done < iters {
+        let n = CHUNK.min(iters - done);
+        let batch = inputs(&b, done, n, !lifecycle);
+        let mut later = Vec::with_capacity(if lifecycle { 0 } else { n });
+        let commands = b.commands;
+        perf.toggle("enable");
+        let start = WallClock::now();
+        for input in batch {
+            clock += 1_000;
+            let now = Instant(clock);
+            b.accept(now, input.intent);
+            if lifecycle {
+                b.confirm(now, input.results);
+            } else {
+                later.push(input.results);
+            }
+        }
+        timed += start.elapsed();
+        perf.toggle("disable");
+        assert_eq!(
+            b.commands - commands,
+            n * slaves,
+            "one command per delivery"
+        );
+        // Untimed: complete the chunk so the next one starts from steady state.
+        for results in later {
+            b.confirm(Instant(clock), results);
+        }
+        done += n;
+    }
+    b.assert_flat();
+    timed
+}
+
+/// `(name, slaves, lifecycle, traced)`. "traced": every transition reported as a Fired output
+/// (what the simulator and auditors use); "untraced": the same decisions without those
+/// outputs (a production driver that does not log transitions).
+const SCENARIOS: &[(&str, usize, bool, bool)] = &[
+    ("accept_1_slave/traced", 1, false, true),
+    ("accept_1_slave/untraced", 1, false, false),
+    ("lifecycle_1_slave/traced", 1, true, true),
+    ("lifecycle_1_slave/untraced", 1, true, false),
+    ("lifecycle_10_slaves/untraced", 10, true, false),
+];
+
+fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("core");
     g.throughput(Throughput::Elements(1));
-    g.bench_function(name, |bch| {
-        bch.iter_custom(|iters| {
-            let mut b = setup(slaves, trace);
-            let mut timed = Duration::ZERO;
-            let mut done = 0usize;
-            let mut clock = 0u64;
-            while done < iters as usize {
-                let n = CHUNK.min(iters as usize - done);
-                let batch = inputs(&b, done, n, !lifecycle);
-                let mut later = Vec::with_capacity(if lifecycle { 0 } else { n });
-                let commands = b.commands;
-                let start = WallClock::now();
-                for input in batch {
-                    clock += 1_000;
-                    let now = Instant(clock);
-                    b.accept(now, input.intent);
-                    if lifecycle {
-                        b.confirm(now, input.results);
-                    } else {
-                        later.push(input.results);
-                    }
-                }
-                timed += start.elapsed();
-                assert_eq!(
-                    b.commands - commands,
-                    n * slaves,
-                    "one command per delivery"
-                );
-                // Untimed: complete the chunk so the next one starts from steady state.
-                for results in later {
-                    b.confirm(Instant(clock), results);
-                }
-                done += n;
-            }
-            b.assert_flat();
-            timed
-        })
-    });
+    for &(name, slaves, lifecycle, trace) in SCENARIOS {
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|iters| measure(iters as usize, slaves, lifecycle, trace))
+        });
+    }
     g.finish();
 }
 
-fn benches(c: &mut Criterion) {
-    // "traced": every transition reported as a Fired output (what the simulator and auditors
-    // use); "untraced": the same decisions without those outputs (a production driver that
-    // does not log transitions).
-    run(c, "accept_1_slave/traced", 1, false, true);
-    run(c, "accept_1_slave/untraced", 1, false, false);
-    run(c, "lifecycle_1_slave/traced", 1, true, true);
-    run(c, "lifecycle_1_slave/untraced", 1, true, false);
-    run(c, "lifecycle_10_slaves/untraced", 10, true, false);
-}
-
 criterion_group!(core, benches);
-criterion_main!(core);
+
+/// `ECHO_HOT_PATH=<scenario>:<intents>` runs one scenario once, without criterion, for
+/// instruction and cycle counts that a busy machine does not blur:
+///
+/// ```text
+/// mkfifo /tmp/ctl /tmp/ack
+/// ECHO_HOT_PATH=accept_1_slave/untraced:200000 ECHO_PERF_CTL=/tmp/ctl,/tmp/ack \
+///   perf stat --delay=-1 --control fifo:/tmp/ctl,/tmp/ack -e instructions:u,cycles:u \
+///   target/release/deps/core_hot_path-*
+/// ```
+///
+/// counts the timed regions only. Otherwise: the criterion benches.
+fn main() {
+    if let Ok(spec) = std::env::var("ECHO_HOT_PATH") {
+        let (name, n) = spec.split_once(':').expect("<scenario>:<intents>");
+        let n: usize = n.parse().expect("a number of intents");
+        let &(_, slaves, lifecycle, trace) = SCENARIOS
+            .iter()
+            .find(|s| s.0 == name)
+            .expect("a scenario name");
+        let t = measure(n, slaves, lifecycle, trace);
+        println!("{name}: {n} intents in {t:?} timed");
+        return;
+    }
+    core();
+    Criterion::default().configure_from_args().final_summary();
+}

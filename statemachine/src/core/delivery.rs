@@ -12,7 +12,7 @@
 
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalResult, JournalWrite};
 use super::{Core, CoreLog, PendingOp, TimerKey};
-use crate::ids::{AccountId, CommandId, IntentId, TradeId};
+use crate::ids::{AccountId, CommandId, FastMap, IntentId, TradeId};
 use crate::msg::{
     AckResult, AckStage, BrokerStatus, Command, CommandAck, CommandBody, CoreToAgent, ErrorCode,
     ExecutionResult, IntentKind,
@@ -185,6 +185,9 @@ impl Delivery {
 
 impl Core {
     fn subject(&self, key: u64) -> Subject {
+        if !self.trace {
+            return Subject::None;
+        }
         self.deliveries
             .get(&key)
             .map(|d| Subject::Command(d.rec.command_id.clone()))
@@ -293,8 +296,7 @@ impl Core {
             );
             return;
         }
-        let slave = d.rec.slave.clone();
-        if self.registry.agent_for(&slave).is_some() {
+        if self.registry.is_served(&d.rec.slave) {
             self.fire(DeliveryT::SendHead.spec(), self.subject(key));
             self.send_command(now, key);
         } else {
@@ -302,16 +304,6 @@ impl Core {
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Parked;
             }
-        }
-    }
-
-    fn ack_timeout(&self, slave: &AccountId) -> Duration {
-        // Legacy (compat) agents never report AGENT_BUFFERED, so the first wait is the
-        // reconciler's: a short ack timeout would burn their attempts for nothing.
-        if self.registry.slave_is_compat(slave) {
-            Duration::from_millis(self.cfg.delivery.reconcile_interval_ms.into())
-        } else {
-            Duration::from_millis(self.cfg.delivery.ack_timeout_ms.into())
         }
     }
 
@@ -330,13 +322,15 @@ impl Core {
         }
     }
 
-    /// Builds the command for the slave as of now (ticket looked up at send time).
-    fn build_command(&self, d: &Delivery) -> Command {
-        let ticket = self
-            .tickets
-            .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
-            .copied()
-            .unwrap_or(0);
+    /// Builds the command for the slave as of now (ticket looked up at send time; an open
+    /// has none yet).
+    fn build_command(tickets: &FastMap<(TradeId, AccountId), i64>, d: &Delivery) -> Command {
+        let ticket = || {
+            tickets
+                .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
+                .copied()
+                .unwrap_or(0)
+        };
         let body = match d.rec.kind {
             IntentKind::Open => CommandBody::Execute {
                 symbol: d.rec.symbol.clone(),
@@ -347,16 +341,16 @@ impl Core {
                 take_profit: d.rec.take_profit,
             },
             IntentKind::Modify => CommandBody::Modify {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
             },
             IntentKind::PartialClose => CommandBody::Close {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 volume: d.rec.volume,
             },
             IntentKind::Close => CommandBody::Close {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 volume: 0.0,
             },
         };
@@ -376,21 +370,22 @@ impl Core {
         };
         d.rec.attempts += 1;
         d.state = DState::Inflight(d.stage);
-        let slave = d.rec.slave.clone();
-        let Some(agent) = self.registry.agent_for(&slave) else {
+        let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
             return;
         };
-        let wait = if d.stage >= AckStage::AgentBuffered {
-            self.reconcile_interval()
+        // Legacy (compat) agents never report AGENT_BUFFERED, so the first wait is the
+        // reconciler's: a short ack timeout would burn their attempts for nothing.
+        let ms = if d.stage >= AckStage::AgentBuffered || route.compat {
+            self.cfg.delivery.reconcile_interval_ms
         } else {
-            self.ack_timeout(&slave)
+            self.cfg.delivery.ack_timeout_ms
         };
-        let Some(d) = self.deliveries.get(&key) else {
-            return;
-        };
-        let cmd = self.build_command(d);
+        let at = now + Duration::from_millis(ms.into());
+        let cmd = Self::build_command(&self.tickets, d);
+        let old = d.deadline.replace(at);
+        let agent = route.agent.clone();
         self.send(agent, CoreToAgent::Command(cmd));
-        self.set_deadline(key, Some(now + wait));
+        self.rearm(TimerKey::Delivery(key), old, at);
     }
 
     /// Decides the final state; it becomes Done only when the journal says it is durable.
@@ -449,13 +444,10 @@ impl Core {
             }
             _ => return,
         };
-        let slave = d.rec.slave.clone();
         let at = now + backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
-        if let Some(agent) = self.registry.agent_for(&slave) {
-            if let Some(d) = self.deliveries.get(&key) {
-                let cmd = self.build_command(d);
-                self.send(agent, CoreToAgent::Cancel(cmd));
-            }
+        if let Some(agent) = self.registry.agent_for(&d.rec.slave) {
+            let cmd = Self::build_command(&self.tickets, d);
+            self.send(agent, CoreToAgent::Cancel(cmd));
         }
         self.set_deadline(key, Some(at));
     }
@@ -625,8 +617,7 @@ impl Core {
                 self.send_command(now, key);
             }
             DState::Backoff => {
-                let slave = d.rec.slave.clone();
-                if self.registry.agent_for(&slave).is_some() {
+                if self.registry.is_served(&d.rec.slave) {
                     self.fire(DeliveryT::Retry.spec(), self.subject(key));
                     self.send_command(now, key);
                 } else {

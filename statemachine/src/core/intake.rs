@@ -144,7 +144,7 @@ impl Core {
     }
 
     pub(crate) fn on_intent(&mut self, now: Instant, agent: &AgentId, i: TradeIntent) {
-        let subject = Subject::Intent(i.intent_id.clone());
+        let subject = self.intent_subject(&i.intent_id);
         if i.trade_id.is_empty() {
             // No trade id: nothing to route by. Intents always need one.
             self.fire(IntakeT::Invalid.spec(), subject);
@@ -329,7 +329,7 @@ impl Core {
                 let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), *attempts);
                 let old = retry_at.replace(at);
                 self.metrics.journal_failures_total += 1;
-                self.fire(IntakeT::PersistRetry.spec(), Subject::Intent(id.clone()));
+                self.fire(IntakeT::PersistRetry.spec(), self.intent_subject(&id));
                 self.rearm(TimerKey::IntentRetry(id), old, at);
             }
             JournalResult::Failed { .. } => {
@@ -347,7 +347,7 @@ impl Core {
                 };
                 self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
                 self.persisting_trades.remove(&entry.trade_id);
-                self.fire(IntakeT::PersistGaveUp.spec(), Subject::Intent(id.clone()));
+                self.fire(IntakeT::PersistGaveUp.spec(), self.intent_subject(&id));
                 self.release_admission(now, entry.worker, admitted_at, false);
                 self.ack_intent(
                     entry.reply_to,
@@ -390,11 +390,11 @@ impl Core {
                 });
                 let records = match reply {
                     JournalReply::Done => {
-                        self.fire(IntakeT::Persisted.spec(), Subject::Intent(id.clone()));
+                        self.fire(IntakeT::Persisted.spec(), self.intent_subject(&id));
                         deliveries
                     }
                     JournalReply::IntentExisted { unfinished } => {
-                        self.fire(IntakeT::Existed.spec(), Subject::Intent(id.clone()));
+                        self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
                         unfinished
                     }
                 };
@@ -441,7 +441,7 @@ impl Core {
             intent: intent.clone(),
             deliveries: deliveries.clone(),
         };
-        self.fire(IntakeT::RetryWrite.spec(), Subject::Intent(id.clone()));
+        self.fire(IntakeT::RetryWrite.spec(), self.intent_subject(&id));
         self.journal_write(write, Some(PendingOp::Accept(id)));
     }
 
@@ -464,7 +464,7 @@ impl Core {
             return;
         }
         self.intents.remove(id);
-        self.fire(IntakeT::Completed.spec(), Subject::Intent(id.clone()));
+        self.fire(IntakeT::Completed.spec(), self.intent_subject(&id));
         let cap = if self.cfg.recent_intents == 0 {
             DEFAULT_RECENT
         } else {

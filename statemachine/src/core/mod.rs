@@ -172,7 +172,7 @@ pub struct Core {
     pub(crate) metrics: CoreMetrics,
     /// Whether `Fired` outputs are emitted (on by default; drivers that neither log nor
     /// trace transitions may turn it off — decisions never depend on it).
-    trace: bool,
+    pub(crate) trace: bool,
 }
 
 impl Core {
@@ -439,6 +439,15 @@ impl Core {
             transition: t,
             subject,
         }));
+    }
+
+    /// The subject of an intent's transition; nothing is cloned when tracing is off.
+    pub(crate) fn intent_subject(&self, id: &IntentId) -> Subject {
+        if self.trace {
+            Subject::Intent(id.clone())
+        } else {
+            Subject::None
+        }
     }
 
     pub(crate) fn send(&mut self, agent: AgentId, msg: CoreToAgent) {
