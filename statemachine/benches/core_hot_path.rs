@@ -12,9 +12,10 @@
 //!    intent are forgotten.
 //!
 //! Every output is moved out of the core and dropped inside the timed region (a driver must
-//! consume them). Building the input messages (`TradeIntent`, `ExecutionResult`) is decoding,
-//! the runtime's job, and is done before the timed region, one chunk of `CHUNK` intents at a
-//! time. The accept-only variants complete each chunk's deliveries after the timed region
+//! consume them), and so is every input message the core does not keep. Building the input
+//! messages (`TradeIntent`, `ExecutionResult`) is decoding, the runtime's job, and is done
+//! before the timed region, one chunk of `CHUNK` intents at a time; the bench's own containers
+//! for them are freed after it. The accept-only variants complete each chunk's deliveries after the timed region
 //! (untimed), so the core's tables stay as small as they would in steady state instead of
 //! growing with the run.
 //!
@@ -153,24 +154,15 @@ impl Bench {
     /// Moves every output out of the core; remembers awaited journal ops, counts commands.
     fn drain(&mut self) {
         while let Some(o) = self.core.poll() {
-            match o {
-                CoreOutput::Journal { op, write } => {
-                    if write.is_awaited() {
-                        self.ops.push(op);
-                    }
-                    black_box(write);
-                }
+            match &o {
+                CoreOutput::Journal { op, write } if write.is_awaited() => self.ops.push(*op),
                 CoreOutput::Send {
-                    msg: CoreToAgent::Command(c),
+                    msg: CoreToAgent::Command(_),
                     ..
-                } => {
-                    self.commands += 1;
-                    black_box(c);
-                }
-                other => {
-                    black_box(other);
-                }
+                } => self.commands += 1,
+                _ => {}
             }
+            black_box(&o);
         }
     }
 
@@ -194,8 +186,8 @@ impl Bench {
     }
 
     /// ExecutionResult in → FinishDelivery out → Ok in → report out, delivery forgotten.
-    fn confirm(&mut self, now: Instant, results: Vec<ExecutionResult>) {
-        for r in results {
+    fn confirm(&mut self, now: Instant, results: &mut Vec<ExecutionResult>) {
+        for r in results.drain(..) {
             self.core
                 .handle_agent_message(now, &self.b, AgentToCore::ExecutionResult(r));
         }
@@ -252,20 +244,21 @@ fn measure(iters: usize, slaves: usize, lifecycle: bool, trace: bool) -> Duratio
     let mut clock = 0u64;
     while done < iters {
         let n = CHUNK.min(iters - done);
-        let batch = inputs(&b, done, n, !lifecycle);
-        let mut later = Vec::with_capacity(if lifecycle { 0 } else { n });
+        let mut batch = inputs(&b, done, n, !lifecycle);
+        let mut later = Vec::with_capacity(n);
         let commands = b.commands;
         perf.toggle("enable");
         let start = WallClock::now();
-        for input in batch {
+        // `drain`, and results emptied in place: the bench's own containers are freed after
+        // the timed region.
+        for mut input in batch.drain(..) {
             clock += 1_000;
             let now = Instant(clock);
             b.accept(now, input.intent);
             if lifecycle {
-                b.confirm(now, input.results);
-            } else {
-                later.push(input.results);
+                b.confirm(now, &mut input.results);
             }
+            later.push(input.results);
         }
         timed += start.elapsed();
         perf.toggle("disable");
@@ -275,9 +268,10 @@ fn measure(iters: usize, slaves: usize, lifecycle: bool, trace: bool) -> Duratio
             "one command per delivery"
         );
         // Untimed: complete the chunk so the next one starts from steady state.
-        for results in later {
-            b.confirm(Instant(clock), results);
+        for mut results in later {
+            b.confirm(Instant(clock), &mut results);
         }
+        drop(batch);
         done += n;
     }
     b.assert_flat();

@@ -20,6 +20,7 @@ use crate::msg::{
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Duration, Instant};
 use crate::transitions;
+use std::collections::hash_map::Entry;
 
 transitions! {
     /// Delivery transitions.
@@ -145,6 +146,16 @@ pub(crate) struct Delivery {
     pub state: DState,
     pub stage: AckStage,
     pub deadline: Option<Instant>,
+    /// The previous and next delivery of its (slave, trade) chain.
+    pub prev: Option<u64>,
+    pub next: Option<u64>,
+}
+
+/// The first and last delivery of one (slave, trade) chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chain {
+    pub head: u64,
+    pub tail: u64,
 }
 
 /// A read-only snapshot of one delivery.
@@ -201,6 +212,19 @@ impl Core {
         let chain_key = (rec.slave.clone(), rec.trade_id.clone());
         self.by_command.insert(rec.command_id.clone(), key);
         let stage = rec.stage;
+        let prev = match self.chains.entry(chain_key) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().tail, key)),
+            Entry::Vacant(e) => {
+                e.insert(Chain {
+                    head: key,
+                    tail: key,
+                });
+                None
+            }
+        };
+        if let Some(p) = prev.and_then(|p| self.deliveries.get_mut(&p)) {
+            p.next = Some(key);
+        }
         self.deliveries.insert(
             key,
             Delivery {
@@ -208,11 +232,11 @@ impl Core {
                 state: DState::Blocked,
                 stage,
                 deadline: None,
+                prev,
+                next: None,
             },
         );
-        let chain = self.chains.entry(chain_key).or_default();
-        chain.push_back(key);
-        if chain.len() == 1 {
+        if prev.is_none() {
             self.activate(now, key);
         } else {
             self.fire(DeliveryT::Block.spec(), self.subject(key));
@@ -714,14 +738,23 @@ impl Core {
         self.intent_delivery_finished(&d.rec.intent_id);
         // Advance the chain: the next delivery of this (slave, trade) may go now.
         let chain_key = (d.rec.slave.clone(), d.rec.trade_id.clone());
+        if let Some(p) = d.prev.and_then(|p| self.deliveries.get_mut(&p)) {
+            p.next = d.next;
+        }
+        if let Some(n) = d.next.and_then(|n| self.deliveries.get_mut(&n)) {
+            n.prev = d.prev;
+        }
         let next = match self.chains.get_mut(&chain_key) {
             Some(chain) => {
-                if chain.front() == Some(&key) {
-                    chain.pop_front();
-                } else {
-                    chain.retain(|k| *k != key);
+                match (d.prev, d.next) {
+                    (None, None) => {}
+                    (None, Some(n)) => chain.head = n,
+                    (Some(p), None) => chain.tail = p,
+                    (Some(_), Some(_)) => {}
                 }
-                chain.front().copied()
+                // A delivery that was not the head leaves the head in place (and as before,
+                // the head is activated again).
+                (d.prev.is_some() || d.next.is_some()).then_some(chain.head)
             }
             None => None,
         };
@@ -740,7 +773,7 @@ impl Core {
             .chains
             .iter()
             .filter(|((s, _), _)| slaves.contains(s))
-            .filter_map(|(_, c)| c.front().copied())
+            .map(|(_, c)| c.head)
             .collect();
         heads.sort_unstable();
         heads

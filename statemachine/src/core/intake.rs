@@ -411,12 +411,7 @@ impl Core {
                         self.create_delivery(now, rec);
                     }
                 }
-                if let Some(e) = self.intents.get_mut(&id) {
-                    if let IntentState::Accepted { open: o } = &mut e.state {
-                        *o += open;
-                    }
-                }
-                self.maybe_complete(&id);
+                self.count_open(&id, |o| *o += open);
             }
         }
     }
@@ -447,19 +442,18 @@ impl Core {
 
     /// A delivery of `id` reached a durable final state.
     pub(crate) fn intent_delivery_finished(&mut self, id: &IntentId) {
-        if let Some(e) = self.intents.get_mut(id) {
-            if let IntentState::Accepted { open } = &mut e.state {
-                *open = open.saturating_sub(1);
-            }
-        }
-        self.maybe_complete(id);
+        self.count_open(id, |o| *o = o.saturating_sub(1));
     }
 
-    fn maybe_complete(&mut self, id: &IntentId) {
-        let done = matches!(
-            self.intents.get(id).map(|e| &e.state),
-            Some(IntentState::Accepted { open: 0 })
-        );
+    /// Updates an accepted intent's count of unfinished deliveries; completes it at zero.
+    fn count_open(&mut self, id: &IntentId, update: impl FnOnce(&mut u32)) {
+        let done = match self.intents.get_mut(id).map(|e| &mut e.state) {
+            Some(IntentState::Accepted { open }) => {
+                update(open);
+                *open == 0
+            }
+            _ => false,
+        };
         if !done {
             return;
         }

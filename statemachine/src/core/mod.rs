@@ -164,8 +164,9 @@ pub struct Core {
     pub(crate) deliveries: FastMap<u64, delivery::Delivery>,
     pub(crate) by_command: FastMap<CommandId, u64>,
     pub(crate) next_delivery: u64,
-    /// Per (slave, trade): the deliveries in master order; only the head is ever in flight.
-    pub(crate) chains: FastMap<(AccountId, TradeId), VecDeque<u64>>,
+    /// Per (slave, trade): the deliveries in master order, as a list linked through the
+    /// deliveries themselves (no allocation per chain); only the head is ever in flight.
+    pub(crate) chains: FastMap<(AccountId, TradeId), delivery::Chain>,
     pub(crate) tickets: FastMap<(TradeId, AccountId), i64>,
     pub(crate) registry: registry::Registry,
     pub(crate) journal: journal_health::JournalHealth,
