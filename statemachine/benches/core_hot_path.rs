@@ -168,16 +168,23 @@ impl Bench {
 
     /// Reports every awaited journal write durable, then drains what that caused.
     fn persist_all(&mut self, now: Instant) {
-        while !self.ops.is_empty() {
-            for op in std::mem::take(&mut self.ops) {
+        // Indexes rather than `take`, so the buffer keeps its capacity.
+        let mut done = 0;
+        while done < self.ops.len() {
+            let end = self.ops.len();
+            for k in done..end {
+                let op = self.ops[k];
                 self.core
                     .handle_journal_result(now, op, JournalResult::Ok(JournalReply::Done));
             }
+            done = end;
             self.drain();
         }
+        self.ops.clear();
     }
 
     /// Intent in → AcceptIntent out → Ok in → ack and commands out.
+    #[inline(never)] // a symbol for profilers (callgrind --toggle-collect)
     fn accept(&mut self, now: Instant, i: TradeIntent) {
         self.core
             .handle_agent_message(now, &self.a, AgentToCore::Intent(i));
@@ -186,6 +193,7 @@ impl Bench {
     }
 
     /// ExecutionResult in → FinishDelivery out → Ok in → report out, delivery forgotten.
+    #[inline(never)] // a symbol for profilers (callgrind --toggle-collect)
     fn confirm(&mut self, now: Instant, results: &mut Vec<ExecutionResult>) {
         for r in results.drain(..) {
             self.core
