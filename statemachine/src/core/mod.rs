@@ -13,8 +13,9 @@ pub mod journal;
 pub mod journal_health;
 pub mod registry;
 pub mod router;
+mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
 use crate::ids::{AccountId, AgentId, CommandId, FastMap, FastSet, IntentId, TradeId};
@@ -155,7 +156,7 @@ pub struct Core {
     pub(crate) now: Instant,
     next_op: u64,
     pub(crate) ops: FastMap<OpId, PendingOp>,
-    pub(crate) timers: BTreeSet<(Instant, TimerKey)>,
+    pub(crate) timers: timers::Timers,
     pub(crate) router: router::Router,
     pub(crate) intents: FastMap<IntentId, intake::IntentEntry>,
     pub(crate) recent: VecDeque<IntentId>,
@@ -189,13 +190,11 @@ impl Core {
             router_rejections_total: vec![0; workers],
             ..CoreMetrics::default()
         };
-        let mut timers = BTreeSet::new();
         // The driver's epoch is its own; if it is far from zero the first tick simply fires
         // at once and re-arms from then on.
         let first_tick = Instant::ZERO
             + crate::time::Duration::from_millis(cfg.delivery.heartbeat_interval_ms.into());
-        timers.insert((first_tick, TimerKey::HeartbeatTick));
-        Core {
+        let mut core = Core {
             router: router::Router::new(cfg.router),
             cfg,
             subs,
@@ -204,7 +203,7 @@ impl Core {
             now: Instant::ZERO,
             next_op: 1,
             ops: FastMap::default(),
-            timers,
+            timers: timers::Timers::default(),
             intents: FastMap::default(),
             recent: VecDeque::new(),
             recent_set: FastSet::default(),
@@ -218,7 +217,9 @@ impl Core {
             journal: journal_health::JournalHealth::Up,
             metrics,
             trace: true,
-        }
+        };
+        core.arm(TimerKey::HeartbeatTick, first_tick);
+        core
     }
 
     /// Turns `Fired` outputs on or off. Decisions are identical either way.
@@ -246,6 +247,7 @@ impl Core {
             ))
         });
         core.adopt_deliveries(unfinished, now);
+        core.settle_timers();
         core
     }
 
@@ -253,6 +255,11 @@ impl Core {
 
     /// A message arrived from `agent` on its stream (already authenticated by the runtime).
     pub fn handle_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
+        self.on_agent_message(now, agent, msg);
+        self.settle_timers();
+    }
+
+    fn on_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
         self.now = now;
         match msg {
             AgentToCore::Hello(h) => {
@@ -288,10 +295,16 @@ impl Core {
     pub fn handle_agent_disconnected(&mut self, now: Instant, agent: &AgentId) {
         self.now = now;
         self.on_disconnected(now, agent);
+        self.settle_timers();
     }
 
     /// The result of journal write `op`.
     pub fn handle_journal_result(&mut self, now: Instant, op: OpId, result: JournalResult) {
+        self.on_journal_result(now, op, result);
+        self.settle_timers();
+    }
+
+    fn on_journal_result(&mut self, now: Instant, op: OpId, result: JournalResult) {
         self.now = now;
         let ok = matches!(result, JournalResult::Ok(_));
         if ok {
@@ -316,24 +329,20 @@ impl Core {
     ) {
         self.now = now;
         self.on_config(now, core, agent);
+        self.settle_timers();
     }
 
     /// Replaces the subscriptions; intents accepted from now on fan out over the new set.
     pub fn handle_subscriptions(&mut self, now: Instant, subs: Vec<Subscription>) {
         self.now = now;
         self.on_subscriptions(subs);
+        self.settle_timers();
     }
 
     /// Processes every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        while let Some((at, _)) = self.timers.first() {
-            if *at > now {
-                break;
-            }
-            let Some((_, key)) = self.timers.pop_first() else {
-                break;
-            };
+        while let Some(key) = self.pop_due(now) {
             match key {
                 TimerKey::Delivery(k) => self.on_delivery_timer(now, k),
                 TimerKey::IntentRetry(id) => self.on_intent_retry(now, id),
@@ -341,6 +350,7 @@ impl Core {
                 TimerKey::JournalProbe => self.on_probe_timer(now),
             }
         }
+        self.settle_timers();
     }
 
     /// Next output, until `None`.
@@ -350,7 +360,7 @@ impl Core {
 
     /// The earliest deadline the driver must call `handle_timeout` at.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.next_deadline()
     }
 
     pub fn metrics(&self) -> &CoreMetrics {
@@ -382,7 +392,7 @@ impl Core {
 
     /// Armed timers (bounded by open intents + deliveries + 2).
     pub fn armed_timers(&self) -> usize {
-        self.timers.len()
+        self.live_timers()
     }
 
     /// The sizes of the core's internal tables, for checks that memory does not grow with
@@ -395,7 +405,7 @@ impl Core {
             by_command: self.by_command.len(),
             chains: self.chains.len(),
             pending_ops: self.ops.len(),
-            timers: self.timers.len(),
+            timers: self.live_timers(),
             persisting_trades: self.persisting_trades.len(),
             recent_intents: self.recent.len(),
             open_tickets: self.tickets.len(),
@@ -472,24 +482,6 @@ impl Core {
         }
         self.out.push_back(CoreOutput::Journal { op, write });
         op
-    }
-
-    /// Arms `key` at `at`, replacing its previous deadline `old` if it had one.
-    pub(crate) fn rearm(&mut self, key: TimerKey, old: Option<Instant>, at: Instant) {
-        if let Some(o) = old {
-            self.timers.remove(&(o, key.clone()));
-        }
-        self.timers.insert((at, key));
-    }
-
-    pub(crate) fn arm(&mut self, key: TimerKey, at: Instant) {
-        self.timers.insert((at, key));
-    }
-
-    pub(crate) fn disarm(&mut self, key: TimerKey, old: Option<Instant>) {
-        if let Some(o) = old {
-            self.timers.remove(&(o, key));
-        }
     }
 
     pub(crate) fn heartbeat_interval(&self) -> crate::time::Duration {
