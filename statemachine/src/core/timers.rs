@@ -137,7 +137,10 @@ impl Core {
             self.timers.heap = BinaryHeap::from(entries);
             self.timers.stale = 0;
         }
-        self.prune_heap_top();
+        // Without a disarm since the last prune the top is still what a sorted set would hold.
+        if self.timers.stale > 0 {
+            self.prune_heap_top();
+        }
     }
 
     /// The earliest live deadline (once `settle_timers` ran).
