@@ -109,9 +109,9 @@ fn inputs(b: &Bench, from: usize, n: usize, pairs_across_chunks: bool) -> Vec<In
     (from..from + n)
         .map(|k| {
             let (trade, open) = if pairs_across_chunks {
-                (k % CHUNK, (k / CHUNK) % 2 == 0)
+                (k % CHUNK, (k / CHUNK).is_multiple_of(2))
             } else {
-                (k / 2, k % 2 == 0)
+                (k / 2, k.is_multiple_of(2))
             };
             let intent = TradeIntent {
                 intent_id: IntentId::new(format!("i{k}")),

@@ -458,7 +458,7 @@ impl Core {
             return;
         }
         self.intents.remove(id);
-        self.fire(IntakeT::Completed.spec(), self.intent_subject(&id));
+        self.fire(IntakeT::Completed.spec(), self.intent_subject(id));
         let cap = if self.cfg.recent_intents == 0 {
             DEFAULT_RECENT
         } else {
