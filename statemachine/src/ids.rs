@@ -9,12 +9,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone)]
-        pub struct $name(Arc<str>);
-
+/// The strings' order, settled without a compare when both share one allocation (ids are
+/// cloned far more than they are built, so ordered maps mostly compare an id with itself).
+macro_rules! shared_str_ord {
+    ($name:ident) => {
         impl PartialOrd for $name {
             #[inline]
             fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
@@ -25,7 +23,6 @@ macro_rules! string_id {
         impl Ord for $name {
             #[inline]
             fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-                // Same order as the strings'; a shared allocation is equal without a compare.
                 if Arc::ptr_eq(&self.0, &other.0) {
                     std::cmp::Ordering::Equal
                 } else {
@@ -33,6 +30,16 @@ macro_rules! string_id {
                 }
             }
         }
+    };
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Arc<str>);
+
+        shared_str_ord!($name);
 
         impl std::hash::Hash for $name {
             fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -105,23 +112,7 @@ string_id!(
 #[derive(Clone)]
 pub struct TradeId(Arc<str>);
 
-impl PartialOrd for TradeId {
-    #[inline]
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for TradeId {
-    #[inline]
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        if Arc::ptr_eq(&self.0, &other.0) {
-            std::cmp::Ordering::Equal
-        } else {
-            self.0.cmp(&other.0)
-        }
-    }
-}
+shared_str_ord!(TradeId);
 
 impl std::hash::Hash for TradeId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
