@@ -714,17 +714,17 @@ impl Core {
             return;
         };
         self.by_command.remove(&d.rec.command_id);
-        let pair = (d.rec.trade_id.clone(), d.rec.slave.clone());
+        let pair = || (d.rec.trade_id.clone(), d.rec.slave.clone());
         if status == DeliveryStatus::Acked {
             self.metrics.deliveries_acked_total += 1;
             match d.rec.kind {
                 IntentKind::Open => {
                     if let Some(t) = ticket {
-                        self.tickets.insert(pair, t);
+                        self.tickets.insert(pair(), t);
                     }
                 }
                 IntentKind::Close => {
-                    self.tickets.remove(&pair);
+                    self.tickets.remove(&pair());
                 }
                 IntentKind::Modify | IntentKind::PartialClose => {}
             }
@@ -737,7 +737,7 @@ impl Core {
         self.report_to_master(&d.rec, d.stage, result, reason);
         self.intent_delivery_finished(&d.rec.intent_id);
         // Advance the chain: the next delivery of this (slave, trade) may go now.
-        let chain_key = (d.rec.slave.clone(), d.rec.trade_id.clone());
+        let chain_key = (d.rec.slave, d.rec.trade_id);
         if let Some(p) = d.prev.and_then(|p| self.deliveries.get_mut(&p)) {
             p.next = d.next;
         }

@@ -11,7 +11,7 @@
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite};
 use super::router::RouterT;
 use super::{Core, CoreLog, PendingOp, TimerKey};
-use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
+use crate::ids::{AgentId, CommandId, IntentId, TradeId};
 use crate::msg::{AckResult, AckStage, CoreToAgent, ErrorCode, Role, TradeIntent, TradeIntentAck};
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Instant};
@@ -98,7 +98,6 @@ pub(crate) enum IntentState {
 
 pub(crate) struct IntentEntry {
     pub trade_id: TradeId,
-    pub master: AccountId,
     pub worker: u32,
     pub reply_to: AgentId,
     pub state: IntentState,
@@ -201,7 +200,7 @@ impl Core {
             );
             return;
         }
-        if self.persisting_trades.contains_key(&i.trade_id) {
+        if self.persisting_trades.contains(&i.trade_id) {
             self.fire(IntakeT::TradeBusy.spec(), subject);
             self.ack_intent(
                 agent.clone(),
@@ -246,13 +245,11 @@ impl Core {
         if crate::mutants::active(crate::mutants::Mutant::AckBeforeDurable) {
             self.ack_intent(agent.clone(), i.intent_id.clone(), i.trade_id.clone(), None);
         }
-        self.persisting_trades
-            .insert(i.trade_id.clone(), i.intent_id.clone());
+        self.persisting_trades.insert(i.trade_id.clone());
         self.intents.insert(
             i.intent_id.clone(),
             IntentEntry {
                 trade_id: i.trade_id.clone(),
-                master: i.master.clone(),
                 worker,
                 reply_to: agent.clone(),
                 state: IntentState::Persisting {
@@ -369,6 +366,7 @@ impl Core {
                 };
                 let state = std::mem::replace(&mut entry.state, IntentState::Accepted { open: 0 });
                 let IntentState::Persisting {
+                    intent,
                     deliveries,
                     admitted_at,
                     retry_at,
@@ -377,9 +375,11 @@ impl Core {
                 else {
                     return;
                 };
-                let (worker, trade, master) =
-                    (entry.worker, entry.trade_id.clone(), entry.master.clone());
-                self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                // The kept intent's ids are the entry's: moved, not cloned.
+                let (worker, trade, master) = (entry.worker, intent.trade_id, intent.master);
+                if retry_at.is_some() {
+                    self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                }
                 self.persisting_trades.remove(&trade);
                 self.metrics.intents_accepted_total += 1;
                 let reply_to = self.registry.agent_for(&master).unwrap_or_else(|| {
@@ -483,7 +483,6 @@ impl Core {
             .entry(rec.intent_id.clone())
             .or_insert_with(|| IntentEntry {
                 trade_id: rec.trade_id.clone(),
-                master: rec.master.clone(),
                 worker,
                 reply_to: AgentId::new(""),
                 state: IntentState::Accepted { open: 0 },
