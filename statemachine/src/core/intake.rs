@@ -97,7 +97,6 @@ pub(crate) enum IntentState {
 }
 
 pub(crate) struct IntentEntry {
-    pub trade_id: TradeId,
     pub worker: u32,
     pub reply_to: AgentId,
     pub state: IntentState,
@@ -249,7 +248,6 @@ impl Core {
         self.intents.insert(
             i.intent_id.clone(),
             IntentEntry {
-                trade_id: i.trade_id.clone(),
                 worker,
                 reply_to: agent.clone(),
                 state: IntentState::Persisting {
@@ -335,6 +333,7 @@ impl Core {
                     return;
                 };
                 let IntentState::Persisting {
+                    intent,
                     admitted_at,
                     retry_at,
                     ..
@@ -343,13 +342,13 @@ impl Core {
                     return;
                 };
                 self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
-                self.persisting_trades.remove(&entry.trade_id);
+                self.persisting_trades.remove(&intent.trade_id);
                 self.fire(IntakeT::PersistGaveUp.spec(), self.intent_subject(&id));
                 self.release_admission(now, entry.worker, admitted_at, false);
                 self.ack_intent(
                     entry.reply_to,
                     id.clone(),
-                    entry.trade_id,
+                    intent.trade_id,
                     Some(ErrorCode::JournalUnavailable),
                 );
                 self.metrics.delivery_failed_total += 1;
@@ -482,7 +481,6 @@ impl Core {
             .intents
             .entry(rec.intent_id.clone())
             .or_insert_with(|| IntentEntry {
-                trade_id: rec.trade_id.clone(),
                 worker,
                 reply_to: AgentId::new(""),
                 state: IntentState::Accepted { open: 0 },
