@@ -129,8 +129,9 @@ pub struct CoreSizes {
     pub outputs: usize,
 }
 
-/// Timer owners. Each owner remembers its one armed deadline so re-arming removes the old
-/// entry: the timer set never grows with history.
+/// Timer owners. Each owner remembers its one armed deadline; re-arming retires the old entry
+/// (see `timers`), so the timers never grow with history. The derived order (deadline, then
+/// this) is the order due timers fire in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TimerKey {
     Delivery(u64),
