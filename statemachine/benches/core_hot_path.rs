@@ -15,9 +15,10 @@
 //! consume them), and so is every input message the core does not keep. Building the input
 //! messages (`TradeIntent`, `ExecutionResult`) is decoding, the runtime's job, and is done
 //! before the timed region, one chunk of `CHUNK` intents at a time; the bench's own containers
-//! for them are freed after it. The accept-only variants complete each chunk's deliveries after the timed region
-//! (untimed), so the core's tables stay as small as they would in steady state instead of
-//! growing with the run.
+//! for them are freed after it. The accept-only variants complete each chunk's deliveries
+//! after its timed region (untimed): within a chunk up to `CHUNK` deliveries are in flight
+//! (armed timers, chains, commands awaiting results), as in a core whose slaves lag behind,
+//! and the tables never grow with the run.
 //!
 //! Intents come in open/close pairs per trade (`t{k}` opened, then closed), so open positions
 //! (slave tickets) stay bounded as well. An intent to ten slaves counts as one intent: its
