@@ -9,11 +9,37 @@
 use std::fmt;
 use std::sync::Arc;
 
+/// The strings' order, settled without a compare when both share one allocation (ids are
+/// cloned far more than they are built, so ordered maps mostly compare an id with itself).
+macro_rules! shared_str_ord {
+    ($name:ident) => {
+        impl PartialOrd for $name {
+            #[inline]
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            #[inline]
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    self.0.cmp(&other.0)
+                }
+            }
+        }
+    };
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialOrd, Ord)]
+        #[derive(Clone)]
         pub struct $name(Arc<str>);
+
+        shared_str_ord!($name);
 
         impl std::hash::Hash for $name {
             fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -83,8 +109,10 @@ string_id!(
 );
 
 /// The master's position identity, normalised to lower case at construction.
-#[derive(Clone, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct TradeId(Arc<str>);
+
+shared_str_ord!(TradeId);
 
 impl std::hash::Hash for TradeId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -145,11 +173,19 @@ impl CommandId {
     /// The command id of one (intent, slave) delivery: stable across retries, crashes and
     /// recoveries because it is a pure function of its two parts.
     pub fn for_delivery(intent: &IntentId, slave: &AccountId) -> Self {
-        let mut s = String::with_capacity(intent.as_str().len() + slave.as_str().len() + 1);
-        s.push_str(intent.as_str());
-        s.push('@');
-        s.push_str(slave.as_str());
-        CommandId(Arc::from(s.as_str()))
+        let (i, s) = (intent.as_str(), slave.as_str());
+        let len = i.len() + 1 + s.len();
+        // Built on the stack when short (the usual case): one allocation, the Arc's own.
+        let mut buf = [0u8; 128];
+        if len <= buf.len() {
+            buf[..i.len()].copy_from_slice(i.as_bytes());
+            buf[i.len()] = b'@';
+            buf[i.len() + 1..len].copy_from_slice(s.as_bytes());
+            if let Ok(joined) = std::str::from_utf8(&buf[..len]) {
+                return CommandId(Arc::from(joined));
+            }
+        }
+        CommandId(Arc::from(format!("{i}@{s}").as_str()))
     }
 }
 
@@ -220,9 +256,12 @@ impl std::hash::Hasher for FastHasher {
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
+            // Byte by byte (at most 7): a variable-length copy would be a `memcpy` call.
+            let mut w = (rest.len() as u64) << 56;
+            for (k, &b) in rest.iter().enumerate() {
+                w ^= u64::from(b) << (8 * k);
+            }
+            self.mix(w);
         }
     }
     #[inline]
@@ -243,7 +282,12 @@ impl std::hash::Hasher for FastHasher {
     }
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // The Fx mix leaves the low bits depending on the low input bytes only, and hashbrown
+        // picks buckets with the low bits: ids sharing a prefix ("i1…", "t2…") would pile
+        // into a few buckets. A folded 128-bit multiply spreads every input bit over all
+        // output bits.
+        let m = u128::from(self.0) * u128::from(FX_K);
+        (m as u64) ^ ((m >> 64) as u64)
     }
 }
 

@@ -12,7 +12,7 @@
 
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalResult, JournalWrite};
 use super::{Core, CoreLog, PendingOp, TimerKey};
-use crate::ids::{AccountId, CommandId, IntentId, TradeId};
+use crate::ids::{AccountId, CommandId, FastMap, IntentId, TradeId};
 use crate::msg::{
     AckResult, AckStage, BrokerStatus, Command, CommandAck, CommandBody, CoreToAgent, ErrorCode,
     ExecutionResult, IntentKind,
@@ -20,6 +20,7 @@ use crate::msg::{
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Duration, Instant};
 use crate::transitions;
+use std::collections::hash_map::Entry;
 
 transitions! {
     /// Delivery transitions.
@@ -145,6 +146,16 @@ pub(crate) struct Delivery {
     pub state: DState,
     pub stage: AckStage,
     pub deadline: Option<Instant>,
+    /// The previous and next delivery of its (slave, trade) chain.
+    pub prev: Option<u64>,
+    pub next: Option<u64>,
+}
+
+/// The first and last delivery of one (slave, trade) chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chain {
+    pub head: u64,
+    pub tail: u64,
 }
 
 /// A read-only snapshot of one delivery.
@@ -185,6 +196,9 @@ impl Delivery {
 
 impl Core {
     fn subject(&self, key: u64) -> Subject {
+        if !self.trace {
+            return Subject::None;
+        }
         self.deliveries
             .get(&key)
             .map(|d| Subject::Command(d.rec.command_id.clone()))
@@ -198,6 +212,19 @@ impl Core {
         let chain_key = (rec.slave.clone(), rec.trade_id.clone());
         self.by_command.insert(rec.command_id.clone(), key);
         let stage = rec.stage;
+        let prev = match self.chains.entry(chain_key) {
+            Entry::Occupied(mut e) => Some(std::mem::replace(&mut e.get_mut().tail, key)),
+            Entry::Vacant(e) => {
+                e.insert(Chain {
+                    head: key,
+                    tail: key,
+                });
+                None
+            }
+        };
+        if let Some(p) = prev.and_then(|p| self.deliveries.get_mut(&p)) {
+            p.next = Some(key);
+        }
         self.deliveries.insert(
             key,
             Delivery {
@@ -205,11 +232,11 @@ impl Core {
                 state: DState::Blocked,
                 stage,
                 deadline: None,
+                prev,
+                next: None,
             },
         );
-        let chain = self.chains.entry(chain_key).or_default();
-        chain.push_back(key);
-        if chain.len() == 1 {
+        if prev.is_none() {
             self.activate(now, key);
         } else {
             self.fire(DeliveryT::Block.spec(), self.subject(key));
@@ -293,8 +320,7 @@ impl Core {
             );
             return;
         }
-        let slave = d.rec.slave.clone();
-        if self.registry.agent_for(&slave).is_some() {
+        if self.registry.is_served(&d.rec.slave) {
             self.fire(DeliveryT::SendHead.spec(), self.subject(key));
             self.send_command(now, key);
         } else {
@@ -302,16 +328,6 @@ impl Core {
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Parked;
             }
-        }
-    }
-
-    fn ack_timeout(&self, slave: &AccountId) -> Duration {
-        // Legacy (compat) agents never report AGENT_BUFFERED, so the first wait is the
-        // reconciler's: a short ack timeout would burn their attempts for nothing.
-        if self.registry.slave_is_compat(slave) {
-            Duration::from_millis(self.cfg.delivery.reconcile_interval_ms.into())
-        } else {
-            Duration::from_millis(self.cfg.delivery.ack_timeout_ms.into())
         }
     }
 
@@ -330,13 +346,15 @@ impl Core {
         }
     }
 
-    /// Builds the command for the slave as of now (ticket looked up at send time).
-    fn build_command(&self, d: &Delivery) -> Command {
-        let ticket = self
-            .tickets
-            .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
-            .copied()
-            .unwrap_or(0);
+    /// Builds the command for the slave as of now (ticket looked up at send time; an open
+    /// has none yet).
+    fn build_command(tickets: &FastMap<(TradeId, AccountId), i64>, d: &Delivery) -> Command {
+        let ticket = || {
+            tickets
+                .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
+                .copied()
+                .unwrap_or(0)
+        };
         let body = match d.rec.kind {
             IntentKind::Open => CommandBody::Execute {
                 symbol: d.rec.symbol.clone(),
@@ -347,16 +365,16 @@ impl Core {
                 take_profit: d.rec.take_profit,
             },
             IntentKind::Modify => CommandBody::Modify {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
             },
             IntentKind::PartialClose => CommandBody::Close {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 volume: d.rec.volume,
             },
             IntentKind::Close => CommandBody::Close {
-                slave_ticket: ticket,
+                slave_ticket: ticket(),
                 volume: 0.0,
             },
         };
@@ -376,21 +394,22 @@ impl Core {
         };
         d.rec.attempts += 1;
         d.state = DState::Inflight(d.stage);
-        let slave = d.rec.slave.clone();
-        let Some(agent) = self.registry.agent_for(&slave) else {
+        let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
             return;
         };
-        let wait = if d.stage >= AckStage::AgentBuffered {
-            self.reconcile_interval()
+        // Legacy (compat) agents never report AGENT_BUFFERED, so the first wait is the
+        // reconciler's: a short ack timeout would burn their attempts for nothing.
+        let ms = if d.stage >= AckStage::AgentBuffered || route.compat {
+            self.cfg.delivery.reconcile_interval_ms
         } else {
-            self.ack_timeout(&slave)
+            self.cfg.delivery.ack_timeout_ms
         };
-        let Some(d) = self.deliveries.get(&key) else {
-            return;
-        };
-        let cmd = self.build_command(d);
+        let at = now + Duration::from_millis(ms.into());
+        let cmd = Self::build_command(&self.tickets, d);
+        let old = d.deadline.replace(at);
+        let agent = route.agent.clone();
         self.send(agent, CoreToAgent::Command(cmd));
-        self.set_deadline(key, Some(now + wait));
+        self.rearm(TimerKey::Delivery(key), old, at);
     }
 
     /// Decides the final state; it becomes Done only when the journal says it is durable.
@@ -449,13 +468,10 @@ impl Core {
             }
             _ => return,
         };
-        let slave = d.rec.slave.clone();
         let at = now + backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
-        if let Some(agent) = self.registry.agent_for(&slave) {
-            if let Some(d) = self.deliveries.get(&key) {
-                let cmd = self.build_command(d);
-                self.send(agent, CoreToAgent::Cancel(cmd));
-            }
+        if let Some(agent) = self.registry.agent_for(&d.rec.slave) {
+            let cmd = Self::build_command(&self.tickets, d);
+            self.send(agent, CoreToAgent::Cancel(cmd));
         }
         self.set_deadline(key, Some(at));
     }
@@ -625,8 +641,7 @@ impl Core {
                 self.send_command(now, key);
             }
             DState::Backoff => {
-                let slave = d.rec.slave.clone();
-                if self.registry.agent_for(&slave).is_some() {
+                if self.registry.is_served(&d.rec.slave) {
                     self.fire(DeliveryT::Retry.spec(), self.subject(key));
                     self.send_command(now, key);
                 } else {
@@ -699,17 +714,17 @@ impl Core {
             return;
         };
         self.by_command.remove(&d.rec.command_id);
-        let pair = (d.rec.trade_id.clone(), d.rec.slave.clone());
+        let pair = || (d.rec.trade_id.clone(), d.rec.slave.clone());
         if status == DeliveryStatus::Acked {
             self.metrics.deliveries_acked_total += 1;
             match d.rec.kind {
                 IntentKind::Open => {
                     if let Some(t) = ticket {
-                        self.tickets.insert(pair, t);
+                        self.tickets.insert(pair(), t);
                     }
                 }
                 IntentKind::Close => {
-                    self.tickets.remove(&pair);
+                    self.tickets.remove(&pair());
                 }
                 IntentKind::Modify | IntentKind::PartialClose => {}
             }
@@ -722,15 +737,24 @@ impl Core {
         self.report_to_master(&d.rec, d.stage, result, reason);
         self.intent_delivery_finished(&d.rec.intent_id);
         // Advance the chain: the next delivery of this (slave, trade) may go now.
-        let chain_key = (d.rec.slave.clone(), d.rec.trade_id.clone());
+        let chain_key = (d.rec.slave, d.rec.trade_id);
+        if let Some(p) = d.prev.and_then(|p| self.deliveries.get_mut(&p)) {
+            p.next = d.next;
+        }
+        if let Some(n) = d.next.and_then(|n| self.deliveries.get_mut(&n)) {
+            n.prev = d.prev;
+        }
         let next = match self.chains.get_mut(&chain_key) {
             Some(chain) => {
-                if chain.front() == Some(&key) {
-                    chain.pop_front();
-                } else {
-                    chain.retain(|k| *k != key);
+                match (d.prev, d.next) {
+                    (None, None) => {}
+                    (None, Some(n)) => chain.head = n,
+                    (Some(p), None) => chain.tail = p,
+                    (Some(_), Some(_)) => {}
                 }
-                chain.front().copied()
+                // A delivery that was not the head leaves the head in place (and as before,
+                // the head is activated again).
+                (d.prev.is_some() || d.next.is_some()).then_some(chain.head)
             }
             None => None,
         };
@@ -749,7 +773,7 @@ impl Core {
             .chains
             .iter()
             .filter(|((s, _), _)| slaves.contains(s))
-            .filter_map(|(_, c)| c.front().copied())
+            .map(|(_, c)| c.head)
             .collect();
         heads.sort_unstable();
         heads

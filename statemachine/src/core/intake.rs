@@ -11,7 +11,7 @@
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite};
 use super::router::RouterT;
 use super::{Core, CoreLog, PendingOp, TimerKey};
-use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
+use crate::ids::{AgentId, CommandId, IntentId, TradeId};
 use crate::msg::{AckResult, AckStage, CoreToAgent, ErrorCode, Role, TradeIntent, TradeIntentAck};
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Instant};
@@ -97,8 +97,6 @@ pub(crate) enum IntentState {
 }
 
 pub(crate) struct IntentEntry {
-    pub trade_id: TradeId,
-    pub master: AccountId,
     pub worker: u32,
     pub reply_to: AgentId,
     pub state: IntentState,
@@ -144,7 +142,7 @@ impl Core {
     }
 
     pub(crate) fn on_intent(&mut self, now: Instant, agent: &AgentId, i: TradeIntent) {
-        let subject = Subject::Intent(i.intent_id.clone());
+        let subject = self.intent_subject(&i.intent_id);
         if i.trade_id.is_empty() {
             // No trade id: nothing to route by. Intents always need one.
             self.fire(IntakeT::Invalid.spec(), subject);
@@ -201,7 +199,7 @@ impl Core {
             );
             return;
         }
-        if self.persisting_trades.contains_key(&i.trade_id) {
+        if self.persisting_trades.contains(&i.trade_id) {
             self.fire(IntakeT::TradeBusy.spec(), subject);
             self.ack_intent(
                 agent.clone(),
@@ -246,13 +244,10 @@ impl Core {
         if crate::mutants::active(crate::mutants::Mutant::AckBeforeDurable) {
             self.ack_intent(agent.clone(), i.intent_id.clone(), i.trade_id.clone(), None);
         }
-        self.persisting_trades
-            .insert(i.trade_id.clone(), i.intent_id.clone());
+        self.persisting_trades.insert(i.trade_id.clone());
         self.intents.insert(
             i.intent_id.clone(),
             IntentEntry {
-                trade_id: i.trade_id.clone(),
-                master: i.master.clone(),
                 worker,
                 reply_to: agent.clone(),
                 state: IntentState::Persisting {
@@ -329,7 +324,7 @@ impl Core {
                 let at = now + backoff(self.cfg.delivery.retry_backoff_ms.into(), *attempts);
                 let old = retry_at.replace(at);
                 self.metrics.journal_failures_total += 1;
-                self.fire(IntakeT::PersistRetry.spec(), Subject::Intent(id.clone()));
+                self.fire(IntakeT::PersistRetry.spec(), self.intent_subject(&id));
                 self.rearm(TimerKey::IntentRetry(id), old, at);
             }
             JournalResult::Failed { .. } => {
@@ -338,6 +333,7 @@ impl Core {
                     return;
                 };
                 let IntentState::Persisting {
+                    intent,
                     admitted_at,
                     retry_at,
                     ..
@@ -346,13 +342,13 @@ impl Core {
                     return;
                 };
                 self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
-                self.persisting_trades.remove(&entry.trade_id);
-                self.fire(IntakeT::PersistGaveUp.spec(), Subject::Intent(id.clone()));
+                self.persisting_trades.remove(&intent.trade_id);
+                self.fire(IntakeT::PersistGaveUp.spec(), self.intent_subject(&id));
                 self.release_admission(now, entry.worker, admitted_at, false);
                 self.ack_intent(
                     entry.reply_to,
                     id.clone(),
-                    entry.trade_id,
+                    intent.trade_id,
                     Some(ErrorCode::JournalUnavailable),
                 );
                 self.metrics.delivery_failed_total += 1;
@@ -369,6 +365,7 @@ impl Core {
                 };
                 let state = std::mem::replace(&mut entry.state, IntentState::Accepted { open: 0 });
                 let IntentState::Persisting {
+                    intent,
                     deliveries,
                     admitted_at,
                     retry_at,
@@ -377,9 +374,11 @@ impl Core {
                 else {
                     return;
                 };
-                let (worker, trade, master) =
-                    (entry.worker, entry.trade_id.clone(), entry.master.clone());
-                self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                // The kept intent's ids are the entry's: moved, not cloned.
+                let (worker, trade, master) = (entry.worker, intent.trade_id, intent.master);
+                if retry_at.is_some() {
+                    self.disarm(TimerKey::IntentRetry(id.clone()), retry_at);
+                }
                 self.persisting_trades.remove(&trade);
                 self.metrics.intents_accepted_total += 1;
                 let reply_to = self.registry.agent_for(&master).unwrap_or_else(|| {
@@ -390,11 +389,11 @@ impl Core {
                 });
                 let records = match reply {
                     JournalReply::Done => {
-                        self.fire(IntakeT::Persisted.spec(), Subject::Intent(id.clone()));
+                        self.fire(IntakeT::Persisted.spec(), self.intent_subject(&id));
                         deliveries
                     }
                     JournalReply::IntentExisted { unfinished } => {
-                        self.fire(IntakeT::Existed.spec(), Subject::Intent(id.clone()));
+                        self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
                         unfinished
                     }
                 };
@@ -411,12 +410,7 @@ impl Core {
                         self.create_delivery(now, rec);
                     }
                 }
-                if let Some(e) = self.intents.get_mut(&id) {
-                    if let IntentState::Accepted { open: o } = &mut e.state {
-                        *o += open;
-                    }
-                }
-                self.maybe_complete(&id);
+                self.count_open(&id, |o| *o += open);
             }
         }
     }
@@ -441,30 +435,29 @@ impl Core {
             intent: intent.clone(),
             deliveries: deliveries.clone(),
         };
-        self.fire(IntakeT::RetryWrite.spec(), Subject::Intent(id.clone()));
+        self.fire(IntakeT::RetryWrite.spec(), self.intent_subject(&id));
         self.journal_write(write, Some(PendingOp::Accept(id)));
     }
 
     /// A delivery of `id` reached a durable final state.
     pub(crate) fn intent_delivery_finished(&mut self, id: &IntentId) {
-        if let Some(e) = self.intents.get_mut(id) {
-            if let IntentState::Accepted { open } = &mut e.state {
-                *open = open.saturating_sub(1);
-            }
-        }
-        self.maybe_complete(id);
+        self.count_open(id, |o| *o = o.saturating_sub(1));
     }
 
-    fn maybe_complete(&mut self, id: &IntentId) {
-        let done = matches!(
-            self.intents.get(id).map(|e| &e.state),
-            Some(IntentState::Accepted { open: 0 })
-        );
+    /// Updates an accepted intent's count of unfinished deliveries; completes it at zero.
+    fn count_open(&mut self, id: &IntentId, update: impl FnOnce(&mut u32)) {
+        let done = match self.intents.get_mut(id).map(|e| &mut e.state) {
+            Some(IntentState::Accepted { open }) => {
+                update(open);
+                *open == 0
+            }
+            _ => false,
+        };
         if !done {
             return;
         }
         self.intents.remove(id);
-        self.fire(IntakeT::Completed.spec(), Subject::Intent(id.clone()));
+        self.fire(IntakeT::Completed.spec(), self.intent_subject(id));
         let cap = if self.cfg.recent_intents == 0 {
             DEFAULT_RECENT
         } else {
@@ -488,8 +481,6 @@ impl Core {
             .intents
             .entry(rec.intent_id.clone())
             .or_insert_with(|| IntentEntry {
-                trade_id: rec.trade_id.clone(),
-                master: rec.master.clone(),
                 worker,
                 reply_to: AgentId::new(""),
                 state: IntentState::Accepted { open: 0 },

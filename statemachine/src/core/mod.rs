@@ -13,8 +13,9 @@ pub mod journal;
 pub mod journal_health;
 pub mod registry;
 pub mod router;
+mod timers;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
 use crate::ids::{AccountId, AgentId, CommandId, FastMap, FastSet, IntentId, TradeId};
@@ -103,8 +104,34 @@ pub struct CoreMetrics {
     pub protocol_violations_total: u64,
 }
 
-/// Timer owners. Each owner remembers its one armed deadline so re-arming removes the old
-/// entry: the timer set never grows with history.
+/// Entry counts of the core's internal tables (see [`Core::debug_sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreSizes {
+    /// Intents persisting or with unfinished deliveries.
+    pub intents: usize,
+    /// Deliveries unfinished or finishing.
+    pub deliveries: usize,
+    /// The command id index over `deliveries`.
+    pub by_command: usize,
+    /// (slave, trade) chains with an unfinished delivery.
+    pub chains: usize,
+    /// Journal writes whose result is awaited.
+    pub pending_ops: usize,
+    /// Armed timers.
+    pub timers: usize,
+    /// Trades with an intent persisting.
+    pub persisting_trades: usize,
+    /// The recent-dedupe window (capped by `CoreConfig::recent_intents`).
+    pub recent_intents: usize,
+    /// Slave positions still open: (trade, slave) → ticket.
+    pub open_tickets: usize,
+    /// Outputs not yet polled.
+    pub outputs: usize,
+}
+
+/// Timer owners. Each owner remembers its one armed deadline; re-arming retires the old entry
+/// (see `timers`), so the timers never grow with history. The derived order (deadline, then
+/// this) is the order due timers fire in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TimerKey {
     Delivery(u64),
@@ -130,24 +157,25 @@ pub struct Core {
     pub(crate) now: Instant,
     next_op: u64,
     pub(crate) ops: FastMap<OpId, PendingOp>,
-    pub(crate) timers: BTreeSet<(Instant, TimerKey)>,
+    pub(crate) timers: timers::Timers,
     pub(crate) router: router::Router,
     pub(crate) intents: FastMap<IntentId, intake::IntentEntry>,
     pub(crate) recent: VecDeque<IntentId>,
     pub(crate) recent_set: FastSet<IntentId>,
-    pub(crate) persisting_trades: FastMap<TradeId, IntentId>,
+    pub(crate) persisting_trades: FastSet<TradeId>,
     pub(crate) deliveries: FastMap<u64, delivery::Delivery>,
     pub(crate) by_command: FastMap<CommandId, u64>,
     pub(crate) next_delivery: u64,
-    /// Per (slave, trade): the deliveries in master order; only the head is ever in flight.
-    pub(crate) chains: FastMap<(AccountId, TradeId), VecDeque<u64>>,
+    /// Per (slave, trade): the deliveries in master order, as a list linked through the
+    /// deliveries themselves (no allocation per chain); only the head is ever in flight.
+    pub(crate) chains: FastMap<(AccountId, TradeId), delivery::Chain>,
     pub(crate) tickets: FastMap<(TradeId, AccountId), i64>,
     pub(crate) registry: registry::Registry,
     pub(crate) journal: journal_health::JournalHealth,
     pub(crate) metrics: CoreMetrics,
     /// Whether `Fired` outputs are emitted (on by default; drivers that neither log nor
     /// trace transitions may turn it off — decisions never depend on it).
-    trace: bool,
+    pub(crate) trace: bool,
 }
 
 impl Core {
@@ -163,13 +191,11 @@ impl Core {
             router_rejections_total: vec![0; workers],
             ..CoreMetrics::default()
         };
-        let mut timers = BTreeSet::new();
         // The driver's epoch is its own; if it is far from zero the first tick simply fires
         // at once and re-arms from then on.
         let first_tick = Instant::ZERO
             + crate::time::Duration::from_millis(cfg.delivery.heartbeat_interval_ms.into());
-        timers.insert((first_tick, TimerKey::HeartbeatTick));
-        Core {
+        let mut core = Core {
             router: router::Router::new(cfg.router),
             cfg,
             subs,
@@ -178,11 +204,11 @@ impl Core {
             now: Instant::ZERO,
             next_op: 1,
             ops: FastMap::default(),
-            timers,
+            timers: timers::Timers::default(),
             intents: FastMap::default(),
             recent: VecDeque::new(),
             recent_set: FastSet::default(),
-            persisting_trades: FastMap::default(),
+            persisting_trades: FastSet::default(),
             deliveries: FastMap::default(),
             by_command: FastMap::default(),
             next_delivery: 1,
@@ -192,7 +218,9 @@ impl Core {
             journal: journal_health::JournalHealth::Up,
             metrics,
             trace: true,
-        }
+        };
+        core.arm(TimerKey::HeartbeatTick, first_tick);
+        core
     }
 
     /// Turns `Fired` outputs on or off. Decisions are identical either way.
@@ -220,6 +248,7 @@ impl Core {
             ))
         });
         core.adopt_deliveries(unfinished, now);
+        core.settle_timers();
         core
     }
 
@@ -227,6 +256,11 @@ impl Core {
 
     /// A message arrived from `agent` on its stream (already authenticated by the runtime).
     pub fn handle_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
+        self.on_agent_message(now, agent, msg);
+        self.settle_timers();
+    }
+
+    fn on_agent_message(&mut self, now: Instant, agent: &AgentId, msg: AgentToCore) {
         self.now = now;
         match msg {
             AgentToCore::Hello(h) => {
@@ -262,10 +296,16 @@ impl Core {
     pub fn handle_agent_disconnected(&mut self, now: Instant, agent: &AgentId) {
         self.now = now;
         self.on_disconnected(now, agent);
+        self.settle_timers();
     }
 
     /// The result of journal write `op`.
     pub fn handle_journal_result(&mut self, now: Instant, op: OpId, result: JournalResult) {
+        self.on_journal_result(now, op, result);
+        self.settle_timers();
+    }
+
+    fn on_journal_result(&mut self, now: Instant, op: OpId, result: JournalResult) {
         self.now = now;
         let ok = matches!(result, JournalResult::Ok(_));
         if ok {
@@ -290,24 +330,20 @@ impl Core {
     ) {
         self.now = now;
         self.on_config(now, core, agent);
+        self.settle_timers();
     }
 
     /// Replaces the subscriptions; intents accepted from now on fan out over the new set.
     pub fn handle_subscriptions(&mut self, now: Instant, subs: Vec<Subscription>) {
         self.now = now;
         self.on_subscriptions(subs);
+        self.settle_timers();
     }
 
     /// Processes every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
-        while let Some((at, _)) = self.timers.first() {
-            if *at > now {
-                break;
-            }
-            let Some((_, key)) = self.timers.pop_first() else {
-                break;
-            };
+        while let Some(key) = self.pop_due(now) {
             match key {
                 TimerKey::Delivery(k) => self.on_delivery_timer(now, k),
                 TimerKey::IntentRetry(id) => self.on_intent_retry(now, id),
@@ -315,6 +351,7 @@ impl Core {
                 TimerKey::JournalProbe => self.on_probe_timer(now),
             }
         }
+        self.settle_timers();
     }
 
     /// Next output, until `None`.
@@ -324,7 +361,7 @@ impl Core {
 
     /// The earliest deadline the driver must call `handle_timeout` at.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        self.next_deadline()
     }
 
     pub fn metrics(&self) -> &CoreMetrics {
@@ -356,7 +393,25 @@ impl Core {
 
     /// Armed timers (bounded by open intents + deliveries + 2).
     pub fn armed_timers(&self) -> usize {
-        self.timers.len()
+        self.live_timers()
+    }
+
+    /// The sizes of the core's internal tables, for checks that memory does not grow with
+    /// history (every one of them is bounded by work in progress, open positions, or a
+    /// configured window).
+    pub fn debug_sizes(&self) -> CoreSizes {
+        CoreSizes {
+            intents: self.intents.len(),
+            deliveries: self.deliveries.len(),
+            by_command: self.by_command.len(),
+            chains: self.chains.len(),
+            pending_ops: self.ops.len(),
+            timers: self.live_timers(),
+            persisting_trades: self.persisting_trades.len(),
+            recent_intents: self.recent.len(),
+            open_tickets: self.tickets.len(),
+            outputs: self.out.len(),
+        }
     }
 
     /// A read-only view of one delivery, for checkers and operators.
@@ -398,6 +453,15 @@ impl Core {
         }));
     }
 
+    /// The subject of an intent's transition; nothing is cloned when tracing is off.
+    pub(crate) fn intent_subject(&self, id: &IntentId) -> Subject {
+        if self.trace {
+            Subject::Intent(id.clone())
+        } else {
+            Subject::None
+        }
+    }
+
     pub(crate) fn send(&mut self, agent: AgentId, msg: CoreToAgent) {
         self.out.push_back(CoreOutput::Send { agent, msg });
     }
@@ -419,24 +483,6 @@ impl Core {
         }
         self.out.push_back(CoreOutput::Journal { op, write });
         op
-    }
-
-    /// Arms `key` at `at`, replacing its previous deadline `old` if it had one.
-    pub(crate) fn rearm(&mut self, key: TimerKey, old: Option<Instant>, at: Instant) {
-        if let Some(o) = old {
-            self.timers.remove(&(o, key.clone()));
-        }
-        self.timers.insert((at, key));
-    }
-
-    pub(crate) fn arm(&mut self, key: TimerKey, at: Instant) {
-        self.timers.insert((at, key));
-    }
-
-    pub(crate) fn disarm(&mut self, key: TimerKey, old: Option<Instant>) {
-        if let Some(o) = old {
-            self.timers.remove(&(o, key));
-        }
     }
 
     pub(crate) fn heartbeat_interval(&self) -> crate::time::Duration {

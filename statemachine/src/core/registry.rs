@@ -82,11 +82,18 @@ pub(crate) struct AgentEntry {
     pub accounts: Vec<(AccountId, Role)>,
 }
 
+/// Where an account's messages go: its Online agent, and whether that agent is a legacy peer.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    pub agent: AgentId,
+    pub compat: bool,
+}
+
 /// Agents and the account → agent index (online agents only).
 #[derive(Default)]
 pub(crate) struct Registry {
     pub agents: BTreeMap<AgentId, AgentEntry>,
-    pub account_agent: FastMap<AccountId, AgentId>,
+    pub account_agent: FastMap<AccountId, Route>,
 }
 
 impl Registry {
@@ -113,14 +120,12 @@ impl Registry {
 
     /// The Online agent serving `account`, if any.
     pub fn agent_for(&self, account: &AccountId) -> Option<AgentId> {
-        self.account_agent.get(account).cloned()
+        self.account_agent.get(account).map(|r| r.agent.clone())
     }
 
-    pub fn slave_is_compat(&self, slave: &AccountId) -> bool {
-        self.account_agent
-            .get(slave)
-            .and_then(|a| self.agents.get(a))
-            .is_some_and(|e| e.compat)
+    /// Whether an Online agent serves `account`.
+    pub fn is_served(&self, account: &AccountId) -> bool {
+        self.account_agent.contains_key(account)
     }
 
     fn slaves_of(&self, agent: &AgentId) -> Vec<AccountId> {
@@ -141,7 +146,7 @@ impl Registry {
         if let Some(e) = self.agents.get_mut(agent) {
             e.online = false;
             for (a, _) in &e.accounts {
-                if self.account_agent.get(a) == Some(agent) {
+                if self.account_agent.get(a).is_some_and(|r| r.agent == *agent) {
                     self.account_agent.remove(a);
                 }
             }
@@ -190,7 +195,7 @@ impl Core {
             self.registry
                 .account_agent
                 .get(a)
-                .is_some_and(|owner| owner != agent)
+                .is_some_and(|owner| owner.agent != *agent)
         });
         if conflict {
             self.refuse_hello(agent, ErrorCode::ProtocolViolation);
@@ -202,7 +207,11 @@ impl Core {
         }
         let compat = h.protocol_version < PROTOCOL_VERSION || !h.supports_lossless_delivery;
         for (a, _) in &h.accounts {
-            self.registry.account_agent.insert(a.clone(), agent.clone());
+            let route = Route {
+                agent: agent.clone(),
+                compat,
+            };
+            self.registry.account_agent.insert(a.clone(), route);
         }
         self.registry.agents.insert(
             agent.clone(),
