@@ -1,0 +1,264 @@
+//! The fault clock: every `TICK` it heals timed faults, runs the periodic safety checks, and
+//! (during the fault phase) draws from the seed's [`FaultProfile`](crate::profile::FaultProfile)
+//! which faults happen — journal outages, partitions, crashes of any node, pipe closes, config
+//! changes, bursts; crashes themselves (what survives is decided here, by coin flip per
+//! in-flight write); and the final heal that turns every fault off.
+//!
+//! This module owns *when* and *whether* a fault happens. It must never inject a fault after
+//! [`World::heal`] and never draw from anything but the run's generator.
+
+use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
+
+use echo_statemachine::ids::IntentId;
+use echo_statemachine::time::Duration;
+
+use super::net::Partition;
+use super::nodes::CoreM;
+use super::{Ea, Ev, Node, World, TICK};
+
+impl World {
+    pub(super) fn chance(&mut self, per_mille: u64) -> bool {
+        self.faults_on && self.rng.chance(per_mille, 1_000)
+    }
+
+    pub(super) fn tick(&mut self) {
+        self.at(TICK, Ev::Tick);
+        let now = self.now;
+        // Healing of timed faults.
+        if self.journal.down_until.is_some_and(|t| t <= now) {
+            self.journal.down_until = None;
+        }
+        for a in 0..self.links.len() {
+            if self.links[a].partition_until.is_some_and(|t| t <= now) {
+                self.links[a].partition = Partition::None;
+                self.links[a].partition_until = None;
+                if self.links[a].reconnect_pending || !self.links[a].connected {
+                    self.links[a].reconnect_pending = false;
+                    self.connect(a);
+                }
+            }
+        }
+        self.check_core_invariants();
+        if !self.faults_on {
+            return;
+        }
+        let p = self.profile.clone();
+        if self.chance(p.journal_outage) && self.journal.down_until.is_none() {
+            let d = self.rng.range(10, p.journal_outage_max_ms.max(10));
+            self.journal.down_until = Some(now + Duration::from_millis(d));
+            self.fault("journal_outage", format!("{d} ms"));
+        }
+        for a in 0..self.links.len() {
+            if self.chance(p.partition) && self.links[a].partition_until.is_none() {
+                let d = self.rng.range(10, p.partition_max_ms.max(10));
+                self.links[a].partition_until = Some(now + Duration::from_millis(d));
+                match self.rng.below(3) {
+                    0 => {
+                        self.links[a].partition = Partition::Up;
+                        self.fault("partition", format!("agent-{a} → core one-way, {d} ms"));
+                    }
+                    1 => {
+                        self.links[a].partition = Partition::Down;
+                        self.fault("partition", format!("core → agent-{a} one-way, {d} ms"));
+                    }
+                    _ => {
+                        self.links[a].partition = Partition::Up;
+                        self.fault("partition", format!("agent-{a} ↔ core two-way, {d} ms"));
+                        self.disconnect(a, "partition");
+                    }
+                }
+            }
+        }
+        if self.chance(p.crash_core) {
+            self.crash(Node::Core);
+        }
+        for a in 0..self.agents.len() {
+            if self.chance(p.crash_agent) {
+                self.crash(Node::Agent(a));
+            }
+        }
+        let eas: Vec<Ea> = (0..self.masters.len())
+            .map(Ea::Master)
+            .chain((0..self.slaves.len()).map(Ea::Slave))
+            .collect();
+        for ea in eas {
+            if self.chance(p.crash_ea) {
+                self.crash(Node::Ea(ea));
+            } else if self.chance(p.pipe_close) && self.pipes.get(&ea).is_some_and(|x| x.1) {
+                self.fault("pipe_close", format!("{ea:?}"));
+                self.close_pipe(ea);
+                let d = Duration::from_millis(self.rng.range(5, 500));
+                self.at(d, Ev::Reopen { ea });
+            }
+        }
+        if self.chance(p.config_change) {
+            let core = DeliveryConfig {
+                ack_timeout_ms: self.rng.range(100, 3_000) as u32,
+                retry_backoff_ms: self.rng.range(10, 500) as u32,
+                max_retries: self.rng.range(2, 10) as u32,
+                heartbeat_interval_ms: self.rng.range(1_000, 5_000) as u32,
+                reconcile_interval_ms: self.rng.range(500, 5_000) as u32,
+            };
+            let agent = AgentDeliveryConfig {
+                ack_timeout_ms: self.rng.range(100, 3_000) as u32,
+                retry_backoff_ms: self.rng.range(10, 500) as u32,
+                max_retries: self.rng.range(2, 20) as u32,
+                heartbeat_interval_ms: self.rng.range(1_000, 5_000) as u32,
+            };
+            self.fault("config_change", format!("{core:?} {agent:?}"));
+            self.core_cfg.delivery = core;
+            self.core_cfg.agent_delivery = agent;
+            if let Some(c) = self.core.as_mut() {
+                c.handle_delivery_config(now, core, agent);
+            }
+            self.drain::<CoreM>(0, "config change");
+        }
+        for m in 0..self.masters.len() {
+            if self.chance(p.burst) {
+                let n = self.rng.range(5, 40);
+                self.fault("burst", format!("master-{m} emits {n} at once"));
+                for _ in 0..n {
+                    self.emit(m);
+                }
+            }
+        }
+    }
+
+    pub(super) fn crash(&mut self, node: Node) {
+        let down = Duration::from_millis(
+            self.rng
+                .range(5, self.profile.crash_downtime_max_ms.max(10)),
+        );
+        match node {
+            Node::Core => {
+                if self.core.is_none() {
+                    return;
+                }
+                self.fault("crash", "core".into());
+                for a in 0..self.links.len() {
+                    self.disconnect(a, "core crashed");
+                }
+                self.core = None;
+                self.core_epoch += 1;
+                // Writes in flight either committed before the crash or are lost with it.
+                let pending = std::mem::take(&mut self.journal.pending);
+                for (_, w) in pending {
+                    if self.rng.chance(1, 2) {
+                        self.apply_journal(&w);
+                    }
+                }
+            }
+            Node::Agent(a) => {
+                if self.agents[a].is_none() {
+                    return;
+                }
+                self.fault("crash", format!("agent-{a}"));
+                self.disconnect(a, "agent crashed");
+                for ea in self.eas_of(a) {
+                    self.close_pipe(ea);
+                }
+                self.agents[a] = None;
+                self.agent_epoch[a] += 1;
+                // Unsynced ledger writes may or may not have reached the disk.
+                let pending = std::mem::take(&mut self.ledger_pending[a]);
+                for (_, rec) in pending {
+                    if self.rng.chance(1, 2) {
+                        self.ledgers[a].insert(rec.command.command_id.clone(), rec);
+                    }
+                }
+            }
+            Node::Ea(ea) => {
+                if !self.ea_up(ea) {
+                    return;
+                }
+                self.fault("crash", format!("{ea:?}"));
+                self.close_pipe(ea);
+                match ea {
+                    Ea::Master(m) => {
+                        self.masters[m] = None;
+                        self.master_epoch[m] += 1;
+                        let pending = std::mem::take(&mut self.master_pending[m]);
+                        for (_, w) in pending {
+                            if self.rng.chance(1, 2) {
+                                self.apply_master_write(m, w);
+                            }
+                        }
+                        // Terminal events not yet durable are seen again after the restart.
+                        let lost: Vec<IntentId> = self.unappended[m]
+                            .iter()
+                            .filter(|id| {
+                                !self.master_files[m].contains_key(*id)
+                                    && !self.book.emitted.contains_key(*id)
+                            })
+                            .cloned()
+                            .collect();
+                        self.unappended[m].clear();
+                        if let Some(first) = lost
+                            .iter()
+                            .filter_map(|id| self.script[m].iter().position(|i| &i.intent_id == id))
+                            .min()
+                        {
+                            self.script_pos[m] = self.script_pos[m].min(first);
+                        }
+                    }
+                    Ea::Slave(s) => {
+                        self.slaves[s] = None;
+                        self.slave_epoch[s] += 1;
+                        let pending = std::mem::take(&mut self.slave_pending[s]);
+                        for (_, w) in pending {
+                            if self.rng.chance(1, 2) {
+                                self.apply_slave_write(s, w);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.at(down, Ev::Restart { node });
+    }
+
+    pub(super) fn heal(&mut self) {
+        self.faults_on = false;
+        self.healed_at = Some(self.now);
+        self.fault(
+            "heal",
+            "all faults off; every node restarted, every link repaired".into(),
+        );
+        self.journal.down_until = None;
+        for s in 0..self.slave_slow.len() {
+            self.slave_slow[s] = Duration::ZERO;
+        }
+        if self.core.is_none() {
+            self.restart(Node::Core);
+        }
+        for a in 0..self.agents.len() {
+            if self.agents[a].is_none() {
+                self.restart(Node::Agent(a));
+            }
+            self.links[a].partition = Partition::None;
+            self.links[a].partition_until = None;
+            self.connect(a);
+        }
+        for m in 0..self.masters.len() {
+            if self.masters[m].is_none() {
+                self.restart(Node::Ea(Ea::Master(m)));
+            }
+        }
+        for s in 0..self.slaves.len() {
+            if self.slaves[s].is_none() {
+                self.restart(Node::Ea(Ea::Slave(s)));
+            }
+        }
+        let eas: Vec<Ea> = self
+            .pipes
+            .iter()
+            .filter(|(_, p)| !p.1)
+            .map(|(e, _)| *e)
+            .collect();
+        for ea in eas {
+            if self.ea_up(ea) && self.agents[self.agent_of(ea)].is_some() {
+                self.open_pipe(ea);
+            }
+        }
+    }
+}
