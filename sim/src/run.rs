@@ -123,7 +123,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
         }
         (
             verdict,
-            w.profile.to_string(),
+            w.describe_mix(),
             summary,
             w.trace.take(),
             w.steps,

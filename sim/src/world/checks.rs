@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use echo_statemachine::core::JournalWrite;
+use echo_statemachine::core::{DeliveryRecord, DeliveryStatus, JournalWrite};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::Instant;
@@ -41,6 +41,8 @@ pub struct Ledgerbook {
     /// Intents the core refused for good (non-retryable).
     pub refused: BTreeMap<IntentId, ErrorCode>,
     pub faults: BTreeMap<&'static str, u64>,
+    /// Intent → the slaves its committed AcceptIntent planned a delivery for.
+    pub plan: BTreeMap<IntentId, Vec<AccountId>>,
     pub busy_acks: u64,
 }
 
@@ -113,6 +115,12 @@ impl World {
             self.violation(v);
             return;
         };
+        if !self.journal.deliveries.contains_key(command_id) {
+            let v = format!(
+                "slave-{s} executed {command_id}, which no journaled plan of its intent holds (not subscribed at admission)"
+            );
+            self.violation(v);
+        }
         let order = self.book.order.entry((s, i.trade_id.clone())).or_default();
         if order.last().is_some_and(|last| *last >= i.master_seq) {
             let v = format!(
@@ -181,4 +189,66 @@ impl World {
             }
         }
     }
+
+    /// The plan of an intent follows the subscriptions in force when the core admits it
+    /// (`core.intake.T01`): one delivery per subscribed slave, FAILED `SYMBOL_NOT_MAPPED`
+    /// exactly where the slave's symbol map leaves the symbol out, the slave's multiplier
+    /// applied. A retried write (`core.intake.T07`) carries the same plan.
+    pub(super) fn check_admission(&mut self, intent: &TradeIntent, deliveries: &[DeliveryRecord]) {
+        let got: Vec<AccountId> = deliveries.iter().map(|d| d.slave.clone()).collect();
+        let mut bad = Vec::new();
+        if self.last_fired == Some(ADMIT) {
+            let subs = self.subscribed(&intent.master);
+            if subs.len() != deliveries.len() {
+                bad.push(format!(
+                    "{} deliveries for {} subscribed slaves",
+                    deliveries.len(),
+                    subs.len()
+                ));
+            }
+            for sub in subs {
+                let Some(d) = deliveries.iter().find(|d| d.slave == sub.slave) else {
+                    bad.push(format!("no delivery for subscribed {}", sub.slave));
+                    continue;
+                };
+                let mapped = sub.map_symbol(&intent.symbol);
+                let want = match &mapped {
+                    Some(_) => (DeliveryStatus::Inflight, None),
+                    None => (DeliveryStatus::Failed, Some(ErrorCode::SymbolNotMapped)),
+                };
+                if (d.status, d.reason) != want {
+                    bad.push(format!(
+                        "{} planned {:?} {:?}, want {want:?}",
+                        d.slave, d.status, d.reason
+                    ));
+                }
+                if mapped.is_some_and(|m| m != d.symbol) {
+                    bad.push(format!("{} planned symbol {}", d.slave, d.symbol));
+                }
+                let volume = intent.volume * sub.multiplier;
+                if d.volume.to_bits() != volume.to_bits() {
+                    bad.push(format!(
+                        "{} planned volume {} want {volume}",
+                        d.slave, d.volume
+                    ));
+                }
+            }
+            self.planned.insert(intent.intent_id.clone(), got);
+        } else if let Some(p) = self.planned.get(&intent.intent_id) {
+            if *p != got {
+                bad.push(format!("a retried write planned {got:?}, the first {p:?}"));
+            }
+        }
+        if !bad.is_empty() {
+            let v = format!(
+                "core planned intent {} against the subscriptions in force: {}",
+                intent.intent_id,
+                bad.join("; ")
+            );
+            self.violation(v);
+        }
+    }
 }
+
+/// The transition that admits an intent and plans its deliveries.
+const ADMIT: &str = "core.intake.T01";

@@ -122,6 +122,7 @@ impl World {
                 }
             }
         }
+        self.workload_tick();
     }
 
     pub(super) fn crash(&mut self, node: Node) {
@@ -140,6 +141,7 @@ impl World {
                 }
                 self.core = None;
                 self.core_epoch += 1;
+                self.planned.clear();
                 // Writes in flight either committed before the crash or are lost with it.
                 let pending = std::mem::take(&mut self.journal.pending);
                 for (_, w) in pending {
@@ -159,6 +161,7 @@ impl World {
                 }
                 self.agents[a] = None;
                 self.agent_epoch[a] += 1;
+                self.md_crash(a);
                 // Unsynced ledger writes may or may not have reached the disk.
                 let pending = std::mem::take(&mut self.ledger_pending[a]);
                 for (_, rec) in pending {

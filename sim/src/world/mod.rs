@@ -12,7 +12,8 @@
 //! - [`faults`]: the fault clock — when a fault happens, crashes, and healing.
 //! - [`storage`]: what each node's storage has made durable, and the broker.
 //! - [`checks`]: the safety checks made at the moment each message or action happens.
-//! - [`workload`]: what the masters trade.
+//! - [`workload`]: what the masters trade, subscription changes, compat peers.
+//! - [`marketdata`]: the market-data buffers, their feed and consumer, and their checks.
 //! - [`describe`]: the NDJSON trace lines and the text of inputs and outputs.
 //!
 //! It plays the runtime's part exactly where the runtime decides nothing: streams break when a
@@ -23,6 +24,7 @@
 mod checks;
 mod describe;
 mod faults;
+mod marketdata;
 mod net;
 mod nodes;
 mod storage;
@@ -45,12 +47,14 @@ use crate::rng::Rng;
 
 pub use checks::{Ledgerbook, Violation};
 pub use describe::json_str;
-pub use workload::trade_id;
+pub use marketdata::MdBook;
+pub use workload::{trade_id, Workload};
 
+use marketdata::Feed;
 use net::Link;
 use nodes::{AgentM, CoreM, MasterM, SlaveM};
 use storage::{Journal, MasterWrite, SlaveWrite};
-use workload::build_script;
+use workload::{build_script, home_subscription};
 
 /// Capacities of a run: `test_min` makes backpressure and edge cases frequent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +166,21 @@ enum Ev {
     Reopen {
         ea: Ea,
     },
+    /// A market-data tick reaches agent `agent` from the feed.
+    MdOffer {
+        agent: usize,
+        md: MarketData,
+    },
+    /// The consumer of agent `agent`'s market data takes a batch.
+    MdConsume {
+        agent: usize,
+    },
+    /// Agent `agent`'s buffer (or, with `feed`, its feed) learns of routing version `v`.
+    MdRouting {
+        agent: usize,
+        v: u64,
+        feed: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -225,6 +244,21 @@ pub struct World {
     /// Every transition id any machine took in this run (for `echo-sim coverage`).
     pub fired: BTreeSet<&'static str>,
     healed_at: Option<Instant>,
+    /// The workload mix of this seed.
+    pub workload: Workload,
+    /// The subscription of each slave now (the core's copy is always the same).
+    subs: Vec<Option<Subscription>>,
+    /// The transition whose outputs are being routed (set by the drain).
+    last_fired: Option<&'static str>,
+    /// Slaves of each intent the core planned in its current life (checked on write retries).
+    planned: BTreeMap<IntentId, Vec<AccountId>>,
+    /// Market-data routing version (raised on every subscription change).
+    routing_version: u64,
+    feeds: Vec<Feed>,
+    pub md: MdBook,
+    /// Self-test hook: the core is never told of a subscription change (as a core that
+    /// ignored them would behave). The admission check must report it.
+    pub core_misses_subscription_changes: bool,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -247,12 +281,17 @@ impl World {
         let agent_ids = vec![AgentId::new("agent-0"), AgentId::new("agent-1")];
         // Even slaves on agent-0 (beside the masters), odd ones on agent-1.
         let slave_agent: Vec<usize> = (0..slaves.len()).map(|s| s % 2).collect();
-        let subs = slaves
+        let workload = if faults {
+            Workload::draw(&mut rng, agent_ids.len())
+        } else {
+            Workload::none()
+        };
+        let subs: Vec<Option<Subscription>> = slaves
             .iter()
             .enumerate()
             .map(|(s, acc)| {
                 let m = s / cfg.slaves_per_master;
-                Subscription::new(masters[m].as_str(), acc.as_str(), 1.0 + (s % 3) as f64)
+                Some(home_subscription(&masters[m], acc, s))
             })
             .collect();
         let (router, delivery) = match cfg.capacity {
@@ -276,7 +315,7 @@ impl World {
             router,
             delivery,
             agent_delivery: AgentDeliveryConfig::default(),
-            subscriptions: subs,
+            subscriptions: subs.iter().flatten().cloned().collect(),
             recent_intents: if cfg.capacity == Capacity::TestMin {
                 8
             } else {
@@ -357,6 +396,14 @@ impl World {
             fired: BTreeSet::new(),
             answered: None,
             healed_at: None,
+            workload,
+            subs,
+            last_fired: None,
+            planned: BTreeMap::new(),
+            routing_version: 1,
+            feeds: (0..n_agents).map(|_| Feed::default()).collect(),
+            md: MdBook::default(),
+            core_misses_subscription_changes: false,
             cfg,
         };
         w.drain::<CoreM>(0, "boot");
@@ -380,14 +427,15 @@ impl World {
         let mut h = String::new();
         let _ = writeln!(
             h,
-            "{{\"type\":\"header\",\"seed\":{},\"commit\":{},\"masters\":{},\"slaves_per_master\":{},\"trades\":{},\"capacity\":\"{:?}\",\"profile\":{}}}",
+            "{{\"type\":\"header\",\"seed\":{},\"commit\":{},\"masters\":{},\"slaves_per_master\":{},\"trades\":{},\"capacity\":\"{:?}\",\"profile\":{},\"workload\":{}}}",
             self.seed,
             json_str(commit),
             self.cfg.masters,
             self.cfg.slaves_per_master,
             self.cfg.trades,
             self.cfg.capacity,
-            json_str(&self.profile.to_string())
+            json_str(&self.profile.to_string()),
+            json_str(&self.workload.to_string())
         );
         self.trace = Some(h);
     }
@@ -454,6 +502,7 @@ impl World {
                 .core
                 .as_ref()
                 .is_some_and(|c| c.open_deliveries() == 0 && c.open_intents() == 0)
+            && self.md_settled()
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -558,6 +607,15 @@ impl World {
             Ev::Restart { node } => self.restart(node),
             Ev::Reconnect { agent } => self.on_reconnect(agent),
             Ev::Reopen { ea } => self.on_reopen(ea),
+            Ev::MdOffer { agent, md } => self.md_on_tick(agent, md),
+            Ev::MdConsume { agent } => self.md_consume(agent),
+            Ev::MdRouting { agent, v, feed } => {
+                if feed {
+                    self.md_producer_routing(agent, v)
+                } else {
+                    self.md_routing(agent, v)
+                }
+            }
         }
     }
 
@@ -571,7 +629,7 @@ impl World {
         &self.slave_accounts
     }
 
-    /// The slaves subscribed to `master`.
+    /// The slaves first subscribed to `master` (its home slaves).
     pub fn slaves_of(&self, master: usize) -> Vec<usize> {
         let n = self.cfg.slaves_per_master;
         (master * n..(master + 1) * n).collect()
@@ -632,6 +690,12 @@ impl World {
                 );
             }
         }
+        s.push_str(&self.md_pending_summary());
         s
+    }
+
+    /// The fault profile and the workload mix, as printed beside the seed.
+    pub fn describe_mix(&self) -> String {
+        format!("{} | workload {}", self.profile, self.workload)
     }
 }

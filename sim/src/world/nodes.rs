@@ -32,7 +32,7 @@ pub(super) trait Drained {
     fn poll(w: &mut World, key: usize) -> Option<Self::Out>;
     /// A transition record, or an output to route.
     fn fired(o: Self::Out) -> Result<Fired, Self::Out>;
-    fn describe(o: &Self::Out) -> String;
+    fn describe(w: &World, key: usize, o: &Self::Out) -> String;
     /// Where the output goes.
     fn route(w: &mut World, key: usize, o: Self::Out);
 }
@@ -56,7 +56,7 @@ impl Drained for CoreM {
             o => Err(o),
         }
     }
-    fn describe(o: &CoreOutput) -> String {
+    fn describe(_: &World, _: usize, o: &CoreOutput) -> String {
         describe_core_output(o)
     }
     fn route(w: &mut World, _: usize, o: CoreOutput) {
@@ -81,8 +81,8 @@ macro_rules! drained {
                     o => Err(o),
                 }
             }
-            fn describe(o: &$out) -> String {
-                $describe(o)
+            fn describe(w: &World, key: usize, o: &$out) -> String {
+                $describe(w, key, o)
             }
             fn route(w: &mut World, key: usize, o: $out) {
                 w.$route(key, o)
@@ -91,7 +91,17 @@ macro_rules! drained {
     };
 }
 
-fn debug_160<T: std::fmt::Debug>(o: &T) -> String {
+/// An agent's output as the trace shows it: a legacy peer's stage acks never reach the wire.
+fn agent_output_on_wire(w: &World, a: usize, o: &AgentOutput) -> String {
+    match o {
+        AgentOutput::ToCore(AgentToCore::CommandAck(_)) if w.workload.compat_agent == Some(a) => {
+            format!("legacy peer, not sent: {}", describe_agent_output(o))
+        }
+        _ => describe_agent_output(o),
+    }
+}
+
+fn debug_160<T: std::fmt::Debug>(_: &World, _: usize, o: &T) -> String {
     format!("{o:?}").chars().take(160).collect()
 }
 
@@ -101,7 +111,7 @@ drained!(
     AgentOutput::Fired,
     agents,
     "agent-{}",
-    describe_agent_output,
+    agent_output_on_wire,
     route_agent
 );
 drained!(
@@ -143,9 +153,10 @@ impl World {
                 Err(o) => {
                     if self.trace.is_some() {
                         if let Some((_, outs)) = pending.as_mut() {
-                            outs.push(M::describe(&o));
+                            outs.push(M::describe(self, key, &o));
                         }
                     }
+                    self.last_fired = pending.as_ref().map(|(f, _)| f.transition.id);
                     M::route(self, key, o);
                 }
             }
@@ -164,10 +175,11 @@ impl World {
                 self.answered = Some(a.intent_id.clone());
             }
             CoreOutput::Journal {
-                write: JournalWrite::AcceptIntent { intent, .. },
+                write: JournalWrite::AcceptIntent { intent, deliveries },
                 ..
             } => {
                 self.answered = Some(intent.intent_id.clone());
+                self.check_admission(intent, deliveries);
             }
             _ => {}
         }
@@ -221,7 +233,11 @@ impl World {
 
     fn route_agent(&mut self, a: usize, o: AgentOutput) {
         match o {
-            AgentOutput::ToCore(msg) => self.net_send(false, a, Some(msg), None),
+            AgentOutput::ToCore(msg) => {
+                if let Some(msg) = self.legacy_wire(a, msg) {
+                    self.net_send(false, a, Some(msg), None);
+                }
+            }
             AgentOutput::ToEa { account, msg } => {
                 let ea = if let Some(m) = self.master_accounts.iter().position(|x| *x == account) {
                     Ea::Master(m)
@@ -424,6 +440,7 @@ impl World {
                 self.open_pipe(ea);
             }
         }
+        self.md_start(a);
     }
 
     pub(super) fn eas_of(&self, a: usize) -> Vec<Ea> {

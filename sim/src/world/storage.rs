@@ -225,6 +225,10 @@ impl World {
                 self.journal
                     .intents
                     .insert(intent.intent_id.clone(), intent.clone());
+                self.book.plan.insert(
+                    intent.intent_id.clone(),
+                    deliveries.iter().map(|d| d.slave.clone()).collect(),
+                );
                 for d in deliveries {
                     self.journal
                         .deliveries

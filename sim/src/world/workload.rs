@@ -1,17 +1,32 @@
-//! The workload: what the masters trade. Every master runs a script of trade lifecycles
-//! (open → modify → partial close → close, four trades interleaved, across symbols), its trade
-//! ids carrying a checksum of their index and alternating letter case, emitted at a steady pace
-//! and in bursts.
+//! The workload: what the masters trade, and what else changes while they do. Every master
+//! runs a script of trade lifecycles (open → modify → partial close → close, four trades
+//! interleaved, across symbols), its trade ids carrying a checksum of their index and
+//! alternating letter case, emitted at a steady pace and in bursts. Per seed ([`Workload`]),
+//! price-feed bursts drive the market-data path ([`super::marketdata`]), subscriptions change
+//! at run time, and one agent may be a legacy (compat-mode) peer.
+//!
+//! **Which slaves an intent is copied to.** The subscriptions in force when the core admits
+//! the intent (`core.intake.T01` plans one delivery per subscribed slave, and the plan is
+//! journaled atomically with the intent) decide its copies, once and for all: a later change
+//! neither adds nor removes a copy of an intent already admitted (`core.registry.T10`:
+//! "journaled deliveries keep their slaves"); a retried write (`core.intake.T07`) keeps the
+//! plan. An intent refused before admission (BROKER_BUSY, JOURNAL_UNAVAILABLE) is planned
+//! afresh when the master's retry is admitted, under the subscriptions of that moment. A
+//! subscribed slave whose symbol map leaves the intent's symbol out gets an explicit
+//! FAILED `SYMBOL_NOT_MAPPED`. [`super::checks`] verifies every plan against the world's own
+//! copy of the subscriptions at the moment of admission, and every execution against the plan.
 //!
 //! This module owns what the terminals do. It must never bypass a master's IntentQueue and
 //! never decide a fault.
 
+use echo_statemachine::config::Subscription;
 use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::Duration;
 
-use super::nodes::MasterM;
+use super::nodes::{CoreM, MasterM};
 use super::{Ev, World};
+use crate::rng::Rng;
 
 const KINDS: [IntentKind; 4] = [
     IntentKind::Open,
@@ -107,4 +122,186 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
         });
     }
     out
+}
+
+/// The per-seed mix of the workload beyond the trade script, drawn from the seed like the
+/// fault profile ("swarm" testing: some seeds never change a subscription, some often).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Chance per agent per 100 ms that the price feed sends a burst (‰).
+    pub md_burst: u64,
+    /// Chance per 100 ms that a subscription changes at run time (‰).
+    pub sub_change: u64,
+    /// The agent that is a legacy peer (no lossless delivery, no stage acks), if any.
+    pub compat_agent: Option<usize>,
+}
+
+impl Workload {
+    /// Trades only (the demo and fault-free worlds).
+    pub fn none() -> Self {
+        Workload {
+            md_burst: 0,
+            sub_change: 0,
+            compat_agent: None,
+        }
+    }
+
+    pub fn draw(rng: &mut Rng, agents: usize) -> Self {
+        let mut rate = |high: u64| -> u64 {
+            match rng.below(4) {
+                0 => 0,
+                1 => rng.range(1, (high / 10).max(1)),
+                _ => rng.range(1, high),
+            }
+        };
+        let md_burst = rate(300);
+        let sub_change = rate(150);
+        let compat_agent = if rng.chance(1, 4) {
+            Some(rng.below(agents as u64) as usize)
+        } else {
+            None
+        };
+        Workload {
+            md_burst,
+            sub_change,
+            compat_agent,
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "md_burst={} sub_change={} (‰) compat_agent={}",
+            self.md_burst,
+            self.sub_change,
+            match self.compat_agent {
+                Some(a) => format!("agent-{a}"),
+                None => "none".into(),
+            }
+        )
+    }
+}
+
+/// The subscription of slave `s` as the world first configures it.
+pub(super) fn home_subscription(master: &AccountId, slave: &AccountId, s: usize) -> Subscription {
+    Subscription::new(master.as_str(), slave.as_str(), 1.0 + (s % 3) as f64)
+}
+
+impl World {
+    /// The workload's own events of one tick (fault phase only).
+    pub(super) fn workload_tick(&mut self) {
+        for a in 0..self.feeds.len() {
+            if self.rng.chance(self.workload.md_burst, 1_000) {
+                self.md_burst(a);
+            }
+        }
+        if self.rng.chance(self.workload.sub_change, 1_000) {
+            self.change_subscription();
+        }
+    }
+
+    /// Changes one slave's subscription: drop it, add it back, change its multiplier, or
+    /// give it a symbol map that leaves one symbol out (SYMBOL_NOT_MAPPED) — then tells the
+    /// core (intents admitted from now on fan out over the new set) and raises the
+    /// market-data routing version.
+    fn change_subscription(&mut self) {
+        let s = self.rng.below(self.slave_accounts.len() as u64) as usize;
+        let m = s / self.cfg.slaves_per_master;
+        let (master, slave) = (
+            self.master_accounts[m].clone(),
+            self.slave_accounts[s].clone(),
+        );
+        let what = match (self.rng.below(4), self.subs[s].is_some()) {
+            (_, false) => {
+                self.subs[s] = Some(home_subscription(&master, &slave, s));
+                "subscribed again"
+            }
+            (0, true) => {
+                self.subs[s] = None;
+                "unsubscribed"
+            }
+            (1, true) => {
+                let x = self.rng.range(1, 5) as f64 / 2.0;
+                if let Some(sub) = self.subs[s].as_mut() {
+                    sub.multiplier = x;
+                }
+                "multiplier changed"
+            }
+            (2, true) => {
+                if let Some(sub) = self.subs[s].as_mut() {
+                    sub.symbol_map = [("EURUSD", "EURUSD.s"), ("GBPUSD", "GBPUSD.s")]
+                        .into_iter()
+                        .map(|(a, b)| (Symbol::new(a), Symbol::new(b)))
+                        .collect();
+                }
+                "symbol map without USDJPY"
+            }
+            _ => {
+                if let Some(sub) = self.subs[s].as_mut() {
+                    sub.symbol_map.clear();
+                }
+                "symbol map cleared"
+            }
+        };
+        self.fault("subscription", format!("{master} → {slave}: {what}"));
+        let subs: Vec<Subscription> = self.subs.iter().flatten().cloned().collect();
+        if !self.core_misses_subscription_changes {
+            self.core_cfg.subscriptions = subs.clone();
+            let now = self.now;
+            if let Some(c) = self.core.as_mut() {
+                c.handle_subscriptions(now, subs);
+            }
+            self.drain::<CoreM>(0, "subscriptions replaced");
+        }
+        self.routing_version += 1;
+        let v = self.routing_version;
+        // The agent's buffer and the feed each learn of it a little later, in either order.
+        for a in 0..self.feeds.len() {
+            let d = Duration::from_micros(self.rng.range(100, 20_000));
+            self.at(
+                d,
+                Ev::MdRouting {
+                    agent: a,
+                    v,
+                    feed: false,
+                },
+            );
+            let d = Duration::from_micros(self.rng.range(100, 50_000));
+            self.at(
+                d,
+                Ev::MdRouting {
+                    agent: a,
+                    v,
+                    feed: true,
+                },
+            );
+        }
+    }
+
+    /// The slaves subscribed to master `m` now, with their subscriptions.
+    pub(super) fn subscribed(&self, m: &AccountId) -> Vec<&Subscription> {
+        self.subs
+            .iter()
+            .flatten()
+            .filter(|s| s.master == *m)
+            .collect()
+    }
+
+    /// The wire edge of a legacy (compat) agent: it announces no lossless delivery and sends
+    /// no stage acks; everything else it sends as a current agent does.
+    pub(super) fn legacy_wire(&self, a: usize, msg: AgentToCore) -> Option<AgentToCore> {
+        if self.workload.compat_agent != Some(a) {
+            return Some(msg);
+        }
+        match msg {
+            AgentToCore::Hello(mut h) => {
+                h.supports_lossless_delivery = false;
+                Some(AgentToCore::Hello(h))
+            }
+            AgentToCore::CommandAck(_) => None,
+            m => Some(m),
+        }
+    }
 }
