@@ -9,9 +9,11 @@
 
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
 
-use echo_statemachine::ids::IntentId;
+use echo_statemachine::ids::{AccountId, AgentId, IntentId};
+use echo_statemachine::msg::{AgentHello, AgentToCore, Role, PROTOCOL_VERSION};
 use echo_statemachine::time::Duration;
 
+use super::describe::describe_to_core;
 use super::net::Partition;
 use super::nodes::CoreM;
 use super::{Ea, Ev, Node, World, TICK};
@@ -122,7 +124,40 @@ impl World {
                 }
             }
         }
+        if self.chance(p.stray_peer) {
+            self.stray_peer();
+        }
         self.workload_tick();
+    }
+
+    /// A connection from a peer that is none of the world's agents sends one message: a
+    /// heartbeat before any hello, a hello of a newer protocol, or a hello with no accounts.
+    /// The core must refuse or drop it and change nothing for the real agents.
+    fn stray_peer(&mut self) {
+        let stray = AgentId::new("agent-stray");
+        let hello = |protocol_version: u32, accounts: Vec<(AccountId, Role)>| {
+            AgentToCore::Hello(AgentHello {
+                agent_id: stray.clone(),
+                protocol_version,
+                supports_lossless_delivery: true,
+                accounts,
+            })
+        };
+        let msg = match self.rng.below(3) {
+            0 => AgentToCore::Heartbeat,
+            1 => hello(
+                PROTOCOL_VERSION + 1,
+                vec![(AccountId::new("stray-account"), Role::Slave)],
+            ),
+            _ => hello(PROTOCOL_VERSION, Vec::new()),
+        };
+        let input = describe_to_core(&msg);
+        self.fault("stray_peer", input.clone());
+        let now = self.now;
+        if let Some(c) = self.core.as_mut() {
+            c.handle_agent_message(now, &stray, msg);
+            self.drain::<CoreM>(0, &input);
+        }
     }
 
     pub(super) fn crash(&mut self, node: Node) {

@@ -54,7 +54,7 @@ use marketdata::Feed;
 use net::Link;
 use nodes::{AgentM, CoreM, MasterM, SlaveM};
 use storage::{Journal, MasterWrite, SlaveWrite};
-use workload::{build_script, home_subscription};
+use workload::{build_script, home_subscription, spoil_some};
 
 /// Capacities of a run: `test_min` makes backpressure and edge cases frequent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,11 +335,14 @@ impl World {
             }
             agent_accounts.push(accounts);
         }
-        let script: Vec<Vec<TradeIntent>> = masters
+        let mut script: Vec<Vec<TradeIntent>> = masters
             .iter()
             .enumerate()
             .map(|(m, acc)| build_script(m, cfg.trades, acc))
             .collect();
+        for s in script.iter_mut() {
+            spoil_some(s, workload.malformed, &mut rng);
+        }
         let slave_slow = slaves
             .iter()
             .map(|_| {

@@ -185,7 +185,10 @@ impl World {
         }
         match o {
             CoreOutput::Send { agent, msg } => {
-                let a = self.agent_ids.iter().position(|x| *x == agent).unwrap_or(0);
+                // Only the world's agents have a stream; a stray peer's answer goes nowhere.
+                let Some(a) = self.agent_ids.iter().position(|x| *x == agent) else {
+                    return;
+                };
                 self.net_send(true, a, None, Some(msg));
             }
             CoreOutput::Journal { op, write } => {
@@ -215,7 +218,9 @@ impl World {
             }
             CoreOutput::Log(CoreLog::AgentOffline { agent }) => {
                 // The runtime closes a stream whose agent went silent.
-                let a = self.agent_ids.iter().position(|x| *x == agent).unwrap_or(0);
+                let Some(a) = self.agent_ids.iter().position(|x| *x == agent) else {
+                    return;
+                };
                 self.at(Duration::ZERO, Ev::Reconnect { agent: a });
                 if self.links[a].connected {
                     self.links[a].connected = false;

@@ -134,6 +134,10 @@ pub struct Workload {
     pub sub_change: u64,
     /// The agent that is a legacy peer (no lossless delivery, no stage acks), if any.
     pub compat_agent: Option<usize>,
+    /// Chance per trade that a broken terminal spoils one of its intents (‰): an open of
+    /// volume 0 (valid for the core, refused by every slave EA) or a non-finite price
+    /// (refused by the core with INVALID_ARGUMENT).
+    pub malformed: u64,
 }
 
 impl Workload {
@@ -143,6 +147,7 @@ impl Workload {
             md_burst: 0,
             sub_change: 0,
             compat_agent: None,
+            malformed: 0,
         }
     }
 
@@ -156,6 +161,7 @@ impl Workload {
         };
         let md_burst = rate(300);
         let sub_change = rate(150);
+        let malformed = rate(80);
         let compat_agent = if rng.chance(1, 4) {
             Some(rng.below(agents as u64) as usize)
         } else {
@@ -165,6 +171,7 @@ impl Workload {
             md_burst,
             sub_change,
             compat_agent,
+            malformed,
         }
     }
 }
@@ -173,14 +180,45 @@ impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "md_burst={} sub_change={} (‰) compat_agent={}",
+            "md_burst={} sub_change={} malformed={} (‰) compat_agent={}",
             self.md_burst,
             self.sub_change,
+            self.malformed,
             match self.compat_agent {
                 Some(a) => format!("agent-{a}"),
                 None => "none".into(),
             }
         )
+    }
+}
+
+/// A broken terminal: with chance `per_mille` per trade, one intent of the trade is spoiled —
+/// its open gets volume 0, or one of its intents a non-finite price. Every copy of it must
+/// still end explicitly (FAILED with a reason), and the trade's later intents NO_POSITION
+/// where the open never executed.
+pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut Rng) {
+    let trades: std::collections::BTreeSet<String> = script
+        .iter()
+        .map(|i| i.trade_id.as_str().to_lowercase())
+        .collect();
+    for t in trades {
+        if !rng.chance(per_mille, 1_000) {
+            continue;
+        }
+        let of_trade: Vec<usize> = (0..script.len())
+            .filter(|&k| script[k].trade_id.as_str().to_lowercase() == t)
+            .collect();
+        if rng.chance(1, 2) {
+            if let Some(&k) = of_trade
+                .iter()
+                .find(|&&k| script[k].kind == IntentKind::Open)
+            {
+                script[k].volume = 0.0;
+            }
+        } else {
+            let k = of_trade[rng.below(of_trade.len() as u64) as usize];
+            script[k].price = f64::NAN;
+        }
     }
 }
 
