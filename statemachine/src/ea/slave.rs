@@ -346,15 +346,7 @@ impl SlaveExecutor {
                     && refusal.is_some_and(|e| e != ErrorCode::UnknownAccount);
                 // A malformed command is refused whatever asks for it: same verdict always.
                 if !self.gate_open || known || self.validate(&c).is_err() {
-                    let result = ExecutionResult {
-                        command_id: c.command_id.clone(),
-                        trade_id: c.trade_id.clone(),
-                        slave: c.slave.clone(),
-                        slave_ticket: 0,
-                        fill_price: 0.0,
-                        filled_volume: 0.0,
-                        status: BrokerStatus::Rejected,
-                    };
+                    let result = unfilled(&c, BrokerStatus::Rejected);
                     // Same verdict as a redelivery: the stored result, a refusal, or RETRY.
                     self.handle_command(now, c);
                     if refused {
@@ -748,15 +740,7 @@ impl SlaveExecutor {
     /// The core gave up on a command this EA never saw: refuse it durably, forever.
     fn cancel_unknown(&mut self, c: Command) {
         let id = c.command_id.clone();
-        let result = ExecutionResult {
-            command_id: id.clone(),
-            trade_id: c.trade_id.clone(),
-            slave: c.slave.clone(),
-            slave_ticket: 0,
-            fill_price: 0.0,
-            filled_volume: 0.0,
-            status: BrokerStatus::Cancelled,
-        };
+        let result = unfilled(&c, BrokerStatus::Cancelled);
         self.commands.insert(
             id.clone(),
             Entry {
@@ -838,5 +822,18 @@ impl SlaveExecutor {
             }
             self.timers.insert((at, id.clone()));
         }
+    }
+}
+
+/// The result of a command that was never executed: no ticket, nothing filled.
+fn unfilled(c: &Command, status: BrokerStatus) -> ExecutionResult {
+    ExecutionResult {
+        command_id: c.command_id.clone(),
+        trade_id: c.trade_id.clone(),
+        slave: c.slave.clone(),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status,
     }
 }
