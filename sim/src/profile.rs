@@ -112,7 +112,7 @@ impl FaultProfile {
             stray_peer: rate(20),
         };
         p.net_delay_max_us = rng.range(100, 20_000);
-        p.partition_max_ms = rng.range(50, 3_000);
+        p.partition_max_ms = rng.range(50, 6_000);
         p.journal_outage_max_ms = rng.range(50, 5_000);
         p.crash_downtime_max_ms = rng.range(10, 2_000);
         p

@@ -134,8 +134,8 @@ impl World {
         order.push(i.master_seq);
     }
 
-    /// Safety of a message from an agent at the moment the core receives it.
-    pub(super) fn check_to_core(&mut self, agent: usize, msg: &AgentToCore) {
+    /// Bookkeeping of a message from an agent at the moment the core receives it.
+    pub(super) fn check_to_core(&mut self, msg: &AgentToCore) {
         let now = self.now;
         if let AgentToCore::ExecutionResult(r) = msg {
             if r.status == BrokerStatus::Filled {
@@ -145,6 +145,12 @@ impl World {
                     .or_insert(now);
             }
         }
+    }
+
+    /// Safety of a message at the moment agent `agent` sends it to the core: AGENT_BUFFERED
+    /// only for a command whose ledger record is durable. (Checked at sending: by the time the
+    /// ack arrives, the agent may rightly have evicted a finished record.)
+    pub(super) fn check_agent_sends(&mut self, agent: usize, msg: &AgentToCore) {
         if let AgentToCore::CommandAck(a) = msg {
             if a.stage == AckStage::AgentBuffered
                 && a.result == AckResult::Ok

@@ -33,11 +33,13 @@ mod workload;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use echo_statemachine::agent::{DeliveryManager, LedgerOpId, LedgerRecord};
+use echo_statemachine::agent::{AgentLimits, DeliveryManager, LedgerOpId, LedgerRecord};
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
 use echo_statemachine::core::{Core, CoreConfig, DeliveryRecord, OpId};
-use echo_statemachine::ea::master::{self, IntentQueue};
-use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord, SlaveExecutor};
+use echo_statemachine::ea::master::{self, IntentQueue, IntentQueueConfig};
+use echo_statemachine::ea::slave::{
+    self, BrokerOutcome, ExecutedRecord, SlaveConfig, SlaveExecutor,
+};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::{Duration, Instant};
@@ -263,6 +265,51 @@ pub struct World {
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// The agents' delivery config the core pushes (and agents and masters start with).
+fn agent_delivery(c: Capacity) -> AgentDeliveryConfig {
+    match c {
+        Capacity::Default => AgentDeliveryConfig::default(),
+        Capacity::TestMin => AgentDeliveryConfig {
+            ack_timeout_ms: 250,
+            retry_backoff_ms: 20,
+            max_retries: 3,
+            heartbeat_interval_ms: 1_000,
+        },
+    }
+}
+
+impl Capacity {
+    /// The agents' bounds: tiny in test_min, so every bound is reached.
+    fn agent_limits(self) -> AgentLimits {
+        match self {
+            Capacity::Default => AgentLimits::default(),
+            Capacity::TestMin => AgentLimits {
+                max_intent_routes: 6,
+                intent_route_ttl: Duration::from_millis(2_000),
+                max_active_commands: 6,
+                max_completed_retained: 16,
+                max_result_outbox: 2,
+            },
+        }
+    }
+
+    /// Most intents a master's IntentQueue holds.
+    fn intent_queue_capacity(self) -> usize {
+        match self {
+            Capacity::Default => IntentQueueConfig::default().capacity,
+            Capacity::TestMin => 8,
+        }
+    }
+
+    /// Most commands a slave EA has unfinished.
+    fn slave_max_pending(self) -> usize {
+        match self {
+            Capacity::Default => SlaveConfig::new("").max_pending,
+            Capacity::TestMin => 3,
+        }
+    }
+}
+
 impl World {
     /// Builds a world whose faults (if `faults`) and jitter are drawn from `seed`.
     pub fn new(cfg: WorldConfig, seed: u64, faults: bool) -> Self {
@@ -314,7 +361,7 @@ impl World {
         let core_cfg = CoreConfig {
             router,
             delivery,
-            agent_delivery: AgentDeliveryConfig::default(),
+            agent_delivery: agent_delivery(cfg.capacity),
             subscriptions: subs.iter().flatten().cloned().collect(),
             recent_intents: if cfg.capacity == Capacity::TestMin {
                 8

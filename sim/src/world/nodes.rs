@@ -7,8 +7,7 @@
 //! [`super::faults`] and [`super::net`]), never judge a message (that is [`super::checks`]),
 //! and never make a write durable itself (that is [`super::storage`]).
 
-use echo_statemachine::agent::{AgentLimits, AgentOutput, DeliveryManager, LedgerRecord};
-use echo_statemachine::config::AgentDeliveryConfig;
+use echo_statemachine::agent::{AgentOutput, DeliveryManager, LedgerRecord};
 use echo_statemachine::core::{Core, CoreLog, CoreOutput, JournalWrite};
 use echo_statemachine::ea::master::{self, IntentQueue, IntentQueueConfig};
 use echo_statemachine::ea::slave::{self, ExecutedRecord, SlaveConfig, SlaveExecutor};
@@ -239,6 +238,7 @@ impl World {
     fn route_agent(&mut self, a: usize, o: AgentOutput) {
         match o {
             AgentOutput::ToCore(msg) => {
+                self.check_agent_sends(a, &msg);
                 if let Some(msg) = self.legacy_wire(a, msg) {
                     self.net_send(false, a, Some(msg), None);
                 }
@@ -434,8 +434,8 @@ impl World {
         self.agents[a] = Some(DeliveryManager::recover(
             self.agent_ids[a].clone(),
             self.agent_accounts[a].clone(),
-            AgentDeliveryConfig::default(),
-            AgentLimits::default(),
+            self.core_cfg.agent_delivery,
+            self.cfg.capacity.agent_limits(),
             ledger,
         ));
         self.connect(a);
@@ -488,12 +488,19 @@ impl World {
                 let mut durable: Vec<TradeIntent> =
                     self.master_files[m].values().cloned().collect();
                 durable.sort_by_key(|i| i.master_seq);
-                self.masters[m] = Some(IntentQueue::recover(IntentQueueConfig::default(), durable));
+                let config = IntentQueueConfig {
+                    delivery: self.core_cfg.agent_delivery,
+                    capacity: self.cfg.capacity.intent_queue_capacity(),
+                };
+                self.masters[m] = Some(IntentQueue::recover(config, durable));
             }
             Ea::Slave(s) => {
                 let durable: Vec<ExecutedRecord> = self.slave_files[s].values().cloned().collect();
                 self.slaves[s] = Some(SlaveExecutor::recover(
-                    SlaveConfig::new(self.slave_accounts[s].as_str()),
+                    SlaveConfig {
+                        max_pending: self.cfg.capacity.slave_max_pending(),
+                        ..SlaveConfig::new(self.slave_accounts[s].as_str())
+                    },
                     durable,
                 ));
                 self.drain::<SlaveM>(s, "");
@@ -588,7 +595,7 @@ impl World {
             return;
         }
         let now = self.now;
-        self.check_to_core(agent, &msg);
+        self.check_to_core(&msg);
         let input = describe_to_core(&msg);
         let asked = match &msg {
             AgentToCore::Intent(i) => Some(i.intent_id.clone()),

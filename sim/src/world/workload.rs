@@ -47,9 +47,6 @@ impl World {
         let Some(q) = self.masters[m].as_mut() else {
             return;
         };
-        if q.is_full() {
-            return;
-        }
         let Some(intent) = self.script[m].get(self.script_pos[m]).cloned() else {
             return;
         };
@@ -59,9 +56,12 @@ impl World {
         {
             return; // durable already: recovery re-queued it
         }
-        self.unappended[m].insert(intent.intent_id.clone());
+        let id = intent.intent_id.clone();
         if q.handle_emit(now, intent).is_err() {
+            // The queue is full: the terminal pauses and emits the same event again later.
             self.script_pos[m] -= 1;
+        } else {
+            self.unappended[m].insert(id);
         }
         self.drain::<MasterM>(m, "terminal event");
     }
