@@ -119,6 +119,33 @@ impl FaultProfile {
     }
 }
 
+impl FaultProfile {
+    /// Every per-mille rate by name (sizes and bounds are not rates: shrinking leaves them).
+    pub fn rates_mut(&mut self) -> Vec<(&'static str, &mut u64)> {
+        vec![
+            ("net_drop", &mut self.net_drop),
+            ("net_duplicate", &mut self.net_duplicate),
+            ("net_delay", &mut self.net_delay),
+            ("partition", &mut self.partition),
+            ("journal_outage", &mut self.journal_outage),
+            ("journal_slow", &mut self.journal_slow),
+            ("journal_reply_lost", &mut self.journal_reply_lost),
+            ("ledger_fail", &mut self.ledger_fail),
+            ("disk_fail", &mut self.disk_fail),
+            ("crash_core", &mut self.crash_core),
+            ("crash_agent", &mut self.crash_agent),
+            ("crash_ea", &mut self.crash_ea),
+            ("pipe_close", &mut self.pipe_close),
+            ("pipe_write_fail", &mut self.pipe_write_fail),
+            ("slow_slave", &mut self.slow_slave),
+            ("broker_reject", &mut self.broker_reject),
+            ("config_change", &mut self.config_change),
+            ("burst", &mut self.burst),
+            ("stray_peer", &mut self.stray_peer),
+        ]
+    }
+}
+
 impl fmt::Display for FaultProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -313,12 +313,23 @@ impl Capacity {
 impl World {
     /// Builds a world whose faults (if `faults`) and jitter are drawn from `seed`.
     pub fn new(cfg: WorldConfig, seed: u64, faults: bool) -> Self {
+        Self::with_zeroed(cfg, seed, faults, &[])
+    }
+
+    /// As [`World::new`], with the named rates (fault profile or workload mix, see
+    /// `rates_mut`) set to zero after they were drawn — the shrinker's smaller schedules.
+    pub fn with_zeroed(cfg: WorldConfig, seed: u64, faults: bool, zeroed: &[String]) -> Self {
         let mut rng = Rng::new(seed);
-        let profile = if faults {
+        let mut profile = if faults {
             FaultProfile::draw(&mut rng)
         } else {
             FaultProfile::none()
         };
+        for (name, rate) in profile.rates_mut() {
+            if zeroed.iter().any(|z| z == name) {
+                *rate = 0;
+            }
+        }
         let masters: Vec<AccountId> = (0..cfg.masters)
             .map(|m| AccountId::new(format!("master-{m}")))
             .collect();
@@ -328,11 +339,16 @@ impl World {
         let agent_ids = vec![AgentId::new("agent-0"), AgentId::new("agent-1")];
         // Even slaves on agent-0 (beside the masters), odd ones on agent-1.
         let slave_agent: Vec<usize> = (0..slaves.len()).map(|s| s % 2).collect();
-        let workload = if faults {
+        let mut workload = if faults {
             Workload::draw(&mut rng, agent_ids.len())
         } else {
             Workload::none()
         };
+        for (name, rate) in workload.rates_mut() {
+            if zeroed.iter().any(|z| z == name) {
+                *rate = 0;
+            }
+        }
         let subs: Vec<Option<Subscription>> = slaves
             .iter()
             .enumerate()

@@ -176,6 +176,17 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Every per-mille rate of the mix by name (for shrinking).
+    pub fn rates_mut(&mut self) -> Vec<(&'static str, &mut u64)> {
+        vec![
+            ("md_burst", &mut self.md_burst),
+            ("sub_change", &mut self.sub_change),
+            ("malformed", &mut self.malformed),
+        ]
+    }
+}
+
 impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
