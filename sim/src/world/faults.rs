@@ -17,10 +17,74 @@ use super::describe::describe_to_core;
 use super::net::Partition;
 use super::nodes::CoreM;
 use super::{Ea, Ev, Node, World, TICK};
+use crate::rng::Rng;
+
+/// One kind of random decision. Each draws from its own stream of the run's generator, so
+/// zeroing one rate (`echo-sim shrink`) leaves the draws of every other kind where they were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum F {
+    NetDrop,
+    NetDuplicate,
+    NetDelay,
+    Partition,
+    JournalOutage,
+    JournalSlow,
+    JournalReplyLost,
+    LedgerFail,
+    DiskFail,
+    CrashCore,
+    CrashAgent,
+    CrashEa,
+    PipeClose,
+    PipeWriteFail,
+    BrokerReject,
+    ConfigChange,
+    Burst,
+    StrayPeer,
+    MdBurst,
+    SubChange,
+}
+
+impl F {
+    pub(super) const COUNT: usize = 20;
+
+    fn rate(self, w: &World) -> u64 {
+        let (p, l) = (&w.profile, &w.workload);
+        match self {
+            F::NetDrop => p.net_drop,
+            F::NetDuplicate => p.net_duplicate,
+            F::NetDelay => p.net_delay,
+            F::Partition => p.partition,
+            F::JournalOutage => p.journal_outage,
+            F::JournalSlow => p.journal_slow,
+            F::JournalReplyLost => p.journal_reply_lost,
+            F::LedgerFail => p.ledger_fail,
+            F::DiskFail => p.disk_fail,
+            F::CrashCore => p.crash_core,
+            F::CrashAgent => p.crash_agent,
+            F::CrashEa => p.crash_ea,
+            F::PipeClose => p.pipe_close,
+            F::PipeWriteFail => p.pipe_write_fail,
+            F::BrokerReject => p.broker_reject,
+            F::ConfigChange => p.config_change,
+            F::Burst => p.burst,
+            F::StrayPeer => p.stray_peer,
+            F::MdBurst => l.md_burst,
+            F::SubChange => l.sub_change,
+        }
+    }
+}
 
 impl World {
-    pub(super) fn chance(&mut self, per_mille: u64) -> bool {
-        self.faults_on && self.rng.chance(per_mille, 1_000)
+    /// Whether a fault (or workload event) of kind `f` happens now: never after healing.
+    pub(super) fn chance(&mut self, f: F) -> bool {
+        let rate = f.rate(self);
+        self.faults_on && self.streams[f as usize].chance(rate, 1_000)
+    }
+
+    /// The stream of kind `f`, for the size of a fault that happened.
+    pub(super) fn draw(&mut self, f: F) -> &mut Rng {
+        &mut self.streams[f as usize]
     }
 
     pub(super) fn tick(&mut self) {
@@ -45,16 +109,20 @@ impl World {
             return;
         }
         let p = self.profile.clone();
-        if self.chance(p.journal_outage) && self.journal.down_until.is_none() {
-            let d = self.rng.range(10, p.journal_outage_max_ms.max(10));
+        if self.chance(F::JournalOutage) && self.journal.down_until.is_none() {
+            let d = self
+                .draw(F::JournalOutage)
+                .range(10, p.journal_outage_max_ms.max(10));
             self.journal.down_until = Some(now + Duration::from_millis(d));
             self.fault("journal_outage", format!("{d} ms"));
         }
         for a in 0..self.links.len() {
-            if self.chance(p.partition) && self.links[a].partition_until.is_none() {
-                let d = self.rng.range(10, p.partition_max_ms.max(10));
+            if self.chance(F::Partition) && self.links[a].partition_until.is_none() {
+                let d = self
+                    .draw(F::Partition)
+                    .range(10, p.partition_max_ms.max(10));
                 self.links[a].partition_until = Some(now + Duration::from_millis(d));
-                match self.rng.below(3) {
+                match self.draw(F::Partition).below(3) {
                     0 => {
                         self.links[a].partition = Partition::Up;
                         self.fault("partition", format!("agent-{a} → core one-way, {d} ms"));
@@ -71,11 +139,11 @@ impl World {
                 }
             }
         }
-        if self.chance(p.crash_core) {
+        if self.chance(F::CrashCore) {
             self.crash(Node::Core);
         }
         for a in 0..self.agents.len() {
-            if self.chance(p.crash_agent) {
+            if self.chance(F::CrashAgent) {
                 self.crash(Node::Agent(a));
             }
         }
@@ -84,28 +152,29 @@ impl World {
             .chain((0..self.slaves.len()).map(Ea::Slave))
             .collect();
         for ea in eas {
-            if self.chance(p.crash_ea) {
+            if self.chance(F::CrashEa) {
                 self.crash(Node::Ea(ea));
-            } else if self.chance(p.pipe_close) && self.pipes.get(&ea).is_some_and(|x| x.1) {
+            } else if self.chance(F::PipeClose) && self.pipes.get(&ea).is_some_and(|x| x.1) {
                 self.fault("pipe_close", format!("{ea:?}"));
                 self.close_pipe(ea);
-                let d = Duration::from_millis(self.rng.range(5, 500));
+                let d = Duration::from_millis(self.draw(F::PipeClose).range(5, 500));
                 self.at(d, Ev::Reopen { ea });
             }
         }
-        if self.chance(p.config_change) {
+        if self.chance(F::ConfigChange) {
+            let r = self.draw(F::ConfigChange);
             let core = DeliveryConfig {
-                ack_timeout_ms: self.rng.range(100, 3_000) as u32,
-                retry_backoff_ms: self.rng.range(10, 500) as u32,
-                max_retries: self.rng.range(2, 10) as u32,
-                heartbeat_interval_ms: self.rng.range(1_000, 5_000) as u32,
-                reconcile_interval_ms: self.rng.range(500, 5_000) as u32,
+                ack_timeout_ms: r.range(100, 3_000) as u32,
+                retry_backoff_ms: r.range(10, 500) as u32,
+                max_retries: r.range(2, 10) as u32,
+                heartbeat_interval_ms: r.range(1_000, 5_000) as u32,
+                reconcile_interval_ms: r.range(500, 5_000) as u32,
             };
             let agent = AgentDeliveryConfig {
-                ack_timeout_ms: self.rng.range(100, 3_000) as u32,
-                retry_backoff_ms: self.rng.range(10, 500) as u32,
-                max_retries: self.rng.range(2, 20) as u32,
-                heartbeat_interval_ms: self.rng.range(1_000, 5_000) as u32,
+                ack_timeout_ms: r.range(100, 3_000) as u32,
+                retry_backoff_ms: r.range(10, 500) as u32,
+                max_retries: r.range(2, 20) as u32,
+                heartbeat_interval_ms: r.range(1_000, 5_000) as u32,
             };
             self.fault("config_change", format!("{core:?} {agent:?}"));
             self.core_cfg.delivery = core;
@@ -116,15 +185,15 @@ impl World {
             self.drain::<CoreM>(0, "config change");
         }
         for m in 0..self.masters.len() {
-            if self.chance(p.burst) {
-                let n = self.rng.range(5, 40);
+            if self.chance(F::Burst) {
+                let n = self.draw(F::Burst).range(5, 40);
                 self.fault("burst", format!("master-{m} emits {n} at once"));
                 for _ in 0..n {
                     self.emit(m);
                 }
             }
         }
-        if self.chance(p.stray_peer) {
+        if self.chance(F::StrayPeer) {
             self.stray_peer();
         }
         self.workload_tick();
@@ -143,7 +212,7 @@ impl World {
                 accounts,
             })
         };
-        let msg = match self.rng.below(3) {
+        let msg = match self.draw(F::StrayPeer).below(3) {
             0 => AgentToCore::Heartbeat,
             1 => hello(
                 PROTOCOL_VERSION + 1,
@@ -161,10 +230,13 @@ impl World {
     }
 
     pub(super) fn crash(&mut self, node: Node) {
-        let down = Duration::from_millis(
-            self.rng
-                .range(5, self.profile.crash_downtime_max_ms.max(10)),
-        );
+        let f = match node {
+            Node::Core => F::CrashCore,
+            Node::Agent(_) => F::CrashAgent,
+            Node::Ea(_) => F::CrashEa,
+        };
+        let max = self.profile.crash_downtime_max_ms.max(10);
+        let down = Duration::from_millis(self.draw(f).range(5, max));
         match node {
             Node::Core => {
                 if self.core.is_none() {
@@ -180,7 +252,7 @@ impl World {
                 // Writes in flight either committed before the crash or are lost with it.
                 let pending = std::mem::take(&mut self.journal.pending);
                 for (_, w) in pending {
-                    if self.rng.chance(1, 2) {
+                    if self.draw(f).chance(1, 2) {
                         self.apply_journal(&w);
                     }
                 }
@@ -200,7 +272,7 @@ impl World {
                 // Unsynced ledger writes may or may not have reached the disk.
                 let pending = std::mem::take(&mut self.ledger_pending[a]);
                 for (_, rec) in pending {
-                    if self.rng.chance(1, 2) {
+                    if self.draw(f).chance(1, 2) {
                         self.ledgers[a].insert(rec.command.command_id.clone(), rec);
                     }
                 }
@@ -217,7 +289,7 @@ impl World {
                         self.master_epoch[m] += 1;
                         let pending = std::mem::take(&mut self.master_pending[m]);
                         for (_, w) in pending {
-                            if self.rng.chance(1, 2) {
+                            if self.draw(f).chance(1, 2) {
                                 self.apply_master_write(m, w);
                             }
                         }
@@ -244,7 +316,7 @@ impl World {
                         self.slave_epoch[s] += 1;
                         let pending = std::mem::take(&mut self.slave_pending[s]);
                         for (_, w) in pending {
-                            if self.rng.chance(1, 2) {
+                            if self.draw(f).chance(1, 2) {
                                 self.apply_slave_write(s, w);
                             }
                         }

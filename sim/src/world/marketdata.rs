@@ -26,6 +26,7 @@ use echo_statemachine::marketdata::{MarketDataBuffer, MarketDataConfig, Output};
 use echo_statemachine::msg::{MarketData, MarketDataKind};
 use echo_statemachine::time::Duration;
 
+use super::faults::F;
 use super::{Capacity, Ev, World};
 
 /// Symbols of the feed: more than the test_min buffer tracks, so its bounds are reached.
@@ -130,10 +131,10 @@ impl World {
     /// A burst from the feed: `n` ticks over random symbols, each arriving after its own
     /// jitter (so some arrive after a newer one of their symbol); sometimes a session event.
     pub(super) fn md_burst(&mut self, a: usize) {
-        let n = self.rng.range(5, 60);
+        let n = self.draw(F::MdBurst).range(5, 60);
         self.fault("md_burst", format!("agent-{a} feed sends {n} ticks"));
         for _ in 0..n {
-            let i = self.rng.below(SYMBOLS.len() as u64) as usize;
+            let i = self.draw(F::MdBurst).below(SYMBOLS.len() as u64) as usize;
             let f = &mut self.feeds[a];
             f.next_seq[i] += 1;
             let md = MarketData {
@@ -145,16 +146,16 @@ impl World {
                 seq: f.next_seq[i],
             };
             self.md.ticks_sent += 1;
-            let d = Duration::from_micros(100 + self.rng.below(15_000));
+            let d = Duration::from_micros(100 + self.draw(F::MdBurst).below(15_000));
             self.at(d, Ev::MdOffer { agent: a, md });
         }
-        let critical = if self.rng.chance(1, 2) {
-            self.rng.range(1, 4)
+        let critical = if self.draw(F::MdBurst).chance(1, 2) {
+            self.draw(F::MdBurst).range(1, 4)
         } else {
             0
         };
         for _ in 0..critical {
-            let i = self.rng.below(SYMBOLS.len() as u64) as usize;
+            let i = self.draw(F::MdBurst).below(SYMBOLS.len() as u64) as usize;
             let md = MarketData {
                 symbol: Symbol::new(SYMBOLS[i]),
                 bid: 0.0,

@@ -224,6 +224,8 @@ pub struct World {
     slave_agent: Vec<usize>,
     slave_slow: Vec<Duration>,
     pipes: BTreeMap<Ea, (u64, bool)>,
+    /// When the last message written to each EA's pipe arrives (pipes are FIFO).
+    pipe_tail: BTreeMap<Ea, Instant>,
     journal: Journal,
     ledgers: Vec<BTreeMap<CommandId, LedgerRecord>>,
     ledger_pending: Vec<BTreeMap<LedgerOpId, LedgerRecord>>,
@@ -261,6 +263,8 @@ pub struct World {
     /// Self-test hook: the core is never told of a subscription change (as a core that
     /// ignored them would behave). The admission check must report it.
     pub core_misses_subscription_changes: bool,
+    /// One generator stream per kind of random decision (see `faults::F`).
+    streams: Vec<Rng>,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -285,7 +289,7 @@ impl Capacity {
             Capacity::Default => AgentLimits::default(),
             Capacity::TestMin => AgentLimits {
                 max_intent_routes: 6,
-                intent_route_ttl: Duration::from_millis(2_000),
+                intent_route_ttl: Duration::from_millis(1_000),
                 max_active_commands: 6,
                 max_completed_retained: 16,
                 max_result_outbox: 2,
@@ -416,6 +420,7 @@ impl World {
                 }
             })
             .collect();
+        let streams: Vec<Rng> = (0..faults::F::COUNT).map(|_| rng.fork()).collect();
         let n_agents = agent_ids.len();
         let (n_m, n_s) = (masters.len(), slaves.len());
         let mut w = World {
@@ -443,6 +448,7 @@ impl World {
             slave_agent,
             slave_slow,
             pipes: BTreeMap::new(),
+            pipe_tail: BTreeMap::new(),
             journal: Journal::default(),
             ledgers: vec![BTreeMap::new(); n_agents],
             ledger_pending: vec![BTreeMap::new(); n_agents],
@@ -470,6 +476,7 @@ impl World {
             feeds: (0..n_agents).map(|_| Feed::default()).collect(),
             md: MdBook::default(),
             core_misses_subscription_changes: false,
+            streams,
             cfg,
         };
         w.drain::<CoreM>(0, "boot");

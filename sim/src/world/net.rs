@@ -8,6 +8,7 @@
 use echo_statemachine::msg::*;
 use echo_statemachine::time::{Duration, Instant};
 
+use super::faults::F;
 use super::nodes::{AgentM, CoreM};
 use super::{Ev, World};
 
@@ -95,7 +96,7 @@ impl World {
         if blocked {
             return;
         }
-        if self.chance(self.profile.net_drop) {
+        if self.chance(F::NetDrop) {
             self.fault(
                 "net_drop",
                 if to_agent {
@@ -106,7 +107,7 @@ impl World {
             );
             return;
         }
-        let copies = if self.chance(self.profile.net_duplicate) {
+        let copies = if self.chance(F::NetDuplicate) {
             self.fault("net_duplicate", format!("agent-{a} link"));
             2
         } else {
@@ -114,10 +115,9 @@ impl World {
         };
         for _ in 0..copies {
             let mut d = self.cfg.net_latency;
-            if self.chance(self.profile.net_delay) {
-                d = d + Duration::from_micros(
-                    self.rng.range(1, self.profile.net_delay_max_us.max(1)),
-                );
+            if self.chance(F::NetDelay) {
+                let max = self.profile.net_delay_max_us.max(1);
+                d = d + Duration::from_micros(self.draw(F::NetDelay).range(1, max));
             }
             match (&up, &down) {
                 (Some(m), _) => self.at(

@@ -20,6 +20,7 @@ use super::describe::{
     describe_agent_output, describe_core_output, describe_from_core, describe_from_ea,
     describe_to_core,
 };
+use super::faults::F;
 use super::storage::{MasterWrite, SlaveWrite};
 use super::{Ea, Ev, Node, World};
 
@@ -194,10 +195,10 @@ impl World {
                 if write.is_awaited() {
                     self.journal.pending.insert(op, write);
                     let mut d = self.cfg.journal_latency;
-                    if self.chance(self.profile.journal_slow) {
-                        d = d + Duration::from_millis(self.rng.range(5, 500));
+                    if self.chance(F::JournalSlow) {
+                        d = d + Duration::from_millis(self.draw(F::JournalSlow).range(5, 500));
                     }
-                    let reply = !self.chance(self.profile.journal_reply_lost);
+                    let reply = !self.chance(F::JournalReplyLost);
                     if !reply {
                         self.fault("journal_reply_lost", format!("op {}", op.0));
                     }
@@ -258,7 +259,7 @@ impl World {
                     return;
                 }
                 if let (Ea::Slave(_), AgentToEa::Command(c)) = (ea, &msg) {
-                    if self.chance(self.profile.pipe_write_fail) {
+                    if self.chance(F::PipeWriteFail) {
                         self.fault("pipe_write_fail", format!("{ea:?} {}", c.command_id));
                         let now = self.now;
                         let id = c.command_id.clone();
@@ -272,11 +273,15 @@ impl World {
                     Ea::Slave(s) => Duration::from_micros(20) + self.slave_slow[s],
                     Ea::Master(_) => Duration::from_micros(20),
                 };
-                self.at(d, Ev::ToEa { ea, pipe, msg });
+                // A pipe is FIFO: nothing overtakes what was written before it (a slow slave
+                // that speeds up at healing must not reorder its pipe).
+                let at = (self.now + d).max(self.pipe_tail.get(&ea).copied().unwrap_or(self.now));
+                self.pipe_tail.insert(ea, at);
+                self.at(at.saturating_since(self.now), Ev::ToEa { ea, pipe, msg });
             }
             AgentOutput::PersistLedger { op, record } => {
                 self.ledger_pending[a].insert(op, record);
-                let ok = !self.chance(self.profile.ledger_fail);
+                let ok = !self.chance(F::LedgerFail);
                 let epoch = self.agent_epoch[a];
                 self.at(
                     self.cfg.disk_latency,
@@ -398,7 +403,7 @@ impl World {
     /// Issues a write to slave `s`'s file; it completes (or fails) after the disk latency.
     fn persist_slave(&mut self, s: usize, op: slave::OpId, write: SlaveWrite) {
         self.slave_pending[s].insert(op, write);
-        let ok = !self.chance(self.profile.disk_fail);
+        let ok = !self.chance(F::DiskFail);
         let epoch = self.slave_epoch[s];
         self.at(
             self.cfg.disk_latency,
@@ -414,7 +419,7 @@ impl World {
     /// Issues a write to master `m`'s IntentQueue file.
     fn persist_master(&mut self, m: usize, op: master::OpId, write: MasterWrite) {
         self.master_pending[m].insert(op, write);
-        let ok = !self.chance(self.profile.disk_fail);
+        let ok = !self.chance(F::DiskFail);
         let epoch = self.master_epoch[m];
         self.at(
             self.cfg.disk_latency,

@@ -22,6 +22,7 @@ use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::Instant;
 
+use super::faults::F;
 use super::nodes::{AgentM, CoreM, MasterM, SlaveM};
 use super::World;
 
@@ -180,7 +181,7 @@ impl World {
                 reason: "no such client order id".into(),
             };
         };
-        let outcome = if self.faults_on && self.rng.chance(self.profile.broker_reject, 1_000) {
+        let outcome = if self.chance(F::BrokerReject) {
             self.fault("broker_reject", format!("slave-{slave} {command_id}"));
             BrokerOutcome::Rejected {
                 reason: "market closed".into(),

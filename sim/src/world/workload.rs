@@ -24,6 +24,7 @@ use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::Duration;
 
+use super::faults::F;
 use super::nodes::{CoreM, MasterM};
 use super::{Ev, World};
 use crate::rng::Rng;
@@ -242,11 +243,11 @@ impl World {
     /// The workload's own events of one tick (fault phase only).
     pub(super) fn workload_tick(&mut self) {
         for a in 0..self.feeds.len() {
-            if self.rng.chance(self.workload.md_burst, 1_000) {
+            if self.chance(F::MdBurst) {
                 self.md_burst(a);
             }
         }
-        if self.rng.chance(self.workload.sub_change, 1_000) {
+        if self.chance(F::SubChange) {
             self.change_subscription();
         }
     }
@@ -256,13 +257,14 @@ impl World {
     /// core (intents admitted from now on fan out over the new set) and raises the
     /// market-data routing version.
     fn change_subscription(&mut self) {
-        let s = self.rng.below(self.slave_accounts.len() as u64) as usize;
+        let n = self.slave_accounts.len() as u64;
+        let s = self.draw(F::SubChange).below(n) as usize;
         let m = s / self.cfg.slaves_per_master;
         let (master, slave) = (
             self.master_accounts[m].clone(),
             self.slave_accounts[s].clone(),
         );
-        let what = match (self.rng.below(4), self.subs[s].is_some()) {
+        let what = match (self.draw(F::SubChange).below(4), self.subs[s].is_some()) {
             (_, false) => {
                 self.subs[s] = Some(home_subscription(&master, &slave, s));
                 "subscribed again"
@@ -272,7 +274,7 @@ impl World {
                 "unsubscribed"
             }
             (1, true) => {
-                let x = self.rng.range(1, 5) as f64 / 2.0;
+                let x = self.draw(F::SubChange).range(1, 5) as f64 / 2.0;
                 if let Some(sub) = self.subs[s].as_mut() {
                     sub.multiplier = x;
                 }
@@ -308,7 +310,7 @@ impl World {
         let v = self.routing_version;
         // The agent's buffer and the feed each learn of it a little later, in either order.
         for a in 0..self.feeds.len() {
-            let d = Duration::from_micros(self.rng.range(100, 20_000));
+            let d = Duration::from_micros(self.draw(F::SubChange).range(100, 20_000));
             self.at(
                 d,
                 Ev::MdRouting {
@@ -317,7 +319,7 @@ impl World {
                     feed: false,
                 },
             );
-            let d = Duration::from_micros(self.rng.range(100, 50_000));
+            let d = Duration::from_micros(self.draw(F::SubChange).range(100, 50_000));
             self.at(
                 d,
                 Ev::MdRouting {
