@@ -119,3 +119,64 @@ fn a_core_that_misses_a_subscription_change_is_caught() {
     );
     println!("caught by seed {caught:?}");
 }
+
+/// Market data: in every seed with feed bursts, every critical session event produced is
+/// delivered exactly once (after crashes too), ticks are delivered, and coalescing, stale and
+/// old-routing drops all happen somewhere in the budget — so the reference model is exercised.
+#[test]
+fn market_data_keeps_every_critical_event_and_drops_only_ticks() {
+    use echo_sim::world::World;
+    let cfg = echo_sim::run::RunOptions::default().world_config();
+    let (mut coalesced, mut stale, mut routing, mut bursts) = (0, 0, 0, 0);
+    for seed in 0..30 {
+        let mut w = World::new(cfg.clone(), seed, true);
+        assert!(w.run(), "seed {seed} settles:\n{}", w.pending_summary());
+        assert!(w.violations.is_empty(), "seed {seed}: {:?}", w.violations);
+        let md = &w.md;
+        assert_eq!(
+            md.critical_delivered, md.critical_produced,
+            "seed {seed}: {md:?}"
+        );
+        assert!(md.ticks_delivered <= md.ticks_sent, "seed {seed}: {md:?}");
+        if w.workload.md_burst > 0 && md.ticks_sent > 0 {
+            bursts += 1;
+            assert!(md.ticks_delivered > 0, "seed {seed}: {md:?}");
+        }
+        coalesced += md.coalesced;
+        stale += md.stale_dropped;
+        routing += md.routing_dropped;
+    }
+    assert!(bursts >= 10, "only {bursts} seeds had a feed burst");
+    assert!(
+        coalesced > 0 && stale > 0 && routing > 0,
+        "{coalesced} {stale} {routing}"
+    );
+}
+
+/// Seeds with a legacy (compat) agent: the core accepts it in compat mode and, without any
+/// stage ack from it, every copy still ends confirmed or FAILED with a reason.
+#[test]
+fn a_legacy_agent_still_gets_every_copy_settled() {
+    use echo_sim::report::Report;
+    use echo_sim::world::World;
+    let cfg = echo_sim::run::RunOptions::default().world_config();
+    let mut compat = 0;
+    for seed in 0..40 {
+        let mut w = World::new(cfg.clone(), seed, true);
+        if w.workload.compat_agent.is_none() {
+            continue;
+        }
+        compat += 1;
+        assert!(w.run(), "seed {seed} settles:\n{}", w.pending_summary());
+        assert!(
+            w.fired.contains("core.registry.T02"),
+            "seed {seed}: compat hello"
+        );
+        let r = Report::of(&w);
+        assert!(r.is_clean() && r.lost.is_empty(), "seed {seed}:\n{r}");
+        let settled: u64 =
+            r.confirmed_per_slave.values().sum::<u64>() + r.failed.values().sum::<u64>();
+        assert_eq!(settled, r.copies_expected, "seed {seed}:\n{r}");
+    }
+    assert!(compat >= 5, "only {compat} seeds had a legacy agent");
+}
