@@ -3,9 +3,10 @@
 //! [`world::World`] wires the real `echo-statemachine` machines — core, agents, master and
 //! slave EAs — to simulated storage, network and broker, stepped by an event queue in
 //! simulated time; [`report::Report`] is the end-of-run ledger (emitted = confirmed + failed,
-//! lost = 0, duplicated = 0). The fault-injecting, seed-driven simulator of the simulator issue
-//! builds on this world. Nothing here may read a wall clock, depend on thread scheduling or use
-//! unseeded randomness.
+//! lost = 0, duplicated = 0); [`run`] turns a seed into a world and a verdict and shrinks a
+//! failing seed; [`trace`] and [`render`] read traces back. `sim/COVERAGE.md` lists the SPEC.md
+//! transitions the CI budget does not reach, and why. Nothing here may read a wall clock,
+//! depend on thread scheduling or use unseeded randomness.
 
 pub mod profile;
 pub mod render;

@@ -41,6 +41,9 @@ pub struct FaultProfile {
     pub config_change: u64,
     /// Chance per 100 ms that a master bursts many intents at once (overload → BROKER_BUSY).
     pub burst: u64,
+    /// Chance per 100 ms that a stray peer (not one of Echo's agents: a newer or broken
+    /// client) connects to the core and says something it must refuse or drop.
+    pub stray_peer: u64,
 }
 
 impl FaultProfile {
@@ -69,6 +72,7 @@ impl FaultProfile {
             broker_reject: 0,
             config_change: 0,
             burst: 0,
+            stray_peer: 0,
         }
     }
 
@@ -105,12 +109,40 @@ impl FaultProfile {
             broker_reject: rate(50),
             config_change: rate(50),
             burst: rate(30),
+            stray_peer: rate(20),
         };
         p.net_delay_max_us = rng.range(100, 20_000);
-        p.partition_max_ms = rng.range(50, 3_000);
+        p.partition_max_ms = rng.range(50, 6_000);
         p.journal_outage_max_ms = rng.range(50, 5_000);
         p.crash_downtime_max_ms = rng.range(10, 2_000);
         p
+    }
+}
+
+impl FaultProfile {
+    /// Every per-mille rate by name (sizes and bounds are not rates: shrinking leaves them).
+    pub fn rates_mut(&mut self) -> Vec<(&'static str, &mut u64)> {
+        vec![
+            ("net_drop", &mut self.net_drop),
+            ("net_duplicate", &mut self.net_duplicate),
+            ("net_delay", &mut self.net_delay),
+            ("partition", &mut self.partition),
+            ("journal_outage", &mut self.journal_outage),
+            ("journal_slow", &mut self.journal_slow),
+            ("journal_reply_lost", &mut self.journal_reply_lost),
+            ("ledger_fail", &mut self.ledger_fail),
+            ("disk_fail", &mut self.disk_fail),
+            ("crash_core", &mut self.crash_core),
+            ("crash_agent", &mut self.crash_agent),
+            ("crash_ea", &mut self.crash_ea),
+            ("pipe_close", &mut self.pipe_close),
+            ("pipe_write_fail", &mut self.pipe_write_fail),
+            ("slow_slave", &mut self.slow_slave),
+            ("broker_reject", &mut self.broker_reject),
+            ("config_change", &mut self.config_change),
+            ("burst", &mut self.burst),
+            ("stray_peer", &mut self.stray_peer),
+        ]
     }
 }
 
@@ -118,13 +150,13 @@ impl fmt::Display for FaultProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "drop={} dup={} delay={}(≤{}us) partition={}(≤{}ms) journal_outage={}(≤{}ms) journal_slow={} reply_lost={} ledger_fail={} disk_fail={} crash core={} agent={} ea={}(≤{}ms) pipe_close={} pipe_write_fail={} slow_slave={} broker_reject={} config={} burst={} (‰)",
+            "drop={} dup={} delay={}(≤{}us) partition={}(≤{}ms) journal_outage={}(≤{}ms) journal_slow={} reply_lost={} ledger_fail={} disk_fail={} crash core={} agent={} ea={}(≤{}ms) pipe_close={} pipe_write_fail={} slow_slave={} broker_reject={} config={} burst={} stray_peer={} (‰)",
             self.net_drop, self.net_duplicate, self.net_delay, self.net_delay_max_us,
             self.partition, self.partition_max_ms, self.journal_outage, self.journal_outage_max_ms,
             self.journal_slow, self.journal_reply_lost, self.ledger_fail, self.disk_fail,
             self.crash_core, self.crash_agent, self.crash_ea, self.crash_downtime_max_ms,
             self.pipe_close, self.pipe_write_fail, self.slow_slave, self.broker_reject,
-            self.config_change, self.burst
+            self.config_change, self.burst, self.stray_peer
         )
     }
 }

@@ -60,7 +60,15 @@ impl Report {
                 if !intent.as_str().starts_with(&prefix) {
                     continue;
                 }
-                for s in w.slaves_of(m) {
+                // Journaled: the slaves its plan held at admission; else its home slaves.
+                let slaves: Vec<usize> = match w.book.plan.get(intent) {
+                    Some(plan) => plan
+                        .iter()
+                        .filter_map(|a| w.slave_accounts().iter().position(|x| x == a))
+                        .collect(),
+                    None => w.slaves_of(m),
+                };
+                for s in slaves {
                     r.copies_expected += 1;
                     let account = &w.slave_accounts()[s];
                     let cmd = CommandId::for_delivery(intent, account);

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub trades: usize,
     /// A planted bug to switch on for this run (needs the `sim-mutants` machines).
     pub mutant: Option<echo_statemachine::mutants::Mutant>,
+    /// Rates (by name) forced to zero after the seed drew them: a smaller fault schedule.
+    pub zeroed: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -52,6 +54,7 @@ impl Default for RunOptions {
             scale: 1,
             trades: 12,
             mutant: None,
+            zeroed: Vec::new(),
         }
     }
 }
@@ -100,7 +103,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
         };
     }
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let mut w = World::new(cfg, seed, true);
+        let mut w = World::with_zeroed(cfg, seed, true, &opts.zeroed);
         if let Some(commit) = trace {
             w.enable_trace(commit);
         }
@@ -123,7 +126,7 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
         }
         (
             verdict,
-            w.profile.to_string(),
+            w.describe_mix(),
             summary,
             w.trace.take(),
             w.steps,
@@ -161,4 +164,66 @@ pub fn run_seed(seed: u64, opts: &RunOptions, trace: Option<&str>) -> Outcome {
             }
         }
     }
+}
+
+/// The result of shrinking a failing seed: the rates that could be zeroed with the seed still
+/// failing the same way, and the rates it still needs.
+#[derive(Clone, Debug)]
+pub struct Shrunk {
+    pub verdict: Verdict,
+    pub zeroed: Vec<String>,
+    pub needed: Vec<String>,
+    pub runs: u64,
+}
+
+/// Shrinks seed `seed` to a smaller fault schedule: tries zeroing each non-zero rate of its
+/// fault profile and workload mix in turn, keeping each zero under which the seed still fails
+/// with the same verdict. `None` if the seed passes. Deterministic: the same seed shrinks the
+/// same way.
+pub fn shrink(seed: u64, opts: &RunOptions) -> Option<Shrunk> {
+    let first = run_seed(seed, opts, None);
+    if first.verdict == Verdict::Pass {
+        return None;
+    }
+    let mut w = World::with_zeroed(opts.world_config(), seed, true, &opts.zeroed);
+    let mut names: Vec<&'static str> = Vec::new();
+    for (name, rate) in w.profile.rates_mut() {
+        if *rate > 0 {
+            names.push(name);
+        }
+    }
+    for (name, rate) in w.workload.rates_mut() {
+        if *rate > 0 {
+            names.push(name);
+        }
+    }
+    let mut zeroed = opts.zeroed.clone();
+    let mut needed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut runs = 1;
+    // Zeroing one rate shifts every later draw, so a rate needed in one pass may be
+    // removable in the next: repeat until a pass removes nothing.
+    for _pass in 0..4 {
+        let mut removed = false;
+        for name in std::mem::take(&mut needed) {
+            let mut trial = opts.clone();
+            trial.zeroed = zeroed.clone();
+            trial.zeroed.push(name.clone());
+            runs += 1;
+            if run_seed(seed, &trial, None).verdict == first.verdict {
+                zeroed = trial.zeroed;
+                removed = true;
+            } else {
+                needed.push(name);
+            }
+        }
+        if !removed {
+            break;
+        }
+    }
+    Some(Shrunk {
+        verdict: first.verdict,
+        zeroed,
+        needed,
+        runs,
+    })
 }

@@ -62,3 +62,46 @@ fn without_a_mutant_the_same_seeds_pass() {
         assert_eq!(o.verdict, Verdict::Pass, "seed {seed}:\n{}", o.summary);
     }
 }
+
+/// A failing seed shrinks to a smaller fault schedule that still fails the same way, and the
+/// schedule it reports replays to that failure.
+#[test]
+fn a_failing_seed_shrinks_to_fewer_faults_that_still_fail() {
+    let opts = RunOptions {
+        mutant: Some(Mutant::GiveUpWithoutCancel),
+        ..RunOptions::default()
+    };
+    let (seed, verdict) = (0..BUDGET)
+        .find_map(|seed| {
+            let o = run_seed(seed, &opts, None);
+            (o.verdict != Verdict::Pass).then_some((seed, o.verdict))
+        })
+        .expect("the mutant is caught");
+    let s = echo_sim::run::shrink(seed, &opts).expect("a failing seed shrinks");
+    assert_eq!(s.verdict, verdict);
+    assert!(!s.zeroed.is_empty(), "seed {seed}: nothing could be zeroed");
+    let replay = RunOptions {
+        zeroed: s.zeroed.clone(),
+        ..opts.clone()
+    };
+    let o = run_seed(seed, &replay, None);
+    assert_eq!(o.verdict, verdict, "seed {seed} with {:?}", s.zeroed);
+    let mut w = echo_sim::world::World::with_zeroed(replay.world_config(), seed, true, &s.zeroed);
+    let mut rates = w.profile.rates_mut();
+    rates.extend(w.workload.rates_mut());
+    for (name, rate) in rates {
+        let zeroed = s.zeroed.iter().any(|z| z == name);
+        assert_eq!(
+            *rate == 0,
+            zeroed || !s.needed.iter().any(|n| n == name),
+            "{name}"
+        );
+    }
+    // Without the mutant the same small schedule passes: the failure is the bug's.
+    let clean = RunOptions {
+        mutant: None,
+        ..replay
+    };
+    assert_eq!(run_seed(seed, &clean, None).verdict, Verdict::Pass);
+    println!("seed {seed} shrank to {:?} ({} runs)", s.needed, s.runs);
+}

@@ -152,6 +152,11 @@ impl MarketDataBuffer {
     pub fn offer(&mut self, _now: Instant, md: MarketData) -> Result<(), Backpressure> {
         let subject = Subject::Symbol(md.symbol.clone());
         if md.kind.is_critical() {
+            if self.critical.len() >= self.config.max_critical
+                && crate::mutants::active(crate::mutants::Mutant::MdCriticalEvictsOldest)
+            {
+                self.critical.pop_front();
+            }
             if self.critical.len() >= self.config.max_critical {
                 self.m.backpressure_critical += 1;
                 self.fire(T::CriticalRefused, subject);
@@ -175,7 +180,9 @@ impl MarketDataBuffer {
         }
         if let Some(slot) = self.ticks.get_mut(&md.symbol) {
             self.watermark.insert(md.symbol.clone(), md.seq);
-            *slot = md;
+            if !crate::mutants::active(crate::mutants::Mutant::MdCoalesceKeepsOldest) {
+                *slot = md;
+            }
             self.m.coalesced += 1;
             self.m.accepted_ticks += 1;
             self.fire(T::TickCoalesced, subject);
@@ -205,7 +212,8 @@ impl MarketDataBuffer {
         self.fire(T::RoutingRaised, Subject::None);
         let order = std::mem::take(&mut self.tick_order);
         for sym in order {
-            let old = self.ticks.get(&sym).is_some_and(|t| t.routing_version < v);
+            let old = self.ticks.get(&sym).is_some_and(|t| t.routing_version < v)
+                && !crate::mutants::active(crate::mutants::Mutant::MdRoutingKeepsQueued);
             if old {
                 self.ticks.remove(&sym);
                 self.m.routing_dropped += 1;

@@ -25,6 +25,12 @@ pub enum Mutant {
     BufferedBeforeLedger,
     /// slave EA: a repeated command_id is executed again.
     SlaveForgetsDedupe,
+    /// market data: a full critical FIFO evicts its oldest message to take the new one.
+    MdCriticalEvictsOldest,
+    /// market data: a tick for a symbol already queued keeps the queued (older) tick.
+    MdCoalesceKeepsOldest,
+    /// market data: raising the routing minimum does not purge queued ticks below it.
+    MdRoutingKeepsQueued,
 }
 
 impl Mutant {
@@ -37,6 +43,9 @@ impl Mutant {
         Mutant::HashWithoutNormalising,
         Mutant::BufferedBeforeLedger,
         Mutant::SlaveForgetsDedupe,
+        Mutant::MdCriticalEvictsOldest,
+        Mutant::MdCoalesceKeepsOldest,
+        Mutant::MdRoutingKeepsQueued,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +58,9 @@ impl Mutant {
             Mutant::HashWithoutNormalising => "hash-without-normalising",
             Mutant::BufferedBeforeLedger => "buffered-before-ledger",
             Mutant::SlaveForgetsDedupe => "slave-forgets-dedupe",
+            Mutant::MdCriticalEvictsOldest => "md-critical-evicts-oldest",
+            Mutant::MdCoalesceKeepsOldest => "md-coalesce-keeps-oldest",
+            Mutant::MdRoutingKeepsQueued => "md-routing-keeps-queued",
         }
     }
 

@@ -658,6 +658,39 @@ fn s22_in_doubt_commands_are_queried_never_placed() -> Vec<&'static str> {
 }
 
 /// The CANCELLED result the EA must record for a command it never saw.
+fn rejected(c: &Command) -> ExecutionResult {
+    ExecutionResult {
+        status: BrokerStatus::Rejected,
+        ..cancelled(c)
+    }
+}
+
+/// A Cancel of a refused command is answered with the refusal and a REJECTED result, so a
+/// core that gave up learns the command never executes even through a legacy agent.
+fn s24_cancel_of_a_refused_command_reports_rejected() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let bad = cmd("bad", execute(0.0));
+    let outs = h.command(bad.clone());
+    assert_eq!(fired(&outs), vec![id(T::Malformed)]);
+    assert!(
+        results(&outs).is_empty(),
+        "a delivery gets the refusal only"
+    );
+    let outs = h.recv(AgentToEa::Cancel(bad.clone()));
+    assert_eq!(
+        fired(&outs),
+        vec![id(T::RefusedAgain), id(T::CancelRefused)]
+    );
+    assert_eq!(results(&outs), vec![rejected(&bad)]);
+    assert!(places(&outs).is_empty() && cancel_ops(&outs).is_empty());
+    // Still refused afterwards: the same verdict, never executed.
+    let outs = h.command(bad);
+    assert_eq!(fired(&outs), vec![id(T::RefusedAgain)]);
+    assert!(places(&outs).is_empty() && results(&outs).is_empty());
+    vec![id(T::Malformed), id(T::RefusedAgain), id(T::CancelRefused)]
+}
+
 fn cancelled(c: &Command) -> ExecutionResult {
     ExecutionResult {
         command_id: c.command_id.clone(),
@@ -779,14 +812,20 @@ fn cancel_of_a_known_refused_or_gated_command_gets_the_redelivery_verdict() {
     // Refused before: refused again, whatever asks.
     h.command(cmd("bad", execute(0.0)));
     let outs = h.recv(AgentToEa::Cancel(cmd("bad", execute(0.0))));
-    assert_eq!(fired(&outs), vec![id(T::RefusedAgain)]);
+    assert_eq!(
+        fired(&outs),
+        vec![id(T::RefusedAgain), id(T::CancelRefused)]
+    );
     assert_eq!(
         acks(&outs),
         ack1("bad", PipeStatus::Failed, Some(ErrorCode::InvalidArgument))
     );
+    assert_eq!(results(&outs), vec![rejected(&cmd("bad", execute(0.0)))]);
+    assert!(cancel_ops(&outs).is_empty() && places(&outs).is_empty());
     // Malformed and never seen: the refusal a delivery would get, never a CANCELLED record.
     let outs = h.recv(AgentToEa::Cancel(cmd("bad2", execute(-1.0))));
-    assert_eq!(fired(&outs), vec![id(T::Malformed)]);
+    assert_eq!(fired(&outs), vec![id(T::Malformed), id(T::CancelRefused)]);
+    assert_eq!(results(&outs), vec![rejected(&cmd("bad2", execute(-1.0)))]);
     assert_eq!(
         acks(&outs),
         ack1("bad2", PipeStatus::Failed, Some(ErrorCode::InvalidArgument))
@@ -795,6 +834,7 @@ fn cancel_of_a_known_refused_or_gated_command_gets_the_redelivery_verdict() {
     other.slave = AccountId::new("s2");
     let outs = h.recv(AgentToEa::Cancel(other));
     assert_eq!(fired(&outs), vec![id(T::Malformed)]);
+    assert!(results(&outs).is_empty(), "no result naming another slave");
     assert_eq!(
         acks(&outs),
         ack1("other", PipeStatus::Failed, Some(ErrorCode::UnknownAccount))
@@ -936,6 +976,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "ea.slave.T23",
         s23_cancel_of_an_unknown_command_is_recorded_and_never_placed,
     ),
+    (
+        "ea.slave.T24",
+        s24_cancel_of_a_refused_command_reports_rejected,
+    ),
 ];
 
 fn run(tid: &str) {
@@ -1038,6 +1082,10 @@ fn t22_recovered_in_doubt() {
 #[test]
 fn t23_cancel_unknown() {
     run("ea.slave.T23")
+}
+#[test]
+fn t24_cancel_refused() {
+    run("ea.slave.T24")
 }
 
 #[test]
@@ -1306,8 +1354,12 @@ impl Model {
                         );
                     }
                     let rec = self.record(&r.command_id);
+                    // The one result without a record: REJECTED for a command refused.
+                    let refused = r.status == BrokerStatus::Rejected
+                        && self.verdict.get(&r.command_id) == Some(&PipeStatus::Failed)
+                        && rec.is_none();
                     prop_assert!(
-                        rec.is_some_and(|rec| rec.result.as_ref() == Some(&r)),
+                        refused || rec.is_some_and(|rec| rec.result.as_ref() == Some(&r)),
                         "reported a result that is not durable: {:?}",
                         r
                     );

@@ -15,6 +15,9 @@ use echo_sim::world::Capacity;
 const USAGE: &str = "usage:
   echo-sim run --seeds A..B [--profile test_min|default] [--jobs N] [--scale N] [--trades N]
   echo-sim replay --seed S [--profile …] [--scale N] [--trades N] [--trace FILE]
+  echo-sim shrink --seed S [--profile …] [--scale N] [--trades N]
+  common: [--zero RATE,RATE…] zero these fault/workload rates after the seed drew them;
+          [--mutant NAME] plant a known bug (a build with --features mutants)
   echo-sim coverage --seeds A..B [--profile …] [--jobs N]
   echo-sim trace check FILE
   echo-sim trace render FILE [-o OUT.html]   (default OUT: FILE with .html; open OUT#filter=m0-i12)";
@@ -81,6 +84,25 @@ fn parse(mut it: impl Iterator<Item = String>, replay: bool) -> Result<Args, Str
             "--scale" => a.opts.scale = (num("--scale", it.next())? as usize).clamp(1, 64),
             "--trades" => a.opts.trades = (num("--trades", it.next())? as usize).clamp(1, 10_000),
             "--trace" if replay => a.trace = Some(it.next().ok_or("--trace needs a file")?),
+            "--zero" => {
+                let v = it.next().ok_or("--zero needs RATE,RATE…")?;
+                a.opts.zeroed = v
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            "--mutant" => {
+                let v = it.next().ok_or("--mutant needs a name")?;
+                let m = echo_statemachine::mutants::Mutant::from_name(&v).ok_or_else(|| {
+                    let names: Vec<&str> = echo_statemachine::mutants::Mutant::ALL
+                        .iter()
+                        .map(|m| m.name())
+                        .collect();
+                    format!("unknown mutant {v:?}; one of {}", names.join(", "))
+                })?;
+                a.opts.mutant = Some(m);
+            }
             other => return Err(format!("unknown option {other:?}")),
         }
     }
@@ -92,8 +114,15 @@ fn replay_cmd(seed: u64, a: &Args) -> String {
         Capacity::TestMin => "test_min",
         Capacity::Default => "default",
     };
+    let mut extra = String::new();
+    if !a.opts.zeroed.is_empty() {
+        extra.push_str(&format!(" --zero {}", a.opts.zeroed.join(",")));
+    }
+    if let Some(m) = a.opts.mutant {
+        extra.push_str(&format!(" --mutant {}", m.name()));
+    }
     format!(
-        "echo-sim replay --seed {seed} --profile {profile} --scale {} --trades {} --trace seed-{seed}.ndjson",
+        "echo-sim replay --seed {seed} --profile {profile} --scale {} --trades {}{extra} --trace seed-{seed}.ndjson",
         a.opts.scale, a.opts.trades
     )
 }
@@ -209,6 +238,32 @@ fn replay(a: Args) -> ExitCode {
         println!("trace: {path} ({} lines)", t.lines().count());
     }
     ExitCode::from(o.verdict.exit_code())
+}
+
+/// Shrinks a failing seed to the fewest fault and workload rates that still fail it.
+fn shrink(mut a: Args) -> ExitCode {
+    let seed = a.seeds.0;
+    match echo_sim::run::shrink(seed, &a.opts) {
+        None => {
+            println!("seed {seed} passes: nothing to shrink");
+            ExitCode::SUCCESS
+        }
+        Some(s) => {
+            println!(
+                "seed {seed} still fails ({:?}) with only these rates: {} ({} runs)",
+                s.verdict,
+                if s.needed.is_empty() {
+                    "none (the workload alone)".to_string()
+                } else {
+                    s.needed.join(", ")
+                },
+                s.runs
+            );
+            a.opts.zeroed = s.zeroed;
+            println!("replay: {}", replay_cmd(seed, &a));
+            ExitCode::from(s.verdict.exit_code())
+        }
+    }
 }
 
 /// Which SPEC.md transitions a suite of seeds exercised.
@@ -346,6 +401,7 @@ fn main() -> ExitCode {
         Some("run") => parse(args, false).map(run),
         Some("replay") => parse(args, true).map(replay),
         Some("coverage") => parse(args, false).map(coverage),
+        Some("shrink") => parse(args, true).map(shrink),
         Some("trace") => return trace_cmd(args),
         _ => Err(USAGE.to_string()),
     };

@@ -58,6 +58,7 @@ transitions! {
         RecoveredExecuted = "T21": "(durable)", "recover(): a record with its result" => "executed"; "nothing; the command is deduplicated and its position restored",
         RecoveredInDoubt = "T22": "(durable)", "recover(): a write-ahead record without a result (crash after the write-ahead: the order may or may not have reached the broker)" => "in_doubt"; "QueryOrder{command_id} — asked of the broker by client order id, never placed again",
         CancelUnknown = "T23": "(none), gate open", "AgentToEa::Cancel(command) for a command never seen" => "recording"; "PersistCancelled{op, command, result: CANCELLED} — once durable the command is answered CANCELLED forever and never placed (a Cancel for a known or refused command gets the same answer as a redelivery: T04/T06/T12/T13)",
+        CancelRefused = "T24": "refused", "AgentToEa::Cancel(command) for a command it refused (T05/T06 answer first)" => "refused"; "ToAgent(Execution(REJECTED, no ticket)) — never executed; a core that gave up learns it from the result even through a legacy agent that sends no stage acks",
     }
 }
 
@@ -80,7 +81,7 @@ pub const SPEC: MachineSpec = MachineSpec {
     invariants: &[
         "No command_id ever produces two PlaceOrder outputs, across any sequence of inputs including recover().",
         "PipeDeliveryAck{Ok} is sent only for a command whose PersistExecuting was reported durable (in this life or a previous one).",
-        "An ExecutionResult is reported only after its PersistExecuted was reported durable.",
+        "An ExecutionResult is reported only after its PersistExecuted was reported durable — except the REJECTED answer to a Cancel of a command the EA refused (T24), which needs no record: a refusal is a pure function of the command, so it can never turn into an execution.",
         "No command is accepted (written ahead) before the current pipe session's Handshake for this EA's account.",
         "A command found in doubt after a crash is resolved by QueryOrder and the broker's answer, never by placing it again.",
         "Unfinished commands are bounded by `max_pending`; beyond it the EA answers RETRY, never drops silently.",
@@ -333,10 +334,31 @@ impl SlaveExecutor {
             AgentToEa::Cancel(c) => {
                 let known = self.commands.contains_key(&c.command_id)
                     || self.refused.contains_key(&c.command_id);
+                // Refused for this EA's own account (a command naming another account gets no
+                // result: it would name a slave that is not this one).
+                let refusal = self
+                    .refused
+                    .get(&c.command_id)
+                    .copied()
+                    .or_else(|| self.validate(&c).err());
+                let refused = self.gate_open
+                    && !self.commands.contains_key(&c.command_id)
+                    && refusal.is_some_and(|e| e != ErrorCode::UnknownAccount);
                 // A malformed command is refused whatever asks for it: same verdict always.
                 if !self.gate_open || known || self.validate(&c).is_err() {
+                    let result = unfilled(&c, BrokerStatus::Rejected);
                     // Same verdict as a redelivery: the stored result, a refusal, or RETRY.
                     self.handle_command(now, c);
+                    if refused {
+                        // The core gave up and must learn the command never executes, even
+                        // through a legacy agent that sends no stage acks.
+                        self.fire(
+                            T::CancelRefused,
+                            Subject::Command(result.command_id.clone()),
+                        );
+                        self.out
+                            .push_back(Output::ToAgent(EaToAgent::Execution(result)));
+                    }
                 } else if self.pending >= self.config.max_pending {
                     // A cancel record is unfinished work too: the same bound applies.
                     let id = c.command_id.clone();
@@ -718,15 +740,7 @@ impl SlaveExecutor {
     /// The core gave up on a command this EA never saw: refuse it durably, forever.
     fn cancel_unknown(&mut self, c: Command) {
         let id = c.command_id.clone();
-        let result = ExecutionResult {
-            command_id: id.clone(),
-            trade_id: c.trade_id.clone(),
-            slave: c.slave.clone(),
-            slave_ticket: 0,
-            fill_price: 0.0,
-            filled_volume: 0.0,
-            status: BrokerStatus::Cancelled,
-        };
+        let result = unfilled(&c, BrokerStatus::Cancelled);
         self.commands.insert(
             id.clone(),
             Entry {
@@ -808,5 +822,18 @@ impl SlaveExecutor {
             }
             self.timers.insert((at, id.clone()));
         }
+    }
+}
+
+/// The result of a command that was never executed: no ticket, nothing filled.
+fn unfilled(c: &Command, status: BrokerStatus) -> ExecutionResult {
+    ExecutionResult {
+        command_id: c.command_id.clone(),
+        trade_id: c.trade_id.clone(),
+        slave: c.slave.clone(),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status,
     }
 }

@@ -1,0 +1,260 @@
+//! Safety checks, made at the moment each message or action happens, and the run's
+//! bookkeeping they and the end-of-run report read.
+//!
+//! This module owns what counts as a violation: an execution twice or out of the master's
+//! order, an ack before the write it depends on was durable, an execution without an accepted
+//! intent, a silent drop, a queue above its cap, two live deliveries in one chain. It only
+//! observes: it must never change a machine, a store or the event queue, and never draw from
+//! the run's generator.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use echo_statemachine::core::{DeliveryRecord, DeliveryStatus, JournalWrite};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
+use echo_statemachine::msg::*;
+use echo_statemachine::time::Instant;
+
+use super::describe::json_str;
+use super::{Ea, World};
+
+/// A safety or liveness failure, with what the checker saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub at: Instant,
+    pub what: String,
+}
+
+/// Per-run bookkeeping for the checkers and the report.
+#[derive(Clone, Debug, Default)]
+pub struct Ledgerbook {
+    /// Intents whose append to the master's IntentQueue file was durable: (at, kind, trade).
+    pub emitted: BTreeMap<IntentId, (Instant, IntentKind, TradeId)>,
+    /// (slave, command) → how many times the slave EA sent it to the broker (must be ≤ 1).
+    pub placed: BTreeMap<(usize, CommandId), u32>,
+    /// Command → first time its filled ExecutionResult reached the core.
+    pub confirmed_at: BTreeMap<CommandId, Instant>,
+    /// Per (slave, trade): master_seq of each command placed, in order.
+    pub order: BTreeMap<(usize, TradeId), Vec<u64>>,
+    /// Intents a master gave up on (never accepted).
+    pub gave_up: BTreeSet<IntentId>,
+    /// Intents the core refused for good (non-retryable).
+    pub refused: BTreeMap<IntentId, ErrorCode>,
+    pub faults: BTreeMap<&'static str, u64>,
+    /// Intent → the slaves its committed AcceptIntent planned a delivery for.
+    pub plan: BTreeMap<IntentId, Vec<AccountId>>,
+    pub busy_acks: u64,
+}
+
+impl World {
+    pub(super) fn violation(&mut self, what: String) {
+        if let Some(t) = &mut self.trace {
+            let _ = writeln!(
+                t,
+                "{{\"type\":\"violation\",\"t_us\":{},\"what\":{}}}",
+                self.now.0 / 1_000,
+                json_str(&what)
+            );
+        }
+        self.violations.push(Violation { at: self.now, what });
+    }
+
+    /// Every intent the core receives is answered, journaled, or already being journaled:
+    /// explicit backpressure, never a silent drop.
+    pub(super) fn check_answered(&mut self, id: &IntentId) {
+        if self.answered.as_ref() == Some(id) {
+            return;
+        }
+        let pending = self.journal.pending.values().any(
+            |w| matches!(w, JournalWrite::AcceptIntent { intent, .. } if intent.intent_id == *id),
+        ) || self.core.as_ref().is_some_and(|c| c.intent_persisting(id));
+        if !pending {
+            let v = format!("core neither answered nor journaled intent {id} (silent drop)");
+            self.violation(v);
+        }
+    }
+
+    pub(super) fn check_core_invariants(&mut self) {
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        let mut found = Vec::new();
+        let max = core.router_config().queue_depth_max;
+        if let Some(d) = core.queue_depths().iter().find(|d| **d > max) {
+            found.push(format!(
+                "router queue depth {d} above queue_depth_max {max}"
+            ));
+        }
+        let mut live: BTreeMap<(AccountId, TradeId), u32> = BTreeMap::new();
+        for v in core.delivery_views() {
+            if v.state != "Blocked" {
+                *live
+                    .entry((v.slave.clone(), v.trade_id.clone()))
+                    .or_insert(0) += 1;
+            }
+        }
+        if let Some(((s, t), n)) = live.iter().find(|(_, n)| **n > 1) {
+            found.push(format!("{n} live deliveries in the chain of {s}/{t}"));
+        }
+        for v in found {
+            self.violation(v);
+        }
+    }
+
+    /// Safety at the moment a slave sends an order to its broker.
+    pub(super) fn on_place_order(&mut self, s: usize, command_id: &CommandId) {
+        let n = self.book.placed.entry((s, command_id.clone())).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            let v = format!("slave-{s} placed {command_id} twice");
+            self.violation(v);
+        }
+        let intent = IntentId::new(command_id.as_str().split('@').next().unwrap_or(""));
+        let Some(i) = self.journal.intents.get(&intent).cloned() else {
+            let v = format!("slave-{s} executed {command_id} for an intent never journaled");
+            self.violation(v);
+            return;
+        };
+        if !self.journal.deliveries.contains_key(command_id) {
+            let v = format!(
+                "slave-{s} executed {command_id}, which no journaled plan of its intent holds (not subscribed at admission)"
+            );
+            self.violation(v);
+        }
+        let order = self.book.order.entry((s, i.trade_id.clone())).or_default();
+        if order.last().is_some_and(|last| *last >= i.master_seq) {
+            let v = format!(
+                "slave-{s} got {command_id} (seq {}) after seq {:?} of trade {}",
+                i.master_seq, order, i.trade_id
+            );
+            order.push(i.master_seq);
+            self.violation(v);
+            return;
+        }
+        order.push(i.master_seq);
+    }
+
+    /// Bookkeeping of a message from an agent at the moment the core receives it.
+    pub(super) fn check_to_core(&mut self, msg: &AgentToCore) {
+        let now = self.now;
+        if let AgentToCore::ExecutionResult(r) = msg {
+            if r.status == BrokerStatus::Filled {
+                self.book
+                    .confirmed_at
+                    .entry(r.command_id.clone())
+                    .or_insert(now);
+            }
+        }
+    }
+
+    /// Safety of a message at the moment agent `agent` sends it to the core: AGENT_BUFFERED
+    /// only for a command whose ledger record is durable. (Checked at sending: by the time the
+    /// ack arrives, the agent may rightly have evicted a finished record.)
+    pub(super) fn check_agent_sends(&mut self, agent: usize, msg: &AgentToCore) {
+        if let AgentToCore::CommandAck(a) = msg {
+            if a.stage == AckStage::AgentBuffered
+                && a.result == AckResult::Ok
+                && !self.ledgers[agent].contains_key(&a.command_id)
+            {
+                let m = format!(
+                    "AGENT_BUFFERED for {} before its ledger write was durable",
+                    a.command_id
+                );
+                self.violation(m);
+            }
+        }
+    }
+
+    /// Safety of a message from an EA at the moment its agent reads it from the pipe.
+    pub(super) fn check_from_ea(&mut self, ea: Ea, msg: &EaToAgent) {
+        if let EaToAgent::PipeAck(p) = msg {
+            if let Ea::Slave(s) = ea {
+                if p.status == PipeStatus::Ok && !self.slave_files[s].contains_key(&p.command_id) {
+                    let m = format!(
+                        "slave-{s} acked {} OK before its write-ahead was durable",
+                        p.command_id
+                    );
+                    self.violation(m);
+                }
+            }
+        }
+    }
+
+    /// Safety of a message from the agent at the moment master `m` reads it.
+    pub(super) fn check_to_master(&mut self, m: usize, msg: &AgentToEa) {
+        if let AgentToEa::IntentAck(a) = msg {
+            if a.result == AckResult::Ok && !self.journal.intents.contains_key(&a.intent_id) {
+                let v = format!(
+                    "master-{m} got CORE_ACCEPTED for {} before it was journaled",
+                    a.intent_id
+                );
+                self.violation(v);
+            }
+            if a.error == Some(ErrorCode::BrokerBusy) {
+                self.book.busy_acks += 1;
+            }
+        }
+    }
+
+    /// The plan of an intent follows the subscriptions in force when the core admits it
+    /// (`core.intake.T01`): one delivery per subscribed slave, FAILED `SYMBOL_NOT_MAPPED`
+    /// exactly where the slave's symbol map leaves the symbol out, the slave's multiplier
+    /// applied. A retried write (`core.intake.T07`) carries the same plan.
+    pub(super) fn check_admission(&mut self, intent: &TradeIntent, deliveries: &[DeliveryRecord]) {
+        let got: Vec<AccountId> = deliveries.iter().map(|d| d.slave.clone()).collect();
+        let mut bad = Vec::new();
+        if self.last_fired == Some(ADMIT) {
+            let subs = self.subscribed(&intent.master);
+            if subs.len() != deliveries.len() {
+                bad.push(format!(
+                    "{} deliveries for {} subscribed slaves",
+                    deliveries.len(),
+                    subs.len()
+                ));
+            }
+            for sub in subs {
+                let Some(d) = deliveries.iter().find(|d| d.slave == sub.slave) else {
+                    bad.push(format!("no delivery for subscribed {}", sub.slave));
+                    continue;
+                };
+                let mapped = sub.map_symbol(&intent.symbol);
+                let want = match &mapped {
+                    Some(_) => (DeliveryStatus::Inflight, None),
+                    None => (DeliveryStatus::Failed, Some(ErrorCode::SymbolNotMapped)),
+                };
+                if (d.status, d.reason) != want {
+                    bad.push(format!(
+                        "{} planned {:?} {:?}, want {want:?}",
+                        d.slave, d.status, d.reason
+                    ));
+                }
+                if mapped.is_some_and(|m| m != d.symbol) {
+                    bad.push(format!("{} planned symbol {}", d.slave, d.symbol));
+                }
+                let volume = intent.volume * sub.multiplier;
+                if d.volume.to_bits() != volume.to_bits() {
+                    bad.push(format!(
+                        "{} planned volume {} want {volume}",
+                        d.slave, d.volume
+                    ));
+                }
+            }
+            self.planned.insert(intent.intent_id.clone(), got);
+        } else if let Some(p) = self.planned.get(&intent.intent_id) {
+            if *p != got {
+                bad.push(format!("a retried write planned {got:?}, the first {p:?}"));
+            }
+        }
+        if !bad.is_empty() {
+            let v = format!(
+                "core planned intent {} against the subscriptions in force: {}",
+                intent.intent_id,
+                bad.join("; ")
+            );
+            self.violation(v);
+        }
+    }
+}
+
+/// The transition that admits an intent and plans its deliveries.
+const ADMIT: &str = "core.intake.T01";

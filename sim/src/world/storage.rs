@@ -1,0 +1,354 @@
+//! Simulated storage and the broker: what each node's storage has made durable (the core's
+//! Postgres journal, each agent's ledger, each master's IntentQueue file, each slave's
+//! executed-record file), the completion of every write, and the broker's idempotent book of
+//! orders by client order id.
+//!
+//! This module owns durability: a write is durable exactly when it is applied here, and a
+//! node recovering reads only what is applied here. Whether a write fails, is slow or loses its
+//! reply is decided when it is issued (in [`super::nodes`]) or by an outage window
+//! ([`super::faults`]); this module must never decide a fault itself, except that the broker
+//! draws its rejections from the run's generator.
+
+use std::collections::BTreeMap;
+
+use echo_statemachine::agent::{LedgerOpId, LedgerResult};
+use echo_statemachine::core::{
+    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite,
+    OpId,
+};
+use echo_statemachine::ea::master::{self, PersistError};
+use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
+use echo_statemachine::msg::*;
+use echo_statemachine::time::Instant;
+
+use super::faults::F;
+use super::nodes::{AgentM, CoreM, MasterM, SlaveM};
+use super::World;
+
+/// What storage has made durable.
+#[derive(Default)]
+pub(super) struct Journal {
+    pub(super) intents: BTreeMap<IntentId, TradeIntent>,
+    pub(super) deliveries: BTreeMap<CommandId, DeliveryRecord>,
+    pub(super) down_until: Option<Instant>,
+    pub(super) pending: BTreeMap<OpId, JournalWrite>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum MasterWrite {
+    Append(TradeIntent),
+    Remove(IntentId),
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum SlaveWrite {
+    Cancelled(Command, ExecutionResult),
+    Executing(Command),
+    Executed(CommandId, ExecutionResult),
+}
+
+impl World {
+    pub(super) fn on_journal_done(&mut self, op: OpId, epoch: u64, commit: bool, reply: bool) {
+        let now = self.now;
+        if epoch != self.core_epoch {
+            return;
+        }
+        let Some(w) = self.journal.pending.remove(&op) else {
+            return;
+        };
+        let down = self.journal.down_until.is_some_and(|t| t > now);
+        let result = if down || !commit {
+            JournalResult::Failed { retryable: true }
+        } else {
+            let r = self.apply_journal(&w);
+            if reply {
+                JournalResult::Ok(r)
+            } else {
+                JournalResult::Failed { retryable: true }
+            }
+        };
+        if let Some(c) = self.core.as_mut() {
+            c.handle_journal_result(now, op, result);
+            self.drain::<CoreM>(0, "journal result");
+        }
+    }
+
+    pub(super) fn on_ledger_done(&mut self, agent: usize, op: LedgerOpId, epoch: u64, ok: bool) {
+        let now = self.now;
+        if epoch != self.agent_epoch[agent] {
+            return;
+        }
+        let Some(rec) = self.ledger_pending[agent].remove(&op) else {
+            return;
+        };
+        let res = if ok {
+            self.ledgers[agent].insert(rec.command.command_id.clone(), rec);
+            LedgerResult::Ok
+        } else {
+            LedgerResult::Failed { retryable: true }
+        };
+        if let Some(x) = self.agents[agent].as_mut() {
+            x.handle_ledger_result(now, op, res);
+            self.drain::<AgentM>(agent, "ledger result");
+        }
+    }
+
+    pub(super) fn on_master_disk_done(
+        &mut self,
+        master: usize,
+        op: master::OpId,
+        epoch: u64,
+        ok: bool,
+    ) {
+        let now = self.now;
+        if epoch != self.master_epoch[master] {
+            return;
+        }
+        let Some(w) = self.master_pending[master].remove(&op) else {
+            return;
+        };
+        let res = if ok {
+            self.apply_master_write(master, w);
+            Ok(())
+        } else {
+            Err(PersistError { retryable: true })
+        };
+        if let Some(q) = self.masters[master].as_mut() {
+            q.handle_persist_result(now, op, res);
+            self.drain::<MasterM>(master, "disk result");
+        }
+    }
+
+    pub(super) fn on_slave_disk_done(
+        &mut self,
+        slave: usize,
+        op: slave::OpId,
+        epoch: u64,
+        ok: bool,
+    ) {
+        let now = self.now;
+        if epoch != self.slave_epoch[slave] {
+            return;
+        }
+        let Some(w) = self.slave_pending[slave].remove(&op) else {
+            return;
+        };
+        let res = if ok {
+            self.apply_slave_write(slave, w);
+            Ok(())
+        } else {
+            Err(slave::PersistError { retryable: true })
+        };
+        if let Some(x) = self.slaves[slave].as_mut() {
+            x.handle_persist_result(now, op, res);
+            self.drain::<SlaveM>(slave, "");
+        }
+    }
+
+    pub(super) fn on_broker_answer(
+        &mut self,
+        slave: usize,
+        epoch: u64,
+        command_id: CommandId,
+        body: Option<CommandBody>,
+    ) {
+        let now = self.now;
+        let outcome = self.broker(slave, &command_id, body.as_ref());
+        if epoch != self.slave_epoch[slave] {
+            return; // the order was placed; its answer is lost with the crashed EA
+        }
+        if let Some(x) = self.slaves[slave].as_mut() {
+            x.handle_broker_result(now, command_id, outcome);
+            self.drain::<SlaveM>(slave, "");
+        }
+    }
+
+    /// The simulated broker: idempotent by client order id (the command id). `None` is a
+    /// query for an order whose fate the EA does not know.
+    pub(super) fn broker(
+        &mut self,
+        slave: usize,
+        command_id: &CommandId,
+        body: Option<&CommandBody>,
+    ) -> BrokerOutcome {
+        let key = (slave, command_id.clone());
+        if let Some(o) = self.broker.get(&key) {
+            return o.clone();
+        }
+        let Some(body) = body else {
+            return BrokerOutcome::Rejected {
+                reason: "no such client order id".into(),
+            };
+        };
+        let outcome = if self.chance(F::BrokerReject) {
+            self.fault("broker_reject", format!("slave-{slave} {command_id}"));
+            BrokerOutcome::Rejected {
+                reason: "market closed".into(),
+            }
+        } else {
+            let (ticket, volume) = match body {
+                CommandBody::Execute { volume, .. } => {
+                    self.next_ticket += 1;
+                    (self.next_ticket, *volume)
+                }
+                CommandBody::Modify { slave_ticket, .. } => (*slave_ticket, 0.0),
+                CommandBody::Close {
+                    slave_ticket,
+                    volume,
+                } => (*slave_ticket, *volume),
+            };
+            BrokerOutcome::Filled {
+                ticket,
+                price: 1.1,
+                volume,
+            }
+        };
+        self.broker.insert(key, outcome.clone());
+        outcome
+    }
+
+    pub(super) fn apply_journal(&mut self, w: &JournalWrite) -> JournalReply {
+        match w {
+            JournalWrite::AcceptIntent { intent, deliveries } => {
+                if self.journal.intents.contains_key(&intent.intent_id) {
+                    let unfinished = self
+                        .journal
+                        .deliveries
+                        .values()
+                        .filter(|d| {
+                            d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight
+                        })
+                        .cloned()
+                        .collect();
+                    return JournalReply::IntentExisted { unfinished };
+                }
+                self.journal
+                    .intents
+                    .insert(intent.intent_id.clone(), intent.clone());
+                self.book.plan.insert(
+                    intent.intent_id.clone(),
+                    deliveries.iter().map(|d| d.slave.clone()).collect(),
+                );
+                for d in deliveries {
+                    self.journal
+                        .deliveries
+                        .insert(d.command_id.clone(), d.clone());
+                }
+                JournalReply::Done
+            }
+            JournalWrite::FinishDelivery {
+                command_id,
+                status,
+                stage,
+                attempts,
+                slave_ticket,
+                reason,
+                ..
+            } => {
+                if let Some(d) = self.journal.deliveries.get_mut(command_id) {
+                    if d.status == DeliveryStatus::Inflight {
+                        d.status = *status;
+                        d.stage = *stage;
+                        d.attempts = *attempts;
+                        d.slave_ticket = *slave_ticket;
+                        d.reason = *reason;
+                    }
+                }
+                JournalReply::Done
+            }
+            JournalWrite::UpdateStage {
+                command_id, stage, ..
+            } => {
+                if let Some(d) = self.journal.deliveries.get_mut(command_id) {
+                    if d.status == DeliveryStatus::Inflight && *stage > d.stage {
+                        d.stage = *stage;
+                    }
+                }
+                JournalReply::Done
+            }
+            _ => JournalReply::Done,
+        }
+    }
+
+    pub(super) fn journal_durable_state(&self) -> CoreDurableState {
+        let unfinished = self
+            .journal
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Inflight)
+            .cloned()
+            .collect();
+        let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
+        let mut ds: Vec<&DeliveryRecord> = self
+            .journal
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Acked)
+            .collect();
+        ds.sort_by_key(|d| d.master_seq);
+        for d in ds {
+            let k = (d.trade_id.clone(), d.slave.clone());
+            match d.kind {
+                IntentKind::Open => {
+                    if let Some(t) = d.slave_ticket {
+                        open.insert(k, t);
+                    }
+                }
+                IntentKind::Close => {
+                    open.remove(&k);
+                }
+                _ => {}
+            }
+        }
+        CoreDurableState {
+            unfinished,
+            open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
+        }
+    }
+
+    pub(super) fn apply_master_write(&mut self, m: usize, w: MasterWrite) {
+        match w {
+            MasterWrite::Append(i) => {
+                self.unappended[m].remove(&i.intent_id);
+                self.book.emitted.entry(i.intent_id.clone()).or_insert((
+                    self.now,
+                    i.kind,
+                    i.trade_id.clone(),
+                ));
+                self.master_files[m].insert(i.intent_id.clone(), i);
+            }
+            MasterWrite::Remove(id) => {
+                self.master_files[m].remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn apply_slave_write(&mut self, s: usize, w: SlaveWrite) {
+        match w {
+            SlaveWrite::Executing(c) => {
+                self.slave_files[s]
+                    .entry(c.command_id.clone())
+                    .or_insert(ExecutedRecord {
+                        command: c,
+                        result: None,
+                    });
+            }
+            SlaveWrite::Cancelled(c, r) => {
+                // An upsert over a write-ahead whose success was never reported.
+                self.slave_files[s].insert(
+                    c.command_id.clone(),
+                    ExecutedRecord {
+                        command: c,
+                        result: Some(r),
+                    },
+                );
+            }
+            SlaveWrite::Executed(id, r) => {
+                if let Some(rec) = self.slave_files[s].get_mut(&id) {
+                    rec.result = Some(r);
+                }
+            }
+        }
+    }
+}
