@@ -188,6 +188,38 @@ async fn first_answer(h: &Harness, mutual: bool, msg: pb::AgentToCore) -> pb::Co
     }
 }
 
+/// Opens a stream on `endpoint`, sends a valid hello, and returns the first answer or the
+/// error that ended the attempt (within 10 s).
+async fn attempt(
+    endpoint: Endpoint,
+) -> Result<Option<pb::CoreToAgent>, Box<dyn std::error::Error>> {
+    let outcome = async {
+        let ch = endpoint.connect().await?;
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(hello("agent-a", SECRET_A, "m1", pb::Role::Master))
+            .await
+            .ok();
+        let mut s = EchoLinkClient::new(ch)
+            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok::<_, Box<dyn std::error::Error>>(s.message().await?)
+    };
+    tokio::time::timeout(Duration::from_secs(10), outcome)
+        .await
+        .expect("the refusal is prompt")
+}
+
+/// Waits until refusal counter `i` reaches `n` (the accept task counts off the stream).
+async fn await_refusal(h: &Harness, i: usize, n: u64) {
+    for _ in 0..100 {
+        if h.metrics.refusals()[i].1 >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
@@ -285,29 +317,9 @@ async fn a_client_without_tls_is_refused_on_the_tls_listener() {
     let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", h.addr.port()))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(3));
-    let outcome = async {
-        let ch = plain.connect().await?;
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(hello("agent-a", SECRET_A, "m1", pb::Role::Master))
-            .await
-            .ok();
-        let mut s = EchoLinkClient::new(ch)
-            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok::<_, Box<dyn std::error::Error>>(s.message().await?)
-    };
-    let r = tokio::time::timeout(Duration::from_secs(10), outcome)
-        .await
-        .expect("the refusal is prompt");
+    let r = attempt(plain).await;
     assert!(r.is_err(), "a plain-text client got an answer: {r:?}");
-    // The accept task counts it before any HTTP/2 is parsed.
-    for _ in 0..100 {
-        if h.metrics.refusals()[3].1 >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_refusal(&h, 3, 1).await;
     assert_eq!(h.metrics.refusals()[3], ("plaintext_on_tls", 1));
     assert!(logs.text().contains("client without TLS refused"));
     assert!(!logs.text().contains(SECRET_A));
@@ -347,31 +359,13 @@ async fn plain_text_is_refused_on_a_non_loopback_address() {
 async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let h = start(true).await;
     let tls = client_config(&h.pki.ca, "localhost", None).expect("client tls");
-    let attempt = async {
-        let ch = Endpoint::from_shared(format!("https://localhost:{}", h.addr.port()))?
-            .tls_config(tls)?
-            .connect()
-            .await?;
-        let (tx, rx) = mpsc::channel(1);
-        tx.send(hello("agent-a", SECRET_A, "m1", pb::Role::Master))
-            .await
-            .ok();
-        let mut s = EchoLinkClient::new(ch)
-            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok::<_, Box<dyn std::error::Error>>(s.message().await?)
-    };
-    let r = tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .expect("prompt");
+    let endpoint = Endpoint::from_shared(format!("https://localhost:{}", h.addr.port()))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls");
+    let r = attempt(endpoint).await;
     assert!(r.is_err(), "a client without a certificate got: {r:?}");
-    for _ in 0..100 {
-        if h.metrics.refusals()[4].1 >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_refusal(&h, 4, 1).await;
     assert_eq!(h.metrics.refusals()[4], ("tls_handshake", 1));
     assert_eq!(
         h.metrics

@@ -12,7 +12,7 @@ use echo_statemachine::ids::{AccountId, AgentId};
 use echo_statemachine::msg::Role;
 use tokio::sync::mpsc;
 
-use super::{config_source, parse_flags, shutdown_signal, AppError};
+use super::{process_start, shutdown_signal, AppError};
 use crate::config::{self, EchoConfig};
 use crate::drivers::agent::{
     spawn_agent, AgentHandle, AgentInput, LedgerWriterPort, PipeServerPort,
@@ -252,28 +252,20 @@ pub async fn start(s: AgentSettings) -> Result<RunningAgent, AppError> {
 
 /// `echo agent …` until SIGTERM / Ctrl-C.
 pub async fn main(args: &[String]) -> Result<(), AppError> {
-    let flags = parse_flags(
+    let Some((flags, source)) = process_start(
         args,
+        USAGE,
         &[
-            "--config",
-            "--etcd",
             "--id",
             "--token-file",
             "--data-dir",
             "--socket-dir",
             "--metrics-addr",
         ],
-        &["--json-logs", "-h", "--help"],
-    )?;
-    if flags.contains_key("-h") || flags.contains_key("--help") {
-        println!("{USAGE}");
+    )?
+    else {
         return Ok(());
-    }
-    crate::observe::init_logging(flags.contains_key("--json-logs"));
-    let source = config_source(
-        flags.get("--config").map(PathBuf::from),
-        flags.get("--etcd").cloned(),
-    );
+    };
     let cfg = source.open().await?;
     let settings = AgentSettings::resolve(&cfg.current(), &flags)?;
     // Live agent delivery settings arrive from the core in every heartbeat; the local config's

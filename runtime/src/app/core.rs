@@ -3,7 +3,6 @@
 //! changes flow to the machine live. It must never decide about trades.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use echo_statemachine::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{config_source, parse_flags, shutdown_signal, AppError};
+use super::{process_start, shutdown_signal, AppError};
 use crate::config::{self, AuthError, ConfigHandle, EchoConfig, JournalBackend};
 use crate::drivers::core::{spawn_core, CoreHandle, CoreInput, JournalWriterPort};
 use crate::journal::{Journal, JournalOptions, PostgresOptions};
@@ -242,20 +241,9 @@ pub async fn start(cfg_handle: ConfigHandle) -> Result<RunningCore, AppError> {
 
 /// `echo core …` until SIGTERM / Ctrl-C.
 pub async fn main(args: &[String]) -> Result<(), AppError> {
-    let flags = parse_flags(
-        args,
-        &["--config", "--etcd"],
-        &["--json-logs", "-h", "--help"],
-    )?;
-    if flags.contains_key("-h") || flags.contains_key("--help") {
-        println!("{USAGE}");
+    let Some((_, source)) = process_start(args, USAGE, &[])? else {
         return Ok(());
-    }
-    crate::observe::init_logging(flags.contains_key("--json-logs"));
-    let source = config_source(
-        flags.get("--config").map(PathBuf::from),
-        flags.get("--etcd").cloned(),
-    );
+    };
     let mut core = start(source.open().await?).await?;
     tokio::select! {
         r = core.wait() => r,

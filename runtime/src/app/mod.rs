@@ -100,3 +100,55 @@ pub fn parse_flags(
     }
     Ok(out)
 }
+
+/// Parsed `--flag value` pairs.
+pub type Flags = std::collections::BTreeMap<String, String>;
+
+/// The common start of `echo core` / `echo agent`: parses `--config`, `--etcd`, `--json-logs`,
+/// `-h` and the process's own `extra` flags, prints `usage` for `-h`, sets up logging.
+/// `None` when only the usage was asked for.
+pub fn process_start(
+    args: &[String],
+    usage: &str,
+    extra: &[&str],
+) -> Result<Option<(Flags, ConfigSource)>, AppError> {
+    let mut known = vec!["--config", "--etcd"];
+    known.extend_from_slice(extra);
+    let flags = parse_flags(args, &known, &["--json-logs", "-h", "--help"])?;
+    if flags.contains_key("-h") || flags.contains_key("--help") {
+        println!("{usage}");
+        return Ok(None);
+    }
+    crate::observe::init_logging(flags.contains_key("--json-logs"));
+    let source = config_source(
+        flags.get("--config").map(PathBuf::from),
+        flags.get("--etcd").cloned(),
+    );
+    Ok(Some((flags, source)))
+}
+
+/// A process binary's `main`: a multi-threaded runtime around `body`, errors on stderr
+/// prefixed with `name`, exit code 2 on error.
+pub fn run_process<F>(name: &str, body: impl FnOnce(Vec<String>) -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), AppError>>,
+{
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: starting the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(body(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

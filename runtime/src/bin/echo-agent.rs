@@ -1,24 +1,7 @@
 //! `echo-agent`: an agent process (same as `echo agent`).
 
-use std::process::ExitCode;
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("echo-agent: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(echo_runtime::app::agent::main(&args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo-agent: {e}");
-            ExitCode::from(2)
-        }
-    }
+fn main() -> std::process::ExitCode {
+    echo_runtime::app::run_process("echo-agent", |args| async move {
+        echo_runtime::app::agent::main(&args).await
+    })
 }
