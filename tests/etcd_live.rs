@@ -249,17 +249,15 @@ impl Rig {
 }
 
 async fn next_msg(r: &mut FrameReader, who: &str) -> AgentToEa {
-    loop {
-        let frame = timeout(WAIT, r.next())
-            .await
-            .unwrap_or_else(|_| panic!("{who}: no frame within {WAIT:?}"))
-            .expect("pipe read")
-            .unwrap_or_else(|| panic!("{who}: pipe closed"))
-            .expect("a frame the terminal can decode");
-        match frame {
-            AgentFrame::Msg(m) => return m,
-            AgentFrame::Error(e) => panic!("{who}: error frame {e:?}"),
-        }
+    let frame = timeout(WAIT, r.next())
+        .await
+        .unwrap_or_else(|_| panic!("{who}: no frame within {WAIT:?}"))
+        .expect("pipe read")
+        .unwrap_or_else(|| panic!("{who}: pipe closed"))
+        .expect("a frame the terminal can decode");
+    match frame {
+        AgentFrame::Msg(m) => m,
+        AgentFrame::Error(e) => panic!("{who}: error frame {e:?}"),
     }
 }
 
