@@ -8,7 +8,8 @@
 //!   new `delivery_config` on its pipe;
 //! - an out-of-range value is refused (a `warn` line naming key and range) and the agent keeps
 //!   the old value;
-//! - a subscription added in etcd takes effect for the next intent.
+//! - a subscription added in etcd takes effect for the next intent;
+//! - an agent with a wrong token is refused, counted, and knocks again with a growing backoff.
 //!
 //! A missing `etcd` binary fails these tests with the install command; they never skip.
 #![cfg(unix)]
@@ -446,5 +447,45 @@ async fn subscription_added_in_etcd_applies_to_the_next_intent() {
         }
         other => panic!("expected an execute, got {other:?}"),
     }
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_wrong_token_is_refused_and_backs_off() {
+    let rig = Rig::start().await;
+    let core = rig.core.as_ref().expect("core running");
+    let dir = short_temp_dir("etcdlive-bad");
+    let settings = AgentSettings {
+        id: AgentId::new("a1"),
+        token: "not-the-token".to_string(),
+        accounts: vec![(AccountId::new("m1"), Role::Master)],
+        data_dir: dir.path().join("agent"),
+        socket_dir: dir.path().join("s"),
+        metrics_addr: None,
+        link: ClientSettings::new(format!("http://{}", core.link_addr)),
+    };
+    let bad = agent_app::start(settings).await.expect("agent starts");
+    let refused = || {
+        core.link_metrics
+            .refused_bad_token
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + WAIT;
+    while refused() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the wrong token was never refused"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    // Backoff 100, 200, 400, 800 ms, … after each refusal: a handful of hellos in 2 s, not
+    // one every 100 ms.
+    sleep(Duration::from_secs(2)).await;
+    let n = refused();
+    assert!((2..=7).contains(&n), "{n} refusals in ~2 s");
+    assert!(!bad.handle.status.borrow().link_online);
+    // The good agent is untouched.
+    assert!(rig.status().link_online);
+    bad.stop().await;
     rig.stop().await;
 }
