@@ -263,6 +263,30 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
         &[],
         s.slow_agents_cut,
     );
+    head(
+        &mut o,
+        "echo_core_link_hello_missing_total",
+        "counter",
+        "agent streams closed because their first message was not an AgentHello (or none came)",
+    );
+    line(
+        &mut o,
+        "echo_core_link_hello_missing_total",
+        &[],
+        link.hello_missing.load(Ordering::Relaxed),
+    );
+    head(
+        &mut o,
+        "echo_core_link_market_data_dropped_total",
+        "counter",
+        "market data from agents dropped: the core does not route it",
+    );
+    line(
+        &mut o,
+        "echo_core_link_market_data_dropped_total",
+        &[],
+        link.market_data_dropped.load(Ordering::Relaxed),
+    );
     o
 }
 
@@ -353,6 +377,18 @@ pub fn render_agent(s: &AgentStatus) -> String {
         "echo_agent_link_online",
         &[],
         u64::from(s.link_online),
+    );
+    head(
+        &mut o,
+        "echo_agent_delivery_config_version",
+        "gauge",
+        "config_version of the last delivery config from the core the agent applied (0: none yet)",
+    );
+    line(
+        &mut o,
+        "echo_agent_delivery_config_version",
+        &[],
+        s.config_version,
     );
     o
 }

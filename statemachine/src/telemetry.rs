@@ -62,7 +62,7 @@ pub const METRICS: &[MetricSpec] = &[
         "echo_core_delivery_pending_age_ms",
         "gauge",
         &["stage"],
-        "age of the oldest unfinished delivery per stage (computed by the runtime from Core::delivery_views; not yet exported)",
+        "age of the oldest unfinished delivery per stage, ms: the core runtime samples Core::delivery_views every 500 ms and ages each command from the first sample that saw it in this process (ages restart with the core)",
     ),
     m(
         "echo_core_delivery_compat_mode_total",

@@ -115,7 +115,8 @@ impl RunningCore {
 
 /// Starts every part of the core from an opened config.
 pub async fn start(cfg_handle: ConfigHandle) -> Result<RunningCore, AppError> {
-    let cfg = cfg_handle.current();
+    let snap0 = cfg_handle.snapshot();
+    let cfg = snap0.config.clone();
     for r in cfg_handle.startup_rejections() {
         tracing::warn!(event = ?r, "config key refused at start-up; its default stays");
     }
@@ -157,11 +158,21 @@ pub async fn start(cfg_handle: ConfigHandle) -> Result<RunningCore, AppError> {
     );
 
     // Live config: delivery keys and subscriptions go to the machine as they change.
+    // The snapshot also changes when only the etcd revision or the restart-pending list moved
+    // (a refused value, a router key): that is no new config, so no new `config_version`.
     let mut watch = cfg_handle.subscribe();
+    let mut applied_version = snap0.version;
+    if watch.borrow().version != applied_version {
+        watch.mark_changed(); // it changed while the core was starting
+    }
     let inputs = handle.inputs.clone();
     tokio::spawn(async move {
         while watch.changed().await.is_ok() {
             let snap = watch.borrow_and_update().clone();
+            if snap.version == applied_version {
+                continue;
+            }
+            applied_version = snap.version;
             let c = &snap.config;
             let sent = inputs
                 .send(CoreInput::DeliveryConfig {

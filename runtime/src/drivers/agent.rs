@@ -11,8 +11,9 @@ use echo_proto::v1 as pb;
 use echo_statemachine::agent::{
     AgentMetrics, AgentOutput, DeliveryManager, LedgerOpId, LedgerRecord, LinkState,
 };
+use echo_statemachine::config::AgentDeliveryConfig;
 use echo_statemachine::ids::{AccountId, AgentId, CommandId};
-use echo_statemachine::msg::{AgentToEa, EaToAgent};
+use echo_statemachine::msg::{AgentToEa, CoreToAgent, DeliveryHeartbeat, EaToAgent};
 use tokio::sync::{mpsc, watch};
 
 use super::clock::Clock;
@@ -103,6 +104,13 @@ pub struct AgentStatus {
     pub ledger_len: usize,
     pub active_len: usize,
     pub pending_intents: usize,
+    /// The agent delivery config the machine applies now (its defaults until the core sent one).
+    pub delivery_config: AgentDeliveryConfig,
+    /// `config_version` of the last `CoreHello` / `DeliveryHeartbeat` whose agent config the
+    /// machine took (0 until then). An out-of-range config the machine refuses leaves it as is.
+    pub config_version: u64,
+    /// The last `DeliveryHeartbeat` received from the core, as received (core and agent parts).
+    pub last_heartbeat: Option<DeliveryHeartbeat>,
 }
 
 #[derive(Clone)]
@@ -120,6 +128,8 @@ struct AgentTask<P: PipePort, L: LedgerPort> {
     ledger: L,
     link: Option<(u64, mpsc::Sender<pb::AgentToCore>)>,
     status_tx: watch::Sender<Arc<AgentStatus>>,
+    config_version: u64,
+    last_heartbeat: Option<DeliveryHeartbeat>,
 }
 
 /// Starts the agent task. `inputs` is its mailbox (made by the caller, so ports such as
@@ -144,6 +154,8 @@ pub fn spawn_agent<P: PipePort, L: LedgerPort>(
         ledger,
         link: None,
         status_tx,
+        config_version: 0,
+        last_heartbeat: None,
     };
     let join = tokio::spawn(task.run(rx, ledger_results));
     (
@@ -193,7 +205,21 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
             }
             AgentInput::Link(LinkEvent::Message { epoch, msg }) => {
                 if self.link.as_ref().is_some_and(|(e, _)| *e == epoch) {
+                    // Observed only (status and /metrics); the machine decides what it takes.
+                    let pushed = match &msg {
+                        CoreToAgent::Heartbeat(hb) => {
+                            self.last_heartbeat = Some(*hb);
+                            Some(*hb)
+                        }
+                        CoreToAgent::Hello(h) if h.accepted => Some(h.delivery),
+                        _ => None,
+                    };
                     self.m.handle_from_core(now, msg);
+                    if let Some(hb) = pushed {
+                        if self.m.config() == hb.agent {
+                            self.config_version = hb.config_version;
+                        }
+                    }
                 }
             }
             AgentInput::Link(LinkEvent::Down { epoch }) => {
@@ -243,6 +269,9 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
             ledger_len: self.m.ledger_len(),
             active_len: self.m.active_len(),
             pending_intents: self.m.pending_intents(),
+            delivery_config: self.m.config(),
+            config_version: self.config_version,
+            last_heartbeat: self.last_heartbeat,
         }));
     }
 }

@@ -110,7 +110,9 @@ pub async fn run_client(
                 match client.connect(ReceiverStream::new(rx)).await {
                     Ok(resp) => {
                         epoch += 1;
-                        attempt = 0;
+                        // The backoff restarts only once the core accepted this stream's hello:
+                        // a refused agent (wrong token, foreign account) must not knock again
+                        // every `backoff_base`.
                         tracing::info!(epoch, "core link up");
                         if events.send(LinkEvent::Up { epoch, tx }).await.is_err() {
                             return Ok(());
@@ -120,6 +122,9 @@ pub async fn run_client(
                             match inbound.message().await {
                                 Ok(Some(m)) => match convert::core_to_agent_from_wire(m) {
                                     Ok(Some(msg)) => {
+                                        if matches!(&msg, CoreToAgent::Hello(h) if h.accepted) {
+                                            attempt = 0;
+                                        }
                                         if events
                                             .send(LinkEvent::Message { epoch, msg })
                                             .await

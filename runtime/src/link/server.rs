@@ -38,6 +38,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal (SPEC.md §10.3 lists each with its label and code).
+    pub const ALL: [Refusal; 3] = [
+        Refusal::UnknownAgent,
+        Refusal::BadToken,
+        Refusal::AccountNotAllowed,
+    ];
+
     pub fn code(self) -> ErrorCode {
         match self {
             Refusal::UnknownAgent | Refusal::BadToken => ErrorCode::Unauthenticated,
@@ -243,16 +250,14 @@ impl LinkService {
                 Ok(FromAgent::Msg(m)) => m,
                 Ok(FromAgent::Hello { hello, token }) => {
                     // A repeated hello must be the same, still authorised agent.
-                    if hello.agent_id != agent
-                        || self
-                            .auth
-                            .authenticate(&agent, &token, &hello.accounts)
-                            .is_err()
-                    {
-                        self.metrics
-                            .refused_account_not_allowed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(agent = %agent, "repeated hello refused; stream closed");
+                    let verdict = if hello.agent_id != agent {
+                        Err(Refusal::AccountNotAllowed)
+                    } else {
+                        self.auth.authenticate(&agent, &token, &hello.accounts)
+                    };
+                    if let Err(r) = verdict {
+                        self.metrics.refused(r);
+                        tracing::warn!(agent = %agent, %peer, reason = r.label(), "repeated hello refused; stream closed");
                         break;
                     }
                     AgentToCore::Hello(hello)
