@@ -122,15 +122,24 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
         pg_ready(),
         "Postgres must be up on 127.0.0.1:5432 before the test"
     );
-    let mut t = E2e::start("pg-stop-start", outage_setup());
-    t.at_percent(30);
+    // Longer than the core's journal retry budget (the demo's timings: 20 retries, 100 ms
+    // backoff); the masters keep streaming through the outage and after it.
+    let mut t = E2e::start(
+        "pg-stop-start",
+        Setup {
+            trades: 40,
+            timings: echo_runtime::app::cluster::Timings::default(),
+            ..outage_setup()
+        },
+    );
+    t.at_percent(20);
     let mut pg = PgStopped::stop();
     t.cluster.faults.push(format!(
         "Postgres stopped at {}/{} intents",
         t.cluster.emitted(),
         t.cluster.total()
     ));
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(6));
     pg.start();
     t.cluster.faults.push(format!(
         "Postgres started at {}/{} intents",

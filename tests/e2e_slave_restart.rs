@@ -58,3 +58,22 @@ fn a_slave_terminal_back_after_the_masters_finished_gets_every_trade_once() {
         .push("SIGKILL slave-3 at 20 %; back after the masters finished".into());
     t.finish(SETTLE);
 }
+
+/// Down for longer than the agent's and the core's retry budgets (the demo's timings: agent
+/// pipe retries 10 × 100 ms backoff, core 20 retries of a 1 s ack timeout).
+#[test]
+fn a_slave_terminal_down_longer_than_the_retry_budgets_gets_every_trade_once() {
+    let mut t = E2e::start(
+        "slave-back-after-budget",
+        Setup {
+            masters: 1,
+            slaves: 3,
+            trades: 20,
+            timings: echo_runtime::app::cluster::Timings::default(),
+            ..Setup::default()
+        },
+    );
+    t.at_percent(20);
+    t.kill9_restart("slave-1", Duration::from_secs(12));
+    t.finish(SETTLE);
+}
