@@ -133,6 +133,7 @@ fn postgres_stopped_and_started_under_load_loses_nothing() {
         },
     );
     t.at_percent(20);
+    t.assert_mid_stream("Postgres");
     let mut pg = PgStopped::stop();
     t.cluster.faults.push(format!(
         "Postgres stopped at {}/{} intents",
@@ -181,6 +182,7 @@ fn postgres_backends_terminated_under_load_loses_nothing() {
     let db = t.database().expect("the test's database");
     for pct in [25, 50, 75] {
         t.at_percent(pct);
+        t.assert_mid_stream("Postgres backends");
         let n = terminate_backends(&db);
         t.cluster.faults.push(format!(
             "{n} Postgres backends terminated at {}/{} intents",

@@ -39,6 +39,7 @@ fn a_slave_terminal_back_after_the_masters_finished_gets_every_trade_once() {
         },
     );
     t.at_percent(20);
+    t.assert_mid_stream("slave-3");
     if let Err(e) = t.cluster.kill9("slave-3") {
         t.fail(&format!("kill -9 slave-3: {e}"));
     }

@@ -155,8 +155,20 @@ impl E2e {
         }
     }
 
+    /// Fails unless the masters are still emitting: a fault after the stream proves less.
+    pub fn assert_mid_stream(&mut self, fault: &str) {
+        let (emitted, total) = (self.cluster.emitted(), self.cluster.total());
+        if emitted >= total {
+            self.fail(&format!(
+                "the fault on {fault} came after the stream ended ({emitted}/{total}): \
+                 stream more trades or at a lower rate"
+            ));
+        }
+    }
+
     /// SIGKILLs `name`, keeps it down for `down`, restarts it.
     pub fn kill9_restart(&mut self, name: &str, down: Duration) {
+        self.assert_mid_stream(name);
         if let Err(e) = self.cluster.kill9_restart(name, down) {
             self.fail(&format!("kill -9 / restart of {name}: {e}"));
         }
