@@ -823,3 +823,84 @@ fn read_failed(
             .collect())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, rows: &[Value]) {
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(path, text).expect("writing a test file");
+    }
+
+    fn emitted(id: &str, trade: &str, seq: u64) -> Value {
+        serde_json::json!({"event": "emitted", "intent_id": id, "trade_id": trade,
+                           "master_seq": seq, "emitted_at_ms": 1000})
+    }
+
+    fn acked(id: &str) -> Value {
+        serde_json::json!({"event": "acked", "intent_id": id})
+    }
+
+    fn executed(id: &str) -> Value {
+        serde_json::json!({"intent_id": id, "command_id": format!("c-{id}"),
+                           "status": "FILLED", "executed_at_ms": 1010})
+    }
+
+    /// The accounting the demo and the end-to-end tests rely on must see every kind of damage.
+    #[test]
+    fn account_reports_lost_duplicated_out_of_order_and_failed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = dir.path().join("m.jsonl");
+        write(
+            &m,
+            &[
+                emitted("i1", "t1", 1),
+                emitted("i2", "t1", 2),
+                emitted("i3", "t1", 3),
+                emitted("i4", "t2", 4),
+                acked("i1"),
+                acked("i2"),
+                acked("i3"),
+                acked("i4"),
+            ],
+        );
+        let (s1, s2) = (dir.path().join("s1.jsonl"), dir.path().join("s2.jsonl"));
+        // s1: i2 before i1 (out of order), i3 twice (duplicated), i4 missing but failed.
+        write(
+            &s1,
+            &[
+                executed("i2"),
+                executed("i1"),
+                executed("i3"),
+                executed("i3"),
+            ],
+        );
+        // s2: clean except i4 missing with no failed row (lost); a torn last line is skipped.
+        let mut text: String = [executed("i1"), executed("i2"), executed("i3")]
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect();
+        text += "{\"intent_id\": \"i4\", \"comm";
+        std::fs::write(&s2, text).expect("writing a test file");
+        let subs = BTreeMap::from([("m".to_string(), vec!["s1".to_string(), "s2".to_string()])]);
+        let r = account(
+            &[("m".into(), m)],
+            &[("s1".into(), s1), ("s2".into(), s2)],
+            &subs,
+            &[("i4".into(), "s1".into(), "SYMBOL_NOT_MAPPED".into())],
+        );
+        assert_eq!(
+            (r.emitted, r.core_accepted, r.expected_deliveries),
+            (4, 4, 8)
+        );
+        assert_eq!(r.confirmed.get("s1"), Some(&3));
+        assert_eq!(r.confirmed.get("s2"), Some(&3));
+        assert_eq!(r.duplicated.len(), 1, "{r}");
+        assert_eq!(r.out_of_order.len(), 1, "{r}");
+        assert_eq!(r.lost.len(), 1, "{r}");
+        assert!(r.lost[0].contains("i4") && r.lost[0].contains("s2"), "{r}");
+        assert_eq!(r.failed.get("SYMBOL_NOT_MAPPED"), Some(&1));
+        assert!(!r.is_clean());
+    }
+}
