@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod core;
 pub mod demo;
 
