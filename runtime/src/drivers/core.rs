@@ -163,6 +163,13 @@ impl<J: JournalPort> CoreTask<J> {
                     self.status.inputs_handled += 1;
                     self.core.handle_journal_result(self.clock.now(), op, result);
                 }
+                // Timers before inputs: under a sustained input stream (always ready) a
+                // biased select would otherwise never fire the machine's deadlines or publish.
+                _ = sleep_until_opt(deadline) => {
+                    self.status.inputs_handled += 1;
+                    self.core.handle_timeout(self.clock.now());
+                }
+                _ = publish.tick() => self.publish(),
                 inp = rx.recv(), if inputs_open => match inp {
                     Some(inp) => {
                         self.status.inputs_handled += 1;
@@ -170,11 +177,6 @@ impl<J: JournalPort> CoreTask<J> {
                     }
                     None => inputs_open = false,
                 },
-                _ = sleep_until_opt(deadline) => {
-                    self.status.inputs_handled += 1;
-                    self.core.handle_timeout(self.clock.now());
-                }
-                _ = publish.tick() => self.publish(),
             }
             self.drain();
             if !inputs_open && self.conns.is_empty() {
