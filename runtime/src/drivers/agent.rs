@@ -182,12 +182,14 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
                 Some(LedgerCompletion { op, result }) = lrx.recv() => {
                     self.m.handle_ledger_result(self.clock.now(), op, result);
                 }
+                // Timers before inputs: under a sustained input stream (always ready) a
+                // biased select would otherwise never fire the machine's deadlines or publish.
+                _ = sleep_until_opt(deadline) => self.m.handle_timeout(self.clock.now()),
+                _ = publish.tick() => self.publish(),
                 inp = rx.recv() => match inp {
                     Some(inp) => self.handle_input(inp),
                     None => { self.publish(); return; }
                 },
-                _ = sleep_until_opt(deadline) => self.m.handle_timeout(self.clock.now()),
-                _ = publish.tick() => self.publish(),
             }
             self.drain();
         }

@@ -170,14 +170,75 @@ impl PgStore {
                 replies.extend(replies_run);
                 i += run;
             } else {
-                // Every AcceptIntent is in a run; the rest are the shared writes.
-                replies.push(apply_shared(&mut tx, writes[i]).await?);
-                i += 1;
+                // A run of consecutive UpdateStages on distinct deliveries is one statement:
+                // rows are independent, so it answers exactly as one by one. A repeated
+                // command id ends the run (its second write must see the first's result).
+                let mut seen = std::collections::HashSet::new();
+                let stages = writes[i..]
+                    .iter()
+                    .take_while(|w| match w {
+                        JournalWrite::UpdateStage { command_id, .. } => {
+                            seen.insert(command_id.as_str())
+                        }
+                        _ => false,
+                    })
+                    .count();
+                if stages > 1 {
+                    update_stage_run(&mut tx, &writes[i..i + stages]).await?;
+                    replies.extend((0..stages).map(|_| JournalReply::Done));
+                    i += stages;
+                } else {
+                    // Every AcceptIntent is in a run; the rest are the shared writes.
+                    replies.push(apply_shared(&mut tx, writes[i]).await?);
+                    i += 1;
+                }
             }
         }
         tx.commit().await?;
         Ok(BatchOk { replies, new_work })
     }
+}
+
+/// Consecutive `UpdateStage`s on distinct command ids in one statement, with the same rule as
+/// the single write: only an in-flight delivery, only forwards, attempts never lowered.
+async fn update_stage_run(
+    tx: &mut Transaction<'static, Postgres>,
+    run: &[&JournalWrite],
+) -> Result<(), JournalError> {
+    let mut ids: Vec<&str> = Vec::with_capacity(run.len());
+    let mut stages: Vec<&str> = Vec::with_capacity(run.len());
+    let mut attempts: Vec<i32> = Vec::with_capacity(run.len());
+    let mut ranks: Vec<i32> = Vec::with_capacity(run.len());
+    for w in run {
+        if let JournalWrite::UpdateStage {
+            command_id,
+            stage,
+            attempts: a,
+        } = w
+        {
+            ids.push(command_id.as_str());
+            stages.push(codec::stage_str(*stage));
+            attempts.push(codec::count_to_sql(*a));
+            ranks.push(codec::stage_rank(*stage));
+        }
+    }
+    sqlx::query(
+        "UPDATE echo.delivery_journal AS d SET stage = u.stage, \
+         attempts = CASE WHEN d.attempts > u.attempts THEN d.attempts ELSE u.attempts END, \
+         updated_at = now() \
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[]) \
+           AS u(command_id, stage, attempts, rank) \
+         WHERE d.command_id = u.command_id AND d.status = 'inflight' AND (CASE d.stage \
+         WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
+         WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < u.rank",
+    )
+    .bind(ids)
+    .bind(stages)
+    .bind(attempts)
+    .bind(ranks)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), JournalError> {

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::plan::{IntentSpec, Plan, Step};
-use super::store::{line, wall_ms, JsonlFile, StoreError};
+use super::store::{line, wall_ms, wall_us, JsonlFile, StoreError};
 use super::{
     send_frame, sleep_until_opt, spawn_link, Clock, LinkEvent, Outcome, Source, TerminalArgs,
     TerminalError,
@@ -99,7 +99,9 @@ fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec) -> TradeIntent
     }
 }
 
-fn emitted_row(i: &TradeIntent) -> String {
+/// `emitted_at_us`: when the intent was built (microseconds; the benchmark's latency start),
+/// `None` for an intent recovered from the queue file.
+fn emitted_row(i: &TradeIntent, emitted_at_us: Option<i64>) -> String {
     line(&json!({
         "event": "emitted",
         "intent_id": i.intent_id.as_str(),
@@ -108,6 +110,7 @@ fn emitted_row(i: &TradeIntent) -> String {
         "kind": intent_kind_str(i.kind),
         "master_seq": i.master_seq,
         "emitted_at_ms": i.emitted_at_ms,
+        "emitted_at_us": emitted_at_us,
         "durable_at_ms": wall_ms(),
     }))
 }
@@ -123,6 +126,8 @@ struct Master {
     held: Option<TradeIntent>,
     writer: Option<mpsc::Sender<EaFrame>>,
     failed: u64,
+    /// When each intent not yet recorded as emitted was built, µs since the epoch.
+    built_at_us: std::collections::HashMap<IntentId, i64>,
 }
 
 pub(super) async fn run(
@@ -154,7 +159,7 @@ pub(super) async fn run(
     let missing: Vec<String> = durable
         .iter()
         .filter(|i| !recorded.contains(i.intent_id.as_str()))
-        .map(emitted_row)
+        .map(|i| emitted_row(i, None))
         .collect();
     emitted_file.append(&missing).map_err(|e| {
         TerminalError::Io(std::io::Error::new(
@@ -197,6 +202,7 @@ pub(super) async fn run(
         held: None,
         writer: None,
         failed: 0,
+        built_at_us: std::collections::HashMap::new(),
         args,
     };
     m.main_loop(shutdown).await
@@ -277,7 +283,9 @@ impl Master {
                 None => return (true, None),
                 Some(Step::Sleep(d)) => return (false, Some(d)),
                 Some(Step::Emit(spec)) => {
-                    build_intent(&self.args.account, self.plan.emitted(), &spec)
+                    let i = build_intent(&self.args.account, self.plan.emitted(), &spec);
+                    self.built_at_us.insert(i.intent_id.clone(), wall_us());
+                    i
                 }
             },
         };
@@ -407,7 +415,10 @@ impl Master {
             }
             if result.is_ok() {
                 // The demo's record: what became durable (emitted) and what was resolved.
-                let mut record: Vec<String> = appended.iter().map(emitted_row).collect();
+                let mut record: Vec<String> = appended
+                    .iter()
+                    .map(|i| emitted_row(i, self.built_at_us.remove(&i.intent_id)))
+                    .collect();
                 record.extend(resolved);
                 if let Err(e) = self.emitted_file.append(&record) {
                     tracing::error!(path = %self.emitted_file.path().display(), error = %e, "emitted record write failed");

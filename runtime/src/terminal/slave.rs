@@ -20,7 +20,7 @@ use echo_statemachine::msg::{Command, CommandBody};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::store::{line, wall_ms, JsonlFile, StoreError};
+use super::store::{line, wall_ms, wall_us, JsonlFile, StoreError};
 use super::{
     send_frame, sleep_until_opt, spawn_link, Clock, LinkEvent, Outcome, TerminalArgs, TerminalError,
 };
@@ -260,6 +260,7 @@ impl Broker {
             "volume": volume,
             "reason": reason,
             "executed_at_ms": wall_ms(),
+            "executed_at_us": wall_us(),
         }));
         self.orders
             .entry(c.command_id.to_string())

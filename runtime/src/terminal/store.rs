@@ -149,6 +149,14 @@ pub fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock microseconds since the Unix epoch (the benchmark's latency fields).
+pub fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// One JSON line (with `\n`) from a value.
 pub fn line(v: &Value) -> String {
     let mut s = v.to_string();

@@ -1,0 +1,446 @@
+//! End-to-end benchmark (not a test): master → slave latency and sustained throughput.
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=/work/main/target   # or your own
+//! cargo run --release -p echo-runtime --example e2e_bench -- \
+//!     --journal postgres --slaves 10 --rate 1000 --seconds 20
+//! # step the rate up to find the highest one that keeps up:
+//! cargo run --release -p echo-runtime --example e2e_bench -- --rates 250,500,1000,2000 --seconds 10
+//! ```
+//!
+//! One process, one tokio runtime, everything real except process boundaries: a core
+//! (`app::core::start`, the Postgres journal in a fresh database created and dropped by the
+//! bench — or `--journal sqlite`), two agents (`app::agent::start`: real redb ledgers with fsync,
+//! real Unix-socket pipes), one master and N slave reference terminals
+//! (`terminal::run_until`: real fsynced JSON-lines files) — all talking over real loopback gRPC
+//! (plain text; the link is TLS-capable but loopback plain text keeps the CPU for the path
+//! measured), with token authentication. Each slave follows the master.
+//!
+//! The master emits `--rate` intents/s (open → modify → partial close → close per trade,
+//! `--concurrent` trades open at once) for `--seconds`. Latency is per execution: the slave's
+//! broker row `executed_at_us` minus the master's `emitted_at_us` (when the intent was built,
+//! before the master's own IntentQueue fsync) — both wall-clock microseconds in one process,
+//! so one clock. Throughput: intents emitted per second over the emit window, executions per
+//! second over the execution window. `--url` names the admin database
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`). Print the load average with it: the
+//! numbers mean little without knowing what else ran.
+//!
+//! Where the time goes (measured 2026-12-03 on 2 shared cores, load 3–6): at low load the path
+//! is ~13 ms (1 master, 2 slaves, 4 intents/s). Per (slave, trade) the core sends the next
+//! command only after the previous one is EA_CONFIRMED *and* its `FinishDelivery` committed,
+//! and the master sends a trade's next intent only after CORE_ACCEPTED of the previous; so with
+//! `--concurrent` trades open, each slave does at most `concurrent / chain round trip` commands
+//! per second. With Postgres every non-`AcceptIntent` journal write (`UpdateStage` ×~3 and
+//! `FinishDelivery` ×2 statements per delivery, ~40 statements per intent for 10 slaves) was one
+//! network round trip inside the batch transaction; the journal writers saturate and both
+//! CORE_ACCEPTED and the chain advance queue behind them. Runs of `UpdateStage` are now one
+//! statement; `FinishDelivery` is still one by one (the next thing to bulk).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use echo_runtime::app::{agent as app_agent, core as app_core};
+use echo_runtime::config::{generate_token, hash_token, ConfigSource};
+use echo_runtime::terminal::{run_until, TerminalArgs};
+use serde_json::Value;
+use sqlx::Connection;
+
+struct Args {
+    journal: String,
+    url: String,
+    slaves: usize,
+    rates: Vec<u64>,
+    seconds: u64,
+    concurrent: u32,
+    dir: Option<PathBuf>,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        journal: "postgres".into(),
+        url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        slaves: 10,
+        rates: vec![1_000],
+        seconds: 20,
+        concurrent: 16,
+        dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or(format!("{k} needs a value"));
+        let n = |s: String| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+        match k.as_str() {
+            "--journal" => a.journal = v()?,
+            "--url" => a.url = v()?,
+            "--slaves" => a.slaves = n(v()?)?.clamp(1, 50) as usize,
+            "--rate" => a.rates = vec![n(v()?)?.max(1)],
+            "--rates" => {
+                a.rates = v()?
+                    .split(',')
+                    .map(|s| n(s.trim().to_string()).map(|r| r.max(1)))
+                    .collect::<Result<_, _>>()?
+            }
+            "--seconds" => a.seconds = n(v()?)?.max(1),
+            "--concurrent" => a.concurrent = n(v()?)?.clamp(1, 10_000) as u32,
+            "--dir" => a.dir = Some(PathBuf::from(v()?)),
+            "-h" | "--help" => return Err("see the doc comment at the top of e2e_bench.rs".into()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.journal != "postgres" && a.journal != "sqlite" {
+        return Err(format!("--journal postgres|sqlite, not {}", a.journal));
+    }
+    Ok(a)
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let base = url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .filter(|b| !b.ends_with('/'))
+        .unwrap_or(url);
+    format!("{base}/{db}")
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn pct(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+struct RunResult {
+    rate: u64,
+    emitted: usize,
+    executions: usize,
+    expected: usize,
+    emit_rate: f64,
+    exec_rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    settled: bool,
+    load_before: String,
+    load_after: String,
+}
+
+async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> {
+    let load_before = loadavg();
+    let dir = match &a.dir {
+        Some(d) => d.join(format!("run-{run}")),
+        None => std::env::temp_dir().join(format!("echo-e2e-bench-{}-{run}", std::process::id())),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    for sub in ["pipes", "core", "agent-m", "agent-s", "terminals"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+
+    let mut pg_db = None;
+    let journal = if a.journal == "postgres" {
+        let db = format!("echo_e2e_bench_{}_{run}", std::process::id());
+        let mut c = sqlx::PgConnection::connect(&a.url)
+            .await
+            .map_err(|e| format!("Postgres at {}: {e}", a.url))?;
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        pg_db = Some(db.clone());
+        with_db(&a.url, &db)
+    } else {
+        "sqlite:journal.sqlite3".into()
+    };
+
+    let tm = generate_token().map_err(|e| e.to_string())?;
+    let ts = generate_token().map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("agent-m.token"), tm.expose()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("agent-s.token"), ts.expose()).map_err(|e| e.to_string())?;
+    let slaves: Vec<String> = (1..=a.slaves).map(|i| format!("slave-{i}")).collect();
+    let mut toml = format!(
+        "[core]\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\njournal = \"{journal}\"\nmetrics_addr = \"\"\n\n\
+         [agent]\ncore_addr = \"http://127.0.0.1:{port}\"\n\n\
+         [agents.agent-m]\ntoken_hash = \"{}\"\naccounts = {{ \"master-1\" = \"master\" }}\n\n\
+         [agents.agent-s]\ntoken_hash = \"{}\"\naccounts = {{ {} }}\n\n",
+        dir.join("core").display(),
+        hash_token(tm.expose()),
+        hash_token(ts.expose()),
+        slaves
+            .iter()
+            .map(|s| format!("\"{s}\" = \"slave\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    for s in &slaves {
+        toml += &format!("[subscriptions.master-1.{s}]\nmultiplier = 1.0\n\n");
+    }
+    let cfg = ConfigSource::Toml(toml)
+        .open()
+        .await
+        .map_err(|e| format!("config: {e}"))?;
+    let core = app_core::start(cfg.clone())
+        .await
+        .map_err(|e| format!("core: {e}"))?;
+    let pipes = dir.join("pipes").display().to_string();
+    let mut agents = Vec::new();
+    for id in ["agent-m", "agent-s"] {
+        let flags: std::collections::BTreeMap<String, String> = [
+            ("--id", id.to_string()),
+            (
+                "--token-file",
+                dir.join(format!("{id}.token")).display().to_string(),
+            ),
+            ("--data-dir", dir.join(id).display().to_string()),
+            ("--socket-dir", pipes.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let s = app_agent::AgentSettings::resolve(&cfg.current(), &flags)
+            .map_err(|e| format!("{id}: {e}"))?;
+        agents.push(
+            app_agent::start(s)
+                .await
+                .map_err(|e| format!("{id}: {e}"))?,
+        );
+    }
+
+    let term_dir = dir.join("terminals").display().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut slave_tasks = Vec::new();
+    for s in &slaves {
+        let args = TerminalArgs::parse(
+            [
+                "--role",
+                "slave",
+                "--account",
+                s,
+                "--socket-dir",
+                &pipes,
+                "--data-dir",
+                &term_dir,
+            ]
+            .map(String::from),
+        )
+        .map_err(|e| e.0)?;
+        let mut rx = stop_rx.clone();
+        slave_tasks.push(tokio::spawn(run_until(args, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })));
+    }
+    // Let the slaves' pipes come up so the first intents are not measured against a reconnect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trades = (rate * a.seconds).div_ceil(4);
+    let master_args = TerminalArgs::parse(
+        [
+            "--role",
+            "master",
+            "--account",
+            "master-1",
+            "--socket-dir",
+            &pipes,
+            "--data-dir",
+            &term_dir,
+            "--rate",
+            &rate.to_string(),
+            "--trades",
+            &trades.to_string(),
+            "--concurrent",
+            &a.concurrent.to_string(),
+            "--capacity",
+            "65536",
+            "--exit-when-done",
+        ]
+        .map(String::from),
+    )
+    .map_err(|e| e.0)?;
+    let t0 = Instant::now();
+    let mut rx = stop_rx.clone();
+    let master = tokio::spawn(run_until(master_args, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let expected = trades as usize * 4 * a.slaves;
+    let broker_files: Vec<PathBuf> = slaves
+        .iter()
+        .map(|s| dir.join("terminals").join(format!("{s}.broker.jsonl")))
+        .collect();
+    let deadline = t0 + Duration::from_secs(a.seconds * 3 + 30);
+    let mut settled = false;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !master.is_finished() {
+            continue;
+        }
+        let done: usize = broker_files
+            .iter()
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|t| t.lines().count())
+                    .unwrap_or(0)
+            })
+            .sum();
+        if done >= expected {
+            settled = true;
+            break;
+        }
+    }
+    let load_after = loadavg();
+    let _ = stop_tx.send(true);
+    let _ = master.await;
+    for t in slave_tasks {
+        let _ = t.await;
+    }
+    for ag in agents {
+        ag.stop().await;
+    }
+    let _ = core.stop().await;
+
+    // Latency from the files.
+    let mut emitted_at: HashMap<String, i64> = HashMap::new();
+    for row in read_jsonl(&dir.join("terminals").join("master-1.emitted.jsonl")) {
+        if row["event"].as_str() == Some("emitted") {
+            if let (Some(id), Some(us)) = (row["intent_id"].as_str(), row["emitted_at_us"].as_i64())
+            {
+                emitted_at.insert(id.to_string(), us);
+            }
+        }
+    }
+    let (mut first_emit, mut last_emit) = (i64::MAX, i64::MIN);
+    for &us in emitted_at.values() {
+        first_emit = first_emit.min(us);
+        last_emit = last_emit.max(us);
+    }
+    let mut lat = Vec::new();
+    let (mut first_exec, mut last_exec) = (i64::MAX, i64::MIN);
+    for f in &broker_files {
+        for row in read_jsonl(f) {
+            let (Some(id), Some(at)) = (row["intent_id"].as_str(), row["executed_at_us"].as_i64())
+            else {
+                continue;
+            };
+            first_exec = first_exec.min(at);
+            last_exec = last_exec.max(at);
+            if let Some(e) = emitted_at.get(id) {
+                lat.push(at - e);
+            }
+        }
+    }
+    lat.sort_unstable();
+    let per_s = |n: usize, a: i64, b: i64| {
+        if b > a {
+            n as f64 / ((b - a) as f64 / 1e6)
+        } else {
+            0.0
+        }
+    };
+    let r = RunResult {
+        rate,
+        emitted: emitted_at.len(),
+        executions: lat.len(),
+        expected,
+        emit_rate: per_s(emitted_at.len(), first_emit, last_emit),
+        exec_rate: per_s(lat.len(), first_exec, last_exec),
+        p50: pct(&lat, 0.50),
+        p99: pct(&lat, 0.99),
+        p999: pct(&lat, 0.999),
+        max: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        settled,
+        load_before,
+        load_after,
+    };
+    if let Some(db) = pg_db {
+        if let Ok(mut c) = sqlx::PgConnection::connect(&a.url).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&mut c)
+                .await;
+        }
+    }
+    if a.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(r)
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        echo_runtime::observe::init_logging(false);
+    }
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("e2e_bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("e2e_bench: runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "e2e_bench: journal {}, 1 master × {} slaves, {} s per rate, {} trades open at once, {} cpus",
+        a.journal,
+        a.slaves,
+        a.seconds,
+        a.concurrent,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let mut ok = true;
+    for (i, &rate) in a.rates.iter().enumerate() {
+        match rt.block_on(run_once(&a, rate, i)) {
+            Ok(r) => {
+                println!(
+                    "rate {:>5}/s: emitted {} intents ({:.0}/s), executions {}/{} ({:.0}/s){}; \
+                     latency master→slave p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; \
+                     load {} → {}",
+                    r.rate,
+                    r.emitted,
+                    r.emit_rate,
+                    r.executions,
+                    r.expected,
+                    r.exec_rate,
+                    if r.settled { "" } else { " NOT SETTLED" },
+                    r.p50,
+                    r.p99,
+                    r.p999,
+                    r.max,
+                    r.load_before,
+                    r.load_after
+                );
+                ok &= r.settled;
+            }
+            Err(e) => {
+                eprintln!("rate {rate}/s: {e}");
+                ok = false;
+            }
+        }
+    }
+    std::process::exit(if ok { 0 } else { 1 });
+}
