@@ -12,9 +12,7 @@ use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult
 use super::router::RouterT;
 use super::{Core, CoreLog, PendingOp, TimerKey};
 use crate::ids::{AgentId, CommandId, IntentId, TradeId};
-use crate::msg::{
-    AckResult, AckStage, CoreToAgent, ErrorCode, IntentKind, Role, TradeIntent, TradeIntentAck,
-};
+use crate::msg::{AckResult, AckStage, CoreToAgent, ErrorCode, Role, TradeIntent, TradeIntentAck};
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Instant};
 use crate::transitions;
@@ -50,7 +48,7 @@ transitions! {
             "TradeIntent while core.journal is Down" => "Refused";
             "TradeIntentAck{FAILED, JOURNAL_UNAVAILABLE, retry_after_ms} (fan-out stopped, nothing written)",
         Invalid = "T10": "New",
-            "TradeIntent with empty ids, non-finite numbers, negative volume, or an open or partial close of volume 0" => "Refused";
+            "TradeIntent with empty ids, non-finite numbers or negative volume" => "Refused";
             "TradeIntentAck{FAILED, INVALID_ARGUMENT}",
         UnknownAccount = "T11": "New",
             "TradeIntent for a master account the sending agent does not serve" => "Refused";
@@ -109,12 +107,7 @@ fn intent_is_valid(i: &TradeIntent) -> bool {
         && !i.master.as_str().is_empty()
         && !i.symbol.as_str().is_empty()
         && i.volume.is_finite()
-        // An open or partial close of nothing can never execute: refuse it here rather than
-        // journal it and fail it at every slave. Modify ignores volume; close may say 0 (all).
-        && match i.kind {
-            IntentKind::Open | IntentKind::PartialClose => i.volume > 0.0,
-            IntentKind::Modify | IntentKind::Close => i.volume >= 0.0,
-        }
+        && i.volume >= 0.0
         && i.price.is_finite()
         && i.stop_loss.is_finite()
         && i.take_profit.is_finite()
