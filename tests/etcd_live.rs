@@ -175,6 +175,7 @@ impl Rig {
             socket_dir: sockets.clone(),
             metrics_addr: None,
             link: ClientSettings::new(format!("http://{}", core.link_addr)),
+            delivery: Default::default(),
         };
         let agent = agent_app::start(settings).await.expect("agent starts");
         let rig = Rig {
@@ -463,6 +464,7 @@ async fn an_agent_with_a_wrong_token_is_refused_and_backs_off() {
         socket_dir: dir.path().join("s"),
         metrics_addr: None,
         link: ClientSettings::new(format!("http://{}", core.link_addr)),
+        delivery: Default::default(),
     };
     let bad = agent_app::start(settings).await.expect("agent starts");
     let refused = || {

@@ -657,7 +657,7 @@ fn s22_in_doubt_commands_are_queried_never_placed() -> Vec<&'static str> {
     h.fired
 }
 
-/// The CANCELLED result the EA must record for a command it never saw.
+/// The REJECTED result a Cancel of a command the EA refused is answered with (no ticket, no fill).
 fn rejected(c: &Command) -> ExecutionResult {
     ExecutionResult {
         status: BrokerStatus::Rejected,
@@ -691,6 +691,7 @@ fn s24_cancel_of_a_refused_command_reports_rejected() -> Vec<&'static str> {
     vec![id(T::Malformed), id(T::RefusedAgain), id(T::CancelRefused)]
 }
 
+/// The CANCELLED result the EA must record for a command it never saw.
 fn cancelled(c: &Command) -> ExecutionResult {
     ExecutionResult {
         command_id: c.command_id.clone(),
@@ -1357,7 +1358,10 @@ impl Model {
                     // The one result without a record: REJECTED for a command refused.
                     let refused = r.status == BrokerStatus::Rejected
                         && self.verdict.get(&r.command_id) == Some(&PipeStatus::Failed)
-                        && rec.is_none();
+                        && rec.is_none()
+                        && !self.placed.contains_key(&r.command_id)
+                        && r.slave_ticket == 0
+                        && r.filled_volume == 0.0;
                     prop_assert!(
                         refused || rec.is_some_and(|rec| rec.result.as_ref() == Some(&r)),
                         "reported a result that is not durable: {:?}",

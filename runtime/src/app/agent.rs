@@ -42,6 +42,8 @@ pub struct AgentSettings {
     pub socket_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub link: ClientSettings,
+    /// `/echo/agent/delivery/*` from local config: used until the core's first hello.
+    pub delivery: echo_statemachine::config::AgentDeliveryConfig,
 }
 
 impl AgentSettings {
@@ -133,6 +135,7 @@ impl AgentSettings {
                 None => cfg.agent.metrics_addr,
             },
             link,
+            delivery: cfg.agent.delivery,
         })
     }
 }
@@ -161,7 +164,7 @@ pub async fn start(s: AgentSettings) -> Result<RunningAgent, AppError> {
     let machine = DeliveryManager::recover(
         s.id.clone(),
         s.accounts.clone(),
-        Default::default(),
+        s.delivery,
         AgentLimits::default(),
         records,
     );

@@ -213,7 +213,8 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
                             self.last_heartbeat = Some(*hb);
                             Some(*hb)
                         }
-                        CoreToAgent::Hello(h) if h.accepted => Some(h.delivery),
+                        // A CoreHello carries no config version on the wire (the heartbeat that
+                        // follows it does): taking its 0 would make the version go backwards.
                         _ => None,
                     };
                     self.m.handle_from_core(now, msg);

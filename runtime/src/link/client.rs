@@ -105,8 +105,8 @@ pub async fn run_client(
             Ok(channel) => {
                 let (tx, rx) = mpsc::channel(settings.outbound_cap);
                 let mut client = EchoLinkClient::new(channel)
-                    .max_decoding_message_size(16 << 20)
-                    .max_encoding_message_size(16 << 20);
+                    .max_decoding_message_size(super::server::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(super::server::MAX_MESSAGE_BYTES);
                 match client.connect(ReceiverStream::new(rx)).await {
                     Ok(resp) => {
                         epoch += 1;

@@ -28,6 +28,9 @@ use super::convert::{self, FromAgent};
 use crate::drivers::clock::unix_ms;
 use crate::drivers::core::{AgentTx, CoreInput};
 
+/// Largest message either side of the link accepts or sends (the client uses the same).
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// Why an agent's hello was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -328,7 +331,11 @@ pub async fn serve(
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive * 2))
         .tcp_nodelay(true)
-        .add_service(EchoLinkServer::new(service));
+        .add_service(
+            EchoLinkServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
     match transport {
         Transport::Plain => {
             if !addr.ip().is_loopback() {
@@ -381,6 +388,8 @@ async fn accept_tls(
             let peeked = tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut first)).await;
             match peeked {
                 Ok(Ok(1)) if first[0] == 0x16 => {}
+                // Connected and closed at once (a port probe): not a plain-text client.
+                Ok(Ok(0)) => return,
                 Ok(Ok(_)) => {
                     metrics.refused_plaintext.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "client without TLS refused on the TLS listener");

@@ -91,6 +91,24 @@ fn parse(mut it: impl Iterator<Item = String>, replay: bool) -> Result<Args, Str
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect();
+                // A misspelt rate would silently zero nothing and mislead the replay command.
+                let mut known: Vec<&str> = echo_sim::profile::FaultProfile::none()
+                    .rates_mut()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                known.extend(
+                    echo_sim::world::Workload::none()
+                        .rates_mut()
+                        .into_iter()
+                        .map(|(n, _)| n),
+                );
+                if let Some(bad) = a.opts.zeroed.iter().find(|z| !known.contains(&z.as_str())) {
+                    return Err(format!(
+                        "--zero: unknown rate {bad:?}; rates are {}",
+                        known.join(",")
+                    ));
+                }
             }
             "--mutant" => {
                 let v = it.next().ok_or("--mutant needs a name")?;
@@ -401,7 +419,7 @@ fn main() -> ExitCode {
         Some("run") => parse(args, false).map(run),
         Some("replay") => parse(args, true).map(replay),
         Some("coverage") => parse(args, false).map(coverage),
-        Some("shrink") => parse(args, true).map(shrink),
+        Some("shrink") => parse(args, false).map(shrink),
         Some("trace") => return trace_cmd(args),
         _ => Err(USAGE.to_string()),
     };
