@@ -101,6 +101,10 @@ impl Drop for PgStopped {
             while !pg_ready() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(200));
             }
+            if !pg_ready() {
+                // Loud: every later Postgres test on this machine would fail for this reason.
+                eprintln!("e2e_pg_outage: PostgreSQL did NOT come back after the test; start it with pg_ctlcluster --skip-systemctl-redirect {} main start", pg_version());
+            }
         }
     }
 }
