@@ -322,3 +322,192 @@ async fn unreachable_at_open_is_a_clear_retryable_error() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert!(e.to_string().contains("journal database error"), "{e}");
 }
+
+/// Postgres writes a batch's stage updates, finishes, retry events and rejections as a few set
+/// statements. Whatever the grouping, the journal must end exactly as the same writes applied
+/// one by one in order (SQLite's way): repeated command ids, a stage going backwards, a finish
+/// after a finish, and an OPEN and a CLOSE of one (trade, slave) finished in one batch in both
+/// orders. The writer is held on a row lock while the whole sequence queues, so it lands in one
+/// batch (checked through the journal's stats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bulk_batch_ends_as_the_writes_one_by_one() {
+    use echo_statemachine::core::DeliveryStatus;
+    use echo_statemachine::ids::TradeId;
+    use echo_statemachine::msg::{AckStage, ErrorCode};
+
+    let o1 = intent("o1", "t1", IntentKind::Open, 1);
+    let m1 = intent("m1", "t1", IntentKind::Modify, 2);
+    let c1 = intent("c1", "t1", IntentKind::Close, 3);
+    let o2 = intent("o2", "t2", IntentKind::Open, 1);
+    let gate = intent("g", "t9", IntentKind::Open, 1);
+    let (a_o1, o1d) = accept(&o1, &["s1", "s2", "s3"]);
+    let (a_m1, m1d) = accept(&m1, &["s1", "s2"]);
+    let (a_c1, c1d) = accept(&c1, &["s1", "s2", "s3"]);
+    let (a_o2, o2d) = accept(&o2, &["s1"]);
+    let (a_gate, gated) = accept(&gate, &["s1"]);
+    let seed = vec![a_o1, a_m1, a_c1, a_o2, a_gate];
+    let stage = |d: &echo_statemachine::core::DeliveryRecord, s: AckStage, a: u32| {
+        JournalWrite::UpdateStage {
+            command_id: d.command_id.clone(),
+            stage: s,
+            attempts: a,
+        }
+    };
+    let batch = vec![
+        stage(&o1d[0], AckStage::AgentBuffered, 1),
+        stage(&o1d[0], AckStage::PipeDelivered, 2),
+        stage(&o1d[1], AckStage::PipeDelivered, 3),
+        // Backwards: changes nothing, not even attempts.
+        stage(&o1d[1], AckStage::AgentBuffered, 9),
+        finish(&o1d[0], DeliveryStatus::Acked, Some(71), None),
+        // After the finish: the row is final.
+        stage(&o1d[0], AckStage::EaConfirmed, 5),
+        finish(
+            &o1d[0],
+            DeliveryStatus::Failed,
+            None,
+            Some(ErrorCode::BrokerRejected),
+        ),
+        // OPEN then CLOSE of (t1, s1) in one batch: no position left.
+        finish(&c1d[0], DeliveryStatus::Acked, Some(71), None),
+        finish(&o1d[1], DeliveryStatus::Acked, Some(72), None),
+        // CLOSE then OPEN of (t1, s3): the close finds nothing, the open stays.
+        finish(&c1d[2], DeliveryStatus::Acked, None, None),
+        finish(&o1d[2], DeliveryStatus::Acked, Some(73), None),
+        JournalWrite::RecordRetry {
+            command_id: m1d[0].command_id.clone(),
+            attempt: 2,
+            stage: AckStage::AgentBuffered,
+            reason: ErrorCode::MaxRetries,
+        },
+        JournalWrite::RecordRejection {
+            intent_id: echo_statemachine::ids::IntentId::new("busy1"),
+            trade_id: TradeId::new("t1"),
+            worker: 3,
+            reason: ErrorCode::BrokerBusy,
+        },
+        JournalWrite::Probe,
+        finish(&o2d[0], DeliveryStatus::Acked, Some(90), None),
+        finish(
+            &m1d[1],
+            DeliveryStatus::Failed,
+            None,
+            Some(ErrorCode::BrokerRejected),
+        ),
+        stage(&m1d[0], AckStage::AgentBuffered, 1),
+        stage(&m1d[0], AckStage::AgentBuffered, 4),
+    ];
+
+    // The reference: SQLite, one write at a time.
+    let reference = Env::new(Kind::Sqlite).await;
+    let rj = reference.open().await;
+    let gate_write = stage(&gated[0], AckStage::AgentBuffered, 1);
+    for w in seed.iter().chain([&gate_write]).chain(batch.iter()) {
+        assert!(matches!(rj.write(w.clone()).await, JournalResult::Ok(_)));
+    }
+
+    // Postgres, one writer, the batch held back behind a locked row.
+    let env = Env::new(Kind::Postgres).await;
+    let mut pg = env.pg_options();
+    pg.writers = 1;
+    let j = Journal::open_postgres(pg, Env::options())
+        .await
+        .expect("open Postgres journal");
+    for w in &seed {
+        assert!(matches!(j.write(w.clone()).await, JournalResult::Ok(_)));
+    }
+    let mut locker = sqlx::PgConnection::connect(&env.pg_url())
+        .await
+        .expect("connect the locker");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM echo.delivery_journal WHERE command_id = $1 FOR UPDATE")
+        .bind(gated[0].command_id.as_str())
+        .execute(&mut locker)
+        .await
+        .expect("lock the gate row");
+    let before = j.stats();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The gate write blocks the writer on the locked row...
+    j.submit(OpId(0), gate_write, &tx).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...while the whole sequence queues behind it.
+    for (n, w) in batch.iter().enumerate() {
+        j.submit(OpId(n as u64 + 1), w.clone(), &tx).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("commit");
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..=batch.len() {
+        let c = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("every write is answered")
+            .expect("channel open");
+        assert_eq!(
+            c.result,
+            JournalResult::Ok(JournalReply::Done),
+            "op {}",
+            c.op.0
+        );
+        assert!(answered.insert(c.op.0), "op {} answered twice", c.op.0);
+    }
+    let after = j.stats();
+    assert_eq!(
+        after.transactions - before.transactions,
+        2,
+        "the gate write, then the whole sequence as one batch"
+    );
+    assert!(after.largest_batch >= batch.len() as u64);
+
+    // Same journal, row for row.
+    let (want, got) = (
+        rj.load().await.expect("load"),
+        j.load().await.expect("load"),
+    );
+    assert_eq!(sorted(got.unfinished), sorted(want.unfinished));
+    let (mut wt, mut gt) = (want.open_tickets, got.open_tickets);
+    wt.sort();
+    gt.sort();
+    assert_eq!(gt, wt);
+    assert!(gt
+        .iter()
+        .any(|(t, a, k)| t.as_str() == "t1" && a.as_str() == "s3" && *k == 73));
+    assert!(!gt
+        .iter()
+        .any(|(t, a, _)| t.as_str() == "t1" && a.as_str() == "s1"));
+    for trade in ["t1", "t2"] {
+        let (w, g) = (
+            rj.trade(&TradeId::new(trade)).await.expect("trade"),
+            j.trade(&TradeId::new(trade)).await.expect("trade"),
+        );
+        let records = |r: &echo_runtime::journal::TradeReport| {
+            sorted(r.deliveries.iter().map(|d| d.record.clone()).collect())
+        };
+        assert_eq!(records(&g), records(&w), "deliveries of {trade}");
+        let retries = |r: &echo_runtime::journal::TradeReport| {
+            r.retries
+                .iter()
+                .map(|e| (e.command_id.clone(), e.attempt, e.stage, e.reason))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(retries(&g), retries(&w), "retry events of {trade}");
+        let rejections = |r: &echo_runtime::journal::TradeReport| {
+            r.rejections
+                .iter()
+                .map(|e| (e.intent_id.clone(), e.trade_id.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rejections(&g), rejections(&w), "rejections of {trade}");
+        let mut ot = (w.open_tickets.clone(), g.open_tickets.clone());
+        ot.0.sort();
+        ot.1.sort();
+        assert_eq!(ot.1, ot.0);
+    }
+    j.close().await;
+    rj.close().await;
+}

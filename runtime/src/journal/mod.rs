@@ -25,6 +25,7 @@
 //! A processor that waits for new work uses [`Journal::subscribe`] and [`WorkWaiter::wait`].
 
 pub(crate) mod codec;
+mod pg_bulk;
 mod postgres;
 mod query;
 mod shared_writes;

@@ -14,11 +14,12 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, TradeId};
-use echo_statemachine::msg::{IntentKind, TradeIntent};
+use echo_statemachine::msg::TradeIntent;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::codec::{self, seq_to_sql};
+use super::pg_bulk;
 use super::query::{raw_delivery, raw_intent, DELIVERY_COLUMNS, INTENT_COLUMNS};
 use super::writer::BatchOk;
 use super::{DeliveryRow, IntentRow, JournalError, TradeReport, WakeReason, Waker, NOTIFY_CHANNEL};
@@ -154,91 +155,26 @@ impl PgStore {
         writes: &[&JournalWrite],
     ) -> Result<BatchOk, JournalError> {
         let mut tx = self.pool.begin().await?;
-        let mut replies = Vec::with_capacity(writes.len());
+        let mut replies = vec![JournalReply::Done; writes.len()];
         let mut new_work = false;
-        let mut i = 0;
-        while i < writes.len() {
-            // A run of consecutive AcceptIntents takes a few statements in all, not two per
-            // intent: same answers as one by one (nothing else interleaves within the run).
-            let run = writes[i..]
-                .iter()
-                .take_while(|w| matches!(w, JournalWrite::AcceptIntent { .. }))
-                .count();
-            if run > 0 {
-                let replies_run =
-                    accept_run(&mut tx, &writes[i..i + run], &self.instance, &mut new_work).await?;
-                replies.extend(replies_run);
-                i += run;
-            } else {
-                // A run of consecutive UpdateStages on distinct deliveries is one statement:
-                // rows are independent, so it answers exactly as one by one. A repeated
-                // command id ends the run (its second write must see the first's result).
-                let mut seen = std::collections::HashSet::new();
-                let stages = writes[i..]
-                    .iter()
-                    .take_while(|w| match w {
-                        JournalWrite::UpdateStage { command_id, .. } => {
-                            seen.insert(command_id.as_str())
-                        }
-                        _ => false,
-                    })
-                    .count();
-                if stages > 1 {
-                    update_stage_run(&mut tx, &writes[i..i + stages]).await?;
-                    replies.extend((0..stages).map(|_| JournalReply::Done));
-                    i += stages;
-                } else {
-                    // Every AcceptIntent is in a run; the rest are the shared writes.
-                    replies.push(apply_shared(&mut tx, writes[i]).await?);
-                    i += 1;
-                }
+        // Every AcceptIntent of the batch in one bulk run, first: nothing else in a batch
+        // touches the intent table, and the rows it inserts are the ones later writes name.
+        let (at, accepts): (Vec<usize>, Vec<&JournalWrite>) = writes
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| matches!(w, JournalWrite::AcceptIntent { .. }))
+            .map(|(i, w)| (i, *w))
+            .unzip();
+        if !accepts.is_empty() {
+            let answers = accept_run(&mut tx, &accepts, &self.instance, &mut new_work).await?;
+            for (i, r) in at.into_iter().zip(answers) {
+                replies[i] = r;
             }
         }
+        pg_bulk::apply(&mut tx, writes).await?;
         tx.commit().await?;
         Ok(BatchOk { replies, new_work })
     }
-}
-
-/// Consecutive `UpdateStage`s on distinct command ids in one statement, with the same rule as
-/// the single write: only an in-flight delivery, only forwards, attempts never lowered.
-async fn update_stage_run(
-    tx: &mut Transaction<'static, Postgres>,
-    run: &[&JournalWrite],
-) -> Result<(), JournalError> {
-    let mut ids: Vec<&str> = Vec::with_capacity(run.len());
-    let mut stages: Vec<&str> = Vec::with_capacity(run.len());
-    let mut attempts: Vec<i32> = Vec::with_capacity(run.len());
-    let mut ranks: Vec<i32> = Vec::with_capacity(run.len());
-    for w in run {
-        if let JournalWrite::UpdateStage {
-            command_id,
-            stage,
-            attempts: a,
-        } = w
-        {
-            ids.push(command_id.as_str());
-            stages.push(codec::stage_str(*stage));
-            attempts.push(codec::count_to_sql(*a));
-            ranks.push(codec::stage_rank(*stage));
-        }
-    }
-    sqlx::query(
-        "UPDATE echo.delivery_journal AS d SET stage = u.stage, \
-         attempts = CASE WHEN d.attempts > u.attempts THEN d.attempts ELSE u.attempts END, \
-         updated_at = now() \
-         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[]) \
-           AS u(command_id, stage, attempts, rank) \
-         WHERE d.command_id = u.command_id AND d.status = 'inflight' AND (CASE d.stage \
-         WHEN 'CORE_ACCEPTED' THEN 0 WHEN 'AGENT_BUFFERED' THEN 1 \
-         WHEN 'PIPE_DELIVERED' THEN 2 ELSE 3 END) < u.rank",
-    )
-    .bind(ids)
-    .bind(stages)
-    .bind(attempts)
-    .bind(ranks)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
@@ -280,7 +216,7 @@ async fn migrate(pool: &PgPool) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// Consecutive `AcceptIntent`s in bulk: one statement inserts the new intents, their
+/// A batch's `AcceptIntent`s in bulk: one statement inserts the new intents, their
 /// deliveries and the NOTIFY; one more reads the unfinished deliveries of intents that
 /// already existed, if any did.
 async fn accept_run(
@@ -491,8 +427,6 @@ impl<'a> IntentColumns<'a> {
         Ok(())
     }
 }
-
-super::shared_writes::shared_writes!(Postgres, "echo.", "now()");
 
 /// Delivery rows as column arrays, for `UNNEST`.
 #[derive(Default)]

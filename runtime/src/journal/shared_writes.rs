@@ -1,9 +1,10 @@
-//! The journal writes both backends spell alike: `FinishDelivery` (with the open-position
+//! The SQLite journal's one-write-at-a-time SQL for `FinishDelivery` (with the open-position
 //! bookkeeping), `UpdateStage`, `RecordRetry`, `RecordRejection` and `Probe`.
 //!
-//! Owns that SQL once, for Postgres and SQLite (they differ only in the table prefix and the
-//! "now" expression). `AcceptIntent` is each backend's own (Postgres writes runs of them in
-//! bulk). It must never decide about a trade: a final row is never changed again, a stage
+//! Postgres writes the same rows with the same rules in bulk (`pg_bulk.rs`); the journal suite
+//! runs the same behaviour tests against both, which is what keeps the two in step. It stays a
+//! macro over the table prefix and the "now" expression so a second one-by-one backend costs
+//! nothing. It must never decide about a trade: a final row is never changed again, a stage
 //! never goes backwards, and that is the whole of its logic.
 
 /// Expands to `apply_shared(tx, w)` for one backend; `AcceptIntent` is refused (the backend
