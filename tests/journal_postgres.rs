@@ -396,6 +396,10 @@ async fn one_bulk_batch_ends_as_the_writes_one_by_one() {
         ),
         stage(&m1d[0], AckStage::AgentBuffered, 1),
         stage(&m1d[0], AckStage::AgentBuffered, 4),
+        // A later, higher stage with fewer attempts does not make the first update redundant:
+        // the row keeps 3 attempts.
+        stage(&c1d[1], AckStage::AgentBuffered, 3),
+        stage(&c1d[1], AckStage::PipeDelivered, 2),
     ];
 
     // The reference: SQLite, one write at a time.

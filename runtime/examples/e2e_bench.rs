@@ -25,16 +25,22 @@
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`). Print the load average with it: the
 //! numbers mean little without knowing what else ran.
 //!
-//! Where the time goes (measured 2026-12-03 on 2 shared cores, load 3–6): at low load the path
-//! is ~13 ms (1 master, 2 slaves, 4 intents/s). Per (slave, trade) the core sends the next
-//! command only after the previous one is EA_CONFIRMED *and* its `FinishDelivery` committed,
-//! and the master sends a trade's next intent only after CORE_ACCEPTED of the previous; so with
-//! `--concurrent` trades open, each slave does at most `concurrent / chain round trip` commands
-//! per second. With Postgres every non-`AcceptIntent` journal write (`UpdateStage` ×~3 and
-//! `FinishDelivery` ×2 statements per delivery, ~40 statements per intent for 10 slaves) was one
-//! network round trip inside the batch transaction; the journal writers saturate and both
-//! CORE_ACCEPTED and the chain advance queue behind them. Runs of `UpdateStage` are now one
-//! statement; `FinishDelivery` is still one by one (the next thing to bulk).
+//! `--workers N --queue-depth D` set the core router's `worker_pool_size` / `queue_depth_max`
+//! (defaults 4 × 8 admit only 32 intents into the journal pipeline at once; above ~250
+//! intents/s the master then spends its time in BROKER_BUSY backoff). Each terminal runs on its
+//! own OS thread and runtime, as it is its own process in production. After each rate the
+//! core's counters are printed (backpressure, journal failures — a full journal queue answers
+//! `Failed{retryable}` and the machine backs off —, retries, resends, pipe retries).
+//!
+//! Where the time goes (2026-12-03, 2 shared cores with ~30 % steal, compilers paused):
+//! Postgres, 1 master × 10 slaves, `--workers 32 --queue-depth 128`: 100 intents/s p50 6.3 ms
+//! p99 100 ms; 250/s sustained, p50 32 ms p99 102 ms; 500/s does not keep up (3 200
+//! executions/s, p99 4.6 s). The limit is the journal: each delivery is ~4 writes
+//! (CORE_ACCEPTED with its intent, AGENT_BUFFERED, PIPE_DELIVERED, the final state), ~40 row
+//! writes per intent at 10 slaves; the writers' queue fills and writes are answered
+//! `Failed{retryable}`. Batches are set statements (`pg_bulk.rs`), superseded stage updates are
+//! dropped, rows are locked in one order; a CPU profile (`perf record -e cpu-clock -g`) puts
+//! the terminals' fsyncs and the agent's redb commits first, core and agent tasks under 10 %.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,27 @@ struct Args {
     seconds: u64,
     concurrent: u32,
     dir: Option<PathBuf>,
+    /// `--workers N --queue-depth D`: the core router's shards and per-shard bound (the
+    /// production keys `/echo/core/router/*`; unset = their defaults).
+    workers: Option<u64>,
+    queue_depth: Option<u64>,
+}
+
+impl Args {
+    fn router_toml(&self) -> String {
+        let mut t = String::new();
+        if self.workers.is_some() || self.queue_depth.is_some() {
+            t += "[core.router]\n";
+            if let Some(w) = self.workers {
+                t += &format!("worker_pool_size = {w}\n");
+            }
+            if let Some(d) = self.queue_depth {
+                t += &format!("queue_depth_max = {d}\n");
+            }
+            t += "\n";
+        }
+        t
+    }
 }
 
 fn args() -> Result<Args, String> {
@@ -65,6 +92,8 @@ fn args() -> Result<Args, String> {
         seconds: 20,
         concurrent: 16,
         dir: None,
+        workers: None,
+        queue_depth: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -84,6 +113,8 @@ fn args() -> Result<Args, String> {
             "--seconds" => a.seconds = n(v()?)?.max(1),
             "--concurrent" => a.concurrent = n(v()?)?.clamp(1, 10_000) as u32,
             "--dir" => a.dir = Some(PathBuf::from(v()?)),
+            "--workers" => a.workers = Some(n(v()?)?),
+            "--queue-depth" => a.queue_depth = Some(n(v()?)?),
             "-h" | "--help" => return Err("see the doc comment at the top of e2e_bench.rs".into()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -123,6 +154,28 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
+}
+
+/// A reference terminal on its own OS thread and runtime, as a terminal is its own process in
+/// production: its blocking file fsyncs must not stall the core's and agents' runtime threads
+/// (they did, when the terminals were tasks on the shared runtime, and the bench measured that).
+fn terminal_thread(
+    args: TerminalArgs,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => {
+                if let Err(e) = rt.block_on(run_until(args, stop)) {
+                    eprintln!("terminal: {e}");
+                }
+            }
+            Err(e) => eprintln!("terminal runtime: {e}"),
+        }
+    })
 }
 
 struct RunResult {
@@ -178,7 +231,7 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
     std::fs::write(dir.join("agent-s.token"), ts.expose()).map_err(|e| e.to_string())?;
     let slaves: Vec<String> = (1..=a.slaves).map(|i| format!("slave-{i}")).collect();
     let mut toml = format!(
-        "[core]\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\njournal = \"{journal}\"\nmetrics_addr = \"\"\n\n\
+        "{router}[core]\nlisten_addr = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\njournal = \"{journal}\"\nmetrics_addr = \"\"\n\n\
          [agent]\ncore_addr = \"http://127.0.0.1:{port}\"\n\n\
          [agents.agent-m]\ntoken_hash = \"{}\"\naccounts = {{ \"master-1\" = \"master\" }}\n\n\
          [agents.agent-s]\ntoken_hash = \"{}\"\naccounts = {{ {} }}\n\n",
@@ -190,6 +243,7 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
             .map(|s| format!("\"{s}\" = \"slave\""))
             .collect::<Vec<_>>()
             .join(", "),
+        router = a.router_toml(),
     );
     for s in &slaves {
         toml += &format!("[subscriptions.master-1.{s}]\nmultiplier = 1.0\n\n");
@@ -244,9 +298,9 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
         )
         .map_err(|e| e.0)?;
         let mut rx = stop_rx.clone();
-        slave_tasks.push(tokio::spawn(run_until(args, async move {
+        slave_tasks.push(terminal_thread(args, async move {
             let _ = rx.wait_for(|s| *s).await;
-        })));
+        }));
     }
     // Let the slaves' pipes come up so the first intents are not measured against a reconnect.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -276,9 +330,9 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
     .map_err(|e| e.0)?;
     let t0 = Instant::now();
     let mut rx = stop_rx.clone();
-    let master = tokio::spawn(run_until(master_args, async move {
+    let master = terminal_thread(master_args, async move {
         let _ = rx.wait_for(|s| *s).await;
-    }));
+    });
     let expected = trades as usize * 4 * a.slaves;
     let broker_files: Vec<PathBuf> = slaves
         .iter()
@@ -305,10 +359,41 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
         }
     }
     let load_after = loadavg();
+    {
+        // Why a run is slow: backpressure, retries and resends show up here.
+        let st = core.handle.status.borrow().clone();
+        let m = &st.metrics;
+        let retries: u64 = m.delivery_retry_total.values().sum();
+        let am: Vec<String> = agents
+            .iter()
+            .map(|ag| {
+                let s = ag.handle.status.borrow().clone();
+                format!(
+                    "pipe_retry {} refused {} rejected {}",
+                    s.metrics.pipe_retry_total,
+                    s.metrics.intents_refused,
+                    s.metrics.intents_rejected
+                )
+            })
+            .collect();
+        eprintln!(
+            "  core: accepted {} rejected {} (router busy {:?}) retries {} reconcile_resends {} \
+             journal_failures {} late_or_unknown {} inputs {}; agents: {}",
+            m.intents_accepted_total,
+            m.intents_rejected_total,
+            m.router_rejections_total,
+            retries,
+            m.reconcile_resends_total,
+            m.journal_failures_total,
+            m.late_or_unknown_total,
+            st.inputs_handled,
+            am.join(" | ")
+        );
+    }
     let _ = stop_tx.send(true);
-    let _ = master.await;
+    let _ = master.join();
     for t in slave_tasks {
-        let _ = t.await;
+        let _ = t.join();
     }
     for ag in agents {
         ag.stop().await;

@@ -7,10 +7,12 @@
 //! Owns the grouping and its one rule: the batch must leave the journal exactly as applying
 //! its writes one by one, in order, would. Writes on different rows commute (a stage only moves
 //! forwards, a final row is never changed again), so only writes on the *same* row are kept in
-//! order: the n-th write of a command id goes to round n, rounds run one after another. The
+//! order: the n-th write of a command id goes to round n, rounds run one after another; and a
+//! stage update that a later write of the batch supersedes is not sent at all. The
 //! open-position bookkeeping of acked deliveries runs after every `FinishDelivery`, in the
-//! batch's order, and in bulk only for (trade, slave) pairs the batch touches once.
-//! It must never decide about a trade and never skip a write.
+//! batch's order, and in bulk only for (trade, slave) pairs the batch touches once. Rows are
+//! locked in one order first, so concurrent writers never deadlock on them.
+//! It must never decide about a trade, and never leave out a write that could change a row.
 
 use std::collections::BTreeMap;
 
@@ -35,9 +37,11 @@ pub(super) async fn apply(
     let mut retries = RetryColumns::default();
     let mut rejections = RejectionColumns::default();
     let mut probe = false;
+    let superseded = superseded_stage_updates(writes);
     for (ord, w) in writes.iter().enumerate() {
         match w {
             JournalWrite::AcceptIntent { .. } => {}
+            JournalWrite::UpdateStage { .. } if superseded[ord] => {}
             JournalWrite::UpdateStage {
                 command_id,
                 stage,
@@ -100,6 +104,7 @@ pub(super) async fn apply(
             JournalWrite::Probe => probe = true,
         }
     }
+    lock_in_order(tx, stage_seen.keys().chain(finish_seen.keys())).await?;
     for round in stage_rounds {
         update_stages(tx, round).await?;
     }
@@ -135,6 +140,69 @@ pub(super) async fn apply(
     if probe {
         sqlx::query("SELECT 1").execute(&mut **tx).await?;
     }
+    Ok(())
+}
+
+/// Which `UpdateStage`s a later write of the same batch makes redundant, so they are not sent
+/// at all: most of a busy journal's writes are stage updates whose delivery finishes a few
+/// milliseconds later, often in the same batch. A stage update is redundant when, later in
+/// the batch, the same command is finished (a finish of an in-flight row sets stage and
+/// attempts itself; of a final row, both are no-ops), or moved to a strictly higher stage with
+/// at least as many attempts (the later update alone gives the same row whatever the row held).
+fn superseded_stage_updates(writes: &[&JournalWrite]) -> Vec<bool> {
+    let mut out = vec![false; writes.len()];
+    // Per command id, what comes later in the batch: finished?, later (rank, attempts).
+    let mut later: BTreeMap<&str, Later> = BTreeMap::new();
+    for (i, w) in writes.iter().enumerate().rev() {
+        match w {
+            JournalWrite::FinishDelivery { command_id, .. } => {
+                later.entry(command_id.as_str()).or_default().finished = true;
+            }
+            JournalWrite::UpdateStage {
+                command_id,
+                stage,
+                attempts,
+            } => {
+                let rank = codec::stage_rank(*stage);
+                let l = later.entry(command_id.as_str()).or_default();
+                out[i] = l.finished || l.stages.iter().any(|&(r, a)| r > rank && a >= *attempts);
+                l.stages.push((rank, *attempts));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What the rest of a batch does to one command id.
+#[derive(Default)]
+struct Later {
+    finished: bool,
+    /// (stage rank, attempts) of its later stage updates.
+    stages: Vec<(i32, u32)>,
+}
+
+/// Locks every delivery row the batch will update, in command-id order, before any update.
+/// Writers commit batches concurrently and a set statement locks rows in whatever order its
+/// plan meets them; two batches touching the same rows in different orders would deadlock
+/// (and be answered `Failed`, then retried). One ordered lock statement first makes every
+/// writer take the same rows in the same order.
+async fn lock_in_order<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    ids: impl Iterator<Item = &'a &'a str>,
+) -> Result<(), JournalError> {
+    let ids: std::collections::BTreeSet<&str> = ids.copied().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = ids.into_iter().collect();
+    sqlx::query(
+        "SELECT 1 FROM echo.delivery_journal WHERE command_id = ANY($1) \
+         ORDER BY command_id FOR UPDATE",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -31,6 +31,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../../migrations/0002_echo_open_position.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/0003_echo_delivery_fillfactor.sql"),
+    ),
 ];
 
 /// Serialises migrations between processes starting at once.
