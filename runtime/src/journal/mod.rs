@@ -363,10 +363,7 @@ impl Journal {
     /// Performs one write and waits for its answer (after its batch committed or failed).
     pub async fn write(&self, write: JournalWrite) -> JournalResult {
         let (tx, rx) = oneshot::channel();
-        let req = writer::Request::Write {
-            write,
-            reply: writer::Reply::Once(tx),
-        };
+        let req = writer::Request::Write((write, writer::Reply::Once(tx)));
         if self.inner.tx.send(req).await.is_err() {
             return JournalResult::Failed { retryable: true };
         }
@@ -382,13 +379,13 @@ impl Journal {
         write: JournalWrite,
         done: &mpsc::UnboundedSender<Completion>,
     ) {
-        let req = writer::Request::Write {
+        let req = writer::Request::Write((
             write,
-            reply: writer::Reply::Chan {
+            writer::Reply::Chan {
                 op,
                 tx: done.clone(),
             },
-        };
+        ));
         if self.inner.tx.send(req).await.is_err() {
             let _ = done.send(Completion {
                 op,
@@ -405,13 +402,13 @@ impl Journal {
         write: JournalWrite,
         done: &mpsc::UnboundedSender<Completion>,
     ) -> bool {
-        let req = writer::Request::Write {
+        let req = writer::Request::Write((
             write,
-            reply: writer::Reply::Chan {
+            writer::Reply::Chan {
                 op,
                 tx: done.clone(),
             },
-        };
+        ));
         match self.inner.tx.try_send(req) {
             Ok(()) => true,
             Err(e) => {
