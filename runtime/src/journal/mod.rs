@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use postgres::PostgresOptions;
 pub use query::{DeliveryRow, IntentRow, RejectionRow, RetryRow, TradeReport};
+pub use writer::{BatchOk, BatchStore};
 
 /// The Postgres `NOTIFY` channel on which a commit with new deliveries is announced.
 pub const NOTIFY_CHANNEL: &str = "echo_journal_work";
@@ -77,6 +78,8 @@ pub enum JournalError {
     },
     #[error("journal is closed")]
     Closed,
+    #[error("this journal's store answers writes only, not reads or queries")]
+    WritesOnly,
 }
 
 impl JournalError {
@@ -232,12 +235,16 @@ impl WorkWaiter {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// A [`BatchStore`] given to [`Journal::with_store`].
+    Injected,
 }
 
 #[derive(Clone)]
 pub(crate) enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
+    /// No pool: an injected [`BatchStore`] takes writes only.
+    Injected,
 }
 
 struct Inner {
@@ -313,6 +320,19 @@ impl Journal {
         Ok(Self::start(stores, pool, opts, waker, listen))
     }
 
+    /// A journal whose group-commit writer commits to `store` (the turmoil suite's simulated
+    /// journal server). It takes writes only: [`Journal::load`] and the queries answer
+    /// [`JournalError::WritesOnly`].
+    pub fn with_store(store: Box<dyn BatchStore>, opts: JournalOptions) -> Journal {
+        Self::start(
+            vec![writer::Store::Injected(store)],
+            Pool::Injected,
+            opts,
+            Waker::new(),
+            None,
+        )
+    }
+
     fn start(
         stores: Vec<writer::Store>,
         pool: Pool,
@@ -349,6 +369,7 @@ impl Journal {
         match self.inner.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+            Pool::Injected => Backend::Injected,
         }
     }
 
@@ -357,6 +378,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::load(p).await,
             Pool::Postgres(p) => postgres::load(p).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -450,6 +472,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::deliveries_by_status(p, "inflight", limit).await,
             Pool::Postgres(p) => postgres::deliveries_by_status(p, "inflight", limit).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -458,6 +481,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::deliveries_by_status(p, "failed", limit).await,
             Pool::Postgres(p) => postgres::deliveries_by_status(p, "failed", limit).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -466,6 +490,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::trade(p, trade_id).await,
             Pool::Postgres(p) => postgres::trade(p, trade_id).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -488,6 +513,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
+            Pool::Injected => {}
         }
     }
 }

@@ -38,15 +38,27 @@ impl Reply {
 pub(crate) type Request = group_commit::Request<(JournalWrite, Reply), oneshot::Sender<()>>;
 
 /// What one committed batch did.
-pub(crate) struct BatchOk {
-    pub(crate) replies: Vec<JournalReply>,
+pub struct BatchOk {
+    /// One reply per write, in order.
+    pub replies: Vec<JournalReply>,
     /// Whether the batch inserted new deliveries (someone should wake up).
-    pub(crate) new_work: bool,
+    pub new_work: bool,
+}
+
+/// A store other than SQLite or Postgres that the group-commit writer commits to (the turmoil
+/// suite's simulated journal server). `run_batch` applies every write in one transaction and
+/// returns only after it committed; an `Err` means the batch may or may not have committed.
+pub trait BatchStore: Send + 'static {
+    fn run_batch<'a>(
+        &'a mut self,
+        writes: &'a [&'a JournalWrite],
+    ) -> futures::future::BoxFuture<'a, Result<BatchOk, JournalError>>;
 }
 
 pub(crate) enum Store {
     Sqlite(super::sqlite::SqliteStore),
     Postgres(super::postgres::PgStore),
+    Injected(Box<dyn BatchStore>),
 }
 
 impl Store {
@@ -54,6 +66,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.run_batch(writes).await,
             Store::Postgres(s) => s.run_batch(writes).await,
+            Store::Injected(s) => s.run_batch(writes).await,
         }
     }
 }
@@ -167,6 +180,16 @@ async fn commit_batch(
 ) {
     let n = batch.len() as u64;
     stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+    #[cfg(feature = "rt-mutants")]
+    if crate::mutants::is(crate::mutants::Mutant::AckBeforeCommit) {
+        let (writes, replies): (Vec<JournalWrite>, Vec<Reply>) = batch.into_iter().unzip();
+        for reply in replies {
+            reply.send(JournalResult::Ok(JournalReply::Done));
+        }
+        let writes: Vec<&JournalWrite> = writes.iter().collect();
+        let _ = store.run_batch(&writes).await;
+        return;
+    }
     let outcome = attempt(store, &batch, stats, opts).await;
     match outcome {
         Ok(ok) => answer_ok(batch, ok, stats, waker),
