@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use echo_statemachine::core::DeliveryStatus;
+
 use crate::world::World;
 
 /// Every violation, sorted; empty when the run is correct.
@@ -63,6 +65,16 @@ pub fn check(w: &World) -> Vec<String> {
             }
         }
         last.insert(key, *seq);
+    }
+    // Liveness of the durable side: after the heal every journaled delivery reached a final
+    // status (a write the core never re-issued leaves it in flight forever).
+    for d in w.journal_deliveries.values() {
+        if d.status == DeliveryStatus::Inflight {
+            v.push(format!(
+                "stuck: delivery {} (intent {}) still in flight in the journal after the heal",
+                d.command_id, d.intent_id
+            ));
+        }
     }
     if w.emitted.is_empty() {
         v.push("liveness: the master emitted nothing".into());

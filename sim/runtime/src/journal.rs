@@ -162,10 +162,12 @@ impl RemoteStore {
     }
 
     async fn round_trip(&mut self, writes: &[&JournalWrite]) -> std::io::Result<BatchOk> {
-        if self.conn.is_none() {
-            let c = turmoil::net::TcpStream::connect((JOURNAL_HOST, JOURNAL_PORT)).await?;
-            self.conn = Some(c);
-        }
+        // Taken out for the round trip and put back only after it: a round trip the writer's
+        // batch timeout abandons leaves no half-used connection behind.
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => turmoil::net::TcpStream::connect((JOURNAL_HOST, JOURNAL_PORT)).await?,
+        };
         let id = {
             let mut w = self.world.get();
             w.next_wire_id += 1;
@@ -174,7 +176,6 @@ impl RemoteStore {
                 .insert(id, writes.iter().map(|w| (*w).clone()).collect());
             id
         };
-        let conn = self.conn.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
         conn.write_u64(id).await?;
         let back = conn.read_u64().await?;
         if back != id {
@@ -187,6 +188,7 @@ impl RemoteStore {
             .wire_replies
             .remove(&back)
             .ok_or(std::io::ErrorKind::InvalidData)?;
+        self.conn = Some(conn);
         let new_work = writes.iter().zip(&replies).any(|(w, r)| {
             matches!(w, JournalWrite::AcceptIntent { .. }) && *r == JournalReply::Done
         });

@@ -109,6 +109,24 @@ pub fn all() -> Vec<Scenario> {
             run_ms: 30_000,
         },
         Scenario {
+            name: "journal_loss_core_bounce",
+            seed: 0x0006,
+            trades: 8,
+            faults: vec![
+                (1_000, JournalSlow(400)),
+                (1_700, Crash(JOURNAL_HOST)),
+                (1_750, Bounce("core")),
+                (2_500, Bounce(JOURNAL_HOST)),
+                (2_600, JournalSlow(0)),
+                (4_000, JournalSlow(400)),
+                (4_700, Crash(JOURNAL_HOST)),
+                (4_750, Bounce("core")),
+                (5_500, Bounce(JOURNAL_HOST)),
+                (5_600, JournalSlow(0)),
+            ],
+            run_ms: 25_000,
+        },
+        Scenario {
             name: "crash_bounce",
             seed: 0x0004,
             trades: 8,
@@ -359,7 +377,7 @@ pub fn run(sc: &Scenario, seed: u64) -> Outcome {
         let now = sim.elapsed().as_millis() as u64;
         while next < faults.len() && faults[next].0 <= now {
             let f = faults[next].1.clone();
-            world.log(format!("fault {f:?}"));
+            world.get().log_at(now, format!("fault {f:?}"));
             apply(&mut sim, &world, f);
             next += 1;
         }

@@ -78,8 +78,14 @@ impl World {
         })))
     }
 
+    /// Logs at the current host's simulated time (inside a host).
     pub fn log(&mut self, what: impl AsRef<str>) {
-        let t = turmoil::sim_elapsed().unwrap_or_default().as_millis();
-        self.trace.push(format!("{t:>8} {}", what.as_ref()));
+        let t = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        self.log_at(t, what);
+    }
+
+    /// Logs at `ms` (the driver of the simulation, outside every host).
+    pub fn log_at(&mut self, ms: u64, what: impl AsRef<str>) {
+        self.trace.push(format!("{ms:>8} {}", what.as_ref()));
     }
 }

@@ -48,6 +48,11 @@ fn journal_faults() {
 }
 
 #[test]
+fn journal_loss_core_bounce() {
+    fixed("journal_loss_core_bounce");
+}
+
+#[test]
 fn crash_bounce() {
     fixed("crash_bounce");
 }
