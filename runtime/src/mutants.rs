@@ -17,8 +17,8 @@ pub enum Mutant {
     AckBeforeCommit = 1,
     /// The core driver re-arms its timer only after a timer fired, not after an input.
     TimerNotRearmed = 2,
-    /// The link server drops a message for the core task when its mailbox is momentarily full
-    /// instead of waiting for room.
+    /// `Journal::try_submit` drops a write when the writer's queue is momentarily full instead
+    /// of answering it `Failed{retryable}` at once.
     DropWhenFull = 3,
 }
 

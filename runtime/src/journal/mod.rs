@@ -436,6 +436,10 @@ impl Journal {
             Err(e) => {
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
                     self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    #[cfg(feature = "rt-mutants")]
+                    if crate::mutants::is(crate::mutants::Mutant::DropWhenFull) {
+                        return false;
+                    }
                 }
                 let _ = done.send(Completion {
                     op,

@@ -286,19 +286,15 @@ impl LinkService {
                     break;
                 }
             };
-            let input = CoreInput::FromAgent {
-                conn,
-                agent: agent.clone(),
-                msg,
-            };
-            #[cfg(feature = "rt-mutants")]
-            if crate::mutants::is(crate::mutants::Mutant::DropWhenFull) {
-                match self.core.try_send(input) {
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    _ => continue,
-                }
-            }
-            if self.core.send(input).await.is_err() {
+            let sent = self
+                .core
+                .send(CoreInput::FromAgent {
+                    conn,
+                    agent: agent.clone(),
+                    msg,
+                })
+                .await;
+            if sent.is_err() {
                 return;
             }
         }

@@ -43,8 +43,8 @@ pub enum Fault {
     Release(&'static str, &'static str),
     /// Per-link latency (ms) between two hosts.
     Latency(&'static str, &'static str, u64),
-    /// Chance that the link between two hosts fails at each step (it repairs at the
-    /// builder's repair rate).
+    /// Chance that the link between two hosts fails at each step (dropping what is in
+    /// flight); a failed link stays down until the rate is set back to 0, which repairs it.
     FailRate(&'static str, &'static str, f64),
     JournalSlow(u64),
     JournalLoseReplies(bool),
@@ -123,6 +123,16 @@ pub fn all() -> Vec<Scenario> {
                 (4_750, Bounce("core")),
                 (5_500, Bounce(JOURNAL_HOST)),
                 (5_600, JournalSlow(0)),
+            ],
+            run_ms: 25_000,
+        },
+        Scenario {
+            name: "journal_flaky",
+            seed: 0x0007,
+            trades: 10,
+            faults: vec![
+                (300, FailRate("core", JOURNAL_HOST, 0.02)),
+                (9_000, FailRate("core", JOURNAL_HOST, 0.0)),
             ],
             run_ms: 25_000,
         },
@@ -241,7 +251,8 @@ async fn core_host(world: Shared) -> turmoil::Result {
     let journal = Journal::with_store(
         Box::new(RemoteStore::new(world.clone())),
         JournalOptions {
-            queue_capacity: 256,
+            // Small: a slow journal fills it, where a dropped hand-off would show.
+            queue_capacity: 8,
             max_batch: 32,
             batch_timeout: Duration::from_millis(1_500),
             safety_poll: Duration::from_secs(5),
@@ -404,7 +415,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Shared, f: Fault) {
         Fault::Hold(a, b) => sim.hold(a, b),
         Fault::Release(a, b) => sim.release(a, b),
         Fault::Latency(a, b, ms) => sim.set_link_latency(a, b, Duration::from_millis(ms)),
-        Fault::FailRate(a, b, r) => sim.set_link_fail_rate(a, b, r),
+        Fault::FailRate(a, b, r) => {
+            sim.set_link_fail_rate(a, b, r);
+            if r == 0.0 {
+                // A per-link rate has no repair rate of its own: a link that failed stays down
+                // until repaired here, when the lossy window ends.
+                sim.repair(a, b);
+            }
+        }
         Fault::JournalSlow(ms) => world.get().journal.slow_ms = ms,
         Fault::JournalLoseReplies(on) => world.get().journal.lose_replies = on,
     }

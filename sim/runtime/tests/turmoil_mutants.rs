@@ -8,9 +8,9 @@ use echo_sim_runtime::scenario;
 
 /// The scenario that must catch each mutant (the others are tried too, and reported).
 const EXPECTED: [(Mutant, &str); 3] = [
-    (Mutant::AckBeforeCommit, "journal_faults"),
-    (Mutant::TimerNotRearmed, "calm"),
-    (Mutant::DropWhenFull, "partition_hold"),
+    (Mutant::AckBeforeCommit, "journal_loss_core_bounce"),
+    (Mutant::TimerNotRearmed, "latency_loss"),
+    (Mutant::DropWhenFull, "latency_loss"),
 ];
 
 #[test]
@@ -58,6 +58,41 @@ fn mutant_matrix() {
                     .map(String::as_str)
                     .unwrap_or("NOT CAUGHT")
             );
+        }
+    }
+}
+
+/// `ECHO_SIM_RT_MUTANT=TimerNotRearmed ECHO_SIM_RT_SEEDS=1..20 cargo test … mutant_seed_sweep
+/// -- --ignored --nocapture`: which scenario/seed pairs catch one mutant.
+#[test]
+#[ignore]
+fn mutant_seed_sweep() {
+    let name = std::env::var("ECHO_SIM_RT_MUTANT").unwrap_or_default();
+    let m = [
+        Mutant::AckBeforeCommit,
+        Mutant::TimerNotRearmed,
+        Mutant::DropWhenFull,
+    ]
+    .into_iter()
+    .find(|m| format!("{m:?}") == name)
+    .unwrap_or_else(|| panic!("ECHO_SIM_RT_MUTANT names no mutant: {name:?}"));
+    let range = std::env::var("ECHO_SIM_RT_SEEDS").unwrap_or_else(|_| "1..5".into());
+    let (from, to) = range
+        .split_once("..")
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("ECHO_SIM_RT_SEEDS must be FROM..TO, got {range:?}"));
+    let only = std::env::var("ECHO_SIM_RT_SCENARIO").ok();
+    for seed in from..to {
+        for sc in scenario::all() {
+            if only.as_deref().is_some_and(|o| o != sc.name) {
+                continue;
+            }
+            plant(Some(m));
+            let out = scenario::run(&sc, seed);
+            plant(None);
+            if let Some(v) = out.violations.first() {
+                eprintln!("{m:?} {} seed {seed:#x}: {v}", sc.name);
+            }
         }
     }
 }

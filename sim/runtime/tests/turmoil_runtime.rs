@@ -53,6 +53,11 @@ fn journal_loss_core_bounce() {
 }
 
 #[test]
+fn journal_flaky() {
+    fixed("journal_flaky");
+}
+
+#[test]
 fn crash_bounce() {
     fixed("crash_bounce");
 }
