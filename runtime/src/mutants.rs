@@ -15,7 +15,8 @@ pub enum Mutant {
     /// The journal writer answers `Ok` before the batch's transaction resolved (and whatever
     /// storage then says is ignored).
     AckBeforeCommit = 1,
-    /// The core driver re-arms its timer only after a timer fired, not after an input.
+    /// The core driver arms its timer once and never re-arms it: not after an input, not after
+    /// it fired.
     TimerNotRearmed = 2,
     /// `Journal::try_submit` drops a write when the writer's queue is momentarily full instead
     /// of answering it `Failed{retryable}` at once.

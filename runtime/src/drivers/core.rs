@@ -181,7 +181,8 @@ impl<J: JournalPort> CoreTask<J> {
                     self.core.handle_timeout(self.clock.now());
                     #[cfg(feature = "rt-mutants")]
                     {
-                        stale = None;
+                        // The timer that fired is never re-armed.
+                        stale = Some(None);
                     }
                 }
                 _ = publish.tick() => self.publish(),

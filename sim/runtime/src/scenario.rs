@@ -137,6 +137,13 @@ pub fn all() -> Vec<Scenario> {
             run_ms: 25_000,
         },
         Scenario {
+            name: "journal_down_long",
+            seed: 0x0008,
+            trades: 8,
+            faults: vec![(1_000, Crash(JOURNAL_HOST)), (9_000, Bounce(JOURNAL_HOST))],
+            run_ms: 30_000,
+        },
+        Scenario {
             name: "crash_bounce",
             seed: 0x0004,
             trades: 8,

@@ -9,7 +9,7 @@ use echo_sim_runtime::scenario;
 /// The scenario that must catch each mutant (the others are tried too, and reported).
 const EXPECTED: [(Mutant, &str); 3] = [
     (Mutant::AckBeforeCommit, "journal_loss_core_bounce"),
-    (Mutant::TimerNotRearmed, "latency_loss"),
+    (Mutant::TimerNotRearmed, "journal_faults"),
     (Mutant::DropWhenFull, "latency_loss"),
 ];
 

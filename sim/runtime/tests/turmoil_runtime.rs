@@ -58,6 +58,11 @@ fn journal_flaky() {
 }
 
 #[test]
+fn journal_down_long() {
+    fixed("journal_down_long");
+}
+
+#[test]
 fn crash_bounce() {
     fixed("crash_bounce");
 }
