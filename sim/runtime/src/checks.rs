@@ -68,7 +68,7 @@ pub fn check(w: &World) -> Vec<String> {
     }
     // Liveness of the durable side: after the heal every journaled delivery reached a final
     // status (a write the core never re-issued leaves it in flight forever).
-    for d in w.journal_deliveries.values() {
+    for d in w.journal.deliveries.values() {
         if d.status == DeliveryStatus::Inflight {
             v.push(format!(
                 "stuck: delivery {} (intent {}) still in flight in the journal after the heal",

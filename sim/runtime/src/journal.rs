@@ -8,15 +8,10 @@
 //! table of [`World`], since the journal's wire protocol (SQL) is not what is under test here.
 //! It must never answer a batch it did not commit.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use echo_runtime::journal::{BatchOk, BatchStore, JournalError};
-use echo_statemachine::core::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
-};
-use echo_statemachine::ids::{AccountId, TradeId};
-use echo_statemachine::msg::IntentKind;
+use echo_statemachine::core::{CoreDurableState, JournalReply, JournalWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::world::{Shared, World};
@@ -35,7 +30,7 @@ pub async fn serve(world: Shared) -> turmoil::Result {
                 let Ok(id) = conn.read_u64().await else {
                     return;
                 };
-                let knobs = world.get().journal;
+                let knobs = world.get().journal_knobs;
                 if knobs.slow_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(knobs.slow_ms)).await;
                 }
@@ -44,11 +39,11 @@ pub async fn serve(world: Shared) -> turmoil::Result {
                     let Some(batch) = w.wire_batches.remove(&id) else {
                         return;
                     };
-                    let replies = batch.iter().map(|b| apply(&mut w, b)).collect();
+                    let replies = batch.iter().map(|b| w.journal.apply(b)).collect();
                     w.wire_replies.insert(id, replies);
                     w.log(format!("journal commit batch={id} writes={}", batch.len()));
                 }
-                if world.get().journal.lose_replies {
+                if world.get().journal_knobs.lose_replies {
                     world.log(format!("journal reply lost batch={id}"));
                     return;
                 }
@@ -60,94 +55,9 @@ pub async fn serve(world: Shared) -> turmoil::Result {
     }
 }
 
-fn apply(w: &mut World, write: &JournalWrite) -> JournalReply {
-    match write {
-        JournalWrite::AcceptIntent { intent, deliveries } => {
-            if w.journal_intents.contains_key(&intent.intent_id) {
-                let unfinished = w
-                    .journal_deliveries
-                    .values()
-                    .filter(|d| {
-                        d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight
-                    })
-                    .cloned()
-                    .collect();
-                return JournalReply::IntentExisted { unfinished };
-            }
-            w.journal_intents
-                .insert(intent.intent_id.clone(), intent.clone());
-            for d in deliveries {
-                w.journal_deliveries.insert(d.command_id.clone(), d.clone());
-            }
-            JournalReply::Done
-        }
-        JournalWrite::FinishDelivery {
-            command_id,
-            status,
-            stage,
-            attempts,
-            slave_ticket,
-            reason,
-            ..
-        } => {
-            if let Some(d) = w.journal_deliveries.get_mut(command_id) {
-                if d.status == DeliveryStatus::Inflight {
-                    d.status = *status;
-                    d.stage = *stage;
-                    d.attempts = *attempts;
-                    d.slave_ticket = *slave_ticket;
-                    d.reason = *reason;
-                }
-            }
-            JournalReply::Done
-        }
-        JournalWrite::UpdateStage {
-            command_id, stage, ..
-        } => {
-            if let Some(d) = w.journal_deliveries.get_mut(command_id) {
-                if d.status == DeliveryStatus::Inflight && *stage > d.stage {
-                    d.stage = *stage;
-                }
-            }
-            JournalReply::Done
-        }
-        _ => JournalReply::Done,
-    }
-}
-
-/// What a restarted core loads: unfinished deliveries and open slave tickets.
+/// What a restarted core loads.
 pub fn durable_state(w: &World) -> CoreDurableState {
-    let unfinished = w
-        .journal_deliveries
-        .values()
-        .filter(|d| d.status == DeliveryStatus::Inflight)
-        .cloned()
-        .collect();
-    let mut acked: Vec<&DeliveryRecord> = w
-        .journal_deliveries
-        .values()
-        .filter(|d| d.status == DeliveryStatus::Acked)
-        .collect();
-    acked.sort_by_key(|d| d.master_seq);
-    let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
-    for d in acked {
-        let k = (d.trade_id.clone(), d.slave.clone());
-        match d.kind {
-            IntentKind::Open => {
-                if let Some(t) = d.slave_ticket {
-                    open.insert(k, t);
-                }
-            }
-            IntentKind::Close => {
-                open.remove(&k);
-            }
-            _ => {}
-        }
-    }
-    CoreDurableState {
-        unfinished,
-        open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
-    }
+    w.journal.durable_state()
 }
 
 /// The core's connection to the journal server, reconnecting after any failure.

@@ -430,7 +430,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Shared, f: Fault) {
                 sim.repair(a, b);
             }
         }
-        Fault::JournalSlow(ms) => world.get().journal.slow_ms = ms,
-        Fault::JournalLoseReplies(on) => world.get().journal.lose_replies = on,
+        Fault::JournalSlow(ms) => world.get().journal_knobs.slow_ms = ms,
+        Fault::JournalLoseReplies(on) => world.get().journal_knobs.lose_replies = on,
     }
 }

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use echo_sim::journal_book::JournalBook;
 use echo_statemachine::agent::LedgerRecord;
-use echo_statemachine::core::{DeliveryRecord, JournalReply, JournalWrite};
+use echo_statemachine::core::{JournalReply, JournalWrite};
 use echo_statemachine::ea::slave::ExecutedRecord;
 use echo_statemachine::ids::{CommandId, IntentId};
 use echo_statemachine::msg::{Command, TradeIntent};
@@ -46,15 +47,14 @@ pub struct JournalKnobs {
 
 #[derive(Default)]
 pub struct World {
-    /// The journal server's committed state: intents, deliveries by command id.
-    pub journal_intents: BTreeMap<IntentId, TradeIntent>,
-    pub journal_deliveries: BTreeMap<CommandId, DeliveryRecord>,
+    /// The journal server's committed state.
+    pub journal: JournalBook,
     /// Batches in flight over the simulated wire (the frame carries only the id; see
     /// [`crate::journal`]).
     pub wire_batches: BTreeMap<u64, Vec<JournalWrite>>,
     pub wire_replies: BTreeMap<u64, Vec<JournalReply>>,
     pub next_wire_id: u64,
-    pub journal: JournalKnobs,
+    pub journal_knobs: JournalKnobs,
     /// Each agent's fsynced ledger, by command id.
     pub ledgers: BTreeMap<String, BTreeMap<CommandId, LedgerRecord>>,
     /// The master terminal's IntentQueue file.
