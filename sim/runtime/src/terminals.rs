@@ -19,7 +19,7 @@ use echo_statemachine::ea::slave::{
     self, BrokerOutcome, ExecutedRecord, SlaveConfig, SlaveExecutor,
 };
 use echo_statemachine::ids::{AccountId, CommandId};
-use echo_statemachine::msg::{AgentToEa, CommandBody, TradeIntent};
+use echo_statemachine::msg::{AgentToEa, CommandBody, EaToAgent, TradeIntent};
 use tokio::sync::mpsc;
 
 use crate::world::{Order, Shared, World};
@@ -88,6 +88,17 @@ impl LedgerPort for SimLedger {
     }
 }
 
+/// Writes `msg` on the terminal's pipe to the agent; `false` once the agent is gone.
+async fn to_agent(agent: &mpsc::Sender<AgentInput>, account: &AccountId, msg: EaToAgent) -> bool {
+    agent
+        .send(AgentInput::FromEa {
+            account: account.clone(),
+            msg,
+        })
+        .await
+        .is_ok()
+}
+
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -148,14 +159,7 @@ pub async fn run_master(
                     done.push_back(op);
                 }
                 master::Output::ToAgent(msg) => {
-                    if agent
-                        .send(AgentInput::FromEa {
-                            account: account.clone(),
-                            msg,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    if !to_agent(&agent, &account, msg).await {
                         return;
                     }
                 }
@@ -218,14 +222,7 @@ pub async fn run_slave(
         while let Some(out) = x.poll() {
             match out {
                 slave::Output::ToAgent(msg) => {
-                    if agent
-                        .send(AgentInput::FromEa {
-                            account: account.clone(),
-                            msg,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    if !to_agent(&agent, &account, msg).await {
                         return;
                     }
                 }
