@@ -22,6 +22,8 @@ pub mod drivers;
 pub mod journal;
 pub mod ledger;
 pub mod link;
+#[cfg(feature = "rt-mutants")]
+pub mod mutants;
 pub mod observe;
 pub mod pipe;
 pub mod terminal;

@@ -8,6 +8,7 @@
 //! transitions the CI budget does not reach, and why. Nothing here may read a wall clock,
 //! depend on thread scheduling or use unseeded randomness.
 
+pub mod journal_book;
 pub mod profile;
 pub mod render;
 pub mod report;

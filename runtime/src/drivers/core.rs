@@ -155,8 +155,19 @@ impl<J: JournalPort> CoreTask<J> {
         let mut publish = tokio::time::interval(std::time::Duration::from_millis(500));
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inputs_open = true;
+        #[cfg(feature = "rt-mutants")]
+        let mut stale: Option<Option<tokio::time::Instant>> = None;
         loop {
             let deadline = self.core.poll_timeout().map(|d| self.clock.deadline(d));
+            #[cfg(feature = "rt-mutants")]
+            let deadline = match stale {
+                Some(old) if crate::mutants::is(crate::mutants::Mutant::TimerNotRearmed) => old,
+                _ => deadline,
+            };
+            #[cfg(feature = "rt-mutants")]
+            {
+                stale = Some(deadline);
+            }
             tokio::select! {
                 biased;
                 Some(Completion { op, result }) = jrx.recv() => {
@@ -168,6 +179,11 @@ impl<J: JournalPort> CoreTask<J> {
                 _ = sleep_until_opt(deadline) => {
                     self.status.inputs_handled += 1;
                     self.core.handle_timeout(self.clock.now());
+                    #[cfg(feature = "rt-mutants")]
+                    {
+                        // The timer that fired is never re-armed.
+                        stale = Some(None);
+                    }
                 }
                 _ = publish.tick() => self.publish(),
                 inp = rx.recv(), if inputs_open => match inp {

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use postgres::PostgresOptions;
 pub use query::{DeliveryRow, IntentRow, RejectionRow, RetryRow, TradeReport};
+pub use writer::{BatchOk, BatchStore};
 
 /// The Postgres `NOTIFY` channel on which a commit with new deliveries is announced.
 pub const NOTIFY_CHANNEL: &str = "echo_journal_work";
@@ -78,6 +79,8 @@ pub enum JournalError {
     },
     #[error("journal is closed")]
     Closed,
+    #[error("this journal's store answers writes only, not reads or queries")]
+    WritesOnly,
 }
 
 impl JournalError {
@@ -233,12 +236,16 @@ impl WorkWaiter {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// A [`BatchStore`] given to [`Journal::with_store`].
+    Injected,
 }
 
 #[derive(Clone)]
 pub(crate) enum Pool {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
+    /// No pool: an injected [`BatchStore`] takes writes only.
+    Injected,
 }
 
 struct Inner {
@@ -314,6 +321,19 @@ impl Journal {
         Ok(Self::start(stores, pool, opts, waker, listen))
     }
 
+    /// A journal whose group-commit writer commits to `store` (the turmoil suite's simulated
+    /// journal server). It takes writes only: [`Journal::load`] and the queries answer
+    /// [`JournalError::WritesOnly`].
+    pub fn with_store(store: Box<dyn BatchStore>, opts: JournalOptions) -> Journal {
+        Self::start(
+            vec![writer::Store::Injected(store)],
+            Pool::Injected,
+            opts,
+            Waker::new(),
+            None,
+        )
+    }
+
     fn start(
         stores: Vec<writer::Store>,
         pool: Pool,
@@ -350,6 +370,7 @@ impl Journal {
         match self.inner.pool {
             Pool::Sqlite(_) => Backend::Sqlite,
             Pool::Postgres(_) => Backend::Postgres,
+            Pool::Injected => Backend::Injected,
         }
     }
 
@@ -358,16 +379,14 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::load(p).await,
             Pool::Postgres(p) => postgres::load(p).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
     /// Performs one write and waits for its answer (after its batch committed or failed).
     pub async fn write(&self, write: JournalWrite) -> JournalResult {
         let (tx, rx) = oneshot::channel();
-        let req = writer::Request::Write {
-            write,
-            reply: writer::Reply::Once(tx),
-        };
+        let req = writer::Request::Write((write, writer::Reply::Once(tx)));
         if self.inner.tx.send(req).await.is_err() {
             return JournalResult::Failed { retryable: true };
         }
@@ -383,13 +402,13 @@ impl Journal {
         write: JournalWrite,
         done: &mpsc::UnboundedSender<Completion>,
     ) {
-        let req = writer::Request::Write {
+        let req = writer::Request::Write((
             write,
-            reply: writer::Reply::Chan {
+            writer::Reply::Chan {
                 op,
                 tx: done.clone(),
             },
-        };
+        ));
         if self.inner.tx.send(req).await.is_err() {
             let _ = done.send(Completion {
                 op,
@@ -406,18 +425,22 @@ impl Journal {
         write: JournalWrite,
         done: &mpsc::UnboundedSender<Completion>,
     ) -> bool {
-        let req = writer::Request::Write {
+        let req = writer::Request::Write((
             write,
-            reply: writer::Reply::Chan {
+            writer::Reply::Chan {
                 op,
                 tx: done.clone(),
             },
-        };
+        ));
         match self.inner.tx.try_send(req) {
             Ok(()) => true,
             Err(e) => {
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
                     self.inner.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    #[cfg(feature = "rt-mutants")]
+                    if crate::mutants::is(crate::mutants::Mutant::DropWhenFull) {
+                        return false;
+                    }
                 }
                 let _ = done.send(Completion {
                     op,
@@ -454,6 +477,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::deliveries_by_status(p, "inflight", limit).await,
             Pool::Postgres(p) => postgres::deliveries_by_status(p, "inflight", limit).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -462,6 +486,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::deliveries_by_status(p, "failed", limit).await,
             Pool::Postgres(p) => postgres::deliveries_by_status(p, "failed", limit).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -470,6 +495,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => sqlite::trade(p, trade_id).await,
             Pool::Postgres(p) => postgres::trade(p, trade_id).await,
+            Pool::Injected => Err(JournalError::WritesOnly),
         }
     }
 
@@ -492,6 +518,7 @@ impl Journal {
         match &self.inner.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
+            Pool::Injected => {}
         }
     }
 }

@@ -8,8 +8,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use echo_handoff::group_commit::{self, run_writer, Committer, QueueGuard, SharedQueue};
 use echo_statemachine::core::{JournalReply, JournalResult, JournalWrite, OpId};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, MutexGuard};
 
 use super::{Completion, JournalError, JournalOptions, Stats, WakeReason, Waker};
 
@@ -34,21 +35,30 @@ impl Reply {
     }
 }
 
-pub(crate) enum Request {
-    Write { write: JournalWrite, reply: Reply },
-    Shutdown(oneshot::Sender<()>),
-}
+pub(crate) type Request = group_commit::Request<(JournalWrite, Reply), oneshot::Sender<()>>;
 
 /// What one committed batch did.
-pub(crate) struct BatchOk {
-    pub(crate) replies: Vec<JournalReply>,
+pub struct BatchOk {
+    /// One reply per write, in order.
+    pub replies: Vec<JournalReply>,
     /// Whether the batch inserted new deliveries (someone should wake up).
-    pub(crate) new_work: bool,
+    pub new_work: bool,
+}
+
+/// A store other than SQLite or Postgres that the group-commit writer commits to (the turmoil
+/// suite's simulated journal server). `run_batch` applies every write in one transaction and
+/// returns only after it committed; an `Err` means the batch may or may not have committed.
+pub trait BatchStore: Send + 'static {
+    fn run_batch<'a>(
+        &'a mut self,
+        writes: &'a [&'a JournalWrite],
+    ) -> futures::future::BoxFuture<'a, Result<BatchOk, JournalError>>;
 }
 
 pub(crate) enum Store {
     Sqlite(super::sqlite::SqliteStore),
     Postgres(super::postgres::PgStore),
+    Injected(Box<dyn BatchStore>),
 }
 
 impl Store {
@@ -56,6 +66,7 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.run_batch(writes).await,
             Store::Postgres(s) => s.run_batch(writes).await,
+            Store::Injected(s) => s.run_batch(writes).await,
         }
     }
 }
@@ -101,6 +112,31 @@ fn failed_retryable(e: &JournalError) -> bool {
     }
 }
 
+/// The shared request queue, as [`echo_handoff::group_commit`] sees it (that module owns the
+/// batching and shutdown protocol; loom checks it there).
+pub(crate) struct Queue(pub(crate) Arc<Mutex<mpsc::Receiver<Request>>>);
+
+pub(crate) struct QueueLock<'a>(MutexGuard<'a, mpsc::Receiver<Request>>);
+
+impl SharedQueue<(JournalWrite, Reply), oneshot::Sender<()>> for Queue {
+    type Guard<'a> = QueueLock<'a>;
+    async fn lock(&self) -> QueueLock<'_> {
+        QueueLock(self.0.lock().await)
+    }
+}
+
+impl QueueGuard<(JournalWrite, Reply), oneshot::Sender<()>> for QueueLock<'_> {
+    async fn recv(&mut self) -> Option<Request> {
+        self.0.recv().await
+    }
+    fn try_recv(&mut self) -> Option<Request> {
+        self.0.try_recv().ok()
+    }
+    fn close(&mut self) {
+        self.0.close();
+    }
+}
+
 /// One writer: takes a batch from the shared queue, commits it, answers it; repeats until the
 /// queue is closed and drained.
 pub(crate) async fn run(
@@ -110,49 +146,28 @@ pub(crate) async fn run(
     waker: Waker,
     opts: JournalOptions,
 ) {
-    let max_batch = opts.max_batch.max(1);
-    loop {
-        let mut batch: Vec<(JournalWrite, Reply)> = Vec::new();
-        let mut shutdown = None;
-        {
-            let mut rx = rx.lock().await;
-            match rx.recv().await {
-                None => return,
-                Some(Request::Shutdown(tx)) => shutdown = Some(tx),
-                Some(Request::Write { write, reply }) => batch.push((write, reply)),
-            }
-            while shutdown.is_none() && batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(Request::Write { write, reply }) => batch.push((write, reply)),
-                    Ok(Request::Shutdown(tx)) => shutdown = Some(tx),
-                    Err(_) => break,
-                }
-            }
-            if shutdown.is_some() {
-                // No new writes from now on; whatever is still queued is drained below.
-                rx.close();
-            }
-        }
-        if !batch.is_empty() {
-            commit_batch(&mut store, batch, &stats, &waker, &opts).await;
-        }
-        if let Some(tx) = shutdown {
-            // Drain what was queued before the shutdown, then stop.
-            loop {
-                let next = rx.lock().await.recv().await;
-                match next {
-                    Some(Request::Write { write, reply }) => {
-                        commit_batch(&mut store, vec![(write, reply)], &stats, &waker, &opts).await
-                    }
-                    Some(Request::Shutdown(t)) => {
-                        let _ = t.send(());
-                    }
-                    None => break,
-                }
-            }
-            let _ = tx.send(());
-            return;
-        }
+    let mut committer = Writer {
+        store: &mut store,
+        stats: &stats,
+        waker: &waker,
+        opts: &opts,
+    };
+    run_writer(&Queue(rx), opts.max_batch, &mut committer).await;
+}
+
+struct Writer<'a> {
+    store: &'a mut Store,
+    stats: &'a Stats,
+    waker: &'a Waker,
+    opts: &'a JournalOptions,
+}
+
+impl Committer<(JournalWrite, Reply), oneshot::Sender<()>> for Writer<'_> {
+    async fn commit(&mut self, batch: Vec<(JournalWrite, Reply)>) {
+        commit_batch(self.store, batch, self.stats, self.waker, self.opts).await
+    }
+    fn ack(&mut self, shutdown: oneshot::Sender<()>) {
+        let _ = shutdown.send(());
     }
 }
 
@@ -165,6 +180,16 @@ async fn commit_batch(
 ) {
     let n = batch.len() as u64;
     stats.largest_batch.fetch_max(n, Ordering::Relaxed);
+    #[cfg(feature = "rt-mutants")]
+    if crate::mutants::is(crate::mutants::Mutant::AckBeforeCommit) {
+        let (writes, replies): (Vec<JournalWrite>, Vec<Reply>) = batch.into_iter().unzip();
+        for reply in replies {
+            reply.send(JournalResult::Ok(JournalReply::Done));
+        }
+        let writes: Vec<&JournalWrite> = writes.iter().collect();
+        let _ = store.run_batch(&writes).await;
+        return;
+    }
     let outcome = attempt(store, &batch, stats, opts).await;
     match outcome {
         Ok(ok) => answer_ok(batch, ok, stats, waker),

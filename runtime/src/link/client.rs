@@ -12,7 +12,7 @@ use echo_proto::v1::echo_link_client::EchoLinkClient;
 use echo_statemachine::msg::CoreToAgent;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::convert;
 
@@ -78,6 +78,24 @@ pub async fn run_client(
     settings: ClientSettings,
     events: mpsc::Sender<LinkEvent>,
 ) -> Result<(), ClientError> {
+    run_client_with(settings, events, |e: &Endpoint| {
+        let e = e.clone();
+        async move { e.connect().await }
+    })
+    .await
+}
+
+/// [`run_client`] with the connection made by `connect` (the turmoil suite dials over its
+/// simulated network with `Endpoint::connect_with_connector`).
+pub async fn run_client_with<C, F>(
+    settings: ClientSettings,
+    events: mpsc::Sender<LinkEvent>,
+    connect: C,
+) -> Result<(), ClientError>
+where
+    C: Fn(&Endpoint) -> F,
+    F: std::future::Future<Output = Result<Channel, tonic::transport::Error>>,
+{
     let bad = |source| ClientError::Endpoint {
         endpoint: settings.endpoint.clone(),
         source,
@@ -101,7 +119,7 @@ pub async fn run_client(
         if events.is_closed() {
             return Ok(());
         }
-        match endpoint.connect().await {
+        match connect(&endpoint).await {
             Ok(channel) => {
                 let (tx, rx) = mpsc::channel(settings.outbound_cap);
                 let mut client = EchoLinkClient::new(channel)

@@ -157,6 +157,13 @@ impl LinkService {
             hello_timeout: Duration::from_secs(10),
         }
     }
+
+    /// Each stream's outbound queue (messages the core task may queue for one agent before
+    /// the stream counts as too slow and is cut).
+    pub fn with_outbound_cap(mut self, cap: usize) -> Self {
+        self.outbound_cap = cap.max(1);
+        self
+    }
 }
 
 fn refusal_hello(code: ErrorCode) -> pb::CoreToAgent {
@@ -327,15 +334,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     let metrics = service.metrics.clone();
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(keepalive))
-        .http2_keepalive_timeout(Some(keepalive * 2))
-        .tcp_nodelay(true)
-        .add_service(
-            EchoLinkServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        );
+    let router = router(service, keepalive);
     match transport {
         Transport::Plain => {
             if !addr.ip().is_loopback() {
@@ -360,6 +359,42 @@ pub async fn serve(
             r?;
         }
     }
+    Ok(())
+}
+
+fn router(service: LinkService, keepalive: Duration) -> tonic::transport::server::Router {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive * 2))
+        .tcp_nodelay(true)
+        .add_service(
+            EchoLinkServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+}
+
+/// Serves the link, plain, on connections someone else accepts (the turmoil suite's simulated
+/// network); [`serve`] is this over a TCP listener, with the loopback-only rule for plain text.
+pub async fn serve_incoming<I, IO, IE>(
+    incoming: I,
+    service: LinkService,
+    keepalive: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    router(service, keepalive)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
     Ok(())
 }
 

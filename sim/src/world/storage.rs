@@ -12,27 +12,31 @@
 use std::collections::BTreeMap;
 
 use echo_statemachine::agent::{LedgerOpId, LedgerResult};
-use echo_statemachine::core::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite,
-    OpId,
-};
+use echo_statemachine::core::{CoreDurableState, JournalReply, JournalResult, JournalWrite, OpId};
 use echo_statemachine::ea::master::{self, PersistError};
 use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord};
-use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
+use echo_statemachine::ids::{CommandId, IntentId};
 use echo_statemachine::msg::*;
 use echo_statemachine::time::Instant;
 
 use super::faults::F;
 use super::nodes::{AgentM, CoreM, MasterM, SlaveM};
 use super::World;
+use crate::journal_book::JournalBook;
 
 /// What storage has made durable.
 #[derive(Default)]
 pub(super) struct Journal {
-    pub(super) intents: BTreeMap<IntentId, TradeIntent>,
-    pub(super) deliveries: BTreeMap<CommandId, DeliveryRecord>,
+    pub(super) book: JournalBook,
     pub(super) down_until: Option<Instant>,
     pub(super) pending: BTreeMap<OpId, JournalWrite>,
+}
+
+impl std::ops::Deref for Journal {
+    type Target = JournalBook;
+    fn deref(&self) -> &JournalBook {
+        &self.book
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -209,102 +213,19 @@ impl World {
     }
 
     pub(super) fn apply_journal(&mut self, w: &JournalWrite) -> JournalReply {
-        match w {
-            JournalWrite::AcceptIntent { intent, deliveries } => {
-                if self.journal.intents.contains_key(&intent.intent_id) {
-                    let unfinished = self
-                        .journal
-                        .deliveries
-                        .values()
-                        .filter(|d| {
-                            d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight
-                        })
-                        .cloned()
-                        .collect();
-                    return JournalReply::IntentExisted { unfinished };
-                }
-                self.journal
-                    .intents
-                    .insert(intent.intent_id.clone(), intent.clone());
+        if let JournalWrite::AcceptIntent { intent, deliveries } = w {
+            if !self.journal.intents.contains_key(&intent.intent_id) {
                 self.book.plan.insert(
                     intent.intent_id.clone(),
                     deliveries.iter().map(|d| d.slave.clone()).collect(),
                 );
-                for d in deliveries {
-                    self.journal
-                        .deliveries
-                        .insert(d.command_id.clone(), d.clone());
-                }
-                JournalReply::Done
             }
-            JournalWrite::FinishDelivery {
-                command_id,
-                status,
-                stage,
-                attempts,
-                slave_ticket,
-                reason,
-                ..
-            } => {
-                if let Some(d) = self.journal.deliveries.get_mut(command_id) {
-                    if d.status == DeliveryStatus::Inflight {
-                        d.status = *status;
-                        d.stage = *stage;
-                        d.attempts = *attempts;
-                        d.slave_ticket = *slave_ticket;
-                        d.reason = *reason;
-                    }
-                }
-                JournalReply::Done
-            }
-            JournalWrite::UpdateStage {
-                command_id, stage, ..
-            } => {
-                if let Some(d) = self.journal.deliveries.get_mut(command_id) {
-                    if d.status == DeliveryStatus::Inflight && *stage > d.stage {
-                        d.stage = *stage;
-                    }
-                }
-                JournalReply::Done
-            }
-            _ => JournalReply::Done,
         }
+        self.journal.book.apply(w)
     }
 
     pub(super) fn journal_durable_state(&self) -> CoreDurableState {
-        let unfinished = self
-            .journal
-            .deliveries
-            .values()
-            .filter(|d| d.status == DeliveryStatus::Inflight)
-            .cloned()
-            .collect();
-        let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
-        let mut ds: Vec<&DeliveryRecord> = self
-            .journal
-            .deliveries
-            .values()
-            .filter(|d| d.status == DeliveryStatus::Acked)
-            .collect();
-        ds.sort_by_key(|d| d.master_seq);
-        for d in ds {
-            let k = (d.trade_id.clone(), d.slave.clone());
-            match d.kind {
-                IntentKind::Open => {
-                    if let Some(t) = d.slave_ticket {
-                        open.insert(k, t);
-                    }
-                }
-                IntentKind::Close => {
-                    open.remove(&k);
-                }
-                _ => {}
-            }
-        }
-        CoreDurableState {
-            unfinished,
-            open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
-        }
+        self.journal.durable_state()
     }
 
     pub(super) fn apply_master_write(&mut self, m: usize, w: MasterWrite) {

@@ -1,0 +1,114 @@
+//! What the core's journal holds, in memory: accepted intents and their deliveries, the
+//! effect of each [`JournalWrite`] on them, and the [`CoreDurableState`] a restarted core
+//! loads. The model simulator's storage and the turmoil suite's journal server both keep their
+//! committed state in one.
+//!
+//! It must never decide when a write commits or fails (its owner does) and never regress a
+//! final delivery or a stage.
+
+use std::collections::BTreeMap;
+
+use echo_statemachine::core::{
+    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
+};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
+use echo_statemachine::msg::{IntentKind, TradeIntent};
+
+#[derive(Clone, Debug, Default)]
+pub struct JournalBook {
+    pub intents: BTreeMap<IntentId, TradeIntent>,
+    pub deliveries: BTreeMap<CommandId, DeliveryRecord>,
+}
+
+impl JournalBook {
+    /// Commits `w`; the reply is what the journal answers for it.
+    pub fn apply(&mut self, w: &JournalWrite) -> JournalReply {
+        match w {
+            JournalWrite::AcceptIntent { intent, deliveries } => {
+                if self.intents.contains_key(&intent.intent_id) {
+                    let unfinished = self
+                        .deliveries
+                        .values()
+                        .filter(|d| {
+                            d.intent_id == intent.intent_id && d.status == DeliveryStatus::Inflight
+                        })
+                        .cloned()
+                        .collect();
+                    return JournalReply::IntentExisted { unfinished };
+                }
+                self.intents
+                    .insert(intent.intent_id.clone(), intent.clone());
+                for d in deliveries {
+                    self.deliveries.insert(d.command_id.clone(), d.clone());
+                }
+                JournalReply::Done
+            }
+            JournalWrite::FinishDelivery {
+                command_id,
+                status,
+                stage,
+                attempts,
+                slave_ticket,
+                reason,
+                ..
+            } => {
+                if let Some(d) = self.deliveries.get_mut(command_id) {
+                    if d.status == DeliveryStatus::Inflight {
+                        d.status = *status;
+                        d.stage = *stage;
+                        d.attempts = *attempts;
+                        d.slave_ticket = *slave_ticket;
+                        d.reason = *reason;
+                    }
+                }
+                JournalReply::Done
+            }
+            JournalWrite::UpdateStage {
+                command_id, stage, ..
+            } => {
+                if let Some(d) = self.deliveries.get_mut(command_id) {
+                    if d.status == DeliveryStatus::Inflight && *stage > d.stage {
+                        d.stage = *stage;
+                    }
+                }
+                JournalReply::Done
+            }
+            _ => JournalReply::Done,
+        }
+    }
+
+    /// What a restarted core loads: unfinished deliveries and the open slave tickets.
+    pub fn durable_state(&self) -> CoreDurableState {
+        let unfinished = self
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Inflight)
+            .cloned()
+            .collect();
+        let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
+        let mut ds: Vec<&DeliveryRecord> = self
+            .deliveries
+            .values()
+            .filter(|d| d.status == DeliveryStatus::Acked)
+            .collect();
+        ds.sort_by_key(|d| d.master_seq);
+        for d in ds {
+            let k = (d.trade_id.clone(), d.slave.clone());
+            match d.kind {
+                IntentKind::Open => {
+                    if let Some(t) = d.slave_ticket {
+                        open.insert(k, t);
+                    }
+                }
+                IntentKind::Close => {
+                    open.remove(&k);
+                }
+                _ => {}
+            }
+        }
+        CoreDurableState {
+            unfinished,
+            open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
+        }
+    }
+}
