@@ -115,6 +115,8 @@ impl E2e {
             rate: s.rate,
             journal,
             timings: s.timings,
+            concurrent: 4,
+            extra_agents: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("{name}: cannot start the cluster in {}: {e}", dir.display()));
         E2e {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod core;
 pub mod demo;
+pub mod loadtest;
 
 use std::path::PathBuf;
 
