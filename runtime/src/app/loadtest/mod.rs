@@ -39,7 +39,10 @@ pub use options::USAGE;
 
 /// `YYYYMMDDTHHMMSSZ` of a UTC time (days-from-civil, no calendar crate).
 pub fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -309,8 +312,7 @@ fn run_cluster(
             md_per_s: md - last_md,
             note: "",
         });
-        (last_emitted, last_fills, last_md, last_hb) =
-            (stages.emitted, stages.executed, md, hb);
+        (last_emitted, last_fills, last_md, last_hb) = (stages.emitted, stages.executed, md, hb);
         if let Some(c) = cluster.crashed() {
             crashed = Some(c);
             break;
@@ -532,7 +534,10 @@ fn run_cluster(
     }
     println!("wrote {}/metrics.json and report.html", out_dir.display());
     if let Some((n, c)) = &crashed {
-        eprintln!("loadtest: {n} exited by itself with code {c}; see {}", work.display());
+        eprintln!(
+            "loadtest: {n} exited by itself with code {c}; see {}",
+            work.display()
+        );
     } else if !settled {
         eprintln!(
             "loadtest: deliveries did not settle within {} s after the load",

@@ -177,7 +177,8 @@ impl LoadtestOptions {
             o.batch = count("--batch", v, 1, 5_000)?;
         }
         if let Some(v) = get("--batch-window-ms") {
-            o.batch_window = Duration::from_millis(count("--batch-window-ms", v, 1, 10_000)? as u64);
+            o.batch_window =
+                Duration::from_millis(count("--batch-window-ms", v, 1, 10_000)? as u64);
         }
         if let Some(v) = get("--shards") {
             o.shards = count("--shards", v, 1, 256)?;

@@ -50,7 +50,12 @@ impl Progress {
         let mut err = std::io::stderr();
         if self.tty {
             let filled = (frac * 30.0) as usize;
-            let _ = write!(err, "\r[{}{}] {text}\x1b[K", "=".repeat(filled), " ".repeat(30 - filled));
+            let _ = write!(
+                err,
+                "\r[{}{}] {text}\x1b[K",
+                "=".repeat(filled),
+                " ".repeat(30 - filled)
+            );
             let _ = err.flush();
         } else if self
             .last_plain

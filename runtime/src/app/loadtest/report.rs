@@ -63,7 +63,11 @@ fn chart(title: &str, unit: &str, series: &[(&str, &str, Vec<f64>)]) -> String {
             yy = y(v),
             tx = PAD_L - 6.0,
             ty = y(v) + 4.0,
-            v = if ymax >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") },
+            v = if ymax >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            },
             u = esc(unit)
         );
     }
@@ -109,6 +113,13 @@ fn col(timeline: &[Value], key: &str) -> Vec<f64> {
         .collect()
 }
 
+/// A JSON value as text, strings without their quotes.
+fn txt(v: &Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}
+
 fn row(out: &mut String, k: &str, v: &str) {
     let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
 }
@@ -139,7 +150,10 @@ pub fn render(m: &Value) -> String {
         "topology",
         &format!(
             "{} master(s) × {} slave(s), journal {}, {} extra agents",
-            c["masters"], c["slaves"], c["journal"], c["agents"]
+            c["masters"],
+            c["slaves"],
+            txt(&c["journal"]),
+            c["agents"]
         ),
     );
     let i = &m["intents"];
@@ -192,7 +206,11 @@ pub fn render(m: &Value) -> String {
                 k["value"],
                 k["unit"].as_str().unwrap_or(""),
                 k["limit"],
-                if k["ok"].as_bool() == Some(true) { "OK" } else { "MISSED" }
+                if k["ok"].as_bool() == Some(true) {
+                    "OK"
+                } else {
+                    "MISSED"
+                }
             ),
         );
     }
@@ -218,7 +236,11 @@ pub fn render(m: &Value) -> String {
             "Market data: queue depth peak (all shards) and deliveries",
             "",
             &[
-                ("depth peak", "#9467bd", col(&tl, "md_depth_peak")),
+                (
+                    "sum of shard depth peaks",
+                    "#9467bd",
+                    col(&tl, "md_depth_peak"),
+                ),
                 ("delivered/s ÷ 100", "#8c564b", {
                     col(&tl, "md_delivered").iter().map(|v| v / 100.0).collect()
                 }),
@@ -239,7 +261,7 @@ pub fn render(m: &Value) -> String {
         ts = esc(m["started_at"].as_str().unwrap_or("")),
         machine = esc(&format!(
             "{} CPUs, load average {} → {}",
-            m["machine"]["cpus"], m["machine"]["loadavg_start"], m["machine"]["loadavg_end"]
+            m["machine"]["cpus"], txt(&m["machine"]["loadavg_start"]), txt(&m["machine"]["loadavg_end"])
         )),
         charts = charts.join("")
     )

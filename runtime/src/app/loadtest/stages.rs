@@ -218,7 +218,8 @@ impl Stages {
         }
         for t in &mut self.brokers {
             for r in t.read_new() {
-                if let (Some(id), Some(at)) = (r["intent_id"].as_str(), r["executed_at_us"].as_i64())
+                if let (Some(id), Some(at)) =
+                    (r["intent_id"].as_str(), r["executed_at_us"].as_i64())
                 {
                     rows.push((EXECUTED, id.to_string(), at));
                 }

@@ -33,7 +33,10 @@ pub struct SwarmCounters {
 
 /// Agent id and token of agent `i` of the swarm.
 pub fn agent(i: usize, nonce: &str) -> (String, String) {
-    (format!("swarm-{i:05}"), format!("swarm-token-{nonce}-{i:05}"))
+    (
+        format!("swarm-{i:05}"),
+        format!("swarm-token-{nonce}-{i:05}"),
+    )
 }
 
 pub struct Swarm {
@@ -88,7 +91,9 @@ impl Swarm {
                 .try_send(convert::agent_to_core_to_wire(&hello, &token, &id))
                 .is_err()
             {
-                return Err(AppError::Usage("swarm: a fresh stream's queue is full".into()));
+                return Err(AppError::Usage(
+                    "swarm: a fresh stream's queue is full".into(),
+                ));
             }
             senders.push(tx);
             let c = counters.clone();
@@ -136,7 +141,11 @@ impl Swarm {
         }
         let beats: Vec<pb::AgentToCore> = (0..n)
             .map(|i| {
-                convert::agent_to_core_to_wire(&AgentToCore::Heartbeat, "", &format!("swarm-{i:05}"))
+                convert::agent_to_core_to_wire(
+                    &AgentToCore::Heartbeat,
+                    "",
+                    &format!("swarm-{i:05}"),
+                )
             })
             .collect();
         let step = Duration::from_millis(5);
@@ -150,7 +159,10 @@ impl Swarm {
                 let i = next % n;
                 next += 1;
                 match self.senders[i].try_send(beats[i].clone()) {
-                    Ok(()) => self.counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed),
+                    Ok(()) => self
+                        .counters
+                        .heartbeats_sent
+                        .fetch_add(1, Ordering::Relaxed),
                     Err(_) => self
                         .counters
                         .heartbeats_blocked
