@@ -7,6 +7,7 @@
 //! cannot bind), reported as an [`AppError`] naming what is wrong.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod core;

@@ -61,25 +61,25 @@ pub fn utc_stamp(t: SystemTime) -> String {
     )
 }
 
-fn wall_us() -> i64 {
+pub(crate) fn wall_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-fn with_db(url: &str, db: &str) -> String {
+pub(crate) fn with_db(url: &str, db: &str) -> String {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url);
     format!("{base}/{db}")
 }
 
-async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), AppError> {
+pub(crate) async fn pg_admin(admin_url: &str, sql: &str) -> Result<(), AppError> {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(admin_url)
         .await

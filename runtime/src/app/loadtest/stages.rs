@@ -98,6 +98,9 @@ pub struct Stages {
     pub pipe_delivered: Histogram,
     pub end_to_end: Histogram,
     pub timeline: Vec<Second>,
+    /// First `emitted` and last fill seen (wall µs), for a sustained rate.
+    pub first_emit_us: Option<i64>,
+    pub last_fill_us: Option<i64>,
 }
 
 const ACCEPTED: u8 = 0;
@@ -127,6 +130,8 @@ impl Stages {
             pipe_delivered: Histogram::default(),
             end_to_end: Histogram::default(),
             timeline: Vec::new(),
+            first_emit_us: None,
+            last_fill_us: None,
         }
     }
 
@@ -162,6 +167,7 @@ impl Stages {
                 }
                 self.end_to_end.record_signed(d);
                 self.executed += 1;
+                self.last_fill_us = Some(self.last_fill_us.map_or(at_us, |l| l.max(at_us)));
                 let s = self.second(at_us);
                 s.executed += 1;
                 s.end_to_end.record_signed(d);
@@ -190,6 +196,8 @@ impl Stages {
                             },
                         );
                         self.emitted += 1;
+                        self.first_emit_us =
+                            Some(self.first_emit_us.map_or(at, |f| f.min(at)));
                         let i = ((at - self.t0_us).max(0) / 1_000_000) as usize;
                         if self.timeline.len() <= i {
                             self.timeline.resize_with(i + 1, Second::default);
