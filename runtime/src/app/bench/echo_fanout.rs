@@ -26,6 +26,7 @@ pub fn run(
 ) -> Result<Side, AppError> {
     rt.block_on(pg_admin(admin_url, &format!("CREATE DATABASE {db}")))?;
     let result = (|| {
+        let t0_us = crate::app::loadtest::wall_us();
         let mut c = Cluster::start(ClusterOptions {
             exe: std::env::current_exe().map_err(AppError::io("locating the echo binary"))?,
             dir: work.to_path_buf(),
@@ -51,7 +52,7 @@ pub fn run(
                     )
                 })
                 .collect(),
-            0,
+            t0_us,
         );
         stages.poll();
         let report = c.report()?;

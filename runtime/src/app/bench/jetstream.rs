@@ -22,7 +22,13 @@ fn err(what: &str) -> impl Fn(String) -> String + '_ {
 
 /// Publishes `n` messages (`window` publish-acks in flight at most) and waits until each of
 /// `slaves` consumers received and acknowledged every one.
-pub async fn run(url: &str, name: &str, n: u64, window: usize, slaves: usize) -> Result<Side, String> {
+pub async fn run(
+    url: &str,
+    name: &str,
+    n: u64,
+    window: usize,
+    slaves: usize,
+) -> Result<Side, String> {
     let client = async_nats::connect(url)
         .await
         .map_err(|e| err("connect")(e.to_string()))?;
@@ -60,7 +66,9 @@ pub async fn run(url: &str, name: &str, n: u64, window: usize, slaves: usize) ->
                 let m = match tokio::time::timeout(Duration::from_secs(60), msgs.next()).await {
                     Ok(Some(Ok(m))) => m,
                     Ok(Some(Err(e))) => return Err(err("message")(e.to_string())),
-                    Ok(None) | Err(_) => return Err("JetStream consumer: no message for 60 s".into()),
+                    Ok(None) | Err(_) => {
+                        return Err("JetStream consumer: no message for 60 s".into())
+                    }
                 };
                 let now = wall_us();
                 let sent = m

@@ -127,7 +127,10 @@ pub fn run(o: PeersOptions) -> Result<bool, AppError> {
         millis(floor.latency.max())
     );
     let skipped = || Err("not run (--only)".to_string());
-    let modes = [("one in flight", o.intents, 1u32), ("pipelined", o.pipelined, o.window)];
+    let modes = [
+        ("one in flight", o.intents, 1u32),
+        ("pipelined", o.pipelined, o.window),
+    ];
     let mut rows = Vec::new();
     for (i, (mode, n, window)) in modes.iter().enumerate() {
         let echo = if o.echo {

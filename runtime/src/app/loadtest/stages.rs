@@ -135,9 +135,10 @@ impl Stages {
         }
     }
 
-    /// The timeline's second for a wall-clock µs (clamped at the start).
+    /// The timeline's second for a wall-clock µs (clamped to the start and to a day after it:
+    /// a clock that jumped must not allocate a year of seconds).
     pub fn second(&mut self, at_us: i64) -> &mut Second {
-        let i = ((at_us - self.t0_us).max(0) / 1_000_000) as usize;
+        let i = ((at_us - self.t0_us).clamp(0, 86_400_000_000) / 1_000_000) as usize;
         if self.timeline.len() <= i {
             self.timeline.resize_with(i + 1, Second::default);
         }
@@ -179,38 +180,32 @@ impl Stages {
     /// Reads what the files gained since the last call.
     pub fn poll(&mut self) {
         let mut rows: Vec<(u8, String, i64)> = std::mem::take(&mut self.early);
-        for t in &mut self.masters {
-            for r in t.read_new() {
-                let id = r["intent_id"].as_str().unwrap_or_default().to_string();
-                match r["event"].as_str() {
-                    Some("emitted") => {
-                        let at = r["emitted_at_us"]
-                            .as_i64()
-                            .unwrap_or_else(|| r["emitted_at_ms"].as_i64().unwrap_or(0) * 1000);
-                        self.open.insert(
-                            id,
-                            Open {
-                                emitted_us: at,
-                                copies_left: self.copies,
-                                accepted: false,
-                            },
-                        );
-                        self.emitted += 1;
-                        self.first_emit_us =
-                            Some(self.first_emit_us.map_or(at, |f| f.min(at)));
-                        let i = ((at - self.t0_us).max(0) / 1_000_000) as usize;
-                        if self.timeline.len() <= i {
-                            self.timeline.resize_with(i + 1, Second::default);
-                        }
-                        self.timeline[i].emitted += 1;
-                    }
-                    Some("acked") => {
-                        if let Some(at) = r["at_us"].as_i64() {
-                            rows.push((ACCEPTED, id, at));
-                        }
-                    }
-                    _ => {}
+        let master_rows: Vec<Value> = self.masters.iter_mut().flat_map(Tail::read_new).collect();
+        for r in master_rows {
+            let id = r["intent_id"].as_str().unwrap_or_default().to_string();
+            match r["event"].as_str() {
+                Some("emitted") => {
+                    let at = r["emitted_at_us"]
+                        .as_i64()
+                        .unwrap_or_else(|| r["emitted_at_ms"].as_i64().unwrap_or(0) * 1000);
+                    self.open.insert(
+                        id,
+                        Open {
+                            emitted_us: at,
+                            copies_left: self.copies,
+                            accepted: false,
+                        },
+                    );
+                    self.emitted += 1;
+                    self.first_emit_us = Some(self.first_emit_us.map_or(at, |f| f.min(at)));
+                    self.second(at).emitted += 1;
                 }
+                Some("acked") => {
+                    if let Some(at) = r["at_us"].as_i64() {
+                        rows.push((ACCEPTED, id, at));
+                    }
+                }
+                _ => {}
             }
         }
         for t in &mut self.commands {
