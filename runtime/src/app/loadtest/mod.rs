@@ -234,7 +234,7 @@ fn run_cluster(
             &cluster.link_endpoint(),
             cluster.pki(),
             o.agents,
-            o.agent_connections,
+            o.connections(),
             nonce,
         ))?;
         eprintln!(
@@ -333,7 +333,7 @@ fn run_cluster(
         let sent = c.heartbeats_sent.load(Ordering::Relaxed);
         swarm_info = json!({
             "requested": o.agents,
-            "connections": o.agent_connections.min(o.agents),
+            "connections": o.connections(),
             "streams_opened": c.streams_open.load(Ordering::Relaxed),
             "hellos_accepted": c.accepted.load(Ordering::Relaxed),
             "connect_errors": c.connect_errors.load(Ordering::Relaxed),
@@ -466,6 +466,7 @@ fn run_cluster(
         "latency_ms": {
             "core_accepted": metrics::summary(&stages.core_accepted),
             "pipe_delivered": metrics::summary(&stages.pipe_delivered),
+            "journal_to_slave": metrics::summary(&stages.journal_to_slave),
             "end_to_end": metrics::summary(&stages.end_to_end),
         },
         "runtime_lag_ms": {
@@ -510,11 +511,13 @@ fn run_cluster(
         .map_err(AppError::io("writing report.html"))?;
     println!("{rep}");
     println!(
-        "latency core_accepted p50 {} / p99 {} ms; pipe_delivered p50 {} / p99 {} ms; end to end p50 {} / p99 {} / p99.9 {} ms",
+        "latency core_accepted p50 {} / p99 {} ms; pipe_delivered p50 {} / p99 {} ms; journal→slave p50 {} / p99 {} ms; end to end p50 {} / p99 {} / p99.9 {} ms",
         doc["latency_ms"]["core_accepted"]["p50"],
         doc["latency_ms"]["core_accepted"]["p99"],
         doc["latency_ms"]["pipe_delivered"]["p50"],
         doc["latency_ms"]["pipe_delivered"]["p99"],
+        doc["latency_ms"]["journal_to_slave"]["p50"],
+        doc["latency_ms"]["journal_to_slave"]["p99"],
         doc["latency_ms"]["end_to_end"]["p50"],
         doc["latency_ms"]["end_to_end"]["p99"],
         doc["latency_ms"]["end_to_end"]["p999"],

@@ -28,7 +28,8 @@ durable files and writes artifacts/loadtest/<UTC timestamp>/{metrics.json,report
   --slaves K          slave terminals, each following every master (default 2)
   --agents N          more agents, each its own gRPC stream with hello and heartbeats,
                       multiplexed by a load client (default 0)
-  --agent-connections N  connections the load client spreads them over (default 50)
+  --agent-connections N  connections the load client spreads them over (default one per
+                      100 agents)
   --heartbeat-ms N    heartbeat interval of those agents (default 500)
   --journal J         sqlite (default) | postgres (a fresh database, dropped afterwards)
   --pg-url URL        Postgres admin URL (default postgres://postgres@127.0.0.1:5432/postgres)
@@ -40,6 +41,10 @@ durable files and writes artifacts/loadtest/<UTC timestamp>/{metrics.json,report
 
 Exit codes: 0 clean, 1 something lost or duplicated (or a KPI missed with --check-kpis),
 2 usage or start-up error.";
+
+/// Agent streams per HTTP/2 connection when `--agent-connections` is not given: well under
+/// the 200 concurrent streams an HTTP/2 server commonly allows per connection.
+pub const AGENTS_PER_CONNECTION: usize = 100;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum JournalChoice {
@@ -63,6 +68,7 @@ pub struct LoadtestOptions {
     pub masters: usize,
     pub slaves: usize,
     pub agents: usize,
+    /// 0: one connection per [`AGENTS_PER_CONNECTION`] agents.
     pub agent_connections: usize,
     pub heartbeat: Duration,
     pub journal: JournalChoice,
@@ -86,7 +92,7 @@ impl Default for LoadtestOptions {
             masters: 1,
             slaves: 2,
             agents: 0,
-            agent_connections: 50,
+            agent_connections: 0,
             heartbeat: Duration::from_millis(500),
             journal: JournalChoice::Sqlite,
             out: PathBuf::from("artifacts/loadtest"),
@@ -232,6 +238,15 @@ impl LoadtestOptions {
     /// Intents/s over all masters at this load point.
     pub fn rate(&self) -> f64 {
         self.nominal * self.load_pct / 100.0
+    }
+
+    /// Connections the swarm spreads its agents over.
+    pub fn connections(&self) -> usize {
+        if self.agent_connections > 0 {
+            self.agent_connections.min(self.agents.max(1))
+        } else {
+            self.agents.div_ceil(AGENTS_PER_CONNECTION).max(1)
+        }
     }
 
     /// Market-data messages/s at this load point.

@@ -165,7 +165,12 @@ pub fn render(m: &Value) -> String {
             i["emitted"], i["confirmed"], i["failed"], i["lost"], i["duplicated"]
         ),
     );
-    for stage in ["core_accepted", "pipe_delivered", "end_to_end"] {
+    for stage in [
+        "core_accepted",
+        "pipe_delivered",
+        "journal_to_slave",
+        "end_to_end",
+    ] {
         row(&mut t, &format!("latency {stage}"), &lat(m, stage));
     }
     row(

@@ -78,6 +78,7 @@ struct Open {
     /// what is in flight.
     copies_left: usize,
     accepted: bool,
+    accepted_us: Option<i64>,
 }
 
 /// Live stage accounting over every terminal file.
@@ -96,6 +97,10 @@ pub struct Stages {
     pub executed: u64,
     pub core_accepted: Histogram,
     pub pipe_delivered: Histogram,
+    /// CORE_ACCEPTED seen at the master → the slave EA holds the command: the journal write →
+    /// worker start latency (seed 002), give or take the ack's hop back to the master. Only
+    /// copies whose ack row was read before their `executing` row are sampled.
+    pub journal_to_slave: Histogram,
     pub end_to_end: Histogram,
     pub timeline: Vec<Second>,
     /// First `emitted` and last fill seen (wall µs), for a sustained rate.
@@ -128,6 +133,7 @@ impl Stages {
             executed: 0,
             core_accepted: Histogram::default(),
             pipe_delivered: Histogram::default(),
+            journal_to_slave: Histogram::default(),
             end_to_end: Histogram::default(),
             timeline: Vec::new(),
             first_emit_us: None,
@@ -153,6 +159,7 @@ impl Stages {
         match stage {
             ACCEPTED => {
                 o.accepted = true;
+                o.accepted_us = Some(at_us);
                 if o.copies_left == 0 {
                     self.open.remove(&intent);
                 }
@@ -160,7 +167,12 @@ impl Stages {
                 self.accepted += 1;
                 self.second(at_us).accepted += 1;
             }
-            DELIVERED => self.pipe_delivered.record_signed(d),
+            DELIVERED => {
+                self.pipe_delivered.record_signed(d);
+                if let Some(acc) = o.accepted_us {
+                    self.journal_to_slave.record_signed(at_us - acc);
+                }
+            }
             _ => {
                 o.copies_left = o.copies_left.saturating_sub(1);
                 if o.copies_left == 0 && o.accepted {
@@ -194,6 +206,7 @@ impl Stages {
                             emitted_us: at,
                             copies_left: self.copies,
                             accepted: false,
+                            accepted_us: None,
                         },
                     );
                     self.emitted += 1;
