@@ -86,6 +86,8 @@ pub struct ClusterOptions {
     /// More agents in the config, `(id, token hash)`, each with one slave account
     /// `acct-<id>` and no subscription: for a load client that connects them itself.
     pub extra_agents: Vec<(String, String)>,
+    /// Leave the masters for [`Cluster::start_masters`] (a load client connects first).
+    pub hold_masters: bool,
 }
 
 fn free_port() -> Result<u16, AppError> {
@@ -623,11 +625,20 @@ impl Cluster {
         for i in 1..=o.slaves {
             c.spawn(&format!("slave-{i}"))?;
         }
-        for i in 1..=o.masters {
-            c.spawn(&format!("master-{i}"))?;
+        if !o.hold_masters {
+            c.start_masters()?;
         }
-        c.started = Instant::now();
         Ok(c)
+    }
+
+    /// Starts every master terminal (they stream at once); [`Cluster::elapsed`] counts from here.
+    pub fn start_masters(&mut self) -> Result<(), AppError> {
+        let masters: Vec<String> = self.master_files.iter().map(|(m, _)| m.clone()).collect();
+        for m in masters {
+            self.spawn(&m)?;
+        }
+        self.started = Instant::now();
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {

@@ -126,6 +126,7 @@ pub fn run(o: DemoOptions) -> Result<bool, AppError> {
         timings: Timings::default(),
         concurrent: 4,
         extra_agents: Vec::new(),
+        hold_masters: false,
     })?;
     println!(
         "echo demo: core + 2 agents + {} master(s) + {} slaves as processes in {}",

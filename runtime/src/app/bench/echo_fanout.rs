@@ -39,6 +39,7 @@ pub fn run(
             timings: Timings::default(),
             concurrent: window,
             extra_agents: Vec::new(),
+            hold_masters: false,
         })?;
         let settled = c.wait_settled(Duration::from_secs(300));
         let mut stages = Stages::new(

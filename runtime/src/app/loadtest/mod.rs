@@ -205,7 +205,36 @@ fn run_cluster(
         timings: Timings::default(),
         concurrent: p.concurrent,
         extra_agents,
+        hold_masters: true,
     })?;
+    // The swarm has a runtime of its own, so its thousands of streams do not show up as lag
+    // of the market-data path's runtime.
+    let swarm_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(AppError::io("starting the swarm's runtime"))?;
+    let mut swarm_info = json!({"requested": o.agents});
+    let swarm = if o.agents > 0 {
+        // Give the core a moment to listen before thousands of hellos arrive.
+        std::thread::sleep(Duration::from_millis(500));
+        let s = swarm_rt.block_on(swarm::Swarm::connect(
+            &cluster.link_endpoint(),
+            cluster.pki(),
+            o.agents,
+            o.connections(),
+            nonce,
+        ))?;
+        eprintln!(
+            "loadtest: {} agent streams opened in {:.1} s",
+            s.counters.streams_open.load(Ordering::Relaxed),
+            s.connect_s
+        );
+        Some(Arc::new(s))
+    } else {
+        None
+    };
+    cluster.start_masters()?;
     let t0 = Instant::now();
     let t0_us = wall_us();
     let _enter = rt.enter();
@@ -228,28 +257,10 @@ fn run_cluster(
         o.duration,
         feed_counters.clone(),
     ));
-    let mut swarm_info = json!({"requested": o.agents});
-    let swarm = if o.agents > 0 {
-        let s = rt.block_on(swarm::Swarm::connect(
-            &cluster.link_endpoint(),
-            cluster.pki(),
-            o.agents,
-            o.connections(),
-            nonce,
-        ))?;
-        eprintln!(
-            "loadtest: {} agent streams opened in {:.1} s",
-            s.counters.streams_open.load(Ordering::Relaxed),
-            s.connect_s
-        );
-        Some(Arc::new(s))
-    } else {
-        None
-    };
     let hb_started = Instant::now();
     let hb_task = swarm.clone().map(|s| {
         let (every, until) = (o.heartbeat, Instant::now() + o.duration);
-        rt.spawn(async move { s.heartbeat(every, until).await })
+        swarm_rt.spawn(async move { s.heartbeat(every, until).await })
     });
     let term_dir = work.join("terminals");
     let mut stages = stages::Stages::new(
