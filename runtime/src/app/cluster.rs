@@ -382,14 +382,17 @@ pub fn account(
     r
 }
 
-/// Writes the cluster's TOML config; returns its path and who follows whom.
+/// Who follows whom: master account → its slave accounts.
+type Subscriptions = BTreeMap<String, Vec<String>>;
+
+/// Writes the cluster's TOML config; returns its path, who follows whom and the PKI.
 fn write_config(
     dir: &Path,
     o: &ClusterOptions,
     link_port: u16,
     metrics_port: u16,
     hashes: (&str, &str),
-) -> Result<(PathBuf, BTreeMap<String, Vec<String>>, DemoPki), AppError> {
+) -> Result<(PathBuf, Subscriptions, DemoPki), AppError> {
     let pki = crate::link::tls::generate_demo_pki(&dir.join("pki"))?;
     let masters: Vec<String> = (1..=o.masters).map(|i| format!("master-{i}")).collect();
     let slaves: Vec<String> = (1..=o.slaves).map(|i| format!("slave-{i}")).collect();

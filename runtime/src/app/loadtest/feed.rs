@@ -63,7 +63,7 @@ pub async fn run(
             let i = (sent % names.len() as u64) as usize;
             seq[i] += 1;
             sent += 1;
-            let critical = sent % CRITICAL_EVERY == 0;
+            let critical = sent.is_multiple_of(CRITICAL_EVERY);
             let md = MarketData {
                 symbol: names[i].clone(),
                 bid: 1.0 + (seq[i] % 100) as f64 * 1e-4,
