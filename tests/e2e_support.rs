@@ -115,6 +115,9 @@ impl E2e {
             rate: s.rate,
             journal,
             timings: s.timings,
+            concurrent: 4,
+            extra_agents: Vec::new(),
+            hold_masters: false,
         })
         .unwrap_or_else(|e| panic!("{name}: cannot start the cluster in {}: {e}", dir.display()));
         E2e {

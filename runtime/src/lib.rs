@@ -12,6 +12,8 @@
 //! | [`pipe`] | the framed protocol between an agent and its terminals, over Unix sockets / Windows named pipes |
 //! | [`terminal`] | `echo terminal`: the reference master / slave terminal that speaks the pipe protocol |
 //! | [`link`] | the agent ↔ core gRPC stream: conversions, TLS, token auth |
+//! | [`marketdata`] | the market-data path: sharded bounded queues, micro-batches, one coalescing buffer per shard |
+//! | [`histogram`] | fixed-size log-bucketed latency histograms |
 //! | [`drivers`] | one tokio task per machine, feeding inputs, draining outputs, re-arming the timer |
 
 pub use echo_statemachine as machines;
@@ -19,9 +21,11 @@ pub use echo_statemachine as machines;
 pub mod app;
 pub mod config;
 pub mod drivers;
+pub mod histogram;
 pub mod journal;
 pub mod ledger;
 pub mod link;
+pub mod marketdata;
 #[cfg(feature = "rt-mutants")]
 pub mod mutants;
 pub mod observe;

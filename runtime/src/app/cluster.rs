@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::AppError;
 use crate::config::{generate_token, hash_token};
+use crate::link::tls::DemoPki;
 
 /// Intents per trade in rate mode: open, one modify, one partial close, close.
 pub const INTENTS_PER_TRADE: u64 = 4;
@@ -80,6 +81,13 @@ pub struct ClusterOptions {
     pub rate: u64,
     pub journal: JournalSpec,
     pub timings: Timings,
+    /// Trades each master keeps open at once (`echo terminal --concurrent`).
+    pub concurrent: u32,
+    /// More agents in the config, `(id, token hash)`, each with one slave account
+    /// `acct-<id>` and no subscription: for a load client that connects them itself.
+    pub extra_agents: Vec<(String, String)>,
+    /// Leave the masters for [`Cluster::start_masters`] (a load client connects first).
+    pub hold_masters: bool,
 }
 
 fn free_port() -> Result<u16, AppError> {
@@ -374,14 +382,17 @@ pub fn account(
     r
 }
 
-/// Writes the cluster's TOML config; returns its path and who follows whom.
+/// Who follows whom: master account → its slave accounts.
+type Subscriptions = BTreeMap<String, Vec<String>>;
+
+/// Writes the cluster's TOML config; returns its path, who follows whom and the PKI.
 fn write_config(
     dir: &Path,
     o: &ClusterOptions,
     link_port: u16,
     metrics_port: u16,
     hashes: (&str, &str),
-) -> Result<(PathBuf, BTreeMap<String, Vec<String>>), AppError> {
+) -> Result<(PathBuf, Subscriptions, DemoPki), AppError> {
     let pki = crate::link::tls::generate_demo_pki(&dir.join("pki"))?;
     let masters: Vec<String> = (1..=o.masters).map(|i| format!("master-{i}")).collect();
     let slaves: Vec<String> = (1..=o.slaves).map(|i| format!("slave-{i}")).collect();
@@ -446,6 +457,11 @@ fn write_config(
         hashes.1,
         accounts(&slaves, "slave"),
     );
+    for (id, hash) in &o.extra_agents {
+        t += &format!(
+            "\n[agents.{id}]\ntoken_hash = \"{hash}\"\naccounts = {{ \"acct-{id}\" = \"slave\" }}\n"
+        );
+    }
     let path = dir.join("echo.toml");
     std::fs::write(&path, t).map_err(AppError::io("writing the cluster config"))?;
     if let Err(errors) = crate::config::check_file(&path) {
@@ -455,7 +471,7 @@ fn write_config(
             msg.join("; ")
         )));
     }
-    Ok((path, subs))
+    Ok((path, subs, pki))
 }
 
 /// Real Echo processes on loopback; every child is stopped when the cluster is dropped.
@@ -469,6 +485,8 @@ pub struct Cluster {
     slave_files: Vec<(String, PathBuf)>,
     subs: BTreeMap<String, Vec<String>>,
     metrics_addr: SocketAddr,
+    link_port: u16,
+    pki: DemoPki,
     total: u64,
     started: Instant,
     /// Faults injected, in words, for the report.
@@ -496,7 +514,7 @@ impl Cluster {
         for (name, t) in [("agent-1.token", &tok1), ("agent-2.token", &tok2)] {
             std::fs::write(dir.join(name), t.expose()).map_err(AppError::io("writing a token"))?;
         }
-        let (config, subs) = write_config(
+        let (config, subs, pki) = write_config(
             &dir,
             &o,
             link_port,
@@ -536,6 +554,8 @@ impl Cluster {
             ));
         }
         let (rate, trades) = (o.rate.to_string(), o.trades.to_string());
+        let concurrent = o.concurrent.max(1).to_string();
+        let capacity = (o.concurrent.max(1) * 4).max(1024).to_string();
         let mut slave_files = Vec::new();
         for i in 1..=o.slaves {
             let acc = format!("slave-{i}");
@@ -575,6 +595,10 @@ impl Cluster {
                     &rate,
                     "--trades",
                     &trades,
+                    "--concurrent",
+                    &concurrent,
+                    "--capacity",
+                    &capacity,
                     "--exit-when-done",
                 ],
             ));
@@ -590,6 +614,8 @@ impl Cluster {
             slave_files,
             subs,
             metrics_addr: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
+            link_port,
+            pki,
             total: o.trades * INTENTS_PER_TRADE * o.masters as u64,
             started: Instant::now(),
             faults: Vec::new(),
@@ -602,11 +628,20 @@ impl Cluster {
         for i in 1..=o.slaves {
             c.spawn(&format!("slave-{i}"))?;
         }
-        for i in 1..=o.masters {
-            c.spawn(&format!("master-{i}"))?;
+        if !o.hold_masters {
+            c.start_masters()?;
         }
-        c.started = Instant::now();
         Ok(c)
+    }
+
+    /// Starts every master terminal (they stream at once); [`Cluster::elapsed`] counts from here.
+    pub fn start_masters(&mut self) -> Result<(), AppError> {
+        let masters: Vec<String> = self.master_files.iter().map(|(m, _)| m.clone()).collect();
+        for m in masters {
+            self.spawn(&m)?;
+        }
+        self.started = Instant::now();
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -691,6 +726,11 @@ impl Cluster {
         scrape(self.metrics_addr).and_then(|t| metric(&t, "echo_core_open_deliveries"))
     }
 
+    /// A metric of the core's `/metrics` (an unlabelled one); `None` if unreachable.
+    pub fn core_metric(&self, name: &str) -> Option<u64> {
+        scrape(self.metrics_addr).and_then(|t| metric(&t, name))
+    }
+
     /// A core or agent that exited by itself: `(name, exit code)`.
     pub fn crashed(&mut self) -> Option<(String, i32)> {
         self.procs
@@ -752,6 +792,39 @@ impl Cluster {
         );
         report.kills = self.faults.clone();
         Ok(report)
+    }
+
+    /// `(account, <account>.emitted.jsonl)` of every master terminal.
+    pub fn master_files(&self) -> &[(String, PathBuf)] {
+        &self.master_files
+    }
+
+    /// `(account, <account>.broker.jsonl)` of every slave terminal.
+    pub fn slave_files(&self) -> &[(String, PathBuf)] {
+        &self.slave_files
+    }
+
+    /// `(name, pid)` of every running process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|p| p.child.as_ref().map(|c| (p.name.clone(), c.id())))
+            .collect()
+    }
+
+    /// The core's link address as an agent dials it (TLS, `localhost`).
+    pub fn link_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.link_port)
+    }
+
+    /// The throw-away PKI: CA, and the client certificate every agent presents.
+    pub fn pki(&self) -> &DemoPki {
+        &self.pki
+    }
+
+    /// The core's `/metrics` address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// The slave accounts (each follows every master).

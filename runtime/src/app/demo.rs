@@ -124,6 +124,9 @@ pub fn run(o: DemoOptions) -> Result<bool, AppError> {
         rate: o.rate,
         journal: JournalSpec::Sqlite,
         timings: Timings::default(),
+        concurrent: 4,
+        extra_agents: Vec::new(),
+        hold_masters: false,
     })?;
     println!(
         "echo demo: core + 2 agents + {} master(s) + {} slaves as processes in {}",

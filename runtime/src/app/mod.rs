@@ -7,10 +7,12 @@
 //! cannot bind), reported as an [`AppError`] naming what is wrong.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod core;
 pub mod demo;
+pub mod loadtest;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,8 @@ use echo_runtime::app::{self, AppError};
 const USAGE: &str = "usage: echo <command> [options]   (echo <command> --help for its options)
 
   demo       run core, agents and terminals as processes, kill some mid-stream, report
+  bench      peers: durable fan-out on Echo and on NATS JetStream, one table
+  loadtest   drive a load through real processes; write metrics.json and report.html
   core       the core process (gRPC link, journal, config)
   agent      an agent process (ledger, terminal pipes, core link)
   terminal   a reference master / slave terminal on an agent's pipe
@@ -33,6 +35,23 @@ fn run(cmd: &str, rest: &[String]) -> Result<ExitCode, AppError> {
                 return Ok(ExitCode::SUCCESS);
             }
             let ok = app::demo::run(app::demo::DemoOptions::parse(rest)?)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        "bench" => Ok(if app::bench::run(rest)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }),
+        "loadtest" => {
+            if rest.iter().any(|a| a == "-h" || a == "--help") {
+                println!("{}", app::loadtest::USAGE);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ok = app::loadtest::run(app::loadtest::options::LoadtestOptions::parse(rest)?)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {

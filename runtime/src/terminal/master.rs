@@ -375,7 +375,7 @@ impl Master {
                         ops.push(op);
                         let event = match reason {
                             RemoveReason::Acked => {
-                                json!({"event": "acked", "intent_id": intent_id.as_str(), "at_ms": wall_ms()})
+                                json!({"event": "acked", "intent_id": intent_id.as_str(), "at_ms": wall_ms(), "at_us": wall_us()})
                             }
                             RemoveReason::GaveUp { attempts } => {
                                 json!({"event": "gave_up", "intent_id": intent_id.as_str(), "attempts": attempts, "at_ms": wall_ms()})

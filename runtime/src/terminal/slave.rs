@@ -407,7 +407,7 @@ impl Slave {
                     Output::ToAgent(msg) => send_frame(&self.writer, EaFrame::Msg(msg)),
                     Output::PersistExecuting { op, command } => {
                         rows.push(line(
-                            &json!({"op": "executing", "command": command_value(&command)}),
+                            &json!({"op": "executing", "command": command_value(&command), "at_us": wall_us()}),
                         ));
                         ops.push(op);
                         self.commands.insert(command.command_id.clone(), command);
