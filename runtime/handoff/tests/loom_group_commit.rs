@@ -198,10 +198,11 @@ fn two_writers_answer_each_write_once_and_both_stop() {
     });
 }
 
-/// Known limit, kept visible: with two writers `Journal::close` can be acknowledged while the
-/// OTHER writer still commits a batch it took before the shutdown (that write is still answered
-/// exactly once, after `close` returned). If this model stops panicking, the writer was fixed:
-/// turn it into a plain test.
+/// Why `Journal::close` does not stop at the shutdown acknowledgement: with two writers the
+/// shutdown can be acknowledged while the OTHER writer still commits a batch it took before it
+/// (that write is still answered exactly once, but later). `Journal::close` therefore also
+/// waits for every writer task to end (each ends when it finds the queue closed and empty);
+/// this model keeps the reason visible. If it stops panicking, the protocol itself changed.
 #[test]
 #[should_panic(expected = "shutdown acknowledged before write")]
 fn two_writers_may_ack_shutdown_before_the_other_writers_batch() {

@@ -255,6 +255,8 @@ struct Inner {
     waker: Waker,
     opts: JournalOptions,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// The writer tasks; `close` waits for every one of them.
+    writers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -344,15 +346,18 @@ impl Journal {
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let stats = Arc::new(Stats::default());
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for store in stores {
-            tokio::spawn(writer::run(
-                store,
-                rx.clone(),
-                stats.clone(),
-                waker.clone(),
-                opts.clone(),
-            ));
-        }
+        let writers = stores
+            .into_iter()
+            .map(|store| {
+                tokio::spawn(writer::run(
+                    store,
+                    rx.clone(),
+                    stats.clone(),
+                    waker.clone(),
+                    opts.clone(),
+                ))
+            })
+            .collect();
         Journal {
             inner: Arc::new(Inner {
                 tx,
@@ -361,6 +366,7 @@ impl Journal {
                 waker,
                 opts,
                 listener,
+                writers: std::sync::Mutex::new(writers),
             }),
         }
     }
@@ -511,6 +517,18 @@ impl Journal {
             .is_ok()
         {
             let _ = rx.await;
+        }
+        // The shutdown is acknowledged by the writer that took it once the queue is drained;
+        // another writer may still be committing a batch it took before. Every write must be
+        // answered before `close` returns, so wait for all writers to stop (each stops when it
+        // finds the queue closed and empty). The loom model
+        // `two_writers_may_ack_shutdown_before_the_other_writers_batch` shows the race.
+        let writers = match self.inner.writers.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for w in writers {
+            let _ = w.await;
         }
         if let Some(l) = &self.inner.listener {
             l.abort();
