@@ -51,8 +51,6 @@ impl Mutant {
         Mutant::MdCriticalEvictsOldest,
         Mutant::MdCoalesceKeepsOldest,
         Mutant::MdRoutingKeepsQueued,
-        Mutant::PartialByMasterLots,
-        Mutant::CatchUpExpiresCloses,
     ];
 
     pub fn name(self) -> &'static str {

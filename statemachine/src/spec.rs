@@ -137,12 +137,12 @@ pub fn render_policy() -> String {
             k.name, k.default, k.range, k.doc
         ));
     }
-    out.push_str("\n| reason | wire (`echo.v1.SkipReason`) | when |\n|---|---|---|\n");
+    out.push_str("\n| reason | wire (`echo.v1.ErrorCode`) | when |\n|---|---|---|\n");
     for r in crate::policy::SkipReason::ALL {
         out.push_str(&format!(
-            "| `{}` | `SKIP_REASON_{}` | {} |\n",
+            "| `{}` | `{}` | {} |\n",
             r.name(),
-            r.name(),
+            r.error_code().name(),
             r.doc()
         ));
     }

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
 /// Every `ErrorCode` in declaration order (for parsing its wire name).
-const ERROR_CODES: [ErrorCode; 14] = [
+const ERROR_CODES: [ErrorCode; 26] = [
     ErrorCode::BrokerBusy,
     ErrorCode::InvalidArgument,
     ErrorCode::Unauthenticated,
@@ -38,6 +38,18 @@ const ERROR_CODES: [ErrorCode; 14] = [
     ErrorCode::ProtocolViolation,
     ErrorCode::PipeUnavailable,
     ErrorCode::Internal,
+    ErrorCode::VolumeBelowMin,
+    ErrorCode::PriceDeviation,
+    ErrorCode::Expired,
+    ErrorCode::FilteredSymbol,
+    ErrorCode::FilteredMagic,
+    ErrorCode::FilteredComment,
+    ErrorCode::FilteredDirection,
+    ErrorCode::FilteredOrderType,
+    ErrorCode::MaxOpenPositions,
+    ErrorCode::MaxTotalLots,
+    ErrorCode::InsufficientMargin,
+    ErrorCode::NoStopLoss,
 ];
 
 /// The terminal's introduction, the first frame on every connection.

@@ -82,9 +82,9 @@ transitions! {
         NoPosition = "T19": "New | Blocked",
             "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE but the slave holds no ticket for the trade" => "Finalizing(FAILED)";
             "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed",
-        SymbolNotMapped = "T20": "New",
-            "planned at intake; the subscription's symbol map does not cover the symbol" => "Done(FAILED)";
-            "journaled FAILED with the intent (SYMBOL_NOT_MAPPED); log core_delivery_failed; DeliveryReport",
+        NotCopied = "T20": "New",
+            "planned at intake; the subscription's copy policy does not copy it (SYMBOL_NOT_MAPPED, a filter, VOLUME_BELOW_MIN, …: SPEC.md §5.2)" => "Done(FAILED)";
+            "journaled FAILED with the intent and the policy's reason; copy_skipped_total{reason}++; log core_delivery_failed; DeliveryReport",
         Unknown = "T21": "Done | never existed",
             "CommandAck or ExecutionResult for a command not in memory" => "unchanged";
             "nothing (late_or_unknown counted)",
@@ -260,10 +260,13 @@ impl Core {
     pub(crate) fn failed_at_intake(&mut self, rec: DeliveryRecord) {
         let reason = rec.reason.unwrap_or(ErrorCode::SymbolNotMapped);
         self.fire(
-            DeliveryT::SymbolNotMapped.spec(),
+            DeliveryT::NotCopied.spec(),
             Subject::Command(rec.command_id.clone()),
         );
         self.metrics.delivery_failed_total += 1;
+        if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
+            *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        }
         self.log(CoreLog::DeliveryFailed {
             intent_id: rec.intent_id.clone(),
             command_id: Some(rec.command_id.clone()),

@@ -12,6 +12,7 @@ pub mod catchup;
 pub mod deviation;
 pub mod filters;
 pub mod partial;
+pub mod plan;
 pub mod reason;
 pub mod reverse;
 pub mod sizing;

@@ -3,7 +3,10 @@
 //! This module owns the names (`SCREAMING_SNAKE` on the wire, in SPEC.md and in the `reason`
 //! metric label). It must never grow a catch-all variant: every non-copy names its cause.
 
-/// Why a slave did not copy a master's trade. Mirrors `echo.v1.SkipReason`.
+use crate::msg::ErrorCode;
+
+/// Why a slave did not copy a master's trade. On the wire each is an `echo.v1.ErrorCode`
+/// (`ERROR_CODE_` + name), the closed enum every FAILED delivery already carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SkipReason {
     /// The sized volume is below the slave broker's minimum and the policy says skip.
@@ -73,6 +76,33 @@ impl SkipReason {
         }
     }
 
+    /// The wire code carrying this reason in a FAILED delivery, ack or report.
+    pub fn error_code(self) -> ErrorCode {
+        match self {
+            SkipReason::VolumeBelowMin => ErrorCode::VolumeBelowMin,
+            SkipReason::SymbolNotMapped => ErrorCode::SymbolNotMapped,
+            SkipReason::PriceDeviation => ErrorCode::PriceDeviation,
+            SkipReason::Expired => ErrorCode::Expired,
+            SkipReason::FilteredSymbol => ErrorCode::FilteredSymbol,
+            SkipReason::FilteredMagic => ErrorCode::FilteredMagic,
+            SkipReason::FilteredComment => ErrorCode::FilteredComment,
+            SkipReason::FilteredDirection => ErrorCode::FilteredDirection,
+            SkipReason::FilteredOrderType => ErrorCode::FilteredOrderType,
+            SkipReason::MaxOpenPositions => ErrorCode::MaxOpenPositions,
+            SkipReason::MaxTotalLots => ErrorCode::MaxTotalLots,
+            SkipReason::InsufficientMargin => ErrorCode::InsufficientMargin,
+            SkipReason::NoStopLoss => ErrorCode::NoStopLoss,
+        }
+    }
+
+    /// The policy reason a wire code stands for, if it is one.
+    pub fn from_error_code(e: ErrorCode) -> Option<SkipReason> {
+        SkipReason::ALL
+            .iter()
+            .copied()
+            .find(|r| r.error_code() == e)
+    }
+
     pub fn from_name(s: &str) -> Option<SkipReason> {
         SkipReason::ALL.iter().copied().find(|r| r.name() == s)
     }
@@ -115,5 +145,10 @@ mod tests {
             assert!(seen.insert(r.name()), "duplicate {}", r.name());
         }
         assert_eq!(SkipReason::from_name("NOPE"), None);
+        for r in SkipReason::ALL {
+            assert_eq!(SkipReason::from_error_code(r.error_code()), Some(*r));
+            assert_eq!(r.error_code().name(), format!("ERROR_CODE_{}", r.name()));
+            assert!(!r.error_code().is_retryable(), "a policy verdict is final");
+        }
     }
 }

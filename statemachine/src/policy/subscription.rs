@@ -14,7 +14,7 @@ use super::filters::{Direction, Filters, OrderType};
 use super::sizing::{AboveMax, BelowMin, SizingMode, SizingPolicy};
 use super::stops::StopsMode;
 use super::symbols::SymbolMapping;
-use super::volume::Volume;
+use super::volume::{SymbolLimits, Volume};
 use crate::config::ConfigError;
 use crate::ids::Symbol;
 
@@ -31,6 +31,9 @@ pub struct CopyPolicy {
     pub filters: Filters,
     pub deviation: DeviationGuard,
     pub catch_up: CatchUpPolicy,
+    /// The slave broker's volume limits the core sizes against (`limits/*`), until the slave
+    /// EA reports its own symbol info.
+    pub limits: SymbolLimits,
 }
 
 /// Which [`SizingMode`] the subscription uses; its number comes from [`SizingValues`], so
@@ -344,6 +347,62 @@ impl CopyPolicy {
         self.sizing.mode = self.sizing_values.mode(self.sizing_kind);
     }
 
+    /// Checks what single keys cannot: the limits agree with each other, and nothing is set
+    /// that the machines do not apply yet (a setting that would be silently ignored is
+    /// refused rather than accepted). Names the offending key.
+    pub fn validate(&self, master: &str, slave: &str) -> Result<(), ConfigError> {
+        let refuse = |name: &str, value: String, expected: &str| ConfigError {
+            key: full_key(master, slave, name),
+            value,
+            expected: expected.to_string(),
+        };
+        let l = &self.limits;
+        if !l.is_valid() {
+            return Err(refuse(
+                "limits/min_lots",
+                format!(
+                    "min {} max {} step {}",
+                    l.min.lots(),
+                    l.max.lots(),
+                    l.step.lots()
+                ),
+                "min_lots ≤ max_lots, both multiples of step_lots",
+            ));
+        }
+        const LATER: &str = "a setting the machines apply (this one needs the slave EA's account and price report, not wired yet; SPEC.md §5.2)";
+        if !matches!(
+            self.sizing_kind,
+            SizingKind::FixedLots | SizingKind::Multiplier
+        ) {
+            return Err(refuse("sizing/mode", self.sizing_kind.name().into(), LATER));
+        }
+        if self.sizing.above_max == AboveMax::Split {
+            return Err(refuse("sizing/above_max", "split".into(), LATER));
+        }
+        if self.sizing.check_free_margin {
+            return Err(refuse("sizing/check_free_margin", "true".into(), LATER));
+        }
+        let f = &self.filters;
+        let unreported = [
+            ("filters/magic_allow", !f.magic_allow.is_empty()),
+            ("filters/magic_deny", !f.magic_deny.is_empty()),
+            ("filters/comment_allow", !f.comment_allow.is_empty()),
+            ("filters/comment_deny", !f.comment_deny.is_empty()),
+            ("filters/order_types", !f.order_types.is_empty()),
+            ("filters/max_open_positions", f.max_open_positions > 0),
+            ("filters/max_total_lots", !f.max_total_lots.is_zero()),
+            ("deviation/max_points", self.deviation.max_points > 0),
+            (
+                "deviation/retry_window_ms",
+                self.deviation.retry_window_ms > 0,
+            ),
+        ];
+        if let Some((name, _)) = unreported.iter().find(|(_, set)| *set) {
+            return Err(refuse(name, "(set)".into(), LATER));
+        }
+        Ok(())
+    }
+
     /// Applies one policy key (`name` below the subscription's prefix). `Ok(false)` if the
     /// name is not a policy key (the caller owns `multiplier` and `symbol_map/*`). On error
     /// the policy is unchanged.
@@ -523,6 +582,22 @@ impl CopyPolicy {
             "deviation/max_points" => self.deviation.max_points = int(1_000_000)? as u32,
             "deviation/retry_window_ms" => self.deviation.retry_window_ms = int(60_000)? as u32,
             "catchup/max_age_ms" => self.catch_up.max_age_ms = int(86_400_000)?,
+            "limits/min_lots" | "limits/max_lots" | "limits/step_lots" => {
+                let hi = if name == "limits/max_lots" {
+                    100_000.0
+                } else {
+                    1_000.0
+                };
+                let what = format!("lots in (0, {hi}]");
+                let v = Volume::from_lots(number(hi, false, &what)?)
+                    .filter(|v| !v.is_zero())
+                    .ok_or_else(|| err(&what))?;
+                match name {
+                    "limits/min_lots" => self.limits.min = v,
+                    "limits/max_lots" => self.limits.max = v,
+                    _ => self.limits.step = v,
+                }
+            }
             _ => match name.strip_prefix("sizing/symbol_multiplier/") {
                 Some(sym) if !sym.is_empty() => {
                     let m = number(1_000.0, false, "a number in (0, 1000]")?;

@@ -27,7 +27,8 @@ pub struct SymbolMapping {
 }
 
 impl SymbolMapping {
-    fn has_rule(&self) -> bool {
+    /// Whether an affix rule is configured.
+    pub fn has_rule(&self) -> bool {
         !(self.strip_prefix.is_empty()
             && self.strip_suffix.is_empty()
             && self.add_prefix.is_empty()

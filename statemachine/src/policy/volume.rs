@@ -64,6 +64,12 @@ pub struct SymbolLimits {
     pub point: f64,
 }
 
+impl Default for SymbolLimits {
+    fn default() -> Self {
+        SymbolLimits::fx()
+    }
+}
+
 impl SymbolLimits {
     /// The common FX limits: 0.01 – 100 lots in steps of 0.01, 100 000 units a lot.
     pub fn fx() -> SymbolLimits {
