@@ -51,6 +51,7 @@ impl Mutant {
         Mutant::MdCriticalEvictsOldest,
         Mutant::MdCoalesceKeepsOldest,
         Mutant::MdRoutingKeepsQueued,
+        Mutant::CatchUpExpiresCloses,
     ];
 
     pub fn name(self) -> &'static str {

@@ -265,7 +265,8 @@ pub(super) fn policy_violations(
                 d.reason
             )),
             Some(r) => {
-                if (r == SkipReason::SymbolNotMapped) != mapped.is_err() {
+                // Filters run before mapping, so an unmapped symbol may be filtered first.
+                if r == SkipReason::SymbolNotMapped && mapped.is_ok() {
                     bad.push(format!("{who} {r} but mapping says {mapped:?}"));
                 }
                 if intent.kind != IntentKind::Open && r != SkipReason::SymbolNotMapped {

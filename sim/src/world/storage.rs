@@ -20,6 +20,7 @@ use echo_statemachine::ea::master::{self, PersistError};
 use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
+use echo_statemachine::policy::SkipReason;
 use echo_statemachine::time::Instant;
 
 use super::faults::F;
@@ -246,6 +247,16 @@ impl World {
                 reason,
                 ..
             } => {
+                let dropped_close = self.journal.deliveries.get(command_id).and_then(|d| {
+                    let policy = reason.and_then(SkipReason::from_error_code)?;
+                    (d.kind != IntentKind::Open
+                        && d.status == DeliveryStatus::Inflight
+                        && policy != SkipReason::SymbolNotMapped)
+                        .then(|| format!("{:?} {command_id} FAILED {policy} by the copy policy: a close or modify is always delivered", d.kind))
+                });
+                if let Some(v) = dropped_close {
+                    self.violation(v);
+                }
                 if let Some(d) = self.journal.deliveries.get_mut(command_id) {
                     if d.status == DeliveryStatus::Inflight {
                         d.status = *status;

@@ -392,14 +392,14 @@ impl Core {
                         .map(|e| e.reply_to.clone())
                         .unwrap_or_else(|| AgentId::new(""))
                 });
-                let records = match reply {
+                let (records, fresh) = match reply {
                     JournalReply::Done => {
                         self.fire(IntakeT::Persisted.spec(), self.intent_subject(&id));
-                        deliveries
+                        (deliveries, true)
                     }
                     JournalReply::IntentExisted { unfinished } => {
                         self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
-                        unfinished
+                        (unfinished, false)
                     }
                 };
                 self.release_admission(now, worker, admitted_at, true);
@@ -412,7 +412,7 @@ impl Core {
                         && !self.by_command.contains_key(&rec.command_id)
                     {
                         open += 1;
-                        self.create_delivery(now, rec);
+                        self.create_delivery(now, rec, fresh);
                     }
                 }
                 self.count_open(&id, |o| *o += open);
