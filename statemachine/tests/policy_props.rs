@@ -225,34 +225,9 @@ proptest! {
         master_units in 2u64..1_000 * LOT,
         cuts in prop::collection::vec(1u64..1_000, 0..12),
     ) {
-        let slave_open0 = Volume(l.min.0 + l.step.0 * (slave_steps - 1));
-        let mut slave_open = slave_open0;
-        let mut master_open = Volume(master_units);
-        let mut closed_total = Volume::ZERO;
-        for cut in cuts {
-            if master_open.0 < 2 || slave_open.is_zero() {
-                break;
-            }
-            // The master closes cut‰ of what it has left (at least one unit, never all).
-            let master_closed = Volume((master_open.0 * cut / 1_000).clamp(1, master_open.0 - 1));
-            let d = partial_close(master_open, master_closed, slave_open, &l);
-            let closed = d.closed(slave_open);
-            prop_assert!(closed <= slave_open);
-            prop_assert!(l.is_on_step(closed) || closed == slave_open);
-            if let CloseDecision::Partial(v) = d {
-                let share = u128::from(slave_open.0) * u128::from(master_closed.0) / u128::from(master_open.0);
-                prop_assert!(u128::from(v.0) <= share, "closed {v:?} above the fraction {share}");
-                prop_assert!(slave_open.saturating_sub(v) >= l.min, "dust left");
-            }
-            slave_open = slave_open.saturating_sub(closed);
-            closed_total = closed_total.saturating_add(closed);
-            master_open = master_open.saturating_sub(master_closed);
+        if let Err(e) = partial_sequence(&l, slave_steps, master_units, &cuts) {
+            prop_assert!(false, "{}", e);
         }
-        // The master closes the rest: the slave closes exactly what remains.
-        let last = partial_close(master_open, master_open, slave_open, &l);
-        prop_assert_eq!(last, CloseDecision::All);
-        closed_total = closed_total.saturating_add(last.closed(slave_open));
-        prop_assert_eq!(closed_total, slave_open0);
     }
 
     /// Mapping never guesses: the explicit map wins; a rule-mapped name carries the
@@ -362,4 +337,78 @@ proptest! {
             prop_assert_eq!(open, Err(SkipReason::Expired));
         }
     }
+}
+
+/// Runs one slave position through the master's partial closes (`cuts` ‰ of what the master
+/// has left, each) and a final close; the first broken promise, if any.
+fn partial_sequence(
+    l: &SymbolLimits,
+    slave_steps: u64,
+    master_units: u64,
+    cuts: &[u64],
+) -> Result<(), String> {
+    let slave_open0 = Volume(l.min.0 + l.step.0 * (slave_steps - 1));
+    let mut slave_open = slave_open0;
+    let mut master_open = Volume(master_units);
+    let mut closed_total = Volume::ZERO;
+    for &cut in cuts {
+        if master_open.0 < 2 || slave_open.is_zero() {
+            break;
+        }
+        // The master closes cut‰ of what it has left (at least one unit, never all).
+        let master_closed = Volume((master_open.0 * cut / 1_000).clamp(1, master_open.0 - 1));
+        let d = partial_close(master_open, master_closed, slave_open, l);
+        let closed = d.closed(slave_open);
+        if !(l.is_on_step(closed) || closed == slave_open) {
+            return Err(format!("closed {closed:?} off the step"));
+        }
+        let share =
+            u128::from(slave_open.0) * u128::from(master_closed.0) / u128::from(master_open.0);
+        if d == CloseDecision::All {
+            // Closing everything on a partial is only the no-dust rule at work.
+            let kept = slave_open.saturating_sub(l.floor_to_step(Volume(share as u64)));
+            if kept >= l.min {
+                return Err(format!(
+                    "closed all {slave_open:?} on a partial that leaves {kept:?}"
+                ));
+            }
+        }
+        if let CloseDecision::Partial(v) = d {
+            if u128::from(v.0) > share {
+                return Err(format!("closed {v:?} above the fraction {share}"));
+            }
+            if slave_open.saturating_sub(v) < l.min {
+                return Err(format!("dust left: {:?}", slave_open.saturating_sub(v)));
+            }
+        }
+        slave_open = slave_open.saturating_sub(closed);
+        closed_total = closed_total.saturating_add(closed);
+        master_open = master_open.saturating_sub(master_closed);
+    }
+    // The master closes the rest: the slave closes exactly what remains.
+    let last = partial_close(master_open, master_open, slave_open, l);
+    if last != CloseDecision::All {
+        return Err(format!("final close {last:?}"));
+    }
+    closed_total = closed_total.saturating_add(last.closed(slave_open));
+    if closed_total != slave_open0 {
+        return Err(format!("closed {closed_total:?} of {slave_open0:?}"));
+    }
+    Ok(())
+}
+
+/// The planted bug `partial-by-master-lots` (a partial close closes the master's lots, not
+/// the fraction) breaks the partial-close property: the check above is not vacuous.
+#[cfg(feature = "sim-mutants")]
+#[test]
+fn partial_by_master_lots_is_caught() {
+    use echo_statemachine::mutants::{self, Mutant};
+    let l = SymbolLimits::fx();
+    // The master holds 10 lots and closes 30%; the slave holds 1 lot.
+    let args = (l, 100, 10 * LOT, vec![300u64]);
+    assert_eq!(partial_sequence(&args.0, args.1, args.2, &args.3), Ok(()));
+    assert!(mutants::set(Some(Mutant::PartialByMasterLots)));
+    let caught = partial_sequence(&args.0, args.1, args.2, &args.3);
+    mutants::set(None);
+    assert!(caught.is_err(), "the mutant went unnoticed");
 }
