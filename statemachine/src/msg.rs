@@ -126,6 +126,36 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (wire names are parsed against it).
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BrokerBusy,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Unauthenticated,
+        ErrorCode::UnknownAccount,
+        ErrorCode::JournalUnavailable,
+        ErrorCode::SymbolNotMapped,
+        ErrorCode::MaxRetries,
+        ErrorCode::BrokerRejected,
+        ErrorCode::EaRejected,
+        ErrorCode::NoPosition,
+        ErrorCode::Duplicate,
+        ErrorCode::ProtocolViolation,
+        ErrorCode::PipeUnavailable,
+        ErrorCode::Internal,
+        ErrorCode::VolumeBelowMin,
+        ErrorCode::PriceDeviation,
+        ErrorCode::Expired,
+        ErrorCode::FilteredSymbol,
+        ErrorCode::FilteredMagic,
+        ErrorCode::FilteredComment,
+        ErrorCode::FilteredDirection,
+        ErrorCode::FilteredOrderType,
+        ErrorCode::MaxOpenPositions,
+        ErrorCode::MaxTotalLots,
+        ErrorCode::InsufficientMargin,
+        ErrorCode::NoStopLoss,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ErrorCode::BrokerBusy => "ERROR_CODE_BROKER_BUSY",

@@ -298,12 +298,7 @@ pub(super) fn policy_violations(
             d.side, p.reverse, intent.side
         ));
     }
-    let per_symbol = p
-        .sizing
-        .symbol_multipliers
-        .get(&intent.symbol)
-        .copied()
-        .unwrap_or(1.0);
+    let per_symbol = p.sizing.symbol_multiplier(&intent.symbol);
     match intent.kind {
         IntentKind::Open => {
             let l = &p.limits;

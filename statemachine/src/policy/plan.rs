@@ -83,13 +83,7 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
             sized.total().lots()
         }
         IntentKind::PartialClose => {
-            let per_symbol = policy
-                .sizing
-                .symbol_multipliers
-                .get(&intent.symbol)
-                .copied()
-                .unwrap_or(1.0);
-            intent.volume * sub.multiplier * per_symbol
+            intent.volume * sub.multiplier * policy.sizing.symbol_multiplier(&intent.symbol)
         }
         IntentKind::Modify | IntentKind::Close => intent.volume,
     };

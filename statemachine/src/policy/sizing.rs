@@ -62,6 +62,13 @@ pub struct SizingPolicy {
     pub check_free_margin: bool,
 }
 
+impl SizingPolicy {
+    /// The extra factor for master symbol `symbol` (1 when none is configured).
+    pub fn symbol_multiplier(&self, symbol: &Symbol) -> f64 {
+        self.symbol_multipliers.get(symbol).copied().unwrap_or(1.0)
+    }
+}
+
 impl Default for SizingPolicy {
     fn default() -> Self {
         SizingPolicy {
@@ -123,11 +130,7 @@ pub fn risk_budget(pct: f64, facts: &SizingFacts) -> f64 {
 pub fn size(policy: &SizingPolicy, facts: &SizingFacts) -> Result<Sized, SkipReason> {
     let l = &facts.limits;
     let master_lots = facts.master_volume.lots();
-    let per_symbol = policy
-        .symbol_multipliers
-        .get(&facts.symbol)
-        .copied()
-        .unwrap_or(1.0);
+    let per_symbol = policy.symbol_multiplier(&facts.symbol);
     let contract = if policy.align_contract_size && l.contract_size > 0.0 {
         facts.master_contract_size / l.contract_size
     } else {
