@@ -611,12 +611,13 @@ mod tests {
         .expect_err("not wired");
         assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/mode");
         let t = super::super::file::parse_toml(
-            "[subscriptions.m.s]\nmultiplier = 1.0\nreverse = true\n[subscriptions.m.s.sizing]\nmode = \"fixed_lots\"\nfixed_lots = 0.3\n",
+            "[subscriptions.m.s]\nmultiplier = 1.0\nreverse = true\n[subscriptions.m.s.filters]\ndirection = \"sell_only\"\n",
         )
         .expect("toml policy");
+        assert!(t.subscriptions[0].policy.reverse);
         assert_eq!(
-            t.subscriptions[0].policy.sizing_kind,
-            echo_statemachine::policy::subscription::SizingKind::FixedLots
+            t.subscriptions[0].policy.filters.direction,
+            echo_statemachine::policy::filters::Direction::SellOnly
         );
     }
 

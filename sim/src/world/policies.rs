@@ -2,7 +2,7 @@
 //!
 //! This module owns which per-subscription policies a seed exercises: reverse copying, SL/TP
 //! modes, symbol affix rules that leave a symbol unmapped, direction and symbol filters, fixed
-//! or multiplier sizing against drawn broker limits (with minimums the script's volumes fall
+//! multiplier sizing against drawn broker limits (with minimums the script's volumes fall
 //! below), per-symbol multipliers, and catch-up expiry short enough for a slave's absence to
 //! outlast it. It draws from its own stream (forked from the seed), so adding a policy setting
 //! never shifts the fault schedule; it must never draw a setting the machines refuse.
@@ -11,7 +11,7 @@ use echo_statemachine::ids::Symbol;
 use echo_statemachine::policy::filters::Direction;
 use echo_statemachine::policy::sizing::BelowMin;
 use echo_statemachine::policy::stops::StopsMode;
-use echo_statemachine::policy::subscription::{CopyPolicy, SizingKind};
+use echo_statemachine::policy::subscription::CopyPolicy;
 use echo_statemachine::policy::volume::UNITS_PER_LOT;
 use echo_statemachine::policy::Volume;
 
@@ -60,10 +60,6 @@ fn one(rng: &mut Rng) -> CopyPolicy {
     } else {
         BelowMin::TradeMin
     };
-    if rng.chance(1, 4) {
-        p.sizing_kind = SizingKind::FixedLots;
-        p.sizing_values.fixed_lots = Volume(rng.range(1, 300) * UNITS_PER_LOT / 100);
-    }
     if rng.chance(1, 5) {
         p.sizing
             .symbol_multipliers

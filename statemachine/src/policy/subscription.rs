@@ -369,11 +369,11 @@ impl CopyPolicy {
                 "min_lots ≤ max_lots, both multiples of step_lots",
             ));
         }
-        const LATER: &str = "a setting the machines apply (this one needs the slave EA's account and price report, not wired yet; SPEC.md §5.2)";
-        if !matches!(
-            self.sizing_kind,
-            SizingKind::FixedLots | SizingKind::Multiplier
-        ) {
+        const LATER: &str =
+            "a setting the machines apply (this one is not wired into a machine yet; SPEC.md §5.2)";
+        // fixed_lots too: until partial closes are taken as a fraction of the slave's own
+        // position, a fixed-size copy would be partially closed by the master's lots.
+        if self.sizing_kind != SizingKind::Multiplier {
             return Err(refuse("sizing/mode", self.sizing_kind.name().into(), LATER));
         }
         if self.sizing.above_max == AboveMax::Split {
