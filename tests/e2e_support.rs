@@ -115,6 +115,7 @@ impl E2e {
             rate: s.rate,
             journal,
             timings: s.timings,
+            copy_policies: false,
         })
         .unwrap_or_else(|e| panic!("{name}: cannot start the cluster in {}: {e}", dir.display()));
         E2e {

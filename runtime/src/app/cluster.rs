@@ -80,6 +80,9 @@ pub struct ClusterOptions {
     pub rate: u64,
     pub journal: JournalSpec,
     pub timings: Timings,
+    /// Give every fourth slave a copy policy that skips some trades (the demo shows it); off
+    /// for the end-to-end tests, which expect every trade confirmed at every slave.
+    pub copy_policies: bool,
 }
 
 fn free_port() -> Result<u16, AppError> {
@@ -443,7 +446,7 @@ fn write_config(
             // Some slaves trade half size under a broker suffix: the fan-out rules at work.
             // Every fourth one copies in reverse at a fifth of the size and only the masters'
             // sells (a copy policy: SPEC.md §5.2; its skipped buys show with their reason).
-            if i % 4 == 3 {
+            if o.copy_policies && i % 4 == 3 {
                 t += &format!(
                     "[subscriptions.{m}.{s}]\nmultiplier = 0.2\nreverse = true\n\
                      [subscriptions.{m}.{s}.filters]\ndirection = \"sell_only\"\n\n"

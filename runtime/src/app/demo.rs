@@ -124,6 +124,7 @@ pub fn run(o: DemoOptions) -> Result<bool, AppError> {
         rate: o.rate,
         journal: JournalSpec::Sqlite,
         timings: Timings::default(),
+        copy_policies: true,
     })?;
     println!(
         "echo demo: core + 2 agents + {} master(s) + {} slaves as processes in {}",
