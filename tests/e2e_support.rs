@@ -118,6 +118,7 @@ impl E2e {
             concurrent: 4,
             extra_agents: Vec::new(),
             hold_masters: false,
+            copy_policies: false,
         })
         .unwrap_or_else(|e| panic!("{name}: cannot start the cluster in {}: {e}", dir.display()));
         E2e {

@@ -179,6 +179,20 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
     );
     head(
         &mut o,
+        "echo_core_copy_skipped_total",
+        "counter",
+        "deliveries the copy policy did not make, by reason",
+    );
+    for (reason, n) in &m.copy_skipped_total {
+        line(
+            &mut o,
+            "echo_core_copy_skipped_total",
+            &[("reason", reason)],
+            *n,
+        );
+    }
+    head(
+        &mut o,
         "echo_core_deliveries_acked_total",
         "counter",
         "deliveries confirmed by the slave EA",

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::ids::{AccountId, Symbol};
+use crate::policy::subscription::CopyPolicy;
+use crate::policy::SkipReason;
 
 /// Why a config value was refused. Always names the key, the value and the allowed range.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -362,6 +364,8 @@ pub struct Subscription {
     /// Master symbol → slave symbol. Empty means "same names"; non-empty means "only these":
     /// a symbol missing from a non-empty map is `SYMBOL_NOT_MAPPED`, never guessed.
     pub symbol_map: BTreeMap<Symbol, Symbol>,
+    /// Every other per-subscription policy setting (SPEC.md §5.2).
+    pub policy: CopyPolicy,
 }
 
 impl Subscription {
@@ -371,16 +375,20 @@ impl Subscription {
             slave: AccountId::new(slave),
             multiplier,
             symbol_map: BTreeMap::new(),
+            policy: CopyPolicy::default(),
         }
     }
 
-    /// The slave's name for `symbol`, or `None` when the map does not cover it.
-    pub fn map_symbol(&self, symbol: &Symbol) -> Option<Symbol> {
-        if self.symbol_map.is_empty() {
-            Some(symbol.clone())
-        } else {
-            self.symbol_map.get(symbol).cloned()
+    /// The slave's name for `symbol`: the explicit map first; then the policy's affix rule.
+    /// A non-empty map without an affix rule means "only these" (as before affix rules).
+    pub fn map_symbol(&self, symbol: &Symbol) -> Result<Symbol, SkipReason> {
+        if let Some(s) = self.symbol_map.get(symbol) {
+            return Ok(s.clone());
         }
+        if !self.symbol_map.is_empty() && !self.policy.symbols.has_rule() {
+            return Err(SkipReason::SymbolNotMapped);
+        }
+        self.policy.symbols.map(symbol, None)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -401,7 +409,8 @@ impl Subscription {
                 expected: "a slave different from its master".into(),
             });
         }
-        Ok(())
+        self.policy
+            .validate(self.master.as_str(), self.slave.as_str())
     }
 }
 
@@ -475,15 +484,24 @@ mod tests {
         assert!(s.validate().is_ok());
         assert_eq!(
             s.map_symbol(&Symbol::new("EURUSD")),
-            Some(Symbol::new("EURUSD"))
+            Ok(Symbol::new("EURUSD"))
         );
         s.symbol_map
             .insert(Symbol::new("EURUSD"), Symbol::new("EURUSD.m"));
         assert_eq!(
             s.map_symbol(&Symbol::new("EURUSD")),
-            Some(Symbol::new("EURUSD.m"))
+            Ok(Symbol::new("EURUSD.m"))
         );
-        assert_eq!(s.map_symbol(&Symbol::new("GBPUSD")), None);
+        assert_eq!(
+            s.map_symbol(&Symbol::new("GBPUSD")),
+            Err(SkipReason::SymbolNotMapped)
+        );
+        s.policy.symbols.add_suffix = ".m".into();
+        assert_eq!(
+            s.map_symbol(&Symbol::new("GBPUSD")),
+            Ok(Symbol::new("GBPUSD.m")),
+            "an affix rule covers what the map leaves out"
+        );
         s.multiplier = f64::NAN;
         assert!(s.validate().is_err());
         s.multiplier = 0.0;

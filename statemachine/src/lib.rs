@@ -33,6 +33,7 @@ pub mod ids;
 pub mod marketdata;
 pub mod msg;
 pub mod mutants;
+pub mod policy;
 pub mod spec;
 pub mod telemetry;
 pub mod time;

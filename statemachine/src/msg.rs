@@ -99,9 +99,63 @@ pub enum ErrorCode {
     /// The agent could not deliver to the pipe within its retries (retryable at the core).
     PipeUnavailable,
     Internal,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The sized volume is below the slave broker's minimum and the policy says skip. Final.
+    VolumeBelowMin,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The slave's price is further from the master's fill than the subscription allows. Final.
+    PriceDeviation,
+    /// Copy policy (see [`crate::policy::SkipReason`]): An open reached the slave too late (catch-up after an absence). Never a close. Final.
+    Expired,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The subscription's symbol filter does not copy this symbol. Final.
+    FilteredSymbol,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The subscription's magic-number filter does not copy this trade. Final.
+    FilteredMagic,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The subscription's comment filter does not copy this trade. Final.
+    FilteredComment,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The subscription copies only the other direction. Final.
+    FilteredDirection,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The subscription does not copy this order type. Final.
+    FilteredOrderType,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The slave already holds its maximum of copied positions. Final.
+    MaxOpenPositions,
+    /// Copy policy (see [`crate::policy::SkipReason`]): Opening would take the slave above its maximum of copied lots. Final.
+    MaxTotalLots,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The slave's free margin cannot carry the sized volume. Final.
+    InsufficientMargin,
+    /// Copy policy (see [`crate::policy::SkipReason`]): Risk sizing needs a stop-loss (and tick value) the trade does not have. Final.
+    NoStopLoss,
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (wire names are parsed against it).
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BrokerBusy,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Unauthenticated,
+        ErrorCode::UnknownAccount,
+        ErrorCode::JournalUnavailable,
+        ErrorCode::SymbolNotMapped,
+        ErrorCode::MaxRetries,
+        ErrorCode::BrokerRejected,
+        ErrorCode::EaRejected,
+        ErrorCode::NoPosition,
+        ErrorCode::Duplicate,
+        ErrorCode::ProtocolViolation,
+        ErrorCode::PipeUnavailable,
+        ErrorCode::Internal,
+        ErrorCode::VolumeBelowMin,
+        ErrorCode::PriceDeviation,
+        ErrorCode::Expired,
+        ErrorCode::FilteredSymbol,
+        ErrorCode::FilteredMagic,
+        ErrorCode::FilteredComment,
+        ErrorCode::FilteredDirection,
+        ErrorCode::FilteredOrderType,
+        ErrorCode::MaxOpenPositions,
+        ErrorCode::MaxTotalLots,
+        ErrorCode::InsufficientMargin,
+        ErrorCode::NoStopLoss,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             ErrorCode::BrokerBusy => "ERROR_CODE_BROKER_BUSY",
@@ -118,6 +172,18 @@ impl ErrorCode {
             ErrorCode::ProtocolViolation => "ERROR_CODE_PROTOCOL_VIOLATION",
             ErrorCode::PipeUnavailable => "ERROR_CODE_PIPE_UNAVAILABLE",
             ErrorCode::Internal => "ERROR_CODE_INTERNAL",
+            ErrorCode::VolumeBelowMin => "ERROR_CODE_VOLUME_BELOW_MIN",
+            ErrorCode::PriceDeviation => "ERROR_CODE_PRICE_DEVIATION",
+            ErrorCode::Expired => "ERROR_CODE_EXPIRED",
+            ErrorCode::FilteredSymbol => "ERROR_CODE_FILTERED_SYMBOL",
+            ErrorCode::FilteredMagic => "ERROR_CODE_FILTERED_MAGIC",
+            ErrorCode::FilteredComment => "ERROR_CODE_FILTERED_COMMENT",
+            ErrorCode::FilteredDirection => "ERROR_CODE_FILTERED_DIRECTION",
+            ErrorCode::FilteredOrderType => "ERROR_CODE_FILTERED_ORDER_TYPE",
+            ErrorCode::MaxOpenPositions => "ERROR_CODE_MAX_OPEN_POSITIONS",
+            ErrorCode::MaxTotalLots => "ERROR_CODE_MAX_TOTAL_LOTS",
+            ErrorCode::InsufficientMargin => "ERROR_CODE_INSUFFICIENT_MARGIN",
+            ErrorCode::NoStopLoss => "ERROR_CODE_NO_STOP_LOSS",
         }
     }
 

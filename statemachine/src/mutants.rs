@@ -31,6 +31,11 @@ pub enum Mutant {
     MdCoalesceKeepsOldest,
     /// market data: raising the routing minimum does not purge queued ticks below it.
     MdRoutingKeepsQueued,
+    /// policy: a partial close closes the master's lots instead of the same fraction of the
+    /// slave's own position.
+    PartialByMasterLots,
+    /// policy: catch-up expiry drops a close (or modify) older than `max_age_ms` like an open.
+    CatchUpExpiresCloses,
 }
 
 impl Mutant {
@@ -46,6 +51,7 @@ impl Mutant {
         Mutant::MdCriticalEvictsOldest,
         Mutant::MdCoalesceKeepsOldest,
         Mutant::MdRoutingKeepsQueued,
+        Mutant::CatchUpExpiresCloses,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +67,8 @@ impl Mutant {
             Mutant::MdCriticalEvictsOldest => "md-critical-evicts-oldest",
             Mutant::MdCoalesceKeepsOldest => "md-coalesce-keeps-oldest",
             Mutant::MdRoutingKeepsQueued => "md-routing-keeps-queued",
+            Mutant::PartialByMasterLots => "partial-by-master-lots",
+            Mutant::CatchUpExpiresCloses => "catch-up-expires-closes",
         }
     }
 

@@ -126,6 +126,29 @@ pub fn render_config_keys() -> String {
     out
 }
 
+/// Renders SPEC.md's copy-policy tables: every per-subscription key and every skip reason.
+pub fn render_policy() -> String {
+    let mut out = String::from(
+        "| key under `/echo/subscriptions/{master}/{slave}/` | default | range | meaning |\n|---|---|---|---|\n",
+    );
+    for k in crate::policy::subscription::POLICY_KEYS {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            k.name, k.default, k.range, k.doc
+        ));
+    }
+    out.push_str("\n| reason | wire (`echo.v1.ErrorCode`) | when |\n|---|---|---|\n");
+    for r in crate::policy::SkipReason::ALL {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} |\n",
+            r.name(),
+            r.error_code().name(),
+            r.doc()
+        ));
+    }
+    out
+}
+
 /// Every transition id of every machine.
 pub fn all_ids() -> Vec<&'static str> {
     machines()

@@ -77,6 +77,12 @@ pub const METRICS: &[MetricSpec] = &[
         "deliveries ended FAILED, and intents refused for an unavailable journal",
     ),
     m(
+        "echo_core_copy_skipped_total",
+        "counter",
+        &["reason"],
+        "deliveries the subscription's copy policy did not make, by reason (SPEC.md §5.2; also counted in echo_core_delivery_failed_total)",
+    ),
+    m(
         "echo_agent_pipe_retry_total",
         "counter",
         &["result"],

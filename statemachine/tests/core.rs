@@ -10,7 +10,7 @@ use echo_statemachine::core::{
     CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult,
     JournalWrite,
 };
-use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
 use support::core_harness::*;
 
@@ -49,6 +49,7 @@ scenarios!(
     recover_resumes_unfinished_in_order,
     backoff_with_account_gone_parks,
     cancel_answered_by_the_real_result,
+    catch_up_expires_only_unsent_opens,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -940,6 +941,56 @@ fn backoff_with_account_gone_parks() -> Vec<&'static str> {
         .sent()
         .iter()
         .any(|(ag, m)| ag.as_str() == "C" && matches!(m, CoreToAgent::Command(_))));
+    h.fired
+}
+
+/// Catch-up (`core.delivery.T25`): while the slaves' agent is away, an open for a slave whose
+/// subscription has `catchup/max_age_ms` expires; the other slave still gets it, and a close of
+/// a position the slave holds is delivered however late.
+fn catch_up_expires_only_unsent_opens() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.subscriptions[0].policy.catch_up.max_age_ms = 1_000;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let cmds = h.accept(intent("i1", "t1", IntentKind::Open, 1));
+    assert_eq!(cmds.len(), 2);
+    h.confirm(&cmd_id("i1", "s1"), "s1", 11);
+    h.confirm(&cmd_id("i1", "s2"), "s2", 12);
+    h.disconnect("B");
+    h.accept(intent("i2", "t1", IntentKind::Close, 2));
+    h.accept(intent("i3", "t2", IntentKind::Open, 3));
+    h.advance(5_000);
+    h.take();
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    let expired: Vec<CommandId> = h
+        .writes()
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::FinishDelivery {
+                command_id,
+                reason: Some(ErrorCode::Expired),
+                ..
+            } => Some(command_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        expired,
+        vec![cmd_id("i3", "s1")],
+        "only the late open to s1"
+    );
+    let sent: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+    for want in [cmd_id("i2", "s1"), cmd_id("i2", "s2"), cmd_id("i3", "s2")] {
+        assert!(
+            sent.contains(&want),
+            "{want} delivered after the absence: {sent:?}"
+        );
+    }
+    assert!(!sent.contains(&cmd_id("i3", "s1")));
+    h.journal_ok_all();
+    assert_eq!(h.core.metrics().copy_skipped_total.get("EXPIRED"), Some(&1));
     h.fired
 }
 

@@ -14,6 +14,7 @@ fn spec_path() -> PathBuf {
 fn sections() -> Vec<(&'static str, String)> {
     vec![
         ("config", echo_statemachine::spec::render_config_keys()),
+        ("policy", echo_statemachine::spec::render_policy()),
         ("telemetry", echo_statemachine::telemetry::render_markdown()),
         ("machines", echo_statemachine::spec::render_markdown()),
     ]

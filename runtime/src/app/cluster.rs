@@ -88,6 +88,9 @@ pub struct ClusterOptions {
     pub extra_agents: Vec<(String, String)>,
     /// Leave the masters for [`Cluster::start_masters`] (a load client connects first).
     pub hold_masters: bool,
+    /// Give every fourth slave a copy policy that skips some trades (the demo shows it); off
+    /// for the end-to-end tests, which expect every trade confirmed at every slave.
+    pub copy_policies: bool,
 }
 
 fn free_port() -> Result<u16, AppError> {
@@ -212,6 +215,10 @@ pub struct DemoReport {
     pub master_refused: u64,
     pub expected_deliveries: u64,
     pub confirmed: BTreeMap<String, u64>,
+    /// Lots each slave opened (filled EXECUTE orders): the subscriptions' sizing at work.
+    pub opened_lots: BTreeMap<String, f64>,
+    /// (slave, reason) → deliveries that slave did not make, per reason.
+    pub failed_by_slave: BTreeMap<(String, String), u64>,
     pub broker_rejected: u64,
     pub failed: BTreeMap<String, u64>,
     pub lost: Vec<String>,
@@ -248,7 +255,13 @@ impl std::fmt::Display for DemoReport {
         writeln!(f, "intents refused (final): {}", self.master_refused)?;
         writeln!(f, "deliveries expected:     {}", self.expected_deliveries)?;
         for (slave, n) in &self.confirmed {
-            writeln!(f, "  confirmed at {slave:<10} {n}")?;
+            let lots = self.opened_lots.get(slave).copied().unwrap_or(0.0);
+            writeln!(f, "  confirmed at {slave:<10} {n}  (opened {lots:.2} lots)")?;
+            for ((s, reason), n) in &self.failed_by_slave {
+                if s == slave {
+                    writeln!(f, "    not copied {n} × {reason}")?;
+                }
+            }
         }
         writeln!(f, "broker rejections:       {}", self.broker_rejected)?;
         if self.failed.is_empty() {
@@ -353,6 +366,10 @@ pub fn account(
             }
             if row["status"].as_str() == Some("FILLED") {
                 confirmed += 1;
+                if row["action"].as_str() == Some("EXECUTE") {
+                    *r.opened_lots.entry(slave.clone()).or_insert(0.0) +=
+                        row["volume"].as_f64().unwrap_or(0.0);
+                }
             } else {
                 r.broker_rejected += 1;
             }
@@ -374,7 +391,12 @@ pub fn account(
                 continue;
             }
             match failed.get(&(id.clone(), slave.clone())) {
-                Some(why) => *r.failed.entry(why.clone()).or_insert(0) += 1,
+                Some(why) => {
+                    *r.failed.entry(why.clone()).or_insert(0) += 1;
+                    *r.failed_by_slave
+                        .entry((slave.clone(), why.clone()))
+                        .or_insert(0) += 1;
+                }
                 None => r.lost.push(format!("{id} ({}) at {slave}", e.trade)),
             }
         }
@@ -433,7 +455,14 @@ fn write_config(
     for m in &masters {
         for (i, s) in slaves.iter().enumerate() {
             // Some slaves trade half size under a broker suffix: the fan-out rules at work.
-            if i % 2 == 1 {
+            // Every fourth one copies in reverse at a fifth of the size and only the masters'
+            // sells (a copy policy: SPEC.md §5.2; its skipped buys show with their reason).
+            if o.copy_policies && i % 4 == 3 {
+                t += &format!(
+                    "[subscriptions.{m}.{s}]\nmultiplier = 0.2\nreverse = true\n\
+                     [subscriptions.{m}.{s}.filters]\ndirection = \"sell_only\"\n\n"
+                );
+            } else if i % 2 == 1 {
                 t += &format!(
                     "[subscriptions.{m}.{s}]\nmultiplier = 0.5\nsymbol_map = {{ EURUSD = \"EURUSD.m\" }}\n\n"
                 );

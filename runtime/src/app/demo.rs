@@ -127,6 +127,7 @@ pub fn run(o: DemoOptions) -> Result<bool, AppError> {
         concurrent: 4,
         extra_agents: Vec::new(),
         hold_masters: false,
+        copy_policies: true,
     })?;
     println!(
         "echo demo: core + 2 agents + {} master(s) + {} slaves as processes in {}",

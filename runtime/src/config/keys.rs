@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use echo_statemachine::config::{KeySpec, Subscription, ALL_KEYS};
 use echo_statemachine::ids::{AccountId, AgentId, Symbol};
+use echo_statemachine::policy::subscription::CopyPolicy;
 
 use super::error::ConfigError;
 use super::model::{
@@ -111,6 +112,7 @@ fn valid_id(s: &str) -> bool {
 struct SubBuilder {
     multiplier: Option<f64>,
     symbol_map: BTreeMap<Symbol, Symbol>,
+    policy: CopyPolicy,
 }
 
 #[derive(Default)]
@@ -376,6 +378,20 @@ impl Builder {
                     .symbol_map
                     .insert(Symbol::new(from), Symbol::new(to));
             }
+            ["subscriptions", master, slave, policy_key @ ..] if !policy_key.is_empty() => {
+                id_segment(key, master)?;
+                id_segment(key, slave)?;
+                let name = policy_key.join("/");
+                let sb = self
+                    .subs
+                    .entry((master.to_string(), slave.to_string()))
+                    .or_default();
+                match sb.policy.set(master, slave, &name, &v.text()) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(ConfigError::UnknownKey { key: key.into() }),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             ["agents", id, "token_hash"] => {
                 id_segment(key, id)?;
                 let s = string(key, v)?;
@@ -457,6 +473,7 @@ impl Builder {
                 slave: AccountId::new(&slave),
                 multiplier,
                 symbol_map: sb.symbol_map,
+                policy: sb.policy,
             };
             match sub.validate() {
                 Ok(()) => self.cfg.subscriptions.push(sub),
@@ -553,6 +570,55 @@ mod tests {
         ]))
         .expect_err("shared account");
         assert_eq!(e[0].key(), "/echo/agents/b/accounts/x");
+    }
+
+    #[test]
+    fn subscription_policy_keys_are_parsed_and_refused_by_name() {
+        let c = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/reverse", "true"),
+            ("/echo/subscriptions/m/s/symbols/add_suffix", ".m"),
+            ("/echo/subscriptions/m/s/sizing/below_min", "trade_min"),
+            (
+                "/echo/subscriptions/m/s/sizing/symbol_multiplier/XAUUSD",
+                "0.1",
+            ),
+            ("/echo/subscriptions/m/s/filters/direction", "buy_only"),
+            ("/echo/subscriptions/m/s/catchup/max_age_ms", "30000"),
+        ]))
+        .expect("valid policy");
+        let p = &c.subscriptions[0].policy;
+        assert!(p.reverse);
+        assert_eq!(p.symbols.add_suffix, ".m");
+        assert_eq!(p.catch_up.max_age_ms, 30_000);
+        let e = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/sizing/risk_percent", "250"),
+        ]))
+        .expect_err("out of range");
+        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/risk_percent");
+        let e = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/sizing/bogus", "1"),
+        ]))
+        .expect_err("unknown");
+        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/bogus");
+        // A setting the machines do not apply yet is refused, not silently ignored.
+        let e = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/sizing/mode", "risk_percent"),
+        ]))
+        .expect_err("not wired");
+        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/mode");
+        let t = super::super::file::parse_toml(
+            "[subscriptions.m.s]\nmultiplier = 1.0\nreverse = true\n[subscriptions.m.s.filters]\ndirection = \"sell_only\"\n",
+        )
+        .expect("toml policy");
+        assert!(t.subscriptions[0].policy.reverse);
+        assert_eq!(
+            t.subscriptions[0].policy.filters.direction,
+            echo_statemachine::policy::filters::Direction::SellOnly
+        );
     }
 
     #[test]

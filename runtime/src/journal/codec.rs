@@ -88,7 +88,7 @@ pub(crate) fn status_from(s: &str) -> Result<DeliveryStatus, JournalError> {
 
 /// Every error code. The match in [`all_codes_listed`] fails to compile when a variant is
 /// added, so this list cannot silently fall behind.
-const ALL_CODES: [ErrorCode; 14] = [
+const ALL_CODES: [ErrorCode; 26] = [
     ErrorCode::BrokerBusy,
     ErrorCode::InvalidArgument,
     ErrorCode::Unauthenticated,
@@ -103,6 +103,18 @@ const ALL_CODES: [ErrorCode; 14] = [
     ErrorCode::ProtocolViolation,
     ErrorCode::PipeUnavailable,
     ErrorCode::Internal,
+    ErrorCode::VolumeBelowMin,
+    ErrorCode::PriceDeviation,
+    ErrorCode::Expired,
+    ErrorCode::FilteredSymbol,
+    ErrorCode::FilteredMagic,
+    ErrorCode::FilteredComment,
+    ErrorCode::FilteredDirection,
+    ErrorCode::FilteredOrderType,
+    ErrorCode::MaxOpenPositions,
+    ErrorCode::MaxTotalLots,
+    ErrorCode::InsufficientMargin,
+    ErrorCode::NoStopLoss,
 ];
 
 #[allow(dead_code)]
@@ -121,7 +133,19 @@ fn all_codes_listed(c: ErrorCode) {
         | ErrorCode::Duplicate
         | ErrorCode::ProtocolViolation
         | ErrorCode::PipeUnavailable
-        | ErrorCode::Internal => {}
+        | ErrorCode::Internal
+        | ErrorCode::VolumeBelowMin
+        | ErrorCode::PriceDeviation
+        | ErrorCode::Expired
+        | ErrorCode::FilteredSymbol
+        | ErrorCode::FilteredMagic
+        | ErrorCode::FilteredComment
+        | ErrorCode::FilteredDirection
+        | ErrorCode::FilteredOrderType
+        | ErrorCode::MaxOpenPositions
+        | ErrorCode::MaxTotalLots
+        | ErrorCode::InsufficientMargin
+        | ErrorCode::NoStopLoss => {}
     }
 }
 

@@ -131,7 +131,7 @@ pub fn result_to_wire(r: AckResult) -> pb::AckResult {
 }
 
 /// Every machine error code and its wire value; one table keeps both directions in step.
-const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 14] = [
+const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 26] = [
     (ErrorCode::BrokerBusy, pb::ErrorCode::BrokerBusy),
     (ErrorCode::InvalidArgument, pb::ErrorCode::InvalidArgument),
     (ErrorCode::Unauthenticated, pb::ErrorCode::Unauthenticated),
@@ -152,6 +152,27 @@ const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 14] = [
     ),
     (ErrorCode::PipeUnavailable, pb::ErrorCode::PipeUnavailable),
     (ErrorCode::Internal, pb::ErrorCode::Internal),
+    (ErrorCode::VolumeBelowMin, pb::ErrorCode::VolumeBelowMin),
+    (ErrorCode::PriceDeviation, pb::ErrorCode::PriceDeviation),
+    (ErrorCode::Expired, pb::ErrorCode::Expired),
+    (ErrorCode::FilteredSymbol, pb::ErrorCode::FilteredSymbol),
+    (ErrorCode::FilteredMagic, pb::ErrorCode::FilteredMagic),
+    (ErrorCode::FilteredComment, pb::ErrorCode::FilteredComment),
+    (
+        ErrorCode::FilteredDirection,
+        pb::ErrorCode::FilteredDirection,
+    ),
+    (
+        ErrorCode::FilteredOrderType,
+        pb::ErrorCode::FilteredOrderType,
+    ),
+    (ErrorCode::MaxOpenPositions, pb::ErrorCode::MaxOpenPositions),
+    (ErrorCode::MaxTotalLots, pb::ErrorCode::MaxTotalLots),
+    (
+        ErrorCode::InsufficientMargin,
+        pb::ErrorCode::InsufficientMargin,
+    ),
+    (ErrorCode::NoStopLoss, pb::ErrorCode::NoStopLoss),
 ];
 
 /// `ERROR_CODE_UNSPECIFIED` (0) is "no error"; any other unknown value is refused.

@@ -22,24 +22,6 @@ use serde_json::{Map, Value};
 /// Longest line accepted, in bytes, without its `\n` (and optional `\r`).
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 
-/// Every `ErrorCode` in declaration order (for parsing its wire name).
-const ERROR_CODES: [ErrorCode; 14] = [
-    ErrorCode::BrokerBusy,
-    ErrorCode::InvalidArgument,
-    ErrorCode::Unauthenticated,
-    ErrorCode::UnknownAccount,
-    ErrorCode::JournalUnavailable,
-    ErrorCode::SymbolNotMapped,
-    ErrorCode::MaxRetries,
-    ErrorCode::BrokerRejected,
-    ErrorCode::EaRejected,
-    ErrorCode::NoPosition,
-    ErrorCode::Duplicate,
-    ErrorCode::ProtocolViolation,
-    ErrorCode::PipeUnavailable,
-    ErrorCode::Internal,
-];
-
 /// The terminal's introduction, the first frame on every connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
@@ -320,7 +302,7 @@ pub fn error_code_str(c: ErrorCode) -> &'static str {
 
 /// Parses an `ERROR_CODE_*` wire name.
 pub fn parse_error_code(s: &str) -> Option<ErrorCode> {
-    ERROR_CODES.iter().copied().find(|c| c.name() == s)
+    ErrorCode::ALL.iter().copied().find(|c| c.name() == s)
 }
 
 // ---------------------------------------------------------------- encoding

@@ -10,9 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use echo_statemachine::config::Subscription;
 use echo_statemachine::core::{DeliveryRecord, DeliveryStatus, JournalWrite};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
+use echo_statemachine::policy::reverse::opposite;
+use echo_statemachine::policy::sizing::BelowMin;
+use echo_statemachine::policy::stops::StopsMode;
+use echo_statemachine::policy::subscription::SizingKind;
+use echo_statemachine::policy::{SkipReason, Volume};
 use echo_statemachine::time::Instant;
 
 use super::describe::json_str;
@@ -197,9 +203,9 @@ impl World {
     }
 
     /// The plan of an intent follows the subscriptions in force when the core admits it
-    /// (`core.intake.T01`): one delivery per subscribed slave, FAILED `SYMBOL_NOT_MAPPED`
-    /// exactly where the slave's symbol map leaves the symbol out, the slave's multiplier
-    /// applied. A retried write (`core.intake.T07`) carries the same plan.
+    /// (`core.intake.T01`): one delivery per subscribed slave, each within its subscription's
+    /// copy policy (see [`policy_violations`]). A retried write (`core.intake.T07`) carries
+    /// the same plan.
     pub(super) fn check_admission(&mut self, intent: &TradeIntent, deliveries: &[DeliveryRecord]) {
         let got: Vec<AccountId> = deliveries.iter().map(|d| d.slave.clone()).collect();
         let mut bad = Vec::new();
@@ -217,27 +223,7 @@ impl World {
                     bad.push(format!("no delivery for subscribed {}", sub.slave));
                     continue;
                 };
-                let mapped = sub.map_symbol(&intent.symbol);
-                let want = match &mapped {
-                    Some(_) => (DeliveryStatus::Inflight, None),
-                    None => (DeliveryStatus::Failed, Some(ErrorCode::SymbolNotMapped)),
-                };
-                if (d.status, d.reason) != want {
-                    bad.push(format!(
-                        "{} planned {:?} {:?}, want {want:?}",
-                        d.slave, d.status, d.reason
-                    ));
-                }
-                if mapped.is_some_and(|m| m != d.symbol) {
-                    bad.push(format!("{} planned symbol {}", d.slave, d.symbol));
-                }
-                let volume = intent.volume * sub.multiplier;
-                if d.volume.to_bits() != volume.to_bits() {
-                    bad.push(format!(
-                        "{} planned volume {} want {volume}",
-                        d.slave, d.volume
-                    ));
-                }
+                bad.extend(policy_violations(sub, intent, d));
             }
             self.planned.insert(intent.intent_id.clone(), got);
         } else if let Some(p) = self.planned.get(&intent.intent_id) {
@@ -254,6 +240,108 @@ impl World {
             self.violation(v);
         }
     }
+}
+
+/// How one planned delivery breaks its subscription's copy policy, checked from the policy's
+/// promises rather than by planning again: every non-copy names a policy reason (and
+/// `SYMBOL_NOT_MAPPED` exactly where the mapping leaves the symbol out); a copy keeps the
+/// mapped symbol; the side is the master's, mirrored exactly when the policy reverses; an
+/// open's volume is on the slave's step, within its limits, and never above the master's
+/// volume × multiplier unless the policy trades the minimum; reversed SL/TP at master prices
+/// swap; a partial close is the master's lots × multiplier; a close or modify is never skipped
+/// for a policy reason other than the symbol.
+pub(super) fn policy_violations(
+    sub: &Subscription,
+    intent: &TradeIntent,
+    d: &DeliveryRecord,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    let who = &d.slave;
+    let mapped = sub.map_symbol(&intent.symbol);
+    if d.status == DeliveryStatus::Failed {
+        match d.reason.and_then(SkipReason::from_error_code) {
+            None => bad.push(format!(
+                "{who} not copied without a policy reason: {:?}",
+                d.reason
+            )),
+            Some(r) => {
+                // Filters run before mapping, so an unmapped symbol may be filtered first.
+                if r == SkipReason::SymbolNotMapped && mapped.is_ok() {
+                    bad.push(format!("{who} {r} but mapping says {mapped:?}"));
+                }
+                if intent.kind != IntentKind::Open && r != SkipReason::SymbolNotMapped {
+                    bad.push(format!("{who}: a {:?} skipped with {r}", intent.kind));
+                }
+            }
+        }
+        return bad;
+    }
+    if d.status != DeliveryStatus::Inflight || d.reason.is_some() {
+        bad.push(format!("{who} planned {:?} {:?}", d.status, d.reason));
+    }
+    match &mapped {
+        Ok(m) if *m != d.symbol => {
+            bad.push(format!("{who} planned symbol {}, mapped {m}", d.symbol))
+        }
+        Err(r) => bad.push(format!("{who} copied although mapping says {r}")),
+        _ => {}
+    }
+    let p = &sub.policy;
+    let want_side = if p.reverse {
+        opposite(intent.side)
+    } else {
+        intent.side
+    };
+    if d.side != want_side {
+        bad.push(format!(
+            "{who} side {:?}, reverse={} master {:?}",
+            d.side, p.reverse, intent.side
+        ));
+    }
+    let per_symbol = p.sizing.symbol_multiplier(&intent.symbol);
+    match intent.kind {
+        IntentKind::Open => {
+            let l = &p.limits;
+            let v = Volume::from_lots(d.volume).unwrap_or_default();
+            if !l.is_tradable(v) {
+                bad.push(format!(
+                    "{who} volume {} outside min {} max {} step {}",
+                    d.volume,
+                    l.min.lots(),
+                    l.max.lots(),
+                    l.step.lots()
+                ));
+            }
+            let cap = match p.sizing_kind {
+                SizingKind::FixedLots => p.sizing_values.fixed_lots.lots() * per_symbol,
+                _ => intent.volume * sub.multiplier * per_symbol,
+            };
+            let at_min = p.sizing.below_min == BelowMin::TradeMin && v == l.min;
+            if d.volume > cap * (1.0 + 1e-9) && !at_min {
+                bad.push(format!("{who} volume {} above the sized {cap}", d.volume));
+            }
+            if p.reverse
+                && p.stops.0 == StopsMode::MasterPrice
+                && (d.stop_loss != intent.take_profit || d.take_profit != intent.stop_loss)
+            {
+                bad.push(format!(
+                    "{who} reversed SL/TP {}/{} do not mirror {}/{}",
+                    d.stop_loss, d.take_profit, intent.stop_loss, intent.take_profit
+                ));
+            }
+            if p.stops.0 == StopsMode::DontCopy && (d.stop_loss, d.take_profit) != (0.0, 0.0) {
+                bad.push(format!("{who} copied SL/TP under dont_copy"));
+            }
+        }
+        IntentKind::PartialClose => {
+            let want = intent.volume * sub.multiplier * per_symbol;
+            if d.volume.to_bits() != want.to_bits() {
+                bad.push(format!("{who} partial close {} want {want}", d.volume));
+            }
+        }
+        IntentKind::Modify | IntentKind::Close => {}
+    }
+    bad
 }
 
 /// The transition that admits an intent and plans its deliveries.

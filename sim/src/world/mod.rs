@@ -27,6 +27,7 @@ mod faults;
 mod marketdata;
 mod net;
 mod nodes;
+pub mod policies;
 mod storage;
 mod workload;
 
@@ -52,6 +53,7 @@ pub use describe::json_str;
 pub use marketdata::MdBook;
 pub use workload::{trade_id, Workload};
 
+use echo_statemachine::policy::subscription::CopyPolicy;
 use marketdata::Feed;
 use net::Link;
 use nodes::{AgentM, CoreM, MasterM, SlaveM};
@@ -208,6 +210,8 @@ pub struct World {
     seq: u64,
     queue: BTreeMap<(Instant, u64), Ev>,
     core_cfg: CoreConfig,
+    /// Each slave's drawn copy policy (empty: defaults), kept across re-subscriptions.
+    pub policies: Vec<CopyPolicy>,
     pub core: Option<Core>,
     core_epoch: u64,
     agents: Vec<Option<DeliveryManager>>,
@@ -353,12 +357,17 @@ impl World {
                 *rate = 0;
             }
         }
+        let policies = if faults {
+            policies::draw(seed, slaves.len())
+        } else {
+            Vec::new()
+        };
         let subs: Vec<Option<Subscription>> = slaves
             .iter()
             .enumerate()
             .map(|(s, acc)| {
                 let m = s / cfg.slaves_per_master;
-                Some(home_subscription(&masters[m], acc, s))
+                Some(home_subscription(&masters[m], acc, s, &policies))
             })
             .collect();
         let (router, delivery) = match cfg.capacity {
@@ -433,6 +442,7 @@ impl World {
             queue: BTreeMap::new(),
             core: Some(Core::new(core_cfg.clone())),
             core_cfg,
+            policies,
             core_epoch: 0,
             agents: (0..n_agents).map(|_| None).collect(),
             agent_epoch: vec![0; n_agents],

@@ -12,11 +12,14 @@
 use std::collections::BTreeMap;
 
 use echo_statemachine::agent::{LedgerOpId, LedgerResult};
-use echo_statemachine::core::{CoreDurableState, JournalReply, JournalResult, JournalWrite, OpId};
+use echo_statemachine::core::{
+    CoreDurableState, DeliveryStatus, JournalReply, JournalResult, JournalWrite, OpId,
+};
 use echo_statemachine::ea::master::{self, PersistError};
 use echo_statemachine::ea::slave::{self, BrokerOutcome, ExecutedRecord};
 use echo_statemachine::ids::{CommandId, IntentId};
 use echo_statemachine::msg::*;
+use echo_statemachine::policy::SkipReason;
 use echo_statemachine::time::Instant;
 
 use super::faults::F;
@@ -219,6 +222,27 @@ impl World {
                     intent.intent_id.clone(),
                     deliveries.iter().map(|d| d.slave.clone()).collect(),
                 );
+            }
+        }
+        if let JournalWrite::FinishDelivery {
+            command_id, reason, ..
+        } = w
+        {
+            // A close or modify is always delivered: the copy policy may skip opens only.
+            let dropped_close = self.journal.deliveries.get(command_id).and_then(|d| {
+                let policy = reason.and_then(SkipReason::from_error_code)?;
+                (d.kind != IntentKind::Open
+                    && d.status == DeliveryStatus::Inflight
+                    && policy != SkipReason::SymbolNotMapped)
+                    .then(|| {
+                        format!(
+                            "{:?} {command_id} FAILED {policy} by the copy policy: a close or modify is always delivered",
+                            d.kind
+                        )
+                    })
+            });
+            if let Some(v) = dropped_close {
+                self.violation(v);
             }
         }
         self.journal.book.apply(w)

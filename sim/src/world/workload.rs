@@ -22,6 +22,7 @@
 use echo_statemachine::config::Subscription;
 use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
+use echo_statemachine::policy::subscription::CopyPolicy;
 use echo_statemachine::time::Duration;
 
 use super::faults::F;
@@ -135,8 +136,8 @@ pub struct Workload {
     pub sub_change: u64,
     /// The agent that is a legacy peer (no lossless delivery, no stage acks), if any.
     pub compat_agent: Option<usize>,
-    /// Chance per trade that a broken terminal spoils one of its intents (‰): an open of
-    /// volume 0 (valid for the core, refused by every slave EA) or a non-finite price
+    /// Chance per trade that a broken terminal spoils one of its intents (‰): an open with a
+    /// negative stop-loss (valid for the core, refused by slave EAs) or a non-finite price
     /// (refused by the core with INVALID_ARGUMENT).
     pub malformed: u64,
 }
@@ -205,7 +206,10 @@ impl std::fmt::Display for Workload {
 }
 
 /// A broken terminal: with chance `per_mille` per trade, one intent of the trade is spoiled —
-/// its open gets volume 0, or one of its intents a non-finite price. Every copy of it must
+/// its open gets a negative stop-loss (finite, so valid for the core; refused as malformed by
+/// every slave EA whose policy copies the master's SL/TP prices — sizing would turn a volume
+/// of 0 into VOLUME_BELOW_MIN at the core before any EA saw it), or one of its intents a
+/// non-finite price. Every copy of it must
 /// still end explicitly (FAILED with a reason), and the trade's later intents NO_POSITION
 /// where the open never executed.
 pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut Rng) {
@@ -225,7 +229,7 @@ pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut R
                 .iter()
                 .find(|&&k| script[k].kind == IntentKind::Open)
             {
-                script[k].volume = 0.0;
+                script[k].stop_loss = -1.0;
             }
         } else {
             let k = of_trade[rng.below(of_trade.len() as u64) as usize];
@@ -235,8 +239,17 @@ pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut R
 }
 
 /// The subscription of slave `s` as the world first configures it.
-pub(super) fn home_subscription(master: &AccountId, slave: &AccountId, s: usize) -> Subscription {
-    Subscription::new(master.as_str(), slave.as_str(), 1.0 + (s % 3) as f64)
+pub(super) fn home_subscription(
+    master: &AccountId,
+    slave: &AccountId,
+    s: usize,
+    policies: &[CopyPolicy],
+) -> Subscription {
+    let mut sub = Subscription::new(master.as_str(), slave.as_str(), 1.0 + (s % 3) as f64);
+    if let Some(p) = policies.get(s) {
+        sub.policy = p.clone();
+    }
+    sub
 }
 
 impl World {
@@ -266,7 +279,7 @@ impl World {
         );
         let what = match (self.draw(F::SubChange).below(4), self.subs[s].is_some()) {
             (_, false) => {
-                self.subs[s] = Some(home_subscription(&master, &slave, s));
+                self.subs[s] = Some(home_subscription(&master, &slave, s, &self.policies));
                 "subscribed again"
             }
             (0, true) => {

@@ -82,9 +82,9 @@ transitions! {
         NoPosition = "T19": "New | Blocked",
             "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE but the slave holds no ticket for the trade" => "Finalizing(FAILED)";
             "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed",
-        SymbolNotMapped = "T20": "New",
-            "planned at intake; the subscription's symbol map does not cover the symbol" => "Done(FAILED)";
-            "journaled FAILED with the intent (SYMBOL_NOT_MAPPED); log core_delivery_failed; DeliveryReport",
+        NotCopied = "T20": "New",
+            "planned at intake; the subscription's copy policy does not copy it (SYMBOL_NOT_MAPPED, a filter, VOLUME_BELOW_MIN, …: SPEC.md §5.2)" => "Done(FAILED)";
+            "journaled FAILED with the intent and the policy's reason; copy_skipped_total{reason}++; log core_delivery_failed; DeliveryReport",
         Unknown = "T21": "Done | never existed",
             "CommandAck or ExecutionResult for a command not in memory" => "unchanged";
             "nothing (late_or_unknown counted)",
@@ -94,6 +94,9 @@ transitions! {
         CancelConfirmed = "T23": "Cancelling | Blocked | Parked | Inflight | Backoff",
             "ExecutionResult{CANCELLED}: the slave EA durably refused the command" => "Finalizing(FAILED)";
             "FinishDelivery{failed, MAX_RETRIES}; log core_delivery_failed",
+        Expired = "T25": "New | Blocked | Parked",
+            "becomes head, or its agent comes back, for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, EXPIRED}; copy_skipped_total{reason=EXPIRED}++; log core_delivery_failed — a modify, partial close or close is never expired",
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
@@ -149,6 +152,12 @@ pub(crate) struct Delivery {
     /// The previous and next delivery of its (slave, trade) chain.
     pub prev: Option<u64>,
     pub next: Option<u64>,
+    /// When this core planned (or, after a restart, recovered) it: the clock of catch-up
+    /// expiry. A recovered delivery restarts its age, so a restart never expires an open early.
+    pub planned_at: Instant,
+    /// Certainly never sent to the slave's agent (in this life or an earlier one): only such
+    /// an open may expire — one that was sent may already have executed.
+    pub never_sent: bool,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -206,7 +215,9 @@ impl Core {
     }
 
     /// Adds a journaled, unfinished delivery to memory and its chain.
-    pub(crate) fn create_delivery(&mut self, now: Instant, rec: DeliveryRecord) {
+    /// `fresh`: planned by this intake just now, so certainly never sent in any life of the
+    /// core — the only deliveries catch-up expiry may drop.
+    pub(crate) fn create_delivery(&mut self, now: Instant, rec: DeliveryRecord, fresh: bool) {
         let key = self.next_delivery;
         self.next_delivery += 1;
         let chain_key = (rec.slave.clone(), rec.trade_id.clone());
@@ -234,6 +245,8 @@ impl Core {
                 deadline: None,
                 prev,
                 next: None,
+                planned_at: now,
+                never_sent: fresh,
             },
         );
         if prev.is_none() {
@@ -252,7 +265,7 @@ impl Core {
                 continue;
             }
             self.register_recovered_intent(&rec);
-            self.create_delivery(now, rec);
+            self.create_delivery(now, rec, false);
         }
     }
 
@@ -260,10 +273,13 @@ impl Core {
     pub(crate) fn failed_at_intake(&mut self, rec: DeliveryRecord) {
         let reason = rec.reason.unwrap_or(ErrorCode::SymbolNotMapped);
         self.fire(
-            DeliveryT::SymbolNotMapped.spec(),
+            DeliveryT::NotCopied.spec(),
             Subject::Command(rec.command_id.clone()),
         );
         self.metrics.delivery_failed_total += 1;
+        if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
+            *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        }
         self.log(CoreLog::DeliveryFailed {
             intent_id: rec.intent_id.clone(),
             command_id: Some(rec.command_id.clone()),
@@ -320,6 +336,12 @@ impl Core {
             );
             return;
         }
+        if self.expire_if_late(now, key) {
+            return;
+        }
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
         if self.registry.is_served(&d.rec.slave) {
             self.fire(DeliveryT::SendHead.spec(), self.subject(key));
             self.send_command(now, key);
@@ -329,6 +351,42 @@ impl Core {
                 d.state = DState::Parked;
             }
         }
+    }
+
+    /// Catch-up: an open that waited longer than its subscription allows is FAILED EXPIRED
+    /// before it is sent; every other kind is always delivered (`policy::catchup`).
+    fn expire_if_late(&mut self, now: Instant, key: u64) -> bool {
+        let Some(d) = self.deliveries.get(&key) else {
+            return false;
+        };
+        if !d.never_sent {
+            return false;
+        }
+        let policy = self
+            .subs
+            .get(&d.rec.master)
+            .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
+            .map(|s| s.policy.catch_up)
+            .unwrap_or_default();
+        let age_ms = now.saturating_since(d.planned_at).0 / 1_000_000;
+        let Err(reason) = crate::policy::catchup::admit(policy, d.rec.kind, age_ms, true, true)
+        else {
+            return false;
+        };
+        self.fire(DeliveryT::Expired.spec(), self.subject(key));
+        *self
+            .metrics
+            .copy_skipped_total
+            .entry(reason.name())
+            .or_default() += 1;
+        self.finalize(
+            now,
+            key,
+            DeliveryStatus::Failed,
+            Some(reason.error_code()),
+            None,
+        );
+        true
     }
 
     fn reconcile_interval(&self) -> Duration {
@@ -393,6 +451,7 @@ impl Core {
             return;
         };
         d.rec.attempts += 1;
+        d.never_sent = false;
         d.state = DState::Inflight(d.stage);
         let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
             return;
@@ -803,7 +862,7 @@ impl Core {
                 self.deliveries.get(&key).map(|d| d.state),
                 Some(DState::Parked)
             );
-            if parked {
+            if parked && !self.expire_if_late(now, key) {
                 self.fire(DeliveryT::Unpark.spec(), self.subject(key));
                 self.send_command(now, key);
             }

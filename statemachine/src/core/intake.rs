@@ -268,10 +268,15 @@ impl Core {
         };
         subs.iter()
             .map(|s| {
-                let mapped = s.map_symbol(&i.symbol);
-                let (status, reason) = match mapped {
-                    Some(_) => (DeliveryStatus::Inflight, None),
-                    None => (DeliveryStatus::Failed, Some(ErrorCode::SymbolNotMapped)),
+                let planned = crate::policy::plan::plan(s, i);
+                let (status, reason) = match &planned {
+                    Ok(_) => (DeliveryStatus::Inflight, None),
+                    Err(r) => (DeliveryStatus::Failed, Some(r.error_code())),
+                };
+                let (symbol, side, volume, stop_loss, take_profit) = match planned {
+                    Ok(p) => (p.symbol, p.side, p.volume, p.stop_loss, p.take_profit),
+                    // Journaled for the record only: a FAILED delivery is never sent.
+                    Err(_) => (i.symbol.clone(), i.side, 0.0, i.stop_loss, i.take_profit),
                 };
                 DeliveryRecord {
                     command_id: CommandId::for_delivery(&i.intent_id, &s.slave),
@@ -280,12 +285,12 @@ impl Core {
                     master: i.master.clone(),
                     slave: s.slave.clone(),
                     kind: i.kind,
-                    symbol: mapped.unwrap_or_else(|| i.symbol.clone()),
-                    side: i.side,
-                    volume: i.volume * s.multiplier,
+                    symbol,
+                    side,
+                    volume,
                     price: i.price,
-                    stop_loss: i.stop_loss,
-                    take_profit: i.take_profit,
+                    stop_loss,
+                    take_profit,
                     master_seq: i.master_seq,
                     status,
                     stage: AckStage::CoreAccepted,
@@ -387,14 +392,14 @@ impl Core {
                         .map(|e| e.reply_to.clone())
                         .unwrap_or_else(|| AgentId::new(""))
                 });
-                let records = match reply {
+                let (records, fresh) = match reply {
                     JournalReply::Done => {
                         self.fire(IntakeT::Persisted.spec(), self.intent_subject(&id));
-                        deliveries
+                        (deliveries, true)
                     }
                     JournalReply::IntentExisted { unfinished } => {
                         self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
-                        unfinished
+                        (unfinished, false)
                     }
                 };
                 self.release_admission(now, worker, admitted_at, true);
@@ -407,7 +412,7 @@ impl Core {
                         && !self.by_command.contains_key(&rec.command_id)
                     {
                         open += 1;
-                        self.create_delivery(now, rec);
+                        self.create_delivery(now, rec, fresh);
                     }
                 }
                 self.count_open(&id, |o| *o += open);

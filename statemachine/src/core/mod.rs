@@ -95,6 +95,9 @@ pub struct CoreMetrics {
     pub compat_mode_total: u64,
     /// `core_delivery_failed` occurrences: deliveries FAILED plus intents not journaled.
     pub delivery_failed_total: u64,
+    /// `echo_core_copy_skipped_total{reason}`: deliveries the copy policy did not make, by
+    /// [`crate::policy::SkipReason`] name.
+    pub copy_skipped_total: BTreeMap<&'static str, u64>,
     pub deliveries_acked_total: u64,
     pub intents_accepted_total: u64,
     pub intents_rejected_total: u64,

@@ -1,0 +1,106 @@
+//! Partial closes: the slave closes the same *fraction* of its own position.
+//!
+//! This module owns the arithmetic of a partial close in integer [`Volume`] units: the
+//! fraction is the master's closed volume over the master's open volume *before* this close,
+//! applied to the slave's open volume now, rounded down to the slave's step. Because each
+//! partial is a fraction of what is left on both sides, a partial skipped for being below the
+//! step is caught up by the next one. It must never leave dust (a remainder below the slave's
+//! minimum is closed with the partial) and never close more than the slave holds; a final
+//! close closes exactly the remainder, whatever earlier partials did.
+
+use super::volume::{SymbolLimits, Volume};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseDecision {
+    /// Close this much; the rest stays open and is tradable (≥ min).
+    Partial(Volume),
+    /// Close the whole position, exactly what remains.
+    All,
+    /// Nothing to close now: the fraction is below one step (or below the minimum). Not a
+    /// failure — the master's later closes carry it.
+    Keep,
+}
+
+impl CloseDecision {
+    /// The volume this decision closes out of `slave_open`.
+    pub fn closed(self, slave_open: Volume) -> Volume {
+        match self {
+            CloseDecision::Partial(v) => v.min(slave_open),
+            CloseDecision::All => slave_open,
+            CloseDecision::Keep => Volume::ZERO,
+        }
+    }
+}
+
+/// The slave's share of a master's partial close of `master_closed` out of
+/// `master_open_before`, for a slave position of `slave_open`.
+pub fn partial_close(
+    master_open_before: Volume,
+    master_closed: Volume,
+    slave_open: Volume,
+    limits: &SymbolLimits,
+) -> CloseDecision {
+    if slave_open.is_zero() || master_open_before.is_zero() || master_closed >= master_open_before {
+        return CloseDecision::All;
+    }
+    let share = if crate::mutants::active(crate::mutants::Mutant::PartialByMasterLots) {
+        master_closed
+    } else {
+        // u128: 10¹¹ lots × 10⁸ units squared does not fit u64.
+        let exact = u128::from(slave_open.0) * u128::from(master_closed.0)
+            / u128::from(master_open_before.0);
+        Volume(exact as u64)
+    };
+    let close = limits.floor_to_step(share);
+    if close >= slave_open || slave_open.saturating_sub(close) < limits.min {
+        return CloseDecision::All;
+    }
+    if close.is_zero() || close < limits.min {
+        return CloseDecision::Keep;
+    }
+    CloseDecision::Partial(close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lots(x: f64) -> Volume {
+        Volume::from_lots(x).unwrap()
+    }
+
+    #[test]
+    fn fraction_of_the_slave_position() {
+        let l = SymbolLimits::fx();
+        // Master closes 0.3 of 1.0; the slave holds 0.5 → closes 0.15.
+        assert_eq!(
+            partial_close(lots(1.0), lots(0.3), lots(0.5), &l),
+            CloseDecision::Partial(lots(0.15))
+        );
+        // Rounded down to the step: 1/3 of 0.1 is 0.0333 → 0.03.
+        assert_eq!(
+            partial_close(lots(3.0), lots(1.0), lots(0.1), &l),
+            CloseDecision::Partial(lots(0.03))
+        );
+        assert_eq!(
+            partial_close(lots(1.0), lots(0.9), lots(0.05), &l),
+            CloseDecision::Partial(lots(0.04))
+        );
+        // Would leave 0.08 with a minimum of 0.1: dust, so close all.
+        let mut coarse = l;
+        coarse.min = lots(0.1);
+        assert_eq!(
+            partial_close(lots(1.0), lots(0.5), lots(0.15), &coarse),
+            CloseDecision::All
+        );
+        // Below one step: keep for now.
+        assert_eq!(
+            partial_close(lots(1.0), lots(0.1), lots(0.05), &l),
+            CloseDecision::Keep
+        );
+        assert_eq!(
+            partial_close(lots(1.0), lots(1.0), lots(0.05), &l),
+            CloseDecision::All
+        );
+    }
+}
