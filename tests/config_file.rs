@@ -43,9 +43,13 @@ fn shipped_example_file_validates_and_says_what_it_means() {
     assert_eq!(s2.multiplier, 0.5);
     assert_eq!(
         s2.map_symbol(&Symbol::new("XAUUSD")),
-        Some(Symbol::new("GOLD"))
+        Ok(Symbol::new("GOLD"))
     );
-    assert_eq!(s2.map_symbol(&Symbol::new("GBPUSD")), None, "only these");
+    assert_eq!(
+        s2.map_symbol(&Symbol::new("GBPUSD")),
+        Err(echo_statemachine::policy::SkipReason::SymbolNotMapped),
+        "only these"
+    );
     assert_eq!(cfg.agents.len(), 2);
 }
 

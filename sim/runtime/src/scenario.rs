@@ -250,6 +250,7 @@ async fn core_host(world: Shared) -> turmoil::Result {
             slave: AccountId::new(SLAVE),
             multiplier: 1.0,
             symbol_map: Default::default(),
+            policy: Default::default(),
         }],
         recent_intents: 1_024,
     };

@@ -39,6 +39,7 @@ pub fn run(
             timings: Timings::default(),
             concurrent: window,
             extra_agents: Vec::new(),
+            copy_policies: false,
             hold_masters: false,
         })?;
         let settled = c.wait_settled(Duration::from_secs(300));

@@ -205,6 +205,7 @@ fn run_cluster(
         timings: Timings::default(),
         concurrent: p.concurrent,
         extra_agents,
+        copy_policies: false,
         hold_masters: true,
     })?;
     // The swarm has a runtime of its own, so its thousands of streams do not show up as lag
