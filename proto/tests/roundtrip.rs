@@ -445,6 +445,38 @@ fn error_code_numbers_are_stable() {
             14,
             "ERROR_CODE_PIPE_UNAVAILABLE",
         ),
+        (ErrorCode::VolumeBelowMin, 15, "ERROR_CODE_VOLUME_BELOW_MIN"),
+        (ErrorCode::PriceDeviation, 16, "ERROR_CODE_PRICE_DEVIATION"),
+        (ErrorCode::Expired, 17, "ERROR_CODE_EXPIRED"),
+        (ErrorCode::FilteredSymbol, 18, "ERROR_CODE_FILTERED_SYMBOL"),
+        (ErrorCode::FilteredMagic, 19, "ERROR_CODE_FILTERED_MAGIC"),
+        (
+            ErrorCode::FilteredComment,
+            20,
+            "ERROR_CODE_FILTERED_COMMENT",
+        ),
+        (
+            ErrorCode::FilteredDirection,
+            21,
+            "ERROR_CODE_FILTERED_DIRECTION",
+        ),
+        (
+            ErrorCode::FilteredOrderType,
+            22,
+            "ERROR_CODE_FILTERED_ORDER_TYPE",
+        ),
+        (
+            ErrorCode::MaxOpenPositions,
+            23,
+            "ERROR_CODE_MAX_OPEN_POSITIONS",
+        ),
+        (ErrorCode::MaxTotalLots, 24, "ERROR_CODE_MAX_TOTAL_LOTS"),
+        (
+            ErrorCode::InsufficientMargin,
+            25,
+            "ERROR_CODE_INSUFFICIENT_MARGIN",
+        ),
+        (ErrorCode::NoStopLoss, 26, "ERROR_CODE_NO_STOP_LOSS"),
     ];
     for (code, number, name) in expected {
         assert_eq!(code as i32, number, "{name}");
@@ -452,7 +484,7 @@ fn error_code_numbers_are_stable() {
         assert_eq!(ErrorCode::try_from(number), Ok(code));
     }
     assert!(
-        ErrorCode::try_from(15).is_err(),
+        ErrorCode::try_from(27).is_err(),
         "a new ErrorCode needs this test updated"
     );
 }
