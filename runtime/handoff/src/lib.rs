@@ -6,3 +6,4 @@
 //! decide anything about a trade: it only moves requests and answers between tasks.
 
 pub mod group_commit;
+pub mod ledger_batches;

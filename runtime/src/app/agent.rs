@@ -178,7 +178,6 @@ pub async fn start(s: AgentSettings) -> Result<RunningAgent, AppError> {
         s.token.clone(),
         PipeServerPort {
             sender: pipes.sender(),
-            inputs: tx.clone(),
         },
         LedgerWriterPort {
             ledger: ledger.clone(),

@@ -43,11 +43,18 @@ pub enum AgentInput {
     },
 }
 
-/// Where messages for terminals go. Must not block: a full or closed pipe reports
-/// [`AgentInput::PipeWriteFailed`] (for commands) or drops the message.
+/// Where messages for terminals go. Must not block.
 pub trait PipePort: Send + 'static {
-    fn send(&mut self, account: &AccountId, msg: AgentToEa);
+    /// Queues `msg` for `account`'s terminal. `Err` means it was not queued: the agent task
+    /// reports a refused command to the machine itself (so that report can never be lost to a
+    /// full mailbox); a refused non-command is dropped. A message queued and then not written
+    /// comes back later as [`AgentInput::PipeWriteFailed`].
+    fn send(&mut self, account: &AccountId, msg: AgentToEa) -> Result<(), PipeRefused>;
 }
+
+/// A message the pipe did not take (full, closed, or an account without a pipe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PipeRefused;
 
 /// The durable ledger. Results come back as [`LedgerCompletion`]s on the channel given to
 /// [`spawn_agent`].
@@ -74,26 +81,15 @@ impl LedgerPort for LedgerWriterPort {
 }
 
 /// The production pipes: the agent's per-account socket server. A command that cannot be
-/// queued is reported as a failed write (the machine backs off and re-writes it).
+/// queued is refused, and the agent task reports it as a failed write (the machine backs off
+/// and re-writes it).
 pub struct PipeServerPort {
     pub sender: PipeSender,
-    pub inputs: mpsc::Sender<AgentInput>,
 }
 
 impl PipePort for PipeServerPort {
-    fn send(&mut self, account: &AccountId, msg: AgentToEa) {
-        let command_id = match &msg {
-            AgentToEa::Command(c) => Some(c.command_id.clone()),
-            _ => None,
-        };
-        if self.sender.send(account, msg).is_err() {
-            if let Some(command_id) = command_id {
-                let _ = self.inputs.try_send(AgentInput::PipeWriteFailed {
-                    account: account.clone(),
-                    command_id,
-                });
-            }
-        }
+    fn send(&mut self, account: &AccountId, msg: AgentToEa) -> Result<(), PipeRefused> {
+        self.sender.send(account, msg).map_err(|_| PipeRefused)
     }
 }
 
@@ -130,6 +126,11 @@ struct AgentTask<P: PipePort, L: LedgerPort> {
     status_tx: watch::Sender<Arc<AgentStatus>>,
     config_version: u64,
     last_heartbeat: Option<DeliveryHeartbeat>,
+    /// Commands the pipes refused, reported to the machine on the next turn. Held here rather
+    /// than sent through the mailbox: a full mailbox would lose the report, and the machine
+    /// would wait for the ack of a command that was never written. Bounded by the commands
+    /// one `drain` writes.
+    refused_writes: Vec<(AccountId, CommandId)>,
 }
 
 /// Starts the agent task. `inputs` is its mailbox (made by the caller, so ports such as
@@ -156,6 +157,7 @@ pub fn spawn_agent<P: PipePort, L: LedgerPort>(
         status_tx,
         config_version: 0,
         last_heartbeat: None,
+        refused_writes: Vec::new(),
     };
     let join = tokio::spawn(task.run(rx, ledger_results));
     (
@@ -186,6 +188,14 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
                 // biased select would otherwise never fire the machine's deadlines or publish.
                 _ = sleep_until_opt(deadline) => self.m.handle_timeout(self.clock.now()),
                 _ = publish.tick() => self.publish(),
+                // The task's own feedback before new inputs, after timers (a machine that
+                // re-wrote at once into a full pipe must not starve its deadlines).
+                _ = std::future::ready(()), if !self.refused_writes.is_empty() => {
+                    let now = self.clock.now();
+                    for (account, command_id) in std::mem::take(&mut self.refused_writes) {
+                        self.m.handle_pipe_write_failed(now, account, command_id);
+                    }
+                }
                 inp = rx.recv() => match inp {
                     Some(inp) => self.handle_input(inp),
                     None => { self.publish(); return; }
@@ -258,7 +268,17 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
                         self.m.handle_core_disconnected(self.clock.now());
                     }
                 }
-                AgentOutput::ToEa { account, msg } => self.pipes.send(&account, msg),
+                AgentOutput::ToEa { account, msg } => {
+                    let command_id = match &msg {
+                        AgentToEa::Command(c) => Some(c.command_id.clone()),
+                        _ => None,
+                    };
+                    if self.pipes.send(&account, msg).is_err() {
+                        if let Some(command_id) = command_id {
+                            self.refused_writes.push((account, command_id));
+                        }
+                    }
+                }
                 AgentOutput::PersistLedger { op, record } => self.ledger.persist(op, record),
                 AgentOutput::DeleteLedger { command_id } => self.ledger.delete(command_id),
             }

@@ -14,7 +14,9 @@
 //! [`LedgerRecord`]. All blocking redb calls run on one dedicated thread that owns the
 //! database: it takes every queued write into one transaction (group commit), commits it with
 //! `Durability::Immediate`, and only then answers each write `Ok` — `AGENT_BUFFERED` depends on
-//! that. A failed commit answers every write in it `Failed`.
+//! that. A failed commit answers every write in it `Failed`; a write queued after a close
+//! answers `Failed`. The batch loop itself is [`echo_handoff::ledger_batches`] (checked by loom
+//! in `runtime/handoff/tests/loom_ledger.rs`); this module is its redb and tokio side.
 //!
 //! It must never decide anything about a command (stages, retries, retention are the machine's)
 //! and never report a write before the transaction holding it was committed and synced.
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use echo_handoff::ledger_batches::{self, Op, Outcome};
 use echo_statemachine::agent::{LedgerOpId, LedgerRecord, LedgerResult};
 use echo_statemachine::ids::CommandId;
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -114,12 +117,12 @@ impl Reply {
     }
 }
 
-enum Request {
-    Persist { record: LedgerRecord, reply: Reply },
-    Delete { command_id: CommandId },
-    Load(oneshot::Sender<Result<Vec<LedgerRecord>, LedgerError>>),
-    Shutdown(oneshot::Sender<()>),
-}
+type Request = ledger_batches::Request<
+    Persist,
+    CommandId,
+    oneshot::Sender<Result<Vec<LedgerRecord>, LedgerError>>,
+    oneshot::Sender<()>,
+>;
 
 /// A handle to the ledger; cheap to clone. The ledger thread stops (closing the file) once
 /// every handle is dropped, or on [`Ledger::close`].
@@ -170,10 +173,11 @@ impl Ledger {
     /// Writes one record (overwriting by command id) and waits until it is synced or failed.
     pub async fn persist(&self, record: LedgerRecord) -> LedgerResult {
         let (tx, rx) = oneshot::channel();
-        let req = Request::Persist {
+        let req = Request::Persist(Persist {
             record,
             reply: Reply::Once(tx),
-        };
+            bytes: Vec::new(),
+        });
         if self.tx.send(req).is_err() {
             return LedgerResult::Failed { retryable: true };
         }
@@ -188,13 +192,14 @@ impl Ledger {
         record: LedgerRecord,
         done: &mpsc::UnboundedSender<LedgerCompletion>,
     ) {
-        let req = Request::Persist {
+        let req = Request::Persist(Persist {
             record,
             reply: Reply::Chan {
                 op,
                 tx: done.clone(),
             },
-        };
+            bytes: Vec::new(),
+        });
         if self.tx.send(req).is_err() {
             let _ = done.send(LedgerCompletion {
                 op,
@@ -206,7 +211,7 @@ impl Ledger {
     /// `DeleteLedger{command_id}`: fire and forget (a delete lost to a crash is issued again
     /// by `DeliveryManager::recover`).
     pub fn delete(&self, command_id: CommandId) {
-        let _ = self.tx.send(Request::Delete { command_id });
+        let _ = self.tx.send(Request::Delete(command_id));
     }
 
     pub fn stats(&self) -> LedgerStats {
@@ -250,107 +255,140 @@ fn retryable(e: &redb::Error) -> bool {
     )
 }
 
-/// The ledger thread: owns the database, applies batches, answers after commit.
-fn run(
-    mut db: Database,
+/// The ledger's request queue as [`echo_handoff::ledger_batches`] sees it (that module owns
+/// the batch loop; loom checks it in `runtime/handoff/tests/loom_ledger.rs`).
+struct Queue(mpsc::UnboundedReceiver<Request>);
+
+impl ledger_batches::Queue<Request> for Queue {
+    fn recv(&mut self) -> Option<Request> {
+        self.0.blocking_recv()
+    }
+    fn try_recv(&mut self) -> Option<Request> {
+        self.0.try_recv().ok()
+    }
+    fn close(&mut self) {
+        self.0.close();
+    }
+}
+
+/// A persist as the batch loop carries it: the bytes are filled by [`Store::admit`].
+struct Persist {
+    record: LedgerRecord,
+    reply: Reply,
+    bytes: Vec<u8>,
+}
+
+/// The redb side of the ledger thread: owns the database.
+struct Store {
+    /// `None` once closed.
+    db: Option<Database>,
     path: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<Request>,
+    /// After an IO error redb refuses further writes on this handle; reopening recovers.
+    reopen: bool,
     stats: Arc<Stats>,
-) {
-    // After an IO error redb refuses further writes on this handle; reopening recovers.
-    let mut reopen = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut writes: Vec<Request> = vec![first];
-        while writes.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => {
-                    let stop = matches!(r, Request::Load(_) | Request::Shutdown(_));
-                    writes.push(r);
-                    if stop {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
+}
+
+impl ledger_batches::Store for Store {
+    type Write = Persist;
+    type Delete = CommandId;
+    type Load = oneshot::Sender<Result<Vec<LedgerRecord>, LedgerError>>;
+    type Shutdown = oneshot::Sender<()>;
+
+    fn ready(&mut self) -> Result<(), bool> {
+        if self.db.is_some() && !self.reopen {
+            return Ok(());
         }
-        if reopen {
-            // Drop the old handle first: redb holds a file lock per open database.
-            drop(std::mem::replace(
-                &mut db,
-                match reopen_db(&path) {
-                    Some(d) => d,
-                    None => {
-                        fail_all(writes, true, &stats);
-                        continue;
-                    }
-                },
-            ));
-            reopen = false;
-        }
-        // Requests are taken in order; a Load or Shutdown ends the batch, so it sees every
-        // write queued before it committed.
-        let mut tail = None;
-        if matches!(writes.last(), Some(Request::Load(_) | Request::Shutdown(_))) {
-            tail = writes.pop();
-        }
-        // A record that cannot be stored faithfully is refused on its own (not retryable).
-        let mut encoded = Vec::with_capacity(writes.len());
-        let mut ok_writes = Vec::with_capacity(writes.len());
-        for r in writes {
-            if let Request::Persist { record, reply } = r {
-                match codec::encode(&record) {
-                    Ok(bytes) => {
-                        encoded.push(bytes);
-                        ok_writes.push(Request::Persist { record, reply });
-                    }
-                    Err(detail) => {
-                        tracing::warn!(%detail, "ledger record refused");
-                        stats.writes.fetch_add(1, Ordering::Relaxed);
-                        reply.send(LedgerResult::Failed { retryable: false });
-                    }
-                }
-            } else {
-                ok_writes.push(r);
+        // Drop the old handle first: redb holds a file lock per open database.
+        self.db = None;
+        match reopen_db(&self.path) {
+            Some(d) => {
+                self.db = Some(d);
+                self.reopen = false;
+                Ok(())
             }
-        }
-        let writes = ok_writes;
-        if !writes.is_empty() {
-            match commit(&db, &writes, &encoded) {
-                Ok(()) => {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    for r in writes {
-                        match r {
-                            Request::Persist { reply, .. } => {
-                                stats.writes.fetch_add(1, Ordering::Relaxed);
-                                reply.send(LedgerResult::Ok);
-                            }
-                            Request::Delete { .. } => {
-                                stats.deletes.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(e) => {
-                    let retry = retryable(&e);
-                    reopen = retry;
-                    tracing::warn!(error = %e, retryable = retry, "ledger commit failed");
-                    fail_all(writes, retry, &stats);
-                }
+            None => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                Err(true)
             }
-        }
-        match tail {
-            Some(Request::Load(tx)) => {
-                let _ = tx.send(load(&db));
-            }
-            Some(Request::Shutdown(tx)) => {
-                drop(db);
-                let _ = tx.send(());
-                return;
-            }
-            _ => {}
         }
     }
+
+    fn admit(&mut self, write: &mut Persist) -> bool {
+        match codec::encode(&write.record) {
+            Ok(bytes) => {
+                write.bytes = bytes;
+                true
+            }
+            Err(detail) => {
+                tracing::warn!(%detail, "ledger record refused");
+                false
+            }
+        }
+    }
+
+    fn commit(&mut self, batch: &[Op<Persist, CommandId>]) -> Result<(), bool> {
+        let Some(db) = &self.db else {
+            return Err(true);
+        };
+        match commit(db, batch) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                let deletes = batch
+                    .iter()
+                    .filter(|op| matches!(op, Op::Delete(_)))
+                    .count();
+                self.stats
+                    .deletes
+                    .fetch_add(deletes as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let retry = retryable(&e);
+                self.reopen = retry;
+                tracing::warn!(error = %e, retryable = retry, "ledger commit failed");
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                Err(retry)
+            }
+        }
+    }
+
+    fn answer(&mut self, write: Persist, outcome: Outcome) {
+        self.stats.writes.fetch_add(1, Ordering::Relaxed);
+        write.reply.send(match outcome {
+            Outcome::Committed => LedgerResult::Ok,
+            Outcome::Failed { retryable } => LedgerResult::Failed { retryable },
+        });
+    }
+
+    fn load(&mut self, tx: Self::Load) {
+        let _ = tx.send(match &self.db {
+            Some(db) => load(db),
+            None => Err(LedgerError::Closed),
+        });
+    }
+
+    fn refuse_load(&mut self, tx: Self::Load) {
+        let _ = tx.send(Err(LedgerError::Closed));
+    }
+
+    fn close(&mut self) {
+        self.db = None;
+    }
+
+    fn ack(&mut self, tx: oneshot::Sender<()>) {
+        let _ = tx.send(());
+    }
+}
+
+/// The ledger thread: owns the database until every handle is gone or it is closed.
+fn run(db: Database, path: PathBuf, rx: mpsc::UnboundedReceiver<Request>, stats: Arc<Stats>) {
+    let mut store = Store {
+        db: Some(db),
+        path,
+        reopen: false,
+        stats,
+    };
+    ledger_batches::run(&mut Queue(rx), MAX_BATCH, &mut store);
 }
 
 fn reopen_db(path: &Path) -> Option<Database> {
@@ -363,30 +401,11 @@ fn reopen_db(path: &Path) -> Option<Database> {
     }
 }
 
-fn fail_all(writes: Vec<Request>, retryable: bool, stats: &Stats) {
-    stats.failed_commits.fetch_add(1, Ordering::Relaxed);
-    for r in writes {
-        match r {
-            Request::Persist { reply, .. } => {
-                stats.writes.fetch_add(1, Ordering::Relaxed);
-                reply.send(LedgerResult::Failed { retryable });
-            }
-            Request::Load(tx) => {
-                let _ = tx.send(Err(LedgerError::Closed));
-            }
-            Request::Shutdown(tx) => {
-                let _ = tx.send(());
-            }
-            Request::Delete { .. } => {}
-        }
-    }
-}
-
-/// `encoded` holds the bytes of each `Persist` in `writes`, in order.
-fn commit(db: &Database, writes: &[Request], encoded: &[Vec<u8>]) -> Result<(), Box<redb::Error>> {
+/// One transaction holding the batch's persists and deletes, in order.
+fn commit(db: &Database, batch: &[Op<Persist, CommandId>]) -> Result<(), Box<redb::Error>> {
     let e = |e: redb::Error| Box::new(e);
     let mut w = db.begin_write().map_err(|x| e(x.into()))?;
-    let any_persist = writes.iter().any(|r| matches!(r, Request::Persist { .. }));
+    let any_persist = batch.iter().any(|op| matches!(op, Op::Persist(_)));
     // Deletes alone need no fsync: a delete lost to a crash is issued again on recover.
     w.set_durability(if any_persist {
         Durability::Immediate
@@ -395,19 +414,15 @@ fn commit(db: &Database, writes: &[Request], encoded: &[Vec<u8>]) -> Result<(), 
     });
     {
         let mut t = w.open_table(RECORDS).map_err(|x| e(x.into()))?;
-        let mut bytes = encoded.iter();
-        for r in writes {
-            match r {
-                Request::Persist { record, .. } => {
-                    if let Some(b) = bytes.next() {
-                        t.insert(record.command.command_id.as_str(), b.as_slice())
-                            .map_err(|x| e(x.into()))?;
-                    }
+        for op in batch {
+            match op {
+                Op::Persist(p) => {
+                    t.insert(p.record.command.command_id.as_str(), p.bytes.as_slice())
+                        .map_err(|x| e(x.into()))?;
                 }
-                Request::Delete { command_id } => {
+                Op::Delete(command_id) => {
                     t.remove(command_id.as_str()).map_err(|x| e(x.into()))?;
                 }
-                _ => {}
             }
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use echo_runtime::drivers::agent::{AgentInput, LedgerPort, PipePort};
+use echo_runtime::drivers::agent::{AgentInput, LedgerPort, PipePort, PipeRefused};
 use echo_runtime::drivers::clock::Clock;
 use echo_runtime::ledger::LedgerCompletion;
 use echo_statemachine::agent::{LedgerOpId, LedgerRecord, LedgerResult};
@@ -30,10 +30,13 @@ pub struct SimPipes {
 }
 
 impl PipePort for SimPipes {
-    fn send(&mut self, account: &AccountId, msg: AgentToEa) {
+    fn send(&mut self, account: &AccountId, msg: AgentToEa) -> Result<(), PipeRefused> {
+        // Taken even when the terminal task is gone (crashed host): as a socket write whose
+        // connection died, the machine learns it from the pipe closing, not from a refusal.
         if let Some((_, tx)) = self.to.iter().find(|(a, _)| a == account) {
             let _ = tx.send(msg);
         }
+        Ok(())
     }
 }
 
