@@ -768,7 +768,9 @@ impl Cluster {
             .find_map(|p| p.exited().map(|code| (p.name.clone(), code)))
     }
 
-    /// Settled: the masters are done and the core has no open delivery.
+    /// Settled: the masters are done and the core has no open delivery. Exact because the
+    /// core republishes its gauge when it crosses zero before an intent's ack leaves it: once
+    /// every master saw its intents acked, a 0 here is newer than their deliveries.
     pub fn settled(&mut self) -> bool {
         self.masters_done() && self.open_deliveries() == Some(0)
     }

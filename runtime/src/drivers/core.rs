@@ -194,6 +194,13 @@ impl<J: JournalPort> CoreTask<J> {
                     None => inputs_open = false,
                 },
             }
+            // Before any output leaves (an intent's ack above all): a status that says "no
+            // open deliveries" must never be older than the last delivery created, or a reader
+            // that saw the masters acked and the gauge at 0 (the end-to-end tests' "settled")
+            // would stop the cluster while deliveries are still on their way.
+            if (self.core.open_deliveries() == 0) != (self.status.open_deliveries == 0) {
+                self.publish();
+            }
             self.drain();
             if !inputs_open && self.conns.is_empty() {
                 // Every input source is gone: nothing can reach the machine any more.
