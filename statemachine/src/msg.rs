@@ -125,6 +125,40 @@ pub enum ErrorCode {
     NoStopLoss,
 }
 
+/// Fails to compile when a variant is added and not listed here: the reminder to add it to
+/// [`ErrorCode::ALL`] too, which the journal and the pipe codec parse names against.
+#[allow(dead_code)]
+fn all_codes_listed(c: ErrorCode) {
+    match c {
+        ErrorCode::BrokerBusy
+        | ErrorCode::InvalidArgument
+        | ErrorCode::Unauthenticated
+        | ErrorCode::UnknownAccount
+        | ErrorCode::JournalUnavailable
+        | ErrorCode::SymbolNotMapped
+        | ErrorCode::MaxRetries
+        | ErrorCode::BrokerRejected
+        | ErrorCode::EaRejected
+        | ErrorCode::NoPosition
+        | ErrorCode::Duplicate
+        | ErrorCode::ProtocolViolation
+        | ErrorCode::PipeUnavailable
+        | ErrorCode::Internal
+        | ErrorCode::VolumeBelowMin
+        | ErrorCode::PriceDeviation
+        | ErrorCode::Expired
+        | ErrorCode::FilteredSymbol
+        | ErrorCode::FilteredMagic
+        | ErrorCode::FilteredComment
+        | ErrorCode::FilteredDirection
+        | ErrorCode::FilteredOrderType
+        | ErrorCode::MaxOpenPositions
+        | ErrorCode::MaxTotalLots
+        | ErrorCode::InsufficientMargin
+        | ErrorCode::NoStopLoss => {}
+    }
+}
+
 impl ErrorCode {
     /// Every code, in declaration order (wire names are parsed against it).
     pub const ALL: &'static [ErrorCode] = &[

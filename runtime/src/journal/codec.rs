@@ -86,76 +86,14 @@ pub(crate) fn status_from(s: &str) -> Result<DeliveryStatus, JournalError> {
     })
 }
 
-/// Every error code. The match in [`all_codes_listed`] fails to compile when a variant is
-/// added, so this list cannot silently fall behind.
-const ALL_CODES: [ErrorCode; 26] = [
-    ErrorCode::BrokerBusy,
-    ErrorCode::InvalidArgument,
-    ErrorCode::Unauthenticated,
-    ErrorCode::UnknownAccount,
-    ErrorCode::JournalUnavailable,
-    ErrorCode::SymbolNotMapped,
-    ErrorCode::MaxRetries,
-    ErrorCode::BrokerRejected,
-    ErrorCode::EaRejected,
-    ErrorCode::NoPosition,
-    ErrorCode::Duplicate,
-    ErrorCode::ProtocolViolation,
-    ErrorCode::PipeUnavailable,
-    ErrorCode::Internal,
-    ErrorCode::VolumeBelowMin,
-    ErrorCode::PriceDeviation,
-    ErrorCode::Expired,
-    ErrorCode::FilteredSymbol,
-    ErrorCode::FilteredMagic,
-    ErrorCode::FilteredComment,
-    ErrorCode::FilteredDirection,
-    ErrorCode::FilteredOrderType,
-    ErrorCode::MaxOpenPositions,
-    ErrorCode::MaxTotalLots,
-    ErrorCode::InsufficientMargin,
-    ErrorCode::NoStopLoss,
-];
-
-#[allow(dead_code)]
-fn all_codes_listed(c: ErrorCode) {
-    match c {
-        ErrorCode::BrokerBusy
-        | ErrorCode::InvalidArgument
-        | ErrorCode::Unauthenticated
-        | ErrorCode::UnknownAccount
-        | ErrorCode::JournalUnavailable
-        | ErrorCode::SymbolNotMapped
-        | ErrorCode::MaxRetries
-        | ErrorCode::BrokerRejected
-        | ErrorCode::EaRejected
-        | ErrorCode::NoPosition
-        | ErrorCode::Duplicate
-        | ErrorCode::ProtocolViolation
-        | ErrorCode::PipeUnavailable
-        | ErrorCode::Internal
-        | ErrorCode::VolumeBelowMin
-        | ErrorCode::PriceDeviation
-        | ErrorCode::Expired
-        | ErrorCode::FilteredSymbol
-        | ErrorCode::FilteredMagic
-        | ErrorCode::FilteredComment
-        | ErrorCode::FilteredDirection
-        | ErrorCode::FilteredOrderType
-        | ErrorCode::MaxOpenPositions
-        | ErrorCode::MaxTotalLots
-        | ErrorCode::InsufficientMargin
-        | ErrorCode::NoStopLoss => {}
-    }
-}
-
 pub(crate) fn reason_str(r: ErrorCode) -> &'static str {
     r.name()
 }
 
 pub(crate) fn reason_from(s: &str) -> Result<ErrorCode, JournalError> {
-    ALL_CODES
-        .into_iter()
+    ErrorCode::ALL
+        .iter()
+        .copied()
         .find(|c| c.name() == s)
         .ok_or_else(|| corrupt("reason", s))
 }
@@ -199,7 +137,7 @@ mod tests {
 
     #[test]
     fn every_spelling_round_trips() {
-        for c in ALL_CODES {
+        for &c in ErrorCode::ALL {
             assert_eq!(reason_from(reason_str(c)).ok(), Some(c));
         }
         for k in [
