@@ -8,29 +8,18 @@
 use std::time::Duration;
 
 use echo_proto::v1 as pb;
-use echo_runtime::drivers::core::{spawn_core, CoreInput, JournalPort};
-use echo_runtime::journal::Completion;
+use echo_runtime::drivers::core::{spawn_core, CoreInput};
 use echo_statemachine::config::Subscription;
-use echo_statemachine::core::{Core, CoreConfig, JournalReply, JournalResult, JournalWrite, OpId};
+use echo_statemachine::core::{Core, CoreConfig};
 use echo_statemachine::ids::{AccountId, AgentId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AgentHello, AgentToCore, IntentKind, Role, Side, TradeIntent, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 
-/// Answers every write as durable at once: the test is about the status, not storage.
-struct InstantJournal(mpsc::UnboundedSender<Completion>);
-
-impl JournalPort for InstantJournal {
-    fn submit(&mut self, op: OpId, write: JournalWrite) {
-        if write.is_awaited() {
-            let _ = self.0.send(Completion {
-                op,
-                result: JournalResult::Ok(JournalReply::Done),
-            });
-        }
-    }
-}
+#[path = "support/instant_journal.rs"]
+mod instant_journal;
+use instant_journal::InstantJournal;
 
 fn intent(seq: u64) -> TradeIntent {
     TradeIntent {

@@ -10,32 +10,21 @@ use std::time::Duration;
 
 use echo_proto::v1 as pb;
 use echo_proto::v1::echo_link_client::EchoLinkClient;
-use echo_runtime::drivers::core::{spawn_core, CoreHandle, JournalPort};
-use echo_runtime::journal::Completion;
+use echo_runtime::drivers::core::{spawn_core, CoreHandle};
 use echo_runtime::link::server::{
     serve, Authenticator, LinkMetrics, LinkService, Refusal, ServeError, Transport,
 };
 use echo_runtime::link::tls::{client_config, generate_demo_pki, server_config, DemoPki};
-use echo_statemachine::core::{Core, CoreConfig, JournalReply, JournalResult, JournalWrite, OpId};
+use echo_statemachine::core::{Core, CoreConfig};
 use echo_statemachine::ids::{AccountId, AgentId};
 use echo_statemachine::msg::Role;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::transport::Endpoint;
 
-/// Answers every write as durable at once: these tests are about the link, not storage.
-struct InstantJournal(mpsc::UnboundedSender<Completion>);
-
-impl JournalPort for InstantJournal {
-    fn submit(&mut self, op: OpId, write: JournalWrite) {
-        if write.is_awaited() {
-            let _ = self.0.send(Completion {
-                op,
-                result: JournalResult::Ok(JournalReply::Done),
-            });
-        }
-    }
-}
+#[path = "support/instant_journal.rs"]
+mod instant_journal;
+use instant_journal::InstantJournal;
 
 /// agent → (token, accounts it may speak for).
 struct Table(BTreeMap<String, (String, Vec<(AccountId, Role)>)>);
