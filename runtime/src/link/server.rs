@@ -474,7 +474,9 @@ mod tests {
     /// passes its listener through `plain_incoming`).
     #[tokio::test]
     async fn plain_connections_are_accepted_with_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let mut incoming = Box::pin(plain_incoming(listener));
         for _ in 0..3 {
