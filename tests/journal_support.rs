@@ -199,6 +199,7 @@ pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent 
         master_ticket: 1000 + seq as i64,
         master_seq: seq,
         emitted_at_ms: 1_700_000_000_000 + seq as i64,
+        master_volume_before: 0.0,
     }
 }
 
@@ -223,6 +224,7 @@ pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
         attempts: 0,
         slave_ticket: None,
         reason: None,
+        master_volume_before: 0.0,
     }
 }
 

@@ -35,6 +35,7 @@ fn intent(kind: IntentKind) -> TradeIntent {
         master_ticket: 123_456_789,
         master_seq: 7,
         emitted_at_ms: 1_764_726_000_123,
+        master_volume_before: 0.0,
     }
 }
 

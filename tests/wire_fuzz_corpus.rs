@@ -33,6 +33,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         master_ticket: 7,
         master_seq: 1,
         emitted_at_ms: 1_700_000_000_000,
+        master_volume_before: 0.0,
     };
     let cmd = Command {
         command_id: CommandId::new("c-1"),
