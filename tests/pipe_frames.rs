@@ -159,6 +159,15 @@ fn agent_frames() -> Vec<AgentFrame> {
             slave_ticket: 500_001,
             volume: 0.05,
         },
+        CommandBody::ClosePart {
+            slave_ticket: 500_001,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed: 0.3,
+                master_volume_before: 1.7,
+                slave_min: 0.01,
+                slave_step: 0.01,
+            },
+        },
     ];
     for b in bodies {
         v.push(AgentFrame::Msg(AgentToEa::Command(command(b.clone()))));

@@ -375,7 +375,7 @@ impl Line {
 }
 
 fn intent_line(i: &TradeIntent) -> String {
-    Line::new("intent")
+    let l = Line::new("intent")
         .str("intent_id", i.intent_id.as_str())
         .str("trade_id", i.trade_id.as_str())
         .str("master", i.master.as_str())
@@ -388,9 +388,14 @@ fn intent_line(i: &TradeIntent) -> String {
         .f64("take_profit", i.take_profit)
         .int("master_ticket", i.master_ticket)
         .int("master_seq", i.master_seq)
-        .int("emitted_at_ms", i.emitted_at_ms)
-        .f64("master_volume_before", i.master_volume_before)
-        .finish()
+        .int("emitted_at_ms", i.emitted_at_ms);
+    // Optional on the wire: only a partial close carries it, so other frames stay as before.
+    let l = if i.master_volume_before != 0.0 {
+        l.f64("master_volume_before", i.master_volume_before)
+    } else {
+        l
+    };
+    l.finish()
 }
 
 fn command_line(ty: &str, c: &Command) -> String {
