@@ -97,8 +97,9 @@ impl Report {
                             if let Some(done) = w.book.confirmed_at.get(&cmd) {
                                 latencies.push(done.saturating_since(*at).0 / 1_000);
                             }
-                            // A partial close whose share was below the slave's step is
-                            // FILLED with 0 lots and never placed.
+                            // A partial close whose share was below the slave's step, or a
+                            // close of a position already closed in full, is FILLED with 0
+                            // lots and never placed.
                             let kept = placed == 0 && w.kept_share(s, &cmd);
                             if !(kept || placed == 1 && filled) {
                                 r.inconsistent.push(format!("{cmd} acked in the journal but placed {placed}× (filled: {filled})"));

@@ -966,6 +966,73 @@ fn s25_partial_close_below_one_step_is_kept() -> Vec<&'static str> {
     h.fired
 }
 
+/// A partial close whose rest would be dust closes the whole position; the master's later
+/// close of it is already done — FILLED with 0 lots, never placed, never a rejection (T26) —
+/// also after a crash, since the EA rebuilds what it closed from its file.
+fn s26_close_of_a_position_closed_in_full_is_already_done() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let o = cmd("o", execute(0.05));
+    h.execute(o.clone(), filled(77, 0.05));
+    // 0.8 of 0.05 is 0.04; the 0.01 left is below the minimum of 0.02: close all.
+    let p = cmd(
+        "p",
+        CommandBody::ClosePart {
+            slave_ticket: 77,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed: 0.8,
+                master_volume_before: 1.0,
+                slave_min: 0.02,
+                slave_step: 0.01,
+            },
+        },
+    );
+    let outs = h.placed(p.clone());
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.0)]);
+    let outs = h.broker("p", filled(77, 0.05));
+    let (op, pr) = executed_ops(&outs)[0].clone();
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(77), None);
+    let check_close = |h: &mut H, cid: &str| {
+        let outs = h.placed(cmd(cid, close(77, 0.0)));
+        assert_eq!(fired(&outs), vec![id(T::AlreadyClosed)]);
+        assert!(places(&outs).is_empty(), "{outs:?}");
+        let (_, r) = executed_ops(&outs)[0].clone();
+        assert_eq!(
+            (r.status, r.filled_volume, r.slave_ticket),
+            (BrokerStatus::Filled, 0.0, 77)
+        );
+    };
+    check_close(&mut h, "c");
+    // After a crash the file tells the same story.
+    let file = vec![
+        ExecutedRecord {
+            command: o,
+            result: Some(ExecutionResult {
+                command_id: CommandId::new("o"),
+                trade_id: TradeId::new("t1"),
+                slave: AccountId::new(ME),
+                slave_ticket: 77,
+                fill_price: 1.1,
+                filled_volume: 0.05,
+                status: BrokerStatus::Filled,
+            }),
+        },
+        ExecutedRecord {
+            command: p,
+            result: Some(pr),
+        },
+    ];
+    let mut h2 = H::wrap(SlaveExecutor::recover(config(8), file));
+    h2.open();
+    check_close(&mut h2, "c2");
+    // A ticket never held is still a rejection (T10), not "already closed".
+    let outs = h2.placed(cmd("x", close(99, 0.0)));
+    assert_eq!(fired(&outs), vec![id(T::NoPosition)]);
+    h.fired.extend(h2.fired);
+    h.fired
+}
+
 /// A crash at every step of a partial close keeps ticket correlation and the fraction: the
 /// broker moved what the partial left to ticket 78; after `recover()` the re-sent partial is
 /// answered from its record (never placed again, never re-resolved against the smaller
@@ -1100,6 +1167,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         s24_cancel_of_a_refused_command_reports_rejected,
     ),
     ("ea.slave.T25", s25_partial_close_below_one_step_is_kept),
+    (
+        "ea.slave.T26",
+        s26_close_of_a_position_closed_in_full_is_already_done,
+    ),
 ];
 
 fn run(tid: &str) {
@@ -1211,6 +1282,11 @@ fn t24_cancel_refused() {
 #[test]
 fn t25_keep_share() {
     run("ea.slave.T25")
+}
+
+#[test]
+fn t26_already_closed() {
+    run("ea.slave.T26")
 }
 
 #[test]

@@ -46,7 +46,8 @@ pub struct Positions {
     reported_cmds: BTreeSet<CommandId>,
     /// Closes a slave EA answered REJECTED without placing them: it held no such ticket.
     pub rejected_unplaced: BTreeSet<(usize, CommandId)>,
-    /// Partial closes a slave kept (its share below one step): FILLED, 0 lots, never placed.
+    /// Closes a slave answered FILLED with 0 lots without placing them: a partial close whose
+    /// share it kept (below one step), or a close of a position it had already closed in full.
     pub kept: BTreeSet<(usize, CommandId)>,
 }
 
@@ -217,19 +218,38 @@ impl World {
         if r.status != BrokerStatus::Filled || placed || r.filled_volume != 0.0 {
             return;
         }
-        let Some(f) = self.fraction_of(s, command_id) else {
-            return;
-        };
-        if !self.positions.kept.insert((s, command_id.clone())) {
+        let is_close = matches!(
+            self.slave_files
+                .get(s)
+                .and_then(|f| f.get(command_id))
+                .map(|rec| &rec.command.body),
+            Some(CommandBody::Close { .. })
+        );
+        let fraction = self.fraction_of(s, command_id);
+        if !(is_close || fraction.is_some()) || !self.positions.kept.insert((s, command_id.clone()))
+        {
             return;
         }
-        let open = self
+        let held = self
             .positions
             .held
             .get(&(s, r.slave_ticket))
-            .map(|h| h.open)
-            .unwrap_or_default();
-        self.check_partial(s, command_id, &f, open, Volume::ZERO);
+            .map(|h| h.open);
+        match (fraction, held) {
+            (Some(f), _) => {
+                self.check_partial(s, command_id, &f, held.unwrap_or_default(), Volume::ZERO)
+            }
+            // "Already closed in full" must be true of the broker's book.
+            (None, Some(open)) => {
+                let v = format!(
+                    "slave-{s} answered {command_id} as already closed, but its broker holds {} lots under ticket {}",
+                    open.lots(),
+                    r.slave_ticket
+                );
+                self.violation(v);
+            }
+            (None, None) => {}
+        }
     }
 
     /// Bookkeeping of an ExecutionResult at the moment the core receives it.
@@ -333,7 +353,8 @@ impl World {
         bad
     }
 
-    /// Whether slave `s` kept its share of partial close `cmd` (FILLED, 0 lots, not placed).
+    /// Whether slave `s` answered close `cmd` FILLED with 0 lots without placing it (a kept
+    /// share, or a position it had already closed in full).
     pub fn kept_share(&self, s: usize, cmd: &CommandId) -> bool {
         self.positions.kept.contains(&(s, cmd.clone()))
     }
