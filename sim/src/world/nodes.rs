@@ -146,6 +146,7 @@ impl World {
         while let Some(o) = M::poll(self, key) {
             match M::fired(o) {
                 Ok(f) => {
+                    self.note_core_fired(&f);
                     if let Some((pf, outs)) = pending.replace((f, Vec::new())) {
                         self.trace_step(&node, input, &pf, &outs);
                     }

@@ -49,6 +49,9 @@ pub struct Positions {
     /// Closes a slave answered FILLED with 0 lots without placing them: a partial close whose
     /// share it kept (below one step), or a close of a position it had already closed in full.
     pub kept: BTreeSet<(usize, CommandId)>,
+    /// Opens the core told us it did not copy (`core.delivery.T20`/`T25`), with the core life
+    /// that knew it: that life must not answer the trade's later intents NO_POSITION.
+    skipped_opens: BTreeMap<CommandId, u64>,
 }
 
 /// What a partial close of `fraction` must close of a slave position of `open`, from the
@@ -74,7 +77,46 @@ fn promised_close(fraction: &CloseFraction, open: Volume) -> Option<Volume> {
     })
 }
 
+/// The core's transitions that decide not to copy an open (at intake, or expired).
+const NOT_COPIED: [&str; 2] = ["core.delivery.T20", "core.delivery.T25"];
+
 impl World {
+    /// A transition the core fired: remembers which life of it skipped which open.
+    pub(super) fn note_core_fired(&mut self, f: &echo_statemachine::spec::Fired) {
+        if !NOT_COPIED.contains(&f.id()) {
+            return;
+        }
+        if let echo_statemachine::spec::Subject::Command(c) = &f.subject {
+            self.positions
+                .skipped_opens
+                .insert(c.clone(), self.core_epoch);
+        }
+    }
+
+    /// `command_id` (a modify or close) ends NO_POSITION: wrong if the core life that ends it
+    /// decided itself not to copy the trade's open to that slave — it must say why (T26).
+    pub(super) fn check_no_position_noise(&mut self, command_id: &CommandId) {
+        let Some(d) = self.journal.deliveries.get(command_id) else {
+            return;
+        };
+        let trade = d.trade_id.as_str().to_lowercase();
+        let open = self.journal.deliveries.values().find(|o| {
+            o.kind == IntentKind::Open
+                && o.slave == d.slave
+                && o.trade_id.as_str().to_lowercase() == trade
+        });
+        let Some(open) = open else {
+            return;
+        };
+        if self.positions.skipped_opens.get(&open.command_id) == Some(&self.core_epoch) {
+            let v = format!(
+                "{command_id} FAILED NO_POSITION although this core skipped its open {} ({:?}):                  it must end with the open's reason",
+                open.command_id, open.reason
+            );
+            self.violation(v);
+        }
+    }
+
     /// The lower-cased trade of a command, from its journaled intent.
     fn trade_of(&self, command_id: &CommandId) -> Option<String> {
         let intent = IntentId::new(command_id.as_str().split('@').next().unwrap_or(""));

@@ -242,6 +242,9 @@ impl World {
             if let Some(v) = dropped_close {
                 self.violation(v);
             }
+            if *reason == Some(ErrorCode::NoPosition) {
+                self.check_no_position_noise(command_id);
+            }
         }
         self.journal.book.apply(w)
     }

@@ -417,6 +417,10 @@ impl Core {
                     }
                     JournalReply::IntentExisted { unfinished } => {
                         self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
+                        // Final rows are not returned, and this plan may not be the one the
+                        // journal holds (an earlier life planned under other subscriptions):
+                        // a skip is not remembered from it, so the trade's later intents end
+                        // NO_POSITION (T19), never with a reason the journal does not hold.
                         (unfinished, false)
                     }
                 };
