@@ -36,6 +36,13 @@ pub enum Mutant {
     PartialByMasterLots,
     /// policy: catch-up expiry drops a close (or modify) older than `max_age_ms` like an open.
     CatchUpExpiresCloses,
+    /// policy: a partial close rounds the slave's share *up* to its step, closing more than
+    /// the master's fraction.
+    PartialCloseRoundsUp,
+    /// core: a modify or close is addressed to the ticket of the trade's previous slave
+    /// position (the ticket map is not updated when a partial close moves the position to a
+    /// new ticket).
+    PartialLosesTicket,
 }
 
 impl Mutant {
@@ -51,7 +58,10 @@ impl Mutant {
         Mutant::MdCriticalEvictsOldest,
         Mutant::MdCoalesceKeepsOldest,
         Mutant::MdRoutingKeepsQueued,
+        Mutant::PartialByMasterLots,
         Mutant::CatchUpExpiresCloses,
+        Mutant::PartialCloseRoundsUp,
+        Mutant::PartialLosesTicket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +79,8 @@ impl Mutant {
             Mutant::MdRoutingKeepsQueued => "md-routing-keeps-queued",
             Mutant::PartialByMasterLots => "partial-by-master-lots",
             Mutant::CatchUpExpiresCloses => "catch-up-expires-closes",
+            Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
+            Mutant::PartialLosesTicket => "partial-loses-ticket",
         }
     }
 

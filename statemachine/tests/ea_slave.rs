@@ -38,6 +38,29 @@ fn close(ticket: i64, volume: f64) -> CommandBody {
     }
 }
 
+/// The master closed `closed` of its `before` lots; the slave's symbol trades in steps of
+/// 0.01 from a minimum of 0.01.
+fn close_part(ticket: i64, closed: f64, before: f64) -> CommandBody {
+    CommandBody::ClosePart {
+        slave_ticket: ticket,
+        fraction: echo_statemachine::msg::CloseFraction {
+            master_closed: closed,
+            master_volume_before: before,
+            slave_min: 0.01,
+            slave_step: 0.01,
+        },
+    }
+}
+
+fn placed_bodies(outs: &[Output]) -> Vec<CommandBody> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PlaceOrder { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn modify(ticket: i64) -> CommandBody {
     CommandBody::Modify {
         slave_ticket: ticket,
@@ -908,6 +931,168 @@ fn a_recovered_cancel_is_answered_from_the_file_never_placed() {
     assert_eq!(h.s.metrics().placed, 0);
 }
 
+/// A partial close by fraction is resolved by the EA against its own position when its
+/// write-ahead is durable: 0.3 of the master's 1.0 on a slave position of 0.5 places 0.15;
+/// a share below one step (0.01 of 1.0 on 0.5) is kept — recorded FILLED with 0 lots and
+/// never placed (T25) — and the master's later partials still apply to what is left.
+fn s25_partial_close_below_one_step_is_kept() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.execute(cmd("o", execute(0.5)), filled(77, 0.5));
+    let outs = h.placed(cmd("p1", close_part(77, 0.3, 1.0)));
+    assert_eq!(
+        placed_bodies(&outs),
+        vec![close(77, 0.15)],
+        "the slave closes the master's fraction of its own 0.5"
+    );
+    let outs = h.broker("p1", filled(77, 0.15));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert!((h.s.open_volume(77).unwrap_or(0.0) - 0.35).abs() < 1e-9);
+    let outs = h.placed(cmd("p2", close_part(77, 0.01, 0.7)));
+    assert_eq!(fired(&outs), vec![id(T::KeepShare)]);
+    assert!(places(&outs).is_empty(), "nothing to place: {outs:?}");
+    assert_eq!(acks(&outs), ack1("p2", PipeStatus::Ok, None));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.filled_volume, r.slave_ticket),
+        (BrokerStatus::Filled, 0.0, 77)
+    );
+    let outs = h.persist(op, Ok(()));
+    assert_eq!(results(&outs), vec![r]);
+    assert!((h.s.open_volume(77).unwrap_or(0.0) - 0.35).abs() < 1e-9);
+    // The master closes 0.69 of its 0.69: the slave closes exactly what it still holds.
+    let outs = h.placed(cmd("p3", close_part(77, 0.69, 0.69)));
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.0)]);
+    h.fired
+}
+
+/// A partial close whose rest would be dust closes the whole position; the master's later
+/// close of it is already done — FILLED with 0 lots, never placed, never a rejection (T26) —
+/// also after a crash, since the EA rebuilds what it closed from its file.
+fn s26_close_of_a_position_closed_in_full_is_already_done() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let o = cmd("o", execute(0.05));
+    h.execute(o.clone(), filled(77, 0.05));
+    // 0.8 of 0.05 is 0.04; the 0.01 left is below the minimum of 0.02: close all.
+    let p = cmd(
+        "p",
+        CommandBody::ClosePart {
+            slave_ticket: 77,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed: 0.8,
+                master_volume_before: 1.0,
+                slave_min: 0.02,
+                slave_step: 0.01,
+            },
+        },
+    );
+    let outs = h.placed(p.clone());
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.0)]);
+    let outs = h.broker("p", filled(77, 0.05));
+    let (op, pr) = executed_ops(&outs)[0].clone();
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(77), None);
+    let check_close = |h: &mut H, cid: &str| {
+        let outs = h.placed(cmd(cid, close(77, 0.0)));
+        assert_eq!(fired(&outs), vec![id(T::AlreadyClosed)]);
+        assert!(places(&outs).is_empty(), "{outs:?}");
+        let (_, r) = executed_ops(&outs)[0].clone();
+        assert_eq!(
+            (r.status, r.filled_volume, r.slave_ticket),
+            (BrokerStatus::Filled, 0.0, 77)
+        );
+    };
+    check_close(&mut h, "c");
+    // After a crash the file tells the same story.
+    let file = vec![
+        ExecutedRecord {
+            command: o,
+            result: Some(ExecutionResult {
+                command_id: CommandId::new("o"),
+                trade_id: TradeId::new("t1"),
+                slave: AccountId::new(ME),
+                slave_ticket: 77,
+                fill_price: 1.1,
+                filled_volume: 0.05,
+                status: BrokerStatus::Filled,
+            }),
+        },
+        ExecutedRecord {
+            command: p,
+            result: Some(pr),
+        },
+    ];
+    let mut h2 = H::wrap(SlaveExecutor::recover(config(8), file));
+    h2.open();
+    check_close(&mut h2, "c2");
+    // A ticket never held is still a rejection (T10), not "already closed".
+    let outs = h2.placed(cmd("x", close(99, 0.0)));
+    assert_eq!(fired(&outs), vec![id(T::NoPosition)]);
+    h.fired.extend(h2.fired);
+    h.fired
+}
+
+/// A crash at every step of a partial close keeps ticket correlation and the fraction: the
+/// broker moved what the partial left to ticket 78; after `recover()` the re-sent partial is
+/// answered from its record (never placed again, never re-resolved against the smaller
+/// position) and the final close addresses ticket 78, which the EA knows holds 0.25 lots.
+#[test]
+fn a_crash_between_partial_and_close_keeps_tickets_and_fraction() {
+    let mut h = H::new(8);
+    h.open();
+    let o = cmd("o", execute(0.5));
+    let p = cmd("p", close_part(77, 0.5, 1.0));
+    h.execute(o.clone(), filled(77, 0.5));
+    let outs = h.placed(p.clone());
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.25)]);
+    // Crash after placing, before the broker's answer was recorded: in doubt, queried.
+    let file = vec![
+        ExecutedRecord {
+            command: o.clone(),
+            result: Some(ExecutionResult {
+                command_id: o.command_id.clone(),
+                trade_id: o.trade_id.clone(),
+                slave: o.slave.clone(),
+                slave_ticket: 77,
+                fill_price: 1.1,
+                filled_volume: 0.5,
+                status: BrokerStatus::Filled,
+            }),
+        },
+        ExecutedRecord {
+            command: p.clone(),
+            result: None,
+        },
+    ];
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), file.clone()));
+    h.open();
+    let outs = h.broker("p", filled(78, 0.25));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(r.slave_ticket, 78);
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(77), None);
+    assert!((h.s.open_volume(78).unwrap_or(0.0) - 0.25).abs() < 1e-9);
+    // Crash again after the result was durable: the file now holds it.
+    let mut file = file;
+    file[1].result = Some(r.clone());
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), file));
+    h.open();
+    assert!((h.s.open_volume(78).unwrap_or(0.0) - 0.25).abs() < 1e-9);
+    let outs = h.command(p);
+    assert!(
+        places(&outs).is_empty(),
+        "a re-sent partial is never placed again"
+    );
+    assert_eq!(results(&outs), vec![r]);
+    let outs = h.placed(cmd("c", close(78, 0.0)));
+    assert_eq!(
+        places(&outs),
+        vec!["c".to_string()],
+        "the close finds ticket 78"
+    );
+}
+
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
 type Scenario = fn() -> Vec<&'static str>;
 
@@ -980,6 +1165,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "ea.slave.T24",
         s24_cancel_of_a_refused_command_reports_rejected,
+    ),
+    ("ea.slave.T25", s25_partial_close_below_one_step_is_kept),
+    (
+        "ea.slave.T26",
+        s26_close_of_a_position_closed_in_full_is_already_done,
     ),
 ];
 
@@ -1087,6 +1277,16 @@ fn t23_cancel_unknown() {
 #[test]
 fn t24_cancel_refused() {
     run("ea.slave.T24")
+}
+
+#[test]
+fn t25_keep_share() {
+    run("ea.slave.T25")
+}
+
+#[test]
+fn t26_already_closed() {
+    run("ea.slave.T26")
 }
 
 #[test]
@@ -1292,7 +1492,7 @@ impl Model {
                     prop_assert_eq!(&result.command_id, &command_id);
                     self.ops.insert(op, Pending::Executed(command_id, result));
                 }
-                Output::PlaceOrder { command_id, .. } => {
+                Output::PlaceOrder { command_id, body } => {
                     let n = self.placed.entry(command_id.clone()).or_insert(0);
                     *n += 1;
                     prop_assert_eq!(*n, 1, "{} placed twice", command_id);
@@ -1306,7 +1506,8 @@ impl Model {
                     );
                     // The broker takes it (or not) now; its answer comes later.
                     let c = &rec.expect("checked").command;
-                    let outcome = match &c.body {
+                    // The broker sees the placed body (a partial close resolved to lots).
+                    let outcome = match &body {
                         CommandBody::Execute { volume, .. } => {
                             let n: i64 = c.command_id.as_str()[1..].parse().unwrap_or(0);
                             filled(1000 + n, *volume)
@@ -1316,6 +1517,10 @@ impl Model {
                             slave_ticket,
                             volume,
                         } => filled(*slave_ticket, *volume),
+                        CommandBody::ClosePart { .. } => {
+                            prop_assert!(false, "{} placed unresolved: {:?}", command_id, body);
+                            continue;
+                        }
                     };
                     self.broker.insert(command_id.clone(), outcome);
                     self.waiting.push(command_id);

@@ -28,8 +28,9 @@ mod marketdata;
 mod net;
 mod nodes;
 pub mod policies;
+mod positions;
 mod storage;
-mod workload;
+pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -236,9 +237,14 @@ pub struct World {
     master_files: Vec<BTreeMap<IntentId, TradeIntent>>,
     master_pending: Vec<BTreeMap<master::OpId, MasterWrite>>,
     slave_files: Vec<BTreeMap<CommandId, ExecutedRecord>>,
+    /// Where each record of a slave's file was first appended (the file's order).
+    slave_file_order: Vec<BTreeMap<CommandId, u64>>,
+    slave_file_appends: u64,
     slave_pending: Vec<BTreeMap<slave::OpId, SlaveWrite>>,
     broker: BTreeMap<(usize, CommandId), BrokerOutcome>,
     next_ticket: i64,
+    /// What each slave's broker holds, and the lifecycle bookkeeping checked against it.
+    pub positions: positions::Positions,
     script: Vec<Vec<TradeIntent>>,
     script_pos: Vec<usize>,
     /// Intents handed to a master whose append is not durable yet: re-emitted after a crash.
@@ -465,9 +471,12 @@ impl World {
             master_files: vec![BTreeMap::new(); n_m],
             master_pending: vec![BTreeMap::new(); n_m],
             slave_files: vec![BTreeMap::new(); n_s],
+            slave_file_order: vec![BTreeMap::new(); n_s],
+            slave_file_appends: 0,
             slave_pending: vec![BTreeMap::new(); n_s],
             broker: BTreeMap::new(),
             next_ticket: 1_000,
+            positions: positions::Positions::default(),
             script,
             script_pos: vec![0; n_m],
             unappended: vec![BTreeSet::new(); n_m],
