@@ -515,3 +515,55 @@ async fn one_bulk_batch_ends_as_the_writes_one_by_one() {
     j.close().await;
     rj.close().await;
 }
+
+/// With the server's autovacuum off (as on this machine kind), the journal vacuums its own
+/// tables every `vacuum_every`; with it on, the journal leaves that to Postgres. Without it a
+/// long run slowed down with history until the core fell minutes behind (SPEC.md §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_vacuums_its_tables_when_autovacuum_is_off() {
+    let env = Env::new(Kind::Postgres).await;
+    let mut admin = sqlx::PgConnection::connect(&env.pg_url())
+        .await
+        .expect("connection to the test database");
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&mut admin)
+        .await
+        .expect("SHOW autovacuum");
+    let pg = PostgresOptions {
+        vacuum_every: Duration::from_millis(200),
+        ..env.pg_options()
+    };
+    let j = Journal::open_postgres(pg, Env::options())
+        .await
+        .expect("open");
+    let (w, _) = accept(&intent("i1", "t1", IntentKind::Open, 1), &["s1"]);
+    assert_eq!(j.write(w).await, JournalResult::Ok(JournalReply::Done));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while Instant::now() < deadline {
+        seen = sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables \
+             WHERE schemaname = 'echo' AND relname = 'delivery_journal'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("vacuum_count");
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if autovacuum == "off" {
+        assert!(
+            seen > 0,
+            "autovacuum is off and the journal never vacuumed its tables"
+        );
+    } else {
+        // Postgres vacuums (counted in autovacuum_count); the journal must not add its own.
+        assert_eq!(
+            seen, 0,
+            "autovacuum is on, yet the journal ran VACUUM itself"
+        );
+    }
+    j.close().await;
+}
