@@ -22,6 +22,7 @@ fn root() -> PathBuf {
 
 fn intent(kind: IntentKind) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new("M1-7"),
         trade_id: TradeId::new("m1-t3"),
         master: AccountId::new("M1"),
@@ -94,6 +95,7 @@ fn ea_frames() -> Vec<EaFrame> {
         BrokerStatus::Cancelled,
     ] {
         v.push(EaFrame::Msg(EaToAgent::Execution(ExecutionResult {
+            reason: None,
             command_id: CommandId::new("M1-7@S1"),
             trade_id: TradeId::new("m1-t3"),
             slave: AccountId::new("S1"),
@@ -138,6 +140,7 @@ fn agent_frames() -> Vec<AgentFrame> {
     }
     let bodies = [
         CommandBody::Execute {
+            terms: Default::default(),
             symbol: Symbol::new("EURUSD.m"),
             side: Side::Buy,
             volume: 0.1,

@@ -20,6 +20,7 @@ fn corpus_dir() -> PathBuf {
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let intent = TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new("i-1"),
         trade_id: TradeId::new("T-1"),
         master: AccountId::new("m1"),

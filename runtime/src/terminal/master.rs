@@ -83,6 +83,7 @@ fn reason_str(r: &RemoveReason) -> String {
 
 fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(format!("{account}-{seq}")),
         trade_id: TradeId::new(format!("{account}-{}", spec.trade)),
         master: account.clone(),

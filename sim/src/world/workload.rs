@@ -95,6 +95,7 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
         }
         let seq = out.len() as u64;
         out.push(TradeIntent {
+            origin: Default::default(),
             intent_id: IntentId::new(format!("m{m}-i{seq}")),
             // Odd steps spell the trade id in lower case: one trade, two spellings.
             trade_id: if step % 2 == 1 {

@@ -100,6 +100,12 @@ transitions! {
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
+        SlaveRefused = "T26": "Blocked | Parked | Inflight | Backoff | Cancelling",
+            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
+        TermsLost = "T27": "New | Blocked | Parked",
+            "becomes head, or its agent comes back: an OPEN recovered from the journal (its copy terms are not journaled) whose subscription now sizes at the slave EA or is gone" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, ACCOUNT_FACTS_UNKNOWN}; copy_skipped_total{reason}++; log core_delivery_failed — an open recovered under core-side sizing gets its terms from the subscription in force",
     }
 }
 
@@ -336,7 +342,7 @@ impl Core {
             );
             return;
         }
-        if self.expire_if_late(now, key) {
+        if self.expire_if_late(now, key) || self.fail_if_terms_lost(now, key) {
             return;
         }
         let Some(d) = self.deliveries.get(&key) else {
@@ -374,6 +380,13 @@ impl Core {
             return false;
         };
         self.fire(DeliveryT::Expired.spec(), self.subject(key));
+        self.fail_by_policy(now, key, reason);
+        true
+    }
+
+    /// A delivery the copy policy does not make, after intake: FAILED with the policy reason
+    /// and counted in `copy_skipped_total{reason}`.
+    fn fail_by_policy(&mut self, now: Instant, key: u64, reason: crate::policy::SkipReason) {
         *self
             .metrics
             .copy_skipped_total
@@ -386,6 +399,34 @@ impl Core {
             Some(reason.error_code()),
             None,
         );
+    }
+
+    /// An open recovered from the journal has no copy terms (they are not journaled): under
+    /// core-side sizing its volume is final and the terms come from the subscription in force;
+    /// otherwise the facts the slave EA would size from are gone, and the open is FAILED
+    /// `ACCOUNT_FACTS_UNKNOWN` rather than placed with the master's lots.
+    fn fail_if_terms_lost(&mut self, now: Instant, key: u64) -> bool {
+        let Some(d) = self.deliveries.get(&key) else {
+            return false;
+        };
+        if d.rec.kind != IntentKind::Open || d.rec.terms.is_some() {
+            return false;
+        }
+        let rebuilt = self
+            .subs
+            .get(&d.rec.master)
+            .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
+            .map(|s| crate::policy::terms::guard_terms(&s.policy))
+            .filter(|t| t.sizing == crate::msg::SlaveSizing::Final);
+        if let Some(t) = rebuilt {
+            if let Some(d) = self.deliveries.get_mut(&key) {
+                d.rec.terms = Some(t);
+            }
+            return false;
+        }
+        let reason = crate::policy::SkipReason::AccountFactsUnknown;
+        self.fire(DeliveryT::TermsLost.spec(), self.subject(key));
+        self.fail_by_policy(now, key, reason);
         true
     }
 
@@ -421,6 +462,7 @@ impl Core {
                 price: d.rec.price,
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
+                terms: d.rec.terms.unwrap_or_default(),
             },
             IntentKind::Modify => CommandBody::Modify {
                 slave_ticket: ticket(),
@@ -663,14 +705,27 @@ impl Core {
                 self.finalize(now, key, DeliveryStatus::Acked, None, Some(r.slave_ticket));
             }
             BrokerStatus::Rejected => {
-                self.fire(DeliveryT::BrokerRejected.spec(), self.subject(key));
-                self.finalize(
-                    now,
-                    key,
-                    DeliveryStatus::Failed,
-                    Some(ErrorCode::BrokerRejected),
-                    None,
-                );
+                // The slave EA's copy terms refused the open (a policy reason it reports), or
+                // the broker did (no reason).
+                match r
+                    .reason
+                    .and_then(crate::policy::SkipReason::from_error_code)
+                {
+                    Some(reason) => {
+                        self.fire(DeliveryT::SlaveRefused.spec(), self.subject(key));
+                        self.fail_by_policy(now, key, reason);
+                    }
+                    None => {
+                        self.fire(DeliveryT::BrokerRejected.spec(), self.subject(key));
+                        self.finalize(
+                            now,
+                            key,
+                            DeliveryStatus::Failed,
+                            Some(ErrorCode::BrokerRejected),
+                            None,
+                        );
+                    }
+                }
             }
             BrokerStatus::Cancelled => {
                 self.fire(DeliveryT::CancelConfirmed.spec(), self.subject(key));

@@ -6,7 +6,7 @@
 //! durable snapshot `Core::recover` starts from. It must never decide anything.
 
 use crate::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use crate::msg::{AckStage, ErrorCode, IntentKind, Side, TradeIntent};
+use crate::msg::{AckStage, ErrorCode, ExecTerms, IntentKind, Side, TradeIntent};
 
 /// Identifies one journal write so its result can be matched to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +48,9 @@ pub struct DeliveryRecord {
     pub attempts: u32,
     pub slave_ticket: Option<i64>,
     pub reason: Option<ErrorCode>,
+    /// An open's copy terms for the slave EA, as planned. Not journaled (yet): a record read
+    /// back from the journal has `None`, which `core.delivery.T27` resolves.
+    pub terms: Option<ExecTerms>,
 }
 
 /// Everything the core asks the journal to do. Every write is idempotent: keyed by intent id
