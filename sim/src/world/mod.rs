@@ -29,6 +29,7 @@ mod net;
 mod nodes;
 pub mod policies;
 mod storage;
+pub mod terminal_facts;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -212,6 +213,8 @@ pub struct World {
     core_cfg: CoreConfig,
     /// Each slave's drawn copy policy (empty: defaults), kept across re-subscriptions.
     pub policies: Vec<CopyPolicy>,
+    /// What the slaves' terminals report to their EAs (account, symbols, drifting prices).
+    pub terminal: terminal_facts::TerminalFacts,
     pub core: Option<Core>,
     core_epoch: u64,
     agents: Vec<Option<DeliveryManager>>,
@@ -238,6 +241,9 @@ pub struct World {
     slave_files: Vec<BTreeMap<CommandId, ExecutedRecord>>,
     slave_pending: Vec<BTreeMap<slave::OpId, SlaveWrite>>,
     broker: BTreeMap<(usize, CommandId), BrokerOutcome>,
+    /// Positions each slave holds at its broker: (slave, ticket) → lots (the exposure checker's
+    /// own count, independent of the EA's).
+    broker_positions: BTreeMap<(usize, i64), f64>,
     next_ticket: i64,
     script: Vec<Vec<TradeIntent>>,
     script_pos: Vec<usize>,
@@ -443,6 +449,7 @@ impl World {
             core: Some(Core::new(core_cfg.clone())),
             core_cfg,
             policies,
+            terminal: terminal_facts::TerminalFacts::draw(seed, n_s, faults),
             core_epoch: 0,
             agents: (0..n_agents).map(|_| None).collect(),
             agent_epoch: vec![0; n_agents],
@@ -467,6 +474,7 @@ impl World {
             slave_files: vec![BTreeMap::new(); n_s],
             slave_pending: vec![BTreeMap::new(); n_s],
             broker: BTreeMap::new(),
+            broker_positions: BTreeMap::new(),
             next_ticket: 1_000,
             script,
             script_pos: vec![0; n_m],

@@ -211,6 +211,25 @@ impl World {
                 volume,
             }
         };
+        if let BrokerOutcome::Filled { ticket, volume, .. } = &outcome {
+            match body {
+                CommandBody::Execute { .. } => {
+                    self.broker_positions.insert((slave, *ticket), *volume);
+                }
+                CommandBody::Modify { .. } => {}
+                CommandBody::Close { volume: 0.0, .. } => {
+                    self.broker_positions.remove(&(slave, *ticket));
+                }
+                CommandBody::Close { .. } => {
+                    if let Some(open) = self.broker_positions.get_mut(&(slave, *ticket)) {
+                        *open -= volume;
+                        if *open <= 1e-9 {
+                            self.broker_positions.remove(&(slave, *ticket));
+                        }
+                    }
+                }
+            }
+        }
         self.broker.insert(key, outcome.clone());
         outcome
     }

@@ -103,9 +103,9 @@ transitions! {
         SlaveRefused = "T26": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
-        TermsLost = "T27": "New | Blocked | Parked",
-            "becomes head, or its agent comes back: an OPEN recovered from the journal (its copy terms are not journaled) whose subscription now sizes at the slave EA or is gone" => "Finalizing(FAILED)";
-            "FinishDelivery{failed, ACCOUNT_FACTS_UNKNOWN}; copy_skipped_total{reason}++; log core_delivery_failed — an open recovered under core-side sizing gets its terms from the subscription in force",
+        TermsRebuilt = "T27": "New | Blocked | Parked",
+            "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
+            "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
     }
 }
 
@@ -342,9 +342,10 @@ impl Core {
             );
             return;
         }
-        if self.expire_if_late(now, key) || self.fail_if_terms_lost(now, key) {
+        if self.expire_if_late(now, key) {
             return;
         }
+        self.rebuild_lost_terms(key);
         let Some(d) = self.deliveries.get(&key) else {
             return;
         };
@@ -401,33 +402,33 @@ impl Core {
         );
     }
 
-    /// An open recovered from the journal has no copy terms (they are not journaled): under
-    /// core-side sizing its volume is final and the terms come from the subscription in force;
-    /// otherwise the facts the slave EA would size from are gone, and the open is FAILED
-    /// `ACCOUNT_FACTS_UNKNOWN` rather than placed with the master's lots.
-    fn fail_if_terms_lost(&mut self, now: Instant, key: u64) -> bool {
+    /// An open read back from the journal has no copy terms (they are not journaled). It may
+    /// have reached the slave before the crash, so it is never failed here: it is sent with
+    /// terms rebuilt from the subscription in force — the master's balance/equity are unknown
+    /// (0), so the slave EA refuses a ratio-sized one `ACCOUNT_FACTS_UNKNOWN` unless it
+    /// already executed it (then it answers from its stored result); with the subscription
+    /// gone, with terms it refuses the same way rather than place the master's lots.
+    fn rebuild_lost_terms(&mut self, key: u64) {
         let Some(d) = self.deliveries.get(&key) else {
-            return false;
+            return;
         };
         if d.rec.kind != IntentKind::Open || d.rec.terms.is_some() {
-            return false;
+            return;
         }
-        let rebuilt = self
+        let terms = self
             .subs
             .get(&d.rec.master)
             .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
             .map(|s| crate::policy::terms::guard_terms(&s.policy))
-            .filter(|t| t.sizing == crate::msg::SlaveSizing::Final);
-        if let Some(t) = rebuilt {
-            if let Some(d) = self.deliveries.get_mut(&key) {
-                d.rec.terms = Some(t);
-            }
-            return false;
+            .unwrap_or(crate::msg::ExecTerms {
+                sizing: crate::msg::SlaveSizing::BalanceRatio,
+                sizing_value: 1.0,
+                ..crate::msg::ExecTerms::default()
+            });
+        self.fire(DeliveryT::TermsRebuilt.spec(), self.subject(key));
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.rec.terms = Some(terms);
         }
-        let reason = crate::policy::SkipReason::AccountFactsUnknown;
-        self.fire(DeliveryT::TermsLost.spec(), self.subject(key));
-        self.fail_by_policy(now, key, reason);
-        true
     }
 
     fn reconcile_interval(&self) -> Duration {

@@ -655,11 +655,17 @@ impl SlaveExecutor {
         let held = self.positions.values().fold(Volume::ZERO, |acc, lots| {
             acc.saturating_add(Volume::from_lots(*lots).unwrap_or_default())
         });
+        let in_flight = if crate::mutants::active(crate::mutants::Mutant::ExposureIgnoresInFlight) {
+            0
+        } else {
+            self.reserved.len()
+        };
         let reserved = self
             .reserved
             .values()
+            .take(in_flight)
             .fold(Volume::ZERO, |acc, v| acc.saturating_add(*v));
-        let count = self.positions.len() + self.reserved.len();
+        let count = self.positions.len() + in_flight;
         (
             u32::try_from(count).unwrap_or(u32::MAX),
             held.saturating_add(reserved),
