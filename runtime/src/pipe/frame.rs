@@ -900,6 +900,11 @@ pub fn intent_value(i: &TradeIntent) -> Value {
         "master_ticket": i.master_ticket,
         "master_seq": i.master_seq,
         "emitted_at_ms": i.emitted_at_ms,
+        "magic": i.origin.magic,
+        "comment": i.origin.comment,
+        "order_type": order_type_str(i.origin.order_type),
+        "master_balance": i.origin.balance,
+        "master_equity": i.origin.equity,
     })
 }
 
@@ -974,6 +979,8 @@ pub fn execution_value(r: &ExecutionResult) -> Value {
         "fill_price": r.fill_price,
         "filled_volume": r.filled_volume,
         "status": broker_status_str(r.status),
+        // A refusal by the copy terms keeps its reason across a restart of the terminal.
+        "reason": r.reason.map(error_code_str),
     })
 }
 

@@ -525,12 +525,14 @@ impl Slave {
         }
     }
 
-    /// (bid, ask) of `symbol` now: a one-point spread around the drifted price.
+    /// (bid, ask) of `symbol` now: the drifted price, without a spread (with no drift the
+    /// broker fills exactly at the master's price, as before prices could drift).
     fn quote(&self, symbol: &Symbol) -> Option<(f64, f64)> {
         let point = SymbolLimits::fx().point;
-        self.prices
-            .get(symbol)
-            .map(|(p, d)| (p + (*d - 1) as f64 * point, p + (*d + 1) as f64 * point))
+        self.prices.get(symbol).map(|(p, d)| {
+            let px = if *d == 0 { *p } else { p + *d as f64 * point };
+            (px, px)
+        })
     }
 
     fn report_quote(&mut self, symbol: &Symbol) {
