@@ -612,8 +612,10 @@ proptest! {
     #[test]
     fn exec_terms_carry_the_masters_facts(kind in 0usize..5, balance in 0.0f64..1e6, equity in 0.0f64..1e6, per_symbol in prop::option::of(0.01f64..10.0)) {
         let kinds = [SizingKind::FixedLots, SizingKind::Multiplier, SizingKind::BalanceRatio, SizingKind::EquityRatio, SizingKind::RiskPercent];
-        let mut p = CopyPolicy::default();
-        p.sizing_kind = kinds[kind];
+        let mut p = CopyPolicy {
+            sizing_kind: kinds[kind],
+            ..CopyPolicy::default()
+        };
         p.sizing_values.ratio = 2.0;
         if let Some(m) = per_symbol {
             p.sizing.symbol_multipliers.insert(Symbol::new("EURUSD"), m);
