@@ -293,6 +293,7 @@ fn open_intent(n: u64) -> TradeIntent {
         master_ticket: n as i64,
         master_seq: n,
         emitted_at_ms: 1_700_000_000_000 + n as i64,
+        master_volume_before: 0.0,
     }
 }
 

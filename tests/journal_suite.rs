@@ -277,6 +277,132 @@ async fn open_tickets_follow_opens_and_closes(kind: Kind) {
     j.close().await;
 }
 
+/// Ticket correlation across crashes between every step of a partial close: the fraction is
+/// journaled with the delivery (a restarted core re-sends the same one), and the ticket a
+/// partial close's result names (the broker moved the rest of the position) is the one a
+/// restarted core's close addresses.
+async fn a_partial_close_keeps_its_fraction_and_moves_the_ticket_across_restarts(kind: Kind) {
+    use echo_statemachine::ids::AgentId;
+    use echo_statemachine::msg::{AgentHello, AgentToCore, CommandBody, Role};
+    let env = Env::new(kind).await;
+    let j = env.open().await;
+    let open = intent("o1", "t1", IntentKind::Open, 1);
+    let (w, ods) = accept(&open, &["s1"]);
+    assert_eq!(j.write(w).await, DONE);
+    j.write(finish(&ods[0], DeliveryStatus::Acked, Some(71), None))
+        .await;
+    let part = intent("p1", "t1", IntentKind::PartialClose, 2);
+    let (w, pds) = accept(&part, &["s1"]);
+    assert_eq!(j.write(w).await, DONE);
+    // Crash 1: after the partial close was accepted, before its result.
+    j.close().await;
+    drop(j);
+    let j = env.open().await;
+    let state = j.load().await.expect("load");
+    assert_eq!(state.unfinished, vec![pds[0].clone()], "fraction journaled");
+    let cfg = core_config();
+    let mut core = Core::recover(cfg.clone(), state, echo_statemachine::time::Instant::ZERO);
+    let hello = AgentToCore::Hello(AgentHello {
+        agent_id: AgentId::new("b"),
+        protocol_version: echo_statemachine::msg::PROTOCOL_VERSION,
+        supports_lossless_delivery: true,
+        accounts: vec![(AccountId::new("s1"), Role::Slave)],
+    });
+    let now = echo_statemachine::time::Instant::ZERO;
+    core.handle_agent_message(now, &AgentId::new("b"), hello.clone());
+    let bodies = drive(&mut core, &j).await;
+    assert!(
+        matches!(
+            bodies.as_slice(),
+            [CommandBody::ClosePart { slave_ticket: 71, fraction }]
+                if fraction.master_closed == 1.0 && fraction.master_volume_before == 2.0
+        ),
+        "the restarted core re-sends the same fraction to ticket 71: {bodies:?}"
+    );
+    // The partial close filled; the broker moved the remaining lots to ticket 81.
+    j.write(finish(&pds[0], DeliveryStatus::Acked, Some(81), None))
+        .await;
+    // Crash 2: after the partial's result, before the master's close.
+    j.close().await;
+    drop(j);
+    let j = env.open().await;
+    let state = j.load().await.expect("load");
+    let tickets: Vec<(String, String, i64)> = state
+        .open_tickets
+        .iter()
+        .map(|(t, a, k)| (t.as_str().to_string(), a.as_str().to_string(), *k))
+        .collect();
+    assert_eq!(tickets, vec![("t1".to_string(), "s1".to_string(), 81)]);
+    let cfg = CoreConfig {
+        subscriptions: vec![echo_statemachine::config::Subscription::new(
+            "m1", "s1", 1.0,
+        )],
+        ..cfg
+    };
+    let mut core = Core::recover(cfg, state, now);
+    core.handle_agent_message(now, &AgentId::new("b"), hello);
+    let master = AgentToCore::Hello(AgentHello {
+        agent_id: AgentId::new("a"),
+        protocol_version: echo_statemachine::msg::PROTOCOL_VERSION,
+        supports_lossless_delivery: true,
+        accounts: vec![(AccountId::new("m1"), Role::Master)],
+    });
+    core.handle_agent_message(now, &AgentId::new("a"), master);
+    assert!(drive(&mut core, &j).await.is_empty(), "nothing unfinished");
+    let close = intent("c1", "t1", IntentKind::Close, 3);
+    core.handle_agent_message(now, &AgentId::new("a"), AgentToCore::Intent(close));
+    let bodies = drive(&mut core, &j).await;
+    assert_eq!(
+        bodies,
+        vec![CommandBody::Close {
+            slave_ticket: 81,
+            volume: 0.0
+        }],
+        "the close addresses the ticket the partial close left"
+    );
+    j.close().await;
+}
+
+/// Runs the core's journal writes against `j` (feeding each result back) until it is quiet;
+/// returns the bodies of the commands it sent.
+async fn drive(core: &mut Core, j: &Journal) -> Vec<echo_statemachine::msg::CommandBody> {
+    use echo_statemachine::core::CoreOutput;
+    use echo_statemachine::msg::CoreToAgent;
+    let now = echo_statemachine::time::Instant::ZERO;
+    let mut bodies = Vec::new();
+    loop {
+        let mut writes = Vec::new();
+        while let Some(o) = core.poll() {
+            match o {
+                CoreOutput::Send {
+                    msg: CoreToAgent::Command(c),
+                    ..
+                } => bodies.push(c.body),
+                CoreOutput::Journal { op, write } => writes.push((op, write)),
+                _ => {}
+            }
+        }
+        if writes.is_empty() {
+            return bodies;
+        }
+        for (op, write) in writes {
+            let result = j.write(write).await;
+            core.handle_journal_result(now, op, result);
+        }
+    }
+}
+
+/// A core with no subscriptions and default settings, as a restart would build it.
+fn core_config() -> CoreConfig {
+    CoreConfig {
+        router: Default::default(),
+        delivery: Default::default(),
+        agent_delivery: Default::default(),
+        subscriptions: vec![],
+        recent_intents: 100,
+    }
+}
+
 async fn reload_after_reopen_rebuilds_the_core(kind: Kind) {
     let env = Env::new(kind).await;
     let j = env.open().await;
@@ -306,13 +432,7 @@ async fn reload_after_reopen_rebuilds_the_core(kind: Kind) {
     let after = j2.load().await.expect("load after reopen");
     assert_eq!(sorted(after.unfinished.clone()), sorted(before.unfinished));
     assert_eq!(after.open_tickets.len(), before.open_tickets.len());
-    let cfg = CoreConfig {
-        router: Default::default(),
-        delivery: Default::default(),
-        agent_delivery: Default::default(),
-        subscriptions: vec![],
-        recent_intents: 100,
-    };
+    let cfg = core_config();
     let n = after.unfinished.len();
     let core = Core::recover(cfg, after, echo_statemachine::time::Instant::ZERO);
     assert_eq!(core.delivery_views().len(), n);
@@ -539,6 +659,7 @@ per_backend!(
     finish_never_regresses,
     best_effort_writes,
     open_tickets_follow_opens_and_closes,
+    a_partial_close_keeps_its_fraction_and_moves_the_ticket_across_restarts,
     reload_after_reopen_rebuilds_the_core,
     group_commit_answers_each_op,
     repeats_in_one_batch_insert_once,

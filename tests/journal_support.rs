@@ -200,6 +200,12 @@ pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent 
         master_ticket: 1000 + seq as i64,
         master_seq: seq,
         emitted_at_ms: 1_700_000_000_000 + seq as i64,
+        // A partial close of 1.0 out of the master's 2.0 lots.
+        master_volume_before: if kind == IntentKind::PartialClose {
+            2.0
+        } else {
+            0.0
+        },
     }
 }
 
@@ -215,7 +221,13 @@ pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
         kind: i.kind,
         symbol: Symbol::new("EURUSD.m"),
         side: i.side,
-        volume: i.volume * 0.5,
+        // A partial close carries the master's lots (the fraction's numerator), an open the
+        // slave's sized lots.
+        volume: if i.kind == IntentKind::PartialClose {
+            i.volume
+        } else {
+            i.volume * 0.5
+        },
         price: i.price,
         stop_loss: i.stop_loss,
         take_profit: i.take_profit,
@@ -225,6 +237,7 @@ pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
         attempts: 0,
         slave_ticket: None,
         reason: None,
+        master_volume_before: i.master_volume_before,
     }
 }
 

@@ -31,6 +31,17 @@ fn record(n: u64, state: LedgerState) -> LedgerRecord {
                     slave_ticket: n as i64,
                     volume: 0.0,
                 }
+            } else if n % 3 == 1 && n.is_multiple_of(2) {
+                // A partial close by fraction: every field survives the ledger bit for bit.
+                CommandBody::ClosePart {
+                    slave_ticket: n as i64,
+                    fraction: echo_statemachine::msg::CloseFraction {
+                        master_closed: 0.1 * n as f64,
+                        master_volume_before: 0.3 * n as f64,
+                        slave_min: 0.01,
+                        slave_step: 0.01,
+                    },
+                }
             } else {
                 CommandBody::Execute {
                     terms: Default::default(),

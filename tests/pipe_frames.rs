@@ -42,6 +42,7 @@ fn intent(kind: IntentKind) -> TradeIntent {
         master_ticket: 123_456_789,
         master_seq: 7,
         emitted_at_ms: 1_764_726_000_123,
+        master_volume_before: 0.0,
     }
 }
 
@@ -187,6 +188,15 @@ fn agent_frames() -> Vec<AgentFrame> {
         CommandBody::Close {
             slave_ticket: 500_001,
             volume: 0.05,
+        },
+        CommandBody::ClosePart {
+            slave_ticket: 500_001,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed: 0.3,
+                master_volume_before: 1.7,
+                slave_min: 0.01,
+                slave_step: 0.01,
+            },
         },
     ];
     for b in bodies {

@@ -216,6 +216,10 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
     );
     let e3 = agent.deliver(&partial).await;
     assert_eq!((e3.status, e3.filled_volume), (BrokerStatus::Filled, 0.2));
+    // As MT4 does, the broker moved the remaining 0.3 lots to a new ticket: later commands
+    // address that one.
+    let rest = e3.slave_ticket;
+    assert!(rest > ticket, "{e3:?}");
 
     // A command that cannot be executed: FAILED INVALID_ARGUMENT, always the same answer.
     let mut bad = open(8);
@@ -272,11 +276,12 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
     agent.send(AgentToEa::Cancel(open(9)));
     assert_eq!(agent.ack().await.status, PipeStatus::Ok);
     assert_eq!(agent.execution().await.status, BrokerStatus::Cancelled);
-    // The rest of the position closes (volume 0 = all).
+    // The rest of the position closes (volume 0 = all), restored under its new ticket by the
+    // restarted terminal from its files.
     let close = cmd(
         4,
         CommandBody::Close {
-            slave_ticket: ticket,
+            slave_ticket: rest,
             volume: 0.0,
         },
     );
@@ -287,7 +292,7 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
     let late = cmd(
         5,
         CommandBody::Modify {
-            slave_ticket: ticket,
+            slave_ticket: rest,
             stop_loss: 1.0,
             take_profit: 1.2,
         },

@@ -34,6 +34,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         master_ticket: 7,
         master_seq: 1,
         emitted_at_ms: 1_700_000_000_000,
+        master_volume_before: 0.0,
     };
     let cmd = Command {
         command_id: CommandId::new("c-1"),
@@ -176,4 +177,63 @@ fn mutations_of_the_seeds_never_panic() {
             exercise_untrusted(&b);
         }
     }
+}
+
+/// A close and a partial close by fraction keep their meaning on the wire: the fraction
+/// (`CloseOrder.master_volume_before > 0`) comes back as `ClosePart` with every field, a plain
+/// close (`master_volume_before = 0`) as `Close`; and a partial close's intent keeps its
+/// `master_volume_before`.
+#[test]
+fn close_and_partial_close_by_fraction_survive_the_wire() {
+    use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
+    use echo_statemachine::msg::CloseFraction;
+    let cmd = |body| Command {
+        command_id: CommandId::new("i1@s1"),
+        intent_id: IntentId::new("i1"),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new("s1"),
+        body,
+    };
+    for body in [
+        CommandBody::Close {
+            slave_ticket: 7,
+            volume: 0.25,
+        },
+        CommandBody::ClosePart {
+            slave_ticket: 7,
+            fraction: CloseFraction {
+                master_closed: 0.3,
+                master_volume_before: 1.7,
+                slave_min: 0.02,
+                slave_step: 0.01,
+            },
+        },
+    ] {
+        let c = cmd(body);
+        let back = convert::command_from_wire(convert::command_to_wire(&c));
+        assert_eq!(back, Ok(c));
+    }
+    let i = TradeIntent {
+        intent_id: IntentId::new("i-2"),
+        trade_id: TradeId::new("T-1"),
+        master: AccountId::new("m1"),
+        kind: IntentKind::PartialClose,
+        symbol: echo_statemachine::ids::Symbol::new("EURUSD"),
+        side: echo_statemachine::msg::Side::Buy,
+        volume: 0.5,
+        price: 1.1,
+        stop_loss: 1.0,
+        take_profit: 1.2,
+        master_ticket: 7,
+        master_seq: 2,
+        emitted_at_ms: 1_700_000_000_000,
+        master_volume_before: 2.5,
+        origin: echo_statemachine::msg::MasterFacts {
+            magic: 42,
+            comment: "hedge".into(),
+            ..Default::default()
+        },
+    };
+    let back = convert::intent_from_wire(convert::intent_to_wire(&i));
+    assert_eq!(back, Ok(i));
 }

@@ -92,6 +92,7 @@ fn trade_intent() -> TradeIntent {
         master_ticket: 9_876_543_210,
         master_seq: u64::MAX - 1,
         emitted_at_unix_ms: 1_763_856_000_123,
+        master_volume_before: 0.0,
     }
 }
 
@@ -204,7 +205,11 @@ fn close_order() -> CloseOrder {
         trade_id: "T-42".into(),
         slave_account: "pepper:2002".into(),
         slave_ticket: 555,
-        volume: 0.0, // close all
+        volume: 0.0, // close all,
+        min_volume: Default::default(),
+        master_volume_before: 0.0,
+        master_closed_volume: Default::default(),
+        volume_step: Default::default(),
     }
 }
 

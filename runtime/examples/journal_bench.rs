@@ -80,6 +80,7 @@ fn accept(n: u64, slaves: usize) -> JournalWrite {
         master_ticket: n as i64,
         master_seq: n,
         emitted_at_ms: 0,
+        master_volume_before: 0.0,
     };
     let deliveries = (0..slaves)
         .map(|s| {
@@ -104,6 +105,7 @@ fn accept(n: u64, slaves: usize) -> JournalWrite {
                 attempts: 0,
                 slave_ticket: None,
                 reason: None,
+                master_volume_before: 0.0,
             }
         })
         .collect();

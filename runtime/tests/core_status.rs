@@ -37,6 +37,7 @@ fn intent(seq: u64) -> TradeIntent {
         master_ticket: 1000 + seq as i64,
         master_seq: seq,
         emitted_at_ms: 1,
+        master_volume_before: 0.0,
     }
 }
 

@@ -103,8 +103,9 @@ impl JournalBook {
         for d in ds {
             let k = (d.trade_id.clone(), d.slave.clone());
             match d.kind {
-                IntentKind::Open => {
-                    if let Some(t) = d.slave_ticket {
+                // A partial close may leave the rest under a new ticket (MT4 does).
+                IntentKind::Open | IntentKind::PartialClose => {
+                    if let Some(t) = d.slave_ticket.filter(|t| *t > 0) {
                         open.insert(k, t);
                     }
                 }

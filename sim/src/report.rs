@@ -97,7 +97,11 @@ impl Report {
                             if let Some(done) = w.book.confirmed_at.get(&cmd) {
                                 latencies.push(done.saturating_since(*at).0 / 1_000);
                             }
-                            if !(placed == 1 && filled) {
+                            // A partial close whose share was below the slave's step, or a
+                            // close of a position already closed in full, is FILLED with 0
+                            // lots and never placed.
+                            let kept = placed == 0 && w.kept_share(s, &cmd);
+                            if !(kept || placed == 1 && filled) {
                                 r.inconsistent.push(format!("{cmd} acked in the journal but placed {placed}× (filled: {filled})"));
                             }
                         }
@@ -130,6 +134,7 @@ impl Report {
                 }
             }
         }
+        r.inconsistent.extend(w.lifecycle_inconsistencies());
         for ((s, cmd), n) in &w.book.placed {
             if *n > 1 {
                 r.duplicated.push(format!("slave-{s} {cmd}"));

@@ -14,8 +14,9 @@ fn every_trade_reaches_every_slave_once_in_order() {
     };
     let (r, quiet) = run_world(cfg, |_, _| {});
     assert!(quiet, "the world must settle:\n{r}");
-    assert_eq!(r.intents_emitted, 2 * 20 * 4);
-    assert_eq!(r.copies_expected, 2 * 20 * 4 * 5);
+    let steps = echo_sim::world::workload::STEPS as u64;
+    assert_eq!(r.intents_emitted, 2 * 20 * steps);
+    assert_eq!(r.copies_expected, 2 * 20 * steps * 5);
     assert!(r.is_clean(), "{r}");
     assert_eq!(
         r.confirmed_per_slave.values().sum::<u64>(),

@@ -133,6 +133,7 @@ fn inputs(b: &Bench, from: usize, n: usize, pairs_across_chunks: bool) -> Vec<In
                 master_ticket: trade as i64,
                 master_seq: k as u64,
                 emitted_at_ms: 0,
+                master_volume_before: 0.0,
             };
             let results = b
                 .slaves

@@ -52,6 +52,10 @@ pub struct TradeIntent {
     /// Per-master sequence number, increasing in emission order.
     pub master_seq: u64,
     pub emitted_at_ms: i64,
+    /// Lots the master's position held *before* this intent: with `volume` it states the
+    /// fraction a PARTIAL_CLOSE closed (`volume / master_volume_before`), which each slave
+    /// applies to its own position (SPEC.md §5.2). 0 for every other kind.
+    pub master_volume_before: f64,
 }
 
 /// What a master EA reports with each intent beyond the trade itself: the order's origin, which
@@ -297,6 +301,24 @@ pub enum CommandBody {
     },
     /// `volume == 0.0` closes the whole position.
     Close { slave_ticket: i64, volume: f64 },
+    /// A partial close by fraction: the slave EA closes the same share of its own position
+    /// that the master closed of its own (`policy::partial::partial_close`), so the volume is
+    /// decided where the slave's open volume is known, once, when the command is placed.
+    ClosePart {
+        slave_ticket: i64,
+        fraction: CloseFraction,
+    },
+}
+
+/// What a slave needs to close the master's fraction of its own position: the master's
+/// closed volume over its volume before the close (an exact pair, not a rounded ratio), and
+/// the slave symbol's minimum and step the result is rounded to. All in lots.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CloseFraction {
+    pub master_closed: f64,
+    pub master_volume_before: f64,
+    pub slave_min: f64,
+    pub slave_step: f64,
 }
 
 /// Who sizes an open: the core (`Final`: the command's volume is placed as is) or the slave EA

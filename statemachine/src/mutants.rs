@@ -44,6 +44,13 @@ pub enum Mutant {
     /// slave EA: the exposure limits count only recorded positions, not the opens already
     /// placed and unanswered.
     ExposureIgnoresInFlight,
+    /// policy: a partial close rounds the slave's share *up* to its step, closing more than
+    /// the master's fraction.
+    PartialCloseRoundsUp,
+    /// core: a modify or close is addressed to the ticket of the trade's previous slave
+    /// position (the ticket map is not updated when a partial close moves the position to a
+    /// new ticket).
+    PartialLosesTicket,
 }
 
 impl Mutant {
@@ -59,10 +66,13 @@ impl Mutant {
         Mutant::MdCriticalEvictsOldest,
         Mutant::MdCoalesceKeepsOldest,
         Mutant::MdRoutingKeepsQueued,
+        Mutant::PartialByMasterLots,
         Mutant::CatchUpExpiresCloses,
         Mutant::RiskSizingIgnoresBudget,
         Mutant::DeviationGuardSignFlipped,
         Mutant::ExposureIgnoresInFlight,
+        Mutant::PartialCloseRoundsUp,
+        Mutant::PartialLosesTicket,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +93,8 @@ impl Mutant {
             Mutant::RiskSizingIgnoresBudget => "risk-sizing-ignores-budget",
             Mutant::DeviationGuardSignFlipped => "deviation-guard-sign-flipped",
             Mutant::ExposureIgnoresInFlight => "exposure-ignores-in-flight",
+            Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
+            Mutant::PartialLosesTicket => "partial-loses-ticket",
         }
     }
 

@@ -98,6 +98,7 @@ fn intent(id: &str, master: &str) -> TradeIntent {
         master_ticket: 1,
         master_seq: 1,
         emitted_at_ms: 0,
+        master_volume_before: 0.0,
     }
 }
 

@@ -51,6 +51,8 @@ scenarios!(
     cancel_answered_by_the_real_result,
     catch_up_expires_only_unsent_opens,
     slave_terms_ride_the_open_and_refusals_count,
+    later_intents_of_a_skipped_open_keep_its_reason,
+    partial_close_without_its_fraction_is_refused,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -313,6 +315,7 @@ fn record(intent_id: &str, trade: &str, slave: &str, kind: IntentKind, seq: u64)
         attempts: 0,
         slave_ticket: None,
         reason: None,
+        master_volume_before: 0.0,
     }
 }
 
@@ -389,15 +392,26 @@ fn per_trade_order_and_ticket_correlation() -> Vec<&'static str> {
     h.take();
     h.confirm(&cmd_id("m", "s1"), "s1", 4242);
     let pc = h.accept(intent("p", "t1", IntentKind::PartialClose, 3));
+    // The slave gets the master's fraction (0.5 of 1.0) and its own symbol limits, never
+    // lots: it applies the fraction to its own position.
     assert!(
-        matches!(pc[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.5)
+        matches!(
+            pc[0].body,
+            CommandBody::ClosePart { slave_ticket: 4242, fraction }
+                if fraction.master_closed == 0.5
+                    && fraction.master_volume_before == 1.0
+                    && fraction.slave_step == 0.01
+        ),
+        "{pc:?}"
     );
-    h.confirm(&cmd_id("p", "s1"), "s1", 4242);
+    // The broker moved what the partial close left to a new ticket (as MT4 does).
+    h.confirm(&cmd_id("p", "s1"), "s1", 4343);
     let c = h.accept(intent("c", "t1", IntentKind::Close, 4));
     assert!(
-        matches!(c[0].body, CommandBody::Close { slave_ticket: 4242, volume } if volume == 0.0)
+        matches!(c[0].body, CommandBody::Close { slave_ticket: 4343, volume } if volume == 0.0),
+        "the close must address the ticket the partial close left: {c:?}"
     );
-    h.confirm(&cmd_id("c", "s1"), "s1", 4242);
+    h.confirm(&cmd_id("c", "s1"), "s1", 4343);
     // After the close the position is gone: a later modify has no position.
     h.take();
     h.msg(
@@ -996,6 +1010,79 @@ fn catch_up_expires_only_unsent_opens() -> Vec<&'static str> {
     h.fired
 }
 
+/// `core.delivery.T26`: a slave whose policy did not copy an open (a direction filter here)
+/// gets the trade's modify, partial close and close ended with the open's reason — never
+/// sent, so the slave never answers NO_POSITION for a position it was never meant to hold —
+/// while the other slave copies the whole lifecycle.
+fn later_intents_of_a_skipped_open_keep_its_reason() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.subscriptions[0].policy.filters.direction =
+        echo_statemachine::policy::filters::Direction::SellOnly;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let open = h.accept(intent("o", "t1", IntentKind::Open, 1));
+    assert_eq!(open.len(), 1, "only s2 copies a buy: {open:?}");
+    h.confirm(&cmd_id("o", "s2"), "s2", 21);
+    for (id, kind, seq) in [
+        ("m", IntentKind::Modify, 2),
+        ("p", IntentKind::PartialClose, 3),
+        ("c", IntentKind::Close, 4),
+    ] {
+        let sent = h.accept(intent(id, "t1", kind, seq));
+        let to: Vec<&str> = sent.iter().map(|c| c.slave.as_str()).collect();
+        assert_eq!(to, vec!["s2"], "{id}: only s2 holds the position");
+        let failed: Vec<(CommandId, Option<ErrorCode>)> = h
+            .writes()
+            .iter()
+            .filter_map(|w| match w {
+                JournalWrite::FinishDelivery {
+                    command_id, reason, ..
+                } => Some((command_id.clone(), *reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            failed,
+            vec![(cmd_id(id, "s1"), Some(ErrorCode::FilteredDirection))],
+            "{id}: s1 follows its open's reason, not NO_POSITION"
+        );
+        h.confirm(&cmd_id(id, "s2"), "s2", 21);
+    }
+    assert_eq!(
+        h.core
+            .metrics()
+            .copy_skipped_total
+            .get("FILTERED_DIRECTION"),
+        Some(&4)
+    );
+    h.fired
+}
+
+/// `core.intake.T10`: a partial close must state its fraction exactly (0 < closed <= the
+/// master's volume before); without it no slave could know its share.
+fn partial_close_without_its_fraction_is_refused() -> Vec<&'static str> {
+    let mut h = H::world();
+    for (n, (closed, before)) in [(0.5, 0.0), (0.0, 1.0), (1.5, 1.0), (0.5, f64::NAN)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut p = intent(&format!("p{n}"), "t1", IntentKind::PartialClose, 1);
+        p.volume = closed;
+        p.master_volume_before = before;
+        h.take();
+        h.msg("A", AgentToCore::Intent(p));
+        assert_eq!(
+            h.intent_acks()[0].error,
+            Some(ErrorCode::InvalidArgument),
+            "{closed} of {before}"
+        );
+        assert!(h.writes().is_empty());
+    }
+    h.fired
+}
+
 #[test]
 fn every_core_transition_is_exercised() {
     let mut seen = BTreeSet::new();
@@ -1021,8 +1108,8 @@ fn every_core_transition_is_exercised() {
 
 /// Copy terms (`policy::terms`): an open under slave-side sizing carries the master's lots and
 /// the terms; the slave EA's policy refusal (`ExecutionResult{REJECTED, PRICE_DEVIATION}`) is
-/// FAILED with that reason and counted (`core.delivery.T26`). After a restart, recovered opens
-/// get terms rebuilt from the subscription (`T27`) and are sent, never failed at the core.
+/// FAILED with that reason and counted (`core.delivery.T27`). After a restart, recovered opens
+/// get terms rebuilt from the subscription (`T28`) and are sent, never failed at the core.
 fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     let mut c = cfg();
     let p = &mut c.subscriptions[0].policy;

@@ -36,6 +36,7 @@ fn intent(id: &str, trade: &str) -> TradeIntent {
         master_ticket: 7,
         master_seq: 0,
         emitted_at_ms: 0,
+        master_volume_before: 0.0,
     }
 }
 

@@ -42,6 +42,29 @@ fn close(ticket: i64, volume: f64) -> CommandBody {
     }
 }
 
+/// The master closed `closed` of its `before` lots; the slave's symbol trades in steps of
+/// 0.01 from a minimum of 0.01.
+fn close_part(ticket: i64, closed: f64, before: f64) -> CommandBody {
+    CommandBody::ClosePart {
+        slave_ticket: ticket,
+        fraction: echo_statemachine::msg::CloseFraction {
+            master_closed: closed,
+            master_volume_before: before,
+            slave_min: 0.01,
+            slave_step: 0.01,
+        },
+    }
+}
+
+fn placed_bodies(outs: &[Output]) -> Vec<CommandBody> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PlaceOrder { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn modify(ticket: i64) -> CommandBody {
     CommandBody::Modify {
         slave_ticket: ticket,
@@ -916,6 +939,170 @@ fn a_recovered_cancel_is_answered_from_the_file_never_placed() {
     assert_eq!(h.s.metrics().placed, 0);
 }
 
+/// A partial close by fraction is resolved by the EA against its own position when its
+/// write-ahead is durable: 0.3 of the master's 1.0 on a slave position of 0.5 places 0.15;
+/// a share below one step (0.01 of 1.0 on 0.5) is kept — recorded FILLED with 0 lots and
+/// never placed (T25) — and the master's later partials still apply to what is left.
+fn s25_partial_close_below_one_step_is_kept() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.execute(cmd("o", execute(0.5)), filled(77, 0.5));
+    let outs = h.placed(cmd("p1", close_part(77, 0.3, 1.0)));
+    assert_eq!(
+        placed_bodies(&outs),
+        vec![close(77, 0.15)],
+        "the slave closes the master's fraction of its own 0.5"
+    );
+    let outs = h.broker("p1", filled(77, 0.15));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert!((h.s.open_volume(77).unwrap_or(0.0) - 0.35).abs() < 1e-9);
+    let outs = h.placed(cmd("p2", close_part(77, 0.01, 0.7)));
+    assert_eq!(fired(&outs), vec![id(T::KeepShare)]);
+    assert!(places(&outs).is_empty(), "nothing to place: {outs:?}");
+    assert_eq!(acks(&outs), ack1("p2", PipeStatus::Ok, None));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.filled_volume, r.slave_ticket),
+        (BrokerStatus::Filled, 0.0, 77)
+    );
+    let outs = h.persist(op, Ok(()));
+    assert_eq!(results(&outs), vec![r]);
+    assert!((h.s.open_volume(77).unwrap_or(0.0) - 0.35).abs() < 1e-9);
+    // The master closes 0.69 of its 0.69: the slave closes exactly what it still holds.
+    let outs = h.placed(cmd("p3", close_part(77, 0.69, 0.69)));
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.0)]);
+    h.fired
+}
+
+/// A partial close whose rest would be dust closes the whole position; the master's later
+/// close of it is already done — FILLED with 0 lots, never placed, never a rejection (T26) —
+/// also after a crash, since the EA rebuilds what it closed from its file.
+fn s26_close_of_a_position_closed_in_full_is_already_done() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let o = cmd("o", execute(0.05));
+    h.execute(o.clone(), filled(77, 0.05));
+    // 0.8 of 0.05 is 0.04; the 0.01 left is below the minimum of 0.02: close all.
+    let p = cmd(
+        "p",
+        CommandBody::ClosePart {
+            slave_ticket: 77,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed: 0.8,
+                master_volume_before: 1.0,
+                slave_min: 0.02,
+                slave_step: 0.01,
+            },
+        },
+    );
+    let outs = h.placed(p.clone());
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.0)]);
+    let outs = h.broker("p", filled(77, 0.05));
+    let (op, pr) = executed_ops(&outs)[0].clone();
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(77), None);
+    let check_close = |h: &mut H, cid: &str| {
+        let outs = h.placed(cmd(cid, close(77, 0.0)));
+        assert_eq!(fired(&outs), vec![id(T::AlreadyClosed)]);
+        assert!(places(&outs).is_empty(), "{outs:?}");
+        let (_, r) = executed_ops(&outs)[0].clone();
+        assert_eq!(
+            (r.status, r.filled_volume, r.slave_ticket),
+            (BrokerStatus::Filled, 0.0, 77)
+        );
+    };
+    check_close(&mut h, "c");
+    // After a crash the file tells the same story.
+    let file = vec![
+        ExecutedRecord {
+            command: o,
+            result: Some(ExecutionResult {
+                command_id: CommandId::new("o"),
+                trade_id: TradeId::new("t1"),
+                slave: AccountId::new(ME),
+                slave_ticket: 77,
+                fill_price: 1.1,
+                filled_volume: 0.05,
+                status: BrokerStatus::Filled,
+                reason: None,
+            }),
+        },
+        ExecutedRecord {
+            command: p,
+            result: Some(pr),
+        },
+    ];
+    let mut h2 = H::wrap(SlaveExecutor::recover(config(8), file));
+    h2.open();
+    check_close(&mut h2, "c2");
+    // A ticket never held is still a rejection (T10), not "already closed".
+    let outs = h2.placed(cmd("x", close(99, 0.0)));
+    assert_eq!(fired(&outs), vec![id(T::NoPosition)]);
+    h.fired.extend(h2.fired);
+    h.fired
+}
+
+/// A crash at every step of a partial close keeps ticket correlation and the fraction: the
+/// broker moved what the partial left to ticket 78; after `recover()` the re-sent partial is
+/// answered from its record (never placed again, never re-resolved against the smaller
+/// position) and the final close addresses ticket 78, which the EA knows holds 0.25 lots.
+#[test]
+fn a_crash_between_partial_and_close_keeps_tickets_and_fraction() {
+    let mut h = H::new(8);
+    h.open();
+    let o = cmd("o", execute(0.5));
+    let p = cmd("p", close_part(77, 0.5, 1.0));
+    h.execute(o.clone(), filled(77, 0.5));
+    let outs = h.placed(p.clone());
+    assert_eq!(placed_bodies(&outs), vec![close(77, 0.25)]);
+    // Crash after placing, before the broker's answer was recorded: in doubt, queried.
+    let file = vec![
+        ExecutedRecord {
+            command: o.clone(),
+            result: Some(ExecutionResult {
+                command_id: o.command_id.clone(),
+                trade_id: o.trade_id.clone(),
+                slave: o.slave.clone(),
+                slave_ticket: 77,
+                fill_price: 1.1,
+                filled_volume: 0.5,
+                status: BrokerStatus::Filled,
+                reason: None,
+            }),
+        },
+        ExecutedRecord {
+            command: p.clone(),
+            result: None,
+        },
+    ];
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), file.clone()));
+    h.open();
+    let outs = h.broker("p", filled(78, 0.25));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(r.slave_ticket, 78);
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(77), None);
+    assert!((h.s.open_volume(78).unwrap_or(0.0) - 0.25).abs() < 1e-9);
+    // Crash again after the result was durable: the file now holds it.
+    let mut file = file;
+    file[1].result = Some(r.clone());
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), file));
+    h.open();
+    assert!((h.s.open_volume(78).unwrap_or(0.0) - 0.25).abs() < 1e-9);
+    let outs = h.command(p);
+    assert!(
+        places(&outs).is_empty(),
+        "a re-sent partial is never placed again"
+    );
+    assert_eq!(results(&outs), vec![r]);
+    let outs = h.placed(cmd("c", close(78, 0.0)));
+    assert_eq!(
+        places(&outs),
+        vec!["c".to_string()],
+        "the close finds ticket 78"
+    );
+}
+
 // ---------------------------------------------------------------- copy terms (policy::terms)
 
 fn open_with(id: &str, terms: ExecTerms, volume: f64) -> Command {
@@ -983,7 +1170,7 @@ fn placed_volumes(outs: &[Output]) -> Vec<f64> {
 /// The slave counts its own positions plus opens already placed: with `max_open_positions`
 /// 2, one held and one at the broker, a third open is recorded REJECTED MAX_OPEN_POSITIONS
 /// (durably, then reported) and never placed. Risk sizing places 1% of equity.
-fn s25_terms_refuse_beyond_the_exposure_limit() -> Vec<&'static str> {
+fn s27_terms_refuse_beyond_the_exposure_limit() -> Vec<&'static str> {
     let mut h = H::new(8);
     h.open();
     terminal_facts(&mut h, 1.1);
@@ -1025,7 +1212,7 @@ fn deviating() -> ExecTerms {
 
 /// The slave's ask is 30 points above the master's fill of 1.1: with a wait window the open
 /// is acknowledged and waits, unplaced.
-fn s26_a_deviating_open_waits_for_its_price() -> Vec<&'static str> {
+fn s28_a_deviating_open_waits_for_its_price() -> Vec<&'static str> {
     let mut h = H::new(8);
     h.open();
     terminal_facts(&mut h, 1.1003);
@@ -1039,7 +1226,7 @@ fn s26_a_deviating_open_waits_for_its_price() -> Vec<&'static str> {
 }
 
 /// The price comes back within 10 points: the waiting open is placed at once, as commanded.
-fn s27_the_price_comes_back_and_the_open_is_placed() -> Vec<&'static str> {
+fn s29_the_price_comes_back_and_the_open_is_placed() -> Vec<&'static str> {
     let mut h = H::new(8);
     h.open();
     terminal_facts(&mut h, 1.1003);
@@ -1054,7 +1241,7 @@ fn s27_the_price_comes_back_and_the_open_is_placed() -> Vec<&'static str> {
 
 /// The window closes with the price still away: REJECTED PRICE_DEVIATION, never placed. (With
 /// the deviation guard's sign flipped, a price far *above* the master's fill would pass.)
-fn s28_the_window_closes_with_price_deviation() -> Vec<&'static str> {
+fn s30_the_window_closes_with_price_deviation() -> Vec<&'static str> {
     let mut h = H::new(8);
     h.open();
     terminal_facts(&mut h, 1.1003);
@@ -1063,7 +1250,7 @@ fn s28_the_window_closes_with_price_deviation() -> Vec<&'static str> {
     assert!(places(&outs).is_empty());
     let rec = executed_ops(&outs);
     assert_eq!(rec[0].1.reason, Some(ErrorCode::PriceDeviation));
-    // Without a window the same open is refused at once (T25).
+    // Without a window the same open is refused at once (T27).
     let mut now = deviating();
     now.deviation_window_ms = 0;
     let outs = h.placed(open_with("c2", now, 1.0));
@@ -1147,13 +1334,18 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "ea.slave.T24",
         s24_cancel_of_a_refused_command_reports_rejected,
     ),
-    ("ea.slave.T25", s25_terms_refuse_beyond_the_exposure_limit),
-    ("ea.slave.T26", s26_a_deviating_open_waits_for_its_price),
+    ("ea.slave.T25", s25_partial_close_below_one_step_is_kept),
     (
-        "ea.slave.T27",
-        s27_the_price_comes_back_and_the_open_is_placed,
+        "ea.slave.T26",
+        s26_close_of_a_position_closed_in_full_is_already_done,
     ),
-    ("ea.slave.T28", s28_the_window_closes_with_price_deviation),
+    ("ea.slave.T27", s27_terms_refuse_beyond_the_exposure_limit),
+    ("ea.slave.T28", s28_a_deviating_open_waits_for_its_price),
+    (
+        "ea.slave.T29",
+        s29_the_price_comes_back_and_the_open_is_placed,
+    ),
+    ("ea.slave.T30", s30_the_window_closes_with_price_deviation),
 ];
 
 fn run(tid: &str) {
@@ -1263,20 +1455,30 @@ fn t24_cancel_refused() {
 }
 
 #[test]
-fn t25_terms_refused() {
+fn t25_keep_share() {
     run("ea.slave.T25")
 }
+
 #[test]
-fn t26_wait_price() {
+fn t26_already_closed() {
     run("ea.slave.T26")
 }
+
 #[test]
-fn t27_price_back() {
+fn t27_terms_refused() {
     run("ea.slave.T27")
 }
 #[test]
-fn t28_window_closed() {
+fn t28_wait_price() {
     run("ea.slave.T28")
+}
+#[test]
+fn t29_price_back() {
+    run("ea.slave.T29")
+}
+#[test]
+fn t30_window_closed() {
+    run("ea.slave.T30")
 }
 
 #[test]
@@ -1482,7 +1684,7 @@ impl Model {
                     prop_assert_eq!(&result.command_id, &command_id);
                     self.ops.insert(op, Pending::Executed(command_id, result));
                 }
-                Output::PlaceOrder { command_id, .. } => {
+                Output::PlaceOrder { command_id, body } => {
                     let n = self.placed.entry(command_id.clone()).or_insert(0);
                     *n += 1;
                     prop_assert_eq!(*n, 1, "{} placed twice", command_id);
@@ -1496,7 +1698,8 @@ impl Model {
                     );
                     // The broker takes it (or not) now; its answer comes later.
                     let c = &rec.expect("checked").command;
-                    let outcome = match &c.body {
+                    // The broker sees the placed body (a partial close resolved to lots).
+                    let outcome = match &body {
                         CommandBody::Execute { volume, .. } => {
                             let n: i64 = c.command_id.as_str()[1..].parse().unwrap_or(0);
                             filled(1000 + n, *volume)
@@ -1506,6 +1709,10 @@ impl Model {
                             slave_ticket,
                             volume,
                         } => filled(*slave_ticket, *volume),
+                        CommandBody::ClosePart { .. } => {
+                            prop_assert!(false, "{} placed unresolved: {:?}", command_id, body);
+                            continue;
+                        }
                     };
                     self.broker.insert(command_id.clone(), outcome);
                     self.waiting.push(command_id);

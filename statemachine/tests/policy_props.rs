@@ -6,9 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::ids::Symbol;
+use echo_statemachine::msg::CloseFraction;
 use echo_statemachine::msg::{IntentKind, Side};
 use echo_statemachine::policy::catchup::{self, CatchUpPolicy};
-use echo_statemachine::policy::partial::{partial_close, CloseDecision};
+use echo_statemachine::policy::partial::{
+    fraction_limits, partial_close, slave_close, CloseDecision,
+};
 use echo_statemachine::policy::reverse::mirror;
 use echo_statemachine::policy::sizing::{
     risk_budget, risk_of, size, AboveMax, BelowMin, SizingFacts, SizingMode, SizingPolicy,
@@ -227,6 +230,44 @@ proptest! {
     ) {
         if let Err(e) = partial_sequence(&l, slave_steps, master_units, &cuts) {
             prop_assert!(false, "{}", e);
+        }
+    }
+
+    /// What the slave EA decides from the lots on the wire (`ClosePart`) is the integer
+    /// decision for the same volumes: lots survive the wire exactly, the limits keep the
+    /// slave's minimum and step, and a fraction that cannot be evaluated (zero, negative or
+    /// non-finite lots, a zero step) is refused (`None`) rather than guessed.
+    #[test]
+    fn a_close_fraction_on_the_wire_decides_as_the_integer_policy(
+        l in limits(),
+        slave_steps in 1u64..10_000,
+        master_units in 2u64..1_000 * LOT,
+        cut in 1u64..1_000,
+        spoil in 0u8..6,
+    ) {
+        let before = Volume(master_units);
+        let closed = Volume((master_units * cut / 1_000).max(1));
+        let slave_open = Volume(l.step.0 * slave_steps);
+        let mut f = CloseFraction {
+            master_closed: closed.lots(),
+            master_volume_before: before.lots(),
+            slave_min: l.min.lots(),
+            slave_step: l.step.lots(),
+        };
+        match spoil {
+            0 => f.master_closed = 0.0,
+            1 => f.master_volume_before = f64::NAN,
+            2 => f.slave_step = 0.0,
+            3 => f.master_closed = -1.0,
+            _ => {}
+        }
+        let got = slave_close(&f, slave_open.lots());
+        if spoil < 4 {
+            prop_assert_eq!(got, None);
+        } else {
+            let fl = fraction_limits(&f).expect("valid limits");
+            prop_assert_eq!((fl.min, fl.step), (l.min, l.step));
+            prop_assert_eq!(got, Some(partial_close(before, closed, slave_open, &l)));
         }
     }
 
@@ -635,6 +676,7 @@ proptest! {
             master_ticket: 1,
             master_seq: 1,
             emitted_at_ms: 0,
+            master_volume_before: 0.0,
         };
         let t = exec_terms(&p, &i);
         let factor = 2.0 * per_symbol.unwrap_or(1.0);

@@ -281,7 +281,8 @@ async fn update_stages(
     Ok(())
 }
 
-/// What an acked delivery does to `open_position`: an OPEN that filled records the slave's
+/// What an acked delivery does to `open_position`: an OPEN (or a PARTIAL_CLOSE that moved the
+/// rest to a new ticket) that filled records the slave's
 /// ticket; a CLOSE forgets every position opened before it.
 struct PositionEffect {
     ord: i32,
@@ -337,7 +338,10 @@ async fn finish(
         }
         let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
         let open_ticket = match (kind, slave_ticket) {
-            (IntentKind::Open, Some(ticket)) => Some(*ticket),
+            // A partial close may leave the rest under a new ticket (MT4 does).
+            (IntentKind::Open | IntentKind::PartialClose, Some(ticket)) if *ticket > 0 => {
+                Some(*ticket)
+            }
             (IntentKind::Close, _) => None,
             _ => continue,
         };

@@ -35,6 +35,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/0003_echo_delivery_fillfactor.sql"),
     ),
+    (
+        4,
+        include_str!("../../../migrations/0004_echo_partial_fraction.sql"),
+    ),
 ];
 
 /// Serialises migrations between processes starting at once.
@@ -263,22 +267,23 @@ async fn accept_run(
         "WITH new_intent AS ( \
            INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
              side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-             emitted_at_ms) \
+             emitted_at_ms, master_volume_before) \
            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], \
-             $11::int8[], $12::int8[], $13::int8[]) \
+             $11::int8[], $12::int8[], $13::int8[], $34::float8[]) \
            ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id), \
          new_delivery AS ( \
            INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, \
              master_account, slave_account, kind, symbol, side, volume, price, stop_loss, \
-             take_profit, master_seq, status, stage, attempts, slave_ticket, reason) \
+             take_profit, master_seq, status, stage, attempts, slave_ticket, reason, \
+             master_volume_before) \
            SELECT u.* FROM UNNEST($14::text[], $15::text[], $16::text[], $17::text[], \
              $18::text[], $19::text[], $20::text[], $21::text[], $22::float8[], \
              $23::float8[], $24::float8[], $25::float8[], $26::int8[], $27::text[], \
-             $28::text[], $29::int4[], $30::int8[], $31::text[]) \
+             $28::text[], $29::int4[], $30::int8[], $31::text[], $35::float8[]) \
              AS u(command_id, intent_id, trade_id, master_account, slave_account, kind, \
              symbol, side, volume, price, stop_loss, take_profit, master_seq, status, stage, \
-             attempts, slave_ticket, reason) \
+             attempts, slave_ticket, reason, master_volume_before) \
            WHERE u.intent_id IN (SELECT intent_id FROM new_intent) \
            RETURNING 1), \
          notified AS ( \
@@ -319,6 +324,8 @@ async fn accept_run(
     .bind(d.reason)
     .bind(NOTIFY_CHANNEL)
     .bind(instance)
+    .bind(c.master_volume_before)
+    .bind(d.master_volume_before)
     .fetch_all(&mut **tx)
     .await?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
@@ -393,6 +400,7 @@ struct IntentColumns<'a> {
     master_ticket: Vec<i64>,
     master_seq: Vec<i64>,
     emitted_at_ms: Vec<i64>,
+    master_volume_before: Vec<f64>,
 }
 
 impl<'a> IntentColumns<'a> {
@@ -411,6 +419,7 @@ impl<'a> IntentColumns<'a> {
             master_ticket: Vec::with_capacity(n),
             master_seq: Vec::with_capacity(n),
             emitted_at_ms: Vec::with_capacity(n),
+            master_volume_before: Vec::with_capacity(n),
         }
     }
 
@@ -428,6 +437,7 @@ impl<'a> IntentColumns<'a> {
         self.master_ticket.push(i.master_ticket);
         self.master_seq.push(seq_to_sql(i.master_seq)?);
         self.emitted_at_ms.push(i.emitted_at_ms);
+        self.master_volume_before.push(i.master_volume_before);
         Ok(())
     }
 }
@@ -453,6 +463,7 @@ struct DeliveryColumns<'a> {
     attempts: Vec<i32>,
     slave_ticket: Vec<Option<i64>>,
     reason: Vec<Option<&'static str>>,
+    master_volume_before: Vec<f64>,
 }
 
 impl<'a> DeliveryColumns<'a> {
@@ -475,6 +486,7 @@ impl<'a> DeliveryColumns<'a> {
         self.attempts.push(codec::count_to_sql(d.attempts));
         self.slave_ticket.push(d.slave_ticket);
         self.reason.push(d.reason.map(codec::reason_str));
+        self.master_volume_before.push(d.master_volume_before);
         Ok(())
     }
 }

@@ -78,16 +78,18 @@ pub(crate) struct RawDelivery {
     pub(crate) attempts: i64,
     pub(crate) slave_ticket: Option<i64>,
     pub(crate) reason: Option<String>,
+    pub(crate) master_volume_before: f64,
 }
 
 /// The delivery columns in [`RawDelivery`] order (both schemas name them alike).
 pub(crate) const DELIVERY_COLUMNS: &str = "command_id, intent_id, trade_id, master_account, \
      slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-     status, stage, attempts, slave_ticket, reason";
+     status, stage, attempts, slave_ticket, reason, master_volume_before";
 
 /// The intent columns in [`RawIntent`] order.
 pub(crate) const INTENT_COLUMNS: &str = "intent_id, trade_id, master_account, kind, symbol, \
-     side, volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms";
+     side, volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms, \
+     master_volume_before";
 
 /// Reads a [`RawDelivery`] from any sqlx row (column by name).
 macro_rules! raw_delivery {
@@ -113,6 +115,7 @@ macro_rules! raw_delivery {
             attempts: i64::from(r.try_get::<i32, _>("attempts")?),
             slave_ticket: r.try_get("slave_ticket")?,
             reason: r.try_get("reason")?,
+            master_volume_before: r.try_get("master_volume_before")?,
         }
     }};
 }
@@ -137,6 +140,7 @@ macro_rules! raw_intent {
             master_ticket: r.try_get("master_ticket")?,
             master_seq: r.try_get("master_seq")?,
             emitted_at_ms: r.try_get("emitted_at_ms")?,
+            master_volume_before: r.try_get("master_volume_before")?,
         }
     }};
 }
@@ -164,6 +168,7 @@ impl RawDelivery {
             attempts: codec::attempts_from_sql(self.attempts)?,
             slave_ticket: self.slave_ticket,
             reason: codec::opt_reason_from(self.reason.as_deref())?,
+            master_volume_before: self.master_volume_before,
         })
     }
 }
@@ -183,6 +188,7 @@ pub(crate) struct RawIntent {
     pub(crate) master_ticket: i64,
     pub(crate) master_seq: i64,
     pub(crate) emitted_at_ms: i64,
+    pub(crate) master_volume_before: f64,
 }
 
 impl RawIntent {
@@ -202,6 +208,7 @@ impl RawIntent {
             master_ticket: self.master_ticket,
             master_seq: codec::seq_from_sql(self.master_seq)?,
             emitted_at_ms: self.emitted_at_ms,
+            master_volume_before: self.master_volume_before,
         })
     }
 }

@@ -56,7 +56,11 @@ macro_rules! shared_writes {
                     let slave: String = row.try_get("slave_account")?;
                     let seq: i64 = row.try_get("master_seq")?;
                     match (kind, slave_ticket) {
-                        (IntentKind::Open, Some(ticket)) => {
+                        // A partial close may leave the rest under a new ticket (MT4 does):
+                        // the latest fill's ticket is the position's, as for an open.
+                        (IntentKind::Open | IntentKind::PartialClose, Some(ticket))
+                            if *ticket > 0 =>
+                        {
                             sqlx::query(&format!(
                                 "INSERT INTO {p}open_position (trade_id, slave_account, slave_ticket, \
                                  open_seq) VALUES ($1, $2, $3, $4) \

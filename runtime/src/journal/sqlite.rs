@@ -24,10 +24,16 @@ use super::query::{raw_delivery, raw_intent, DELIVERY_COLUMNS, INTENT_COLUMNS};
 use super::writer::BatchOk;
 use super::{DeliveryRow, IntentRow, JournalError, TradeReport};
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../migrations/sqlite/0001_echo_journal.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/sqlite/0001_echo_journal.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/sqlite/0002_echo_partial_fraction.sql"),
+    ),
+];
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
@@ -120,7 +126,8 @@ async fn apply(
             let inserted = sqlx::query(
                 "INSERT INTO trade_intent (intent_id, trade_id, master_account, kind, symbol, \
                  side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-                 emitted_at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13) \
+                 emitted_at_ms, master_volume_before) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14) \
                  ON CONFLICT (intent_id) DO NOTHING",
             )
             .bind(intent.intent_id.as_str())
@@ -136,6 +143,7 @@ async fn apply(
             .bind(intent.master_ticket)
             .bind(seq_to_sql(intent.master_seq)?)
             .bind(intent.emitted_at_ms)
+            .bind(intent.master_volume_before)
             .execute(&mut **tx)
             .await?
             .rows_affected();
@@ -150,7 +158,7 @@ async fn apply(
                 let unfinished = decode_deliveries(rows)?;
                 return Ok(JournalReply::IntentExisted { unfinished });
             }
-            // Many rows per statement (SQLite allows 32766 parameters; 18 per row).
+            // Many rows per statement (SQLite allows 32766 parameters; 19 per row).
             for chunk in deliveries.chunks(500) {
                 insert_deliveries(tx, chunk).await?;
             }
@@ -170,7 +178,7 @@ async fn insert_deliveries(
     let mut q = sqlx::QueryBuilder::<Sqlite>::new(
         "INSERT INTO delivery_journal (command_id, intent_id, trade_id, master_account, \
          slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
-         status, stage, attempts, slave_ticket, reason) ",
+         status, stage, attempts, slave_ticket, reason, master_volume_before) ",
     );
     let mut seqs = Vec::with_capacity(ds.len());
     for d in ds {
@@ -194,7 +202,8 @@ async fn insert_deliveries(
             .push_bind(codec::stage_str(d.stage))
             .push_bind(i64::from(d.attempts))
             .push_bind(d.slave_ticket)
-            .push_bind(d.reason.map(codec::reason_str));
+            .push_bind(d.reason.map(codec::reason_str))
+            .push_bind(d.master_volume_before);
     });
     q.build().execute(&mut **tx).await?;
     Ok(())

@@ -69,6 +69,18 @@ enum BodyV1 {
         #[serde(with = "bits")]
         volume: f64,
     },
+    /// A partial close by fraction (added within v1: older records never hold one).
+    ClosePart {
+        slave_ticket: i64,
+        #[serde(with = "bits")]
+        master_closed: f64,
+        #[serde(with = "bits")]
+        master_volume_before: f64,
+        #[serde(with = "bits")]
+        slave_min: f64,
+        #[serde(with = "bits")]
+        slave_step: f64,
+    },
 }
 
 /// `ExecTerms`, floats as bit patterns like every other float here.
@@ -169,6 +181,16 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             slave_ticket: *slave_ticket,
             volume: *volume,
         },
+        CommandBody::ClosePart {
+            slave_ticket,
+            fraction,
+        } => BodyV1::ClosePart {
+            slave_ticket: *slave_ticket,
+            master_closed: fraction.master_closed,
+            master_volume_before: fraction.master_volume_before,
+            slave_min: fraction.slave_min,
+            slave_step: fraction.slave_step,
+        },
     };
     let state = match r.state {
         LedgerState::Buffered => StateV1::Buffered,
@@ -236,6 +258,21 @@ pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
         } => CommandBody::Close {
             slave_ticket,
             volume,
+        },
+        BodyV1::ClosePart {
+            slave_ticket,
+            master_closed,
+            master_volume_before,
+            slave_min,
+            slave_step,
+        } => CommandBody::ClosePart {
+            slave_ticket,
+            fraction: echo_statemachine::msg::CloseFraction {
+                master_closed,
+                master_volume_before,
+                slave_min,
+                slave_step,
+            },
         },
     };
     let state = match v.state {

@@ -10,9 +10,9 @@ use echo_proto::v1 as pb;
 use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
-    AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, Command, CommandAck, CommandBody,
-    CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecTerms, ExecutionResult, IntentKind,
-    MasterFacts, OrderType, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
+    AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseFraction, Command, CommandAck,
+    CommandBody, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecTerms, ExecutionResult,
+    IntentKind, MasterFacts, OrderType, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 
 /// Why a wire message could not become a machine message.
@@ -260,6 +260,7 @@ pub fn intent_from_wire(w: pb::TradeIntent) -> Result<TradeIntent, WireError> {
         master_ticket: w.master_ticket,
         master_seq: w.master_seq,
         emitted_at_ms: w.emitted_at_unix_ms,
+        master_volume_before: w.master_volume_before,
     })
 }
 
@@ -288,6 +289,7 @@ pub fn intent_to_wire(m: &TradeIntent) -> pb::TradeIntent {
         master_ticket: m.master_ticket,
         master_seq: m.master_seq,
         emitted_at_unix_ms: m.emitted_at_ms,
+        master_volume_before: m.master_volume_before,
     }
 }
 
@@ -346,9 +348,22 @@ pub fn command_from_wire(w: pb::SlaveCommand) -> Result<Command, WireError> {
             intent_id: IntentId::new(&c.intent_id),
             trade_id: TradeId::new(&c.trade_id),
             slave: AccountId::new(&c.slave_account),
-            body: CommandBody::Close {
-                slave_ticket: c.slave_ticket,
-                volume: c.volume,
+            // A fraction (master_volume_before > 0) is a partial close the slave sizes itself.
+            body: if c.master_volume_before > 0.0 {
+                CommandBody::ClosePart {
+                    slave_ticket: c.slave_ticket,
+                    fraction: CloseFraction {
+                        master_closed: c.master_closed_volume,
+                        master_volume_before: c.master_volume_before,
+                        slave_min: c.min_volume,
+                        slave_step: c.volume_step,
+                    },
+                }
+            } else {
+                CommandBody::Close {
+                    slave_ticket: c.slave_ticket,
+                    volume: c.volume,
+                }
             },
         }),
     }
@@ -407,6 +422,22 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             slave_account,
             slave_ticket: *slave_ticket,
             volume: *volume,
+            ..pb::CloseOrder::default()
+        }),
+        CommandBody::ClosePart {
+            slave_ticket,
+            fraction,
+        } => C::Close(pb::CloseOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            volume: 0.0,
+            master_closed_volume: fraction.master_closed,
+            master_volume_before: fraction.master_volume_before,
+            min_volume: fraction.slave_min,
+            volume_step: fraction.slave_step,
         }),
     };
     pb::SlaveCommand {

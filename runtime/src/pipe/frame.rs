@@ -13,9 +13,9 @@ use std::fmt;
 use echo_statemachine::config::AgentDeliveryConfig;
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
-    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
-    ExecutionResult, IntentKind, MasterFacts, OrderType, PipeDeliveryAck, PipeStatus, Role, Side,
-    SlaveSizing, TradeIntent, TradeIntentAck,
+    AckResult, AgentToEa, BrokerStatus, CloseFraction, Command, CommandBody, EaToAgent, ErrorCode,
+    ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PipeDeliveryAck, PipeStatus,
+    Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use serde_json::{Map, Value};
 
@@ -381,7 +381,7 @@ impl Line {
 }
 
 fn intent_line(i: &TradeIntent) -> String {
-    Line::new("intent")
+    let l = Line::new("intent")
         .str("intent_id", i.intent_id.as_str())
         .str("trade_id", i.trade_id.as_str())
         .str("master", i.master.as_str())
@@ -399,8 +399,14 @@ fn intent_line(i: &TradeIntent) -> String {
         .str("comment", &i.origin.comment)
         .str("order_type", order_type_str(i.origin.order_type))
         .f64("master_balance", i.origin.balance)
-        .f64("master_equity", i.origin.equity)
-        .finish()
+        .f64("master_equity", i.origin.equity);
+    // Optional on the wire: only a partial close carries it, so other frames stay as before.
+    let l = if i.master_volume_before != 0.0 {
+        l.f64("master_volume_before", i.master_volume_before)
+    } else {
+        l
+    };
+    l.finish()
 }
 
 fn order_type_str(t: OrderType) -> &'static str {
@@ -468,6 +474,16 @@ fn command_line(ty: &str, c: &Command) -> String {
             .str("action", "CLOSE")
             .int("slave_ticket", slave_ticket)
             .f64("volume", *volume),
+        CommandBody::ClosePart {
+            slave_ticket,
+            fraction,
+        } => l
+            .str("action", "CLOSE_PART")
+            .int("slave_ticket", slave_ticket)
+            .f64("master_closed", fraction.master_closed)
+            .f64("master_volume_before", fraction.master_volume_before)
+            .f64("slave_min", fraction.slave_min)
+            .f64("slave_step", fraction.slave_step),
     }
     .finish()
 }
@@ -585,6 +601,16 @@ impl<'a> Fields<'a> {
         })
     }
 
+    fn opt_f64(&self, field: &'static str) -> R<Option<f64>> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or(DecodeErrorKind::BadField {
+                field,
+                expected: "a number or null",
+            }),
+        }
+    }
+
     fn u64(&self, field: &'static str) -> R<u64> {
         self.get(field)?.as_u64().ok_or(DecodeErrorKind::BadField {
             field,
@@ -657,7 +683,7 @@ const SIDES: &str = "\"BUY\" or \"SELL\"";
 const ACK_RESULTS: &str = "\"PENDING\", \"OK\" or \"FAILED\"";
 const PIPE_STATUSES: &str = "\"OK\", \"RETRY\" or \"FAILED\"";
 const BROKER_STATUSES: &str = "\"FILLED\", \"REJECTED\" or \"CANCELLED\"";
-const ACTIONS: &str = "\"EXECUTE\", \"MODIFY\" or \"CLOSE\"";
+const ACTIONS: &str = "\"EXECUTE\", \"MODIFY\", \"CLOSE\" or \"CLOSE_PART\"";
 
 fn decode_intent(f: &Fields) -> R<TradeIntent> {
     Ok(TradeIntent {
@@ -684,6 +710,9 @@ fn decode_intent(f: &Fields) -> R<TradeIntent> {
             balance: f.or("master_balance", 0.0, Fields::f64)?,
             equity: f.or("master_equity", 0.0, Fields::f64)?,
         },
+        // Absent from EAs older than partial closes by fraction: the core then refuses a
+        // PARTIAL_CLOSE (INVALID_ARGUMENT) rather than guess the fraction.
+        master_volume_before: f.opt_f64("master_volume_before")?.unwrap_or(0.0),
     })
 }
 
@@ -728,6 +757,15 @@ fn decode_command(f: &Fields) -> R<Command> {
         "CLOSE" => CommandBody::Close {
             slave_ticket: f.i64("slave_ticket")?,
             volume: f.f64("volume")?,
+        },
+        "CLOSE_PART" => CommandBody::ClosePart {
+            slave_ticket: f.i64("slave_ticket")?,
+            fraction: CloseFraction {
+                master_closed: f.f64("master_closed")?,
+                master_volume_before: f.f64("master_volume_before")?,
+                slave_min: f.f64("slave_min")?,
+                slave_step: f.f64("slave_step")?,
+            },
         },
         _ => {
             return Err(DecodeErrorKind::BadField {
@@ -905,6 +943,7 @@ pub fn intent_value(i: &TradeIntent) -> Value {
         "order_type": order_type_str(i.origin.order_type),
         "master_balance": i.origin.balance,
         "master_equity": i.origin.equity,
+        "master_volume_before": i.master_volume_before,
     })
 }
 
@@ -962,6 +1001,17 @@ pub fn command_value(c: &Command) -> Value {
             "slave_ticket": slave_ticket,
             "volume": volume,
         }),
+        CommandBody::ClosePart {
+            slave_ticket,
+            fraction,
+        } => serde_json::json!({
+            "action": "CLOSE_PART",
+            "slave_ticket": slave_ticket,
+            "master_closed": fraction.master_closed,
+            "master_volume_before": fraction.master_volume_before,
+            "slave_min": fraction.slave_min,
+            "slave_step": fraction.slave_step,
+        }),
     };
     if let (Value::Object(m), Value::Object(b)) = (&mut v, body) {
         m.extend(b);
@@ -989,12 +1039,13 @@ pub fn intent_kind_str(k: IntentKind) -> &'static str {
     kind_str(k)
 }
 
-/// The wire spelling of a command's action (`EXECUTE`, `MODIFY`, `CLOSE`).
+/// The wire spelling of a command's action (`EXECUTE`, `MODIFY`, `CLOSE`, `CLOSE_PART`).
 pub fn action_str(b: &CommandBody) -> &'static str {
     match b {
         CommandBody::Execute { .. } => "EXECUTE",
         CommandBody::Modify { .. } => "MODIFY",
         CommandBody::Close { .. } => "CLOSE",
+        CommandBody::ClosePart { .. } => "CLOSE_PART",
     }
 }
 

@@ -105,6 +105,7 @@ fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec, balance: f64) 
         master_ticket: spec.master_ticket,
         master_seq: seq,
         emitted_at_ms: wall_ms(),
+        master_volume_before: spec.volume_before,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct IntentSpec {
     pub stop_loss: f64,
     pub take_profit: f64,
     pub master_ticket: i64,
+    /// For a partial close: the position's lots before it (the fraction's denominator);
+    /// 0 for every other kind.
+    pub volume_before: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -226,12 +229,14 @@ impl Plan {
                         stop_loss: sl,
                         take_profit: tp,
                         master_ticket: next_ticket,
+                        volume_before: 0.0,
                     }
                 }
                 "modify" | "partial" | "close" => {
                     let t = trades
                         .get_mut(&trade)
                         .ok_or_else(|| err(format!("trade {trade:?} is not open")))?;
+                    let before = t.remaining;
                     let (kind, volume) = match verb {
                         "modify" => {
                             levels(words.get(2..).unwrap_or(&[]), &mut t.sl, &mut t.tp)?;
@@ -268,6 +273,11 @@ impl Plan {
                         stop_loss: t.sl,
                         take_profit: t.tp,
                         master_ticket: t.ticket,
+                        volume_before: if kind == IntentKind::PartialClose {
+                            before
+                        } else {
+                            0.0
+                        },
                     };
                     if kind == IntentKind::Close {
                         trades.remove(&trade);
@@ -378,16 +388,23 @@ impl Plan {
         let sl = round_price(price - sign * (0.0050 - nudge));
         let tp = round_price(price + sign * (0.0100 + nudge));
         let part = round_lots(1.0 / (f64::from(*partials) + 1.0)).max(0.01);
-        let (kind, volume) = if step == 0 {
-            (IntentKind::Open, 1.0)
+        let (kind, volume, volume_before) = if step == 0 {
+            (IntentKind::Open, 1.0, 0.0)
         } else if step <= m {
-            (IntentKind::Modify, 1.0)
+            (IntentKind::Modify, 1.0, 0.0)
         } else if step < life - 1 {
-            (IntentKind::PartialClose, part)
+            // The j-th partial (from 0) finds 1.0 - j·part lots open.
+            let j = step - m - 1;
+            (
+                IntentKind::PartialClose,
+                part,
+                round_lots(1.0 - part * j as f64),
+            )
         } else {
             (
                 IntentKind::Close,
                 round_lots(1.0 - part * f64::from(*partials)).max(0.01),
+                0.0,
             )
         };
         Some(IntentSpec {
@@ -400,6 +417,7 @@ impl Plan {
             stop_loss: sl,
             take_profit: tp,
             master_ticket: 1_000_000 + n as i64,
+            volume_before,
         })
     }
 }

@@ -148,11 +148,15 @@ impl Broker {
                         b.positions.insert(ticket, (volume, price));
                     }
                     Some("CLOSE") => {
-                        let left = b.positions.get(&ticket).map_or(0.0, |p| p.0) - volume;
-                        if left <= 1e-9 {
-                            b.positions.remove(&ticket);
-                        } else if let Some(p) = b.positions.get_mut(&ticket) {
-                            p.0 = left;
+                        // A partial close moved the rest from `from_ticket` to `ticket`.
+                        let from = row
+                            .get("from_ticket")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(ticket);
+                        let held = b.positions.remove(&from);
+                        let left = held.map_or(0.0, |p| p.0) - volume;
+                        if let (Some((_, p)), true) = (held, left > 1e-9) {
+                            b.positions.insert(ticket, (left, p));
                         }
                     }
                     _ => {}
@@ -226,17 +230,18 @@ impl Broker {
                     volume,
                 } => match self.positions.get(slave_ticket).copied() {
                     Some((open, p)) => {
-                        let v = if *volume <= 0.0 || *volume >= open - 1e-9 {
-                            self.positions.remove(slave_ticket);
-                            open
+                        self.positions.remove(slave_ticket);
+                        let (v, ticket) = if *volume <= 0.0 || *volume >= open - 1e-9 {
+                            (open, *slave_ticket)
                         } else {
-                            if let Some(pos) = self.positions.get_mut(slave_ticket) {
-                                pos.0 = open - volume;
-                            }
-                            *volume
+                            // As MT4: what a partial close leaves is a new ticket.
+                            let t = self.next_ticket;
+                            self.next_ticket += 1;
+                            self.positions.insert(t, (open - volume, p));
+                            (*volume, t)
                         };
                         BrokerOutcome::Filled {
-                            ticket: *slave_ticket,
+                            ticket,
                             price: p,
                             volume: v,
                         }
@@ -244,6 +249,10 @@ impl Broker {
                     None => BrokerOutcome::Rejected {
                         reason: "no open position".into(),
                     },
+                },
+                // The executor resolves a fraction to lots before placing it.
+                CommandBody::ClosePart { .. } => BrokerOutcome::Rejected {
+                    reason: "partial close placed without its lots".into(),
                 },
             }
         };
@@ -263,6 +272,10 @@ impl Broker {
             "action": action_str(&c.body),
             "status": status,
             "ticket": ticket,
+            "from_ticket": match &c.body {
+                CommandBody::Close { slave_ticket, .. } => *slave_ticket,
+                _ => ticket,
+            },
             "price": price,
             "volume": volume,
             "reason": reason,
@@ -296,8 +309,9 @@ struct Slave {
     broker: Broker,
     /// Commands written ahead and not yet answered by the broker (for `PlaceOrder` details).
     commands: BTreeMap<CommandId, Command>,
-    /// Orders waiting for the simulated fill delay, in placement order.
-    delayed: VecDeque<(tokio::time::Instant, CommandId)>,
+    /// Orders waiting for the simulated fill delay, in placement order, with the body the
+    /// executor placed (a partial close arrives resolved to lots).
+    delayed: VecDeque<(tokio::time::Instant, (CommandId, CommandBody))>,
     writer: Option<mpsc::Sender<EaFrame>>,
     /// symbol → (reference price: the last master fill seen, drift in points).
     prices: BTreeMap<Symbol, (f64, i64)>,
@@ -371,8 +385,8 @@ impl Slave {
                     let now = tokio::time::Instant::now();
                     let mut due = Vec::new();
                     while self.delayed.front().is_some_and(|(at, _)| *at <= now) {
-                        if let Some((_, id)) = self.delayed.pop_front() {
-                            due.push(id);
+                        if let Some((_, order)) = self.delayed.pop_front() {
+                            due.push(order);
                         }
                     }
                     self.fill(due);
@@ -434,7 +448,7 @@ impl Slave {
         loop {
             let mut rows: Vec<String> = Vec::new();
             let mut ops = Vec::new();
-            let mut place: Vec<CommandId> = Vec::new();
+            let mut place: Vec<(CommandId, CommandBody)> = Vec::new();
             let mut queries: Vec<CommandId> = Vec::new();
             while let Some(out) = self.ex.poll() {
                 match out {
@@ -464,13 +478,9 @@ impl Slave {
                         rows.push(line(&json!({"op": "cancelled", "command": command_value(&command), "result": execution_value(&result), "at_ms": wall_ms()})));
                         ops.push(op);
                     }
-                    Output::PlaceOrder { command_id, body } => {
-                        // The executor may have sized the order itself: place its body.
-                        if let Some(c) = self.commands.get_mut(&command_id) {
-                            c.body = body;
-                        }
-                        place.push(command_id)
-                    }
+                    // The executor may have sized an open or resolved a partial close itself:
+                    // the broker executes its body, not the command as written.
+                    Output::PlaceOrder { command_id, body } => place.push((command_id, body)),
                     Output::QueryOrder { command_id } => queries.push(command_id),
                 }
             }
@@ -500,7 +510,8 @@ impl Slave {
                 self.fill(place);
             } else {
                 let at = tokio::time::Instant::now() + self.args.fill_delay;
-                self.delayed.extend(place.into_iter().map(|id| (at, id)));
+                self.delayed
+                    .extend(place.into_iter().map(|order| (at, order)));
             }
         }
     }
@@ -565,19 +576,20 @@ impl Slave {
     }
 
     /// The broker executes these orders: book rows fsynced first, then the answers fed back.
-    fn fill(&mut self, ids: Vec<CommandId>) {
-        if ids.is_empty() {
+    fn fill(&mut self, orders: Vec<(CommandId, CommandBody)>) {
+        if orders.is_empty() {
             return;
         }
         let mut rows = Vec::new();
         let mut answers = Vec::new();
-        for id in ids {
+        for (id, body) in orders {
             let Some(c) = self.commands.get(&id).cloned() else {
                 tracing::error!(command_id = %id, "PlaceOrder for a command not written ahead; not placed");
                 continue;
             };
-            // Opens fill at the broker's price: the ask for a buy, the bid for a sell.
-            let fill = match &c.body {
+            // The broker executes what the executor placed, not the command as written; opens
+            // fill at the broker's price: the ask for a buy, the bid for a sell.
+            let fill = match &body {
                 CommandBody::Execute { symbol, side, .. } => {
                     self.quote(symbol).map(|(bid, ask)| match side {
                         Side::Buy => ask,
@@ -586,7 +598,7 @@ impl Slave {
                 }
                 _ => None,
             };
-            let (outcome, row) = self.broker.place(&c, fill);
+            let (outcome, row) = self.broker.place(&Command { body, ..c }, fill);
             rows.push(row);
             answers.push((id, outcome));
         }

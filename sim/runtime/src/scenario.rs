@@ -229,6 +229,7 @@ fn plan(trades: usize) -> Vec<TradeIntent> {
                 master_ticket: t as i64 + 1,
                 master_seq: seq,
                 emitted_at_ms: seq as i64,
+                master_volume_before: 0.0,
             });
         }
     }

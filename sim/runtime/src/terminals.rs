@@ -301,7 +301,7 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
         return BrokerOutcome::Filled {
             ticket: o.ticket,
             price: 1.1,
-            volume: volume(&o.command.body),
+            volume: o.volume,
         };
     }
     let Some(body) = body else {
@@ -319,25 +319,31 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
             w.next_ticket += 1;
             w.next_ticket
         }
-        CommandBody::Modify { slave_ticket, .. } | CommandBody::Close { slave_ticket, .. } => {
-            *slave_ticket
-        }
+        CommandBody::Modify { slave_ticket, .. }
+        | CommandBody::Close { slave_ticket, .. }
+        | CommandBody::ClosePart { slave_ticket, .. } => *slave_ticket,
     };
     w.log(format!(
         "broker filled {} intent={} trade={}",
         id, command.intent_id, command.trade_id
     ));
-    w.orders.push(Order { command, ticket });
+    let filled = volume(body);
+    w.orders.push(Order {
+        command,
+        ticket,
+        volume: filled,
+    });
     BrokerOutcome::Filled {
         ticket,
         price: 1.1,
-        volume: volume(body),
+        volume: filled,
     }
 }
 
 fn volume(body: &CommandBody) -> f64 {
     match body {
         CommandBody::Execute { volume, .. } | CommandBody::Close { volume, .. } => *volume,
-        CommandBody::Modify { .. } => 0.0,
+        // Never placed: the slave executor resolves a fraction to lots first.
+        CommandBody::Modify { .. } | CommandBody::ClosePart { .. } => 0.0,
     }
 }

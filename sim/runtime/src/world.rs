@@ -34,6 +34,8 @@ impl Shared {
 pub struct Order {
     pub command: Command,
     pub ticket: i64,
+    /// The lots the broker filled (a partial close's lots as the executor resolved them).
+    pub volume: f64,
 }
 
 /// Journal server knobs (set by scenarios, read by the server host).

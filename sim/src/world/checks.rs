@@ -146,6 +146,7 @@ impl World {
     pub(super) fn check_to_core(&mut self, msg: &AgentToCore) {
         let now = self.now;
         if let AgentToCore::ExecutionResult(r) = msg {
+            self.on_result_reported(r);
             if r.status == BrokerStatus::Filled {
                 self.book
                     .confirmed_at
@@ -314,9 +315,10 @@ impl World {
             }
         }
         let held: Vec<f64> = self
-            .broker_positions
+            .positions
+            .held
             .range((s, i64::MIN)..=(s, i64::MAX))
-            .map(|(_, lots)| *lots)
+            .map(|(_, h)| h.open.lots())
             .collect();
         if terms.max_open_positions > 0 && held.len() + 1 > terms.max_open_positions as usize {
             bad.push(format!(
@@ -386,7 +388,7 @@ impl World {
 /// mapped symbol; the side is the master's, mirrored exactly when the policy reverses; an
 /// open's volume is on the slave's step, within its limits, and never above the master's
 /// volume × multiplier unless the policy trades the minimum; reversed SL/TP at master prices
-/// swap; a partial close is the master's lots × multiplier; a close or modify is never skipped
+/// swap; a partial close carries the master's fraction unchanged; a close or modify is never skipped
 /// for a policy reason other than the symbol.
 pub(super) fn policy_violations(
     sub: &Subscription,
@@ -508,10 +510,19 @@ pub(super) fn policy_violations(
                 bad.push(format!("{who} copied SL/TP under dont_copy"));
             }
         }
+        // The fraction, exactly as the master stated it: the slave applies it to its own
+        // position (checked where its broker fills it, `positions`).
         IntentKind::PartialClose => {
-            let want = intent.volume * sub.multiplier * per_symbol;
-            if d.volume.to_bits() != want.to_bits() {
-                bad.push(format!("{who} partial close {} want {want}", d.volume));
+            let got = (d.volume.to_bits(), d.master_volume_before.to_bits());
+            let want = (
+                intent.volume.to_bits(),
+                intent.master_volume_before.to_bits(),
+            );
+            if got != want {
+                bad.push(format!(
+                    "{who} partial close {} of {}, the master's {} of {}",
+                    d.volume, d.master_volume_before, intent.volume, intent.master_volume_before
+                ));
             }
         }
         IntentKind::Modify | IntentKind::Close => {}

@@ -28,9 +28,10 @@ mod marketdata;
 mod net;
 mod nodes;
 pub mod policies;
+mod positions;
 mod storage;
 pub mod terminal_facts;
-mod workload;
+pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -239,12 +240,14 @@ pub struct World {
     master_files: Vec<BTreeMap<IntentId, TradeIntent>>,
     master_pending: Vec<BTreeMap<master::OpId, MasterWrite>>,
     slave_files: Vec<BTreeMap<CommandId, ExecutedRecord>>,
+    /// Where each record of a slave's file was first appended (the file's order).
+    slave_file_order: Vec<BTreeMap<CommandId, u64>>,
+    slave_file_appends: u64,
     slave_pending: Vec<BTreeMap<slave::OpId, SlaveWrite>>,
     broker: BTreeMap<(usize, CommandId), BrokerOutcome>,
-    /// Positions each slave holds at its broker: (slave, ticket) → lots (the exposure checker's
-    /// own count, independent of the EA's).
-    broker_positions: BTreeMap<(usize, i64), f64>,
     next_ticket: i64,
+    /// What each slave's broker holds, and the lifecycle bookkeeping checked against it.
+    pub positions: positions::Positions,
     script: Vec<Vec<TradeIntent>>,
     script_pos: Vec<usize>,
     /// Intents handed to a master whose append is not durable yet: re-emitted after a crash.
@@ -472,10 +475,12 @@ impl World {
             master_files: vec![BTreeMap::new(); n_m],
             master_pending: vec![BTreeMap::new(); n_m],
             slave_files: vec![BTreeMap::new(); n_s],
+            slave_file_order: vec![BTreeMap::new(); n_s],
+            slave_file_appends: 0,
             slave_pending: vec![BTreeMap::new(); n_s],
             broker: BTreeMap::new(),
-            broker_positions: BTreeMap::new(),
             next_ticket: 1_000,
+            positions: positions::Positions::default(),
             script,
             script_pos: vec![0; n_m],
             unappended: vec![BTreeSet::new(); n_m],

@@ -146,6 +146,7 @@ impl World {
         while let Some(o) = M::poll(self, key) {
             match M::fired(o) {
                 Ok(f) => {
+                    self.note_core_fired(&f);
                     if let Some((pf, outs)) = pending.replace((f, Vec::new())) {
                         self.trace_step(&node, input, &pf, &outs);
                     }
@@ -361,6 +362,7 @@ impl World {
                 result,
             } => {
                 self.check_terms_refusal(s, &command_id, &result);
+                self.on_slave_records(s, &command_id, &result);
                 self.persist_slave(s, op, SlaveWrite::Executed(command_id, result));
             }
             slave::Output::PlaceOrder { command_id, body } => {
@@ -502,7 +504,21 @@ impl World {
                 self.masters[m] = Some(IntentQueue::recover(config, durable));
             }
             Ea::Slave(s) => {
-                let durable: Vec<ExecutedRecord> = self.slave_files[s].values().cloned().collect();
+                // In file order, as an append-only file replays: a trade's next command is
+                // written ahead only after the previous one's result, so positions (and the
+                // tickets a partial close moves them to) are rebuilt in the order they changed.
+                let mut durable: Vec<(u64, ExecutedRecord)> = self.slave_files[s]
+                    .iter()
+                    .map(|(id, r)| {
+                        let at = self.slave_file_order[s]
+                            .get(id)
+                            .copied()
+                            .unwrap_or(u64::MAX);
+                        (at, r.clone())
+                    })
+                    .collect();
+                durable.sort_by_key(|(at, _)| *at);
+                let durable: Vec<ExecutedRecord> = durable.into_iter().map(|(_, r)| r).collect();
                 self.slaves[s] = Some(SlaveExecutor::recover(
                     SlaveConfig {
                         max_pending: self.cfg.capacity.slave_max_pending(),

@@ -194,42 +194,8 @@ impl World {
                 reason: "market closed".into(),
             }
         } else {
-            let (ticket, volume) = match body {
-                CommandBody::Execute { volume, .. } => {
-                    self.next_ticket += 1;
-                    (self.next_ticket, *volume)
-                }
-                CommandBody::Modify { slave_ticket, .. } => (*slave_ticket, 0.0),
-                CommandBody::Close {
-                    slave_ticket,
-                    volume,
-                } => (*slave_ticket, *volume),
-            };
-            BrokerOutcome::Filled {
-                ticket,
-                price: 1.1,
-                volume,
-            }
+            self.broker_fill(slave, command_id, body)
         };
-        if let BrokerOutcome::Filled { ticket, volume, .. } = &outcome {
-            match body {
-                CommandBody::Execute { .. } => {
-                    self.broker_positions.insert((slave, *ticket), *volume);
-                }
-                CommandBody::Modify { .. } => {}
-                CommandBody::Close { volume: 0.0, .. } => {
-                    self.broker_positions.remove(&(slave, *ticket));
-                }
-                CommandBody::Close { .. } => {
-                    if let Some(open) = self.broker_positions.get_mut(&(slave, *ticket)) {
-                        *open -= volume;
-                        if *open <= 1e-9 {
-                            self.broker_positions.remove(&(slave, *ticket));
-                        }
-                    }
-                }
-            }
-        }
         self.broker.insert(key, outcome.clone());
         outcome
     }
@@ -247,12 +213,25 @@ impl World {
             command_id, reason, ..
         } = w
         {
-            // A close or modify is always delivered: the copy policy may skip opens only.
+            // A close or modify is always delivered: the copy policy may skip opens only —
+            // and the later intents of an open it skipped, with that open's reason
+            // (`core.delivery.T26`).
             let dropped_close = self.journal.deliveries.get(command_id).and_then(|d| {
                 let policy = reason.and_then(SkipReason::from_error_code)?;
+                let trade = d.trade_id.as_str().to_lowercase();
+                let open_skipped_alike = || {
+                    self.journal.deliveries.values().any(|o| {
+                        o.kind == IntentKind::Open
+                            && o.slave == d.slave
+                            && o.trade_id.as_str().to_lowercase() == trade
+                            && o.status == DeliveryStatus::Failed
+                            && o.reason == *reason
+                    })
+                };
                 (d.kind != IntentKind::Open
                     && d.status == DeliveryStatus::Inflight
-                    && policy != SkipReason::SymbolNotMapped)
+                    && policy != SkipReason::SymbolNotMapped
+                    && !open_skipped_alike())
                     .then(|| {
                         format!(
                             "{:?} {command_id} FAILED {policy} by the copy policy: a close or modify is always delivered",
@@ -262,6 +241,9 @@ impl World {
             });
             if let Some(v) = dropped_close {
                 self.violation(v);
+            }
+            if *reason == Some(ErrorCode::NoPosition) {
+                self.check_no_position_noise(command_id);
             }
         }
         self.journal.book.apply(w)
@@ -289,6 +271,15 @@ impl World {
     }
 
     pub(super) fn apply_slave_write(&mut self, s: usize, w: SlaveWrite) {
+        if let SlaveWrite::Executing(c) | SlaveWrite::Cancelled(c, _) = &w {
+            let at = self.slave_file_appends;
+            if let std::collections::btree_map::Entry::Vacant(e) =
+                self.slave_file_order[s].entry(c.command_id.clone())
+            {
+                e.insert(at);
+                self.slave_file_appends += 1;
+            }
+        }
         match w {
             SlaveWrite::Executing(c) => {
                 self.slave_files[s]

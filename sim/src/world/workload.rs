@@ -1,6 +1,7 @@
 //! The workload: what the masters trade, and what else changes while they do. Every master
-//! runs a script of trade lifecycles (open → modify → partial close → close, four trades
-//! interleaved, across symbols), its trade ids carrying a checksum of their index and
+//! runs a script of trade lifecycles ([`LIFECYCLE`]: open → modify → three successive partial
+//! closes by fraction with a modify between them → close; four trades interleaved, across
+//! symbols and open volumes), its trade ids carrying a checksum of their index and
 //! alternating letter case, emitted at a steady pace and in bursts. Per seed ([`Workload`]),
 //! price-feed bursts drive the market-data path ([`super::marketdata`]), subscriptions change
 //! at run time, and one agent may be a legacy (compat-mode) peer.
@@ -30,12 +31,21 @@ use super::nodes::{CoreM, MasterM};
 use super::{Ev, World};
 use crate::rng::Rng;
 
-const KINDS: [IntentKind; 4] = [
-    IntentKind::Open,
-    IntentKind::Modify,
-    IntentKind::PartialClose,
-    IntentKind::Close,
+/// One trade's lifecycle: open, SL/TP modify, three successive partial closes (with a modify
+/// between them, so a modify must find the ticket a partial close left) and the final close.
+/// A partial close names the share of the master's *current* volume it closes (‰).
+pub const LIFECYCLE: [(IntentKind, u64); 7] = [
+    (IntentKind::Open, 0),
+    (IntentKind::Modify, 0),
+    (IntentKind::PartialClose, 300),
+    (IntentKind::PartialClose, 250),
+    (IntentKind::Modify, 0),
+    (IntentKind::PartialClose, 500),
+    (IntentKind::Close, 0),
 ];
+
+/// Intents per trade in the script.
+pub const STEPS: usize = LIFECYCLE.len();
 
 /// A trade id carries a checksum of its index, so a checker can tell a real one from garbage.
 pub fn trade_id(master: usize, trade: usize) -> TradeId {
@@ -81,12 +91,18 @@ impl World {
 
 pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<TradeIntent> {
     let mut out = Vec::new();
-    let total = trades * 4;
+    let total = trades * STEPS;
+    // The master's open volume per trade, in 10⁻⁸ lot (integers: the partials' lots are
+    // exact, as a terminal reports them with two decimals).
+    let lot = echo_statemachine::policy::volume::UNITS_PER_LOT;
+    let mut open_units: Vec<u64> = (0..trades)
+        .map(|t| [100, 70, 250][t % 3] * lot / 100)
+        .collect();
     let mut pos = 0;
     while out.len() < total {
         // Interleave 4 trades at a time: t0.open t1.open t2.open t3.open t0.modify …
-        let group = pos / 16;
-        let within = pos % 16;
+        let group = pos / (4 * STEPS);
+        let within = pos % (4 * STEPS);
         pos += 1;
         let trade = group * 4 + within % 4;
         let step = within / 4;
@@ -94,6 +110,20 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
             continue;
         }
         let seq = out.len() as u64;
+        let (kind, per_mille) = LIFECYCLE[step];
+        let before = open_units[trade];
+        let volume_units = match kind {
+            IntentKind::Open => before,
+            // Rounded down to 0.01 lot, at least 0.01: what the master's broker closes.
+            IntentKind::PartialClose => {
+                let cut = before * per_mille / 1_000 / (lot / 100) * (lot / 100);
+                cut.max(lot / 100).min(before)
+            }
+            IntentKind::Modify | IntentKind::Close => 0,
+        };
+        if kind == IntentKind::PartialClose {
+            open_units[trade] = before - volume_units;
+        }
         out.push(TradeIntent {
             // Magic numbers 1–3, comments "grid #N" or "scalp N", every order type; the
             // master's account (0 = not reported, for one trade in 16).
@@ -120,24 +150,25 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
                 trade_id(m, trade)
             },
             master: master.clone(),
-            kind: KINDS[step],
+            kind,
             symbol: Symbol::new(["EURUSD", "GBPUSD", "USDJPY"][trade % 3]),
             side: if trade.is_multiple_of(2) {
                 Side::Buy
             } else {
                 Side::Sell
             },
-            volume: if KINDS[step] == IntentKind::PartialClose {
-                0.5
-            } else {
-                1.0
-            },
+            volume: volume_units as f64 / lot as f64,
             price: 1.1,
             stop_loss: 1.0 + step as f64 * 0.01,
             take_profit: 1.3,
             master_ticket: trade as i64,
             master_seq: seq,
             emitted_at_ms: 0,
+            master_volume_before: if kind == IntentKind::PartialClose {
+                before as f64 / lot as f64
+            } else {
+                0.0
+            },
         });
     }
     out

@@ -12,15 +12,17 @@
 
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalResult, JournalWrite};
 use super::{Core, CoreLog, PendingOp, TimerKey};
+use crate::config::Subscription;
 use crate::ids::{AccountId, CommandId, FastMap, IntentId, TradeId};
 use crate::msg::{
-    AckResult, AckStage, BrokerStatus, Command, CommandAck, CommandBody, CoreToAgent, ErrorCode,
-    ExecutionResult, IntentKind,
+    AckResult, AckStage, BrokerStatus, CloseFraction, Command, CommandAck, CommandBody,
+    CoreToAgent, ErrorCode, ExecutionResult, IntentKind,
 };
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Duration, Instant};
 use crate::transitions;
 use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 
 transitions! {
     /// Delivery transitions.
@@ -97,13 +99,16 @@ transitions! {
         Expired = "T25": "New | Blocked | Parked",
             "becomes head, or its agent comes back, for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
             "FinishDelivery{failed, EXPIRED}; copy_skipped_total{reason=EXPIRED}++; log core_delivery_failed — a modify, partial close or close is never expired",
+        OpenNotCopied = "T26": "New | Blocked",
+            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN this core life did not copy to the slave for a copy-policy reason (T20, T25)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, the open's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent, so no NO_POSITION noise at the slave",
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
-        SlaveRefused = "T26": "Blocked | Parked | Inflight | Backoff | Cancelling",
+        SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
-        TermsRebuilt = "T27": "New | Blocked | Parked",
+        TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
             "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
     }
@@ -283,8 +288,9 @@ impl Core {
             Subject::Command(rec.command_id.clone()),
         );
         self.metrics.delivery_failed_total += 1;
-        if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
-            *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        self.count_skip(reason);
+        if rec.kind == IntentKind::Open {
+            self.remember_skipped_open(&rec, reason);
         }
         self.log(CoreLog::DeliveryFailed {
             intent_id: rec.intent_id.clone(),
@@ -297,6 +303,27 @@ impl Core {
             AckResult::Failed,
             Some(reason),
         );
+    }
+
+    /// `copy_skipped_total{reason}`, for a reason of the copy policy.
+    fn count_skip(&mut self, reason: ErrorCode) {
+        if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
+            *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        }
+    }
+
+    /// The open of (trade, slave) was not copied by policy: its later intents follow suit.
+    fn remember_skipped_open(&mut self, rec: &DeliveryRecord, reason: ErrorCode) {
+        const CAP: usize = 65_536;
+        let pair = (rec.trade_id.clone(), rec.slave.clone());
+        if self.skipped_opens.insert(pair.clone(), reason).is_none() {
+            self.skipped_order.push_back(pair);
+        }
+        while self.skipped_order.len() > CAP {
+            if let Some(old) = self.skipped_order.pop_front() {
+                self.skipped_opens.remove(&old);
+            }
+        }
     }
 
     fn report_to_master(
@@ -327,11 +354,15 @@ impl Core {
         let Some(d) = self.deliveries.get(&key) else {
             return;
         };
-        if d.rec.kind != IntentKind::Open
-            && !self
-                .tickets
-                .contains_key(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
-        {
+        let pair = (d.rec.trade_id.clone(), d.rec.slave.clone());
+        if d.rec.kind != IntentKind::Open && !self.tickets.contains_key(&pair) {
+            if let Some(&reason) = self.skipped_opens.get(&pair) {
+                // The open was a deliberate non-copy: follow it with the same reason.
+                self.fire(DeliveryT::OpenNotCopied.spec(), self.subject(key));
+                self.count_skip(reason);
+                self.finalize(now, key, DeliveryStatus::Failed, Some(reason), None);
+                return;
+            }
             self.fire(DeliveryT::NoPosition.spec(), self.subject(key));
             self.finalize(
                 now,
@@ -380,7 +411,13 @@ impl Core {
         else {
             return false;
         };
+        let rec = (d.rec.kind == IntentKind::Open).then(|| d.rec.clone());
         self.fire(DeliveryT::Expired.spec(), self.subject(key));
+        // Remembered before the delivery finishes: finishing it may make the trade's next
+        // intent head of its chain, and that one must find the open's reason (T26).
+        if let Some(rec) = rec {
+            self.remember_skipped_open(&rec, reason.error_code());
+        }
         self.fail_by_policy(now, key, reason);
         true
     }
@@ -447,8 +484,14 @@ impl Core {
     }
 
     /// Builds the command for the slave as of now (ticket looked up at send time; an open
-    /// has none yet).
-    fn build_command(tickets: &FastMap<(TradeId, AccountId), i64>, d: &Delivery) -> Command {
+    /// has none yet). A partial close carries the master's fraction and the slave symbol's
+    /// minimum and step from the subscription's `limits/*` (the same limits its open was
+    /// sized with); the slave EA applies it to its own position, once (SPEC.md §5.2).
+    fn build_command(
+        tickets: &FastMap<(TradeId, AccountId), i64>,
+        subs: &BTreeMap<AccountId, Vec<Subscription>>,
+        d: &Delivery,
+    ) -> Command {
         let ticket = || {
             tickets
                 .get(&(d.rec.trade_id.clone(), d.rec.slave.clone()))
@@ -470,10 +513,22 @@ impl Core {
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
             },
-            IntentKind::PartialClose => CommandBody::Close {
-                slave_ticket: ticket(),
-                volume: d.rec.volume,
-            },
+            IntentKind::PartialClose => {
+                let limits = subs
+                    .get(&d.rec.master)
+                    .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
+                    .map(|s| s.policy.limits)
+                    .unwrap_or_default();
+                CommandBody::ClosePart {
+                    slave_ticket: ticket(),
+                    fraction: CloseFraction {
+                        master_closed: d.rec.volume,
+                        master_volume_before: d.rec.master_volume_before,
+                        slave_min: limits.min.lots(),
+                        slave_step: limits.step.lots(),
+                    },
+                }
+            }
             IntentKind::Close => CommandBody::Close {
                 slave_ticket: ticket(),
                 volume: 0.0,
@@ -507,7 +562,7 @@ impl Core {
             self.cfg.delivery.ack_timeout_ms
         };
         let at = now + Duration::from_millis(ms.into());
-        let cmd = Self::build_command(&self.tickets, d);
+        let cmd = Self::build_command(&self.tickets, &self.subs, d);
         let old = d.deadline.replace(at);
         let agent = route.agent.clone();
         self.send(agent, CoreToAgent::Command(cmd));
@@ -572,7 +627,7 @@ impl Core {
         };
         let at = now + backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
         if let Some(agent) = self.registry.agent_for(&d.rec.slave) {
-            let cmd = Self::build_command(&self.tickets, d);
+            let cmd = Self::build_command(&self.tickets, &self.subs, d);
             self.send(agent, CoreToAgent::Cancel(cmd));
         }
         self.set_deadline(key, Some(at));
@@ -840,6 +895,15 @@ impl Core {
                 }
                 IntentKind::Close => {
                     self.tickets.remove(&pair());
+                }
+                // A broker may move what a partial close left to a new ticket (MT4 does):
+                // later modifies and closes must address that one.
+                IntentKind::PartialClose
+                    if !crate::mutants::active(crate::mutants::Mutant::PartialLosesTicket) =>
+                {
+                    if let Some(t) = ticket.filter(|t| *t > 0) {
+                        self.tickets.insert(pair(), t);
+                    }
                 }
                 IntentKind::Modify | IntentKind::PartialClose => {}
             }

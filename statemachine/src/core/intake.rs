@@ -12,7 +12,9 @@ use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult
 use super::router::RouterT;
 use super::{Core, CoreLog, PendingOp, TimerKey};
 use crate::ids::{AgentId, CommandId, IntentId, TradeId};
-use crate::msg::{AckResult, AckStage, CoreToAgent, ErrorCode, Role, TradeIntent, TradeIntentAck};
+use crate::msg::{
+    AckResult, AckStage, CoreToAgent, ErrorCode, IntentKind, Role, TradeIntent, TradeIntentAck,
+};
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Instant};
 use crate::transitions;
@@ -48,7 +50,7 @@ transitions! {
             "TradeIntent while core.journal is Down" => "Refused";
             "TradeIntentAck{FAILED, JOURNAL_UNAVAILABLE, retry_after_ms} (fan-out stopped, nothing written)",
         Invalid = "T10": "New",
-            "TradeIntent with empty ids, non-finite numbers or negative volume" => "Refused";
+            "TradeIntent with empty ids, non-finite numbers or negative volume, or a PARTIAL_CLOSE without 0 < volume <= master_volume_before" => "Refused";
             "TradeIntentAck{FAILED, INVALID_ARGUMENT}",
         UnknownAccount = "T11": "New",
             "TradeIntent for a master account the sending agent does not serve" => "Refused";
@@ -113,6 +115,17 @@ fn intent_is_valid(i: &TradeIntent) -> bool {
         && i.stop_loss.is_finite()
         && i.take_profit.is_finite()
         && i.origin.is_valid()
+        && partial_close_is_valid(i)
+}
+
+/// A partial close states its fraction exactly: the closed lots out of the master's lots
+/// before it, both positive and the part no larger than the whole. Without it a slave could
+/// only guess its share, so such an intent is refused rather than copied wrongly.
+fn partial_close_is_valid(i: &TradeIntent) -> bool {
+    i.kind != IntentKind::PartialClose
+        || (i.master_volume_before.is_finite()
+            && i.volume > 0.0
+            && i.master_volume_before >= i.volume)
 }
 
 impl Core {
@@ -314,6 +327,11 @@ impl Core {
                     slave_ticket: None,
                     reason,
                     terms,
+                    master_volume_before: if i.kind == IntentKind::PartialClose {
+                        i.master_volume_before
+                    } else {
+                        0.0
+                    },
                 }
             })
             .collect()
@@ -416,6 +434,10 @@ impl Core {
                     }
                     JournalReply::IntentExisted { unfinished } => {
                         self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
+                        // Final rows are not returned, and this plan may not be the one the
+                        // journal holds (an earlier life planned under other subscriptions):
+                        // a skip is not remembered from it, so the trade's later intents end
+                        // NO_POSITION (T19), never with a reason the journal does not hold.
                         (unfinished, false)
                     }
                 };

@@ -36,7 +36,8 @@ pub struct DeliveryRecord {
     /// The slave's symbol (after mapping).
     pub symbol: Symbol,
     pub side: Side,
-    /// The slave's volume (after the multiplier).
+    /// The slave's volume (after the multiplier) of an open; for a partial close the
+    /// master's closed lots, the numerator of the fraction the slave closes.
     pub volume: f64,
     pub price: f64,
     pub stop_loss: f64,
@@ -49,8 +50,11 @@ pub struct DeliveryRecord {
     pub slave_ticket: Option<i64>,
     pub reason: Option<ErrorCode>,
     /// An open's copy terms for the slave EA, as planned. Not journaled (yet): a record read
-    /// back from the journal has `None`, which `core.delivery.T27` resolves.
+    /// back from the journal has `None`, which `core.delivery.T28` resolves.
     pub terms: Option<ExecTerms>,
+    /// For a partial close: the master's lots before it (the fraction's denominator,
+    /// `TradeIntent::master_volume_before`); 0 for every other kind.
+    pub master_volume_before: f64,
 }
 
 /// Everything the core asks the journal to do. Every write is idempotent: keyed by intent id
@@ -138,6 +142,8 @@ pub enum JournalResult {
 pub struct CoreDurableState {
     /// Deliveries whose status is not final, any order.
     pub unfinished: Vec<DeliveryRecord>,
-    /// Slave tickets of positions still open: (trade, slave, ticket).
+    /// Slave tickets of positions still open: (trade, slave, ticket) — the ticket of the
+    /// latest filled OPEN or PARTIAL_CLOSE (a broker may move the rest of a partially closed
+    /// position to a new ticket), until a filled CLOSE.
     pub open_tickets: Vec<(TradeId, AccountId, i64)>,
 }

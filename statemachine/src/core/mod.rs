@@ -173,6 +173,12 @@ pub struct Core {
     /// deliveries themselves (no allocation per chain); only the head is ever in flight.
     pub(crate) chains: FastMap<(AccountId, TradeId), delivery::Chain>,
     pub(crate) tickets: FastMap<(TradeId, AccountId), i64>,
+    /// Opens this core life did not copy to a slave for a copy-policy reason (filters,
+    /// sizing, EXPIRED …), so the trade's later modifies and closes end with the same reason
+    /// instead of NO_POSITION. Bounded: the oldest is forgotten first (its trade's later
+    /// intents then end NO_POSITION, still explicit). Never iterated.
+    pub(crate) skipped_opens: FastMap<(TradeId, AccountId), ErrorCode>,
+    pub(crate) skipped_order: VecDeque<(TradeId, AccountId)>,
     pub(crate) registry: registry::Registry,
     pub(crate) journal: journal_health::JournalHealth,
     pub(crate) metrics: CoreMetrics,
@@ -217,6 +223,8 @@ impl Core {
             next_delivery: 1,
             chains: FastMap::default(),
             tickets: FastMap::default(),
+            skipped_opens: FastMap::default(),
+            skipped_order: VecDeque::new(),
             registry: registry::Registry::default(),
             journal: journal_health::JournalHealth::Up,
             metrics,

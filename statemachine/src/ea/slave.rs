@@ -23,6 +23,7 @@ use crate::msg::{
     AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecutionResult,
     PipeDeliveryAck, PipeStatus, SlaveSizing,
 };
+use crate::policy::partial::{slave_close, CloseDecision};
 use crate::policy::terms::{
     decide_open, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
 };
@@ -65,7 +66,7 @@ transitions! {
         Busy = "T07": "(none)", "new Command, or Cancel of an unseen command, while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
         Accepted = "T08": "(none)", "new valid Command, gate open, room for it" => "persisting"; "PersistExecuting{op, command} (write-ahead)",
         Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open its copy terms admit now (policy::terms), or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body — an open's volume as the terms sized it}; counted placed",
-        NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
+        NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position (a close of a ticket it closed in full is T26)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
         WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
         NotYetDurable = "T12": "persisting, or recording a CANCELLED result", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
         Repeated = "T13": "executing / waiting_price / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
@@ -80,10 +81,12 @@ transitions! {
         RecoveredInDoubt = "T22": "(durable)", "recover(): a write-ahead record without a result (crash after the write-ahead: the order may or may not have reached the broker)" => "in_doubt"; "QueryOrder{command_id} — asked of the broker by client order id, never placed again",
         CancelUnknown = "T23": "(none), gate open", "AgentToEa::Cancel(command) for a command never seen" => "recording"; "PersistCancelled{op, command, result: CANCELLED} — once durable the command is answered CANCELLED forever and never placed (a Cancel for a known or refused command gets the same answer as a redelivery: T04/T06/T12/T13)",
         CancelRefused = "T24": "refused", "AgentToEa::Cancel(command) for a command it refused (T05/T06 answer first)" => "refused"; "ToAgent(Execution(REJECTED, no ticket)) — never executed; a core that gave up learns it from the result even through a legacy agent that sends no stage acks",
-        TermsRefused = "T25": "persisting", "persist result Ok for the write-ahead record of an open its copy terms refuse (MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, VOLUME_BELOW_MIN, NO_STOP_LOSS, INSUFFICIENT_MARGIN, ACCOUNT_FACTS_UNKNOWN, or PRICE_DEVIATION with no wait window)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with the reason} — never placed; counted terms_refused",
-        WaitPrice = "T26": "persisting", "persist result Ok for the write-ahead record of an open beyond deviation/max_points, with a wait window" => "waiting_price"; "ToAgent(PipeAck{Ok}); timer at now + deviation_window_ms",
-        PriceBack = "T27": "waiting_price", "a Quote (or account/symbol fact) with which the copy terms admit the open" => "executing"; "PlaceOrder{command_id, body as sized}; counted placed",
-        WindowClosed = "T28": "waiting_price", "its wait timer expired" => "executing or recording"; "the terms decide once more without waiting: PlaceOrder, or PersistExecuted{REJECTED, PRICE_DEVIATION (or another reason)}",
+        KeepShare = "T25": "persisting", "persist result Ok for its write-ahead record; a ClosePart whose share of the open position is below one step or the minimum (policy::partial: Keep)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Filled, 0 lots, same ticket} — nothing to close now, the master's later closes carry the share; never placed",
+        AlreadyClosed = "T26": "persisting", "persist result Ok for its write-ahead record; a Close or ClosePart of a ticket this EA already closed in full (a partial close took the rest with it: no dust)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Filled, 0 lots, same ticket} — the position is closed as the master asked; never placed, never a rejection",
+        TermsRefused = "T27": "persisting", "persist result Ok for the write-ahead record of an open its copy terms refuse (MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, VOLUME_BELOW_MIN, NO_STOP_LOSS, INSUFFICIENT_MARGIN, ACCOUNT_FACTS_UNKNOWN, or PRICE_DEVIATION with no wait window)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with the reason} — never placed; counted terms_refused",
+        WaitPrice = "T28": "persisting", "persist result Ok for the write-ahead record of an open beyond deviation/max_points, with a wait window" => "waiting_price"; "ToAgent(PipeAck{Ok}); timer at now + deviation_window_ms",
+        PriceBack = "T29": "waiting_price", "a Quote (or account/symbol fact) with which the copy terms admit the open" => "executing"; "PlaceOrder{command_id, body as sized}; counted placed",
+        WindowClosed = "T30": "waiting_price", "its wait timer expired" => "executing or recording"; "the terms decide once more without waiting: PlaceOrder, or PersistExecuted{REJECTED, PRICE_DEVIATION (or another reason)}",
     }
 }
 
@@ -263,6 +266,9 @@ pub struct SlaveExecutor {
     refused_order: VecDeque<CommandId>,
     /// slave_ticket → open volume, from durable results only.
     positions: BTreeMap<i64, f64>,
+    /// Tickets this EA closed in full, from durable results only: a later close of one is
+    /// already done (a partial close that left dust closed the whole position).
+    closed: BTreeSet<i64>,
     ops: BTreeMap<OpId, CommandId>,
     timers: BTreeSet<(Instant, CommandId)>,
     out: VecDeque<Output>,
@@ -287,6 +293,7 @@ impl SlaveExecutor {
             refused: BTreeMap::new(),
             refused_order: VecDeque::new(),
             positions: BTreeMap::new(),
+            closed: BTreeSet::new(),
             ops: BTreeMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
@@ -453,9 +460,63 @@ impl SlaveExecutor {
                 let known_position = match &body {
                     CommandBody::Execute { .. } => true,
                     CommandBody::Modify { slave_ticket, .. }
-                    | CommandBody::Close { slave_ticket, .. } => {
+                    | CommandBody::Close { slave_ticket, .. }
+                    | CommandBody::ClosePart { slave_ticket, .. } => {
                         self.positions.contains_key(slave_ticket)
                     }
+                };
+                let closed_ticket = match &body {
+                    CommandBody::Close { slave_ticket, .. }
+                    | CommandBody::ClosePart { slave_ticket, .. } => {
+                        Some(*slave_ticket).filter(|t| !known_position && self.closed.contains(t))
+                    }
+                    _ => None,
+                };
+                if let Some(ticket) = closed_ticket {
+                    let done = ExecutionResult {
+                        slave_ticket: ticket,
+                        ..unfilled(&entry.command, BrokerStatus::Filled)
+                    };
+                    self.fire(T::AlreadyClosed, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                    self.issue_record(&id, done);
+                    return;
+                }
+                // A partial close is resolved here, once: the write-ahead is durable, so this
+                // command is never placed again, and the position it reads is final (the
+                // core sends a trade's next command only after this one's result).
+                let body = match (known_position, &body) {
+                    (
+                        true,
+                        CommandBody::ClosePart {
+                            slave_ticket,
+                            fraction,
+                        },
+                    ) => {
+                        let open = self.positions.get(slave_ticket).copied().unwrap_or(0.0);
+                        match slave_close(fraction, open) {
+                            Some(CloseDecision::Partial(v)) => CommandBody::Close {
+                                slave_ticket: *slave_ticket,
+                                volume: v.lots(),
+                            },
+                            Some(CloseDecision::All) => CommandBody::Close {
+                                slave_ticket: *slave_ticket,
+                                volume: 0.0,
+                            },
+                            // Validated at T05, so only Keep remains.
+                            Some(CloseDecision::Keep) | None => {
+                                let kept = ExecutionResult {
+                                    slave_ticket: *slave_ticket,
+                                    ..unfilled(&entry.command, BrokerStatus::Filled)
+                                };
+                                self.fire(T::KeepShare, subject);
+                                self.pipe_ack(&id, PipeStatus::Ok, None);
+                                self.issue_record(&id, kept);
+                                return;
+                            }
+                        }
+                    }
+                    _ => body,
                 };
                 if let CommandBody::Execute { terms, .. } = &body {
                     let window = Duration::from_millis(terms.deviation_window_ms.into());
@@ -600,7 +661,7 @@ impl SlaveExecutor {
     }
 
     /// A fact from the slave's terminal. A quote (or any fact) may let an open waiting for
-    /// its price be placed now (`T27`).
+    /// its price be placed now (`T29`).
     pub fn handle_fact(&mut self, _now: Instant, fact: Fact) {
         let fin = |x: f64| x.is_finite();
         let touched = match fact {
@@ -830,6 +891,11 @@ impl SlaveExecutor {
                     slave_ticket,
                     volume,
                 } => *slave_ticket > 0 && level(*volume),
+                // A fraction that cannot be evaluated is refused, never guessed.
+                CommandBody::ClosePart {
+                    slave_ticket,
+                    fraction,
+                } => *slave_ticket > 0 && slave_close(fraction, 1.0).is_some(),
             };
         if ok {
             Ok(())
@@ -852,9 +918,9 @@ impl SlaveExecutor {
         let c = &self.commands.get(id)?.command;
         let command_ticket = match &c.body {
             CommandBody::Execute { .. } => 0,
-            CommandBody::Modify { slave_ticket, .. } | CommandBody::Close { slave_ticket, .. } => {
-                *slave_ticket
-            }
+            CommandBody::Modify { slave_ticket, .. }
+            | CommandBody::Close { slave_ticket, .. }
+            | CommandBody::ClosePart { slave_ticket, .. } => *slave_ticket,
         };
         let (slave_ticket, fill_price, filled_volume, status) = match outcome {
             BrokerOutcome::Filled {
@@ -930,23 +996,28 @@ impl SlaveExecutor {
                 self.positions.insert(r.slave_ticket, r.filled_volume);
             }
             CommandBody::Modify { .. } => {}
-            CommandBody::Close {
-                slave_ticket,
-                volume,
-            } => {
-                let whole = *volume == 0.0;
+            CommandBody::Close { slave_ticket, .. }
+            | CommandBody::ClosePart { slave_ticket, .. } => {
+                let whole = matches!(body, CommandBody::Close { volume, .. } if *volume == 0.0);
                 let remaining = self
                     .positions
-                    .get(slave_ticket)
+                    .remove(slave_ticket)
                     .map(|open| open - r.filled_volume);
+                // What a partial close leaves may live on under a new ticket (MT4 moves it).
+                let ticket = if r.slave_ticket > 0 {
+                    r.slave_ticket
+                } else {
+                    *slave_ticket
+                };
                 match remaining {
                     // Lots have two or three decimals; anything below a micro-lot is gone.
                     Some(left) if !whole && left > 1e-9 => {
-                        self.positions.insert(*slave_ticket, left);
+                        self.positions.insert(ticket, left);
                     }
-                    _ => {
-                        self.positions.remove(slave_ticket);
+                    Some(_) => {
+                        self.closed.insert(*slave_ticket);
                     }
+                    None => {}
                 }
             }
         }

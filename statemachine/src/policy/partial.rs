@@ -9,6 +9,7 @@
 //! close closes exactly the remainder, whatever earlier partials did.
 
 use super::volume::{SymbolLimits, Volume};
+use crate::msg::CloseFraction;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseDecision {
@@ -51,7 +52,12 @@ pub fn partial_close(
             / u128::from(master_open_before.0);
         Volume(exact as u64)
     };
-    let close = limits.floor_to_step(share);
+    let close = if crate::mutants::active(crate::mutants::Mutant::PartialCloseRoundsUp) {
+        let step = limits.step.0.max(1);
+        Volume(share.0.div_ceil(step) * step)
+    } else {
+        limits.floor_to_step(share)
+    };
     if close >= slave_open || slave_open.saturating_sub(close) < limits.min {
         return CloseDecision::All;
     }
@@ -59,6 +65,40 @@ pub fn partial_close(
         return CloseDecision::Keep;
     }
     CloseDecision::Partial(close)
+}
+
+/// The slave EA's decision for a `ClosePart` command, from the lots on the wire and its own
+/// open volume: `None` when the inputs cannot describe a partial close (non-finite or
+/// negative lots, a zero master volume, limits that are not valid), which the EA refuses as
+/// malformed rather than guess.
+pub fn slave_close(fraction: &CloseFraction, slave_open_lots: f64) -> Option<CloseDecision> {
+    let master_before = Volume::from_lots(fraction.master_volume_before)?;
+    let master_closed = Volume::from_lots(fraction.master_closed)?;
+    let slave_open = Volume::from_lots(slave_open_lots)?;
+    let limits = fraction_limits(fraction)?;
+    if master_before.is_zero() || master_closed.is_zero() {
+        return None;
+    }
+    Some(partial_close(
+        master_before,
+        master_closed,
+        slave_open,
+        &limits,
+    ))
+}
+
+/// The slave symbol's minimum and step as [`SymbolLimits`] (the maximum does not bound a
+/// close), or `None` if they are not a valid pair.
+pub fn fraction_limits(fraction: &CloseFraction) -> Option<SymbolLimits> {
+    let limits = SymbolLimits {
+        min: Volume::from_lots(fraction.slave_min)?,
+        step: Volume::from_lots(fraction.slave_step)?,
+        max: Volume(u64::MAX / 2),
+        ..SymbolLimits::fx()
+    };
+    let max = limits.floor_to_step(limits.max);
+    let limits = SymbolLimits { max, ..limits };
+    limits.is_valid().then_some(limits)
 }
 
 #[cfg(test)]

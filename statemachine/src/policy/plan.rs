@@ -27,8 +27,9 @@ use crate::msg::{ExecTerms, IntentKind, Side, SlaveSizing, TradeIntent};
 pub struct PlannedCopy {
     pub symbol: Symbol,
     pub side: Side,
-    /// Lots: the sized open (the master's lots when the slave EA sizes it: see `terms`), or
-    /// the planned partial close (master lots × multiplier).
+    /// Lots: the sized open (the master's lots when the slave EA sizes it: see `terms`); for a
+    /// partial close the master's closed lots, the numerator of the fraction the slave EA
+    /// applies to its own position (`policy::partial`).
     pub volume: f64,
     pub stop_loss: f64,
     pub take_profit: f64,
@@ -89,9 +90,7 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
             };
             sized.total().lots()
         }
-        IntentKind::PartialClose => {
-            intent.volume * sub.multiplier * policy.sizing.symbol_multiplier(&intent.symbol)
-        }
+        IntentKind::PartialClose => intent.volume,
         IntentKind::Modify | IntentKind::Close => intent.volume,
     };
     let (stop_loss, take_profit) = match intent.kind {

@@ -61,6 +61,12 @@ pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent 
         master_ticket: 7,
         master_seq: seq,
         emitted_at_ms: 0,
+        // A partial close of 0.5 out of the master's 1.0 lots: half of each slave's position.
+        master_volume_before: if kind == IntentKind::PartialClose {
+            1.0
+        } else {
+            0.0
+        },
     }
 }
 

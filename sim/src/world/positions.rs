@@ -1,0 +1,403 @@
+//! The slave brokers' positions, and the trade-lifecycle checks made against them.
+//!
+//! This module owns what each simulated slave broker holds (ticket → trade and open volume)
+//! and how an order changes it: an open makes a position; a partial close moves what it
+//! leaves to a new ticket, as MT4 does, so a later modify or close must address that ticket;
+//! a modify or close of a ticket the broker does not hold, or a close above the position, is
+//! rejected. It checks the lifecycle from the policy's promises rather than by calling the
+//! policy: a partial close closes the master's fraction of the slave's *own* position (rounded
+//! down to the slave's step, everything when the rest would be below its minimum, nothing when
+//! the share is below the minimum); what a slave reports closed adds up exactly to what it
+//! opened once its master closed; no slave holds a position its master closed unless that
+//! close failed with a reason that is true. It only observes the machines; it must never draw
+//! from the run's generator.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use echo_statemachine::core::DeliveryStatus;
+use echo_statemachine::ea::slave::BrokerOutcome;
+use echo_statemachine::ids::{CommandId, IntentId};
+use echo_statemachine::msg::{
+    BrokerStatus, CloseFraction, CommandBody, ErrorCode, ExecutionResult, IntentKind,
+};
+use echo_statemachine::policy::Volume;
+
+use super::World;
+
+/// The slave EA's transition for a modify/close of a ticket it holds no position for.
+const SLAVE_NO_POSITION: &str = "ea.slave.T10";
+
+/// One position a slave's broker holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The master's trade id, lower-cased (the core's spelling).
+    pub trade: String,
+    pub open: Volume,
+}
+
+/// The brokers' books and the lifecycle bookkeeping of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Positions {
+    /// (slave, ticket) → what its broker holds under that ticket.
+    pub held: BTreeMap<(usize, i64), Held>,
+    /// (slave, trade) → (lots opened, lots closed) as the slave EA reported them to the core,
+    /// the first report of each command only.
+    pub reported: BTreeMap<(usize, String), (Volume, Volume)>,
+    reported_cmds: BTreeSet<CommandId>,
+    /// Closes a slave EA answered REJECTED without placing them: it held no such ticket.
+    pub rejected_unplaced: BTreeSet<(usize, CommandId)>,
+    /// Closes a slave answered FILLED with 0 lots without placing them: a partial close whose
+    /// share it kept (below one step), or a close of a position it had already closed in full.
+    pub kept: BTreeSet<(usize, CommandId)>,
+    /// Opens the core told us it did not copy (`core.delivery.T20`/`T25`), with the core life
+    /// that knew it: that life must not answer the trade's later intents NO_POSITION.
+    skipped_opens: BTreeMap<CommandId, u64>,
+}
+
+/// What a partial close of `fraction` must close of a slave position of `open`, from the
+/// promise of SPEC.md §5.2: the exact share rounded down to the step; everything when that
+/// leaves less than the minimum (or the master closed everything); nothing when the share
+/// is below the minimum. `None` if the fraction cannot be read.
+fn promised_close(fraction: &CloseFraction, open: Volume) -> Option<Volume> {
+    let before = Volume::from_lots(fraction.master_volume_before)?;
+    let closed = Volume::from_lots(fraction.master_closed)?;
+    let min = Volume::from_lots(fraction.slave_min)?;
+    let step = Volume::from_lots(fraction.slave_step)?.0.max(1);
+    if before.0 == 0 || closed >= before {
+        return Some(open);
+    }
+    let exact = (u128::from(open.0) * u128::from(closed.0) / u128::from(before.0)) as u64;
+    let floor = exact / step * step;
+    Some(if floor >= open.0 || open.0 - floor < min.0 {
+        open
+    } else if floor < min.0 || floor == 0 {
+        Volume::ZERO
+    } else {
+        Volume(floor)
+    })
+}
+
+/// The core's transitions that decide not to copy an open (at intake, or expired).
+const NOT_COPIED: [&str; 2] = ["core.delivery.T20", "core.delivery.T25"];
+
+impl World {
+    /// A transition the core fired: remembers which life of it skipped which open.
+    pub(super) fn note_core_fired(&mut self, f: &echo_statemachine::spec::Fired) {
+        if !NOT_COPIED.contains(&f.id()) {
+            return;
+        }
+        if let echo_statemachine::spec::Subject::Command(c) = &f.subject {
+            self.positions
+                .skipped_opens
+                .insert(c.clone(), self.core_epoch);
+        }
+    }
+
+    /// `command_id` (a modify or close) ends NO_POSITION: wrong if the core life that ends it
+    /// decided itself not to copy the trade's open to that slave — it must say why (T26).
+    pub(super) fn check_no_position_noise(&mut self, command_id: &CommandId) {
+        let Some(d) = self.journal.deliveries.get(command_id) else {
+            return;
+        };
+        let trade = d.trade_id.as_str().to_lowercase();
+        let open = self.journal.deliveries.values().find(|o| {
+            o.kind == IntentKind::Open
+                && o.slave == d.slave
+                && o.trade_id.as_str().to_lowercase() == trade
+        });
+        let Some(open) = open else {
+            return;
+        };
+        if self.positions.skipped_opens.get(&open.command_id) == Some(&self.core_epoch) {
+            let v = format!(
+                "{command_id} FAILED NO_POSITION although this core skipped its open {} ({:?}):                  it must end with the open's reason",
+                open.command_id, open.reason
+            );
+            self.violation(v);
+        }
+    }
+
+    /// The lower-cased trade of a command, from its journaled intent.
+    fn trade_of(&self, command_id: &CommandId) -> Option<String> {
+        let intent = IntentId::new(command_id.as_str().split('@').next().unwrap_or(""));
+        self.journal
+            .intents
+            .get(&intent)
+            .map(|i| i.trade_id.as_str().to_lowercase())
+    }
+
+    /// The fraction slave `s` was asked to close by `command_id`, as its file holds it.
+    fn fraction_of(&self, s: usize, command_id: &CommandId) -> Option<CloseFraction> {
+        match &self.slave_files.get(s)?.get(command_id)?.command.body {
+            CommandBody::ClosePart { fraction, .. } => Some(*fraction),
+            _ => None,
+        }
+    }
+
+    /// Slave `s`'s broker executes `body` (client order id `command_id`) on its book.
+    pub(super) fn broker_fill(
+        &mut self,
+        s: usize,
+        command_id: &CommandId,
+        body: &CommandBody,
+    ) -> BrokerOutcome {
+        let reject = |why: &str| BrokerOutcome::Rejected { reason: why.into() };
+        match body {
+            CommandBody::Execute { volume, .. } => {
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                let open = Volume::from_lots(*volume).unwrap_or_default();
+                let trade = self.trade_of(command_id).unwrap_or_default();
+                self.positions
+                    .held
+                    .insert((s, ticket), Held { trade, open });
+                BrokerOutcome::Filled {
+                    ticket,
+                    price: 1.1,
+                    volume: *volume,
+                }
+            }
+            CommandBody::Modify { slave_ticket, .. } => {
+                if self.positions.held.contains_key(&(s, *slave_ticket)) {
+                    BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 1.1,
+                        volume: 0.0,
+                    }
+                } else {
+                    reject("no such position")
+                }
+            }
+            CommandBody::Close {
+                slave_ticket,
+                volume,
+            } => {
+                let Some(held) = self.positions.held.get(&(s, *slave_ticket)).cloned() else {
+                    return reject("no such position");
+                };
+                let want = if *volume == 0.0 {
+                    held.open
+                } else {
+                    Volume::from_lots(*volume).unwrap_or_default()
+                };
+                if want > held.open || want.is_zero() {
+                    return reject("volume above the position");
+                }
+                if let Some(f) = self.fraction_of(s, command_id) {
+                    self.check_partial(s, command_id, &f, held.open, want);
+                }
+                self.positions.held.remove(&(s, *slave_ticket));
+                let left = held.open.saturating_sub(want);
+                let ticket = if left.is_zero() {
+                    *slave_ticket
+                } else {
+                    // What a partial close leaves lives on under a new ticket (MT4).
+                    self.next_ticket += 1;
+                    let t = self.next_ticket;
+                    let trade = held.trade;
+                    self.positions
+                        .held
+                        .insert((s, t), Held { trade, open: left });
+                    t
+                };
+                BrokerOutcome::Filled {
+                    ticket,
+                    price: 1.1,
+                    volume: want.lots(),
+                }
+            }
+            CommandBody::ClosePart { .. } => {
+                let v = format!("slave-{s} placed {command_id} without resolving its fraction");
+                self.violation(v);
+                reject("unresolved partial close")
+            }
+        }
+    }
+
+    /// A partial close closes the master's fraction of the slave's own position.
+    fn check_partial(
+        &mut self,
+        s: usize,
+        command_id: &CommandId,
+        f: &CloseFraction,
+        open: Volume,
+        closed: Volume,
+    ) {
+        let want = promised_close(f, open);
+        if want != Some(closed) {
+            let v = format!(
+                "slave-{s} {command_id}: closed {} of its {} lots for the master's {} of {} \
+                 (step {}, min {}): the promise is {:?}",
+                closed.lots(),
+                open.lots(),
+                f.master_closed,
+                f.master_volume_before,
+                f.slave_step,
+                f.slave_min,
+                want.map(Volume::lots)
+            );
+            self.violation(v);
+        }
+    }
+
+    /// Slave `s` records `result` for `command_id` (its PersistExecuted): a partial close
+    /// kept without placing must be one whose share the promise keeps; a rejection of a
+    /// command it never placed is remembered for the end-of-run check.
+    pub(super) fn on_slave_records(
+        &mut self,
+        s: usize,
+        command_id: &CommandId,
+        r: &ExecutionResult,
+    ) {
+        let placed = self.book.placed.contains_key(&(s, command_id.clone()));
+        // `ea.slave.T10`: answered as the broker would for a ticket the EA does not hold (a
+        // query after a crash that finds no order is a different, true, rejection).
+        if r.status == BrokerStatus::Rejected && self.last_fired == Some(SLAVE_NO_POSITION) {
+            self.positions
+                .rejected_unplaced
+                .insert((s, command_id.clone()));
+        }
+        if r.status != BrokerStatus::Filled || placed || r.filled_volume != 0.0 {
+            return;
+        }
+        let is_close = matches!(
+            self.slave_files
+                .get(s)
+                .and_then(|f| f.get(command_id))
+                .map(|rec| &rec.command.body),
+            Some(CommandBody::Close { .. })
+        );
+        let fraction = self.fraction_of(s, command_id);
+        if !(is_close || fraction.is_some()) || !self.positions.kept.insert((s, command_id.clone()))
+        {
+            return;
+        }
+        let held = self
+            .positions
+            .held
+            .get(&(s, r.slave_ticket))
+            .map(|h| h.open);
+        match (fraction, held) {
+            (Some(f), _) => {
+                self.check_partial(s, command_id, &f, held.unwrap_or_default(), Volume::ZERO)
+            }
+            // "Already closed in full" must be true of the broker's book.
+            (None, Some(open)) => {
+                let v = format!(
+                    "slave-{s} answered {command_id} as already closed, but its broker holds {} lots under ticket {}",
+                    open.lots(),
+                    r.slave_ticket
+                );
+                self.violation(v);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Bookkeeping of an ExecutionResult at the moment the core receives it.
+    pub(super) fn on_result_reported(&mut self, r: &ExecutionResult) {
+        if r.status != BrokerStatus::Filled || self.positions.reported_cmds.contains(&r.command_id)
+        {
+            return;
+        }
+        let Some(s) = self.slave_accounts.iter().position(|a| *a == r.slave) else {
+            return;
+        };
+        let (Some(d), Some(trade)) = (
+            self.journal.deliveries.get(&r.command_id),
+            self.trade_of(&r.command_id),
+        ) else {
+            return;
+        };
+        let kind = d.kind;
+        self.positions.reported_cmds.insert(r.command_id.clone());
+        let v = Volume::from_lots(r.filled_volume).unwrap_or_default();
+        let e = self.positions.reported.entry((s, trade)).or_default();
+        match kind {
+            IntentKind::Open => e.0 = e.0.saturating_add(v),
+            IntentKind::PartialClose | IntentKind::Close => e.1 = e.1.saturating_add(v),
+            IntentKind::Modify => {}
+        }
+    }
+
+    /// End of run: positions left open against their master's close, closes that do not add
+    /// up to the open, closes that failed without a true reason.
+    pub fn lifecycle_inconsistencies(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        // (slave, trade) → its CLOSE delivery as journaled.
+        let mut closes: BTreeMap<(usize, String), (&CommandId, DeliveryStatus, Option<ErrorCode>)> =
+            BTreeMap::new();
+        for d in self.journal.deliveries.values() {
+            if d.kind != IntentKind::Close {
+                continue;
+            }
+            let Some(s) = self.slave_accounts.iter().position(|a| *a == d.slave) else {
+                continue;
+            };
+            let trade = d.trade_id.as_str().to_lowercase();
+            closes.insert((s, trade), (&d.command_id, d.status, d.reason));
+        }
+        for ((s, ticket), held) in &self.positions.held {
+            let Some((cmd, status, reason)) = closes.get(&(*s, held.trade.clone())) else {
+                continue;
+            };
+            let holds = format!(
+                "slave-{s} still holds {} lots of trade {} (ticket {ticket})",
+                held.open.lots(),
+                held.trade
+            );
+            match (status, reason) {
+                (DeliveryStatus::Acked, _) => {
+                    bad.push(format!("{holds} although its close {cmd} was confirmed"))
+                }
+                (DeliveryStatus::Failed, None) => {
+                    bad.push(format!("{holds}: its close {cmd} FAILED without a reason"))
+                }
+                (DeliveryStatus::Failed, Some(ErrorCode::NoPosition)) => bad.push(format!(
+                    "{holds}: its close {cmd} FAILED NO_POSITION (the core lost the ticket)"
+                )),
+                (DeliveryStatus::Failed, Some(_))
+                    if self
+                        .positions
+                        .rejected_unplaced
+                        .contains(&(*s, (*cmd).clone())) =>
+                {
+                    bad.push(format!(
+                        "{holds}: its close {cmd} was addressed to a ticket the slave does not hold"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for ((s, trade), (cmd, status, _)) in &closes {
+            if *status != DeliveryStatus::Acked {
+                continue;
+            }
+            let (opened, closed) = self
+                .positions
+                .reported
+                .get(&(*s, trade.clone()))
+                .copied()
+                .unwrap_or_default();
+            if opened != closed {
+                bad.push(format!(
+                    "slave-{s} trade {trade}: closes add up to {} lots, the open to {} (close {cmd})",
+                    closed.lots(),
+                    opened.lots()
+                ));
+            }
+        }
+        for d in self.journal.deliveries.values() {
+            if d.status == DeliveryStatus::Failed && d.reason.is_none() {
+                bad.push(format!("{} not copied without a reason", d.command_id));
+            }
+        }
+        bad
+    }
+
+    /// Whether slave `s` answered close `cmd` FILLED with 0 lots without placing it (a kept
+    /// share, or a position it had already closed in full).
+    pub fn kept_share(&self, s: usize, cmd: &CommandId) -> bool {
+        self.positions.kept.contains(&(s, cmd.clone()))
+    }
+}
