@@ -279,6 +279,7 @@ async fn wait_msg<T>(r: &mut FrameReader, who: &str, pick: impl Fn(AgentToEa) ->
 
 fn open_intent(n: u64) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(format!("m1-i{n}")),
         trade_id: TradeId::new(format!("m1-t{n}")),
         master: AccountId::new("m1"),

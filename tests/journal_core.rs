@@ -144,6 +144,7 @@ async fn core_recovers_from_the_journal_alone(kind: Kind) {
     d.input(
         "as",
         AgentToCore::ExecutionResult(ExecutionResult {
+            reason: None,
             command_id: s1.clone(),
             trade_id: TradeId::new("t1"),
             slave: AccountId::new("s1"),

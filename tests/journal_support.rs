@@ -186,6 +186,7 @@ async fn sweep_leftovers(conn: &mut sqlx::PgConnection) {
 
 pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(id),
         trade_id: TradeId::new(trade),
         master: AccountId::new("m1"),
@@ -211,6 +212,7 @@ pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent 
 pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
     let slave = AccountId::new(slave);
     DeliveryRecord {
+        terms: None,
         command_id: CommandId::for_delivery(&i.intent_id, &slave),
         intent_id: i.intent_id.clone(),
         trade_id: i.trade_id.clone(),

@@ -44,6 +44,7 @@ fn record(n: u64, state: LedgerState) -> LedgerRecord {
                 }
             } else {
                 CommandBody::Execute {
+                    terms: Default::default(),
                     symbol: Symbol::new("EURUSD"),
                     side: Side::Buy,
                     volume: 0.1 * n as f64,
@@ -188,6 +189,7 @@ async fn numbers_come_back_bit_for_bit() {
     for (n, v) in odd.iter().enumerate() {
         let mut r = record(n as u64 + 1, LedgerState::Buffered);
         r.command.body = CommandBody::Execute {
+            terms: Default::default(),
             symbol: Symbol::new("EURUSD"),
             side: Side::Sell,
             volume: *v,

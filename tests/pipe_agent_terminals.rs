@@ -63,6 +63,7 @@ impl MiniCore {
         let ticket = self.tickets.get(trade).copied().unwrap_or(0);
         let body = match i.kind {
             IntentKind::Open => CommandBody::Execute {
+                terms: Default::default(),
                 symbol: i.symbol.clone(),
                 side: i.side,
                 volume: i.volume,

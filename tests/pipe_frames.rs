@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use echo_runtime::machines::config::AgentDeliveryConfig;
 use echo_runtime::machines::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_runtime::machines::msg::{
-    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode,
-    ExecutionResult, IntentKind, PipeDeliveryAck, PipeStatus, Role, Side, TradeIntent,
-    TradeIntentAck,
+    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
+    ExecutionResult, IntentKind, MasterFacts, OrderType, PipeDeliveryAck, PipeStatus, Role, Side,
+    SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use echo_runtime::pipe::{
     decode_agent, decode_ea, encode_agent, encode_ea, AgentFrame, DecodeErrorKind, EaFrame,
@@ -22,6 +22,13 @@ fn root() -> PathBuf {
 
 fn intent(kind: IntentKind) -> TradeIntent {
     TradeIntent {
+        origin: MasterFacts {
+            magic: -42,
+            comment: "grid \"#3\" ü".into(),
+            order_type: OrderType::StopLimit,
+            balance: 10_000.5,
+            equity: 9_876.25,
+        },
         intent_id: IntentId::new("M1-7"),
         trade_id: TradeId::new("m1-t3"),
         master: AccountId::new("M1"),
@@ -95,6 +102,7 @@ fn ea_frames() -> Vec<EaFrame> {
         BrokerStatus::Cancelled,
     ] {
         v.push(EaFrame::Msg(EaToAgent::Execution(ExecutionResult {
+            reason: None,
             command_id: CommandId::new("M1-7@S1"),
             trade_id: TradeId::new("m1-t3"),
             slave: AccountId::new("S1"),
@@ -104,6 +112,16 @@ fn ea_frames() -> Vec<EaFrame> {
             status,
         })));
     }
+    v.push(EaFrame::Msg(EaToAgent::Execution(ExecutionResult {
+        reason: Some(ErrorCode::PriceDeviation),
+        command_id: CommandId::new("M1-7@S1"),
+        trade_id: TradeId::new("m1-t3"),
+        slave: AccountId::new("S1"),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status: BrokerStatus::Rejected,
+    })));
     v.push(EaFrame::Error(ErrorFrame {
         code: PipeErrorCode::BadJson,
         message: "x".into(),
@@ -139,6 +157,18 @@ fn agent_frames() -> Vec<AgentFrame> {
     }
     let bodies = [
         CommandBody::Execute {
+            terms: ExecTerms {
+                sizing: SlaveSizing::EquityRatio,
+                sizing_value: 1.5,
+                master_amount: 9_876.25,
+                master_contract_size: 100_000.0,
+                trade_min: true,
+                check_free_margin: true,
+                max_deviation_points: 30,
+                deviation_window_ms: 500,
+                max_open_positions: 5,
+                max_total_lots: 2.5,
+            },
             symbol: Symbol::new("EURUSD.m"),
             side: Side::Buy,
             volume: 0.1,

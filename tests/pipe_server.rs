@@ -38,6 +38,7 @@ fn command(n: u32) -> Command {
         trade_id: TradeId::new("m1-t0"),
         slave: AccountId::new("S1"),
         body: CommandBody::Execute {
+            terms: Default::default(),
             symbol: Symbol::new("EURUSD"),
             side: Side::Buy,
             volume: 0.5,

@@ -39,6 +39,7 @@ fn open(n: u32) -> Command {
     cmd(
         n,
         CommandBody::Execute {
+            terms: Default::default(),
             symbol: Symbol::new("EURUSD"),
             side: Side::Buy,
             volume: 0.5,
@@ -223,6 +224,7 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
     // A command that cannot be executed: FAILED INVALID_ARGUMENT, always the same answer.
     let mut bad = open(8);
     bad.body = CommandBody::Execute {
+        terms: Default::default(),
         symbol: Symbol::new("EURUSD"),
         side: Side::Sell,
         volume: 0.0,

@@ -20,6 +20,7 @@ fn corpus_dir() -> PathBuf {
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let intent = TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new("i-1"),
         trade_id: TradeId::new("T-1"),
         master: AccountId::new("m1"),
@@ -227,6 +228,11 @@ fn close_and_partial_close_by_fraction_survive_the_wire() {
         master_seq: 2,
         emitted_at_ms: 1_700_000_000_000,
         master_volume_before: 2.5,
+        origin: echo_statemachine::msg::MasterFacts {
+            magic: 42,
+            comment: "hedge".into(),
+            ..Default::default()
+        },
     };
     let back = convert::intent_from_wire(convert::intent_to_wire(&i));
     assert_eq!(back, Ok(i));

@@ -4,9 +4,10 @@
 use echo_proto::v1::{
     agent_to_core, core_to_agent, echo_link_client, echo_link_server, slave_command,
     AccountBinding, AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseOrder,
-    CommandAck, CoreHello, CoreToAgent, DeliveryConfig, DeliveryHeartbeat, ErrorCode, ExecuteOrder,
-    ExecutionResult, IntentKind, MarketData, MarketDataKind, ModifyOrder, PipeDeliveryAck,
-    PipeStatus, Role, Side, SlaveCommand, TradeIntent, TradeIntentAck,
+    CommandAck, CoreHello, CoreToAgent, DeliveryConfig, DeliveryHeartbeat, ErrorCode, ExecTerms,
+    ExecuteOrder, ExecutionResult, IntentKind, MarketData, MarketDataKind, MasterOrderType,
+    ModifyOrder, PipeDeliveryAck, PipeStatus, Role, Side, SlaveCommand, SlaveSizing, TradeIntent,
+    TradeIntentAck,
 };
 use echo_proto::{FILE_DESCRIPTOR_SET, PROTOCOL_VERSION};
 use prost::Message;
@@ -73,6 +74,11 @@ fn core_hello() -> CoreHello {
 
 fn trade_intent() -> TradeIntent {
     TradeIntent {
+        magic: 20_260_101,
+        comment: "grid #3".into(),
+        order_type: MasterOrderType::Limit as i32,
+        master_balance: 10_000.0,
+        master_equity: 9_876.5,
         intent_id: "int-0001".into(),
         trade_id: "T-42".into(),
         master_account: "icm:1001".into(),
@@ -155,6 +161,18 @@ fn market_data() -> MarketData {
 
 fn execute_order() -> ExecuteOrder {
     ExecuteOrder {
+        terms: Some(ExecTerms {
+            sizing: SlaveSizing::RiskPercent as i32,
+            sizing_value: 1.5,
+            master_amount: 0.0,
+            master_contract_size: 100_000.0,
+            trade_min: true,
+            check_free_margin: true,
+            max_deviation_points: 30,
+            deviation_window_ms: 500,
+            max_open_positions: 5,
+            max_total_lots: 2.5,
+        }),
         command_id: "cmd-0001-pepper:2002".into(),
         intent_id: "int-0001".into(),
         trade_id: "T-42".into(),
@@ -482,6 +500,11 @@ fn error_code_numbers_are_stable() {
             "ERROR_CODE_INSUFFICIENT_MARGIN",
         ),
         (ErrorCode::NoStopLoss, 26, "ERROR_CODE_NO_STOP_LOSS"),
+        (
+            ErrorCode::AccountFactsUnknown,
+            27,
+            "ERROR_CODE_ACCOUNT_FACTS_UNKNOWN",
+        ),
     ];
     for (code, number, name) in expected {
         assert_eq!(code as i32, number, "{name}");
@@ -489,7 +512,7 @@ fn error_code_numbers_are_stable() {
         assert_eq!(ErrorCode::try_from(number), Ok(code));
     }
     assert!(
-        ErrorCode::try_from(27).is_err(),
+        ErrorCode::try_from(28).is_err(),
         "a new ErrorCode needs this test updated"
     );
 }

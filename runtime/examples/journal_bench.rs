@@ -66,6 +66,7 @@ fn args() -> Result<Args, String> {
 
 fn accept(n: u64, slaves: usize) -> JournalWrite {
     let intent = TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(format!("bench-{n}")),
         trade_id: TradeId::new(format!("trade-{}", n / 4)),
         master: AccountId::new("m1"),
@@ -85,6 +86,7 @@ fn accept(n: u64, slaves: usize) -> JournalWrite {
         .map(|s| {
             let slave = AccountId::new(format!("s{s}"));
             DeliveryRecord {
+                terms: None,
                 command_id: CommandId::for_delivery(&intent.intent_id, &slave),
                 intent_id: intent.intent_id.clone(),
                 trade_id: intent.trade_id.clone(),

@@ -23,6 +23,7 @@ use instant_journal::InstantJournal;
 
 fn intent(seq: u64) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(format!("m1-{seq}")),
         trade_id: TradeId::new(format!("m1-t{seq}")),
         master: AccountId::new("m1"),

@@ -12,12 +12,16 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
-use echo_statemachine::msg::{IntentKind, TradeIntent};
+use echo_statemachine::msg::{ExecTerms, IntentKind, TradeIntent};
 
 #[derive(Clone, Debug, Default)]
 pub struct JournalBook {
     pub intents: BTreeMap<IntentId, TradeIntent>,
+    /// As the real journal holds them: without the opens' copy terms (not journaled).
     pub deliveries: BTreeMap<CommandId, DeliveryRecord>,
+    /// The copy terms each open was planned with — the checkers' copy, never read back by a
+    /// core.
+    pub terms: BTreeMap<CommandId, ExecTerms>,
 }
 
 impl JournalBook {
@@ -39,7 +43,11 @@ impl JournalBook {
                 self.intents
                     .insert(intent.intent_id.clone(), intent.clone());
                 for d in deliveries {
-                    self.deliveries.insert(d.command_id.clone(), d.clone());
+                    let mut row = d.clone();
+                    if let Some(t) = row.terms.take() {
+                        self.terms.insert(d.command_id.clone(), t);
+                    }
+                    self.deliveries.insert(d.command_id.clone(), row);
                 }
                 JournalReply::Done
             }

@@ -279,12 +279,29 @@ fn page_carries_header_every_lane_faults_and_messages() {
     }
 
     // Messages: most sends find their receiving step, and some faults name the message they hit.
+    // A DeliveryReport is informational: the master's agent only counts it and fires no
+    // transition, so it has no receiving step to find (and failed copies — policy skips among
+    // them — send one each), so it is left out of the ratio.
     let msgs = data["msgs"].as_array().unwrap();
-    let received = msgs.iter().filter(|m| m[3].as_i64() >= Some(0)).count();
+    let out_text = |m: &Value| -> String {
+        let step = &data["steps"][m[0].as_u64().unwrap_or(0) as usize];
+        let out = &step[7][m[1].as_u64().unwrap_or(0) as usize];
+        strs.get(out.as_u64().unwrap_or(u64::MAX) as usize)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    };
+    let receivable: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| !out_text(m).contains(": DeliveryReport "))
+        .collect();
+    let received = receivable
+        .iter()
+        .filter(|m| m[3].as_i64() >= Some(0))
+        .count();
     assert!(
-        received * 10 >= msgs.len() * 8,
+        received * 10 >= receivable.len() * 8,
         "{received} of {} messages matched to a receive",
-        msgs.len()
+        receivable.len()
     );
     assert!(
         msgs.iter().any(|m| m[4].as_i64() >= Some(0)),

@@ -115,6 +115,7 @@ fn inputs(b: &Bench, from: usize, n: usize, pairs_across_chunks: bool) -> Vec<In
                 (k / 2, k.is_multiple_of(2))
             };
             let intent = TradeIntent {
+                origin: Default::default(),
                 intent_id: IntentId::new(format!("i{k}")),
                 trade_id: TradeId::new(format!("t{trade}")),
                 master: master.clone(),
@@ -138,6 +139,7 @@ fn inputs(b: &Bench, from: usize, n: usize, pairs_across_chunks: bool) -> Vec<In
                 .slaves
                 .iter()
                 .map(|s| ExecutionResult {
+                    reason: None,
                     command_id: CommandId::for_delivery(&intent.intent_id, s),
                     trade_id: intent.trade_id.clone(),
                     slave: s.clone(),

@@ -7,6 +7,7 @@
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig};
 use crate::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
+pub use crate::policy::filters::OrderType;
 
 /// Current protocol version spoken by lossless peers.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -38,6 +39,8 @@ pub struct TradeIntent {
     pub trade_id: TradeId,
     pub master: AccountId,
     pub kind: IntentKind,
+    /// What the master EA reports about the order and its account (filters, ratio sizing).
+    pub origin: MasterFacts,
     pub symbol: Symbol,
     pub side: Side,
     /// Lots: the opened volume, or the closed volume for a partial close.
@@ -53,6 +56,33 @@ pub struct TradeIntent {
     /// fraction a PARTIAL_CLOSE closed (`volume / master_volume_before`), which each slave
     /// applies to its own position (SPEC.md §5.2). 0 for every other kind.
     pub master_volume_before: f64,
+}
+
+/// What a master EA reports with each intent beyond the trade itself: the order's origin, which
+/// the subscription filters read (`filters/magic_*`, `filters/comment_*`, `filters/order_types`),
+/// and its account at the moment of the trade, which balance/equity-ratio sizing reads. Zero
+/// balance or equity means "not reported": ratio sizing then refuses `ACCOUNT_FACTS_UNKNOWN`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MasterFacts {
+    pub magic: i64,
+    /// The order comment (at most [`MasterFacts::MAX_COMMENT`] bytes).
+    pub comment: String,
+    pub order_type: OrderType,
+    pub balance: f64,
+    pub equity: f64,
+}
+
+impl MasterFacts {
+    /// Longest comment the core accepts (MetaTrader's own limit is 31 characters).
+    pub const MAX_COMMENT: usize = 255;
+
+    pub fn is_valid(&self) -> bool {
+        self.comment.len() <= Self::MAX_COMMENT
+            && self.balance.is_finite()
+            && self.balance >= 0.0
+            && self.equity.is_finite()
+            && self.equity >= 0.0
+    }
 }
 
 /// Ack stages, in the only order a delivery may move through them.
@@ -127,6 +157,8 @@ pub enum ErrorCode {
     InsufficientMargin,
     /// Copy policy (see [`crate::policy::SkipReason`]): Risk sizing needs a stop-loss (and tick value) the trade does not have. Final.
     NoStopLoss,
+    /// Copy policy (see [`crate::policy::SkipReason`]): The sizing mode needs an account or symbol fact nobody reported (master balance/equity, slave account or symbol info). Final.
+    AccountFactsUnknown,
 }
 
 /// Fails to compile when a variant is added and not listed here: the reminder to add it to
@@ -159,7 +191,8 @@ fn all_codes_listed(c: ErrorCode) {
         | ErrorCode::MaxOpenPositions
         | ErrorCode::MaxTotalLots
         | ErrorCode::InsufficientMargin
-        | ErrorCode::NoStopLoss => {}
+        | ErrorCode::NoStopLoss
+        | ErrorCode::AccountFactsUnknown => {}
     }
 }
 
@@ -192,6 +225,7 @@ impl ErrorCode {
         ErrorCode::MaxTotalLots,
         ErrorCode::InsufficientMargin,
         ErrorCode::NoStopLoss,
+        ErrorCode::AccountFactsUnknown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -222,6 +256,7 @@ impl ErrorCode {
             ErrorCode::MaxTotalLots => "ERROR_CODE_MAX_TOTAL_LOTS",
             ErrorCode::InsufficientMargin => "ERROR_CODE_INSUFFICIENT_MARGIN",
             ErrorCode::NoStopLoss => "ERROR_CODE_NO_STOP_LOSS",
+            ErrorCode::AccountFactsUnknown => "ERROR_CODE_ACCOUNT_FACTS_UNKNOWN",
         }
     }
 
@@ -255,6 +290,9 @@ pub enum CommandBody {
         price: f64,
         stop_loss: f64,
         take_profit: f64,
+        /// What the slave EA decides with its own account and prices before it places the
+        /// order (SPEC.md §5.2): default = place `volume` as is.
+        terms: ExecTerms,
     },
     Modify {
         slave_ticket: i64,
@@ -281,6 +319,80 @@ pub struct CloseFraction {
     pub master_volume_before: f64,
     pub slave_min: f64,
     pub slave_step: f64,
+}
+
+/// Who sizes an open: the core (`Final`: the command's volume is placed as is) or the slave EA
+/// from its own account facts (the command's volume is the master's lots).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SlaveSizing {
+    #[default]
+    Final,
+    /// master lots × slave balance / `master_amount` (the master's balance) × `sizing_value`.
+    BalanceRatio,
+    /// master lots × slave equity / `master_amount` (the master's equity) × `sizing_value`.
+    EquityRatio,
+    /// `sizing_value` percent of the slave's equity between entry and stop-loss.
+    RiskPercent,
+}
+
+impl SlaveSizing {
+    pub const ALL: &'static [SlaveSizing] = &[
+        SlaveSizing::Final,
+        SlaveSizing::BalanceRatio,
+        SlaveSizing::EquityRatio,
+        SlaveSizing::RiskPercent,
+    ];
+
+    /// The wire name (pipe protocol, ledger).
+    pub fn name(self) -> &'static str {
+        match self {
+            SlaveSizing::Final => "FINAL",
+            SlaveSizing::BalanceRatio => "BALANCE_RATIO",
+            SlaveSizing::EquityRatio => "EQUITY_RATIO",
+            SlaveSizing::RiskPercent => "RISK_PERCENT",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<SlaveSizing> {
+        SlaveSizing::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+/// The copy terms of one open that only the slave EA can apply, because they need its own
+/// account, positions or prices (`policy::terms`). Built by the core from the subscription and
+/// the master's facts when it plans the open; all zero means "none".
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExecTerms {
+    pub sizing: SlaveSizing,
+    /// Ratio factor (× the per-symbol multiplier) or risk percent.
+    pub sizing_value: f64,
+    /// The master's balance (`BalanceRatio`) or equity (`EquityRatio`) when it traded.
+    pub master_amount: f64,
+    /// The master's contract size, to align lots to the slave's (0 = no alignment).
+    pub master_contract_size: f64,
+    /// Below the slave's minimum: open the minimum instead of refusing `VOLUME_BELOW_MIN`.
+    pub trade_min: bool,
+    /// Refuse `INSUFFICIENT_MARGIN` when the slave's free margin cannot carry the volume.
+    pub check_free_margin: bool,
+    /// Refuse `PRICE_DEVIATION` beyond this many points from the master's fill (0 = off).
+    pub max_deviation_points: u32,
+    /// How long the slave may wait for the price to come back within the deviation.
+    pub deviation_window_ms: u32,
+    /// Refuse `MAX_OPEN_POSITIONS` when the slave holds this many positions (0 = no limit).
+    pub max_open_positions: u32,
+    /// Refuse `MAX_TOTAL_LOTS` when the open would take the slave above it (0 = no limit).
+    pub max_total_lots: f64,
+}
+
+impl ExecTerms {
+    pub fn is_valid(&self) -> bool {
+        let fin = |x: f64| x.is_finite() && x >= 0.0;
+        fin(self.sizing_value)
+            && fin(self.master_amount)
+            && fin(self.master_contract_size)
+            && fin(self.max_total_lots)
+            && (self.sizing == SlaveSizing::Final || self.sizing_value > 0.0)
+    }
 }
 
 /// One per-slave command (`ExecuteOrder` / `ModifyOrder` / `CloseOrder` on the wire).
@@ -342,6 +454,10 @@ pub struct ExecutionResult {
     pub fill_price: f64,
     pub filled_volume: f64,
     pub status: BrokerStatus,
+    /// Why a `Rejected` open was never placed, when the slave EA's copy terms refused it
+    /// (a policy reason: `PRICE_DEVIATION`, `MAX_OPEN_POSITIONS`, …); `None` for the broker's
+    /// own rejections.
+    pub reason: Option<ErrorCode>,
 }
 
 /// The live delivery configuration, pushed core → agent → master EA.

@@ -36,6 +36,14 @@ pub enum Mutant {
     PartialByMasterLots,
     /// policy: catch-up expiry drops a close (or modify) older than `max_age_ms` like an open.
     CatchUpExpiresCloses,
+    /// policy: risk-% sizing rounds *up* to the slave's step, risking more than the budget.
+    RiskSizingIgnoresBudget,
+    /// policy: the price-deviation guard measures the signed distance fill − price, so a
+    /// buy far above (or a sell far below) the master's fill passes.
+    DeviationGuardSignFlipped,
+    /// slave EA: the exposure limits count only recorded positions, not the opens already
+    /// placed and unanswered.
+    ExposureIgnoresInFlight,
     /// policy: a partial close rounds the slave's share *up* to its step, closing more than
     /// the master's fraction.
     PartialCloseRoundsUp,
@@ -60,6 +68,9 @@ impl Mutant {
         Mutant::MdRoutingKeepsQueued,
         Mutant::PartialByMasterLots,
         Mutant::CatchUpExpiresCloses,
+        Mutant::RiskSizingIgnoresBudget,
+        Mutant::DeviationGuardSignFlipped,
+        Mutant::ExposureIgnoresInFlight,
         Mutant::PartialCloseRoundsUp,
         Mutant::PartialLosesTicket,
     ];
@@ -79,6 +90,9 @@ impl Mutant {
             Mutant::MdRoutingKeepsQueued => "md-routing-keeps-queued",
             Mutant::PartialByMasterLots => "partial-by-master-lots",
             Mutant::CatchUpExpiresCloses => "catch-up-expires-closes",
+            Mutant::RiskSizingIgnoresBudget => "risk-sizing-ignores-budget",
+            Mutant::DeviationGuardSignFlipped => "deviation-guard-sign-flipped",
+            Mutant::ExposureIgnoresInFlight => "exposure-ignores-in-flight",
             Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
             Mutant::PartialLosesTicket => "partial-loses-ticket",
         }

@@ -84,6 +84,7 @@ fn command(id: &str, slave: &str) -> Command {
 
 fn intent(id: &str, master: &str) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(id),
         trade_id: TradeId::new(format!("t-{id}")),
         master: acc(master),
@@ -113,6 +114,7 @@ fn intent_ack(id: &str, result: AckResult) -> TradeIntentAck {
 
 fn result(id: &str, slave: &str) -> ExecutionResult {
     ExecutionResult {
+        reason: None,
         command_id: cid(id),
         trade_id: TradeId::new(format!("t-{id}")),
         slave: acc(slave),
@@ -1550,6 +1552,7 @@ fn cancel_is_forwarded_to_an_open_slave_pipe() -> Fired {
     // A cancel for a command the ledger holds: written, unchanged, to its slave's pipe only.
     let c = Command {
         body: CommandBody::Execute {
+            terms: Default::default(),
             symbol: Symbol::new("EURUSD"),
             side: Side::Sell,
             volume: 0.5,

@@ -50,6 +50,7 @@ scenarios!(
     backoff_with_account_gone_parks,
     cancel_answered_by_the_real_result,
     catch_up_expires_only_unsent_opens,
+    slave_terms_ride_the_open_and_refusals_count,
     later_intents_of_a_skipped_open_keep_its_reason,
     partial_close_without_its_fraction_is_refused,
 );
@@ -295,6 +296,7 @@ fn journal_retry_give_up_and_probe() -> Vec<&'static str> {
 
 fn record(intent_id: &str, trade: &str, slave: &str, kind: IntentKind, seq: u64) -> DeliveryRecord {
     DeliveryRecord {
+        terms: None,
         command_id: cmd_id(intent_id, slave),
         intent_id: IntentId::new(intent_id),
         trade_id: TradeId::new(trade),
@@ -1102,4 +1104,116 @@ fn every_core_transition_is_exercised() {
         missing.is_empty(),
         "core transitions no test exercises: {missing:?}"
     );
+}
+
+/// Copy terms (`policy::terms`): an open under slave-side sizing carries the master's lots and
+/// the terms; the slave EA's policy refusal (`ExecutionResult{REJECTED, PRICE_DEVIATION}`) is
+/// FAILED with that reason and counted (`core.delivery.T27`). After a restart, recovered opens
+/// get terms rebuilt from the subscription (`T28`) and are sent, never failed at the core.
+fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
+    let mut c = cfg();
+    let p = &mut c.subscriptions[0].policy;
+    p.set("m1", "s1", "sizing/mode", "balance_ratio").unwrap();
+    p.set("m1", "s1", "sizing/ratio", "2").unwrap();
+    p.set("m1", "s1", "deviation/max_points", "10").unwrap();
+    c.subscriptions[1]
+        .policy
+        .set("m1", "s2", "filters/max_open_positions", "3")
+        .unwrap();
+    let mut h = H::with(c.clone());
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let mut i = intent("i1", "t1", IntentKind::Open, 1);
+    i.origin.balance = 20_000.0;
+    let cmds = h.accept(i);
+    let terms = |id: &CommandId| {
+        cmds.iter()
+            .find(|c| c.command_id == *id)
+            .map(|c| match &c.body {
+                CommandBody::Execute { volume, terms, .. } => (*volume, *terms),
+                b => panic!("{b:?}"),
+            })
+    };
+    let (v1, t1) = terms(&cmd_id("i1", "s1")).unwrap();
+    assert_eq!(v1, 0.5, "the slave sizes from the master's lots");
+    assert_eq!(t1.sizing, SlaveSizing::BalanceRatio);
+    assert_eq!((t1.sizing_value, t1.master_amount), (2.0, 20_000.0));
+    assert_eq!(t1.max_deviation_points, 10);
+    let (v2, t2) = terms(&cmd_id("i1", "s2")).unwrap();
+    assert_eq!(v2, 0.5, "multiplier 1 sized by the core");
+    assert_eq!(t2.sizing, SlaveSizing::Final);
+    assert_eq!(t2.max_open_positions, 3);
+    let mut refused = ExecutionResult {
+        command_id: cmd_id("i1", "s1"),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new("s1"),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status: BrokerStatus::Rejected,
+        reason: Some(ErrorCode::PriceDeviation),
+    };
+    h.msg("B", AgentToCore::ExecutionResult(refused.clone()));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::PriceDeviation),
+            ..
+        }
+    )));
+    assert_eq!(
+        h.core.metrics().copy_skipped_total.get("PRICE_DEVIATION"),
+        Some(&1)
+    );
+    // A broker's own rejection is no policy skip.
+    refused.command_id = cmd_id("i1", "s2");
+    refused.slave = AccountId::new("s2");
+    refused.reason = None;
+    h.msg("B", AgentToCore::ExecutionResult(refused));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::BrokerRejected),
+            ..
+        }
+    )));
+    assert_eq!(h.core.metrics().copy_skipped_total.values().sum::<u64>(), 1);
+    let fired = h.fired.clone();
+
+    let durable = CoreDurableState {
+        unfinished: vec![
+            record("i2", "t2", "s1", IntentKind::Open, 2),
+            record("i2", "t2", "s2", IntentKind::Open, 2),
+        ],
+        open_tickets: vec![],
+    };
+    let mut h = H::recover(c, durable);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    // Both are sent (either may have executed before the crash): s2's guards come back from
+    // its subscription, s1's ratio sizing lost the master's balance — the slave refuses it
+    // ACCOUNT_FACTS_UNKNOWN unless it already executed it.
+    let cmds = h.commands();
+    assert_eq!(cmds.len(), 2);
+    let terms_of = |slave: &str| {
+        cmds.iter()
+            .find(|c| c.slave.as_str() == slave)
+            .map(|c| match &c.body {
+                CommandBody::Execute { terms, .. } => *terms,
+                b => panic!("{b:?}"),
+            })
+            .unwrap()
+    };
+    assert_eq!(terms_of("s2").max_open_positions, 3);
+    assert_eq!(terms_of("s2").sizing, SlaveSizing::Final);
+    let t1 = terms_of("s1");
+    assert_eq!(
+        (t1.sizing, t1.master_amount),
+        (SlaveSizing::BalanceRatio, 0.0)
+    );
+    assert!(h.writes().is_empty(), "nothing failed at the core");
+    let mut all = fired;
+    all.extend(h.fired);
+    all
 }

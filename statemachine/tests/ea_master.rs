@@ -22,6 +22,7 @@ use proptest::prelude::*;
 
 fn intent(id: &str, trade: &str) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(id),
         trade_id: TradeId::new(trade),
         master: AccountId::new("m1"),

@@ -6,13 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::ea::slave::{
-    BrokerOutcome, ExecutedRecord, OpId, Output, PersistError, SlaveConfig, SlaveExecutor, SPEC, T,
+    BrokerOutcome, ExecutedRecord, Fact, OpId, Output, PersistError, SlaveConfig, SlaveExecutor,
+    SPEC, T,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
-    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode,
-    ExecutionResult, PipeStatus, Side, TradeIntentAck, PROTOCOL_VERSION,
+    AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
+    ExecutionResult, PipeStatus, Side, SlaveSizing, TradeIntentAck, PROTOCOL_VERSION,
 };
+use echo_statemachine::policy::terms::{AccountFacts, SymbolFacts};
+use echo_statemachine::policy::SymbolLimits;
 use echo_statemachine::time::Instant;
 use proptest::prelude::*;
 
@@ -22,6 +25,7 @@ const ME: &str = "s1";
 
 fn execute(volume: f64) -> CommandBody {
     CommandBody::Execute {
+        terms: Default::default(),
         symbol: Symbol::new("EURUSD"),
         side: Side::Buy,
         volume,
@@ -483,6 +487,7 @@ fn s14_broker_answer_is_recorded_before_it_is_reported() -> Vec<&'static str> {
     assert_eq!(
         r,
         ExecutionResult {
+            reason: None,
             command_id: CommandId::new("c1"),
             trade_id: TradeId::new("t1"),
             slave: AccountId::new(ME),
@@ -613,6 +618,7 @@ fn s20_master_messages_are_ignored() -> Vec<&'static str> {
 fn s21_recovered_results_dedupe_and_restore_positions() -> Vec<&'static str> {
     let c1 = cmd("c1", execute(2.0));
     let r1 = ExecutionResult {
+        reason: None,
         command_id: CommandId::new("c1"),
         trade_id: TradeId::new("t1"),
         slave: AccountId::new(ME),
@@ -683,6 +689,7 @@ fn s22_in_doubt_commands_are_queried_never_placed() -> Vec<&'static str> {
 /// The REJECTED result a Cancel of a command the EA refused is answered with (no ticket, no fill).
 fn rejected(c: &Command) -> ExecutionResult {
     ExecutionResult {
+        reason: None,
         status: BrokerStatus::Rejected,
         ..cancelled(c)
     }
@@ -717,6 +724,7 @@ fn s24_cancel_of_a_refused_command_reports_rejected() -> Vec<&'static str> {
 /// The CANCELLED result the EA must record for a command it never saw.
 fn cancelled(c: &Command) -> ExecutionResult {
     ExecutionResult {
+        reason: None,
         command_id: c.command_id.clone(),
         trade_id: c.trade_id.clone(),
         slave: c.slave.clone(),
@@ -1016,6 +1024,7 @@ fn s26_close_of_a_position_closed_in_full_is_already_done() -> Vec<&'static str>
                 fill_price: 1.1,
                 filled_volume: 0.05,
                 status: BrokerStatus::Filled,
+                reason: None,
             }),
         },
         ExecutedRecord {
@@ -1058,6 +1067,7 @@ fn a_crash_between_partial_and_close_keeps_tickets_and_fraction() {
                 fill_price: 1.1,
                 filled_volume: 0.5,
                 status: BrokerStatus::Filled,
+                reason: None,
             }),
         },
         ExecutedRecord {
@@ -1091,6 +1101,164 @@ fn a_crash_between_partial_and_close_keeps_tickets_and_fraction() {
         vec!["c".to_string()],
         "the close finds ticket 78"
     );
+}
+
+// ---------------------------------------------------------------- copy terms (policy::terms)
+
+fn open_with(id: &str, terms: ExecTerms, volume: f64) -> Command {
+    let mut c = cmd(id, execute(volume));
+    if let CommandBody::Execute {
+        terms: t,
+        stop_loss,
+        ..
+    } = &mut c.body
+    {
+        *t = terms;
+        *stop_loss = 1.095;
+    }
+    c
+}
+
+fn terminal_facts(h: &mut H, ask: f64) {
+    let now = h.now;
+    h.s.handle_fact(
+        now,
+        Fact::Account(AccountFacts {
+            balance: 5_000.0,
+            equity: 4_000.0,
+            free_margin: 3_000.0,
+        }),
+    );
+    h.s.handle_fact(
+        now,
+        Fact::Symbol(
+            Symbol::new("EURUSD"),
+            SymbolFacts {
+                limits: SymbolLimits::fx(),
+                margin_per_lot: 1_000.0,
+            },
+        ),
+    );
+    quote(h, ask);
+}
+
+fn quote(h: &mut H, ask: f64) -> Vec<Output> {
+    let now = h.now;
+    h.s.handle_fact(
+        now,
+        Fact::Quote {
+            symbol: Symbol::new("EURUSD"),
+            bid: ask - 0.0001,
+            ask,
+        },
+    );
+    h.drain()
+}
+
+fn placed_volumes(outs: &[Output]) -> Vec<f64> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PlaceOrder {
+                body: CommandBody::Execute { volume, .. },
+                ..
+            } => Some(*volume),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The slave counts its own positions plus opens already placed: with `max_open_positions`
+/// 2, one held and one at the broker, a third open is recorded REJECTED MAX_OPEN_POSITIONS
+/// (durably, then reported) and never placed. Risk sizing places 1% of equity.
+fn s27_terms_refuse_beyond_the_exposure_limit() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1);
+    let terms = ExecTerms {
+        sizing: SlaveSizing::RiskPercent,
+        sizing_value: 1.0,
+        max_open_positions: 2,
+        ..ExecTerms::default()
+    };
+    h.execute(open_with("c1", terms, 3.0), filled(11, 0.08));
+    let outs = h.placed(open_with("c2", terms, 3.0));
+    // 1% of 4000 over 500 points at 1.0 per point and lot: 0.08 lots.
+    assert_eq!(placed_volumes(&outs), vec![0.08]);
+    assert_eq!(h.s.exposure().0, 2);
+    let outs = h.placed(open_with("c3", terms, 3.0));
+    assert!(places(&outs).is_empty());
+    assert_eq!(acks(&outs), ack1("c3", PipeStatus::Ok, None));
+    let rec = executed_ops(&outs);
+    assert_eq!(rec[0].1.status, BrokerStatus::Rejected);
+    assert_eq!(rec[0].1.reason, Some(ErrorCode::MaxOpenPositions));
+    assert!(results(&outs).is_empty(), "reported only once durable");
+    let outs = h.persist(rec[0].0, Ok(()));
+    assert_eq!(results(&outs)[0].reason, Some(ErrorCode::MaxOpenPositions));
+    assert_eq!(h.s.metrics().terms_refused, 1);
+    // A redelivery is answered from the stored refusal, never placed.
+    let outs = h.command(open_with("c3", terms, 3.0));
+    assert!(places(&outs).is_empty());
+    assert_eq!(results(&outs)[0].reason, Some(ErrorCode::MaxOpenPositions));
+    h.fired
+}
+
+fn deviating() -> ExecTerms {
+    ExecTerms {
+        max_deviation_points: 10,
+        deviation_window_ms: 500,
+        ..ExecTerms::default()
+    }
+}
+
+/// The slave's ask is 30 points above the master's fill of 1.1: with a wait window the open
+/// is acknowledged and waits, unplaced.
+fn s28_a_deviating_open_waits_for_its_price() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1003);
+    let outs = h.placed(open_with("c1", deviating(), 1.0));
+    assert!(places(&outs).is_empty());
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    assert_eq!(h.s.poll_timeout(), Some(Instant::from_millis(500)));
+    // A quote still too far changes nothing.
+    assert!(places(&quote(&mut h, 1.1002)).is_empty());
+    h.fired
+}
+
+/// The price comes back within 10 points: the waiting open is placed at once, as commanded.
+fn s29_the_price_comes_back_and_the_open_is_placed() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1003);
+    h.placed(open_with("c1", deviating(), 1.0));
+    h.now = Instant::from_millis(200);
+    let outs = quote(&mut h, 1.10008);
+    assert_eq!(places(&outs), vec!["c1".to_string()]);
+    assert_eq!(placed_volumes(&outs), vec![1.0]);
+    assert_eq!(h.s.poll_timeout(), None, "the window timer is disarmed");
+    h.fired
+}
+
+/// The window closes with the price still away: REJECTED PRICE_DEVIATION, never placed. (With
+/// the deviation guard's sign flipped, a price far *above* the master's fill would pass.)
+fn s30_the_window_closes_with_price_deviation() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1003);
+    h.placed(open_with("c1", deviating(), 1.0));
+    let outs = h.timeout(500);
+    assert!(places(&outs).is_empty());
+    let rec = executed_ops(&outs);
+    assert_eq!(rec[0].1.reason, Some(ErrorCode::PriceDeviation));
+    // Without a window the same open is refused at once (T27).
+    let mut now = deviating();
+    now.deviation_window_ms = 0;
+    let outs = h.placed(open_with("c2", now, 1.0));
+    assert_eq!(
+        executed_ops(&outs)[0].1.reason,
+        Some(ErrorCode::PriceDeviation)
+    );
+    h.fired
 }
 
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
@@ -1171,6 +1339,13 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "ea.slave.T26",
         s26_close_of_a_position_closed_in_full_is_already_done,
     ),
+    ("ea.slave.T27", s27_terms_refuse_beyond_the_exposure_limit),
+    ("ea.slave.T28", s28_a_deviating_open_waits_for_its_price),
+    (
+        "ea.slave.T29",
+        s29_the_price_comes_back_and_the_open_is_placed,
+    ),
+    ("ea.slave.T30", s30_the_window_closes_with_price_deviation),
 ];
 
 fn run(tid: &str) {
@@ -1287,6 +1462,23 @@ fn t25_keep_share() {
 #[test]
 fn t26_already_closed() {
     run("ea.slave.T26")
+}
+
+#[test]
+fn t27_terms_refused() {
+    run("ea.slave.T27")
+}
+#[test]
+fn t28_wait_price() {
+    run("ea.slave.T28")
+}
+#[test]
+fn t29_price_back() {
+    run("ea.slave.T29")
+}
+#[test]
+fn t30_window_closed() {
+    run("ea.slave.T30")
 }
 
 #[test]

@@ -453,3 +453,296 @@ fn partial_by_master_lots_is_caught() {
     mutants::set(None);
     assert!(caught.is_err(), "the mutant went unnoticed");
 }
+
+// ---------------------------------------------------------------- slave-side copy terms
+
+use echo_statemachine::msg::{ExecTerms, MasterFacts, SlaveSizing, TradeIntent};
+use echo_statemachine::policy::deviation::deviation_points;
+use echo_statemachine::policy::subscription::{CopyPolicy, SizingKind};
+use echo_statemachine::policy::terms::{
+    decide_open, exec_terms, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
+};
+
+fn slave_sizing() -> impl Strategy<Value = (SlaveSizing, f64)> {
+    prop_oneof![
+        Just((SlaveSizing::Final, 0.0)),
+        (0.001f64..20.0).prop_map(|f| (SlaveSizing::BalanceRatio, f)),
+        (0.001f64..20.0).prop_map(|f| (SlaveSizing::EquityRatio, f)),
+        (0.01f64..20.0).prop_map(|p| (SlaveSizing::RiskPercent, p)),
+    ]
+}
+
+prop_compose! {
+    fn terms()(
+        (sizing, sizing_value) in slave_sizing(),
+        master_amount in prop_oneof![Just(0.0), 100.0f64..1e6],
+        align in prop_oneof![Just(0.0), Just(10_000.0), Just(100_000.0)],
+        trade_min in any::<bool>(),
+        check_free_margin in any::<bool>(),
+        max_deviation_points in prop_oneof![Just(0u32), 1u32..100],
+        max_open_positions in prop_oneof![Just(0u32), 1u32..10],
+        max_total_lots in prop_oneof![Just(0.0), 0.01f64..50.0],
+    ) -> ExecTerms {
+        ExecTerms {
+            sizing,
+            sizing_value,
+            master_amount,
+            master_contract_size: align,
+            trade_min,
+            check_free_margin,
+            max_deviation_points,
+            deviation_window_ms: 0,
+            max_open_positions,
+            max_total_lots,
+        }
+    }
+}
+
+prop_compose! {
+    fn view()(
+        l in limits(),
+        account in prop::option::of((100.0f64..1e6, 0.5f64..1.5, 0.0f64..1.0)),
+        symbol_known in prop::bool::weighted(0.9),
+        margin_per_lot in prop_oneof![Just(0.0), 1.0f64..5_000.0],
+        drift in -200i64..200,
+        open_positions in 0u32..12,
+        open_lots in 0u64..60,
+    ) -> SlaveView {
+        SlaveView {
+            account: account.map(|(balance, eq, free)| AccountFacts {
+                balance,
+                equity: balance * eq,
+                free_margin: balance * eq * free,
+            }),
+            symbol: symbol_known.then_some(SymbolFacts { limits: l, margin_per_lot }),
+            quote: Some((
+                1.1 + (drift - 1) as f64 * l.point,
+                1.1 + (drift + 1) as f64 * l.point,
+            )),
+            open_positions,
+            open_volume: Volume(open_lots * LOT / 2),
+        }
+    }
+}
+
+prop_compose! {
+    fn open_order()(
+        buy in any::<bool>(),
+        volume in 0.001f64..200.0,
+        sl_points in prop_oneof![Just(0i64), 1i64..5_000],
+    ) -> OpenOrder {
+        let side = if buy { Side::Buy } else { Side::Sell };
+        let sign = if buy { -1.0 } else { 1.0 };
+        OpenOrder {
+            side,
+            volume,
+            price: 1.1,
+            // In points of 10⁻⁵; 0 = no stop-loss.
+            stop_loss: if sl_points == 0 { 0.0 } else { 1.1 + sign * sl_points as f64 * 1e-5 },
+        }
+    }
+}
+
+/// Everything a `Place` promises, or why it breaks one.
+fn place_promises(t: &ExecTerms, o: &OpenOrder, view: &SlaveView, v: Volume) -> Result<(), String> {
+    if t.max_open_positions > 0 && view.open_positions >= t.max_open_positions {
+        return Err(format!("placed at {} positions", view.open_positions));
+    }
+    if t.max_total_lots > 0.0 && view.open_volume.saturating_add(v).lots() > t.max_total_lots + 1e-9
+    {
+        return Err(format!(
+            "{:?} + {v:?} above {}",
+            view.open_volume, t.max_total_lots
+        ));
+    }
+    if t.sizing != SlaveSizing::Final || t.check_free_margin || t.max_deviation_points > 0 {
+        let s = view.symbol.ok_or("placed without symbol facts")?;
+        let l = s.limits;
+        if t.sizing != SlaveSizing::Final {
+            let a = view.account.ok_or("slave-sized without account facts")?;
+            if !l.is_tradable(v) {
+                return Err(format!("{v:?} not tradable"));
+            }
+            let at_min = t.trade_min && v == l.min;
+            if t.sizing == SlaveSizing::RiskPercent && !at_min {
+                let budget = a.equity * t.sizing_value / 100.0;
+                let risk = risk_of(v, o.price, o.stop_loss, &l);
+                if risk > budget * (1.0 + 1e-9) {
+                    return Err(format!("risk {risk} above {budget}"));
+                }
+            }
+            if matches!(
+                t.sizing,
+                SlaveSizing::BalanceRatio | SlaveSizing::EquityRatio
+            ) && !at_min
+            {
+                let amount = if t.sizing == SlaveSizing::BalanceRatio {
+                    a.balance
+                } else {
+                    a.equity
+                };
+                let contract = if t.master_contract_size > 0.0 {
+                    t.master_contract_size / l.contract_size
+                } else {
+                    1.0
+                };
+                let want = o.volume * amount / t.master_amount * t.sizing_value * contract;
+                if v.lots() > want.min(l.max.lots()) * (1.0 + 1e-9) {
+                    return Err(format!("{v:?} above the ratio's {want}"));
+                }
+            }
+        } else if Volume::from_lots(o.volume) != Some(v) {
+            return Err(format!("core-sized {} placed as {v:?}", o.volume));
+        }
+        if t.check_free_margin {
+            let a = view.account.ok_or("margin check without account facts")?;
+            if v.lots() * s.margin_per_lot > a.free_margin * (1.0 + 1e-9) || s.margin_per_lot <= 0.0
+            {
+                return Err("free margin cannot carry it".into());
+            }
+        }
+        if t.max_deviation_points > 0 {
+            let (bid, ask) = view.quote.ok_or("no quote")?;
+            let dev = deviation_points(o.side, o.price, bid, ask, l.point);
+            if dev > f64::from(t.max_deviation_points) + 1e-6 {
+                return Err(format!("placed {dev} points away"));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    /// The slave places only what its terms allow: tradable, within the risk budget and the
+    /// ratio, carried by the free margin, within the exposure limits and the deviation guard;
+    /// a refusal names a reason whose condition holds; it waits only when it may.
+    #[test]
+    fn slave_terms_never_exceed_a_limit(t in terms(), o in open_order(), view in view(), may_wait in any::<bool>()) {
+        match decide_open(&t, &o, &view, may_wait) {
+            OpenDecision::Place(v) => {
+                if let Err(e) = place_promises(&t, &o, &view, v) {
+                    return Err(TestCaseError::fail(e));
+                }
+            }
+            OpenDecision::WaitForPrice => prop_assert!(may_wait && t.max_deviation_points > 0),
+            OpenDecision::Refuse(SkipReason::PriceDeviation) => {
+                let l = view.symbol.map(|s| s.limits).unwrap_or_default();
+                let (bid, ask) = view.quote.unwrap_or_default();
+                prop_assert!(!may_wait);
+                prop_assert!(deviation_points(o.side, o.price, bid, ask, l.point) > f64::from(t.max_deviation_points));
+            }
+            OpenDecision::Refuse(SkipReason::MaxOpenPositions) => {
+                prop_assert!(t.max_open_positions > 0 && view.open_positions >= t.max_open_positions);
+            }
+            OpenDecision::Refuse(SkipReason::AccountFactsUnknown) => {
+                let missing = view.account.is_none()
+                    || view.symbol.is_none()
+                    || (t.check_free_margin && view.symbol.is_some_and(|s| s.margin_per_lot <= 0.0))
+                    || (matches!(t.sizing, SlaveSizing::BalanceRatio | SlaveSizing::EquityRatio) && t.master_amount <= 0.0);
+                prop_assert!(missing, "facts were all there");
+            }
+            OpenDecision::Refuse(SkipReason::NoStopLoss) => prop_assert_eq!(t.sizing, SlaveSizing::RiskPercent),
+            OpenDecision::Refuse(r) => prop_assert!(matches!(r, SkipReason::VolumeBelowMin | SkipReason::MaxTotalLots | SkipReason::InsufficientMargin), "{r}"),
+        }
+    }
+
+    /// The core hands the slave only what needs the slave: core-sized modes keep `Final`;
+    /// ratio modes carry the master's own balance or equity and the per-symbol factor.
+    #[test]
+    fn exec_terms_carry_the_masters_facts(kind in 0usize..5, balance in 0.0f64..1e6, equity in 0.0f64..1e6, per_symbol in prop::option::of(0.01f64..10.0)) {
+        let kinds = [SizingKind::FixedLots, SizingKind::Multiplier, SizingKind::BalanceRatio, SizingKind::EquityRatio, SizingKind::RiskPercent];
+        let mut p = CopyPolicy {
+            sizing_kind: kinds[kind],
+            ..CopyPolicy::default()
+        };
+        p.sizing_values.ratio = 2.0;
+        if let Some(m) = per_symbol {
+            p.sizing.symbol_multipliers.insert(Symbol::new("EURUSD"), m);
+        }
+        let i = TradeIntent {
+            intent_id: echo_statemachine::ids::IntentId::new("i"),
+            trade_id: echo_statemachine::ids::TradeId::new("t"),
+            master: echo_statemachine::ids::AccountId::new("m"),
+            kind: IntentKind::Open,
+            origin: MasterFacts { balance, equity, ..MasterFacts::default() },
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Buy,
+            volume: 1.0,
+            price: 1.1,
+            stop_loss: 1.0,
+            take_profit: 0.0,
+            master_ticket: 1,
+            master_seq: 1,
+            emitted_at_ms: 0,
+            master_volume_before: 0.0,
+        };
+        let t = exec_terms(&p, &i);
+        let factor = 2.0 * per_symbol.unwrap_or(1.0);
+        match kinds[kind] {
+            SizingKind::FixedLots | SizingKind::Multiplier => prop_assert_eq!(t.sizing, SlaveSizing::Final),
+            SizingKind::BalanceRatio => prop_assert_eq!((t.sizing, t.master_amount, t.sizing_value), (SlaveSizing::BalanceRatio, balance, factor)),
+            SizingKind::EquityRatio => prop_assert_eq!((t.sizing, t.master_amount, t.sizing_value), (SlaveSizing::EquityRatio, equity, factor)),
+            SizingKind::RiskPercent => prop_assert_eq!((t.sizing, t.sizing_value), (SlaveSizing::RiskPercent, 1.0)),
+        }
+    }
+}
+
+/// The planted bugs of the slave-side terms break the property above: it is not vacuous.
+#[cfg(feature = "sim-mutants")]
+#[test]
+fn slave_terms_mutants_are_caught() {
+    use echo_statemachine::mutants::{self, Mutant};
+    let l = SymbolLimits::fx();
+    let view = SlaveView {
+        account: Some(AccountFacts {
+            balance: 10_000.0,
+            equity: 10_000.0,
+            free_margin: 10_000.0,
+        }),
+        symbol: Some(SymbolFacts {
+            limits: l,
+            margin_per_lot: 100.0,
+        }),
+        // The ask is 50 points above the master's fill.
+        quote: Some((1.10048, 1.10050)),
+        open_positions: 0,
+        open_volume: Volume::ZERO,
+    };
+    let order = OpenOrder {
+        side: Side::Buy,
+        volume: 1.0,
+        price: 1.1,
+        stop_loss: 1.0997,
+    };
+    let risk = ExecTerms {
+        sizing: SlaveSizing::RiskPercent,
+        sizing_value: 1.0,
+        ..ExecTerms::default()
+    };
+    let guard = ExecTerms {
+        max_deviation_points: 10,
+        ..ExecTerms::default()
+    };
+    let calm = SlaveView {
+        quote: Some((1.1, 1.1)),
+        ..view
+    };
+    let check = |t: &ExecTerms, v: &SlaveView| match decide_open(t, &order, v, false) {
+        OpenDecision::Place(x) => place_promises(t, &order, v, x),
+        _ => Ok(()),
+    };
+    // 1% of 10 000 over 30 points at 1.0: 3.333… lots → 3.33.
+    assert_eq!(check(&risk, &calm), Ok(()));
+    assert_eq!(check(&guard, &view), Ok(()));
+    for (m, t, v) in [
+        (Mutant::RiskSizingIgnoresBudget, &risk, &calm),
+        (Mutant::DeviationGuardSignFlipped, &guard, &view),
+    ] {
+        assert!(mutants::set(Some(m)));
+        let caught = check(t, v);
+        mutants::set(None);
+        assert!(caught.is_err(), "{} went unnoticed", m.name());
+    }
+}

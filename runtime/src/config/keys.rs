@@ -603,13 +603,40 @@ mod tests {
         ]))
         .expect_err("unknown");
         assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/bogus");
+        // The slave-side terms are wired: sizing modes, margin, exposure, deviation, filters.
+        let c = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/sizing/mode", "risk_percent"),
+            ("/echo/subscriptions/m/s/sizing/risk_percent", "1.5"),
+            ("/echo/subscriptions/m/s/sizing/check_free_margin", "true"),
+            ("/echo/subscriptions/m/s/filters/max_open_positions", "5"),
+            ("/echo/subscriptions/m/s/filters/max_total_lots", "2.5"),
+            ("/echo/subscriptions/m/s/filters/magic_allow", "1,2"),
+            ("/echo/subscriptions/m/s/filters/comment_deny", "scalp*"),
+            (
+                "/echo/subscriptions/m/s/filters/order_types",
+                "market,limit",
+            ),
+            ("/echo/subscriptions/m/s/deviation/max_points", "30"),
+            ("/echo/subscriptions/m/s/deviation/retry_window_ms", "500"),
+        ]))
+        .expect("wired policy");
+        let p = &c.subscriptions[0].policy;
+        assert_eq!(
+            p.sizing.mode,
+            echo_statemachine::policy::sizing::SizingMode::RiskPercent(1.5)
+        );
+        assert_eq!(
+            (p.deviation.max_points, p.filters.max_open_positions),
+            (30, 5)
+        );
         // A setting the machines do not apply yet is refused, not silently ignored.
         let e = build(&text(&[
             ("/echo/subscriptions/m/s/multiplier", "2"),
-            ("/echo/subscriptions/m/s/sizing/mode", "risk_percent"),
+            ("/echo/subscriptions/m/s/sizing/above_max", "split"),
         ]))
         .expect_err("not wired");
-        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/mode");
+        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/above_max");
         let t = super::super::file::parse_toml(
             "[subscriptions.m.s]\nmultiplier = 1.0\nreverse = true\n[subscriptions.m.s.filters]\ndirection = \"sell_only\"\n",
         )

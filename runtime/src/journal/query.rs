@@ -149,6 +149,7 @@ pub(crate) use raw_intent;
 impl RawDelivery {
     pub(crate) fn decode(self) -> Result<DeliveryRecord, JournalError> {
         Ok(DeliveryRecord {
+            terms: None,
             command_id: CommandId::new(&self.command_id),
             intent_id: IntentId::new(&self.intent_id),
             trade_id: TradeId::new(&self.trade_id),
@@ -193,6 +194,7 @@ pub(crate) struct RawIntent {
 impl RawIntent {
     pub(crate) fn decode(self) -> Result<TradeIntent, JournalError> {
         Ok(TradeIntent {
+            origin: Default::default(),
             intent_id: IntentId::new(&self.intent_id),
             trade_id: TradeId::new(&self.trade_id),
             master: AccountId::new(&self.master),

@@ -5,7 +5,7 @@
 
 use echo_statemachine::agent::{LedgerRecord, LedgerState};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use echo_statemachine::msg::{Command, CommandBody};
+use echo_statemachine::msg::{Command, CommandBody, ExecTerms, SlaveSizing};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::codec as names;
@@ -53,6 +53,9 @@ enum BodyV1 {
         stop_loss: f64,
         #[serde(with = "bits")]
         take_profit: f64,
+        /// Added after v1 records were written: absent reads as "no terms".
+        #[serde(default)]
+        terms: Option<TermsV1>,
     },
     Modify {
         slave_ticket: i64,
@@ -80,6 +83,58 @@ enum BodyV1 {
     },
 }
 
+/// `ExecTerms`, floats as bit patterns like every other float here.
+#[derive(Serialize, Deserialize)]
+struct TermsV1 {
+    sizing: String,
+    #[serde(with = "bits")]
+    sizing_value: f64,
+    #[serde(with = "bits")]
+    master_amount: f64,
+    #[serde(with = "bits")]
+    master_contract_size: f64,
+    trade_min: bool,
+    check_free_margin: bool,
+    max_deviation_points: u32,
+    deviation_window_ms: u32,
+    max_open_positions: u32,
+    #[serde(with = "bits")]
+    max_total_lots: f64,
+}
+
+impl TermsV1 {
+    fn from_terms(t: &ExecTerms) -> Option<TermsV1> {
+        (*t != ExecTerms::default()).then(|| TermsV1 {
+            sizing: t.sizing.name().to_string(),
+            sizing_value: t.sizing_value,
+            master_amount: t.master_amount,
+            master_contract_size: t.master_contract_size,
+            trade_min: t.trade_min,
+            check_free_margin: t.check_free_margin,
+            max_deviation_points: t.max_deviation_points,
+            deviation_window_ms: t.deviation_window_ms,
+            max_open_positions: t.max_open_positions,
+            max_total_lots: t.max_total_lots,
+        })
+    }
+
+    fn into_terms(self) -> Result<ExecTerms, String> {
+        Ok(ExecTerms {
+            sizing: SlaveSizing::from_name(&self.sizing)
+                .ok_or_else(|| format!("unknown sizing {:?}", self.sizing))?,
+            sizing_value: self.sizing_value,
+            master_amount: self.master_amount,
+            master_contract_size: self.master_contract_size,
+            trade_min: self.trade_min,
+            check_free_margin: self.check_free_margin,
+            max_deviation_points: self.max_deviation_points,
+            deviation_window_ms: self.deviation_window_ms,
+            max_open_positions: self.max_open_positions,
+            max_total_lots: self.max_total_lots,
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "state")]
 enum StateV1 {
@@ -100,6 +155,7 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             price,
             stop_loss,
             take_profit,
+            terms,
         } => BodyV1::Execute {
             symbol: symbol.as_str().to_string(),
             side: names::side_str(*side).to_string(),
@@ -107,6 +163,7 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             price: *price,
             stop_loss: *stop_loss,
             take_profit: *take_profit,
+            terms: TermsV1::from_terms(terms),
         },
         CommandBody::Modify {
             slave_ticket,
@@ -173,7 +230,12 @@ pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
             price,
             stop_loss,
             take_profit,
+            terms,
         } => CommandBody::Execute {
+            terms: terms
+                .map(TermsV1::into_terms)
+                .transpose()?
+                .unwrap_or_default(),
             symbol: Symbol::new(symbol),
             side: names::side_from(&side).map_err(|e| e.to_string())?,
             volume,
@@ -244,6 +306,7 @@ mod tests {
     fn records_round_trip() {
         let bodies = [
             CommandBody::Execute {
+                terms: Default::default(),
                 symbol: Symbol::new("EURUSD.m"),
                 side: Side::Sell,
                 volume: 0.1 * 14.0,

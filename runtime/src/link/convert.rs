@@ -11,8 +11,8 @@ use echo_statemachine::config::{AgentDeliveryConfig, DeliveryConfig};
 use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseFraction, Command, CommandAck,
-    CommandBody, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecutionResult, IntentKind,
-    Role, Side, TradeIntent, TradeIntentAck,
+    CommandBody, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecTerms, ExecutionResult,
+    IntentKind, MasterFacts, OrderType, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 
 /// Why a wire message could not become a machine message.
@@ -131,7 +131,7 @@ pub fn result_to_wire(r: AckResult) -> pb::AckResult {
 }
 
 /// Every machine error code and its wire value; one table keeps both directions in step.
-const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 26] = [
+const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 27] = [
     (ErrorCode::BrokerBusy, pb::ErrorCode::BrokerBusy),
     (ErrorCode::InvalidArgument, pb::ErrorCode::InvalidArgument),
     (ErrorCode::Unauthenticated, pb::ErrorCode::Unauthenticated),
@@ -173,6 +173,10 @@ const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 26] = [
         pb::ErrorCode::InsufficientMargin,
     ),
     (ErrorCode::NoStopLoss, pb::ErrorCode::NoStopLoss),
+    (
+        ErrorCode::AccountFactsUnknown,
+        pb::ErrorCode::AccountFactsUnknown,
+    ),
 ];
 
 /// `ERROR_CODE_UNSPECIFIED` (0) is "no error"; any other unknown value is refused.
@@ -228,7 +232,21 @@ pub fn broker_status_to_wire(s: BrokerStatus) -> pb::BrokerStatus {
 // ----- messages ---------------------------------------------------------------------------
 
 pub fn intent_from_wire(w: pb::TradeIntent) -> Result<TradeIntent, WireError> {
+    let order_type = match pb::MasterOrderType::try_from(w.order_type) {
+        Ok(pb::MasterOrderType::Unspecified | pb::MasterOrderType::Market) => OrderType::Market,
+        Ok(pb::MasterOrderType::Limit) => OrderType::Limit,
+        Ok(pb::MasterOrderType::Stop) => OrderType::Stop,
+        Ok(pb::MasterOrderType::StopLimit) => OrderType::StopLimit,
+        Err(_) => return Err(bad("order_type", w.order_type)),
+    };
     Ok(TradeIntent {
+        origin: MasterFacts {
+            magic: w.magic,
+            comment: w.comment,
+            order_type,
+            balance: w.master_balance,
+            equity: w.master_equity,
+        },
         intent_id: IntentId::new(&w.intent_id),
         trade_id: TradeId::new(&w.trade_id),
         master: AccountId::new(&w.master_account),
@@ -258,6 +276,16 @@ pub fn intent_to_wire(m: &TradeIntent) -> pb::TradeIntent {
         price: m.price,
         stop_loss: m.stop_loss,
         take_profit: m.take_profit,
+        magic: m.origin.magic,
+        comment: m.origin.comment.clone(),
+        order_type: match m.origin.order_type {
+            OrderType::Market => pb::MasterOrderType::Market,
+            OrderType::Limit => pb::MasterOrderType::Limit,
+            OrderType::Stop => pb::MasterOrderType::Stop,
+            OrderType::StopLimit => pb::MasterOrderType::StopLimit,
+        } as i32,
+        master_balance: m.origin.balance,
+        master_equity: m.origin.equity,
         master_ticket: m.master_ticket,
         master_seq: m.master_seq,
         emitted_at_unix_ms: m.emitted_at_ms,
@@ -295,6 +323,7 @@ pub fn command_from_wire(w: pb::SlaveCommand) -> Result<Command, WireError> {
             trade_id: TradeId::new(&e.trade_id),
             slave: AccountId::new(&e.slave_account),
             body: CommandBody::Execute {
+                terms: terms_from_wire(e.terms.unwrap_or_default())?,
                 symbol: Symbol::new(&e.symbol),
                 side: side_from_wire(e.side)?,
                 volume: e.volume,
@@ -356,6 +385,7 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             price,
             stop_loss,
             take_profit,
+            terms,
         } => C::Execute(pb::ExecuteOrder {
             command_id,
             intent_id,
@@ -367,6 +397,7 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             price: *price,
             stop_loss: *stop_loss,
             take_profit: *take_profit,
+            terms: (*terms != ExecTerms::default()).then(|| terms_to_wire(terms)),
         }),
         CommandBody::Modify {
             slave_ticket,
@@ -439,8 +470,57 @@ pub fn command_ack_to_wire(m: &CommandAck) -> pb::CommandAck {
     }
 }
 
+fn sizing_to_wire(s: SlaveSizing) -> pb::SlaveSizing {
+    match s {
+        SlaveSizing::Final => pb::SlaveSizing::Final,
+        SlaveSizing::BalanceRatio => pb::SlaveSizing::BalanceRatio,
+        SlaveSizing::EquityRatio => pb::SlaveSizing::EquityRatio,
+        SlaveSizing::RiskPercent => pb::SlaveSizing::RiskPercent,
+    }
+}
+
+pub fn terms_from_wire(w: pb::ExecTerms) -> Result<ExecTerms, WireError> {
+    let sizing = SlaveSizing::ALL
+        .iter()
+        .copied()
+        .find(|s| sizing_to_wire(*s) as i32 == w.sizing)
+        .ok_or(bad("terms.sizing", w.sizing))?;
+    Ok(ExecTerms {
+        sizing,
+        sizing_value: w.sizing_value,
+        master_amount: w.master_amount,
+        master_contract_size: w.master_contract_size,
+        trade_min: w.trade_min,
+        check_free_margin: w.check_free_margin,
+        max_deviation_points: w.max_deviation_points,
+        deviation_window_ms: w.deviation_window_ms,
+        max_open_positions: w.max_open_positions,
+        max_total_lots: w.max_total_lots,
+    })
+}
+
+pub fn terms_to_wire(t: &ExecTerms) -> pb::ExecTerms {
+    pb::ExecTerms {
+        sizing: sizing_to_wire(t.sizing) as i32,
+        sizing_value: t.sizing_value,
+        master_amount: t.master_amount,
+        master_contract_size: t.master_contract_size,
+        trade_min: t.trade_min,
+        check_free_margin: t.check_free_margin,
+        max_deviation_points: t.max_deviation_points,
+        deviation_window_ms: t.deviation_window_ms,
+        max_open_positions: t.max_open_positions,
+        max_total_lots: t.max_total_lots,
+    }
+}
+
 pub fn execution_from_wire(w: pb::ExecutionResult) -> Result<ExecutionResult, WireError> {
+    // Only a copy-policy reason travels in the machine's result; the broker's own
+    // classification is implied by the status.
+    let reason = error_from_wire(w.error_code)?
+        .filter(|e| echo_statemachine::policy::SkipReason::from_error_code(*e).is_some());
     Ok(ExecutionResult {
+        reason,
         command_id: CommandId::new(&w.command_id),
         trade_id: TradeId::new(&w.trade_id),
         slave: AccountId::new(&w.slave_account),
@@ -462,7 +542,7 @@ pub fn execution_to_wire(m: &ExecutionResult) -> pb::ExecutionResult {
         broker_status: broker_status_to_wire(m.status) as i32,
         broker_message: String::new(),
         executed_at_unix_ms: 0,
-        error_code: pb::ErrorCode::Unspecified as i32,
+        error_code: error_to_wire(m.reason) as i32,
     }
 }
 

@@ -14,8 +14,8 @@ use echo_statemachine::config::AgentDeliveryConfig;
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AgentToEa, BrokerStatus, CloseFraction, Command, CommandBody, EaToAgent, ErrorCode,
-    ExecutionResult, IntentKind, PipeDeliveryAck, PipeStatus, Role, Side, TradeIntent,
-    TradeIntentAck,
+    ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PipeDeliveryAck, PipeStatus,
+    Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use serde_json::{Map, Value};
 
@@ -362,6 +362,12 @@ impl Line {
         self
     }
 
+    fn bool(mut self, k: &str, v: bool) -> Self {
+        self.key(k);
+        self.out.push_str(if v { "true" } else { "false" });
+        self
+    }
+
     fn int(mut self, k: &str, v: impl fmt::Display) -> Self {
         self.key(k);
         self.out.push_str(&v.to_string());
@@ -388,7 +394,12 @@ fn intent_line(i: &TradeIntent) -> String {
         .f64("take_profit", i.take_profit)
         .int("master_ticket", i.master_ticket)
         .int("master_seq", i.master_seq)
-        .int("emitted_at_ms", i.emitted_at_ms);
+        .int("emitted_at_ms", i.emitted_at_ms)
+        .int("magic", i.origin.magic)
+        .str("comment", &i.origin.comment)
+        .str("order_type", order_type_str(i.origin.order_type))
+        .f64("master_balance", i.origin.balance)
+        .f64("master_equity", i.origin.equity);
     // Optional on the wire: only a partial close carries it, so other frames stay as before.
     let l = if i.master_volume_before != 0.0 {
         l.f64("master_volume_before", i.master_volume_before)
@@ -396,6 +407,22 @@ fn intent_line(i: &TradeIntent) -> String {
         l
     };
     l.finish()
+}
+
+fn order_type_str(t: OrderType) -> &'static str {
+    match t {
+        OrderType::Market => "MARKET",
+        OrderType::Limit => "LIMIT",
+        OrderType::Stop => "STOP",
+        OrderType::StopLimit => "STOP_LIMIT",
+    }
+}
+
+fn parse_order_type(s: &str) -> Option<OrderType> {
+    OrderType::ALL
+        .iter()
+        .copied()
+        .find(|t| order_type_str(*t) == s)
 }
 
 fn command_line(ty: &str, c: &Command) -> String {
@@ -412,6 +439,7 @@ fn command_line(ty: &str, c: &Command) -> String {
             price,
             stop_loss,
             take_profit,
+            terms,
         } => l
             .str("action", "EXECUTE")
             .str("symbol", symbol.as_str())
@@ -419,7 +447,17 @@ fn command_line(ty: &str, c: &Command) -> String {
             .f64("volume", *volume)
             .f64("price", *price)
             .f64("stop_loss", *stop_loss)
-            .f64("take_profit", *take_profit),
+            .f64("take_profit", *take_profit)
+            .str("sizing", terms.sizing.name())
+            .f64("sizing_value", terms.sizing_value)
+            .f64("master_amount", terms.master_amount)
+            .f64("master_contract_size", terms.master_contract_size)
+            .bool("trade_min", terms.trade_min)
+            .bool("check_free_margin", terms.check_free_margin)
+            .int("max_deviation_points", terms.max_deviation_points)
+            .int("deviation_window_ms", terms.deviation_window_ms)
+            .int("max_open_positions", terms.max_open_positions)
+            .f64("max_total_lots", terms.max_total_lots),
         CommandBody::Modify {
             slave_ticket,
             stop_loss,
@@ -487,6 +525,7 @@ pub fn encode_ea(frame: &EaFrame) -> String {
             .f64("fill_price", r.fill_price)
             .f64("filled_volume", r.filled_volume)
             .str("status", broker_status_str(r.status))
+            .opt_str("reason", r.reason.map(error_code_str))
             .finish(),
         EaFrame::Error(e) => error_line(e),
     }
@@ -605,6 +644,26 @@ impl<'a> Fields<'a> {
         parse(self.string(field)?).ok_or(DecodeErrorKind::BadField { field, expected })
     }
 
+    /// A field added after version 1 of a frame: absent (an older peer) reads as `default`.
+    fn or<T>(
+        &self,
+        field: &'static str,
+        default: T,
+        read: fn(&Self, &'static str) -> R<T>,
+    ) -> R<T> {
+        match self.map.get(field) {
+            None => Ok(default),
+            Some(_) => read(self, field),
+        }
+    }
+
+    fn boolean(&self, field: &'static str) -> R<bool> {
+        self.get(field)?.as_bool().ok_or(DecodeErrorKind::BadField {
+            field,
+            expected: "true or false",
+        })
+    }
+
     fn opt_error_code(&self, field: &'static str) -> R<Option<ErrorCode>> {
         match self.opt_string(field)? {
             None => Ok(None),
@@ -641,9 +700,40 @@ fn decode_intent(f: &Fields) -> R<TradeIntent> {
         master_ticket: f.i64("master_ticket")?,
         master_seq: f.u64("master_seq")?,
         emitted_at_ms: f.i64("emitted_at_ms")?,
+        origin: MasterFacts {
+            magic: f.or("magic", 0, Fields::i64)?,
+            comment: f.or("comment", "", Fields::string)?.to_string(),
+            order_type: match f.map.get("order_type") {
+                None => OrderType::Market,
+                Some(_) => f.spelled("order_type", parse_order_type, ORDER_TYPES)?,
+            },
+            balance: f.or("master_balance", 0.0, Fields::f64)?,
+            equity: f.or("master_equity", 0.0, Fields::f64)?,
+        },
         // Absent from EAs older than partial closes by fraction: the core then refuses a
         // PARTIAL_CLOSE (INVALID_ARGUMENT) rather than guess the fraction.
         master_volume_before: f.opt_f64("master_volume_before")?.unwrap_or(0.0),
+    })
+}
+
+const ORDER_TYPES: &str = "\"MARKET\", \"LIMIT\", \"STOP\" or \"STOP_LIMIT\"";
+const SIZINGS: &str = "\"FINAL\", \"BALANCE_RATIO\", \"EQUITY_RATIO\" or \"RISK_PERCENT\"";
+
+fn decode_terms(f: &Fields) -> R<ExecTerms> {
+    Ok(ExecTerms {
+        sizing: match f.map.get("sizing") {
+            None => SlaveSizing::Final,
+            Some(_) => f.spelled("sizing", SlaveSizing::from_name, SIZINGS)?,
+        },
+        sizing_value: f.or("sizing_value", 0.0, Fields::f64)?,
+        master_amount: f.or("master_amount", 0.0, Fields::f64)?,
+        master_contract_size: f.or("master_contract_size", 0.0, Fields::f64)?,
+        trade_min: f.or("trade_min", false, Fields::boolean)?,
+        check_free_margin: f.or("check_free_margin", false, Fields::boolean)?,
+        max_deviation_points: f.or("max_deviation_points", 0, Fields::u32)?,
+        deviation_window_ms: f.or("deviation_window_ms", 0, Fields::u32)?,
+        max_open_positions: f.or("max_open_positions", 0, Fields::u32)?,
+        max_total_lots: f.or("max_total_lots", 0.0, Fields::f64)?,
     })
 }
 
@@ -651,6 +741,7 @@ fn decode_command(f: &Fields) -> R<Command> {
     let action = f.string("action")?;
     let body = match action {
         "EXECUTE" => CommandBody::Execute {
+            terms: decode_terms(f)?,
             symbol: Symbol::new(f.string("symbol")?),
             side: f.spelled("side", parse_side, SIDES)?,
             volume: f.f64("volume")?,
@@ -763,6 +854,7 @@ fn decode_pipe_ack(f: &Fields) -> R<PipeDeliveryAck> {
 
 fn decode_execution(f: &Fields) -> R<ExecutionResult> {
     Ok(ExecutionResult {
+        reason: f.opt_error_code("reason")?,
         command_id: CommandId::new(f.string("command_id")?),
         trade_id: TradeId::new(f.string("trade_id")?),
         slave: AccountId::new(f.string("slave")?),
@@ -846,6 +938,11 @@ pub fn intent_value(i: &TradeIntent) -> Value {
         "master_ticket": i.master_ticket,
         "master_seq": i.master_seq,
         "emitted_at_ms": i.emitted_at_ms,
+        "magic": i.origin.magic,
+        "comment": i.origin.comment,
+        "order_type": order_type_str(i.origin.order_type),
+        "master_balance": i.origin.balance,
+        "master_equity": i.origin.equity,
         "master_volume_before": i.master_volume_before,
     })
 }
@@ -866,6 +963,7 @@ pub fn command_value(c: &Command) -> Value {
             price,
             stop_loss,
             take_profit,
+            terms,
         } => serde_json::json!({
             "action": "EXECUTE",
             "symbol": symbol.as_str(),
@@ -874,6 +972,16 @@ pub fn command_value(c: &Command) -> Value {
             "price": price,
             "stop_loss": stop_loss,
             "take_profit": take_profit,
+            "sizing": terms.sizing.name(),
+            "sizing_value": terms.sizing_value,
+            "master_amount": terms.master_amount,
+            "master_contract_size": terms.master_contract_size,
+            "trade_min": terms.trade_min,
+            "check_free_margin": terms.check_free_margin,
+            "max_deviation_points": terms.max_deviation_points,
+            "deviation_window_ms": terms.deviation_window_ms,
+            "max_open_positions": terms.max_open_positions,
+            "max_total_lots": terms.max_total_lots,
         }),
         CommandBody::Modify {
             slave_ticket,
@@ -921,6 +1029,8 @@ pub fn execution_value(r: &ExecutionResult) -> Value {
         "fill_price": r.fill_price,
         "filled_volume": r.filled_volume,
         "status": broker_status_str(r.status),
+        // A refusal by the copy terms keeps its reason across a restart of the terminal.
+        "reason": r.reason.map(error_code_str),
     })
 }
 

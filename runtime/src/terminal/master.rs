@@ -15,7 +15,7 @@ use echo_statemachine::ea::master::{
     EmitError, IntentQueue, IntentQueueConfig, Output, PersistError, RemoveReason,
 };
 use echo_statemachine::ids::{AccountId, IntentId, Symbol, TradeId};
-use echo_statemachine::msg::{AgentToEa, TradeIntent};
+use echo_statemachine::msg::{AgentToEa, MasterFacts, OrderType, TradeIntent};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -81,8 +81,17 @@ fn reason_str(r: &RemoveReason) -> String {
     }
 }
 
-fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec) -> TradeIntent {
+/// What the reference master reports about each order and its account: magic 0, a fixed
+/// comment, market orders, and `--balance` as balance and equity (for ratio sizing).
+fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec, balance: f64) -> TradeIntent {
     TradeIntent {
+        origin: MasterFacts {
+            magic: 0,
+            comment: "echo terminal".into(),
+            order_type: OrderType::Market,
+            balance,
+            equity: balance,
+        },
         intent_id: IntentId::new(format!("{account}-{seq}")),
         trade_id: TradeId::new(format!("{account}-{}", spec.trade)),
         master: account.clone(),
@@ -284,7 +293,12 @@ impl Master {
                 None => return (true, None),
                 Some(Step::Sleep(d)) => return (false, Some(d)),
                 Some(Step::Emit(spec)) => {
-                    let i = build_intent(&self.args.account, self.plan.emitted(), &spec);
+                    let i = build_intent(
+                        &self.args.account,
+                        self.plan.emitted(),
+                        &spec,
+                        self.args.balance,
+                    );
                     self.built_at_us.insert(i.intent_id.clone(), wall_us());
                     i
                 }

@@ -64,7 +64,10 @@ master:
 slave:
   --reject-rate F         fraction of orders the simulated broker rejects, 0..=1 (default 0)
   --fill-delay-ms N       broker fill latency (default 0)
-  --seed N                seed of the broker's deterministic rejections (default 0)";
+  --seed N                seed of the broker's deterministic rejections and price drift (default 0)
+  --balance X             account balance (and equity) the terminal reports (default 10000)
+  --price-drift-points N  the broker's price wanders up to N points from the master's fill,
+                          so the price-deviation guard can trigger (default 0)";
 
 /// Where the master's intents come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +100,10 @@ pub struct TerminalArgs {
     pub reject_rate: f64,
     pub fill_delay: Duration,
     pub seed: u64,
+    /// The account the terminal reports to its EA (balance; equity and free margin follow).
+    pub balance: f64,
+    /// How far (in points) the simulated broker's price may drift from the master's fill.
+    pub price_drift_points: u32,
 }
 
 /// A bad command line.
@@ -139,6 +146,8 @@ impl TerminalArgs {
         let mut reject_rate: f64 = 0.0;
         let mut fill_delay_ms: u64 = 0;
         let mut seed: u64 = 0;
+        let mut balance: f64 = 10_000.0;
+        let mut price_drift_points: u32 = 0;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {
@@ -179,6 +188,8 @@ impl TerminalArgs {
                 "--reject-rate" => reject_rate = num(&flag, it.next())?,
                 "--fill-delay-ms" => fill_delay_ms = num(&flag, it.next())?,
                 "--seed" => seed = num(&flag, it.next())?,
+                "--balance" => balance = num(&flag, it.next())?,
+                "--price-drift-points" => price_drift_points = num(&flag, it.next())?,
                 "-h" | "--help" => return Err(ArgsError("help requested".into())),
                 other => return Err(ArgsError(format!("unknown option {other:?}"))),
             }
@@ -190,6 +201,11 @@ impl TerminalArgs {
         crate::pipe::check_account_name(&account).map_err(|e| ArgsError(e.to_string()))?;
         if !(rate.is_finite() && rate > 0.0) {
             return Err(ArgsError(format!("--rate must be > 0, got {rate}")));
+        }
+        if !(balance.is_finite() && balance >= 0.0) || price_drift_points > 100_000 {
+            return Err(ArgsError(format!(
+                "--balance must be >= 0 and --price-drift-points <= 100000, got {balance} and {price_drift_points}"
+            )));
         }
         if !(0.0..=1.0).contains(&reject_rate) {
             return Err(ArgsError(format!(
@@ -236,6 +252,8 @@ impl TerminalArgs {
             reject_rate,
             fill_delay: Duration::from_millis(fill_delay_ms),
             seed,
+            balance,
+            price_drift_points,
         })
     }
 }

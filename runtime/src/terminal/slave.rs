@@ -6,17 +6,23 @@
 //! loop. It must never place, skip, deduplicate or acknowledge a command on its own — the
 //! executor decides every `PlaceOrder` and every `pipe_ack` — and never feed `Ok` for a write
 //! that is not on disk. The broker never deduplicates: if the executor ever placed a command
-//! twice, the book would show it twice, which is what a demo must be able to see.
+//! twice, the book would show it twice, which is what a demo must be able to see. The terminal
+//! also reports what an MT terminal tells its EA (`ea::slave::Fact`): the account (`--balance`),
+//! each symbol's info (FX limits) and a price that wanders up to `--price-drift-points` from the
+//! master's fill, so the slave's copy terms (sizing, margin, deviation guard) act on real
+//! numbers; the broker fills opens at that price.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 
 use echo_statemachine::ea::slave::{
-    BrokerOutcome, ExecutedRecord, Output, PersistError, SlaveConfig, SlaveExecutor,
+    BrokerOutcome, ExecutedRecord, Fact, Output, PersistError, SlaveConfig, SlaveExecutor,
 };
-use echo_statemachine::ids::{stable_hash, CommandId};
-use echo_statemachine::msg::{Command, CommandBody};
+use echo_statemachine::ids::{stable_hash, CommandId, Symbol};
+use echo_statemachine::msg::{AgentToEa, Command, CommandBody, Side};
+use echo_statemachine::policy::terms::{AccountFacts, SymbolFacts};
+use echo_statemachine::policy::SymbolLimits;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -189,7 +195,7 @@ impl Broker {
     }
 
     /// Executes one order; returns its outcome and the book row to make durable.
-    fn place(&mut self, c: &Command) -> (BrokerOutcome, String) {
+    fn place(&mut self, c: &Command, fill: Option<f64>) -> (BrokerOutcome, String) {
         let outcome = if self.rejects(&c.command_id) {
             BrokerOutcome::Rejected {
                 reason: "simulated broker rejection".into(),
@@ -199,10 +205,11 @@ impl Broker {
                 CommandBody::Execute { volume, price, .. } => {
                     let ticket = self.next_ticket;
                     self.next_ticket += 1;
-                    self.positions.insert(ticket, (*volume, *price));
+                    let price = fill.unwrap_or(*price);
+                    self.positions.insert(ticket, (*volume, price));
                     BrokerOutcome::Filled {
                         ticket,
-                        price: *price,
+                        price,
                         volume: *volume,
                     }
                 }
@@ -306,7 +313,13 @@ struct Slave {
     /// executor placed (a partial close arrives resolved to lots).
     delayed: VecDeque<(tokio::time::Instant, (CommandId, CommandBody))>,
     writer: Option<mpsc::Sender<EaFrame>>,
+    /// symbol → (reference price: the last master fill seen, drift in points).
+    prices: BTreeMap<Symbol, (f64, i64)>,
+    drift_steps: u64,
 }
+
+/// Margin one lot needs on the reference terminal's broker (1:100 leverage on 100 000 units).
+const MARGIN_PER_LOT: f64 = 1_000.0;
 
 pub(super) async fn run(
     args: TerminalArgs,
@@ -334,7 +347,18 @@ pub(super) async fn run(
         commands,
         delayed: VecDeque::new(),
         writer: None,
+        prices: BTreeMap::new(),
+        drift_steps: 0,
     };
+    let now = s.clock.now();
+    s.ex.handle_fact(
+        now,
+        Fact::Account(AccountFacts {
+            balance: s.args.balance,
+            equity: s.args.balance,
+            free_margin: s.args.balance,
+        }),
+    );
     s.main_loop(shutdown).await
 }
 
@@ -346,6 +370,7 @@ impl Slave {
         let (_link, mut link_rx) = spawn_link(&self.args);
         tokio::pin!(shutdown);
         let mut progress = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut drift = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             self.drain();
             let timer = self.ex.poll_timeout().map(|at| self.clock.to_tokio(at));
@@ -377,6 +402,7 @@ impl Slave {
                     }
                     None => return Err(TerminalError::Io(std::io::Error::other("pipe task ended"))),
                 },
+                _ = drift.tick(), if self.args.price_drift_points > 0 => self.drift_prices(),
                 _ = progress.tick() => {
                     let m = self.ex.metrics();
                     tracing::info!(account = %self.args.account, executed = m.executed, placed = m.placed, duplicates = m.duplicates, pending = m.pending, rejected = m.rejected_by_broker, gate_open = self.ex.is_gate_open(), "slave progress");
@@ -393,7 +419,16 @@ impl Slave {
                 self.writer = None;
                 self.ex.handle_pipe_closed(now);
             }
-            LinkEvent::Frame(Ok(AgentFrame::Msg(msg))) => self.ex.handle_from_agent(now, msg),
+            LinkEvent::Frame(Ok(AgentFrame::Msg(msg))) => {
+                if let AgentToEa::Command(Command {
+                    body: CommandBody::Execute { symbol, price, .. },
+                    ..
+                }) = &msg
+                {
+                    self.report_symbol(symbol, *price);
+                }
+                self.ex.handle_from_agent(now, msg)
+            }
             LinkEvent::Frame(Ok(AgentFrame::Error(e))) => {
                 tracing::warn!(code = %e.code, message = %e.message, ref_type = ?e.ref_type, ref_id = ?e.ref_id, "agent reported a pipe error");
             }
@@ -443,6 +478,8 @@ impl Slave {
                         rows.push(line(&json!({"op": "cancelled", "command": command_value(&command), "result": execution_value(&result), "at_ms": wall_ms()})));
                         ops.push(op);
                     }
+                    // The executor may have sized an open or resolved a partial close itself:
+                    // the broker executes its body, not the command as written.
                     Output::PlaceOrder { command_id, body } => place.push((command_id, body)),
                     Output::QueryOrder { command_id } => queries.push(command_id),
                 }
@@ -479,6 +516,65 @@ impl Slave {
         }
     }
 
+    /// The terminal's symbol info and quote for `symbol`, whose master fill is `price` (the
+    /// first command naming a symbol sets its reference price).
+    fn report_symbol(&mut self, symbol: &Symbol, price: f64) {
+        let now = self.clock.now();
+        if !self.prices.contains_key(symbol) && price.is_finite() && price > 0.0 {
+            self.prices.insert(symbol.clone(), (price, 0));
+            self.ex.handle_fact(
+                now,
+                Fact::Symbol(
+                    symbol.clone(),
+                    SymbolFacts {
+                        limits: SymbolLimits::fx(),
+                        margin_per_lot: MARGIN_PER_LOT,
+                    },
+                ),
+            );
+            self.report_quote(symbol);
+        }
+    }
+
+    /// (bid, ask) of `symbol` now: the drifted price, without a spread (with no drift the
+    /// broker fills exactly at the master's price, as before prices could drift).
+    fn quote(&self, symbol: &Symbol) -> Option<(f64, f64)> {
+        let point = SymbolLimits::fx().point;
+        self.prices.get(symbol).map(|(p, d)| {
+            let px = if *d == 0 { *p } else { p + *d as f64 * point };
+            (px, px)
+        })
+    }
+
+    fn report_quote(&mut self, symbol: &Symbol) {
+        if let Some((bid, ask)) = self.quote(symbol) {
+            let now = self.clock.now();
+            self.ex.handle_fact(
+                now,
+                Fact::Quote {
+                    symbol: symbol.clone(),
+                    bid,
+                    ask,
+                },
+            );
+        }
+    }
+
+    /// One step of every price's seeded random walk, bounded by `--price-drift-points`.
+    fn drift_prices(&mut self) {
+        let max = i64::from(self.args.price_drift_points);
+        let symbols: Vec<Symbol> = self.prices.keys().cloned().collect();
+        for symbol in symbols {
+            self.drift_steps += 1;
+            let h = stable_hash(&(self.args.seed ^ self.drift_steps).to_le_bytes());
+            let step = (h % 7) as i64 - 3;
+            if let Some((_, d)) = self.prices.get_mut(&symbol) {
+                *d = (*d + step).clamp(-max, max);
+            }
+            self.report_quote(&symbol);
+        }
+    }
+
     /// The broker executes these orders: book rows fsynced first, then the answers fed back.
     fn fill(&mut self, orders: Vec<(CommandId, CommandBody)>) {
         if orders.is_empty() {
@@ -491,8 +587,18 @@ impl Slave {
                 tracing::error!(command_id = %id, "PlaceOrder for a command not written ahead; not placed");
                 continue;
             };
-            // The broker executes what the executor placed, not the command as written.
-            let (outcome, row) = self.broker.place(&Command { body, ..c });
+            // The broker executes what the executor placed, not the command as written; opens
+            // fill at the broker's price: the ask for a buy, the bid for a sell.
+            let fill = match &body {
+                CommandBody::Execute { symbol, side, .. } => {
+                    self.quote(symbol).map(|(bid, ask)| match side {
+                        Side::Buy => ask,
+                        Side::Sell => bid,
+                    })
+                }
+                _ => None,
+            };
+            let (outcome, row) = self.broker.place(&Command { body, ..c }, fill);
             rows.push(row);
             answers.push((id, outcome));
         }

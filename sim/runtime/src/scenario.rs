@@ -215,6 +215,7 @@ fn plan(trades: usize) -> Vec<TradeIntent> {
         for kind in [IntentKind::Open, IntentKind::Close] {
             let seq = out.len() as u64 + 1;
             out.push(TradeIntent {
+                origin: Default::default(),
                 intent_id: IntentId::new(format!("i{seq:03}")),
                 trade_id: TradeId::new(format!("t{t:02}")),
                 master: AccountId::new(MASTER),

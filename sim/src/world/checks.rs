@@ -14,8 +14,10 @@ use echo_statemachine::config::Subscription;
 use echo_statemachine::core::{DeliveryRecord, DeliveryStatus, JournalWrite};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
+use echo_statemachine::policy::deviation::deviation_points;
+use echo_statemachine::policy::filters::glob;
 use echo_statemachine::policy::reverse::opposite;
-use echo_statemachine::policy::sizing::BelowMin;
+use echo_statemachine::policy::sizing::{risk_of, BelowMin};
 use echo_statemachine::policy::stops::StopsMode;
 use echo_statemachine::policy::subscription::SizingKind;
 use echo_statemachine::policy::{SkipReason, Volume};
@@ -243,6 +245,143 @@ impl World {
     }
 }
 
+impl World {
+    /// Safety of an open at the moment slave `s` places it, against its copy terms and the
+    /// facts its terminal reported (the world's copy, never the EA's) and the positions its
+    /// broker holds: a slave-sized volume is tradable and on the step, never above the risk
+    /// budget or the ratio's volume (unless `trade_min` opened the minimum), the free margin
+    /// carries it, the exposure limits are never exceeded, and the price is within the
+    /// deviation guard.
+    pub(super) fn check_open_terms(&mut self, s: usize, id: &CommandId, body: &CommandBody) {
+        let CommandBody::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            terms,
+            ..
+        } = body
+        else {
+            return;
+        };
+        let mut bad = Vec::new();
+        let limits = self.slave_limits(s);
+        let acct = self.terminal.accounts[s];
+        let v = Volume::from_lots(*volume).unwrap_or_default();
+        let at_min = terms.trade_min && v == limits.min;
+        let intent = IntentId::new(id.as_str().split('@').next().unwrap_or(""));
+        let master_lots = self.journal.intents.get(&intent).map(|i| i.volume);
+        let contract = if terms.master_contract_size > 0.0 {
+            terms.master_contract_size / limits.contract_size
+        } else {
+            1.0
+        };
+        if terms.sizing != SlaveSizing::Final && !limits.is_tradable(v) {
+            bad.push(format!(
+                "sized {} outside min {} max {} step {}",
+                volume,
+                limits.min.lots(),
+                limits.max.lots(),
+                limits.step.lots()
+            ));
+        }
+        let cap = match terms.sizing {
+            SlaveSizing::Final => None,
+            SlaveSizing::RiskPercent => {
+                let budget = acct.equity * terms.sizing_value / 100.0;
+                let risk = risk_of(v, *price, *stop_loss, &limits);
+                if risk > budget * (1.0 + 1e-9) && !at_min {
+                    bad.push(format!("risk {risk} above the budget {budget}"));
+                }
+                None
+            }
+            SlaveSizing::BalanceRatio => Some(acct.balance),
+            SlaveSizing::EquityRatio => Some(acct.equity),
+        };
+        if let (Some(slave_amount), Some(lots)) = (cap, master_lots) {
+            let want = lots * slave_amount / terms.master_amount * terms.sizing_value * contract;
+            if v.lots() > want * (1.0 + 1e-9) && !at_min {
+                bad.push(format!("ratio-sized {} above {want}", v.lots()));
+            }
+        }
+        if terms.check_free_margin {
+            let need = v.lots() * self.terminal.margin_per_lot[s];
+            if need > acct.free_margin * (1.0 + 1e-9) {
+                bad.push(format!(
+                    "margin {need} above free margin {}",
+                    acct.free_margin
+                ));
+            }
+        }
+        let held: Vec<f64> = self
+            .positions
+            .held
+            .range((s, i64::MIN)..=(s, i64::MAX))
+            .map(|(_, h)| h.open.lots())
+            .collect();
+        if terms.max_open_positions > 0 && held.len() + 1 > terms.max_open_positions as usize {
+            bad.push(format!(
+                "a position beyond max_open_positions {} ({} held)",
+                terms.max_open_positions,
+                held.len()
+            ));
+        }
+        let total: f64 = held.iter().sum::<f64>() + v.lots();
+        if terms.max_total_lots > 0.0 && total > terms.max_total_lots + 1e-9 {
+            bad.push(format!(
+                "{total} lots beyond max_total_lots {}",
+                terms.max_total_lots
+            ));
+        }
+        if terms.max_deviation_points > 0 {
+            match self.terminal.quote_of(symbol) {
+                Some((bid, ask)) => {
+                    let dev = deviation_points(*side, *price, bid, ask, limits.point);
+                    if dev > f64::from(terms.max_deviation_points) + 1e-6 {
+                        bad.push(format!(
+                            "placed {dev} points from the master's fill, guard {}",
+                            terms.max_deviation_points
+                        ));
+                    }
+                }
+                None => bad.push(format!("placed {symbol} with no quote reported")),
+            }
+        }
+        if !bad.is_empty() {
+            let v = format!(
+                "slave-{s} placed {id} against its copy terms: {}",
+                bad.join("; ")
+            );
+            self.violation(v);
+        }
+    }
+
+    /// A refusal by the copy terms names a true reason: PRICE_DEVIATION only with the price
+    /// beyond the guard at that moment.
+    pub(super) fn check_terms_refusal(&mut self, s: usize, id: &CommandId, r: &ExecutionResult) {
+        if r.reason != Some(ErrorCode::PriceDeviation) {
+            return;
+        }
+        let Some(rec) = self.journal.deliveries.get(id).cloned() else {
+            return;
+        };
+        let Some((bid, ask)) = self.terminal.quote_of(&rec.symbol) else {
+            return;
+        };
+        let max = self
+            .journal
+            .terms
+            .get(id)
+            .map_or(0, |t| t.max_deviation_points);
+        let dev = deviation_points(rec.side, rec.price, bid, ask, self.slave_limits(s).point);
+        if dev <= f64::from(max) + 1e-6 {
+            let v = format!("slave-{s} refused {id} PRICE_DEVIATION at {dev} points, guard {max}");
+            self.violation(v);
+        }
+    }
+}
+
 /// How one planned delivery breaks its subscription's copy policy, checked from the policy's
 /// promises rather than by planning again: every non-copy names a policy reason (and
 /// `SYMBOL_NOT_MAPPED` exactly where the mapping leaves the symbol out); a copy keeps the
@@ -273,6 +412,27 @@ pub(super) fn policy_violations(
                 if intent.kind != IntentKind::Open && r != SkipReason::SymbolNotMapped {
                     bad.push(format!("{who}: a {:?} skipped with {r}", intent.kind));
                 }
+                let f = &sub.policy.filters;
+                let o = &intent.origin;
+                // Each filter's reason only where that filter refuses the trade.
+                let refuses = match r {
+                    SkipReason::FilteredMagic => Some(
+                        f.magic_deny.contains(&o.magic)
+                            || (!f.magic_allow.is_empty() && !f.magic_allow.contains(&o.magic)),
+                    ),
+                    SkipReason::FilteredComment => Some(
+                        f.comment_deny.iter().any(|p| glob(p, &o.comment))
+                            || (!f.comment_allow.is_empty()
+                                && !f.comment_allow.iter().any(|p| glob(p, &o.comment))),
+                    ),
+                    SkipReason::FilteredOrderType => {
+                        Some(!f.order_types.is_empty() && !f.order_types.contains(&o.order_type))
+                    }
+                    _ => None,
+                };
+                if refuses == Some(false) {
+                    bad.push(format!("{who} {r} but its filter admits {o:?}"));
+                }
             }
         }
         return bad;
@@ -300,7 +460,23 @@ pub(super) fn policy_violations(
         ));
     }
     let per_symbol = p.sizing.symbol_multiplier(&intent.symbol);
+    let slave_sized = matches!(
+        p.sizing_kind,
+        SizingKind::BalanceRatio | SizingKind::EquityRatio | SizingKind::RiskPercent
+    );
     match intent.kind {
+        IntentKind::Open if slave_sized => {
+            // The slave EA sizes from its own account: it must get the master's lots and terms.
+            let sizing = d.terms.map(|t| t.sizing);
+            if d.volume.to_bits() != intent.volume.to_bits()
+                || sizing.is_none_or(|s| s == SlaveSizing::Final)
+            {
+                bad.push(format!(
+                    "{who} slave-sized open planned {} lots, terms {sizing:?}",
+                    d.volume
+                ));
+            }
+        }
         IntentKind::Open => {
             let l = &p.limits;
             let v = Volume::from_lots(d.volume).unwrap_or_default();

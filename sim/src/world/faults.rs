@@ -108,6 +108,7 @@ impl World {
         if !self.faults_on {
             return;
         }
+        self.market_tick();
         let p = self.profile.clone();
         if self.chance(F::JournalOutage) && self.journal.down_until.is_none() {
             let d = self
@@ -335,6 +336,7 @@ impl World {
             "all faults off; every node restarted, every link repaired".into(),
         );
         self.journal.down_until = None;
+        self.market_heal();
         for s in 0..self.slave_slow.len() {
             self.slave_slow[s] = Duration::ZERO;
         }

@@ -30,6 +30,7 @@ mod nodes;
 pub mod policies;
 mod positions;
 mod storage;
+pub mod terminal_facts;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -213,6 +214,8 @@ pub struct World {
     core_cfg: CoreConfig,
     /// Each slave's drawn copy policy (empty: defaults), kept across re-subscriptions.
     pub policies: Vec<CopyPolicy>,
+    /// What the slaves' terminals report to their EAs (account, symbols, drifting prices).
+    pub terminal: terminal_facts::TerminalFacts,
     pub core: Option<Core>,
     core_epoch: u64,
     agents: Vec<Option<DeliveryManager>>,
@@ -449,6 +452,7 @@ impl World {
             core: Some(Core::new(core_cfg.clone())),
             core_cfg,
             policies,
+            terminal: terminal_facts::TerminalFacts::draw(seed, n_s, faults),
             core_epoch: 0,
             agents: (0..n_agents).map(|_| None).collect(),
             agent_epoch: vec![0; n_agents],

@@ -361,10 +361,12 @@ impl World {
                 command_id,
                 result,
             } => {
+                self.check_terms_refusal(s, &command_id, &result);
                 self.on_slave_records(s, &command_id, &result);
                 self.persist_slave(s, op, SlaveWrite::Executed(command_id, result));
             }
             slave::Output::PlaceOrder { command_id, body } => {
+                self.check_open_terms(s, &command_id, &body);
                 self.on_place_order(s, &command_id);
                 // The broker takes the order the moment it is sent; only its answer
                 // travels back with latency (and is lost if the EA crashes meanwhile).
@@ -525,6 +527,7 @@ impl World {
                     durable,
                 ));
                 self.drain::<SlaveM>(s, "");
+                self.report_all_facts(s);
             }
         }
         if self.agents[self.agent_of(ea)].is_some() {

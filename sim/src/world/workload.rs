@@ -125,6 +125,23 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
             open_units[trade] = before - volume_units;
         }
         out.push(TradeIntent {
+            // Magic numbers 1–3, comments "grid #N" or "scalp N", every order type; the
+            // master's account (0 = not reported, for one trade in 16).
+            origin: MasterFacts {
+                magic: (trade % 3) as i64 + 1,
+                comment: if trade % 4 == 3 {
+                    format!("scalp {trade}")
+                } else {
+                    format!("grid #{}", trade % 10)
+                },
+                order_type: OrderType::ALL[(trade / 2) % OrderType::ALL.len()],
+                balance: if trade % 16 == 15 { 0.0 } else { 10_000.0 },
+                equity: if trade % 16 == 15 {
+                    0.0
+                } else {
+                    9_000.0 + (trade % 7) as f64 * 250.0
+                },
+            },
             intent_id: IntentId::new(format!("m{m}-i{seq}")),
             // Odd steps spell the trade id in lower case: one trade, two spellings.
             trade_id: if step % 2 == 1 {

@@ -105,6 +105,12 @@ transitions! {
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
+        SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
+            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
+        TermsRebuilt = "T28": "New | Blocked | Parked",
+            "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
+            "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
     }
 }
 
@@ -370,6 +376,7 @@ impl Core {
         if self.expire_if_late(now, key) {
             return;
         }
+        self.rebuild_lost_terms(key);
         let Some(d) = self.deliveries.get(&key) else {
             return;
         };
@@ -406,14 +413,23 @@ impl Core {
         };
         let rec = (d.rec.kind == IntentKind::Open).then(|| d.rec.clone());
         self.fire(DeliveryT::Expired.spec(), self.subject(key));
+        // Remembered before the delivery finishes: finishing it may make the trade's next
+        // intent head of its chain, and that one must find the open's reason (T26).
+        if let Some(rec) = rec {
+            self.remember_skipped_open(&rec, reason.error_code());
+        }
+        self.fail_by_policy(now, key, reason);
+        true
+    }
+
+    /// A delivery the copy policy does not make, after intake: FAILED with the policy reason
+    /// and counted in `copy_skipped_total{reason}`.
+    fn fail_by_policy(&mut self, now: Instant, key: u64, reason: crate::policy::SkipReason) {
         *self
             .metrics
             .copy_skipped_total
             .entry(reason.name())
             .or_default() += 1;
-        if let Some(rec) = rec {
-            self.remember_skipped_open(&rec, reason.error_code());
-        }
         self.finalize(
             now,
             key,
@@ -421,7 +437,35 @@ impl Core {
             Some(reason.error_code()),
             None,
         );
-        true
+    }
+
+    /// An open read back from the journal has no copy terms (they are not journaled). It may
+    /// have reached the slave before the crash, so it is never failed here: it is sent with
+    /// terms rebuilt from the subscription in force — the master's balance/equity are unknown
+    /// (0), so the slave EA refuses a ratio-sized one `ACCOUNT_FACTS_UNKNOWN` unless it
+    /// already executed it (then it answers from its stored result); with the subscription
+    /// gone, with terms it refuses the same way rather than place the master's lots.
+    fn rebuild_lost_terms(&mut self, key: u64) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        if d.rec.kind != IntentKind::Open || d.rec.terms.is_some() {
+            return;
+        }
+        let terms = self
+            .subs
+            .get(&d.rec.master)
+            .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
+            .map(|s| crate::policy::terms::guard_terms(&s.policy))
+            .unwrap_or(crate::msg::ExecTerms {
+                sizing: crate::msg::SlaveSizing::BalanceRatio,
+                sizing_value: 1.0,
+                ..crate::msg::ExecTerms::default()
+            });
+        self.fire(DeliveryT::TermsRebuilt.spec(), self.subject(key));
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.rec.terms = Some(terms);
+        }
     }
 
     fn reconcile_interval(&self) -> Duration {
@@ -462,6 +506,7 @@ impl Core {
                 price: d.rec.price,
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
+                terms: d.rec.terms.unwrap_or_default(),
             },
             IntentKind::Modify => CommandBody::Modify {
                 slave_ticket: ticket(),
@@ -716,14 +761,27 @@ impl Core {
                 self.finalize(now, key, DeliveryStatus::Acked, None, Some(r.slave_ticket));
             }
             BrokerStatus::Rejected => {
-                self.fire(DeliveryT::BrokerRejected.spec(), self.subject(key));
-                self.finalize(
-                    now,
-                    key,
-                    DeliveryStatus::Failed,
-                    Some(ErrorCode::BrokerRejected),
-                    None,
-                );
+                // The slave EA's copy terms refused the open (a policy reason it reports), or
+                // the broker did (no reason).
+                match r
+                    .reason
+                    .and_then(crate::policy::SkipReason::from_error_code)
+                {
+                    Some(reason) => {
+                        self.fire(DeliveryT::SlaveRefused.spec(), self.subject(key));
+                        self.fail_by_policy(now, key, reason);
+                    }
+                    None => {
+                        self.fire(DeliveryT::BrokerRejected.spec(), self.subject(key));
+                        self.finalize(
+                            now,
+                            key,
+                            DeliveryStatus::Failed,
+                            Some(ErrorCode::BrokerRejected),
+                            None,
+                        );
+                    }
+                }
             }
             BrokerStatus::Cancelled => {
                 self.fire(DeliveryT::CancelConfirmed.spec(), self.subject(key));

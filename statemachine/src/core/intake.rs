@@ -87,7 +87,8 @@ const DEFAULT_RECENT: usize = 4_096;
 
 pub(crate) enum IntentState {
     Persisting {
-        intent: TradeIntent,
+        /// Boxed: an intent (with its master's facts) dwarfs the other state.
+        intent: Box<TradeIntent>,
         deliveries: Vec<DeliveryRecord>,
         attempts: u32,
         admitted_at: Instant,
@@ -113,6 +114,7 @@ fn intent_is_valid(i: &TradeIntent) -> bool {
         && i.price.is_finite()
         && i.stop_loss.is_finite()
         && i.take_profit.is_finite()
+        && i.origin.is_valid()
         && partial_close_is_valid(i)
 }
 
@@ -264,7 +266,7 @@ impl Core {
                 worker,
                 reply_to: agent.clone(),
                 state: IntentState::Persisting {
-                    intent: i,
+                    intent: Box::new(i),
                     deliveries,
                     attempts: 1,
                     admitted_at: now,
@@ -286,10 +288,24 @@ impl Core {
                     Ok(_) => (DeliveryStatus::Inflight, None),
                     Err(r) => (DeliveryStatus::Failed, Some(r.error_code())),
                 };
-                let (symbol, side, volume, stop_loss, take_profit) = match planned {
-                    Ok(p) => (p.symbol, p.side, p.volume, p.stop_loss, p.take_profit),
+                let (symbol, side, volume, stop_loss, take_profit, terms) = match planned {
+                    Ok(p) => (
+                        p.symbol,
+                        p.side,
+                        p.volume,
+                        p.stop_loss,
+                        p.take_profit,
+                        p.terms,
+                    ),
                     // Journaled for the record only: a FAILED delivery is never sent.
-                    Err(_) => (i.symbol.clone(), i.side, 0.0, i.stop_loss, i.take_profit),
+                    Err(_) => (
+                        i.symbol.clone(),
+                        i.side,
+                        0.0,
+                        i.stop_loss,
+                        i.take_profit,
+                        None,
+                    ),
                 };
                 DeliveryRecord {
                     command_id: CommandId::for_delivery(&i.intent_id, &s.slave),
@@ -310,6 +326,7 @@ impl Core {
                     attempts: 0,
                     slave_ticket: None,
                     reason,
+                    terms,
                     master_volume_before: if i.kind == IntentKind::PartialClose {
                         i.master_volume_before
                     } else {
@@ -459,7 +476,7 @@ impl Core {
         *retry_at = None;
         *attempts += 1;
         let write = JournalWrite::AcceptIntent {
-            intent: intent.clone(),
+            intent: intent.as_ref().clone(),
             deliveries: deliveries.clone(),
         };
         self.fire(IntakeT::RetryWrite.spec(), self.intent_subject(&id));

@@ -6,7 +6,7 @@
 //! durable snapshot `Core::recover` starts from. It must never decide anything.
 
 use crate::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use crate::msg::{AckStage, ErrorCode, IntentKind, Side, TradeIntent};
+use crate::msg::{AckStage, ErrorCode, ExecTerms, IntentKind, Side, TradeIntent};
 
 /// Identifies one journal write so its result can be matched to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +49,9 @@ pub struct DeliveryRecord {
     pub attempts: u32,
     pub slave_ticket: Option<i64>,
     pub reason: Option<ErrorCode>,
+    /// An open's copy terms for the slave EA, as planned. Not journaled (yet): a record read
+    /// back from the journal has `None`, which `core.delivery.T28` resolves.
+    pub terms: Option<ExecTerms>,
     /// For a partial close: the master's lots before it (the fraction's denominator,
     /// `TradeIntent::master_volume_before`); 0 for every other kind.
     pub master_volume_before: f64,

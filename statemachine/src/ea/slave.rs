@@ -5,8 +5,11 @@
 //! before the EA says `PipeDeliveryAck{Ok}` and places the order, the durable result
 //! (`PersistExecuted`) that must be on disk before the `ExecutionResult` is reported, the
 //! deduplication of repeated deliveries, and the recovery of commands left in doubt by a crash
-//! (asked of the broker with `QueryOrder`, never placed again). It is a sans-IO machine: broker,
-//! file and pipe are outputs and their answers inputs.
+//! (asked of the broker with `QueryOrder`, never placed again). It also applies an open's copy
+//! terms (`policy::terms`: sizing from its own account, free margin, exposure limits, the
+//! price-deviation guard with its wait window) with the account, symbol and price facts its
+//! terminal feeds it ([`Fact`]), at the moment it would place the order. It is a sans-IO
+//! machine: broker, file, pipe and terminal facts are outputs and inputs.
 //!
 //! It must never emit two `PlaceOrder` for one `command_id` — across repeats, failures and
 //! `recover()` — never answer `PipeDeliveryAck{Ok}` for a command whose write-ahead record is
@@ -15,13 +18,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::ids::{AccountId, CommandId};
+use crate::ids::{AccountId, CommandId, Symbol};
 use crate::msg::{
     AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecutionResult,
-    PipeDeliveryAck, PipeStatus,
+    PipeDeliveryAck, PipeStatus, SlaveSizing,
 };
 use crate::policy::partial::{slave_close, CloseDecision};
+use crate::policy::terms::{
+    decide_open, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
+};
+use crate::policy::{SkipReason, Volume};
 use crate::spec::{Fired, MachineSpec, Subject};
+use crate::time::Duration;
 use crate::time::{backoff, Instant};
 use crate::transitions;
 
@@ -32,6 +40,19 @@ pub type OpId = u64;
 /// pure function of the command, so forgetting the oldest only costs a re-validation.
 pub const FAILED_MEMORY: usize = 4_096;
 
+/// Most symbols whose facts the executor keeps; facts of further symbols are ignored (counted):
+/// an open on such a symbol needing them is refused `ACCOUNT_FACTS_UNKNOWN`, never guessed.
+pub const MAX_SYMBOLS: usize = 1_024;
+
+/// What the slave's terminal reports to its EA (MQL `AccountInfoDouble`, `SymbolInfoDouble`,
+/// `SymbolInfoTick`): the latest of each replaces the previous one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fact {
+    Account(AccountFacts),
+    Symbol(Symbol, SymbolFacts),
+    Quote { symbol: Symbol, bid: f64, ask: f64 },
+}
+
 transitions! {
     /// Transitions of the slave EA's executor. One command moves
     /// `persisting → executing (or in_doubt after recover) → recording ⇄ record_retry_wait → executed`.
@@ -40,15 +61,15 @@ transitions! {
         HandshakeRefused = "T02": "gate: any", "AgentToEa::Handshake for another account" => "gate: closed"; "nothing; counted handshake_refused",
         PipeClosed = "T03": "gate: any", "handle_pipe_closed" => "gate: closed"; "nothing; the next session must handshake again",
         GateClosed = "T04": "gate: closed", "Command before this session's handshake" => "gate: closed"; "ToAgent(PipeAck{Retry}); nothing remembered, nothing executed; counted retry_gate",
-        Malformed = "T05": "(none)", "Command that fails validation (volume <= 0 or not finite, non-finite price/SL/TP, ticket <= 0 on modify/close, another account)" => "refused"; "ToAgent(PipeAck{Failed, InvalidArgument / UnknownAccount}); the refusal is remembered; counted malformed",
+        Malformed = "T05": "(none)", "Command that fails validation (volume <= 0 or not finite, non-finite price/SL/TP, copy terms negative or not finite, ticket <= 0 on modify/close, another account)" => "refused"; "ToAgent(PipeAck{Failed, InvalidArgument / UnknownAccount}); the refusal is remembered; counted malformed",
         RefusedAgain = "T06": "refused", "the same command_id again" => "refused"; "ToAgent(PipeAck{Failed, same reason}); never executed",
         Busy = "T07": "(none)", "new Command, or Cancel of an unseen command, while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
         Accepted = "T08": "(none)", "new valid Command, gate open, room for it" => "persisting"; "PersistExecuting{op, command} (write-ahead)",
-        Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open, or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body}; counted placed",
+        Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open its copy terms admit now (policy::terms), or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body — an open's volume as the terms sized it}; counted placed",
         NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position (a close of a ticket it closed in full is T26)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
         WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
         NotYetDurable = "T12": "persisting, or recording a CANCELLED result", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
-        Repeated = "T13": "executing / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
+        Repeated = "T13": "executing / waiting_price / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
         BrokerAnswered = "T14": "executing / in_doubt", "handle_broker_result(Filled or Rejected)" => "recording"; "PersistExecuted{op, command_id, result}",
         BrokerIgnored = "T15": "any", "handle_broker_result for an unknown command or one already answered" => "unchanged"; "counted ignored_broker_results",
         Executed = "T16": "recording", "persist result Ok for its result record" => "executed"; "ToAgent(Execution(result)); open positions updated from the result",
@@ -62,6 +83,10 @@ transitions! {
         CancelRefused = "T24": "refused", "AgentToEa::Cancel(command) for a command it refused (T05/T06 answer first)" => "refused"; "ToAgent(Execution(REJECTED, no ticket)) — never executed; a core that gave up learns it from the result even through a legacy agent that sends no stage acks",
         KeepShare = "T25": "persisting", "persist result Ok for its write-ahead record; a ClosePart whose share of the open position is below one step or the minimum (policy::partial: Keep)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Filled, 0 lots, same ticket} — nothing to close now, the master's later closes carry the share; never placed",
         AlreadyClosed = "T26": "persisting", "persist result Ok for its write-ahead record; a Close or ClosePart of a ticket this EA already closed in full (a partial close took the rest with it: no dust)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Filled, 0 lots, same ticket} — the position is closed as the master asked; never placed, never a rejection",
+        TermsRefused = "T27": "persisting", "persist result Ok for the write-ahead record of an open its copy terms refuse (MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, VOLUME_BELOW_MIN, NO_STOP_LOSS, INSUFFICIENT_MARGIN, ACCOUNT_FACTS_UNKNOWN, or PRICE_DEVIATION with no wait window)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with the reason} — never placed; counted terms_refused",
+        WaitPrice = "T28": "persisting", "persist result Ok for the write-ahead record of an open beyond deviation/max_points, with a wait window" => "waiting_price"; "ToAgent(PipeAck{Ok}); timer at now + deviation_window_ms",
+        PriceBack = "T29": "waiting_price", "a Quote (or account/symbol fact) with which the copy terms admit the open" => "executing"; "PlaceOrder{command_id, body as sized}; counted placed",
+        WindowClosed = "T30": "waiting_price", "its wait timer expired" => "executing or recording"; "the terms decide once more without waiting: PlaceOrder, or PersistExecuted{REJECTED, PRICE_DEVIATION (or another reason)}",
     }
 }
 
@@ -76,6 +101,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("refused", "the command failed validation; remembered (bounded) so a retry gets the same answer"),
         ("persisting", "PersistExecuting issued, not yet durable; not acknowledged, not placed"),
         ("executing", "write-ahead durable, PipeAck{Ok} sent, PlaceOrder issued; waits for the broker"),
+        ("waiting_price", "an open's write-ahead durable, PipeAck{Ok} sent, not placed: its price is beyond the deviation guard and the wait window is open (not durable: after a crash it is in_doubt and the broker says it was never placed)"),
         ("in_doubt", "found after a crash with a write-ahead record and no result; QueryOrder issued; waits for the broker"),
         ("recording", "the broker answered; PersistExecuted issued, not yet durable"),
         ("record_retry_wait", "the result write failed; waits for its backoff"),
@@ -90,6 +116,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "Unfinished commands are bounded by `max_pending`; beyond it the EA answers RETRY, never drops silently.",
         "The same command_id always gets the same verdict: refused stays refused, executed is answered from its stored result.",
         "A cancelled command is never placed: its CANCELLED result is durable before it is reported, and every later delivery of it is answered from that result.",
+        "An open is placed only with a volume its copy terms sized from the facts of that moment: within the broker's limits and on its step, never above the risk budget (unless trade_min), never beyond max_open_positions / max_total_lots counting the opens already placed, never beyond the deviation guard.",
     ],
     transitions: T::TABLE,
 };
@@ -202,6 +229,10 @@ pub struct SlaveMetrics {
     pub ignored_broker_results: u64,
     pub ignored_persist_results: u64,
     pub ignored_messages: u64,
+    /// Opens the copy terms refused (reported as REJECTED with the reason).
+    pub terms_refused: u64,
+    /// Facts ignored: a new symbol beyond [`MAX_SYMBOLS`], or non-finite numbers.
+    pub ignored_facts: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -209,6 +240,7 @@ enum State {
     Persisting { op: OpId },
     Executing,
     InDoubt,
+    WaitingPrice,
     Recording { op: OpId, result: ExecutionResult },
     RecordRetryWait { result: ExecutionResult },
     Executed { result: ExecutionResult },
@@ -241,6 +273,12 @@ pub struct SlaveExecutor {
     timers: BTreeSet<(Instant, CommandId)>,
     out: VecDeque<Output>,
     m: SlaveMetrics,
+    account: Option<AccountFacts>,
+    symbols: BTreeMap<Symbol, SymbolFacts>,
+    quotes: BTreeMap<Symbol, (f64, f64)>,
+    /// Opens placed (or in doubt) whose result is not recorded yet: they count against the
+    /// exposure limits like open positions.
+    reserved: BTreeMap<CommandId, Volume>,
 }
 
 impl SlaveExecutor {
@@ -260,6 +298,10 @@ impl SlaveExecutor {
             timers: BTreeSet::new(),
             out: VecDeque::new(),
             m: SlaveMetrics::default(),
+            account: None,
+            symbols: BTreeMap::new(),
+            quotes: BTreeMap::new(),
+            reserved: BTreeMap::new(),
         }
     }
 
@@ -305,6 +347,11 @@ impl SlaveExecutor {
                     s.fire(T::RecoveredExecuted, subject);
                 }
                 None => {
+                    if let CommandBody::Execute { volume, .. } = &rec.command.body {
+                        // Maybe placed: it counts against the exposure limits until answered.
+                        s.reserved
+                            .insert(id.clone(), Volume::from_lots(*volume).unwrap_or_default());
+                    }
                     s.commands.insert(
                         id.clone(),
                         Entry {
@@ -471,7 +518,28 @@ impl SlaveExecutor {
                     }
                     _ => body,
                 };
-                if known_position {
+                if let CommandBody::Execute { terms, .. } = &body {
+                    let window = Duration::from_millis(terms.deviation_window_ms.into());
+                    // The write-ahead is durable: whatever the terms decide, the EA owns it.
+                    match self.decide(&body, terms.deviation_window_ms > 0) {
+                        OpenDecision::Place(v) => {
+                            self.fire(T::Place, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.place_open(id, body, v);
+                        }
+                        OpenDecision::WaitForPrice => {
+                            self.fire(T::WaitPrice, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.set_state(&id, State::WaitingPrice);
+                            self.arm(&id, now + window);
+                        }
+                        OpenDecision::Refuse(r) => {
+                            self.fire(T::TermsRefused, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.refuse_open(&id, r);
+                        }
+                    }
+                } else if known_position {
                     self.set_state(&id, State::Executing);
                     self.m.placed += 1;
                     self.fire(T::Place, subject);
@@ -507,6 +575,7 @@ impl SlaveExecutor {
             (State::Recording { op: cur, result: r }, Ok(())) if *cur == op => {
                 let r = r.clone();
                 let body = entry.command.body.clone();
+                self.reserved.remove(&id);
                 self.apply_to_positions(&body, &r);
                 self.set_state(&id, State::Executed { result: r.clone() });
                 self.pending = self.pending.saturating_sub(1);
@@ -578,8 +647,102 @@ impl SlaveExecutor {
                 let result = result.clone();
                 self.fire(T::RecordRetry, Subject::Command(id.clone()));
                 self.issue_record(&id, result);
+            } else if e.state == State::WaitingPrice {
+                let body = e.command.body.clone();
+                self.fire(T::WindowClosed, Subject::Command(id.clone()));
+                match self.decide(&body, false) {
+                    OpenDecision::Place(v) => self.place_open(id, body, v),
+                    OpenDecision::Refuse(r) => self.refuse_open(&id, r),
+                    // Unreachable without waiting; refusing keeps the verdict final.
+                    OpenDecision::WaitForPrice => self.refuse_open(&id, SkipReason::PriceDeviation),
+                }
             }
         }
+    }
+
+    /// A fact from the slave's terminal. A quote (or any fact) may let an open waiting for
+    /// its price be placed now (`T29`).
+    pub fn handle_fact(&mut self, _now: Instant, fact: Fact) {
+        let fin = |x: f64| x.is_finite();
+        let touched = match fact {
+            Fact::Account(a) if fin(a.balance) && fin(a.equity) && fin(a.free_margin) => {
+                self.account = Some(a);
+                None
+            }
+            Fact::Symbol(sym, f)
+                if f.limits.is_valid()
+                    && fin(f.margin_per_lot)
+                    && (self.symbols.contains_key(&sym) || self.symbols.len() < MAX_SYMBOLS) =>
+            {
+                self.symbols.insert(sym.clone(), f);
+                Some(sym)
+            }
+            Fact::Quote { symbol, bid, ask }
+                if fin(bid)
+                    && fin(ask)
+                    && (self.quotes.contains_key(&symbol) || self.quotes.len() < MAX_SYMBOLS) =>
+            {
+                self.quotes.insert(symbol.clone(), (bid, ask));
+                Some(symbol)
+            }
+            _ => {
+                self.m.ignored_facts += 1;
+                return;
+            }
+        };
+        let waiting: Vec<(CommandId, CommandBody)> = self
+            .commands
+            .iter()
+            .filter(|(_, e)| e.state == State::WaitingPrice)
+            .filter(|(_, e)| match (&e.command.body, &touched) {
+                (CommandBody::Execute { symbol, .. }, Some(t)) => symbol == t,
+                _ => true,
+            })
+            .map(|(id, e)| (id.clone(), e.command.body.clone()))
+            .collect();
+        for (id, body) in waiting {
+            if let OpenDecision::Place(v) = self.decide(&body, true) {
+                if let Some(at) = self.commands.get_mut(&id).and_then(|e| e.deadline.take()) {
+                    self.timers.remove(&(at, id.clone()));
+                }
+                self.fire(T::PriceBack, Subject::Command(id.clone()));
+                self.place_open(id, body, v);
+            }
+        }
+    }
+
+    /// Copied positions held plus opens placed and not yet answered.
+    pub fn exposure(&self) -> (u32, Volume) {
+        let held = self.positions.values().fold(Volume::ZERO, |acc, lots| {
+            acc.saturating_add(Volume::from_lots(*lots).unwrap_or_default())
+        });
+        let in_flight = if crate::mutants::active(crate::mutants::Mutant::ExposureIgnoresInFlight) {
+            0
+        } else {
+            self.reserved.len()
+        };
+        let reserved = self
+            .reserved
+            .values()
+            .take(in_flight)
+            .fold(Volume::ZERO, |acc, v| acc.saturating_add(*v));
+        let count = self.positions.len() + in_flight;
+        (
+            u32::try_from(count).unwrap_or(u32::MAX),
+            held.saturating_add(reserved),
+        )
+    }
+
+    /// What the terminal last reported for `symbol` (facts, quote).
+    pub fn symbol_view(&self, symbol: &Symbol) -> (Option<SymbolFacts>, Option<(f64, f64)>) {
+        (
+            self.symbols.get(symbol).copied(),
+            self.quotes.get(symbol).copied(),
+        )
+    }
+
+    pub fn account_facts(&self) -> Option<AccountFacts> {
+        self.account
     }
 
     pub fn poll(&mut self) -> Option<Output> {
@@ -708,9 +871,11 @@ impl SlaveExecutor {
                     price,
                     stop_loss,
                     take_profit,
+                    terms,
                     ..
                 } => {
-                    volume.is_finite()
+                    terms.is_valid()
+                        && volume.is_finite()
                         && *volume > 0.0
                         && level(*price)
                         && level(*stop_loss)
@@ -773,6 +938,7 @@ impl SlaveExecutor {
             fill_price,
             filled_volume,
             status,
+            reason: None,
         })
     }
 
@@ -857,6 +1023,66 @@ impl SlaveExecutor {
         }
     }
 
+    /// The copy terms' decision about an open command with the facts of this moment.
+    fn decide(&self, body: &CommandBody, may_wait: bool) -> OpenDecision {
+        let CommandBody::Execute {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            terms,
+            ..
+        } = body
+        else {
+            return OpenDecision::Refuse(SkipReason::AccountFactsUnknown);
+        };
+        let (open_positions, open_volume) = self.exposure();
+        let view = SlaveView {
+            account: self.account,
+            symbol: self.symbols.get(symbol).copied(),
+            quote: self.quotes.get(symbol).copied(),
+            open_positions,
+            open_volume,
+        };
+        let order = OpenOrder {
+            side: *side,
+            volume: *volume,
+            price: *price,
+            stop_loss: *stop_loss,
+        };
+        decide_open(terms, &order, &view, may_wait)
+    }
+
+    /// Places an open the terms admitted, with the volume they sized (a core-sized volume is
+    /// placed exactly as commanded).
+    fn place_open(&mut self, id: CommandId, mut body: CommandBody, v: Volume) {
+        if let CommandBody::Execute { volume, terms, .. } = &mut body {
+            if terms.sizing != SlaveSizing::Final {
+                *volume = v.lots();
+            }
+        }
+        self.reserved.insert(id.clone(), v);
+        self.set_state(&id, State::Executing);
+        self.m.placed += 1;
+        self.out.push_back(Output::PlaceOrder {
+            command_id: id,
+            body,
+        });
+    }
+
+    /// Records an open the terms refused as REJECTED with the policy reason (durable before it
+    /// is reported, like any result).
+    fn refuse_open(&mut self, id: &CommandId, reason: SkipReason) {
+        let Some(c) = self.commands.get(id).map(|e| e.command.clone()) else {
+            return;
+        };
+        self.m.terms_refused += 1;
+        let mut result = unfilled(&c, BrokerStatus::Rejected);
+        result.reason = Some(reason.error_code());
+        self.issue_record(id, result);
+    }
+
     fn pipe_ack(&mut self, id: &CommandId, status: PipeStatus, reason: Option<ErrorCode>) {
         self.out
             .push_back(Output::ToAgent(EaToAgent::PipeAck(PipeDeliveryAck {
@@ -906,5 +1132,6 @@ fn unfilled(c: &Command, status: BrokerStatus) -> ExecutionResult {
         fill_price: 0.0,
         filled_volume: 0.0,
         status,
+        reason: None,
     }
 }

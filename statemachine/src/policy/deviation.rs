@@ -42,7 +42,12 @@ pub fn check(
         return Ok(());
     }
     // A hair of tolerance: 1.10020 - 1.10000 is 20.000000000000018 points in f64.
-    let dev = deviation_points(side, master_fill, bid, ask, point);
+    let dev = if crate::mutants::active(crate::mutants::Mutant::DeviationGuardSignFlipped) {
+        let price = if side == Side::Buy { ask } else { bid };
+        (master_fill - price) / point
+    } else {
+        deviation_points(side, master_fill, bid, ask, point)
+    };
     if dev <= f64::from(guard.max_points) + 1e-6 {
         Ok(())
     } else {

@@ -22,8 +22,9 @@ pub enum Direction {
     SellOnly,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OrderType {
+    #[default]
     Market,
     Limit,
     Stop,

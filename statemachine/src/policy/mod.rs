@@ -19,6 +19,7 @@ pub mod sizing;
 pub mod stops;
 pub mod subscription;
 pub mod symbols;
+pub mod terms;
 pub mod volume;
 
 pub use reason::SkipReason;

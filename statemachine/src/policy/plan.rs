@@ -1,12 +1,14 @@
 //! The core's share of the copy policy: what one subscription makes of one master intent,
-//! from the intent and the subscription alone.
+//! from the intent (with the master's reported facts) and the subscription alone.
 //!
 //! This module owns the order in which the core applies the policy when it plans a delivery
-//! (filters → symbol mapping → sizing → reversal → SL/TP) and which decisions it may take
-//! without the slave's account or market data. It must never decide anything that needs the
-//! slave's balance, equity, fill price or own position (those belong to the slave EA), and
-//! never refuse a modify, partial close or close for a policy reason other than an unmapped
-//! symbol: a copied position is always followed to its end.
+//! (filters → symbol mapping → sizing → reversal → SL/TP), which decisions it may take
+//! without the slave's account or market data, and the hand-over of the rest to the slave EA
+//! as the open's [`ExecTerms`] (`policy::terms`). It must never decide anything that needs the
+//! slave's balance, equity, free margin, price or own positions (balance/equity-ratio and risk
+//! sizing, the free-margin check, exposure limits and the deviation guard belong to the slave
+//! EA, which knows them live), and never refuse a modify, partial close or close for a policy
+//! reason other than an unmapped symbol: a copied position is always followed to its end.
 
 use super::filters::{admit_trade, TradeFacts};
 use super::reason::SkipReason;
@@ -14,21 +16,25 @@ use super::reverse::mirror;
 use super::sizing::{size, SizingFacts, SizingMode};
 use super::stops::{slave_stops, StopsFacts};
 use super::subscription::SizingKind;
+use super::terms::exec_terms;
 use super::volume::Volume;
 use crate::config::Subscription;
 use crate::ids::Symbol;
-use crate::msg::{IntentKind, Side, TradeIntent};
+use crate::msg::{ExecTerms, IntentKind, Side, SlaveSizing, TradeIntent};
 
 /// One slave's copy of an intent, as the core plans it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedCopy {
     pub symbol: Symbol,
     pub side: Side,
-    /// Lots: the sized open; for a partial close the master's closed lots, the numerator of
-    /// the fraction the slave EA applies to its own position (`policy::partial`).
+    /// Lots: the sized open (the master's lots when the slave EA sizes it: see `terms`); for a
+    /// partial close the master's closed lots, the numerator of the fraction the slave EA
+    /// applies to its own position (`policy::partial`).
     pub volume: f64,
     pub stop_loss: f64,
     pub take_profit: f64,
+    /// An open's terms for the slave EA; `None` for every other kind.
+    pub terms: Option<ExecTerms>,
 }
 
 /// The slave's copy of `intent` under subscription `sub` (its `multiplier`, explicit
@@ -38,19 +44,18 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
     let limits = &policy.limits;
     let opens = intent.kind == IntentKind::Open;
     if opens {
-        // The master EA does not report magic number, comment or order type: a filter on
-        // them cannot be satisfied (never guessed), which `CopyPolicy::validate` refuses.
         admit_trade(
             &policy.filters,
             &TradeFacts {
                 symbol: &intent.symbol,
                 side: intent.side,
-                magic: 0,
-                comment: "",
-                order_type: super::filters::OrderType::Market,
+                magic: intent.origin.magic,
+                comment: &intent.origin.comment,
+                order_type: intent.origin.order_type,
             },
         )?;
     }
+    let terms = opens.then(|| exec_terms(policy, intent));
     let symbol = sub.map_symbol(&intent.symbol)?;
     let (side, sl, tp) = mirror(
         policy.reverse,
@@ -59,6 +64,8 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
         intent.take_profit,
     );
     let volume = match intent.kind {
+        // The slave EA sizes from its own account: it gets the master's lots.
+        IntentKind::Open if terms.is_some_and(|t| t.sizing != SlaveSizing::Final) => intent.volume,
         IntentKind::Open => {
             let facts = SizingFacts {
                 symbol: intent.symbol.clone(),
@@ -109,5 +116,6 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
         volume,
         stop_loss,
         take_profit,
+        terms,
     })
 }

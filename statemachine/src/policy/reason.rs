@@ -38,6 +38,10 @@ pub enum SkipReason {
     /// Risk-% sizing needs a stop-loss and the master's trade has none (or the slave's symbol
     /// info has no tick value).
     NoStopLoss,
+    /// The sizing mode or a guard needs a fact nobody reported: the master's balance/equity
+    /// (ratio sizing), or the slave's account, symbol info or price (sizing, free margin,
+    /// deviation). Never guessed.
+    AccountFactsUnknown,
 }
 
 impl SkipReason {
@@ -55,6 +59,7 @@ impl SkipReason {
         SkipReason::MaxTotalLots,
         SkipReason::InsufficientMargin,
         SkipReason::NoStopLoss,
+        SkipReason::AccountFactsUnknown,
     ];
 
     /// The name used in SPEC.md, on the wire (`SKIP_REASON_` + name) and as the metric label.
@@ -73,6 +78,7 @@ impl SkipReason {
             SkipReason::MaxTotalLots => "MAX_TOTAL_LOTS",
             SkipReason::InsufficientMargin => "INSUFFICIENT_MARGIN",
             SkipReason::NoStopLoss => "NO_STOP_LOSS",
+            SkipReason::AccountFactsUnknown => "ACCOUNT_FACTS_UNKNOWN",
         }
     }
 
@@ -92,6 +98,7 @@ impl SkipReason {
             SkipReason::MaxTotalLots => ErrorCode::MaxTotalLots,
             SkipReason::InsufficientMargin => ErrorCode::InsufficientMargin,
             SkipReason::NoStopLoss => ErrorCode::NoStopLoss,
+            SkipReason::AccountFactsUnknown => ErrorCode::AccountFactsUnknown,
         }
     }
 
@@ -112,7 +119,7 @@ impl SkipReason {
         match self {
             SkipReason::VolumeBelowMin => "sized volume below the slave's minimum and `below_min = \"skip\"`",
             SkipReason::SymbolNotMapped => "no map entry or affix rule names the slave's symbol, or the slave does not trade it",
-            SkipReason::PriceDeviation => "slave price further than `max_deviation_points` from the master's fill",
+            SkipReason::PriceDeviation => "slave price further than `deviation/max_points` from the master's fill (after `deviation/retry_window_ms`)",
             SkipReason::Expired => "an open reached the slave after `max_age_ms` (catch-up); never a close or SL/TP change",
             SkipReason::FilteredSymbol => "symbol denied, or not in a non-empty allow list",
             SkipReason::FilteredMagic => "magic number not accepted",
@@ -123,6 +130,7 @@ impl SkipReason {
             SkipReason::MaxTotalLots => "opening would exceed `max_total_lots`",
             SkipReason::InsufficientMargin => "free margin below what the sized volume needs",
             SkipReason::NoStopLoss => "risk sizing without a stop-loss or tick value",
+            SkipReason::AccountFactsUnknown => "a sizing mode or guard needs a fact nobody reported (master balance/equity, slave account, symbol info or price)",
         }
     }
 }

@@ -162,6 +162,12 @@ pub fn size(policy: &SizingPolicy, facts: &SizingFacts) -> Result<Sized, SkipRea
     // lots to a desk), then down to the step, so rounding never adds volume.
     let units = Volume::from_lots(raw_lots).unwrap_or(Volume::ZERO);
     let mut v = l.floor_to_step(units);
+    if matches!(policy.mode, SizingMode::RiskPercent(_))
+        && v != units
+        && crate::mutants::active(crate::mutants::Mutant::RiskSizingIgnoresBudget)
+    {
+        v = v.saturating_add(l.step);
+    }
     if v < l.min {
         match policy.below_min {
             BelowMin::TradeMin if !units.is_zero() => v = l.min,

@@ -47,6 +47,7 @@ pub fn a(s: &str) -> AgentId {
 
 pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent {
     TradeIntent {
+        origin: Default::default(),
         intent_id: IntentId::new(id),
         trade_id: TradeId::new(trade),
         master: AccountId::new("m1"),
@@ -111,6 +112,7 @@ pub fn fail_ack(cmd: &CommandId, slave: &str, err: ErrorCode) -> AgentToCore {
 
 pub fn result(cmd: &CommandId, slave: &str, ticket: i64, status: BrokerStatus) -> AgentToCore {
     AgentToCore::ExecutionResult(ExecutionResult {
+        reason: None,
         command_id: cmd.clone(),
         trade_id: TradeId::new(""),
         slave: AccountId::new(slave),
