@@ -358,9 +358,13 @@ impl World {
     }
 
     /// A refusal by the copy terms names a true reason: PRICE_DEVIATION only with the price
-    /// beyond the guard at that moment.
+    /// beyond the guard at the moment the EA decided. A record retry (`ea.slave.T18`) writes
+    /// a verdict taken earlier, when the price may have been elsewhere, so it is not judged
+    /// against the quote of its own moment.
     pub(super) fn check_terms_refusal(&mut self, s: usize, id: &CommandId, r: &ExecutionResult) {
-        if r.reason != Some(ErrorCode::PriceDeviation) {
+        if r.reason != Some(ErrorCode::PriceDeviation)
+            || self.last_fired == Some(SLAVE_RECORD_RETRY)
+        {
             return;
         }
         let Some(rec) = self.journal.deliveries.get(id).cloned() else {
@@ -532,3 +536,5 @@ pub(super) fn policy_violations(
 
 /// The transition that admits an intent and plans its deliveries.
 const ADMIT: &str = "core.intake.T01";
+/// The slave EA writes a result it decided earlier once more (its first write failed).
+const SLAVE_RECORD_RETRY: &str = "ea.slave.T18";
