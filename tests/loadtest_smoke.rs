@@ -79,6 +79,13 @@ fn short_loadtest_loses_nothing_and_writes_valid_metrics() {
     assert_eq!(i["expected_copies"], emitted * 2, "{i}");
     assert_eq!(i["copies_filled"], emitted * 2, "{i}");
     assert_eq!(doc["latency_ms"]["end_to_end"]["count"], emitted * 2);
+    // The core timed every copy's ExecutionResult (no restarts in this run).
+    assert_eq!(
+        doc["latency_ms"]["at_core"]["ea_confirmed"]["count"],
+        emitted * 2,
+        "{}",
+        doc["latency_ms"]["at_core"]
+    );
     let md = &doc["market_data"];
     assert_eq!(md["critical_offered"], md["critical_delivered"], "{md}");
     assert_eq!(md["stale_dropped"], 0, "{md}");

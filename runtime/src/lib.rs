@@ -21,7 +21,7 @@ pub use echo_statemachine as machines;
 pub mod app;
 pub mod config;
 pub mod drivers;
-pub mod histogram;
+pub use echo_statemachine::histogram;
 pub mod journal;
 pub mod ledger;
 pub mod link;

@@ -35,6 +35,10 @@ pub fn init_logging(json: bool) {
 }
 
 fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
+    line_of(out, name, labels, value);
+}
+
+fn line_of(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -47,6 +51,21 @@ fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
         out.push('}');
     }
     let _ = writeln!(out, " {value}");
+}
+
+/// The quantiles `echo_core_delivery_stage_latency_ms` reports; `1` is the exact maximum.
+pub const STAGE_QUANTILES: &[(f64, &str)] = &[
+    (0.5, "0.5"),
+    (0.9, "0.9"),
+    (0.99, "0.99"),
+    (0.999, "0.999"),
+    (1.0, "1"),
+];
+
+/// A sample line whose value is microseconds, written as milliseconds.
+fn line_ms(out: &mut String, name: &str, labels: &[(&str, &str)], micros: u64) {
+    let ms = format!("{}.{:03}", micros / 1_000, micros % 1_000);
+    line_of(out, name, labels, ms);
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -189,6 +208,34 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
             "echo_core_copy_skipped_total",
             &[("reason", reason)],
             *n,
+        );
+    }
+    head(
+        &mut o,
+        "echo_core_delivery_stage_latency_ms",
+        "summary",
+        "CORE_ACCEPTED to each later stage's ack at the core, deliveries accepted in this life",
+    );
+    for (stage, h) in &m.delivery_stage_latency_us {
+        for (q, label) in STAGE_QUANTILES {
+            line_ms(
+                &mut o,
+                "echo_core_delivery_stage_latency_ms",
+                &[("stage", stage.name()), ("quantile", label)],
+                h.quantile(*q),
+            );
+        }
+        line_ms(
+            &mut o,
+            "echo_core_delivery_stage_latency_ms_sum",
+            &[("stage", stage.name())],
+            (h.mean() * h.count() as f64) as u64,
+        );
+        line(
+            &mut o,
+            "echo_core_delivery_stage_latency_ms_count",
+            &[("stage", stage.name())],
+            h.count(),
         );
     }
     head(
@@ -525,5 +572,40 @@ mod tests {
         assert!(!text.contains("trade_id"));
         assert!(text.contains("echo_core_router_rejections_total{worker_id=\"1\",reason=\"queue_full\",component=\"core\"} 3"));
         assert!(text.contains("echo_core_delivery_pending_age_ms{stage=\"AGENT_BUFFERED\"} 12"));
+    }
+
+    #[test]
+    fn stage_latencies_are_exported_in_milliseconds_with_the_exact_maximum() {
+        let mut core = CoreStatus::default();
+        let mut h = echo_statemachine::histogram::Histogram::default();
+        for us in [900, 1_500, 2_750] {
+            h.record(us);
+        }
+        core.metrics
+            .delivery_stage_latency_us
+            .insert(echo_statemachine::msg::AckStage::EaConfirmed, h);
+        let text = render_core(&core, &LinkMetrics::default());
+        let at = |q: &str| {
+            let key = format!(
+                "echo_core_delivery_stage_latency_ms{{stage=\"EA_CONFIRMED\",quantile=\"{q}\"}} "
+            );
+            let v = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no {key} in {text}"));
+            v.parse::<f64>().expect("a number")
+        };
+        assert_eq!(at("1"), 2.75);
+        assert!(
+            (1.5..=1.5 * 1.125).contains(&at("0.5")),
+            "p50 {}",
+            at("0.5")
+        );
+        assert!(
+            text.contains("echo_core_delivery_stage_latency_ms_count{stage=\"EA_CONFIRMED\"} 3")
+        );
+        assert!(
+            text.contains("echo_core_delivery_stage_latency_ms_sum{stage=\"EA_CONFIRMED\"} 5.150")
+        );
     }
 }

@@ -29,6 +29,7 @@ pub mod agent;
 pub mod config;
 pub mod core;
 pub mod ea;
+pub mod histogram;
 pub mod ids;
 pub mod marketdata;
 pub mod msg;

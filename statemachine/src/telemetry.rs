@@ -77,6 +77,12 @@ pub const METRICS: &[MetricSpec] = &[
         "deliveries ended FAILED, and intents refused for an unavailable journal",
     ),
     m(
+        "echo_core_delivery_stage_latency_ms",
+        "summary",
+        &["stage", "quantile"],
+        "CORE_ACCEPTED (the journal accept reaching the core) to each later stage's ack (AGENT_BUFFERED, PIPE_DELIVERED) or the ExecutionResult (EA_CONFIRMED) reaching the core, ms, for deliveries accepted in this core's life; quantiles 0.5/0.9/0.99/0.999 are bucket upper edges (at most 12.5 % high), 1 is the exact maximum; over the core's life, not a sliding window",
+    ),
+    m(
         "echo_core_copy_skipped_total",
         "counter",
         &["reason"],

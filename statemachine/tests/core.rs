@@ -1217,3 +1217,44 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     all.extend(h.fired);
     all
 }
+
+/// Stage latencies run from the accept reaching the core to each later stage reaching it,
+/// once per stage; a recovered delivery is not timed (its accept happened in another life).
+#[test]
+fn stage_latencies_are_measured_from_the_accept() {
+    let mut h = H::world();
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("i1", "T-1", IntentKind::Open, 1)),
+    );
+    h.take();
+    h.journal_ok_all();
+    let cmds = h.commands();
+    let c = &cmds[0].command_id;
+    h.advance(3);
+    h.msg("B", stage_ack(c, "s1", AckStage::AgentBuffered));
+    h.advance(4);
+    h.msg("B", stage_ack(c, "s1", AckStage::PipeDelivered));
+    // A repeated ack of a stage already reached is not a second sample.
+    h.msg("B", stage_ack(c, "s1", AckStage::PipeDelivered));
+    h.advance(5);
+    h.msg("B", result(c, "s1", 100, BrokerStatus::Filled));
+    let lat = &h.core.metrics().delivery_stage_latency_us;
+    let max = |s: AckStage| lat.get(&s).map(|h| (h.count(), h.max()));
+    assert_eq!(max(AckStage::AgentBuffered), Some((1, 3_000)));
+    assert_eq!(max(AckStage::PipeDelivered), Some((1, 7_000)));
+    assert_eq!(max(AckStage::EaConfirmed), Some((1, 12_000)));
+
+    let durable = CoreDurableState {
+        unfinished: vec![record("o", "t1", "s1", IntentKind::Open, 1)],
+        open_tickets: vec![],
+    };
+    let mut r = H::recover(cfg(), durable);
+    r.msg("B", hello("B", &[("s1", Role::Slave)]));
+    let c = cmd_id("o", "s1");
+    r.advance(2);
+    r.msg("B", stage_ack(&c, "s1", AckStage::PipeDelivered));
+    r.msg("B", result(&c, "s1", 5, BrokerStatus::Filled));
+    assert!(r.has_fired("core.delivery.T05"));
+    assert!(r.core.metrics().delivery_stage_latency_us.is_empty());
+}

@@ -755,6 +755,11 @@ impl Cluster {
         scrape(self.metrics_addr).and_then(|t| metric(&t, "echo_core_open_deliveries"))
     }
 
+    /// The core's whole `/metrics` text; `None` if unreachable.
+    pub fn core_metrics_text(&self) -> Option<String> {
+        scrape(self.metrics_addr)
+    }
+
     /// A metric of the core's `/metrics` (an unlabelled one); `None` if unreachable.
     pub fn core_metric(&self, name: &str) -> Option<u64> {
         scrape(self.metrics_addr).and_then(|t| metric(&t, name))

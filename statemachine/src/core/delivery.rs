@@ -169,6 +169,8 @@ pub(crate) struct Delivery {
     /// Certainly never sent to the slave's agent (in this life or an earlier one): only such
     /// an open may expire — one that was sent may already have executed.
     pub never_sent: bool,
+    /// Accepted in this core's life: its stage latencies are measured from `planned_at`.
+    pub timed: bool,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -258,6 +260,7 @@ impl Core {
                 next: None,
                 planned_at: now,
                 never_sent: fresh,
+                timed: fresh,
             },
         );
         if prev.is_none() {
@@ -682,6 +685,22 @@ impl Core {
         self.set_deadline(key, Some(at));
     }
 
+    /// Records how long after its accept a delivery reached `stage` (first time only: the
+    /// machine calls this on a stage it had not reached).
+    fn observe_stage(&mut self, now: Instant, key: u64, stage: AckStage) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        if d.timed {
+            let us = now.saturating_since(d.planned_at).0 / 1_000;
+            self.metrics
+                .delivery_stage_latency_us
+                .entry(stage)
+                .or_default()
+                .record(us);
+        }
+    }
+
     pub(crate) fn on_command_ack(&mut self, now: Instant, a: CommandAck) {
         let Some(&key) = self.by_command.get(&a.command_id) else {
             self.metrics.late_or_unknown_total += 1;
@@ -697,6 +716,7 @@ impl Core {
         match a.result {
             AckResult::Ok if live && a.stage > stage && a.stage < AckStage::EaConfirmed => {
                 self.fire(DeliveryT::Progress.spec(), self.subject(key));
+                self.observe_stage(now, key, a.stage);
                 let cmd = a.command_id.clone();
                 let attempts = match self.deliveries.get_mut(&key) {
                     Some(d) => {
@@ -755,6 +775,7 @@ impl Core {
             self.fire(DeliveryT::Stale.spec(), self.subject(key));
             return;
         }
+        self.observe_stage(now, key, AckStage::EaConfirmed);
         match r.status {
             BrokerStatus::Filled => {
                 self.fire(DeliveryT::Confirmed.spec(), self.subject(key));

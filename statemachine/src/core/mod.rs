@@ -18,6 +18,7 @@ mod timers;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
+use crate::histogram::Histogram;
 use crate::ids::{AccountId, AgentId, CommandId, FastMap, FastSet, IntentId, TradeId};
 use crate::msg::{AckStage, AgentToCore, CoreToAgent, ErrorCode};
 use crate::spec::{Fired, Subject, Transition};
@@ -98,6 +99,10 @@ pub struct CoreMetrics {
     /// `echo_core_copy_skipped_total{reason}`: deliveries the copy policy did not make, by
     /// [`crate::policy::SkipReason`] name.
     pub copy_skipped_total: BTreeMap<&'static str, u64>,
+    /// `echo_core_delivery_stage_latency_ms{stage,quantile}`: CORE_ACCEPTED (the accept
+    /// reached this core) → each later stage's ack reaching it, in µs, for deliveries accepted
+    /// in this core's life (a recovered delivery's earlier stages happened in another life).
+    pub delivery_stage_latency_us: BTreeMap<AckStage, Histogram>,
     pub deliveries_acked_total: u64,
     pub intents_accepted_total: u64,
     pub intents_rejected_total: u64,

@@ -31,6 +31,48 @@ pub fn millis(us: u64) -> f64 {
     ms(us)
 }
 
+/// The stages the core times, as `metrics.json` names them under `latency_ms/at_core`.
+pub const CORE_STAGES: &[(&str, &str)] = &[
+    ("AGENT_BUFFERED", "agent_buffered"),
+    ("PIPE_DELIVERED", "pipe_delivered"),
+    ("EA_CONFIRMED", "ea_confirmed"),
+];
+
+/// `latency_ms/at_core`: CORE_ACCEPTED → AGENT_BUFFERED / PIPE_DELIVERED / EA_CONFIRMED as the
+/// core measured them (`echo_core_delivery_stage_latency_ms`, read from its `/metrics` text
+/// after the run): per stage `{count, p50, p90, p99, p999, max}` in ms, a stage no delivery
+/// reached has count 0; `{"error": …}` when the core could not be read. Percentiles are the
+/// core histogram's bucket edges (at most 12.5 % high), max is exact.
+pub fn stages_at_core(text: Option<&str>) -> Value {
+    let Some(text) = text else {
+        return json!({"error": "the core's /metrics could not be read"});
+    };
+    let name = "echo_core_delivery_stage_latency_ms";
+    let mut out = serde_json::Map::new();
+    for (stage, key) in CORE_STAGES {
+        let sample = |suffix: &str, labels: String| -> f64 {
+            let prefix = format!("{name}{suffix}{{{labels}}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let q = |q: &str| sample("", format!("stage=\"{stage}\",quantile=\"{q}\""));
+        out.insert(
+            (*key).to_string(),
+            json!({
+                "count": sample("_count", format!("stage=\"{stage}\"")) as u64,
+                "p50": q("0.5"),
+                "p90": q("0.9"),
+                "p99": q("0.99"),
+                "p999": q("0.999"),
+                "max": q("1"),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 /// Every required key with its JSON type: `(path, kind)`, kind one of `n` (number),
 /// `s` (string), `b` (bool), `a` (array), `o` (object).
 pub const REQUIRED: &[(&str, char)] = &[
@@ -64,6 +106,7 @@ pub const REQUIRED: &[(&str, char)] = &[
     ("latency_ms/core_accepted", 'o'),
     ("latency_ms/pipe_delivered", 'o'),
     ("latency_ms/end_to_end", 'o'),
+    ("latency_ms/at_core", 'o'),
     ("runtime_lag_ms/p95", 'n'),
     ("runtime_lag_ms/max", 'n'),
     ("workers", 'a'),
@@ -128,4 +171,34 @@ pub fn check(doc: &Value) -> Vec<String> {
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::core::CoreStatus;
+    use crate::link::server::LinkMetrics;
+    use crate::observe::render_core;
+    use echo_statemachine::msg::AckStage;
+
+    /// The parser reads what the core's exporter writes (not a hand-made text).
+    #[test]
+    fn stages_at_core_read_back_what_the_core_exports() {
+        let mut core = CoreStatus::default();
+        let mut h = Histogram::default();
+        for us in [1_000, 2_000, 40_000] {
+            h.record(us);
+        }
+        core.metrics
+            .delivery_stage_latency_us
+            .insert(AckStage::PipeDelivered, h);
+        let text = render_core(&core, &LinkMetrics::default());
+        let v = stages_at_core(Some(&text));
+        assert_eq!(v["pipe_delivered"]["count"], 3);
+        assert_eq!(v["pipe_delivered"]["max"], 40.0);
+        let p50 = v["pipe_delivered"]["p50"].as_f64().unwrap_or(0.0);
+        assert!((2.0..=2.25).contains(&p50), "p50 {p50}");
+        assert_eq!(v["ea_confirmed"]["count"], 0, "a stage never reached");
+        assert!(stages_at_core(None)["error"].is_string());
+    }
 }

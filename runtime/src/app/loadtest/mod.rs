@@ -339,6 +339,7 @@ fn run_cluster(
     }
     progress.finish();
     stages.poll();
+    let at_core = metrics::stages_at_core(cluster.core_metrics_text().as_deref());
     let hb_window = hb_started.elapsed().min(o.duration).as_secs_f64();
     if let Some(s) = &swarm {
         let c = &s.counters;
@@ -480,6 +481,7 @@ fn run_cluster(
             "pipe_delivered": metrics::summary(&stages.pipe_delivered),
             "journal_to_slave": metrics::summary(&stages.journal_to_slave),
             "end_to_end": metrics::summary(&stages.end_to_end),
+            "at_core": at_core,
         },
         "runtime_lag_ms": {
             "p50": metrics::millis(lag_run.quantile(0.5)),

@@ -125,7 +125,10 @@ fn row(out: &mut String, k: &str, v: &str) {
 }
 
 fn lat(m: &Value, stage: &str) -> String {
-    let s = &m["latency_ms"][stage];
+    stage_row(&m["latency_ms"][stage])
+}
+
+fn stage_row(s: &Value) -> String {
     format!(
         "n {} · p50 {} · p90 {} · p99 {} · p99.9 {} · max {} ms",
         s["count"], s["p50"], s["p90"], s["p99"], s["p999"], s["max"]
@@ -172,6 +175,12 @@ pub fn render(m: &Value) -> String {
         "end_to_end",
     ] {
         row(&mut t, &format!("latency {stage}"), &lat(m, stage));
+    }
+    for (_, key) in super::metrics::CORE_STAGES {
+        let s = &m["latency_ms"]["at_core"][key];
+        if s.is_object() {
+            row(&mut t, &format!("at the core: {key}"), &stage_row(s));
+        }
     }
     row(
         &mut t,
