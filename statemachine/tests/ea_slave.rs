@@ -1713,6 +1713,15 @@ impl Model {
                             prop_assert!(false, "{} placed unresolved: {:?}", command_id, body);
                             continue;
                         }
+                        CommandBody::PlacePending { volume, .. } => {
+                            let n: i64 = c.command_id.as_str()[1..].parse().unwrap_or(0);
+                            filled(1000 + n, *volume)
+                        }
+                        CommandBody::ModifyPending { slave_ticket, .. }
+                        | CommandBody::ResolvePending { slave_ticket, .. }
+                        | CommandBody::TriggerPending { slave_ticket, .. } => {
+                            filled(*slave_ticket, 0.0)
+                        }
                     };
                     self.broker.insert(command_id.clone(), outcome);
                     self.waiting.push(command_id);
