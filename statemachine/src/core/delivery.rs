@@ -590,22 +590,20 @@ impl Core {
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
             },
-            IntentKind::PendingCancel | IntentKind::PendingTrigger => {
-                CommandBody::ResolvePending {
-                    slave_ticket: ticket(),
-                    resolution: if d.rec.kind == IntentKind::PendingCancel {
-                        crate::msg::PendingResolution::Cancel
-                    } else {
-                        crate::msg::PendingResolution::Trigger
-                    },
-                    symbol: d.rec.symbol.clone(),
-                    side: d.rec.side,
-                    price: d.rec.price,
-                    stop_loss: d.rec.stop_loss,
-                    take_profit: d.rec.take_profit,
-                    terms: d.rec.terms.unwrap_or_default(),
-                }
-            }
+            IntentKind::PendingCancel | IntentKind::PendingTrigger => CommandBody::ResolvePending {
+                slave_ticket: ticket(),
+                resolution: if d.rec.kind == IntentKind::PendingCancel {
+                    crate::msg::PendingResolution::Cancel
+                } else {
+                    crate::msg::PendingResolution::Trigger
+                },
+                symbol: d.rec.symbol.clone(),
+                side: d.rec.side,
+                price: d.rec.price,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+                terms: d.rec.terms.unwrap_or_default(),
+            },
         };
         Command {
             command_id: d.rec.command_id.clone(),

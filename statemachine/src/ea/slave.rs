@@ -1064,6 +1064,13 @@ impl SlaveExecutor {
     }
 
     fn apply_to_positions(&mut self, body: &CommandBody, r: &ExecutionResult) {
+        if let (CommandBody::ResolvePending { slave_ticket, .. }, Some(_)) = (body, r.reason) {
+            // A trigger whose market fallback the guard refused: the broker deleted the
+            // pending order (T36).
+            if r.status == BrokerStatus::Rejected {
+                self.pendings.remove(slave_ticket);
+            }
+        }
         if r.status != BrokerStatus::Filled {
             return;
         }
