@@ -473,6 +473,38 @@ mod tests {
                 slave_ticket: 9,
                 volume: 0.0,
             },
+            CommandBody::PlacePending {
+                symbol: Symbol::new("EURUSD"),
+                side: Side::Buy,
+                order_type: echo_statemachine::msg::PendingType::Stop,
+                volume: 0.3,
+                price: 1.0987,
+                stop_loss: 1.09,
+                take_profit: 1.11,
+                terms: echo_statemachine::msg::ExecTerms {
+                    max_open_positions: 3,
+                    ..Default::default()
+                },
+            },
+            CommandBody::ModifyPending {
+                slave_ticket: 11,
+                price: 1.0991,
+                stop_loss: 0.0,
+                take_profit: 1.12,
+            },
+            CommandBody::ResolvePending {
+                slave_ticket: 11,
+                resolution: echo_statemachine::msg::PendingResolution::Trigger,
+                symbol: Symbol::new("EURUSD"),
+                side: Side::Sell,
+                price: 1.0991,
+                stop_loss: 1.2,
+                take_profit: 1.0,
+                terms: echo_statemachine::msg::ExecTerms {
+                    max_deviation_points: 25,
+                    ..Default::default()
+                },
+            },
         ];
         let states = [
             LedgerState::Buffered,

@@ -270,17 +270,14 @@ spelling!(role_str, parse_role, Role {
     Role::Master => "MASTER",
     Role::Slave => "SLAVE",
 });
-spelling!(kind_str, parse_kind, IntentKind {
-    IntentKind::Open => "OPEN",
-    IntentKind::Modify => "MODIFY",
-    IntentKind::PartialClose => "PARTIAL_CLOSE",
-    IntentKind::Close => "CLOSE",
-    IntentKind::PlaceLimit => "PLACE_LIMIT",
-    IntentKind::PlaceStop => "PLACE_STOP",
-    IntentKind::PendingModify => "PENDING_MODIFY",
-    IntentKind::PendingCancel => "PENDING_CANCEL",
-    IntentKind::PendingTrigger => "PENDING_TRIGGER",
-});
+/// Intent kinds are spelled as the journal and the wire spell them (`IntentKind::name`).
+fn kind_str(k: IntentKind) -> &'static str {
+    k.name()
+}
+
+fn parse_kind(s: &str) -> Option<IntentKind> {
+    IntentKind::from_name(s)
+}
 spelling!(side_str, parse_side, Side {
     Side::Buy => "BUY",
     Side::Sell => "SELL",

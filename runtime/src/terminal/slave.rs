@@ -704,7 +704,9 @@ impl Slave {
             // The broker executes what the executor placed, not the command as written; opens
             // fill at the broker's price: the ask for a buy, the bid for a sell.
             let fill = match &body {
-                CommandBody::Execute { symbol, side, .. } => {
+                // A trigger's market fallback fills like an open.
+                CommandBody::Execute { symbol, side, .. }
+                | CommandBody::TriggerPending { symbol, side, .. } => {
                     self.quote(symbol).map(|(bid, ask)| match side {
                         Side::Buy => ask,
                         Side::Sell => bid,

@@ -369,17 +369,12 @@ impl World {
         {
             return;
         }
-        let Some(rec) = self.journal.deliveries.get(id).cloned() else {
+        let Some((rec, max)) = self.guard_of(id) else {
             return;
         };
         let Some((bid, ask)) = self.terminal.quote_of(&rec.symbol) else {
             return;
         };
-        let max = self
-            .journal
-            .terms
-            .get(id)
-            .map_or(0, |t| t.max_deviation_points);
         let dev = deviation_points(rec.side, rec.price, bid, ask, self.slave_limits(s).point);
         if dev <= f64::from(max) + 1e-6 {
             let v = format!("slave-{s} refused {id} PRICE_DEVIATION at {dev} points, guard {max}");
@@ -389,20 +384,26 @@ impl World {
 }
 
 impl World {
+    /// A delivery as journaled, with its deviation guard (points; 0 = off).
+    fn guard_of(&self, id: &CommandId) -> Option<(DeliveryRecord, u32)> {
+        let rec = self.journal.deliveries.get(id).cloned()?;
+        let max = self
+            .journal
+            .terms
+            .get(id)
+            .map_or(0, |t| t.max_deviation_points);
+        Some((rec, max))
+    }
+
     /// A trigger goes to the broker without its market fallback only when the deviation guard
     /// refuses a market open at this moment (its quote beyond the guard, or none reported).
     pub(super) fn check_trigger(&mut self, s: usize, id: &CommandId, body: &CommandBody) {
         let CommandBody::TriggerPending { market: false, .. } = body else {
             return;
         };
-        let Some(rec) = self.journal.deliveries.get(id).cloned() else {
+        let Some((rec, max)) = self.guard_of(id) else {
             return;
         };
-        let max = self
-            .journal
-            .terms
-            .get(id)
-            .map_or(0, |t| t.max_deviation_points);
         let refused = max > 0
             && match self.terminal.quote_of(&rec.symbol) {
                 None => true,

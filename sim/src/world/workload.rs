@@ -186,7 +186,8 @@ pub struct Workload {
     pub compat_agent: Option<usize>,
     /// Chance per trade that a broken terminal spoils one of its intents (‰): an open with a
     /// negative stop-loss (valid for the core, refused by slave EAs) or a non-finite price
-    /// (refused by the core with INVALID_ARGUMENT).
+    /// (refused by the core with INVALID_ARGUMENT; a pending placement loses its price
+    /// instead: `core.intake.T14`).
     pub malformed: u64,
     /// Chance per trade that it starts as a pending order (‰): placed (limit or stop),
     /// modified, then cancelled by the master or triggered — a triggered one goes on with the
@@ -353,7 +354,7 @@ pub(super) fn pendings_some(script: &mut Vec<TradeIntent>, m: usize, per_mille: 
 /// its open gets a negative stop-loss (finite, so valid for the core; refused as malformed by
 /// every slave EA whose policy copies the master's SL/TP prices — sizing would turn a volume
 /// of 0 into VOLUME_BELOW_MIN at the core before any EA saw it), or one of its intents a
-/// non-finite price. Every copy of it must
+/// non-finite price (a pending placement: a price of 0). Every copy of it must
 /// still end explicitly (FAILED with a reason), and the trade's later intents NO_POSITION
 /// where the open never executed.
 pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut Rng) {
@@ -377,7 +378,12 @@ pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut R
             }
         } else {
             let k = of_trade[rng.below(of_trade.len() as u64) as usize];
-            script[k].price = f64::NAN;
+            // A pending order without its price is refused by the core (`core.intake.T14`).
+            script[k].price = if script[k].kind.placed_order_type().is_some() {
+                0.0
+            } else {
+                f64::NAN
+            };
         }
     }
 }

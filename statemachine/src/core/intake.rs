@@ -200,18 +200,15 @@ impl Core {
             self.ack_intent(agent.clone(), i.intent_id, i.trade_id, None);
             return;
         }
-        if !intent_is_valid(&i) {
-            self.fire(IntakeT::Invalid.spec(), subject);
-            self.ack_intent(
-                agent.clone(),
-                i.intent_id,
-                i.trade_id,
-                Some(ErrorCode::InvalidArgument),
-            );
-            return;
-        }
-        if !pending_is_valid(&i) {
-            self.fire(IntakeT::InvalidPending.spec(), subject);
+        let invalid = if !intent_is_valid(&i) {
+            Some(IntakeT::Invalid)
+        } else if !pending_is_valid(&i) {
+            Some(IntakeT::InvalidPending)
+        } else {
+            None
+        };
+        if let Some(t) = invalid {
+            self.fire(t.spec(), subject);
             self.ack_intent(
                 agent.clone(),
                 i.intent_id,

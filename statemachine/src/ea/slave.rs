@@ -567,18 +567,7 @@ impl SlaveExecutor {
                 } else {
                     // The broker would refuse a ticket we never opened or already closed;
                     // answering as it would keeps one path for every rejection.
-                    self.m.no_position += 1;
-                    let result = self.result_for(
-                        &id,
-                        &BrokerOutcome::Rejected {
-                            reason: "no open position for this ticket".into(),
-                        },
-                    );
-                    self.fire(T::NoPosition, subject);
-                    self.pipe_ack(&id, PipeStatus::Ok, None);
-                    if let Some(result) = result {
-                        self.issue_record(&id, result);
-                    }
+                    self.answer_unheld(id, T::NoPosition, "no open position for this ticket");
                 }
             }
             (State::Persisting { op: cur }, Err(_)) if *cur == op => {
@@ -1124,6 +1113,18 @@ impl SlaveExecutor {
         }
     }
 
+    /// A command for a ticket this EA does not hold (as a position: T10; as a pending order:
+    /// T35), its write-ahead durable: answered REJECTED as the broker would, never placed.
+    fn answer_unheld(&mut self, id: CommandId, t: T, why: &str) {
+        self.m.no_position += 1;
+        let result = self.result_for(&id, &BrokerOutcome::Rejected { reason: why.into() });
+        self.fire(t, Subject::Command(id.clone()));
+        self.pipe_ack(&id, PipeStatus::Ok, None);
+        if let Some(result) = result {
+            self.issue_record(&id, result);
+        }
+    }
+
     /// A pending order's command, its write-ahead durable (SPEC.md §5.2 "Pending orders"): a
     /// placement is decided by the copy terms like an open; a modify or cancel is passed to
     /// the broker as is; a trigger converges the slave's pending order to the master's fill.
@@ -1150,18 +1151,7 @@ impl SlaveExecutor {
         let ticket = body.slave_ticket();
         let Some(pending_volume) = self.pendings.get(&ticket).copied() else {
             // Never placed here, or already triggered / cancelled: the broker would refuse.
-            self.m.no_position += 1;
-            let result = self.result_for(
-                &id,
-                &BrokerOutcome::Rejected {
-                    reason: "no pending order for this ticket".into(),
-                },
-            );
-            self.fire(T::NoPending, subject);
-            self.pipe_ack(&id, PipeStatus::Ok, None);
-            if let Some(result) = result {
-                self.issue_record(&id, result);
-            }
+            self.answer_unheld(id, T::NoPending, "no pending order for this ticket");
             return;
         };
         self.pipe_ack(&id, PipeStatus::Ok, None);
