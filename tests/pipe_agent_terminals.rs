@@ -106,22 +106,20 @@ impl MiniCore {
                 stop_loss: i.stop_loss,
                 take_profit: i.take_profit,
             },
-            IntentKind::PendingCancel | IntentKind::PendingTrigger => {
-                CommandBody::ResolvePending {
-                    slave_ticket: ticket,
-                    resolution: if i.kind == IntentKind::PendingCancel {
-                        PendingResolution::Cancel
-                    } else {
-                        PendingResolution::Trigger
-                    },
-                    symbol: i.symbol.clone(),
-                    side: i.side,
-                    price: i.price,
-                    stop_loss: i.stop_loss,
-                    take_profit: i.take_profit,
-                    terms: Default::default(),
-                }
-            }
+            IntentKind::PendingCancel | IntentKind::PendingTrigger => CommandBody::ResolvePending {
+                slave_ticket: ticket,
+                resolution: if i.kind == IntentKind::PendingCancel {
+                    PendingResolution::Cancel
+                } else {
+                    PendingResolution::Trigger
+                },
+                symbol: i.symbol.clone(),
+                side: i.side,
+                price: i.price,
+                stop_loss: i.stop_loss,
+                take_profit: i.take_profit,
+                terms: Default::default(),
+            },
         };
         let slave = AccountId::new("S1");
         let c = Command {

@@ -537,7 +537,10 @@ async fn pending_orders_are_placed_modified_triggered_and_cancelled() {
             },
         ))
         .await;
-    assert_eq!((modified.status, modified.slave_ticket), (BrokerStatus::Filled, ticket));
+    assert_eq!(
+        (modified.status, modified.slave_ticket),
+        (BrokerStatus::Filled, ticket)
+    );
     // A restart: the pending order is rebuilt from the terminal's files.
     run.abort();
     let _ = run.await;
@@ -586,7 +589,9 @@ async fn pending_orders_are_placed_modified_triggered_and_cancelled() {
         .await;
     assert_eq!(late.status, BrokerStatus::Rejected, "no pending order left");
     let b = book(&data);
-    for id in ["M1-1@S1", "M1-2@S1", "M1-3@S1", "M1-4@S1", "M1-5@S1", "M1-6@S1"] {
+    for id in [
+        "M1-1@S1", "M1-2@S1", "M1-3@S1", "M1-4@S1", "M1-5@S1", "M1-6@S1",
+    ] {
         assert_eq!(b.get(id), Some(&1), "{id} reached the broker once");
     }
     assert_eq!(b.get("M1-7@S1"), None, "never placed");

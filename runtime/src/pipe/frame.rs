@@ -15,8 +15,7 @@ use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AgentToEa, BrokerStatus, CloseFraction, Command, CommandBody, EaToAgent, ErrorCode,
     ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PendingResolution, PendingType,
-    PipeDeliveryAck, PipeStatus,
-    Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
+    PipeDeliveryAck, PipeStatus, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use serde_json::{Map, Value};
 

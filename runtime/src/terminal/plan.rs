@@ -553,7 +553,8 @@ mod tests {
 
     #[test]
     fn scripts_place_modify_trigger_and_cancel_pending_orders() {
-        let text = "pending a X buy limit 1 1.09 sl=1.08\npending_modify a 1.085\ntrigger a 1.085\n\
+        let text =
+            "pending a X buy limit 1 1.09 sl=1.08\npending_modify a 1.085\ntrigger a 1.085\n\
                     modify a tp=1.2\nclose a\npending b X sell stop 2 1.05\ncancel b\n";
         let mut s = Plan::script(Path::new("s"), text).unwrap();
         let kinds: Vec<(IntentKind, f64)> =

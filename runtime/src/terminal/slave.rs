@@ -293,7 +293,10 @@ impl Broker {
                     if let Some(p) = self.pendings.get_mut(slave_ticket) {
                         p.1 = *price;
                     }
-                    match (self.pendings.get(slave_ticket), self.positions.get(slave_ticket)) {
+                    match (
+                        self.pendings.get(slave_ticket),
+                        self.positions.get(slave_ticket),
+                    ) {
                         (Some(&(_, p)), _) | (None, Some(&(_, p))) => BrokerOutcome::Filled {
                             ticket: *slave_ticket,
                             price: p,

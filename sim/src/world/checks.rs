@@ -409,12 +409,13 @@ impl World {
                 None => true,
                 Some((bid, ask)) => {
                     let point = self.slave_limits(s).point;
-                    deviation_points(rec.side, rec.price, bid, ask, point)
-                        > f64::from(max) + 1e-6
+                    deviation_points(rec.side, rec.price, bid, ask, point) > f64::from(max) + 1e-6
                 }
             };
         if !refused {
-            let v = format!("slave-{s} sent trigger {id} without its market fallback, guard {max} admits it");
+            let v = format!(
+                "slave-{s} sent trigger {id} without its market fallback, guard {max} admits it"
+            );
             self.violation(v);
         }
     }

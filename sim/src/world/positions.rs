@@ -244,8 +244,7 @@ impl World {
             CommandBody::ModifyPending { slave_ticket, .. } => {
                 // A pending order, or the position it became on its own (SL/TP only).
                 let k = (s, *slave_ticket);
-                if self.positions.pending.contains_key(&k) || self.positions.held.contains_key(&k)
-                {
+                if self.positions.pending.contains_key(&k) || self.positions.held.contains_key(&k) {
                     BrokerOutcome::Filled {
                         ticket: *slave_ticket,
                         price: 1.1,
@@ -280,7 +279,9 @@ impl World {
                 }
             }
             CommandBody::ResolvePending { .. } => {
-                let v = format!("slave-{s} sent {command_id} to its broker without converging the trigger");
+                let v = format!(
+                    "slave-{s} sent {command_id} to its broker without converging the trigger"
+                );
                 self.violation(v);
                 reject("unresolved trigger")
             }
@@ -349,7 +350,10 @@ impl World {
         };
         self.fault(
             "pending_fill",
-            format!("slave-{} pending {} of {} filled at its broker", k.0, k.1, p.trade),
+            format!(
+                "slave-{} pending {} of {} filled at its broker",
+                k.0, k.1, p.trade
+            ),
         );
         let why = format!("pending {} filled", k.1);
         self.note_position_created(k.0, &p.trade, &why);
@@ -372,7 +376,10 @@ impl World {
             return;
         };
         let Some(master_type) = pending_type(i.kind) else {
-            let v = format!("slave-{s} placed a pending order for {:?} intent {intent}", i.kind);
+            let v = format!(
+                "slave-{s} placed a pending order for {:?} intent {intent}",
+                i.kind
+            );
             self.violation(v);
             return;
         };
@@ -611,7 +618,10 @@ impl World {
         let mut ends: BTreeMap<(usize, String), (&CommandId, DeliveryStatus, Option<ErrorCode>)> =
             BTreeMap::new();
         for d in self.journal.deliveries.values() {
-            if !matches!(d.kind, IntentKind::PendingCancel | IntentKind::PendingTrigger) {
+            if !matches!(
+                d.kind,
+                IntentKind::PendingCancel | IntentKind::PendingTrigger
+            ) {
                 continue;
             }
             let Some(s) = self.slave_accounts.iter().position(|a| *a == d.slave) else {
@@ -633,9 +643,9 @@ impl World {
                 (DeliveryStatus::Acked, _) => {
                     bad.push(format!("{holds} although its master's {cmd} was confirmed"))
                 }
-                (DeliveryStatus::Failed, None | Some(ErrorCode::NoPosition)) => bad.push(
-                    format!("{holds}: its master's {cmd} FAILED {reason:?} (ticket lost)"),
-                ),
+                (DeliveryStatus::Failed, None | Some(ErrorCode::NoPosition)) => bad.push(format!(
+                    "{holds}: its master's {cmd} FAILED {reason:?} (ticket lost)"
+                )),
                 _ => {}
             }
         }

@@ -278,7 +278,12 @@ impl std::fmt::Display for Workload {
 /// lots), after which the trade's modify, partial closes and close follow as scripted. All of
 /// one trade share its trade id; the script is renumbered (intent ids, `master_seq`) so
 /// emission order stays the master's order.
-pub(super) fn pendings_some(script: &mut Vec<TradeIntent>, m: usize, per_mille: u64, rng: &mut Rng) {
+pub(super) fn pendings_some(
+    script: &mut Vec<TradeIntent>,
+    m: usize,
+    per_mille: u64,
+    rng: &mut Rng,
+) {
     let opens: Vec<usize> = (0..script.len())
         .filter(|&k| script[k].kind == IntentKind::Open)
         .collect();
