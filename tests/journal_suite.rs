@@ -322,7 +322,11 @@ async fn pending_tickets_follow_placement_trigger_and_cancel(kind: Kind) {
     let j = env.open().await;
     let state = j.load().await.expect("load");
     let want: BTreeSet<_> = [("t1".to_string(), 601)].into();
-    assert_eq!(tickets(&state), want, "the trigger's position, the cancel gone");
+    assert_eq!(
+        tickets(&state),
+        want,
+        "the trigger's position, the cancel gone"
+    );
     let report = j.trade(&TradeId::new("t1")).await.expect("trade");
     assert_eq!(report.open_tickets, vec![(AccountId::new("s1"), 601)]);
     j.close().await;
