@@ -889,6 +889,16 @@ impl SlaveExecutor {
             return Err(ErrorCode::UnknownAccount);
         }
         let level = |x: f64| x.is_finite() && x >= 0.0;
+        // An open or a placement: positive lots, valid terms, SL/TP levels; `priced` for
+        // the price (an open's may be 0 = market, a pending order's must be > 0).
+        let entry = |volume: f64, terms: &ExecTerms, priced: bool, sl: f64, tp: f64| {
+            terms.is_valid()
+                && volume.is_finite()
+                && volume > 0.0
+                && priced
+                && level(sl)
+                && level(tp)
+        };
         let ok = !c.command_id.as_str().is_empty()
             && match &c.body {
                 CommandBody::Execute {
@@ -898,14 +908,7 @@ impl SlaveExecutor {
                     take_profit,
                     terms,
                     ..
-                } => {
-                    terms.is_valid()
-                        && volume.is_finite()
-                        && *volume > 0.0
-                        && level(*price)
-                        && level(*stop_loss)
-                        && level(*take_profit)
-                }
+                } => entry(*volume, terms, level(*price), *stop_loss, *take_profit),
                 CommandBody::Modify {
                     slave_ticket,
                     stop_loss,
@@ -929,13 +932,8 @@ impl SlaveExecutor {
                     terms,
                     ..
                 } => {
-                    terms.is_valid()
-                        && volume.is_finite()
-                        && *volume > 0.0
-                        && price.is_finite()
-                        && *price > 0.0
-                        && level(*stop_loss)
-                        && level(*take_profit)
+                    let priced = price.is_finite() && *price > 0.0;
+                    entry(*volume, terms, priced, *stop_loss, *take_profit)
                 }
                 CommandBody::ModifyPending {
                     slave_ticket,
