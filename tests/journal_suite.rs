@@ -277,6 +277,61 @@ async fn open_tickets_follow_opens_and_closes(kind: Kind) {
     j.close().await;
 }
 
+/// Pending orders (SPEC.md §5.2): a filled placement records the slave's pending ticket in
+/// `open_position`, the trigger replaces it by the position's (here a new one: the slave opened
+/// at market), a later modify keeps it, a cancel removes its trade's row — durable across a
+/// reopen of the journal, and the widened intent kinds are accepted by both schemas.
+async fn pending_tickets_follow_placement_trigger_and_cancel(kind: Kind) {
+    let env = Env::new(kind).await;
+    let j = env.open().await;
+    let mut writes = 0;
+    let mut step = |id: &str, trade: &str, k: IntentKind, ticket: i64| {
+        writes += 1;
+        let i = intent(id, trade, k, writes);
+        let (w, ds) = accept(&i, &["s1"]);
+        let fin = finish(&ds[0], DeliveryStatus::Acked, Some(ticket), None);
+        (w, fin)
+    };
+    let tickets = |s: &echo_statemachine::core::CoreDurableState| {
+        s.open_tickets
+            .iter()
+            .map(|(t, _, k)| (t.as_str().to_string(), *k))
+            .collect::<BTreeSet<_>>()
+    };
+    for (id, trade, k, ticket) in [
+        ("p1", "t1", IntentKind::PlaceLimit, 501),
+        ("p2", "t2", IntentKind::PlaceStop, 502),
+        ("m1", "t1", IntentKind::PendingModify, 501),
+    ] {
+        let (w, fin) = step(id, trade, k, ticket);
+        assert_eq!(j.write(w).await, DONE, "{id}");
+        assert_eq!(j.write(fin).await, DONE, "{id}");
+    }
+    let want: BTreeSet<_> = [("t1".to_string(), 501), ("t2".to_string(), 502)].into();
+    assert_eq!(tickets(&j.load().await.expect("load")), want);
+    for (id, trade, k, ticket) in [
+        ("tr1", "t1", IntentKind::PendingTrigger, 601),
+        ("mo1", "t1", IntentKind::Modify, 601),
+        ("c2", "t2", IntentKind::PendingCancel, 502),
+    ] {
+        let (w, fin) = step(id, trade, k, ticket);
+        assert_eq!(j.write(w).await, DONE, "{id}");
+        assert_eq!(j.write(fin).await, DONE, "{id}");
+    }
+    j.close().await;
+    let j = env.open().await;
+    let state = j.load().await.expect("load");
+    let want: BTreeSet<_> = [("t1".to_string(), 601)].into();
+    assert_eq!(
+        tickets(&state),
+        want,
+        "the trigger's position, the cancel gone"
+    );
+    let report = j.trade(&TradeId::new("t1")).await.expect("trade");
+    assert_eq!(report.open_tickets, vec![(AccountId::new("s1"), 601)]);
+    j.close().await;
+}
+
 /// Ticket correlation across crashes between every step of a partial close: the fraction is
 /// journaled with the delivery (a restarted core re-sends the same one), and the ticket a
 /// partial close's result names (the broker moved the rest of the position) is the one a
@@ -659,6 +714,7 @@ per_backend!(
     finish_never_regresses,
     best_effort_writes,
     open_tickets_follow_opens_and_closes,
+    pending_tickets_follow_placement_trigger_and_cancel,
     a_partial_close_keeps_its_fraction_and_moves_the_ticket_across_restarts,
     reload_after_reopen_rebuilds_the_core,
     group_commit_answers_each_op,

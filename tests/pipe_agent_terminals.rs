@@ -16,7 +16,8 @@ use echo_runtime::machines::config::{AgentDeliveryConfig, DeliveryConfig};
 use echo_runtime::machines::ids::{AccountId, AgentId, CommandId, TradeId};
 use echo_runtime::machines::msg::{
     AckResult, AgentToCore, BrokerStatus, Command, CommandBody, CoreHello, CoreToAgent,
-    DeliveryHeartbeat, IntentKind, Role, TradeIntent, TradeIntentAck,
+    DeliveryHeartbeat, IntentKind, PendingResolution, PendingType, Role, TradeIntent,
+    TradeIntentAck,
 };
 use echo_runtime::machines::Instant;
 use echo_runtime::pipe::{PipeEvent, PipeServer, PipeServerConfig};
@@ -83,6 +84,41 @@ impl MiniCore {
             IntentKind::Close => CommandBody::Close {
                 slave_ticket: ticket,
                 volume: 0.0,
+            },
+            // The rate workload's pending orders: placed, then triggered.
+            IntentKind::PlaceLimit | IntentKind::PlaceStop => CommandBody::PlacePending {
+                symbol: i.symbol.clone(),
+                side: i.side,
+                order_type: if i.kind == IntentKind::PlaceLimit {
+                    PendingType::Limit
+                } else {
+                    PendingType::Stop
+                },
+                volume: i.volume,
+                price: i.price,
+                stop_loss: i.stop_loss,
+                take_profit: i.take_profit,
+                terms: Default::default(),
+            },
+            IntentKind::PendingModify => CommandBody::ModifyPending {
+                slave_ticket: ticket,
+                price: i.price,
+                stop_loss: i.stop_loss,
+                take_profit: i.take_profit,
+            },
+            IntentKind::PendingCancel | IntentKind::PendingTrigger => CommandBody::ResolvePending {
+                slave_ticket: ticket,
+                resolution: if i.kind == IntentKind::PendingCancel {
+                    PendingResolution::Cancel
+                } else {
+                    PendingResolution::Trigger
+                },
+                symbol: i.symbol.clone(),
+                side: i.side,
+                price: i.price,
+                stop_loss: i.stop_loss,
+                take_profit: i.take_profit,
+                terms: Default::default(),
             },
         };
         let slave = AccountId::new("S1");
@@ -252,11 +288,14 @@ async fn agent_machine_pipes_master_intents_to_the_slave_exactly_once() {
     }
     assert_eq!(per_trade.len(), 4);
     for (t, actions) in per_trade {
-        assert_eq!(
-            actions,
-            ["EXECUTE", "MODIFY", "CLOSE", "CLOSE"],
-            "trade {t}"
-        );
+        // The rate workload's fourth trade is a pending order: placed, then triggered (the
+        // slave's broker deletes its pending and opens at market), then closed as any other.
+        let want = if t.ends_with("-t3") {
+            ["PLACE_PENDING", "TRIGGER_PENDING", "CLOSE", "CLOSE"]
+        } else {
+            ["EXECUTE", "MODIFY", "CLOSE", "CLOSE"]
+        };
+        assert_eq!(actions, want, "trade {t}");
     }
     // Latency can be computed from the two records, joined by intent id.
     let emitted: BTreeMap<String, i64> = rows(mdata.join("M1.emitted.jsonl"))

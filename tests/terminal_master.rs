@@ -338,11 +338,17 @@ async fn rate_mode_retries_busy_keeps_trade_order_and_survives_an_agent_restart(
             .filter(|i| i.trade_id.as_str() == format!("m1-t{t}"))
             .map(|i| i.kind)
             .collect();
+        // Every fourth trade of the rate workload is a pending order, triggered first.
+        let start = if t == 3 {
+            [IntentKind::PlaceLimit, IntentKind::PendingTrigger]
+        } else {
+            [IntentKind::Open, IntentKind::Modify]
+        };
         assert_eq!(
             kinds,
             vec![
-                IntentKind::Open,
-                IntentKind::Modify,
+                start[0],
+                start[1],
                 IntentKind::PartialClose,
                 IntentKind::Close
             ],

@@ -14,7 +14,7 @@ use std::time::Duration;
 use echo_runtime::machines::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_runtime::machines::msg::{
     AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecutionResult,
-    PipeDeliveryAck, PipeStatus, Role, Side,
+    PendingResolution, PendingType, PipeDeliveryAck, PipeStatus, Role, Side,
 };
 use echo_runtime::pipe::{PipeEvent, PipeSender, PipeServer, PipeServerConfig};
 use echo_runtime::terminal::{run_until, TerminalArgs};
@@ -469,4 +469,146 @@ async fn next_ea<R: tokio::io::AsyncBufRead + Unpin>(
         }
         other => panic!("{other:?}"),
     }
+}
+
+fn pending_cmd(n: u32, trade: &str, body: CommandBody) -> Command {
+    Command {
+        trade_id: TradeId::new(trade),
+        ..cmd(n, body)
+    }
+}
+
+fn resolve(ticket: i64, resolution: PendingResolution) -> CommandBody {
+    CommandBody::ResolvePending {
+        slave_ticket: ticket,
+        resolution,
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Sell,
+        price: 1.0895,
+        stop_loss: 1.1,
+        take_profit: 1.08,
+        terms: Default::default(),
+    }
+}
+
+/// Pending orders through the reference slave terminal (SPEC.md §9 "Pending orders at the
+/// slave's broker"): a placement gets a ticket, its modify and trigger address it, the trigger
+/// leaves a position its close reaches — across a restart in the middle, which rebuilds the
+/// pending order from the files; a cancelled placement leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_orders_are_placed_modified_triggered_and_cancelled() {
+    let dir = temp_dir("term-p");
+    let _rm_dir = support::Cleanup(dir.clone());
+    let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
+    let sock = sock_dir.join("S1.sock");
+    let mut agent = FakeAgent::bind(&sock_dir).await;
+    let a = args(&sock, &data, &[]);
+    let run = tokio::spawn(run_until(a.clone(), std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    let place = |n: u32, trade: &str| {
+        pending_cmd(
+            n,
+            trade,
+            CommandBody::PlacePending {
+                symbol: Symbol::new("EURUSD"),
+                side: Side::Sell,
+                order_type: PendingType::Stop,
+                volume: 0.5,
+                price: 1.09,
+                stop_loss: 1.1,
+                take_profit: 1.08,
+                terms: Default::default(),
+            },
+        )
+    };
+    let placed = agent.deliver(&place(1, "m1-t0")).await;
+    assert_eq!(placed.status, BrokerStatus::Filled);
+    let ticket = placed.slave_ticket;
+    let modified = agent
+        .deliver(&pending_cmd(
+            2,
+            "m1-t0",
+            CommandBody::ModifyPending {
+                slave_ticket: ticket,
+                price: 1.0895,
+                stop_loss: 1.1,
+                take_profit: 1.08,
+            },
+        ))
+        .await;
+    assert_eq!(
+        (modified.status, modified.slave_ticket),
+        (BrokerStatus::Filled, ticket)
+    );
+    // A restart: the pending order is rebuilt from the terminal's files.
+    run.abort();
+    let _ = run.await;
+    agent.closed().await;
+    let run = tokio::spawn(run_until(a, std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    let trig = pending_cmd(3, "m1-t0", resolve(ticket, PendingResolution::Trigger));
+    let triggered = agent.deliver(&trig).await;
+    assert_eq!(triggered.status, BrokerStatus::Filled, "{triggered:?}");
+    assert_eq!(triggered.filled_volume, 0.5);
+    let position = triggered.slave_ticket;
+    // Redelivered: answered from the record, never converged twice.
+    assert_eq!(agent.deliver(&trig).await, triggered);
+    let closed = agent
+        .deliver(&pending_cmd(
+            4,
+            "m1-t0",
+            CommandBody::Close {
+                slave_ticket: position,
+                volume: 0.0,
+            },
+        ))
+        .await;
+    assert_eq!(
+        (closed.status, closed.filled_volume),
+        (BrokerStatus::Filled, 0.5),
+        "the close reaches the triggered position"
+    );
+    // Another trade: placed, then cancelled by its master; a later trigger finds nothing.
+    let other = agent.deliver(&place(5, "m1-t1")).await;
+    let cancelled = agent
+        .deliver(&pending_cmd(
+            6,
+            "m1-t1",
+            resolve(other.slave_ticket, PendingResolution::Cancel),
+        ))
+        .await;
+    assert_eq!(cancelled.status, BrokerStatus::Filled);
+    let late = agent
+        .deliver(&pending_cmd(
+            7,
+            "m1-t1",
+            resolve(other.slave_ticket, PendingResolution::Trigger),
+        ))
+        .await;
+    assert_eq!(late.status, BrokerStatus::Rejected, "no pending order left");
+    let b = book(&data);
+    for id in [
+        "M1-1@S1", "M1-2@S1", "M1-3@S1", "M1-4@S1", "M1-5@S1", "M1-6@S1",
+    ] {
+        assert_eq!(b.get(id), Some(&1), "{id} reached the broker once");
+    }
+    assert_eq!(b.get("M1-7@S1"), None, "never placed");
+    let actions: Vec<String> = rows(data.join("S1.broker.jsonl"))
+        .iter()
+        .map(|r| r["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "PLACE_PENDING",
+            "MODIFY_PENDING",
+            "TRIGGER_PENDING",
+            "CLOSE",
+            "PLACE_PENDING",
+            "RESOLVE_PENDING"
+        ]
+    );
+    run.abort();
 }

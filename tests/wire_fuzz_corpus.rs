@@ -237,3 +237,102 @@ fn close_and_partial_close_by_fraction_survive_the_wire() {
     let back = convert::intent_from_wire(convert::intent_to_wire(&i));
     assert_eq!(back, Ok(i));
 }
+
+/// Pending orders keep their meaning on the wire (`SlaveCommand` fields 4–6, `IntentKind`
+/// 5–9) and on the pipe (`PLACE_PENDING` / `MODIFY_PENDING` / `RESOLVE_PENDING`): every field
+/// comes back, and a legacy peer that knows none of the new fields reads a command with none set,
+/// which it refuses rather than executes.
+#[test]
+fn pending_orders_survive_the_wire_and_the_pipe() {
+    use echo_runtime::pipe::frame::{command_from_value, command_value, intent_from_value};
+    use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
+    use echo_statemachine::msg::{ExecTerms, PendingResolution, PendingType, Side};
+    let cmd = |body| Command {
+        command_id: CommandId::new("i1@s1"),
+        intent_id: IntentId::new("i1"),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new("s1"),
+        body,
+    };
+    let terms = ExecTerms {
+        max_deviation_points: 25,
+        max_open_positions: 4,
+        ..ExecTerms::default()
+    };
+    for body in [
+        CommandBody::PlacePending {
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Sell,
+            order_type: PendingType::Stop,
+            volume: 0.3,
+            price: 1.0987,
+            stop_loss: 1.1,
+            take_profit: 1.08,
+            terms,
+        },
+        CommandBody::ModifyPending {
+            slave_ticket: 9,
+            price: 1.0991,
+            stop_loss: 0.0,
+            take_profit: 1.12,
+        },
+        CommandBody::ResolvePending {
+            slave_ticket: 9,
+            resolution: PendingResolution::Trigger,
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Buy,
+            price: 1.0991,
+            stop_loss: 1.09,
+            take_profit: 1.11,
+            terms,
+        },
+        CommandBody::ResolvePending {
+            slave_ticket: 9,
+            resolution: PendingResolution::Cancel,
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Buy,
+            price: 0.0,
+            stop_loss: 0.0,
+            take_profit: 0.0,
+            terms: ExecTerms::default(),
+        },
+    ] {
+        let c = cmd(body);
+        let wire = convert::command_to_wire(&c);
+        assert_eq!(convert::command_from_wire(wire.clone()), Ok(c.clone()));
+        assert_eq!(command_from_value(&command_value(&c)), Ok(c.clone()));
+        // A legacy peer decodes the bytes without the new oneof fields: no command at all.
+        let bytes = prost::Message::encode_to_vec(&wire);
+        let legacy = LegacySlaveCommand::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(legacy, LegacySlaveCommand::default(), "{c:?}");
+    }
+    for k in [
+        IntentKind::PlaceLimit,
+        IntentKind::PlaceStop,
+        IntentKind::PendingModify,
+        IntentKind::PendingCancel,
+        IntentKind::PendingTrigger,
+    ] {
+        let w = convert::kind_to_wire(k);
+        assert!((5..=9).contains(&(w as i32)), "{k:?} is {w:?}");
+        assert_eq!(convert::kind_from_wire(w as i32), Ok(k));
+        let v = serde_json::json!({
+            "intent_id": "i", "trade_id": "t", "master": "m", "kind": k.name(),
+            "symbol": "EURUSD", "side": "BUY", "volume": 1.0, "price": 1.1,
+            "stop_loss": 0.0, "take_profit": 0.0, "master_ticket": 1, "master_seq": 1,
+            "emitted_at_ms": 0,
+        });
+        assert_eq!(intent_from_value(&v).map(|i| i.kind), Ok(k));
+    }
+}
+
+/// `SlaveCommand` as an agent built before pending orders knew it (fields 1–3 only).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacySlaveCommand {
+    #[prost(message, optional, tag = "1")]
+    execute: Option<echo_proto::v1::ExecuteOrder>,
+    #[prost(message, optional, tag = "2")]
+    modify: Option<echo_proto::v1::ModifyOrder>,
+    #[prost(message, optional, tag = "3")]
+    close: Option<echo_proto::v1::CloseOrder>,
+}

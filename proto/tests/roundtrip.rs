@@ -6,8 +6,9 @@ use echo_proto::v1::{
     AccountBinding, AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseOrder,
     CommandAck, CoreHello, CoreToAgent, DeliveryConfig, DeliveryHeartbeat, ErrorCode, ExecTerms,
     ExecuteOrder, ExecutionResult, IntentKind, MarketData, MarketDataKind, MasterOrderType,
-    ModifyOrder, PipeDeliveryAck, PipeStatus, Role, Side, SlaveCommand, SlaveSizing, TradeIntent,
-    TradeIntentAck,
+    ModifyOrder, ModifyPendingOrder, PendingOrderType, PendingResolution, PipeDeliveryAck,
+    PipeStatus, PlacePendingOrder, ResolvePendingOrder, Role, Side, SlaveCommand, SlaveSizing,
+    TradeIntent, TradeIntentAck,
 };
 use echo_proto::{FILE_DESCRIPTOR_SET, PROTOCOL_VERSION};
 use prost::Message;
@@ -246,6 +247,52 @@ fn all_core_to_agent() -> Vec<CoreToAgent> {
         Body::Command(SlaveCommand {
             command: Some(slave_command::Command::Close(close_order())),
         }),
+        Body::Command(SlaveCommand {
+            command: Some(slave_command::Command::PlacePending(PlacePendingOrder {
+                command_id: "cmd-0004-pepper:2002".into(),
+                intent_id: "int-0004".into(),
+                trade_id: "T-43".into(),
+                slave_account: "pepper:2002".into(),
+                symbol: "EURUSD".into(),
+                side: Side::Sell as i32,
+                order_type: PendingOrderType::Stop as i32,
+                volume: 0.3,
+                price: 1.0987,
+                stop_loss: 1.1,
+                take_profit: 1.08,
+                terms: None,
+            })),
+        }),
+        Body::Command(SlaveCommand {
+            command: Some(slave_command::Command::ModifyPending(ModifyPendingOrder {
+                command_id: "cmd-0005-pepper:2002".into(),
+                intent_id: "int-0005".into(),
+                trade_id: "T-43".into(),
+                slave_account: "pepper:2002".into(),
+                slave_ticket: 556,
+                price: 1.0991,
+                stop_loss: 1.1,
+                take_profit: 0.0,
+            })),
+        }),
+        Body::Command(SlaveCommand {
+            command: Some(slave_command::Command::ResolvePending(
+                ResolvePendingOrder {
+                    command_id: "cmd-0006-pepper:2002".into(),
+                    intent_id: "int-0006".into(),
+                    trade_id: "T-43".into(),
+                    slave_account: "pepper:2002".into(),
+                    slave_ticket: 556,
+                    resolution: PendingResolution::Trigger as i32,
+                    symbol: "EURUSD".into(),
+                    side: Side::Sell as i32,
+                    price: 1.0991,
+                    stop_loss: 1.1,
+                    take_profit: 1.08,
+                    terms: None,
+                },
+            )),
+        }),
         Body::Heartbeat(heartbeat()),
         Body::MarketData(MarketData {
             kind: MarketDataKind::Tick as i32,
@@ -279,7 +326,7 @@ fn every_agent_to_core_variant_roundtrips() {
 #[test]
 fn every_core_to_agent_variant_roundtrips() {
     let envelopes = all_core_to_agent();
-    assert_eq!(envelopes.len(), 8); // 6 variants, `command` in its 3 forms
+    assert_eq!(envelopes.len(), 11); // 6 variants, `command` in its 6 forms
     for envelope in &envelopes {
         assert!(envelope.body.is_some());
         assert_roundtrip(envelope);
@@ -537,6 +584,41 @@ fn ack_stage_numbers_follow_the_pipeline_order() {
     assert_eq!(PipeStatus::Ok as i32, 1);
     assert_eq!(PipeStatus::Retry as i32, 2);
     assert_eq!(PipeStatus::Failed as i32, 3);
+}
+
+#[test]
+fn pending_order_numbers_stay_put() {
+    // IntentKind 5–9 and SlaveCommand fields 4–6 are the pending orders' (SPEC.md §5.2).
+    let kinds = [
+        (IntentKind::Close, 4),
+        (IntentKind::PlaceLimit, 5),
+        (IntentKind::PlaceStop, 6),
+        (IntentKind::PendingModify, 7),
+        (IntentKind::PendingCancel, 8),
+        (IntentKind::PendingTrigger, 9),
+    ];
+    for (kind, number) in kinds {
+        assert_eq!(kind as i32, number);
+    }
+    let place = SlaveCommand {
+        command: Some(slave_command::Command::PlacePending(
+            PlacePendingOrder::default(),
+        )),
+    };
+    // Field 4, length-delimited: tag byte (4 << 3) | 2.
+    assert_eq!(place.encode_to_vec().first(), Some(&0x22));
+    let modify = SlaveCommand {
+        command: Some(slave_command::Command::ModifyPending(
+            ModifyPendingOrder::default(),
+        )),
+    };
+    assert_eq!(modify.encode_to_vec().first(), Some(&0x2a));
+    let resolve = SlaveCommand {
+        command: Some(slave_command::Command::ResolvePending(
+            ResolvePendingOrder::default(),
+        )),
+    };
+    assert_eq!(resolve.encode_to_vec().first(), Some(&0x32));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
-use echo_statemachine::msg::{ExecTerms, IntentKind, TradeIntent};
+use echo_statemachine::msg::{ExecTerms, TicketEffect, TradeIntent};
 
 #[derive(Clone, Debug, Default)]
 pub struct JournalBook {
@@ -102,17 +102,18 @@ impl JournalBook {
         ds.sort_by_key(|d| d.master_seq);
         for d in ds {
             let k = (d.trade_id.clone(), d.slave.clone());
-            match d.kind {
-                // A partial close may leave the rest under a new ticket (MT4 does).
-                IntentKind::Open | IntentKind::PartialClose => {
+            // The journal's rule (`TicketEffect`): an open, a placement, a trigger or a partial
+            // close (a broker may move the rest) sets the ticket; a close or cancel removes it.
+            match d.kind.ticket_effect() {
+                TicketEffect::Set => {
                     if let Some(t) = d.slave_ticket.filter(|t| *t > 0) {
                         open.insert(k, t);
                     }
                 }
-                IntentKind::Close => {
+                TicketEffect::Remove => {
                     open.remove(&k);
                 }
-                _ => {}
+                TicketEffect::Keep => {}
             }
         }
         CoreDurableState {

@@ -180,7 +180,7 @@ fn open_of(
         .emitted
         .iter()
         .find(|(id, (_, kind, t))| {
-            *kind == echo_statemachine::msg::IntentKind::Open
+            kind.starts_trade()
                 && id.as_str().split('-').next() == Some(prefix)
                 && t.as_str().to_lowercase() == want
         })

@@ -18,6 +18,160 @@ pub enum IntentKind {
     Modify,
     PartialClose,
     Close,
+    /// A pending limit order was placed (buy limit / sell limit by `side`) at `price`.
+    PlaceLimit,
+    /// A pending stop order was placed (buy stop / sell stop by `side`) at `price`.
+    PlaceStop,
+    /// The pending order's price, SL or TP changed.
+    PendingModify,
+    /// The master deleted its pending order (or its broker expired it): the trade ends.
+    PendingCancel,
+    /// The master's pending order filled: from now on the trade is a position (`volume`
+    /// filled at `price`); its later MODIFY / PARTIAL_CLOSE / CLOSE address that position.
+    PendingTrigger,
+}
+
+/// What a delivery of one kind does to the core's `(trade, slave) → slave ticket`
+/// correlation once it is ACKED (SPEC.md §5.2 "Ticket correlation"; the journal applies the
+/// same rule to `open_position` in the `FinishDelivery` transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TicketEffect {
+    /// The result's ticket (when > 0) becomes the trade's: an open, a pending placement, a
+    /// trigger (the position's ticket), a partial close (a broker may move the rest).
+    Set,
+    /// The trade has nothing left at the slave: a close, a pending cancel.
+    Remove,
+    /// Nothing changes: a modify.
+    Keep,
+}
+
+impl IntentKind {
+    pub const ALL: &'static [IntentKind] = &[
+        IntentKind::Open,
+        IntentKind::Modify,
+        IntentKind::PartialClose,
+        IntentKind::Close,
+        IntentKind::PlaceLimit,
+        IntentKind::PlaceStop,
+        IntentKind::PendingModify,
+        IntentKind::PendingCancel,
+        IntentKind::PendingTrigger,
+    ];
+
+    /// The kinds that start a trade at a slave (no ticket needed): an open, a placement.
+    pub fn starts_trade(self) -> bool {
+        matches!(
+            self,
+            IntentKind::Open | IntentKind::PlaceLimit | IntentKind::PlaceStop
+        )
+    }
+
+    /// A pending placement's order type (`PlaceLimit` → Limit, `PlaceStop` → Stop).
+    pub fn placed_order_type(self) -> Option<OrderType> {
+        match self {
+            IntentKind::PlaceLimit => Some(OrderType::Limit),
+            IntentKind::PlaceStop => Some(OrderType::Stop),
+            _ => None,
+        }
+    }
+
+    /// Every kind of a pending order's lifecycle (placement to trigger or cancel).
+    pub fn is_pending(self) -> bool {
+        matches!(
+            self,
+            IntentKind::PlaceLimit
+                | IntentKind::PlaceStop
+                | IntentKind::PendingModify
+                | IntentKind::PendingCancel
+                | IntentKind::PendingTrigger
+        )
+    }
+
+    /// The kinds whose command carries copy terms for the slave EA (sizing and guards of an
+    /// open or placement; the deviation guard of a trigger's market fallback).
+    pub fn carries_terms(self) -> bool {
+        self.starts_trade() || self == IntentKind::PendingTrigger
+    }
+
+    pub fn ticket_effect(self) -> TicketEffect {
+        match self {
+            IntentKind::Open
+            | IntentKind::PlaceLimit
+            | IntentKind::PlaceStop
+            | IntentKind::PendingTrigger
+            | IntentKind::PartialClose => TicketEffect::Set,
+            IntentKind::Close | IntentKind::PendingCancel => TicketEffect::Remove,
+            IntentKind::Modify | IntentKind::PendingModify => TicketEffect::Keep,
+        }
+    }
+
+    /// The wire / journal spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntentKind::Open => "OPEN",
+            IntentKind::Modify => "MODIFY",
+            IntentKind::PartialClose => "PARTIAL_CLOSE",
+            IntentKind::Close => "CLOSE",
+            IntentKind::PlaceLimit => "PLACE_LIMIT",
+            IntentKind::PlaceStop => "PLACE_STOP",
+            IntentKind::PendingModify => "PENDING_MODIFY",
+            IntentKind::PendingCancel => "PENDING_CANCEL",
+            IntentKind::PendingTrigger => "PENDING_TRIGGER",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<IntentKind> {
+        IntentKind::ALL.iter().copied().find(|k| k.name() == s)
+    }
+}
+
+/// The type of a pending order at the slave's broker (with its side: buy/sell limit/stop).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PendingType {
+    /// Buy below / sell above the market.
+    Limit,
+    /// Buy above / sell below the market.
+    Stop,
+}
+
+impl PendingType {
+    pub fn name(self) -> &'static str {
+        match self {
+            PendingType::Limit => "LIMIT",
+            PendingType::Stop => "STOP",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<PendingType> {
+        [PendingType::Limit, PendingType::Stop]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
+}
+
+/// What the master decided about its pending order, which the slave converges to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PendingResolution {
+    /// The master deleted it: the slave deletes its own (and closes it, if it already filled).
+    Cancel,
+    /// The master's filled: the slave's becomes a position (its own fill if it filled, else
+    /// it is deleted and the slave opens at market, within the deviation guard).
+    Trigger,
+}
+
+impl PendingResolution {
+    pub fn name(self) -> &'static str {
+        match self {
+            PendingResolution::Cancel => "CANCEL",
+            PendingResolution::Trigger => "TRIGGER",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<PendingResolution> {
+        [PendingResolution::Cancel, PendingResolution::Trigger]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -308,6 +462,68 @@ pub enum CommandBody {
         slave_ticket: i64,
         fraction: CloseFraction,
     },
+    /// Place a pending order (`order_type` with `side`: buy/sell limit/stop) at `price`,
+    /// sized by the same copy terms as an open (SPEC.md §5.2 "Pending orders").
+    PlacePending {
+        symbol: Symbol,
+        side: Side,
+        order_type: PendingType,
+        volume: f64,
+        price: f64,
+        stop_loss: f64,
+        take_profit: f64,
+        terms: ExecTerms,
+    },
+    /// Change the slave's pending order: its price, SL and TP (0 = none).
+    ModifyPending {
+        slave_ticket: i64,
+        price: f64,
+        stop_loss: f64,
+        take_profit: f64,
+    },
+    /// The master cancelled or triggered its pending order: the slave converges its own
+    /// (`slave_ticket`) to the master's decision. A trigger carries what a market fallback
+    /// needs: the symbol, the slave's side, the master's fill `price` (deviation guard), the
+    /// position's SL/TP and the guard's terms.
+    ResolvePending {
+        slave_ticket: i64,
+        resolution: PendingResolution,
+        symbol: Symbol,
+        side: Side,
+        price: f64,
+        stop_loss: f64,
+        take_profit: f64,
+        terms: ExecTerms,
+    },
+    /// What the slave EA hands its broker for a trigger (never sent by the core, refused as
+    /// malformed if it is): one atomic step at the broker — if `slave_ticket` is a position
+    /// (the slave's pending filled on its own) it is the trade's position and nothing is
+    /// placed; if it is still a pending order it is deleted and, when `market` holds, its
+    /// volume is opened at market with this SL/TP (client order id = the command id), else
+    /// nothing is opened (the guard refused: answered Rejected).
+    TriggerPending {
+        slave_ticket: i64,
+        symbol: Symbol,
+        side: Side,
+        stop_loss: f64,
+        take_profit: f64,
+        market: bool,
+    },
+}
+
+impl CommandBody {
+    /// The slave ticket a command addresses (0 for an open or a placement).
+    pub fn slave_ticket(&self) -> i64 {
+        match self {
+            CommandBody::Execute { .. } | CommandBody::PlacePending { .. } => 0,
+            CommandBody::Modify { slave_ticket, .. }
+            | CommandBody::Close { slave_ticket, .. }
+            | CommandBody::ClosePart { slave_ticket, .. }
+            | CommandBody::ModifyPending { slave_ticket, .. }
+            | CommandBody::ResolvePending { slave_ticket, .. }
+            | CommandBody::TriggerPending { slave_ticket, .. } => *slave_ticket,
+        }
+    }
 }
 
 /// What a slave needs to close the master's fraction of its own position: the master's

@@ -51,6 +51,10 @@ pub enum Mutant {
     /// position (the ticket map is not updated when a partial close moves the position to a
     /// new ticket).
     PartialLosesTicket,
+    /// slave EA: a master's trigger opens at market whatever became of the slave's pending
+    /// order — a second position when it had already filled, and the pending left behind
+    /// when it had not.
+    TriggerIgnoresFill,
 }
 
 impl Mutant {
@@ -73,6 +77,7 @@ impl Mutant {
         Mutant::ExposureIgnoresInFlight,
         Mutant::PartialCloseRoundsUp,
         Mutant::PartialLosesTicket,
+        Mutant::TriggerIgnoresFill,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +100,7 @@ impl Mutant {
             Mutant::ExposureIgnoresInFlight => "exposure-ignores-in-flight",
             Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
             Mutant::PartialLosesTicket => "partial-loses-ticket",
+            Mutant::TriggerIgnoresFill => "trigger-ignores-fill",
         }
     }
 

@@ -53,6 +53,8 @@ scenarios!(
     slave_terms_ride_the_open_and_refusals_count,
     later_intents_of_a_skipped_open_keep_its_reason,
     partial_close_without_its_fraction_is_refused,
+    pending_order_lifecycle_and_ticket_correlation,
+    pending_orders_of_a_skipped_placement_and_after_restart,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -1257,4 +1259,205 @@ fn stage_latencies_are_measured_from_the_accept() {
     r.msg("B", result(&c, "s1", 5, BrokerStatus::Filled));
     assert!(r.has_fired("core.delivery.T05"));
     assert!(r.core.metrics().delivery_stage_latency_us.is_empty());
+
+/// The commands the last accepted intent produced for `slave`.
+fn to_slave(cmds: &[Command], slave: &str) -> CommandBody {
+    cmds.iter()
+        .find(|c| c.slave.as_str() == slave)
+        .map(|c| c.body.clone())
+        .unwrap_or_else(|| panic!("no command for {slave} in {cmds:?}"))
+}
+
+/// Pending orders (SPEC.md §5.2): a placement is sized and mirrored like an open (reversed:
+/// buy limit ↔ sell stop, SL ↔ TP); the slave's pending ticket is correlated and replaced by
+/// the position's on the master's trigger, so later modifies and closes reach the position; a
+/// cancel forgets it and a later pending intent ends NO_POSITION (T29); an invalid pending
+/// intent is refused (intake T14).
+fn pending_order_lifecycle_and_ticket_correlation() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.subscriptions[0].policy.reverse = true;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    // Intake T14: a placement without a price is refused, nothing journaled.
+    let mut bad = intent("bad", "t9", IntentKind::PlaceLimit, 1);
+    bad.price = 0.0;
+    h.msg("A", AgentToCore::Intent(bad));
+    assert_eq!(h.intent_acks()[0].error, Some(ErrorCode::InvalidArgument));
+    assert!(h.writes().is_empty());
+    let placed = h.accept(intent("pl", "t1", IntentKind::PlaceLimit, 1));
+    let CommandBody::PlacePending {
+        side,
+        order_type,
+        volume,
+        price,
+        stop_loss,
+        take_profit,
+        terms,
+        ..
+    } = to_slave(&placed, "s1")
+    else {
+        panic!("s1 gets a placement: {placed:?}")
+    };
+    assert_eq!(
+        (side, order_type, volume, price),
+        (Side::Sell, PendingType::Stop, 1.0, 1.1),
+        "reversed buy limit = sell stop at the same price, sized 0.5 × 2"
+    );
+    assert_eq!((stop_loss, take_profit), (1.2, 1.0), "SL ↔ TP");
+    assert_eq!(
+        terms.max_deviation_points, 0,
+        "a pending order has no guard"
+    );
+    assert!(matches!(
+        to_slave(&placed, "s2"),
+        CommandBody::PlacePending {
+            side: Side::Buy,
+            order_type: PendingType::Limit,
+            ..
+        }
+    ));
+    h.confirm(&cmd_id("pl", "s1"), "s1", 11);
+    h.confirm(&cmd_id("pl", "s2"), "s2", 21);
+    assert!(h.has_fired("core.delivery.T31"));
+    assert_eq!(h.core.debug_sizes().open_tickets, 2);
+    let modified = h.accept(intent("pm", "t1", IntentKind::PendingModify, 2));
+    assert!(matches!(
+        to_slave(&modified, "s1"),
+        CommandBody::ModifyPending {
+            slave_ticket: 11,
+            price,
+            ..
+        } if price == 1.1
+    ));
+    h.confirm(&cmd_id("pm", "s1"), "s1", 11);
+    h.confirm(&cmd_id("pm", "s2"), "s2", 21);
+    let triggered = h.accept(intent("tr", "t1", IntentKind::PendingTrigger, 3));
+    assert!(matches!(
+        to_slave(&triggered, "s1"),
+        CommandBody::ResolvePending {
+            slave_ticket: 11,
+            resolution: PendingResolution::Trigger,
+            side: Side::Sell,
+            ..
+        }
+    ));
+    // s1 opened at market (new ticket 31); s2's pending had filled: its ticket stays 21.
+    h.confirm(&cmd_id("tr", "s1"), "s1", 31);
+    h.confirm(&cmd_id("tr", "s2"), "s2", 21);
+    let later = h.accept(intent("m", "t1", IntentKind::Modify, 4));
+    assert!(matches!(
+        to_slave(&later, "s1"),
+        CommandBody::Modify {
+            slave_ticket: 31,
+            ..
+        }
+    ));
+    assert!(matches!(
+        to_slave(&later, "s2"),
+        CommandBody::Modify {
+            slave_ticket: 21,
+            ..
+        }
+    ));
+    h.confirm(&cmd_id("m", "s1"), "s1", 31);
+    h.confirm(&cmd_id("m", "s2"), "s2", 21);
+    // A second trade: placed, cancelled (ticket forgotten), then a stray pending modify.
+    h.accept(intent("p2", "t2", IntentKind::PlaceStop, 5));
+    h.confirm(&cmd_id("p2", "s1"), "s1", 12);
+    h.confirm(&cmd_id("p2", "s2"), "s2", 22);
+    assert_eq!(h.core.debug_sizes().open_tickets, 4);
+    let cancelled = h.accept(intent("c2", "t2", IntentKind::PendingCancel, 6));
+    assert!(matches!(
+        to_slave(&cancelled, "s2"),
+        CommandBody::ResolvePending {
+            slave_ticket: 22,
+            resolution: PendingResolution::Cancel,
+            ..
+        }
+    ));
+    h.confirm(&cmd_id("c2", "s1"), "s1", 12);
+    h.confirm(&cmd_id("c2", "s2"), "s2", 22);
+    assert_eq!(h.core.debug_sizes().open_tickets, 2, "the cancel forgot t2");
+    let stray = h.accept(intent("x2", "t2", IntentKind::PendingModify, 7));
+    assert!(stray.is_empty(), "never sent without a ticket");
+    let failed: Vec<Option<ErrorCode>> = h
+        .writes()
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::FinishDelivery { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![Some(ErrorCode::NoPosition); 2]);
+    assert!(h.has_fired("core.delivery.T29"));
+    h.fired
+}
+
+/// A placement the policy does not copy (order-type filter) makes the trade's trigger end
+/// with its reason (T30), not NO_POSITION; after a restart a placement and a trigger read back
+/// from the journal get terms rebuilt from the subscription (T32).
+fn pending_orders_of_a_skipped_placement_and_after_restart() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.subscriptions[1].policy.filters.order_types =
+        [echo_statemachine::policy::filters::OrderType::Market]
+            .into_iter()
+            .collect();
+    c.subscriptions[0].policy.deviation.max_points = 30;
+    let mut h = H::with(c.clone());
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let placed = h.accept(intent("pl", "t1", IntentKind::PlaceLimit, 1));
+    assert_eq!(placed.len(), 1, "s2 copies market orders only: {placed:?}");
+    h.confirm(&cmd_id("pl", "s1"), "s1", 11);
+    let triggered = h.accept(intent("tr", "t1", IntentKind::PendingTrigger, 2));
+    let CommandBody::ResolvePending { terms, .. } = to_slave(&triggered, "s1") else {
+        panic!("a trigger for s1: {triggered:?}")
+    };
+    assert_eq!(
+        terms.max_deviation_points, 30,
+        "the trigger's fallback is guarded"
+    );
+    let reasons: Vec<Option<ErrorCode>> = h
+        .writes()
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::FinishDelivery { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![Some(ErrorCode::FilteredOrderType)]);
+    assert!(h.has_fired("core.delivery.T30"));
+    // Restart: a placement and a trigger read back without their terms.
+    let mut fired = h.fired;
+    let durable = CoreDurableState {
+        unfinished: vec![
+            record("p3", "t3", "s1", IntentKind::PlaceStop, 3),
+            record("t4", "t4", "s1", IntentKind::PendingTrigger, 4),
+        ],
+        open_tickets: vec![(TradeId::new("t4"), AccountId::new("s1"), 44)],
+    };
+    let mut h = H::recover(c, durable);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave)]));
+    let cmds = h.commands();
+    assert_eq!(cmds.len(), 2);
+    for cmd in &cmds {
+        match &cmd.body {
+            CommandBody::PlacePending { terms, .. } => {
+                assert_eq!(terms.max_deviation_points, 0)
+            }
+            CommandBody::ResolvePending {
+                terms,
+                slave_ticket,
+                ..
+            } => assert_eq!((terms.max_deviation_points, *slave_ticket), (30, 44)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(h.has_fired("core.delivery.T32"));
+    fired.extend(h.fired);
+    fired
 }

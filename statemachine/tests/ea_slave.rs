@@ -12,7 +12,8 @@ use echo_statemachine::ea::slave::{
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
-    ExecutionResult, PipeStatus, Side, SlaveSizing, TradeIntentAck, PROTOCOL_VERSION,
+    ExecutionResult, PendingResolution, PendingType, PipeStatus, Side, SlaveSizing, TradeIntentAck,
+    PROTOCOL_VERSION,
 };
 use echo_statemachine::policy::terms::{AccountFacts, SymbolFacts};
 use echo_statemachine::policy::SymbolLimits;
@@ -1261,6 +1262,210 @@ fn s30_the_window_closes_with_price_deviation() -> Vec<&'static str> {
     h.fired
 }
 
+// ---------------------------------------------------------------- pending orders
+
+fn place_pending(terms: ExecTerms, volume: f64) -> CommandBody {
+    CommandBody::PlacePending {
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Buy,
+        order_type: PendingType::Limit,
+        volume,
+        price: 1.09,
+        stop_loss: 1.085,
+        take_profit: 1.2,
+        terms,
+    }
+}
+
+fn resolve(ticket: i64, resolution: PendingResolution, max_points: u32) -> CommandBody {
+    CommandBody::ResolvePending {
+        slave_ticket: ticket,
+        resolution,
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Buy,
+        price: 1.1,
+        stop_loss: 1.085,
+        take_profit: 1.2,
+        terms: ExecTerms {
+            max_deviation_points: max_points,
+            ..ExecTerms::default()
+        },
+    }
+}
+
+/// A placement is sized by its copy terms exactly like an open (risk % of equity between
+/// the pending's price and its SL), placed once, and its ticket becomes a pending order the
+/// EA remembers (counted in its exposure, not a position).
+fn s31_a_placement_is_sized_like_an_open() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1);
+    let terms = ExecTerms {
+        sizing: SlaveSizing::RiskPercent,
+        sizing_value: 1.0,
+        ..ExecTerms::default()
+    };
+    let outs = h.placed(cmd("p1", place_pending(terms, 3.0)));
+    assert_eq!(acks(&outs), ack1("p1", PipeStatus::Ok, None));
+    let bodies = placed_bodies(&outs);
+    // 1% of 4000 over 500 points (1.09 → 1.085) at 1.0 per point and lot: 0.08 lots.
+    assert!(
+        matches!(bodies.as_slice(), [CommandBody::PlacePending { volume, order_type: PendingType::Limit, .. }] if (*volume - 0.08).abs() < 1e-9),
+        "{bodies:?}"
+    );
+    let outs = h.broker("p1", filled(501, 0.08));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(h.s.pending_volume(501), Some(0.08));
+    assert_eq!(h.s.open_volume(501), None, "a pending order is no position");
+    assert_eq!(h.s.exposure().0, 1, "but it counts against the limits");
+    h.fired
+}
+
+/// With one position held and `max_open_positions` 1, a placement is refused like an open.
+fn s32_a_placement_beyond_the_exposure_is_refused() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let terms = ExecTerms {
+        max_open_positions: 1,
+        ..ExecTerms::default()
+    };
+    h.execute(cmd("o1", execute(1.0)), filled(11, 1.0));
+    let outs = h.placed(cmd("p1", place_pending(terms, 1.0)));
+    assert!(places(&outs).is_empty());
+    assert_eq!(
+        executed_ops(&outs)[0].1.reason,
+        Some(ErrorCode::MaxOpenPositions)
+    );
+    h.fired
+}
+
+/// A pending modify and a cancel are passed to the broker as is (it changes or deletes the
+/// order, or — filled on its own — the position); a cancel forgets the pending order.
+fn s33_modify_and_cancel_reach_the_pending_order() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.execute(
+        cmd("p1", place_pending(ExecTerms::default(), 1.0)),
+        filled(501, 1.0),
+    );
+    let m = CommandBody::ModifyPending {
+        slave_ticket: 501,
+        price: 1.08,
+        stop_loss: 1.07,
+        take_profit: 1.2,
+    };
+    let outs = h.placed(cmd("m1", m.clone()));
+    assert_eq!(placed_bodies(&outs), vec![m]);
+    let outs = h.broker("m1", filled(501, 0.0));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    let c = resolve(501, PendingResolution::Cancel, 0);
+    let outs = h.placed(cmd("c1", c.clone()));
+    assert_eq!(placed_bodies(&outs), vec![c]);
+    let outs = h.broker("c1", filled(501, 0.0));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(h.s.pending_volume(501), None);
+    assert_eq!(h.s.exposure().0, 0);
+    h.fired
+}
+
+/// The master's trigger: the EA hands its broker one atomic TriggerPending (market fallback
+/// allowed, the guard being off); the broker's answer names the position's ticket — the
+/// pending's own when it had filled — which the EA then holds as a position, never placing a
+/// second order. After a crash the result file rebuilds the same position.
+fn s34_a_trigger_converges_to_the_masters_fill() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let place = cmd("p1", place_pending(ExecTerms::default(), 1.0));
+    h.execute(place.clone(), filled(501, 1.0));
+    let trigger = cmd("t1", resolve(501, PendingResolution::Trigger, 0));
+    let outs = h.placed(trigger.clone());
+    assert!(
+        matches!(
+            placed_bodies(&outs).as_slice(),
+            [CommandBody::TriggerPending {
+                slave_ticket: 501,
+                market: true,
+                ..
+            }]
+        ),
+        "one atomic step, no separate open: {:?}",
+        placed_bodies(&outs)
+    );
+    // The slave's pending had filled on its own: same ticket, nothing placed again.
+    let outs = h.broker("t1", filled(501, 1.0));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    h.persist(op, Ok(()));
+    assert_eq!((r.slave_ticket, r.status), (501, BrokerStatus::Filled));
+    assert_eq!(h.s.open_volume(501), Some(1.0));
+    assert_eq!(h.s.pending_volume(501), None);
+    // Durable: a recovered EA holds the position and answers the trigger from its file.
+    let mut h2 = H::wrap(SlaveExecutor::recover(
+        config(8),
+        vec![
+            ExecutedRecord {
+                command: place,
+                result: Some(ExecutionResult {
+                    slave_ticket: 501,
+                    filled_volume: 1.0,
+                    ..rejected(&cmd("p1", execute(1.0)))
+                }),
+            },
+            ExecutedRecord {
+                command: trigger.clone(),
+                result: Some(r),
+            },
+        ],
+    ));
+    assert_eq!(h2.s.open_volume(501), Some(1.0));
+    h2.open();
+    let outs = h2.command(trigger);
+    assert!(places(&outs).is_empty());
+    let mut fired = h.fired;
+    fired.extend(h2.fired);
+    fired
+}
+
+/// A pending modify or trigger of a ticket the EA holds no pending order for is answered
+/// REJECTED as the broker would, never placed.
+fn s35_a_pending_command_for_an_unknown_ticket() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    let outs = h.placed(cmd("t1", resolve(777, PendingResolution::Trigger, 0)));
+    assert!(places(&outs).is_empty());
+    assert_eq!(executed_ops(&outs)[0].1.status, BrokerStatus::Rejected);
+    assert_eq!(h.s.metrics().no_position, 1);
+    h.fired
+}
+
+/// The slave's pending had not filled and its ask is 30 points from the master's fill, beyond
+/// a 10-point guard: the trigger goes out with `market = false` (the broker deletes the
+/// pending, opens nothing) and the broker's rejection is recorded with PRICE_DEVIATION.
+fn s36_a_trigger_beyond_the_guard_is_refused() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1003);
+    h.execute(
+        cmd("p1", place_pending(ExecTerms::default(), 1.0)),
+        filled(501, 1.0),
+    );
+    let outs = h.placed(cmd("t1", resolve(501, PendingResolution::Trigger, 10)));
+    assert!(matches!(
+        placed_bodies(&outs).as_slice(),
+        [CommandBody::TriggerPending { market: false, .. }]
+    ));
+    let outs = h.broker(
+        "t1",
+        BrokerOutcome::Rejected {
+            reason: "pending deleted".into(),
+        },
+    );
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(r.reason, Some(ErrorCode::PriceDeviation));
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.pending_volume(501), None, "the broker deleted it");
+    h.fired
+}
+
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
 type Scenario = fn() -> Vec<&'static str>;
 
@@ -1346,6 +1551,18 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         s29_the_price_comes_back_and_the_open_is_placed,
     ),
     ("ea.slave.T30", s30_the_window_closes_with_price_deviation),
+    ("ea.slave.T31", s31_a_placement_is_sized_like_an_open),
+    (
+        "ea.slave.T32",
+        s32_a_placement_beyond_the_exposure_is_refused,
+    ),
+    (
+        "ea.slave.T33",
+        s33_modify_and_cancel_reach_the_pending_order,
+    ),
+    ("ea.slave.T34", s34_a_trigger_converges_to_the_masters_fill),
+    ("ea.slave.T35", s35_a_pending_command_for_an_unknown_ticket),
+    ("ea.slave.T36", s36_a_trigger_beyond_the_guard_is_refused),
 ];
 
 fn run(tid: &str) {
@@ -1357,6 +1574,12 @@ fn run(tid: &str) {
     assert!(seen.contains(&tid), "{tid} did not fire; saw {seen:?}");
 }
 
+#[test]
+fn t31_to_t36_pending_orders() {
+    for t in 31..=36 {
+        run(&format!("ea.slave.T{t}"));
+    }
+}
 #[test]
 fn t01_handshake_accepted() {
     run("ea.slave.T01")
@@ -1712,6 +1935,15 @@ impl Model {
                         CommandBody::ClosePart { .. } => {
                             prop_assert!(false, "{} placed unresolved: {:?}", command_id, body);
                             continue;
+                        }
+                        CommandBody::PlacePending { volume, .. } => {
+                            let n: i64 = c.command_id.as_str()[1..].parse().unwrap_or(0);
+                            filled(1000 + n, *volume)
+                        }
+                        CommandBody::ModifyPending { slave_ticket, .. }
+                        | CommandBody::ResolvePending { slave_ticket, .. }
+                        | CommandBody::TriggerPending { slave_ticket, .. } => {
+                            filled(*slave_ticket, 0.0)
                         }
                     };
                     self.broker.insert(command_id.clone(), outcome);

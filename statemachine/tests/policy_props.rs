@@ -746,3 +746,75 @@ fn slave_terms_mutants_are_caught() {
         assert!(caught.is_err(), "{} went unnoticed", m.name());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Pending orders (SPEC.md §5.2): a placement is planned by the same code path as an open —
+    /// same filters, mapping, sizing (core-sized volume or slave terms) and SL/TP — except the
+    /// deviation guard, which a pending order does not have; reversed, the slave's order rests
+    /// on the same side of the market as the master's (buy limit ↔ sell stop, buy stop ↔ sell
+    /// limit), so both fill at the same price move; mirroring twice is the identity.
+    #[test]
+    fn a_placement_is_planned_as_an_open_and_mirrors_correctly(
+        kind in 0usize..5,
+        limit in any::<bool>(),
+        buy in any::<bool>(),
+        reverse in any::<bool>(),
+        multiplier in 0.1f64..10.0,
+        volume in 1u64..500,
+        dev in 0u32..100,
+        price in 0.5f64..2.0,
+    ) {
+        use echo_statemachine::config::Subscription;
+        use echo_statemachine::msg::{PendingType, TradeIntent};
+        use echo_statemachine::policy::plan::plan;
+        use echo_statemachine::policy::reverse::{mirror_pending, pending_type, rests_below};
+        let kinds = [SizingKind::FixedLots, SizingKind::Multiplier, SizingKind::BalanceRatio, SizingKind::EquityRatio, SizingKind::RiskPercent];
+        let mut sub = Subscription::new("m", "s", multiplier);
+        sub.policy.sizing_kind = kinds[kind];
+        sub.policy.reverse = reverse;
+        sub.policy.deviation.max_points = dev;
+        let side = if buy { Side::Buy } else { Side::Sell };
+        let place = if limit { IntentKind::PlaceLimit } else { IntentKind::PlaceStop };
+        let open = TradeIntent {
+            intent_id: echo_statemachine::ids::IntentId::new("i"),
+            trade_id: echo_statemachine::ids::TradeId::new("t"),
+            master: echo_statemachine::ids::AccountId::new("m"),
+            kind: IntentKind::Open,
+            origin: MasterFacts { balance: 1_000.0, equity: 900.0, ..MasterFacts::default() },
+            symbol: Symbol::new("EURUSD"),
+            side,
+            volume: volume as f64 / 100.0,
+            price,
+            stop_loss: if buy { price - 0.01 } else { price + 0.01 },
+            take_profit: 0.0,
+            master_ticket: 1,
+            master_seq: 1,
+            emitted_at_ms: 0,
+            master_volume_before: 0.0,
+        };
+        let placed = TradeIntent { kind: place, ..open.clone() };
+        let (o, p) = (plan(&sub, &open), plan(&sub, &placed));
+        match (o, p) {
+            (Ok(o), Ok(p)) => {
+                prop_assert_eq!(o.volume.to_bits(), p.volume.to_bits(), "same sizing");
+                prop_assert_eq!((o.side, o.stop_loss.to_bits(), o.take_profit.to_bits()),
+                    (p.side, p.stop_loss.to_bits(), p.take_profit.to_bits()));
+                let (ot, pt) = (o.terms.unwrap_or_default(), p.terms.unwrap_or_default());
+                prop_assert_eq!(pt.max_deviation_points, 0);
+                prop_assert_eq!(ExecTerms { max_deviation_points: 0, deviation_window_ms: 0, ..ot }, pt);
+                prop_assert_eq!(p.kind, mirror_pending(reverse, place));
+                let (Some(mt), Some(st)) = (pending_type(place), pending_type(p.kind)) else {
+                    return Err(TestCaseError::fail("a placement has a type"));
+                };
+                prop_assert_eq!(rests_below(side, mt), rests_below(p.side, st));
+                prop_assert_eq!(st == mt, !reverse);
+                prop_assert_eq!(st == PendingType::Limit, limit != reverse);
+                prop_assert_eq!(mirror_pending(reverse, p.kind), place);
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a, b, "same refusal"),
+            (o, p) => prop_assert!(false, "open {:?} vs placement {:?}", o, p),
+        }
+    }
+}

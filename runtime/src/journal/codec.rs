@@ -10,22 +10,11 @@ use echo_statemachine::core::DeliveryStatus;
 use echo_statemachine::msg::{AckStage, ErrorCode, IntentKind, Side};
 
 pub(crate) fn kind_str(k: IntentKind) -> &'static str {
-    match k {
-        IntentKind::Open => "OPEN",
-        IntentKind::Modify => "MODIFY",
-        IntentKind::PartialClose => "PARTIAL_CLOSE",
-        IntentKind::Close => "CLOSE",
-    }
+    k.name()
 }
 
 pub(crate) fn kind_from(s: &str) -> Result<IntentKind, JournalError> {
-    Ok(match s {
-        "OPEN" => IntentKind::Open,
-        "MODIFY" => IntentKind::Modify,
-        "PARTIAL_CLOSE" => IntentKind::PartialClose,
-        "CLOSE" => IntentKind::Close,
-        other => return Err(corrupt("kind", other)),
-    })
+    IntentKind::from_name(s).ok_or_else(|| corrupt("kind", s))
 }
 
 pub(crate) fn side_str(s: Side) -> &'static str {
@@ -140,12 +129,7 @@ mod tests {
         for &c in ErrorCode::ALL {
             assert_eq!(reason_from(reason_str(c)).ok(), Some(c));
         }
-        for k in [
-            IntentKind::Open,
-            IntentKind::Modify,
-            IntentKind::PartialClose,
-            IntentKind::Close,
-        ] {
+        for &k in IntentKind::ALL {
             assert_eq!(kind_from(kind_str(k)).ok(), Some(k));
         }
         for s in [

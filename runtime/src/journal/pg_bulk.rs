@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use echo_statemachine::core::{DeliveryStatus, JournalWrite};
-use echo_statemachine::msg::IntentKind;
+use echo_statemachine::msg::TicketEffect;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::codec;
@@ -337,12 +337,11 @@ async fn finish(
             continue;
         }
         let kind = codec::kind_from(&row.try_get::<String, _>("kind")?)?;
-        let open_ticket = match (kind, slave_ticket) {
-            // A partial close may leave the rest under a new ticket (MT4 does).
-            (IntentKind::Open | IntentKind::PartialClose, Some(ticket)) if *ticket > 0 => {
-                Some(*ticket)
-            }
-            (IntentKind::Close, _) => None,
+        let open_ticket = match (kind.ticket_effect(), slave_ticket) {
+            // An open, a placement, a trigger (the position's ticket), a partial close (a
+            // broker may move the rest to a new ticket): `IntentKind::ticket_effect`.
+            (TicketEffect::Set, Some(ticket)) if *ticket > 0 => Some(*ticket),
+            (TicketEffect::Remove, _) => None,
             _ => continue,
         };
         effects.push(PositionEffect {

@@ -39,6 +39,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../migrations/0004_echo_partial_fraction.sql"),
     ),
+    (
+        5,
+        include_str!("../../../migrations/0005_echo_pending_orders.sql"),
+    ),
 ];
 
 /// Serialises migrations between processes starting at once.

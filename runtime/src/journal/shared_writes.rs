@@ -55,12 +55,12 @@ macro_rules! shared_writes {
                     let trade: String = row.try_get("trade_id")?;
                     let slave: String = row.try_get("slave_account")?;
                     let seq: i64 = row.try_get("master_seq")?;
-                    match (kind, slave_ticket) {
-                        // A partial close may leave the rest under a new ticket (MT4 does):
-                        // the latest fill's ticket is the position's, as for an open.
-                        (IntentKind::Open | IntentKind::PartialClose, Some(ticket))
-                            if *ticket > 0 =>
-                        {
+                    match (kind.ticket_effect(), slave_ticket) {
+                        // An open or a pending placement records the slave's ticket; a partial
+                        // close may leave the rest under a new ticket (MT4 does) and a
+                        // trigger names the position's: the latest fill's ticket is the
+                        // trade's (`IntentKind::ticket_effect`, as the core's own map).
+                        (TicketEffect::Set, Some(ticket)) if *ticket > 0 => {
                             sqlx::query(&format!(
                                 "INSERT INTO {p}open_position (trade_id, slave_account, slave_ticket, \
                                  open_seq) VALUES ($1, $2, $3, $4) \
@@ -75,7 +75,7 @@ macro_rules! shared_writes {
                             .execute(&mut **tx)
                             .await?;
                         }
-                        (IntentKind::Close, _) => {
+                        (TicketEffect::Remove, _) => {
                             sqlx::query(&format!(
                                 "DELETE FROM {p}open_position \
                                  WHERE trade_id = $1 AND slave_account = $2 AND open_seq < $3"

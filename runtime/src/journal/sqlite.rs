@@ -13,7 +13,7 @@ use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, TradeId};
-use echo_statemachine::msg::IntentKind;
+use echo_statemachine::msg::TicketEffect;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -32,6 +32,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../../migrations/sqlite/0002_echo_partial_fraction.sql"),
+    ),
+    (
+        3,
+        include_str!("../../../migrations/sqlite/0003_echo_pending_orders.sql"),
     ),
 ];
 
@@ -76,8 +80,25 @@ impl SqliteStore {
     }
 }
 
+/// Applies the missing migrations in one transaction, with foreign keys off so a table can be
+/// rebuilt (SQLite's own procedure for schema changes ALTER TABLE cannot make: create, copy,
+/// drop, rename); `PRAGMA foreign_key_check` must find nothing before the commit.
 async fn migrate(pool: &SqlitePool) -> Result<(), JournalError> {
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    // A no-op inside a transaction, so it is set before the transaction begins.
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await?;
+    let applied = migrate_on(&mut conn).await;
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await?;
+    applied
+}
+
+async fn migrate_on(conn: &mut sqlx::SqliteConnection) -> Result<(), JournalError> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version INTEGER PRIMARY KEY,
@@ -105,6 +126,15 @@ async fn migrate(pool: &SqlitePool) -> Result<(), JournalError> {
             .bind(version)
             .execute(&mut *tx)
             .await?;
+    }
+    let broken: Vec<SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&mut *tx)
+        .await?;
+    if !broken.is_empty() {
+        return Err(JournalError::Corrupt {
+            column: "foreign_key_check",
+            value: format!("{} rows break a foreign key after migrating", broken.len()),
+        });
     }
     tx.commit().await?;
     Ok(())

@@ -5,7 +5,9 @@
 
 use echo_statemachine::agent::{LedgerRecord, LedgerState};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use echo_statemachine::msg::{Command, CommandBody, ExecTerms, SlaveSizing};
+use echo_statemachine::msg::{
+    Command, CommandBody, ExecTerms, PendingResolution, PendingType, SlaveSizing,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::journal::codec as names;
@@ -80,6 +82,45 @@ enum BodyV1 {
         slave_min: f64,
         #[serde(with = "bits")]
         slave_step: f64,
+    },
+    /// Pending orders (added within v1: older records never hold one).
+    PlacePending {
+        symbol: String,
+        side: String,
+        order_type: String,
+        #[serde(with = "bits")]
+        volume: f64,
+        #[serde(with = "bits")]
+        price: f64,
+        #[serde(with = "bits")]
+        stop_loss: f64,
+        #[serde(with = "bits")]
+        take_profit: f64,
+        #[serde(default)]
+        terms: Option<TermsV1>,
+    },
+    ModifyPending {
+        slave_ticket: i64,
+        #[serde(with = "bits")]
+        price: f64,
+        #[serde(with = "bits")]
+        stop_loss: f64,
+        #[serde(with = "bits")]
+        take_profit: f64,
+    },
+    ResolvePending {
+        slave_ticket: i64,
+        resolution: String,
+        symbol: String,
+        side: String,
+        #[serde(with = "bits")]
+        price: f64,
+        #[serde(with = "bits")]
+        stop_loss: f64,
+        #[serde(with = "bits")]
+        take_profit: f64,
+        #[serde(default)]
+        terms: Option<TermsV1>,
     },
 }
 
@@ -191,6 +232,58 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             slave_min: fraction.slave_min,
             slave_step: fraction.slave_step,
         },
+        CommandBody::PlacePending {
+            symbol,
+            side,
+            order_type,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => BodyV1::PlacePending {
+            symbol: symbol.as_str().to_string(),
+            side: names::side_str(*side).to_string(),
+            order_type: order_type.name().to_string(),
+            volume: *volume,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+            terms: TermsV1::from_terms(terms),
+        },
+        CommandBody::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        } => BodyV1::ModifyPending {
+            slave_ticket: *slave_ticket,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        },
+        CommandBody::ResolvePending {
+            slave_ticket,
+            resolution,
+            symbol,
+            side,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => BodyV1::ResolvePending {
+            slave_ticket: *slave_ticket,
+            resolution: resolution.name().to_string(),
+            symbol: symbol.as_str().to_string(),
+            side: names::side_str(*side).to_string(),
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+            terms: TermsV1::from_terms(terms),
+        },
+        CommandBody::TriggerPending { .. } => {
+            return Err("a broker step (TriggerPending) is not a command".into())
+        }
     };
     let state = match r.state {
         LedgerState::Buffered => StateV1::Buffered,
@@ -274,6 +367,63 @@ pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
                 slave_step,
             },
         },
+        BodyV1::PlacePending {
+            symbol,
+            side,
+            order_type,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => CommandBody::PlacePending {
+            symbol: Symbol::new(symbol),
+            side: names::side_from(&side).map_err(|e| e.to_string())?,
+            order_type: PendingType::from_name(&order_type)
+                .ok_or_else(|| format!("unknown order type {order_type:?}"))?,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms: terms
+                .map(TermsV1::into_terms)
+                .transpose()?
+                .unwrap_or_default(),
+        },
+        BodyV1::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        } => CommandBody::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        },
+        BodyV1::ResolvePending {
+            slave_ticket,
+            resolution,
+            symbol,
+            side,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => CommandBody::ResolvePending {
+            slave_ticket,
+            resolution: PendingResolution::from_name(&resolution)
+                .ok_or_else(|| format!("unknown resolution {resolution:?}"))?,
+            symbol: Symbol::new(symbol),
+            side: names::side_from(&side).map_err(|e| e.to_string())?,
+            price,
+            stop_loss,
+            take_profit,
+            terms: terms
+                .map(TermsV1::into_terms)
+                .transpose()?
+                .unwrap_or_default(),
+        },
     };
     let state = match v.state {
         StateV1::Buffered => LedgerState::Buffered,
@@ -322,6 +472,38 @@ mod tests {
             CommandBody::Close {
                 slave_ticket: 9,
                 volume: 0.0,
+            },
+            CommandBody::PlacePending {
+                symbol: Symbol::new("EURUSD"),
+                side: Side::Buy,
+                order_type: echo_statemachine::msg::PendingType::Stop,
+                volume: 0.3,
+                price: 1.0987,
+                stop_loss: 1.09,
+                take_profit: 1.11,
+                terms: echo_statemachine::msg::ExecTerms {
+                    max_open_positions: 3,
+                    ..Default::default()
+                },
+            },
+            CommandBody::ModifyPending {
+                slave_ticket: 11,
+                price: 1.0991,
+                stop_loss: 0.0,
+                take_profit: 1.12,
+            },
+            CommandBody::ResolvePending {
+                slave_ticket: 11,
+                resolution: echo_statemachine::msg::PendingResolution::Trigger,
+                symbol: Symbol::new("EURUSD"),
+                side: Side::Sell,
+                price: 1.0991,
+                stop_loss: 1.2,
+                take_profit: 1.0,
+                terms: echo_statemachine::msg::ExecTerms {
+                    max_deviation_points: 25,
+                    ..Default::default()
+                },
             },
         ];
         let states = [

@@ -12,7 +12,8 @@ use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, Tr
 use echo_statemachine::msg::{
     AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseFraction, Command, CommandAck,
     CommandBody, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecTerms, ExecutionResult,
-    IntentKind, MasterFacts, OrderType, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
+    IntentKind, MasterFacts, OrderType, PendingResolution, PendingType, Role, Side, SlaveSizing,
+    TradeIntent, TradeIntentAck,
 };
 
 /// Why a wire message could not become a machine message.
@@ -51,6 +52,11 @@ pub fn kind_from_wire(v: i32) -> Result<IntentKind, WireError> {
         Ok(pb::IntentKind::Modify) => Ok(IntentKind::Modify),
         Ok(pb::IntentKind::PartialClose) => Ok(IntentKind::PartialClose),
         Ok(pb::IntentKind::Close) => Ok(IntentKind::Close),
+        Ok(pb::IntentKind::PlaceLimit) => Ok(IntentKind::PlaceLimit),
+        Ok(pb::IntentKind::PlaceStop) => Ok(IntentKind::PlaceStop),
+        Ok(pb::IntentKind::PendingModify) => Ok(IntentKind::PendingModify),
+        Ok(pb::IntentKind::PendingCancel) => Ok(IntentKind::PendingCancel),
+        Ok(pb::IntentKind::PendingTrigger) => Ok(IntentKind::PendingTrigger),
         _ => Err(bad("kind", v)),
     }
 }
@@ -61,6 +67,41 @@ pub fn kind_to_wire(k: IntentKind) -> pb::IntentKind {
         IntentKind::Modify => pb::IntentKind::Modify,
         IntentKind::PartialClose => pb::IntentKind::PartialClose,
         IntentKind::Close => pb::IntentKind::Close,
+        IntentKind::PlaceLimit => pb::IntentKind::PlaceLimit,
+        IntentKind::PlaceStop => pb::IntentKind::PlaceStop,
+        IntentKind::PendingModify => pb::IntentKind::PendingModify,
+        IntentKind::PendingCancel => pb::IntentKind::PendingCancel,
+        IntentKind::PendingTrigger => pb::IntentKind::PendingTrigger,
+    }
+}
+
+pub fn pending_type_from_wire(v: i32) -> Result<PendingType, WireError> {
+    match pb::PendingOrderType::try_from(v) {
+        Ok(pb::PendingOrderType::Limit) => Ok(PendingType::Limit),
+        Ok(pb::PendingOrderType::Stop) => Ok(PendingType::Stop),
+        _ => Err(bad("order_type", v)),
+    }
+}
+
+pub fn pending_type_to_wire(t: PendingType) -> pb::PendingOrderType {
+    match t {
+        PendingType::Limit => pb::PendingOrderType::Limit,
+        PendingType::Stop => pb::PendingOrderType::Stop,
+    }
+}
+
+pub fn resolution_from_wire(v: i32) -> Result<PendingResolution, WireError> {
+    match pb::PendingResolution::try_from(v) {
+        Ok(pb::PendingResolution::Cancel) => Ok(PendingResolution::Cancel),
+        Ok(pb::PendingResolution::Trigger) => Ok(PendingResolution::Trigger),
+        _ => Err(bad("resolution", v)),
+    }
+}
+
+pub fn resolution_to_wire(r: PendingResolution) -> pb::PendingResolution {
+    match r {
+        PendingResolution::Cancel => pb::PendingResolution::Cancel,
+        PendingResolution::Trigger => pb::PendingResolution::Trigger,
     }
 }
 
@@ -343,6 +384,50 @@ pub fn command_from_wire(w: pb::SlaveCommand) -> Result<Command, WireError> {
                 take_profit: m.take_profit,
             },
         }),
+        C::PlacePending(p) => Ok(Command {
+            command_id: CommandId::new(&p.command_id),
+            intent_id: IntentId::new(&p.intent_id),
+            trade_id: TradeId::new(&p.trade_id),
+            slave: AccountId::new(&p.slave_account),
+            body: CommandBody::PlacePending {
+                symbol: Symbol::new(&p.symbol),
+                side: side_from_wire(p.side)?,
+                order_type: pending_type_from_wire(p.order_type)?,
+                volume: p.volume,
+                price: p.price,
+                stop_loss: p.stop_loss,
+                take_profit: p.take_profit,
+                terms: terms_from_wire(p.terms.unwrap_or_default())?,
+            },
+        }),
+        C::ModifyPending(m) => Ok(Command {
+            command_id: CommandId::new(&m.command_id),
+            intent_id: IntentId::new(&m.intent_id),
+            trade_id: TradeId::new(&m.trade_id),
+            slave: AccountId::new(&m.slave_account),
+            body: CommandBody::ModifyPending {
+                slave_ticket: m.slave_ticket,
+                price: m.price,
+                stop_loss: m.stop_loss,
+                take_profit: m.take_profit,
+            },
+        }),
+        C::ResolvePending(r) => Ok(Command {
+            command_id: CommandId::new(&r.command_id),
+            intent_id: IntentId::new(&r.intent_id),
+            trade_id: TradeId::new(&r.trade_id),
+            slave: AccountId::new(&r.slave_account),
+            body: CommandBody::ResolvePending {
+                slave_ticket: r.slave_ticket,
+                resolution: resolution_from_wire(r.resolution)?,
+                symbol: Symbol::new(&r.symbol),
+                side: side_from_wire(r.side)?,
+                price: r.price,
+                stop_loss: r.stop_loss,
+                take_profit: r.take_profit,
+                terms: terms_from_wire(r.terms.unwrap_or_default())?,
+            },
+        }),
         C::Close(c) => Ok(Command {
             command_id: CommandId::new(&c.command_id),
             intent_id: IntentId::new(&c.intent_id),
@@ -438,6 +523,90 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             master_volume_before: fraction.master_volume_before,
             min_volume: fraction.slave_min,
             volume_step: fraction.slave_step,
+        }),
+        CommandBody::PlacePending {
+            symbol,
+            side,
+            order_type,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => C::PlacePending(pb::PlacePendingOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            symbol: symbol.to_string(),
+            side: side_to_wire(*side) as i32,
+            order_type: pending_type_to_wire(*order_type) as i32,
+            volume: *volume,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+            terms: (*terms != ExecTerms::default()).then(|| terms_to_wire(terms)),
+        }),
+        CommandBody::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        } => C::ModifyPending(pb::ModifyPendingOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+        }),
+        CommandBody::ResolvePending {
+            slave_ticket,
+            resolution,
+            symbol,
+            side,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => C::ResolvePending(pb::ResolvePendingOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            resolution: resolution_to_wire(*resolution) as i32,
+            symbol: symbol.to_string(),
+            side: side_to_wire(*side) as i32,
+            price: *price,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+            terms: (*terms != ExecTerms::default()).then(|| terms_to_wire(terms)),
+        }),
+        // The slave EA's own broker step never travels; were it handed here, it goes as the
+        // trigger it came from (the slave EA refuses a TriggerPending command as malformed).
+        CommandBody::TriggerPending {
+            slave_ticket,
+            symbol,
+            side,
+            stop_loss,
+            take_profit,
+            ..
+        } => C::ResolvePending(pb::ResolvePendingOrder {
+            command_id,
+            intent_id,
+            trade_id,
+            slave_account,
+            slave_ticket: *slave_ticket,
+            resolution: pb::PendingResolution::Trigger as i32,
+            symbol: symbol.to_string(),
+            side: side_to_wire(*side) as i32,
+            price: 0.0,
+            stop_loss: *stop_loss,
+            take_profit: *take_profit,
+            terms: None,
         }),
     };
     pb::SlaveCommand {

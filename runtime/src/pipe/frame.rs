@@ -14,8 +14,8 @@ use echo_statemachine::config::AgentDeliveryConfig;
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AgentToEa, BrokerStatus, CloseFraction, Command, CommandBody, EaToAgent, ErrorCode,
-    ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PipeDeliveryAck, PipeStatus,
-    Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
+    ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PendingResolution, PendingType,
+    PipeDeliveryAck, PipeStatus, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use serde_json::{Map, Value};
 
@@ -269,12 +269,14 @@ spelling!(role_str, parse_role, Role {
     Role::Master => "MASTER",
     Role::Slave => "SLAVE",
 });
-spelling!(kind_str, parse_kind, IntentKind {
-    IntentKind::Open => "OPEN",
-    IntentKind::Modify => "MODIFY",
-    IntentKind::PartialClose => "PARTIAL_CLOSE",
-    IntentKind::Close => "CLOSE",
-});
+/// Intent kinds are spelled as the journal and the wire spell them (`IntentKind::name`).
+fn kind_str(k: IntentKind) -> &'static str {
+    k.name()
+}
+
+fn parse_kind(s: &str) -> Option<IntentKind> {
+    IntentKind::from_name(s)
+}
 spelling!(side_str, parse_side, Side {
     Side::Buy => "BUY",
     Side::Sell => "SELL",
@@ -368,6 +370,20 @@ impl Line {
         self
     }
 
+    /// A command's copy terms (EXECUTE, PLACE_PENDING, RESOLVE_PENDING).
+    fn terms(self, t: &ExecTerms) -> Self {
+        self.str("sizing", t.sizing.name())
+            .f64("sizing_value", t.sizing_value)
+            .f64("master_amount", t.master_amount)
+            .f64("master_contract_size", t.master_contract_size)
+            .bool("trade_min", t.trade_min)
+            .bool("check_free_margin", t.check_free_margin)
+            .int("max_deviation_points", t.max_deviation_points)
+            .int("deviation_window_ms", t.deviation_window_ms)
+            .int("max_open_positions", t.max_open_positions)
+            .f64("max_total_lots", t.max_total_lots)
+    }
+
     fn int(mut self, k: &str, v: impl fmt::Display) -> Self {
         self.key(k);
         self.out.push_str(&v.to_string());
@@ -448,16 +464,7 @@ fn command_line(ty: &str, c: &Command) -> String {
             .f64("price", *price)
             .f64("stop_loss", *stop_loss)
             .f64("take_profit", *take_profit)
-            .str("sizing", terms.sizing.name())
-            .f64("sizing_value", terms.sizing_value)
-            .f64("master_amount", terms.master_amount)
-            .f64("master_contract_size", terms.master_contract_size)
-            .bool("trade_min", terms.trade_min)
-            .bool("check_free_margin", terms.check_free_margin)
-            .int("max_deviation_points", terms.max_deviation_points)
-            .int("deviation_window_ms", terms.deviation_window_ms)
-            .int("max_open_positions", terms.max_open_positions)
-            .f64("max_total_lots", terms.max_total_lots),
+            .terms(terms),
         CommandBody::Modify {
             slave_ticket,
             stop_loss,
@@ -484,6 +491,71 @@ fn command_line(ty: &str, c: &Command) -> String {
             .f64("master_volume_before", fraction.master_volume_before)
             .f64("slave_min", fraction.slave_min)
             .f64("slave_step", fraction.slave_step),
+        CommandBody::PlacePending {
+            symbol,
+            side,
+            order_type,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => l
+            .str("action", "PLACE_PENDING")
+            .str("symbol", symbol.as_str())
+            .str("side", side_str(*side))
+            .str("order_type", order_type.name())
+            .f64("volume", *volume)
+            .f64("price", *price)
+            .f64("stop_loss", *stop_loss)
+            .f64("take_profit", *take_profit)
+            .terms(terms),
+        CommandBody::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        } => l
+            .str("action", "MODIFY_PENDING")
+            .int("slave_ticket", slave_ticket)
+            .f64("price", *price)
+            .f64("stop_loss", *stop_loss)
+            .f64("take_profit", *take_profit),
+        CommandBody::ResolvePending {
+            slave_ticket,
+            resolution,
+            symbol,
+            side,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => l
+            .str("action", "RESOLVE_PENDING")
+            .int("slave_ticket", slave_ticket)
+            .str("resolution", resolution.name())
+            .str("symbol", symbol.as_str())
+            .str("side", side_str(*side))
+            .f64("price", *price)
+            .f64("stop_loss", *stop_loss)
+            .f64("take_profit", *take_profit)
+            .terms(terms),
+        // The slave EA's broker step is never a frame; were it handed here it goes as the
+        // trigger it came from (the slave EA refuses it: no TRIGGER_PENDING action exists).
+        CommandBody::TriggerPending {
+            slave_ticket,
+            symbol,
+            side,
+            stop_loss,
+            take_profit,
+            ..
+        } => l
+            .str("action", "TRIGGER_PENDING")
+            .int("slave_ticket", slave_ticket)
+            .str("symbol", symbol.as_str())
+            .str("side", side_str(*side))
+            .f64("stop_loss", *stop_loss)
+            .f64("take_profit", *take_profit),
     }
     .finish()
 }
@@ -678,12 +750,14 @@ impl<'a> Fields<'a> {
 }
 
 const ROLES: &str = "\"MASTER\" or \"SLAVE\"";
-const KINDS: &str = "\"OPEN\", \"MODIFY\", \"PARTIAL_CLOSE\" or \"CLOSE\"";
+const KINDS: &str = "\"OPEN\", \"MODIFY\", \"PARTIAL_CLOSE\", \"CLOSE\", \"PLACE_LIMIT\", \"PLACE_STOP\", \"PENDING_MODIFY\", \"PENDING_CANCEL\" or \"PENDING_TRIGGER\"";
 const SIDES: &str = "\"BUY\" or \"SELL\"";
 const ACK_RESULTS: &str = "\"PENDING\", \"OK\" or \"FAILED\"";
 const PIPE_STATUSES: &str = "\"OK\", \"RETRY\" or \"FAILED\"";
 const BROKER_STATUSES: &str = "\"FILLED\", \"REJECTED\" or \"CANCELLED\"";
-const ACTIONS: &str = "\"EXECUTE\", \"MODIFY\", \"CLOSE\" or \"CLOSE_PART\"";
+const ACTIONS: &str = "\"EXECUTE\", \"MODIFY\", \"CLOSE\", \"CLOSE_PART\", \"PLACE_PENDING\", \"MODIFY_PENDING\" or \"RESOLVE_PENDING\"";
+const PENDING_TYPES: &str = "\"LIMIT\" or \"STOP\"";
+const RESOLUTIONS: &str = "\"CANCEL\" or \"TRIGGER\"";
 
 fn decode_intent(f: &Fields) -> R<TradeIntent> {
     Ok(TradeIntent {
@@ -766,6 +840,32 @@ fn decode_command(f: &Fields) -> R<Command> {
                 slave_min: f.f64("slave_min")?,
                 slave_step: f.f64("slave_step")?,
             },
+        },
+        "PLACE_PENDING" => CommandBody::PlacePending {
+            terms: decode_terms(f)?,
+            symbol: Symbol::new(f.string("symbol")?),
+            side: f.spelled("side", parse_side, SIDES)?,
+            order_type: f.spelled("order_type", PendingType::from_name, PENDING_TYPES)?,
+            volume: f.f64("volume")?,
+            price: f.f64("price")?,
+            stop_loss: f.f64("stop_loss")?,
+            take_profit: f.f64("take_profit")?,
+        },
+        "MODIFY_PENDING" => CommandBody::ModifyPending {
+            slave_ticket: f.i64("slave_ticket")?,
+            price: f.f64("price")?,
+            stop_loss: f.f64("stop_loss")?,
+            take_profit: f.f64("take_profit")?,
+        },
+        "RESOLVE_PENDING" => CommandBody::ResolvePending {
+            terms: decode_terms(f)?,
+            slave_ticket: f.i64("slave_ticket")?,
+            resolution: f.spelled("resolution", PendingResolution::from_name, RESOLUTIONS)?,
+            symbol: Symbol::new(f.string("symbol")?),
+            side: f.spelled("side", parse_side, SIDES)?,
+            price: f.f64("price")?,
+            stop_loss: f.f64("stop_loss")?,
+            take_profit: f.f64("take_profit")?,
         },
         _ => {
             return Err(DecodeErrorKind::BadField {
@@ -972,17 +1072,8 @@ pub fn command_value(c: &Command) -> Value {
             "price": price,
             "stop_loss": stop_loss,
             "take_profit": take_profit,
-            "sizing": terms.sizing.name(),
-            "sizing_value": terms.sizing_value,
-            "master_amount": terms.master_amount,
-            "master_contract_size": terms.master_contract_size,
-            "trade_min": terms.trade_min,
-            "check_free_margin": terms.check_free_margin,
-            "max_deviation_points": terms.max_deviation_points,
-            "deviation_window_ms": terms.deviation_window_ms,
-            "max_open_positions": terms.max_open_positions,
-            "max_total_lots": terms.max_total_lots,
-        }),
+        })
+        .with_terms(terms),
         CommandBody::Modify {
             slave_ticket,
             stop_loss,
@@ -1012,6 +1103,74 @@ pub fn command_value(c: &Command) -> Value {
             "slave_min": fraction.slave_min,
             "slave_step": fraction.slave_step,
         }),
+        CommandBody::PlacePending {
+            symbol,
+            side,
+            order_type,
+            volume,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => serde_json::json!({
+            "action": "PLACE_PENDING",
+            "symbol": symbol.as_str(),
+            "side": side_str(*side),
+            "order_type": order_type.name(),
+            "volume": volume,
+            "price": price,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        })
+        .with_terms(terms),
+        CommandBody::ModifyPending {
+            slave_ticket,
+            price,
+            stop_loss,
+            take_profit,
+        } => serde_json::json!({
+            "action": "MODIFY_PENDING",
+            "slave_ticket": slave_ticket,
+            "price": price,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        }),
+        CommandBody::ResolvePending {
+            slave_ticket,
+            resolution,
+            symbol,
+            side,
+            price,
+            stop_loss,
+            take_profit,
+            terms,
+        } => serde_json::json!({
+            "action": "RESOLVE_PENDING",
+            "slave_ticket": slave_ticket,
+            "resolution": resolution.name(),
+            "symbol": symbol.as_str(),
+            "side": side_str(*side),
+            "price": price,
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+        })
+        .with_terms(terms),
+        CommandBody::TriggerPending {
+            slave_ticket,
+            symbol,
+            side,
+            stop_loss,
+            take_profit,
+            market,
+        } => serde_json::json!({
+            "action": "TRIGGER_PENDING",
+            "slave_ticket": slave_ticket,
+            "symbol": symbol.as_str(),
+            "side": side_str(*side),
+            "stop_loss": stop_loss,
+            "take_profit": take_profit,
+            "market": market,
+        }),
     };
     if let (Value::Object(m), Value::Object(b)) = (&mut v, body) {
         m.extend(b);
@@ -1039,13 +1198,47 @@ pub fn intent_kind_str(k: IntentKind) -> &'static str {
     kind_str(k)
 }
 
-/// The wire spelling of a command's action (`EXECUTE`, `MODIFY`, `CLOSE`, `CLOSE_PART`).
+/// The wire spelling of a command's action (`EXECUTE`, `MODIFY`, `CLOSE`, `CLOSE_PART`,
+/// `PLACE_PENDING`, `MODIFY_PENDING`, `RESOLVE_PENDING`; `TRIGGER_PENDING` is the slave EA's
+/// broker step, never a frame).
 pub fn action_str(b: &CommandBody) -> &'static str {
     match b {
         CommandBody::Execute { .. } => "EXECUTE",
         CommandBody::Modify { .. } => "MODIFY",
         CommandBody::Close { .. } => "CLOSE",
         CommandBody::ClosePart { .. } => "CLOSE_PART",
+        CommandBody::PlacePending { .. } => "PLACE_PENDING",
+        CommandBody::ModifyPending { .. } => "MODIFY_PENDING",
+        CommandBody::ResolvePending { .. } => "RESOLVE_PENDING",
+        CommandBody::TriggerPending { .. } => "TRIGGER_PENDING",
+    }
+}
+
+/// A command's copy terms as frame fields (EXECUTE, PLACE_PENDING, RESOLVE_PENDING).
+trait WithTerms {
+    fn with_terms(self, t: &ExecTerms) -> Self;
+}
+
+impl WithTerms for Value {
+    fn with_terms(mut self, t: &ExecTerms) -> Value {
+        if let Value::Object(m) = &mut self {
+            let terms = serde_json::json!({
+                "sizing": t.sizing.name(),
+                "sizing_value": t.sizing_value,
+                "master_amount": t.master_amount,
+                "master_contract_size": t.master_contract_size,
+                "trade_min": t.trade_min,
+                "check_free_margin": t.check_free_margin,
+                "max_deviation_points": t.max_deviation_points,
+                "deviation_window_ms": t.deviation_window_ms,
+                "max_open_positions": t.max_open_positions,
+                "max_total_lots": t.max_total_lots,
+            });
+            if let Value::Object(t) = terms {
+                m.extend(t);
+            }
+        }
+        self
     }
 }
 

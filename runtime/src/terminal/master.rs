@@ -82,13 +82,14 @@ fn reason_str(r: &RemoveReason) -> String {
 }
 
 /// What the reference master reports about each order and its account: magic 0, a fixed
-/// comment, market orders, and `--balance` as balance and equity (for ratio sizing).
+/// comment, the order's type (market, or a pending placement's limit / stop), and `--balance`
+/// as balance and equity (for ratio sizing).
 fn build_intent(account: &AccountId, seq: u64, spec: &IntentSpec, balance: f64) -> TradeIntent {
     TradeIntent {
         origin: MasterFacts {
             magic: 0,
             comment: "echo terminal".into(),
-            order_type: OrderType::Market,
+            order_type: spec.kind.placed_order_type().unwrap_or(OrderType::Market),
             balance,
             equity: balance,
         },

@@ -54,6 +54,8 @@ master:
   --script FILE           emit the lifecycle steps of FILE (see SPEC.md, Pipe protocol)
   --rate N[/s]            emit N intents per second (default 100) ...
   --trades N              ... for N trades (default 10), each open, modifies, partials, close
+                          (every fourth trade: a pending limit/stop order whose first modify
+                          is its trigger)
   --modifies N            modifies per trade in rate mode (default 1)
   --partials N            partial closes per trade in rate mode (default 1, at most 49)
   --concurrent N          trades open at once in rate mode (default 4)

@@ -12,8 +12,17 @@
 //! modify  <trade> [sl=<price>] [tp=<price>]
 //! partial <trade> <volume> [<price>]
 //! close   <trade> [<price>]
+//! pending <trade> <SYMBOL> buy|sell limit|stop <volume> <price> [sl=<price>] [tp=<price>]
+//! pending_modify <trade> <price> [sl=<price>] [tp=<price>]
+//! cancel  <trade>
+//! trigger <trade> [<price>]
 //! sleep   <milliseconds>
 //! ```
+//!
+//! A `pending` trade is a pending order until its `trigger` (then `modify`, `partial` and
+//! `close` apply to the position) or its `cancel` (the trade ends). In rate mode every fourth
+//! trade (with at least one modify) starts as a pending order — a buy/sell limit or stop at
+//! its price — whose first modify is its trigger (SPEC.md §5.2 "Pending orders").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -136,6 +145,8 @@ impl Plan {
             sl: f64,
             tp: f64,
             ticket: i64,
+            /// Still a pending order (not triggered yet).
+            pending: bool,
         }
         let mut trades: BTreeMap<String, Open> = BTreeMap::new();
         let mut next_ticket: i64 = 1_000_000;
@@ -186,26 +197,40 @@ impl Plan {
                 .ok_or_else(|| err(format!("{verb} needs a trade name")))?
                 .to_string();
             let spec = match verb {
-                "open" => {
+                "open" | "pending" => {
                     if trades.contains_key(&trade) {
                         return Err(err(format!("trade {trade:?} is already open")));
                     }
                     let symbol = words
                         .get(2)
-                        .ok_or_else(|| err("open needs a symbol".into()))?
+                        .ok_or_else(|| err(format!("{verb} needs a symbol")))?
                         .to_string();
                     let side = match words.get(3).map(|s| s.to_ascii_lowercase()).as_deref() {
                         Some("buy") => Side::Buy,
                         Some("sell") => Side::Sell,
-                        _ => return Err(err("open needs buy or sell".into())),
+                        _ => return Err(err(format!("{verb} needs buy or sell"))),
                     };
-                    let volume = num(words.get(4), "volume")?;
+                    // A pending order names its type after the side.
+                    let (kind, at) = if verb == "pending" {
+                        let kind = match words.get(4).map(|s| s.to_ascii_lowercase()).as_deref() {
+                            Some("limit") => IntentKind::PlaceLimit,
+                            Some("stop") => IntentKind::PlaceStop,
+                            _ => return Err(err("pending needs limit or stop".into())),
+                        };
+                        (kind, 5)
+                    } else {
+                        (IntentKind::Open, 4)
+                    };
+                    let volume = num(words.get(at), "volume")?;
                     if volume <= 0.0 {
                         return Err(err("volume must be > 0".into()));
                     }
-                    let price = num(words.get(5), "price")?;
+                    let price = num(words.get(at + 1), "price")?;
+                    if kind != IntentKind::Open && price <= 0.0 {
+                        return Err(err("a pending order needs a price > 0".into()));
+                    }
                     let (mut sl, mut tp) = (0.0, 0.0);
-                    levels(words.get(6..).unwrap_or(&[]), &mut sl, &mut tp)?;
+                    levels(words.get(at + 2..).unwrap_or(&[]), &mut sl, &mut tp)?;
                     next_ticket += 1;
                     trades.insert(
                         trade.clone(),
@@ -217,11 +242,12 @@ impl Plan {
                             sl,
                             tp,
                             ticket: next_ticket,
+                            pending: kind != IntentKind::Open,
                         },
                     );
                     IntentSpec {
                         trade,
-                        kind: IntentKind::Open,
+                        kind,
                         symbol,
                         side,
                         volume,
@@ -232,12 +258,37 @@ impl Plan {
                         volume_before: 0.0,
                     }
                 }
-                "modify" | "partial" | "close" => {
+                "modify" | "partial" | "close" | "pending_modify" | "cancel" | "trigger" => {
                     let t = trades
                         .get_mut(&trade)
                         .ok_or_else(|| err(format!("trade {trade:?} is not open")))?;
+                    let of_pending = matches!(verb, "pending_modify" | "cancel" | "trigger");
+                    if of_pending != t.pending {
+                        let what = if t.pending {
+                            "a pending order (trigger it first)"
+                        } else {
+                            "not a pending order"
+                        };
+                        return Err(err(format!("{verb}: trade {trade:?} is {what}")));
+                    }
                     let before = t.remaining;
                     let (kind, volume) = match verb {
+                        "pending_modify" => {
+                            t.price = num(words.get(2), "price")?;
+                            if t.price <= 0.0 {
+                                return Err(err("a pending order needs a price > 0".into()));
+                            }
+                            levels(words.get(3..).unwrap_or(&[]), &mut t.sl, &mut t.tp)?;
+                            (IntentKind::PendingModify, t.remaining)
+                        }
+                        "cancel" => (IntentKind::PendingCancel, t.remaining),
+                        "trigger" => {
+                            if let Some(p) = words.get(2) {
+                                t.price = num(Some(p), "price")?;
+                            }
+                            t.pending = false;
+                            (IntentKind::PendingTrigger, t.remaining)
+                        }
                         "modify" => {
                             levels(words.get(2..).unwrap_or(&[]), &mut t.sl, &mut t.tp)?;
                             (IntentKind::Modify, t.remaining)
@@ -279,7 +330,7 @@ impl Plan {
                             0.0
                         },
                     };
-                    if kind == IntentKind::Close {
+                    if matches!(kind, IntentKind::Close | IntentKind::PendingCancel) {
                         trades.remove(&trade);
                     }
                     spec
@@ -388,8 +439,16 @@ impl Plan {
         let sl = round_price(price - sign * (0.0050 - nudge));
         let tp = round_price(price + sign * (0.0100 + nudge));
         let part = round_lots(1.0 / (f64::from(*partials) + 1.0)).max(0.01);
-        let (kind, volume, volume_before) = if step == 0 {
+        // Every fourth trade (given a modify to turn into its trigger) is a pending order.
+        let pending = n % 4 == 3 && m >= 1;
+        let (kind, volume, volume_before) = if step == 0 && pending && n % 8 == 3 {
+            (IntentKind::PlaceLimit, 1.0, 0.0)
+        } else if step == 0 && pending {
+            (IntentKind::PlaceStop, 1.0, 0.0)
+        } else if step == 0 {
             (IntentKind::Open, 1.0, 0.0)
+        } else if step == 1 && pending {
+            (IntentKind::PendingTrigger, 1.0, 0.0)
         } else if step <= m {
             (IntentKind::Modify, 1.0, 0.0)
         } else if step < life - 1 {
@@ -448,11 +507,20 @@ mod tests {
                 let mine: Vec<&IntentSpec> =
                     all.iter().filter(|i| i.trade == format!("t{t}")).collect();
                 assert_eq!(mine.len(), life, "trade {t}");
-                assert_eq!(mine[0].kind, IntentKind::Open);
+                assert!(mine[0].kind.starts_trade());
+                // A pending order (every fourth trade with a modify) triggers first.
+                assert_eq!(
+                    mine[0].kind != IntentKind::Open,
+                    t % 4 == 3 && modifies >= 1,
+                    "trade {t}"
+                );
+                if mine[0].kind != IntentKind::Open {
+                    assert_eq!(mine[1].kind, IntentKind::PendingTrigger);
+                }
                 assert_eq!(mine[life - 1].kind, IntentKind::Close);
                 let closed: f64 = mine[1..]
                     .iter()
-                    .filter(|i| i.kind != IntentKind::Modify)
+                    .filter(|i| !matches!(i.kind, IntentKind::Modify | IntentKind::PendingTrigger))
                     .map(|i| i.volume)
                     .sum();
                 assert!(
@@ -481,6 +549,37 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn scripts_place_modify_trigger_and_cancel_pending_orders() {
+        let text =
+            "pending a X buy limit 1 1.09 sl=1.08\npending_modify a 1.085\ntrigger a 1.085\n\
+                    modify a tp=1.2\nclose a\npending b X sell stop 2 1.05\ncancel b\n";
+        let mut s = Plan::script(Path::new("s"), text).unwrap();
+        let kinds: Vec<(IntentKind, f64)> =
+            emits(&mut s).iter().map(|i| (i.kind, i.price)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (IntentKind::PlaceLimit, 1.09),
+                (IntentKind::PendingModify, 1.085),
+                (IntentKind::PendingTrigger, 1.085),
+                (IntentKind::Modify, 1.085),
+                (IntentKind::Close, 1.085),
+                (IntentKind::PlaceStop, 1.05),
+                (IntentKind::PendingCancel, 1.05),
+            ]
+        );
+        for (text, line) in [
+            ("pending a X buy limit 1 1.1\nmodify a sl=1\n", 2),
+            ("open a X buy 1 1.1\ntrigger a\n", 2),
+            ("pending a X buy market 1 1.1\n", 1),
+            ("pending a X buy limit 1 1.1\ncancel a\ntrigger a\n", 3),
+        ] {
+            let e = Plan::script(Path::new("s"), text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use echo_statemachine::ea::slave::{
     BrokerOutcome, ExecutedRecord, Fact, Output, PersistError, SlaveConfig, SlaveExecutor,
 };
 use echo_statemachine::ids::{stable_hash, CommandId, Symbol};
-use echo_statemachine::msg::{AgentToEa, Command, CommandBody, Side};
+use echo_statemachine::msg::{AgentToEa, Command, CommandBody, PendingResolution, Side};
 use echo_statemachine::policy::terms::{AccountFacts, SymbolFacts};
 use echo_statemachine::policy::SymbolLimits;
 use serde_json::{json, Value};
@@ -120,6 +120,9 @@ struct Broker {
     orders: BTreeMap<String, BookEntry>,
     /// ticket → (open volume, open price)
     positions: BTreeMap<i64, (f64, f64)>,
+    /// ticket → (volume, price) of a pending order not yet resolved (this broker has no price
+    /// feed: its pending orders fill only on the master's trigger).
+    pendings: BTreeMap<i64, (f64, f64)>,
     next_ticket: i64,
     reject_rate: f64,
     seed: u64,
@@ -132,6 +135,7 @@ impl Broker {
             file,
             orders: BTreeMap::new(),
             positions: BTreeMap::new(),
+            pendings: BTreeMap::new(),
             next_ticket: 500_001,
             reject_rate: args.reject_rate,
             seed: args.seed,
@@ -145,6 +149,23 @@ impl Broker {
             let outcome = if filled {
                 match row.get("action").and_then(Value::as_str) {
                     Some("EXECUTE") => {
+                        b.positions.insert(ticket, (volume, price));
+                    }
+                    Some("PLACE_PENDING") => {
+                        b.pendings.insert(ticket, (volume, price));
+                    }
+                    Some("RESOLVE_PENDING") => {
+                        let from = row.get("from_ticket").and_then(Value::as_i64);
+                        if let Some(from) = from {
+                            b.pendings.remove(&from);
+                            b.positions.remove(&from);
+                        }
+                    }
+                    Some("TRIGGER_PENDING") => {
+                        let from = row.get("from_ticket").and_then(Value::as_i64);
+                        if let Some(from) = from {
+                            b.pendings.remove(&from);
+                        }
                         b.positions.insert(ticket, (volume, price));
                     }
                     Some("CLOSE") => {
@@ -254,6 +275,99 @@ impl Broker {
                 CommandBody::ClosePart { .. } => BrokerOutcome::Rejected {
                     reason: "partial close placed without its lots".into(),
                 },
+                CommandBody::PlacePending { volume, price, .. } => {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    self.pendings.insert(ticket, (*volume, *price));
+                    BrokerOutcome::Filled {
+                        ticket,
+                        price: *price,
+                        volume: *volume,
+                    }
+                }
+                CommandBody::ModifyPending {
+                    slave_ticket,
+                    price,
+                    ..
+                } => {
+                    if let Some(p) = self.pendings.get_mut(slave_ticket) {
+                        p.1 = *price;
+                    }
+                    match (
+                        self.pendings.get(slave_ticket),
+                        self.positions.get(slave_ticket),
+                    ) {
+                        (Some(&(_, p)), _) | (None, Some(&(_, p))) => BrokerOutcome::Filled {
+                            ticket: *slave_ticket,
+                            price: p,
+                            volume: 0.0,
+                        },
+                        (None, None) => BrokerOutcome::Rejected {
+                            reason: "no such order".into(),
+                        },
+                    }
+                }
+                CommandBody::ResolvePending {
+                    slave_ticket,
+                    resolution: PendingResolution::Cancel,
+                    ..
+                } => {
+                    if let Some((_, p)) = self.pendings.remove(slave_ticket) {
+                        BrokerOutcome::Filled {
+                            ticket: *slave_ticket,
+                            price: p,
+                            volume: 0.0,
+                        }
+                    } else if let Some((v, p)) = self.positions.remove(slave_ticket) {
+                        // It had filled: closed, as the master decided.
+                        BrokerOutcome::Filled {
+                            ticket: *slave_ticket,
+                            price: p,
+                            volume: v,
+                        }
+                    } else {
+                        BrokerOutcome::Rejected {
+                            reason: "no such order".into(),
+                        }
+                    }
+                }
+                // The executor turns a trigger into TriggerPending before placing it.
+                CommandBody::ResolvePending { .. } => BrokerOutcome::Rejected {
+                    reason: "trigger placed without converging it".into(),
+                },
+                CommandBody::TriggerPending {
+                    slave_ticket,
+                    market,
+                    ..
+                } => {
+                    if let Some(&(v, p)) = self.positions.get(slave_ticket) {
+                        BrokerOutcome::Filled {
+                            ticket: *slave_ticket,
+                            price: p,
+                            volume: v,
+                        }
+                    } else if let Some((v, p)) = self.pendings.remove(slave_ticket) {
+                        if *market {
+                            let ticket = self.next_ticket;
+                            self.next_ticket += 1;
+                            let price = fill.unwrap_or(p);
+                            self.positions.insert(ticket, (v, price));
+                            BrokerOutcome::Filled {
+                                ticket,
+                                price,
+                                volume: v,
+                            }
+                        } else {
+                            BrokerOutcome::Rejected {
+                                reason: "pending order deleted; no market fallback".into(),
+                            }
+                        }
+                    } else {
+                        BrokerOutcome::Rejected {
+                            reason: "no such order".into(),
+                        }
+                    }
+                }
             }
         };
         let (status, ticket, price, volume, reason) = match &outcome {
@@ -273,7 +387,10 @@ impl Broker {
             "status": status,
             "ticket": ticket,
             "from_ticket": match &c.body {
-                CommandBody::Close { slave_ticket, .. } => *slave_ticket,
+                CommandBody::Close { slave_ticket, .. }
+                | CommandBody::ModifyPending { slave_ticket, .. }
+                | CommandBody::ResolvePending { slave_ticket, .. }
+                | CommandBody::TriggerPending { slave_ticket, .. } => *slave_ticket,
                 _ => ticket,
             },
             "price": price,
@@ -590,7 +707,9 @@ impl Slave {
             // The broker executes what the executor placed, not the command as written; opens
             // fill at the broker's price: the ask for a buy, the bid for a sell.
             let fill = match &body {
-                CommandBody::Execute { symbol, side, .. } => {
+                // A trigger's market fallback fills like an open.
+                CommandBody::Execute { symbol, side, .. }
+                | CommandBody::TriggerPending { symbol, side, .. } => {
                     self.quote(symbol).map(|(bid, ask)| match side {
                         Side::Buy => ask,
                         Side::Sell => bid,

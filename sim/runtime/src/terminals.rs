@@ -314,14 +314,14 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
             reason: "order without a write-ahead record".into(),
         };
     };
+    // This world's script opens and closes only; a pending order (never scripted here) would
+    // keep its ticket through modify, cancel and trigger.
     let ticket = match body {
-        CommandBody::Execute { .. } => {
+        CommandBody::Execute { .. } | CommandBody::PlacePending { .. } => {
             w.next_ticket += 1;
             w.next_ticket
         }
-        CommandBody::Modify { slave_ticket, .. }
-        | CommandBody::Close { slave_ticket, .. }
-        | CommandBody::ClosePart { slave_ticket, .. } => *slave_ticket,
+        other => other.slave_ticket(),
     };
     w.log(format!(
         "broker filled {} intent={} trade={}",
@@ -342,8 +342,14 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
 
 fn volume(body: &CommandBody) -> f64 {
     match body {
-        CommandBody::Execute { volume, .. } | CommandBody::Close { volume, .. } => *volume,
+        CommandBody::Execute { volume, .. }
+        | CommandBody::Close { volume, .. }
+        | CommandBody::PlacePending { volume, .. } => *volume,
         // Never placed: the slave executor resolves a fraction to lots first.
-        CommandBody::Modify { .. } | CommandBody::ClosePart { .. } => 0.0,
+        CommandBody::Modify { .. }
+        | CommandBody::ClosePart { .. }
+        | CommandBody::ModifyPending { .. }
+        | CommandBody::ResolvePending { .. }
+        | CommandBody::TriggerPending { .. } => 0.0,
     }
 }

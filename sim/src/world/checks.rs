@@ -16,7 +16,7 @@ use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::*;
 use echo_statemachine::policy::deviation::deviation_points;
 use echo_statemachine::policy::filters::glob;
-use echo_statemachine::policy::reverse::opposite;
+use echo_statemachine::policy::reverse::{mirror_pending, opposite};
 use echo_statemachine::policy::sizing::{risk_of, BelowMin};
 use echo_statemachine::policy::stops::StopsMode;
 use echo_statemachine::policy::subscription::SizingKind;
@@ -362,25 +362,60 @@ impl World {
     /// a verdict taken earlier, when the price may have been elsewhere, so it is not judged
     /// against the quote of its own moment.
     pub(super) fn check_terms_refusal(&mut self, s: usize, id: &CommandId, r: &ExecutionResult) {
+        // A trigger's refusal was decided when it went to the broker (`check_trigger`).
         if r.reason != Some(ErrorCode::PriceDeviation)
             || self.last_fired == Some(SLAVE_RECORD_RETRY)
+            || self.last_fired == Some(SLAVE_TRIGGER_REFUSED)
         {
             return;
         }
-        let Some(rec) = self.journal.deliveries.get(id).cloned() else {
+        let Some((rec, max)) = self.guard_of(id) else {
             return;
         };
         let Some((bid, ask)) = self.terminal.quote_of(&rec.symbol) else {
             return;
         };
+        let dev = deviation_points(rec.side, rec.price, bid, ask, self.slave_limits(s).point);
+        if dev <= f64::from(max) + 1e-6 {
+            let v = format!("slave-{s} refused {id} PRICE_DEVIATION at {dev} points, guard {max}");
+            self.violation(v);
+        }
+    }
+}
+
+impl World {
+    /// A delivery as journaled, with its deviation guard (points; 0 = off).
+    fn guard_of(&self, id: &CommandId) -> Option<(DeliveryRecord, u32)> {
+        let rec = self.journal.deliveries.get(id).cloned()?;
         let max = self
             .journal
             .terms
             .get(id)
             .map_or(0, |t| t.max_deviation_points);
-        let dev = deviation_points(rec.side, rec.price, bid, ask, self.slave_limits(s).point);
-        if dev <= f64::from(max) + 1e-6 {
-            let v = format!("slave-{s} refused {id} PRICE_DEVIATION at {dev} points, guard {max}");
+        Some((rec, max))
+    }
+
+    /// A trigger goes to the broker without its market fallback only when the deviation guard
+    /// refuses a market open at this moment (its quote beyond the guard, or none reported).
+    pub(super) fn check_trigger(&mut self, s: usize, id: &CommandId, body: &CommandBody) {
+        let CommandBody::TriggerPending { market: false, .. } = body else {
+            return;
+        };
+        let Some((rec, max)) = self.guard_of(id) else {
+            return;
+        };
+        let refused = max > 0
+            && match self.terminal.quote_of(&rec.symbol) {
+                None => true,
+                Some((bid, ask)) => {
+                    let point = self.slave_limits(s).point;
+                    deviation_points(rec.side, rec.price, bid, ask, point) > f64::from(max) + 1e-6
+                }
+            };
+        if !refused {
+            let v = format!(
+                "slave-{s} sent trigger {id} without its market fallback, guard {max} admits it"
+            );
             self.violation(v);
         }
     }
@@ -413,7 +448,7 @@ pub(super) fn policy_violations(
                 if r == SkipReason::SymbolNotMapped && mapped.is_ok() {
                     bad.push(format!("{who} {r} but mapping says {mapped:?}"));
                 }
-                if intent.kind != IntentKind::Open && r != SkipReason::SymbolNotMapped {
+                if !intent.kind.starts_trade() && r != SkipReason::SymbolNotMapped {
                     bad.push(format!("{who}: a {:?} skipped with {r}", intent.kind));
                 }
                 let f = &sub.policy.filters;
@@ -430,7 +465,9 @@ pub(super) fn policy_violations(
                                 && !f.comment_allow.iter().any(|p| glob(p, &o.comment))),
                     ),
                     SkipReason::FilteredOrderType => {
-                        Some(!f.order_types.is_empty() && !f.order_types.contains(&o.order_type))
+                        // A placement's own type is filtered, whatever was reported beside it.
+                        let t = intent.kind.placed_order_type().unwrap_or(o.order_type);
+                        Some(!f.order_types.is_empty() && !f.order_types.contains(&t))
                     }
                     _ => None,
                 };
@@ -468,8 +505,14 @@ pub(super) fn policy_violations(
         p.sizing_kind,
         SizingKind::BalanceRatio | SizingKind::EquityRatio | SizingKind::RiskPercent
     );
+    if d.kind != mirror_pending(p.reverse, intent.kind) {
+        bad.push(format!(
+            "{who} planned {:?} for the master's {:?} (reverse={})",
+            d.kind, intent.kind, p.reverse
+        ));
+    }
     match intent.kind {
-        IntentKind::Open if slave_sized => {
+        k if k.starts_trade() && slave_sized => {
             // The slave EA sizes from its own account: it must get the master's lots and terms.
             let sizing = d.terms.map(|t| t.sizing);
             if d.volume.to_bits() != intent.volume.to_bits()
@@ -481,7 +524,7 @@ pub(super) fn policy_violations(
                 ));
             }
         }
-        IntentKind::Open => {
+        IntentKind::Open | IntentKind::PlaceLimit | IntentKind::PlaceStop => {
             let l = &p.limits;
             let v = Volume::from_lots(d.volume).unwrap_or_default();
             if !l.is_tradable(v) {
@@ -529,7 +572,7 @@ pub(super) fn policy_violations(
                 ));
             }
         }
-        IntentKind::Modify | IntentKind::Close => {}
+        _ => {}
     }
     bad
 }
@@ -538,3 +581,5 @@ pub(super) fn policy_violations(
 const ADMIT: &str = "core.intake.T01";
 /// The slave EA writes a result it decided earlier once more (its first write failed).
 const SLAVE_RECORD_RETRY: &str = "ea.slave.T18";
+/// The slave EA records a trigger whose market fallback its guard refused earlier (T34).
+const SLAVE_TRIGGER_REFUSED: &str = "ea.slave.T36";

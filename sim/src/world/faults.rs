@@ -43,10 +43,11 @@ pub(super) enum F {
     StrayPeer,
     MdBurst,
     SubChange,
+    PendingFill,
 }
 
 impl F {
-    pub(super) const COUNT: usize = 20;
+    pub(super) const COUNT: usize = 21;
 
     fn rate(self, w: &World) -> u64 {
         let (p, l) = (&w.profile, &w.workload);
@@ -71,6 +72,7 @@ impl F {
             F::StrayPeer => p.stray_peer,
             F::MdBurst => l.md_burst,
             F::SubChange => l.sub_change,
+            F::PendingFill => l.pending_fill,
         }
     }
 }

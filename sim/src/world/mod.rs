@@ -60,7 +60,7 @@ use marketdata::Feed;
 use net::Link;
 use nodes::{AgentM, CoreM, MasterM, SlaveM};
 use storage::{Journal, MasterWrite, SlaveWrite};
-use workload::{build_script, home_subscription, spoil_some};
+use workload::{build_script, home_subscription, pendings_some, spoil_some};
 
 /// Capacities of a run: `test_min` makes backpressure and edge cases frequent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,7 +425,8 @@ impl World {
             .enumerate()
             .map(|(m, acc)| build_script(m, cfg.trades, acc))
             .collect();
-        for s in script.iter_mut() {
+        for (m, s) in script.iter_mut().enumerate() {
+            pendings_some(s, m, workload.pending, &mut rng);
             spoil_some(s, workload.malformed, &mut rng);
         }
         let slave_slow = slaves

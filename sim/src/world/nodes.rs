@@ -367,6 +367,7 @@ impl World {
             }
             slave::Output::PlaceOrder { command_id, body } => {
                 self.check_open_terms(s, &command_id, &body);
+                self.check_trigger(s, &command_id, &body);
                 self.on_place_order(s, &command_id);
                 // The broker takes the order the moment it is sent; only its answer
                 // travels back with latency (and is lost if the EA crashes meanwhile).

@@ -19,7 +19,9 @@ use echo_statemachine::ea::slave::BrokerOutcome;
 use echo_statemachine::ids::{CommandId, IntentId};
 use echo_statemachine::msg::{
     BrokerStatus, CloseFraction, CommandBody, ErrorCode, ExecutionResult, IntentKind,
+    PendingResolution, PendingType, Side,
 };
+use echo_statemachine::policy::reverse::{opposite, pending_type, rests_below};
 use echo_statemachine::policy::Volume;
 
 use super::World;
@@ -52,6 +54,12 @@ pub struct Positions {
     /// Opens the core told us it did not copy (`core.delivery.T20`/`T25`), with the core life
     /// that knew it: that life must not answer the trade's later intents NO_POSITION.
     skipped_opens: BTreeMap<CommandId, u64>,
+    /// (slave, ticket) → a pending order its broker holds (not filled yet).
+    pub pending: BTreeMap<(usize, i64), Held>,
+    /// (slave, trade) → positions its broker ever opened for the trade (an open, a pending
+    /// order that filled on its own, a trigger's market fallback; not a partial close's
+    /// ticket move): more than one is a second order for one master trade.
+    created: BTreeMap<(usize, String), u32>,
 }
 
 /// What a partial close of `fraction` must close of a slave position of `open`, from the
@@ -101,7 +109,7 @@ impl World {
         };
         let trade = d.trade_id.as_str().to_lowercase();
         let open = self.journal.deliveries.values().find(|o| {
-            o.kind == IntentKind::Open
+            o.kind.starts_trade()
                 && o.slave == d.slave
                 && o.trade_id.as_str().to_lowercase() == trade
         });
@@ -148,6 +156,7 @@ impl World {
                 let ticket = self.next_ticket;
                 let open = Volume::from_lots(*volume).unwrap_or_default();
                 let trade = self.trade_of(command_id).unwrap_or_default();
+                self.note_position_created(s, &trade, command_id.as_str());
                 self.positions
                     .held
                     .insert((s, ticket), Held { trade, open });
@@ -211,6 +220,188 @@ impl World {
                 self.violation(v);
                 reject("unresolved partial close")
             }
+            CommandBody::PlacePending {
+                side,
+                order_type,
+                volume,
+                price,
+                ..
+            } => {
+                self.check_pending_mirror(s, command_id, *side, *order_type, *price);
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                let open = Volume::from_lots(*volume).unwrap_or_default();
+                let trade = self.trade_of(command_id).unwrap_or_default();
+                self.positions
+                    .pending
+                    .insert((s, ticket), Held { trade, open });
+                BrokerOutcome::Filled {
+                    ticket,
+                    price: *price,
+                    volume: *volume,
+                }
+            }
+            CommandBody::ModifyPending { slave_ticket, .. } => {
+                // A pending order, or the position it became on its own (SL/TP only).
+                let k = (s, *slave_ticket);
+                if self.positions.pending.contains_key(&k) || self.positions.held.contains_key(&k) {
+                    BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 1.1,
+                        volume: 0.0,
+                    }
+                } else {
+                    reject("no such order")
+                }
+            }
+            CommandBody::ResolvePending {
+                slave_ticket,
+                resolution: PendingResolution::Cancel,
+                ..
+            } => {
+                let k = (s, *slave_ticket);
+                if self.positions.pending.remove(&k).is_some() {
+                    BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 0.0,
+                        volume: 0.0,
+                    }
+                } else if let Some(held) = self.positions.held.remove(&k) {
+                    // Filled on its own before the master cancelled: closed, as the master
+                    // decided.
+                    BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 1.1,
+                        volume: held.open.lots(),
+                    }
+                } else {
+                    reject("no such order")
+                }
+            }
+            CommandBody::ResolvePending { .. } => {
+                let v = format!(
+                    "slave-{s} sent {command_id} to its broker without converging the trigger"
+                );
+                self.violation(v);
+                reject("unresolved trigger")
+            }
+            CommandBody::TriggerPending {
+                slave_ticket,
+                market,
+                ..
+            } => {
+                let k = (s, *slave_ticket);
+                if let Some(held) = self.positions.held.get(&k) {
+                    // The slave's pending order filled on its own: it is the position.
+                    return BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 1.1,
+                        volume: held.open.lots(),
+                    };
+                }
+                let Some(p) = self.positions.pending.remove(&k) else {
+                    return reject("no such order");
+                };
+                if !*market {
+                    return reject("pending order deleted; no market fallback");
+                }
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                self.note_position_created(s, &p.trade, command_id.as_str());
+                let volume = p.open.lots();
+                self.positions.held.insert((s, ticket), p);
+                BrokerOutcome::Filled {
+                    ticket,
+                    price: 1.1,
+                    volume,
+                }
+            }
+        }
+    }
+
+    /// One more position for (slave, trade) at its broker: a second one for one master trade
+    /// is a violation (a pending order becomes exactly one position).
+    fn note_position_created(&mut self, s: usize, trade: &str, why: &str) {
+        let n = self
+            .positions
+            .created
+            .entry((s, trade.to_string()))
+            .or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            let v = format!("slave-{s} opened position #{n} for trade {trade} ({why}): one master trade, one slave position");
+            self.violation(v);
+        }
+    }
+
+    /// The workload: one slave's pending order fills on its own at its broker (same ticket,
+    /// MT5's position id), before or without its master's trigger.
+    pub(super) fn fill_a_pending_order(&mut self) {
+        let n = self.positions.pending.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let i = self.draw(super::faults::F::PendingFill).below(n) as usize;
+        let Some(k) = self.positions.pending.keys().nth(i).copied() else {
+            return;
+        };
+        let Some(p) = self.positions.pending.remove(&k) else {
+            return;
+        };
+        self.fault(
+            "pending_fill",
+            format!(
+                "slave-{} pending {} of {} filled at its broker",
+                k.0, k.1, p.trade
+            ),
+        );
+        let why = format!("pending {} filled", k.1);
+        self.note_position_created(k.0, &p.trade, &why);
+        self.positions.held.insert(k, p);
+    }
+
+    /// A placed pending order mirrors its master's: the master's price; the master's side and
+    /// type, or — reversed — the opposite side with limit ↔ stop, so it rests on the same side
+    /// of the market and fills at the same price move.
+    fn check_pending_mirror(
+        &mut self,
+        s: usize,
+        command_id: &CommandId,
+        side: Side,
+        order_type: PendingType,
+        price: f64,
+    ) {
+        let intent = IntentId::new(command_id.as_str().split('@').next().unwrap_or(""));
+        let Some(i) = self.journal.intents.get(&intent) else {
+            return;
+        };
+        let Some(master_type) = pending_type(i.kind) else {
+            let v = format!(
+                "slave-{s} placed a pending order for {:?} intent {intent}",
+                i.kind
+            );
+            self.violation(v);
+            return;
+        };
+        let reverse = self.policies.get(s).is_some_and(|p| p.reverse);
+        let (want_side, want_type) = if reverse {
+            let t = match master_type {
+                PendingType::Limit => PendingType::Stop,
+                PendingType::Stop => PendingType::Limit,
+            };
+            (opposite(i.side), t)
+        } else {
+            (i.side, master_type)
+        };
+        if (side, order_type) != (want_side, want_type)
+            || rests_below(side, order_type) != rests_below(i.side, master_type)
+            || price.to_bits() != i.price.to_bits()
+        {
+            let v = format!(
+                "slave-{s} placed {side:?} {order_type:?} at {price} for the master's {:?} {master_type:?} at {} (reverse={reverse})",
+                i.side, i.price
+            );
+            self.violation(v);
         }
     }
 
@@ -314,9 +505,16 @@ impl World {
         let v = Volume::from_lots(r.filled_volume).unwrap_or_default();
         let e = self.positions.reported.entry((s, trade)).or_default();
         match kind {
-            IntentKind::Open => e.0 = e.0.saturating_add(v),
-            IntentKind::PartialClose | IntentKind::Close => e.1 = e.1.saturating_add(v),
-            IntentKind::Modify => {}
+            // A trigger's volume is the position it left (the pending's own fill, or the
+            // market fallback); a placement opens nothing yet.
+            IntentKind::Open | IntentKind::PendingTrigger => e.0 = e.0.saturating_add(v),
+            IntentKind::PartialClose | IntentKind::Close | IntentKind::PendingCancel => {
+                e.1 = e.1.saturating_add(v)
+            }
+            IntentKind::Modify
+            | IntentKind::PlaceLimit
+            | IntentKind::PlaceStop
+            | IntentKind::PendingModify => {}
         }
     }
 
@@ -337,10 +535,26 @@ impl World {
             let trade = d.trade_id.as_str().to_lowercase();
             closes.insert((s, trade), (&d.command_id, d.status, d.reason));
         }
+        // A trigger that failed (broker rejection, the guard) leaves its trade unmanaged at
+        // that slave, explicitly: the later intents address a ticket that never became a
+        // position (SPEC.md §5.2, pending orders, known limits).
+        let failed_triggers: BTreeSet<(usize, String)> = self
+            .journal
+            .deliveries
+            .values()
+            .filter(|d| d.kind == IntentKind::PendingTrigger && d.status == DeliveryStatus::Failed)
+            .filter_map(|d| {
+                let s = self.slave_accounts.iter().position(|a| *a == d.slave)?;
+                Some((s, d.trade_id.as_str().to_lowercase()))
+            })
+            .collect();
         for ((s, ticket), held) in &self.positions.held {
             let Some((cmd, status, reason)) = closes.get(&(*s, held.trade.clone())) else {
                 continue;
             };
+            if failed_triggers.contains(&(*s, held.trade.clone())) {
+                continue;
+            }
             let holds = format!(
                 "slave-{s} still holds {} lots of trade {} (ticket {ticket})",
                 held.open.lots(),
@@ -390,6 +604,49 @@ impl World {
         for d in self.journal.deliveries.values() {
             if d.status == DeliveryStatus::Failed && d.reason.is_none() {
                 bad.push(format!("{} not copied without a reason", d.command_id));
+            }
+        }
+        bad.extend(self.pending_inconsistencies());
+        bad
+    }
+
+    /// End of run: no slave still holds a pending order its master cancelled or triggered,
+    /// unless that command failed with a true reason (a broker rejection, the guard).
+    fn pending_inconsistencies(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        // (slave, trade) → its master's cancel or trigger as journaled.
+        let mut ends: BTreeMap<(usize, String), (&CommandId, DeliveryStatus, Option<ErrorCode>)> =
+            BTreeMap::new();
+        for d in self.journal.deliveries.values() {
+            if !matches!(
+                d.kind,
+                IntentKind::PendingCancel | IntentKind::PendingTrigger
+            ) {
+                continue;
+            }
+            let Some(s) = self.slave_accounts.iter().position(|a| *a == d.slave) else {
+                continue;
+            };
+            let trade = d.trade_id.as_str().to_lowercase();
+            ends.insert((s, trade), (&d.command_id, d.status, d.reason));
+        }
+        for ((s, ticket), p) in &self.positions.pending {
+            let Some((cmd, status, reason)) = ends.get(&(*s, p.trade.clone())) else {
+                continue;
+            };
+            let holds = format!(
+                "slave-{s} still holds pending order {ticket} ({} lots) of trade {}",
+                p.open.lots(),
+                p.trade
+            );
+            match (status, reason) {
+                (DeliveryStatus::Acked, _) => {
+                    bad.push(format!("{holds} although its master's {cmd} was confirmed"))
+                }
+                (DeliveryStatus::Failed, None | Some(ErrorCode::NoPosition)) => bad.push(format!(
+                    "{holds}: its master's {cmd} FAILED {reason:?} (ticket lost)"
+                )),
+                _ => {}
             }
         }
         bad

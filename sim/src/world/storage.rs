@@ -221,14 +221,21 @@ impl World {
                 let trade = d.trade_id.as_str().to_lowercase();
                 let open_skipped_alike = || {
                     self.journal.deliveries.values().any(|o| {
-                        o.kind == IntentKind::Open
+                        o.kind.starts_trade()
                             && o.slave == d.slave
                             && o.trade_id.as_str().to_lowercase() == trade
                             && o.status == DeliveryStatus::Failed
                             && o.reason == *reason
                     })
                 };
-                (d.kind != IntentKind::Open
+                // A trigger's market fallback is an entry: its guard may refuse it.
+                let guard_refused = d.kind == IntentKind::PendingTrigger
+                    && matches!(
+                        policy,
+                        SkipReason::PriceDeviation | SkipReason::AccountFactsUnknown
+                    );
+                (!d.kind.starts_trade()
+                    && !guard_refused
                     && d.status == DeliveryStatus::Inflight
                     && policy != SkipReason::SymbolNotMapped
                     && !open_skipped_alike())

@@ -113,13 +113,13 @@ pub(super) fn build_script(m: usize, trades: usize, master: &AccountId) -> Vec<T
         let (kind, per_mille) = LIFECYCLE[step];
         let before = open_units[trade];
         let volume_units = match kind {
-            IntentKind::Open => before,
+            IntentKind::Open | IntentKind::PlaceLimit | IntentKind::PlaceStop => before,
             // Rounded down to 0.01 lot, at least 0.01: what the master's broker closes.
             IntentKind::PartialClose => {
                 let cut = before * per_mille / 1_000 / (lot / 100) * (lot / 100);
                 cut.max(lot / 100).min(before)
             }
-            IntentKind::Modify | IntentKind::Close => 0,
+            _ => 0,
         };
         if kind == IntentKind::PartialClose {
             open_units[trade] = before - volume_units;
@@ -186,8 +186,16 @@ pub struct Workload {
     pub compat_agent: Option<usize>,
     /// Chance per trade that a broken terminal spoils one of its intents (‰): an open with a
     /// negative stop-loss (valid for the core, refused by slave EAs) or a non-finite price
-    /// (refused by the core with INVALID_ARGUMENT).
+    /// (refused by the core with INVALID_ARGUMENT; a pending placement loses its price
+    /// instead: `core.intake.T14`).
     pub malformed: u64,
+    /// Chance per trade that it starts as a pending order (‰): placed (limit or stop),
+    /// modified, then cancelled by the master or triggered — a triggered one goes on with the
+    /// position's modify, partial closes and close ([`pendings_some`]).
+    pub pending: u64,
+    /// Chance per 100 ms that one slave's pending order fills on its own at its broker (‰),
+    /// before (or without) its master's trigger.
+    pub pending_fill: u64,
 }
 
 impl Workload {
@@ -198,6 +206,8 @@ impl Workload {
             sub_change: 0,
             compat_agent: None,
             malformed: 0,
+            pending: 0,
+            pending_fill: 0,
         }
     }
 
@@ -212,6 +222,8 @@ impl Workload {
         let md_burst = rate(300);
         let sub_change = rate(150);
         let malformed = rate(80);
+        let pending = rate(400);
+        let pending_fill = rate(200);
         let compat_agent = if rng.chance(1, 4) {
             Some(rng.below(agents as u64) as usize)
         } else {
@@ -222,6 +234,8 @@ impl Workload {
             sub_change,
             compat_agent,
             malformed,
+            pending,
+            pending_fill,
         }
     }
 }
@@ -233,6 +247,8 @@ impl Workload {
             ("md_burst", &mut self.md_burst),
             ("sub_change", &mut self.sub_change),
             ("malformed", &mut self.malformed),
+            ("pending", &mut self.pending),
+            ("pending_fill", &mut self.pending_fill),
         ]
     }
 }
@@ -241,10 +257,12 @@ impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "md_burst={} sub_change={} malformed={} (‰) compat_agent={}",
+            "md_burst={} sub_change={} malformed={} pending={} pending_fill={} (‰) compat_agent={}",
             self.md_burst,
             self.sub_change,
             self.malformed,
+            self.pending,
+            self.pending_fill,
             match self.compat_agent {
                 Some(a) => format!("agent-{a}"),
                 None => "none".into(),
@@ -253,11 +271,95 @@ impl std::fmt::Display for Workload {
     }
 }
 
+/// Pending orders: with chance `per_mille` per trade, the trade starts as a pending order
+/// instead of a market open — PLACE_LIMIT or PLACE_STOP (drawn) at the open's price and lots,
+/// a PENDING_MODIFY of its price, then either the master's PENDING_CANCEL (the trade ends
+/// there: its later intents are dropped) or its PENDING_TRIGGER (the fill, with the open's
+/// lots), after which the trade's modify, partial closes and close follow as scripted. All of
+/// one trade share its trade id; the script is renumbered (intent ids, `master_seq`) so
+/// emission order stays the master's order.
+pub(super) fn pendings_some(
+    script: &mut Vec<TradeIntent>,
+    m: usize,
+    per_mille: u64,
+    rng: &mut Rng,
+) {
+    let opens: Vec<usize> = (0..script.len())
+        .filter(|&k| script[k].kind == IntentKind::Open)
+        .collect();
+    // (index of the open, limit?, triggered?) of each trade made pending.
+    let mut chosen = Vec::new();
+    for k in opens {
+        // Three draws per trade whatever the rate, so zeroing it (shrink) moves no other draw.
+        let (pick, limit, triggered) = (
+            rng.chance(per_mille, 1_000),
+            rng.chance(1, 2),
+            rng.chance(3, 4),
+        );
+        if pick {
+            chosen.push((k, limit, triggered));
+        }
+    }
+    let mut dropped = std::collections::BTreeSet::new();
+    let mut out: Vec<TradeIntent> = Vec::with_capacity(script.len() + 2 * chosen.len());
+    for (k, intent) in script.iter().enumerate() {
+        let trade = intent.trade_id.as_str().to_lowercase();
+        if dropped.contains(&trade) {
+            continue;
+        }
+        let Some(&(_, limit, triggered)) = chosen.iter().find(|(o, _, _)| *o == k) else {
+            out.push(intent.clone());
+            continue;
+        };
+        let (kind, order_type) = if limit {
+            (IntentKind::PlaceLimit, OrderType::Limit)
+        } else {
+            (IntentKind::PlaceStop, OrderType::Stop)
+        };
+        let origin = MasterFacts {
+            order_type,
+            ..intent.origin.clone()
+        };
+        out.push(TradeIntent {
+            kind,
+            origin: origin.clone(),
+            ..intent.clone()
+        });
+        out.push(TradeIntent {
+            kind: IntentKind::PendingModify,
+            origin: origin.clone(),
+            price: intent.price - 0.0005,
+            volume: 0.0,
+            ..intent.clone()
+        });
+        if triggered {
+            out.push(TradeIntent {
+                kind: IntentKind::PendingTrigger,
+                origin,
+                ..intent.clone()
+            });
+        } else {
+            out.push(TradeIntent {
+                kind: IntentKind::PendingCancel,
+                origin,
+                volume: 0.0,
+                ..intent.clone()
+            });
+            dropped.insert(trade);
+        }
+    }
+    for (seq, i) in out.iter_mut().enumerate() {
+        i.master_seq = seq as u64;
+        i.intent_id = IntentId::new(format!("m{m}-i{seq}"));
+    }
+    *script = out;
+}
+
 /// A broken terminal: with chance `per_mille` per trade, one intent of the trade is spoiled —
 /// its open gets a negative stop-loss (finite, so valid for the core; refused as malformed by
 /// every slave EA whose policy copies the master's SL/TP prices — sizing would turn a volume
 /// of 0 into VOLUME_BELOW_MIN at the core before any EA saw it), or one of its intents a
-/// non-finite price. Every copy of it must
+/// non-finite price (a pending placement: a price of 0). Every copy of it must
 /// still end explicitly (FAILED with a reason), and the trade's later intents NO_POSITION
 /// where the open never executed.
 pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut Rng) {
@@ -281,7 +383,12 @@ pub(super) fn spoil_some(script: &mut [TradeIntent], per_mille: u64, rng: &mut R
             }
         } else {
             let k = of_trade[rng.below(of_trade.len() as u64) as usize];
-            script[k].price = f64::NAN;
+            // A pending order without its price is refused by the core (`core.intake.T14`).
+            script[k].price = if script[k].kind.placed_order_type().is_some() {
+                0.0
+            } else {
+                f64::NAN
+            };
         }
     }
 }
@@ -310,6 +417,9 @@ impl World {
         }
         if self.chance(F::SubChange) {
             self.change_subscription();
+        }
+        if self.chance(F::PendingFill) {
+            self.fill_a_pending_order();
         }
     }
 

@@ -16,7 +16,7 @@ use crate::config::Subscription;
 use crate::ids::{AccountId, CommandId, FastMap, IntentId, TradeId};
 use crate::msg::{
     AckResult, AckStage, BrokerStatus, CloseFraction, Command, CommandAck, CommandBody,
-    CoreToAgent, ErrorCode, ExecutionResult, IntentKind,
+    CoreToAgent, ErrorCode, ExecutionResult, IntentKind, TicketEffect,
 };
 use crate::spec::{MachineSpec, Subject};
 use crate::time::{backoff, Duration, Instant};
@@ -111,6 +111,18 @@ transitions! {
         TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
             "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
+        PendingNoTicket = "T29": "New | Blocked",
+            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER but the slave holds no ticket for the trade (its placement failed, or was cancelled)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed — never sent",
+        PendingNotCopied = "T30": "New | Blocked",
+            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER of a trade whose placement this core life did not copy to the slave for a copy-policy reason (T20, T32)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, the placement's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent",
+        PendingCorrelated = "T31": "Finalizing(ACKED) of a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER / PENDING_CANCEL",
+            "FinishDelivery answered Ok" => "Done(ACKED)";
+            "ticket correlation (as T17 for the rest): a placement records the slave's pending ticket; a trigger replaces it by the position's ticket (the same one when the slave's pending had filled on its own), so the trade's later modifies and closes reach the position; a cancel forgets it — open_position changed in the same FinishDelivery transaction",
+        PendingTermsRebuilt = "T32": "New | Blocked | Parked",
+            "becomes head, or its agent comes back: a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
+            "terms rebuilt as T28 does for an open (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
     }
 }
 
@@ -292,7 +304,7 @@ impl Core {
         );
         self.metrics.delivery_failed_total += 1;
         self.count_skip(reason);
-        if rec.kind == IntentKind::Open {
+        if rec.kind.starts_trade() {
             self.remember_skipped_open(&rec, reason);
         }
         self.log(CoreLog::DeliveryFailed {
@@ -358,15 +370,26 @@ impl Core {
             return;
         };
         let pair = (d.rec.trade_id.clone(), d.rec.slave.clone());
-        if d.rec.kind != IntentKind::Open && !self.tickets.contains_key(&pair) {
+        let pending = d.rec.kind.is_pending();
+        if !d.rec.kind.starts_trade() && !self.tickets.contains_key(&pair) {
             if let Some(&reason) = self.skipped_opens.get(&pair) {
                 // The open was a deliberate non-copy: follow it with the same reason.
-                self.fire(DeliveryT::OpenNotCopied.spec(), self.subject(key));
+                let t = if pending {
+                    DeliveryT::PendingNotCopied
+                } else {
+                    DeliveryT::OpenNotCopied
+                };
+                self.fire(t.spec(), self.subject(key));
                 self.count_skip(reason);
                 self.finalize(now, key, DeliveryStatus::Failed, Some(reason), None);
                 return;
             }
-            self.fire(DeliveryT::NoPosition.spec(), self.subject(key));
+            let t = if pending {
+                DeliveryT::PendingNoTicket
+            } else {
+                DeliveryT::NoPosition
+            };
+            self.fire(t.spec(), self.subject(key));
             self.finalize(
                 now,
                 key,
@@ -414,7 +437,7 @@ impl Core {
         else {
             return false;
         };
-        let rec = (d.rec.kind == IntentKind::Open).then(|| d.rec.clone());
+        let rec = d.rec.kind.starts_trade().then(|| d.rec.clone());
         self.fire(DeliveryT::Expired.spec(), self.subject(key));
         // Remembered before the delivery finishes: finishing it may make the trade's next
         // intent head of its chain, and that one must find the open's reason (T26).
@@ -452,20 +475,37 @@ impl Core {
         let Some(d) = self.deliveries.get(&key) else {
             return;
         };
-        if d.rec.kind != IntentKind::Open || d.rec.terms.is_some() {
+        if !d.rec.kind.carries_terms() || d.rec.terms.is_some() {
             return;
         }
-        let terms = self
+        let kind = d.rec.kind;
+        let policy = self
             .subs
             .get(&d.rec.master)
             .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
-            .map(|s| crate::policy::terms::guard_terms(&s.policy))
-            .unwrap_or(crate::msg::ExecTerms {
+            .map(|s| &s.policy);
+        let terms = match (kind, policy) {
+            (IntentKind::PendingTrigger, Some(p)) => crate::policy::terms::trigger_terms(p),
+            (IntentKind::PendingTrigger, None) => crate::msg::ExecTerms::default(),
+            (IntentKind::Open, Some(p)) => crate::policy::terms::guard_terms(p),
+            // A placement waits for its own price: no deviation guard.
+            (_, Some(p)) => crate::msg::ExecTerms {
+                max_deviation_points: 0,
+                deviation_window_ms: 0,
+                ..crate::policy::terms::guard_terms(p)
+            },
+            (_, None) => crate::msg::ExecTerms {
                 sizing: crate::msg::SlaveSizing::BalanceRatio,
                 sizing_value: 1.0,
                 ..crate::msg::ExecTerms::default()
-            });
-        self.fire(DeliveryT::TermsRebuilt.spec(), self.subject(key));
+            },
+        };
+        let t = if kind == IntentKind::Open {
+            DeliveryT::TermsRebuilt
+        } else {
+            DeliveryT::PendingTermsRebuilt
+        };
+        self.fire(t.spec(), self.subject(key));
         if let Some(d) = self.deliveries.get_mut(&key) {
             d.rec.terms = Some(terms);
         }
@@ -535,6 +575,37 @@ impl Core {
             IntentKind::Close => CommandBody::Close {
                 slave_ticket: ticket(),
                 volume: 0.0,
+            },
+            IntentKind::PlaceLimit | IntentKind::PlaceStop => CommandBody::PlacePending {
+                symbol: d.rec.symbol.clone(),
+                side: d.rec.side,
+                order_type: crate::policy::reverse::pending_type(d.rec.kind)
+                    .unwrap_or(crate::msg::PendingType::Limit),
+                volume: d.rec.volume,
+                price: d.rec.price,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+                terms: d.rec.terms.unwrap_or_default(),
+            },
+            IntentKind::PendingModify => CommandBody::ModifyPending {
+                slave_ticket: ticket(),
+                price: d.rec.price,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+            },
+            IntentKind::PendingCancel | IntentKind::PendingTrigger => CommandBody::ResolvePending {
+                slave_ticket: ticket(),
+                resolution: if d.rec.kind == IntentKind::PendingCancel {
+                    crate::msg::PendingResolution::Cancel
+                } else {
+                    crate::msg::PendingResolution::Trigger
+                },
+                symbol: d.rec.symbol.clone(),
+                side: d.rec.side,
+                price: d.rec.price,
+                stop_loss: d.rec.stop_loss,
+                take_profit: d.rec.take_profit,
+                terms: d.rec.terms.unwrap_or_default(),
             },
         };
         Command {
@@ -908,25 +979,30 @@ impl Core {
         let pair = || (d.rec.trade_id.clone(), d.rec.slave.clone());
         if status == DeliveryStatus::Acked {
             self.metrics.deliveries_acked_total += 1;
-            match d.rec.kind {
-                IntentKind::Open => {
-                    if let Some(t) = ticket {
-                        self.tickets.insert(pair(), t);
-                    }
-                }
-                IntentKind::Close => {
-                    self.tickets.remove(&pair());
-                }
+            if d.rec.kind.is_pending() && d.rec.kind != IntentKind::PendingModify {
+                let subject = if self.trace {
+                    Subject::Command(d.rec.command_id.clone())
+                } else {
+                    Subject::None
+                };
+                self.fire(DeliveryT::PendingCorrelated.spec(), subject);
+            }
+            // The same rule the journal applies to `open_position` (`TicketEffect`).
+            let lost = d.rec.kind == IntentKind::PartialClose
+                && crate::mutants::active(crate::mutants::Mutant::PartialLosesTicket);
+            match d.rec.kind.ticket_effect() {
                 // A broker may move what a partial close left to a new ticket (MT4 does):
-                // later modifies and closes must address that one.
-                IntentKind::PartialClose
-                    if !crate::mutants::active(crate::mutants::Mutant::PartialLosesTicket) =>
-                {
+                // later modifies and closes must address that one. A trigger's ticket is the
+                // position's.
+                TicketEffect::Set if !lost => {
                     if let Some(t) = ticket.filter(|t| *t > 0) {
                         self.tickets.insert(pair(), t);
                     }
                 }
-                IntentKind::Modify | IntentKind::PartialClose => {}
+                TicketEffect::Remove => {
+                    self.tickets.remove(&pair());
+                }
+                TicketEffect::Set | TicketEffect::Keep => {}
             }
         }
         let result = if status == DeliveryStatus::Acked {

@@ -61,6 +61,9 @@ transitions! {
         TradeBusy = "T13": "New",
             "TradeIntent for a trade that has another intent Persisting" => "Refused";
             "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms} (keeps per-trade order)",
+        InvalidPending = "T14": "New",
+            "TradeIntent of a pending order's lifecycle that cannot be copied as stated: a PLACE_LIMIT / PLACE_STOP or PENDING_MODIFY without a price > 0, a placement or PENDING_TRIGGER without volume > 0" => "Refused";
+            "TradeIntentAck{FAILED, INVALID_ARGUMENT} — never guessed",
     }
 }
 
@@ -116,6 +119,19 @@ fn intent_is_valid(i: &TradeIntent) -> bool {
         && i.take_profit.is_finite()
         && i.origin.is_valid()
         && partial_close_is_valid(i)
+}
+
+/// A pending order rests at a price, and a placement or trigger moves lots: without them the
+/// slave could only guess, so such an intent is refused (`core.intake.T14`).
+fn pending_is_valid(i: &TradeIntent) -> bool {
+    let priced = i.price > 0.0;
+    let lots = i.volume > 0.0;
+    match i.kind {
+        IntentKind::PlaceLimit | IntentKind::PlaceStop => priced && lots,
+        IntentKind::PendingModify => priced,
+        IntentKind::PendingTrigger => lots,
+        _ => true,
+    }
 }
 
 /// A partial close states its fraction exactly: the closed lots out of the master's lots
@@ -184,8 +200,15 @@ impl Core {
             self.ack_intent(agent.clone(), i.intent_id, i.trade_id, None);
             return;
         }
-        if !intent_is_valid(&i) {
-            self.fire(IntakeT::Invalid.spec(), subject);
+        let invalid = if !intent_is_valid(&i) {
+            Some(IntakeT::Invalid)
+        } else if !pending_is_valid(&i) {
+            Some(IntakeT::InvalidPending)
+        } else {
+            None
+        };
+        if let Some(t) = invalid {
+            self.fire(t.spec(), subject);
             self.ack_intent(
                 agent.clone(),
                 i.intent_id,
@@ -288,8 +311,9 @@ impl Core {
                     Ok(_) => (DeliveryStatus::Inflight, None),
                     Err(r) => (DeliveryStatus::Failed, Some(r.error_code())),
                 };
-                let (symbol, side, volume, stop_loss, take_profit, terms) = match planned {
+                let (kind, symbol, side, volume, stop_loss, take_profit, terms) = match planned {
                     Ok(p) => (
+                        p.kind,
                         p.symbol,
                         p.side,
                         p.volume,
@@ -299,6 +323,7 @@ impl Core {
                     ),
                     // Journaled for the record only: a FAILED delivery is never sent.
                     Err(_) => (
+                        i.kind,
                         i.symbol.clone(),
                         i.side,
                         0.0,
@@ -313,7 +338,7 @@ impl Core {
                     trade_id: i.trade_id.clone(),
                     master: i.master.clone(),
                     slave: s.slave.clone(),
-                    kind: i.kind,
+                    kind,
                     symbol,
                     side,
                     volume,

@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::ids::{AccountId, CommandId, Symbol};
 use crate::msg::{
-    AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecutionResult,
-    PipeDeliveryAck, PipeStatus, SlaveSizing,
+    AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
+    ExecutionResult, PendingResolution, PipeDeliveryAck, PipeStatus, SlaveSizing,
 };
 use crate::policy::partial::{slave_close, CloseDecision};
 use crate::policy::terms::{
@@ -87,6 +87,12 @@ transitions! {
         WaitPrice = "T28": "persisting", "persist result Ok for the write-ahead record of an open beyond deviation/max_points, with a wait window" => "waiting_price"; "ToAgent(PipeAck{Ok}); timer at now + deviation_window_ms",
         PriceBack = "T29": "waiting_price", "a Quote (or account/symbol fact) with which the copy terms admit the open" => "executing"; "PlaceOrder{command_id, body as sized}; counted placed",
         WindowClosed = "T30": "waiting_price", "its wait timer expired" => "executing or recording"; "the terms decide once more without waiting: PlaceOrder, or PersistExecuted{REJECTED, PRICE_DEVIATION (or another reason)}",
+        PlacePending = "T31": "persisting", "persist result Ok for the write-ahead record of a PlacePending its copy terms admit (sizing, free margin, exposure limits counting its pending orders; no deviation guard: the order waits for its own price)" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, PlacePending with the volume the terms sized}; counted placed",
+        PendingRefused = "T32": "persisting", "persist result Ok for the write-ahead record of a PlacePending its copy terms refuse (as T27)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with the reason} — never placed; counted terms_refused",
+        ChangePending = "T33": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or a ResolvePending{Cancel} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, body as is} — the broker changes or deletes the pending order, or, if it filled on its own, changes the position's SL/TP or closes it (the master decided); counted placed",
+        Trigger = "T34": "persisting", "persist result Ok for the write-ahead record of a ResolvePending{Trigger} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, TriggerPending{ticket, market}} — market: the deviation guard admits a market open of the pending's volume now; the broker reports the ticket's position if the pending filled on its own (nothing placed), else deletes it and opens at market (or nothing when !market); counted placed",
+        NoPending = "T35": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or ResolvePending of a ticket holding no pending order of this EA" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing; counted no_position",
+        TriggerGuardRefused = "T36": "executing", "handle_broker_result(Rejected) for a TriggerPending sent with market = false (the pending had not filled; the broker deleted it)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
     }
 }
 
@@ -252,6 +258,8 @@ struct Entry {
     state: State,
     record_failures: u32,
     deadline: Option<Instant>,
+    /// A trigger sent without its market fallback: why the guard refused it (T36).
+    refusal: Option<SkipReason>,
 }
 
 /// The slave EA's at-most-once executor.
@@ -266,6 +274,9 @@ pub struct SlaveExecutor {
     refused_order: VecDeque<CommandId>,
     /// slave_ticket → open volume, from durable results only.
     positions: BTreeMap<i64, f64>,
+    /// slave_ticket → volume of the pending orders this EA placed and its master has not yet
+    /// triggered or cancelled, from durable results only.
+    pendings: BTreeMap<i64, f64>,
     /// Tickets this EA closed in full, from durable results only: a later close of one is
     /// already done (a partial close that left dust closed the whole position).
     closed: BTreeSet<i64>,
@@ -293,6 +304,7 @@ impl SlaveExecutor {
             refused: BTreeMap::new(),
             refused_order: VecDeque::new(),
             positions: BTreeMap::new(),
+            pendings: BTreeMap::new(),
             closed: BTreeSet::new(),
             ops: BTreeMap::new(),
             timers: BTreeSet::new(),
@@ -342,12 +354,15 @@ impl SlaveExecutor {
                             state: State::Executed { result },
                             record_failures: 0,
                             deadline: None,
+                            refusal: None,
                         },
                     );
                     s.fire(T::RecoveredExecuted, subject);
                 }
                 None => {
-                    if let CommandBody::Execute { volume, .. } = &rec.command.body {
+                    if let CommandBody::Execute { volume, .. }
+                    | CommandBody::PlacePending { volume, .. } = &rec.command.body
+                    {
                         // Maybe placed: it counts against the exposure limits until answered.
                         s.reserved
                             .insert(id.clone(), Volume::from_lots(*volume).unwrap_or_default());
@@ -359,6 +374,7 @@ impl SlaveExecutor {
                             state: State::InDoubt,
                             record_failures: 0,
                             deadline: None,
+                            refusal: None,
                         },
                     );
                     s.pending += 1;
@@ -457,13 +473,13 @@ impl SlaveExecutor {
         match (&entry.state, result) {
             (State::Persisting { op: cur }, Ok(())) if *cur == op => {
                 let body = entry.command.body.clone();
+                if body_is_pending(&body) {
+                    self.execute_pending(id, body, subject);
+                    return;
+                }
                 let known_position = match &body {
                     CommandBody::Execute { .. } => true,
-                    CommandBody::Modify { slave_ticket, .. }
-                    | CommandBody::Close { slave_ticket, .. }
-                    | CommandBody::ClosePart { slave_ticket, .. } => {
-                        self.positions.contains_key(slave_ticket)
-                    }
+                    b => self.positions.contains_key(&b.slave_ticket()),
                 };
                 let closed_ticket = match &body {
                     CommandBody::Close { slave_ticket, .. }
@@ -551,18 +567,7 @@ impl SlaveExecutor {
                 } else {
                     // The broker would refuse a ticket we never opened or already closed;
                     // answering as it would keeps one path for every rejection.
-                    self.m.no_position += 1;
-                    let result = self.result_for(
-                        &id,
-                        &BrokerOutcome::Rejected {
-                            reason: "no open position for this ticket".into(),
-                        },
-                    );
-                    self.fire(T::NoPosition, subject);
-                    self.pipe_ack(&id, PipeStatus::Ok, None);
-                    if let Some(result) = result {
-                        self.issue_record(&id, result);
-                    }
+                    self.answer_unheld(id, T::NoPosition, "no open position for this ticket");
                 }
             }
             (State::Persisting { op: cur }, Err(_)) if *cur == op => {
@@ -622,10 +627,18 @@ impl SlaveExecutor {
             self.fire(T::BrokerIgnored, subject);
             return;
         }
-        let Some(result) = self.result_for(&command_id, &outcome) else {
+        let Some(mut result) = self.result_for(&command_id, &outcome) else {
             return;
         };
-        self.fire(T::BrokerAnswered, subject);
+        let refusal = self.commands.get(&command_id).and_then(|e| e.refusal);
+        match (refusal, &outcome) {
+            (Some(r), BrokerOutcome::Rejected { .. }) => {
+                result.reason = Some(r.error_code());
+                self.m.terms_refused += 1;
+                self.fire(T::TriggerGuardRefused, subject);
+            }
+            _ => self.fire(T::BrokerAnswered, subject),
+        }
         self.issue_record(&command_id, result);
     }
 
@@ -713,9 +726,14 @@ impl SlaveExecutor {
 
     /// Copied positions held plus opens placed and not yet answered.
     pub fn exposure(&self) -> (u32, Volume) {
-        let held = self.positions.values().fold(Volume::ZERO, |acc, lots| {
-            acc.saturating_add(Volume::from_lots(*lots).unwrap_or_default())
-        });
+        // A pending order may fill on its own at any moment: it counts like a position.
+        let held = self
+            .positions
+            .values()
+            .chain(self.pendings.values())
+            .fold(Volume::ZERO, |acc, lots| {
+                acc.saturating_add(Volume::from_lots(*lots).unwrap_or_default())
+            });
         let in_flight = if crate::mutants::active(crate::mutants::Mutant::ExposureIgnoresInFlight) {
             0
         } else {
@@ -726,7 +744,7 @@ impl SlaveExecutor {
             .values()
             .take(in_flight)
             .fold(Volume::ZERO, |acc, v| acc.saturating_add(*v));
-        let count = self.positions.len() + in_flight;
+        let count = self.positions.len() + self.pendings.len() + in_flight;
         (
             u32::try_from(count).unwrap_or(u32::MAX),
             held.saturating_add(reserved),
@@ -769,6 +787,12 @@ impl SlaveExecutor {
     /// Open volume of a slave position, as known from durable results.
     pub fn open_volume(&self, slave_ticket: i64) -> Option<f64> {
         self.positions.get(&slave_ticket).copied()
+    }
+
+    /// Volume of one of this EA's pending orders (placed, not yet triggered or cancelled by
+    /// its master), as known from durable results.
+    pub fn pending_volume(&self, slave_ticket: i64) -> Option<f64> {
+        self.pendings.get(&slave_ticket).copied()
     }
 
     // ---- internals ----
@@ -852,6 +876,7 @@ impl SlaveExecutor {
                 state: State::Persisting { op },
                 record_failures: 0,
                 deadline: None,
+                refusal: None,
             },
         );
         self.fire(T::Accepted, subject);
@@ -864,6 +889,16 @@ impl SlaveExecutor {
             return Err(ErrorCode::UnknownAccount);
         }
         let level = |x: f64| x.is_finite() && x >= 0.0;
+        // An open or a placement: positive lots, valid terms, SL/TP levels; `priced` for
+        // the price (an open's may be 0 = market, a pending order's must be > 0).
+        let entry = |volume: f64, terms: &ExecTerms, priced: bool, sl: f64, tp: f64| {
+            terms.is_valid()
+                && volume.is_finite()
+                && volume > 0.0
+                && priced
+                && level(sl)
+                && level(tp)
+        };
         let ok = !c.command_id.as_str().is_empty()
             && match &c.body {
                 CommandBody::Execute {
@@ -873,14 +908,7 @@ impl SlaveExecutor {
                     take_profit,
                     terms,
                     ..
-                } => {
-                    terms.is_valid()
-                        && volume.is_finite()
-                        && *volume > 0.0
-                        && level(*price)
-                        && level(*stop_loss)
-                        && level(*take_profit)
-                }
+                } => entry(*volume, terms, level(*price), *stop_loss, *take_profit),
                 CommandBody::Modify {
                     slave_ticket,
                     stop_loss,
@@ -896,6 +924,45 @@ impl SlaveExecutor {
                     slave_ticket,
                     fraction,
                 } => *slave_ticket > 0 && slave_close(fraction, 1.0).is_some(),
+                CommandBody::PlacePending {
+                    volume,
+                    price,
+                    stop_loss,
+                    take_profit,
+                    terms,
+                    ..
+                } => {
+                    let priced = price.is_finite() && *price > 0.0;
+                    entry(*volume, terms, priced, *stop_loss, *take_profit)
+                }
+                CommandBody::ModifyPending {
+                    slave_ticket,
+                    price,
+                    stop_loss,
+                    take_profit,
+                } => {
+                    *slave_ticket > 0
+                        && price.is_finite()
+                        && *price > 0.0
+                        && level(*stop_loss)
+                        && level(*take_profit)
+                }
+                CommandBody::ResolvePending {
+                    slave_ticket,
+                    price,
+                    stop_loss,
+                    take_profit,
+                    terms,
+                    ..
+                } => {
+                    *slave_ticket > 0
+                        && terms.is_valid()
+                        && level(*price)
+                        && level(*stop_loss)
+                        && level(*take_profit)
+                }
+                // The EA's own broker step: never a command.
+                CommandBody::TriggerPending { .. } => false,
             };
         if ok {
             Ok(())
@@ -916,12 +983,7 @@ impl SlaveExecutor {
 
     fn result_for(&self, id: &CommandId, outcome: &BrokerOutcome) -> Option<ExecutionResult> {
         let c = &self.commands.get(id)?.command;
-        let command_ticket = match &c.body {
-            CommandBody::Execute { .. } => 0,
-            CommandBody::Modify { slave_ticket, .. }
-            | CommandBody::Close { slave_ticket, .. }
-            | CommandBody::ClosePart { slave_ticket, .. } => *slave_ticket,
-        };
+        let command_ticket = c.body.slave_ticket();
         let (slave_ticket, fill_price, filled_volume, status) = match outcome {
             BrokerOutcome::Filled {
                 ticket,
@@ -980,6 +1042,7 @@ impl SlaveExecutor {
                 state: State::Executing,
                 record_failures: 0,
                 deadline: None,
+                refusal: None,
             },
         );
         self.pending += 1;
@@ -988,6 +1051,13 @@ impl SlaveExecutor {
     }
 
     fn apply_to_positions(&mut self, body: &CommandBody, r: &ExecutionResult) {
+        if let (CommandBody::ResolvePending { slave_ticket, .. }, Some(_)) = (body, r.reason) {
+            // A trigger whose market fallback the guard refused: the broker deleted the
+            // pending order (T36).
+            if r.status == BrokerStatus::Rejected {
+                self.pendings.remove(slave_ticket);
+            }
+        }
         if r.status != BrokerStatus::Filled {
             return;
         }
@@ -995,7 +1065,25 @@ impl SlaveExecutor {
             CommandBody::Execute { .. } => {
                 self.positions.insert(r.slave_ticket, r.filled_volume);
             }
-            CommandBody::Modify { .. } => {}
+            CommandBody::PlacePending { .. } => {
+                self.pendings.insert(r.slave_ticket, r.filled_volume);
+            }
+            CommandBody::ResolvePending {
+                slave_ticket,
+                resolution,
+                ..
+            } => {
+                // The master decided: the pending order is gone either way; a trigger leaves
+                // the position under the ticket the broker named (the pending's own when it
+                // had filled), a cancel nothing (a filled pending was closed).
+                self.pendings.remove(slave_ticket);
+                if *resolution == PendingResolution::Trigger && r.slave_ticket > 0 {
+                    self.positions.insert(r.slave_ticket, r.filled_volume);
+                }
+            }
+            CommandBody::Modify { .. }
+            | CommandBody::ModifyPending { .. }
+            | CommandBody::TriggerPending { .. } => {}
             CommandBody::Close { slave_ticket, .. }
             | CommandBody::ClosePart { slave_ticket, .. } => {
                 let whole = matches!(body, CommandBody::Close { volume, .. } if *volume == 0.0);
@@ -1023,9 +1111,125 @@ impl SlaveExecutor {
         }
     }
 
+    /// A command for a ticket this EA does not hold (as a position: T10; as a pending order:
+    /// T35), its write-ahead durable: answered REJECTED as the broker would, never placed.
+    fn answer_unheld(&mut self, id: CommandId, t: T, why: &str) {
+        self.m.no_position += 1;
+        let result = self.result_for(&id, &BrokerOutcome::Rejected { reason: why.into() });
+        self.fire(t, Subject::Command(id.clone()));
+        self.pipe_ack(&id, PipeStatus::Ok, None);
+        if let Some(result) = result {
+            self.issue_record(&id, result);
+        }
+    }
+
+    /// A pending order's command, its write-ahead durable (SPEC.md §5.2 "Pending orders"): a
+    /// placement is decided by the copy terms like an open; a modify or cancel is passed to
+    /// the broker as is; a trigger converges the slave's pending order to the master's fill.
+    fn execute_pending(&mut self, id: CommandId, body: CommandBody, subject: Subject) {
+        if let CommandBody::PlacePending { .. } = &body {
+            self.pipe_ack(&id, PipeStatus::Ok, None);
+            match self.decide(&body, false) {
+                OpenDecision::Place(v) => {
+                    self.fire(T::PlacePending, subject);
+                    self.place_open(id, body, v);
+                }
+                OpenDecision::Refuse(r) => {
+                    self.fire(T::PendingRefused, subject);
+                    self.refuse_open(&id, r);
+                }
+                // A placement has no deviation guard, so it never waits.
+                OpenDecision::WaitForPrice => {
+                    self.fire(T::PendingRefused, subject);
+                    self.refuse_open(&id, SkipReason::PriceDeviation);
+                }
+            }
+            return;
+        }
+        let ticket = body.slave_ticket();
+        let Some(pending_volume) = self.pendings.get(&ticket).copied() else {
+            // Never placed here, or already triggered / cancelled: the broker would refuse.
+            self.answer_unheld(id, T::NoPending, "no pending order for this ticket");
+            return;
+        };
+        self.pipe_ack(&id, PipeStatus::Ok, None);
+        self.set_state(&id, State::Executing);
+        self.m.placed += 1;
+        let order = match body {
+            CommandBody::ResolvePending {
+                slave_ticket,
+                resolution: PendingResolution::Trigger,
+                symbol,
+                side,
+                price,
+                stop_loss,
+                take_profit,
+                terms,
+            } => {
+                self.fire(T::Trigger, subject);
+                // The market fallback is an open of the pending's volume at the master's
+                // fill: the same guard (and facts) as any open, decided once, no waiting.
+                let guard = ExecTerms {
+                    max_deviation_points: terms.max_deviation_points,
+                    ..ExecTerms::default()
+                };
+                let view = SlaveView {
+                    account: self.account,
+                    symbol: self.symbols.get(&symbol).copied(),
+                    quote: self.quotes.get(&symbol).copied(),
+                    open_positions: 0,
+                    open_volume: Volume::ZERO,
+                };
+                let open = OpenOrder {
+                    side,
+                    volume: pending_volume,
+                    price,
+                    stop_loss,
+                };
+                let refusal = match decide_open(&guard, &open, &view, false) {
+                    OpenDecision::Place(_) => None,
+                    OpenDecision::Refuse(r) => Some(r),
+                    OpenDecision::WaitForPrice => Some(SkipReason::PriceDeviation),
+                };
+                if let Some(e) = self.commands.get_mut(&id) {
+                    e.refusal = refusal;
+                }
+                if crate::mutants::active(crate::mutants::Mutant::TriggerIgnoresFill) {
+                    // The planted bug: open at market whatever became of the pending order.
+                    CommandBody::Execute {
+                        symbol,
+                        side,
+                        volume: pending_volume,
+                        price: 0.0,
+                        stop_loss,
+                        take_profit,
+                        terms: ExecTerms::default(),
+                    }
+                } else {
+                    CommandBody::TriggerPending {
+                        slave_ticket,
+                        symbol,
+                        side,
+                        stop_loss,
+                        take_profit,
+                        market: refusal.is_none(),
+                    }
+                }
+            }
+            other => {
+                self.fire(T::ChangePending, subject);
+                other
+            }
+        };
+        self.out.push_back(Output::PlaceOrder {
+            command_id: id,
+            body: order,
+        });
+    }
+
     /// The copy terms' decision about an open command with the facts of this moment.
     fn decide(&self, body: &CommandBody, may_wait: bool) -> OpenDecision {
-        let CommandBody::Execute {
+        let (CommandBody::Execute {
             symbol,
             side,
             volume,
@@ -1033,7 +1237,16 @@ impl SlaveExecutor {
             stop_loss,
             terms,
             ..
-        } = body
+        }
+        | CommandBody::PlacePending {
+            symbol,
+            side,
+            volume,
+            price,
+            stop_loss,
+            terms,
+            ..
+        }) = body
         else {
             return OpenDecision::Refuse(SkipReason::AccountFactsUnknown);
         };
@@ -1057,7 +1270,9 @@ impl SlaveExecutor {
     /// Places an open the terms admitted, with the volume they sized (a core-sized volume is
     /// placed exactly as commanded).
     fn place_open(&mut self, id: CommandId, mut body: CommandBody, v: Volume) {
-        if let CommandBody::Execute { volume, terms, .. } = &mut body {
+        if let CommandBody::Execute { volume, terms, .. }
+        | CommandBody::PlacePending { volume, terms, .. } = &mut body
+        {
             if terms.sizing != SlaveSizing::Final {
                 *volume = v.lots();
             }
@@ -1120,6 +1335,17 @@ impl SlaveExecutor {
             self.timers.insert((at, id.clone()));
         }
     }
+}
+
+/// A command of a pending order's lifecycle (placement, modify, cancel, trigger).
+fn body_is_pending(body: &CommandBody) -> bool {
+    matches!(
+        body,
+        CommandBody::PlacePending { .. }
+            | CommandBody::ModifyPending { .. }
+            | CommandBody::ResolvePending { .. }
+            | CommandBody::TriggerPending { .. }
+    )
 }
 
 /// The result of a command that was never executed: no ticket, nothing filled.

@@ -1,10 +1,11 @@
 //! Catch-up after a slave, its agent or its terminal was away.
 //!
-//! This module owns which late commands still execute: an open (or pending placement) that
-//! reaches the slave later than `max_age_ms` after the master emitted it, or — while catching
-//! up — beyond the price-deviation guard, expires with `EXPIRED`. It must never expire a close,
-//! a partial close, a modify or a pending cancel for a position the slave holds: a close is
-//! never the thing that gets dropped.
+//! This module owns which late commands still execute: an open that reaches the slave later
+//! than `max_age_ms` after the master emitted it, or — while catching up — beyond the
+//! price-deviation guard, expires with `EXPIRED`. A pending placement never expires: it rests
+//! at the master's price, so a late one is still the master's order (SPEC.md §5.2). It must
+//! never expire a close, a partial close, a modify or any later command of a pending order: a
+//! close is never the thing that gets dropped.
 
 use super::reason::SkipReason;
 use crate::msg::IntentKind;

@@ -12,11 +12,11 @@
 
 use super::filters::{admit_trade, TradeFacts};
 use super::reason::SkipReason;
-use super::reverse::mirror;
+use super::reverse::{mirror, mirror_pending};
 use super::sizing::{size, SizingFacts, SizingMode};
 use super::stops::{slave_stops, StopsFacts};
 use super::subscription::SizingKind;
-use super::terms::exec_terms;
+use super::terms::{exec_terms, trigger_terms};
 use super::volume::Volume;
 use crate::config::Subscription;
 use crate::ids::Symbol;
@@ -25,6 +25,9 @@ use crate::msg::{ExecTerms, IntentKind, Side, SlaveSizing, TradeIntent};
 /// One slave's copy of an intent, as the core plans it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedCopy {
+    /// The slave's kind: the master's, except a reversed pending placement (limit ↔ stop,
+    /// `policy::reverse::mirror_pending`).
+    pub kind: IntentKind,
     pub symbol: Symbol,
     pub side: Side,
     /// Lots: the sized open (the master's lots when the slave EA sizes it: see `terms`); for a
@@ -33,7 +36,9 @@ pub struct PlannedCopy {
     pub volume: f64,
     pub stop_loss: f64,
     pub take_profit: f64,
-    /// An open's terms for the slave EA; `None` for every other kind.
+    /// An open's or a pending placement's terms for the slave EA (a placement's without the
+    /// deviation guard: it waits for its own price), a trigger's the guard of its market
+    /// fallback; `None` for every other kind.
     pub terms: Option<ExecTerms>,
 }
 
@@ -42,7 +47,7 @@ pub struct PlannedCopy {
 pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, SkipReason> {
     let policy = &sub.policy;
     let limits = &policy.limits;
-    let opens = intent.kind == IntentKind::Open;
+    let opens = intent.kind.starts_trade();
     if opens {
         admit_trade(
             &policy.filters,
@@ -51,11 +56,25 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
                 side: intent.side,
                 magic: intent.origin.magic,
                 comment: &intent.origin.comment,
-                order_type: intent.origin.order_type,
+                // A placement's own type, whatever the master reported beside it.
+                order_type: intent
+                    .kind
+                    .placed_order_type()
+                    .unwrap_or(intent.origin.order_type),
             },
         )?;
     }
-    let terms = opens.then(|| exec_terms(policy, intent));
+    let terms = match intent.kind {
+        IntentKind::Open => Some(exec_terms(policy, intent)),
+        // A pending order waits for its own price: no deviation guard when it is placed.
+        IntentKind::PlaceLimit | IntentKind::PlaceStop => Some(ExecTerms {
+            max_deviation_points: 0,
+            deviation_window_ms: 0,
+            ..exec_terms(policy, intent)
+        }),
+        IntentKind::PendingTrigger => Some(trigger_terms(policy)),
+        _ => None,
+    };
     let symbol = sub.map_symbol(&intent.symbol)?;
     let (side, sl, tp) = mirror(
         policy.reverse,
@@ -63,10 +82,14 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
         intent.stop_loss,
         intent.take_profit,
     );
+    let kind = mirror_pending(policy.reverse, intent.kind);
     let volume = match intent.kind {
         // The slave EA sizes from its own account: it gets the master's lots.
-        IntentKind::Open if terms.is_some_and(|t| t.sizing != SlaveSizing::Final) => intent.volume,
-        IntentKind::Open => {
+        k if k.starts_trade() && terms.is_some_and(|t| t.sizing != SlaveSizing::Final) => {
+            intent.volume
+        }
+        // A placement is sized exactly as an open (entry: the pending's price).
+        IntentKind::Open | IntentKind::PlaceLimit | IntentKind::PlaceStop => {
             let facts = SizingFacts {
                 symbol: intent.symbol.clone(),
                 master_volume: Volume::from_lots(intent.volume).unwrap_or_default(),
@@ -91,10 +114,20 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
             sized.total().lots()
         }
         IntentKind::PartialClose => intent.volume,
-        IntentKind::Modify | IntentKind::Close => intent.volume,
+        // A trigger's market fallback opens what the slave's own pending order holds.
+        IntentKind::Modify
+        | IntentKind::Close
+        | IntentKind::PendingModify
+        | IntentKind::PendingCancel
+        | IntentKind::PendingTrigger => intent.volume,
     };
     let (stop_loss, take_profit) = match intent.kind {
-        IntentKind::Open | IntentKind::Modify => slave_stops(
+        IntentKind::Open
+        | IntentKind::Modify
+        | IntentKind::PlaceLimit
+        | IntentKind::PlaceStop
+        | IntentKind::PendingModify
+        | IntentKind::PendingTrigger => slave_stops(
             policy.stops.0,
             &StopsFacts {
                 master_side: intent.side,
@@ -108,9 +141,10 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
                 point: limits.point,
             },
         ),
-        IntentKind::PartialClose | IntentKind::Close => (sl, tp),
+        IntentKind::PartialClose | IntentKind::Close | IntentKind::PendingCancel => (sl, tp),
     };
     Ok(PlannedCopy {
+        kind,
         symbol,
         side,
         volume,

@@ -44,6 +44,16 @@ pub fn exec_terms(policy: &CopyPolicy, intent: &TradeIntent) -> ExecTerms {
     t
 }
 
+/// The terms of a trigger's market fallback (the slave's pending order had not filled): the
+/// deviation guard only — the volume is the slave's own pending order's, sized when it was
+/// placed, and the order is already counted in the exposure limits.
+pub fn trigger_terms(policy: &CopyPolicy) -> ExecTerms {
+    ExecTerms {
+        max_deviation_points: policy.deviation.max_points,
+        ..ExecTerms::default()
+    }
+}
+
 /// The terms `policy` gives any open, before the intent's own facts (master amount,
 /// per-symbol factor) are added.
 pub fn guard_terms(policy: &CopyPolicy) -> ExecTerms {
