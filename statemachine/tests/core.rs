@@ -1259,6 +1259,7 @@ fn stage_latencies_are_measured_from_the_accept() {
     r.msg("B", result(&c, "s1", 5, BrokerStatus::Filled));
     assert!(r.has_fired("core.delivery.T05"));
     assert!(r.core.metrics().delivery_stage_latency_us.is_empty());
+}
 
 /// The commands the last accepted intent produced for `slave`.
 fn to_slave(cmds: &[Command], slave: &str) -> CommandBody {
