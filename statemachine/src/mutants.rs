@@ -51,6 +51,13 @@ pub enum Mutant {
     /// position (the ticket map is not updated when a partial close moves the position to a
     /// new ticket).
     PartialLosesTicket,
+    /// slave EA: eviction ignores `min_retained_ms`: past `max_executed_retained` the oldest
+    /// record goes however young it is, so a burst of commands pushes out one whose result is
+    /// still on its way to the core.
+    SlaveEvictsYoung,
+    /// slave EA: eviction also forgets an unfinished command (written ahead, at the broker or
+    /// recording), so its redelivery is taken as new.
+    SlaveEvictsUnfinished,
 }
 
 impl Mutant {
@@ -73,6 +80,8 @@ impl Mutant {
         Mutant::ExposureIgnoresInFlight,
         Mutant::PartialCloseRoundsUp,
         Mutant::PartialLosesTicket,
+        Mutant::SlaveEvictsYoung,
+        Mutant::SlaveEvictsUnfinished,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +104,8 @@ impl Mutant {
             Mutant::ExposureIgnoresInFlight => "exposure-ignores-in-flight",
             Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
             Mutant::PartialLosesTicket => "partial-loses-ticket",
+            Mutant::SlaveEvictsYoung => "slave-evicts-young",
+            Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
         }
     }
 
