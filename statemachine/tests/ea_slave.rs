@@ -1339,7 +1339,11 @@ fn s40_a_positions_row_restores_positions_apart_from_the_records() -> Vec<&'stat
         }),
     }));
     let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(4), later));
-    assert_eq!(r.s.open_volume(8), None, "the close after the snapshot applies");
+    assert_eq!(
+        r.s.open_volume(8),
+        None,
+        "the close after the snapshot applies"
+    );
     r.open();
     // c2 is retained: answered from its record.
     let outs = r.command(cmd("c2", close_part(7, 0.5, 1.0)));
@@ -1605,12 +1609,11 @@ fn spec_is_complete() {
     // table may skip numbers; a retired id is never reused).
     let mut last = 0;
     for t in SPEC.transitions {
-        let n: u32 = t
-            .id
-            .strip_prefix("ea.slave.T")
-            .filter(|d| d.len() == 2)
-            .and_then(|d| d.parse().ok())
-            .unwrap_or_else(|| panic!("bad id {}", t.id));
+        let n: u32 =
+            t.id.strip_prefix("ea.slave.T")
+                .filter(|d| d.len() == 2)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("bad id {}", t.id));
         assert!(n > last, "{} out of order", t.id);
         last = n;
         assert!(!t.from.is_empty() && !t.input.is_empty() && !t.to.is_empty());
@@ -2090,7 +2093,10 @@ fn the_executor_stays_bounded_after_many_commands() {
             cmd(&format!("p{n}"), close_part(ticket, 0.5, 1.0)),
             filled(ticket, 0.5),
         );
-        h.execute(cmd(&format!("c{n}"), close(ticket, 0.0)), filled(ticket, 0.5));
+        h.execute(
+            cmd(&format!("c{n}"), close(ticket, 0.0)),
+            filled(ticket, 0.5),
+        );
         let m = h.s.metrics();
         peak = (
             peak.0.max(m.known_commands),
@@ -2103,7 +2109,11 @@ fn the_executor_stays_bounded_after_many_commands() {
     assert_eq!(m.executed, 6_000);
     assert_eq!(m.evicted, 6_000 - 16);
     assert_eq!(m.retained_executed, 16);
-    assert_eq!(peak, (16, 16, 0), "(known commands, closed tickets, positions after each trade)");
+    assert_eq!(
+        peak,
+        (16, 16, 0),
+        "(known commands, closed tickets, positions after each trade)"
+    );
     let image = h.s.durable_image().expect("idle");
     assert_eq!(image.len(), 16 + 1, "16 records and the positions row");
 }
@@ -2120,7 +2130,7 @@ fn a_durable_image_recovers_the_same_executor() {
     h.execute(cmd("b", execute(2.0)), filled(12, 2.0));
     h.execute(cmd("c", close(11, 0.0)), filled(11, 1.0));
     h.execute(cmd("d", modify(12)), filled(12, 2.0)); // evicts a
-    // e: at the broker; f: result write failed (record_retry_wait); g: cancel not yet durable.
+                                                      // e: at the broker; f: result write failed (record_retry_wait); g: cancel not yet durable.
     h.placed(cmd("e", execute(1.0)));
     h.placed(cmd("f", modify(12)));
     let outs = h.broker("f", filled(12, 2.0));
@@ -2159,14 +2169,20 @@ fn a_durable_image_recovers_the_same_executor() {
     }));
     let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(3), image.clone()));
     assert_eq!(
-        r.fired.iter().filter(|t| **t == id(T::RecoveredInDoubt)).count(),
+        r.fired
+            .iter()
+            .filter(|t| **t == id(T::RecoveredInDoubt))
+            .count(),
         2,
         "e and f are in doubt"
     );
     assert_eq!(r.s.durable_image(), Some(image));
     r.open();
     // Dedupe: b is answered from its record; e is in doubt (a repeat, never written again).
-    assert_eq!(results(&r.command(cmd("b", execute(2.0))))[0].slave_ticket, 12);
+    assert_eq!(
+        results(&r.command(cmd("b", execute(2.0))))[0].slave_ticket,
+        12
+    );
     assert!(!is_written_ahead(&r.command(cmd("e", execute(1.0)))));
     // A close of the ticket closed in full is already done (T26), as before the compaction.
     let outs = r.placed(cmd("h", close(11, 0.0)));
@@ -2199,7 +2215,10 @@ fn recovered_records_are_evicted_oldest_first_once_old_enough() {
     };
     let mut h = H::wrap(SlaveExecutor::recover(cfg, file));
     let m = h.s.metrics();
-    assert_eq!((m.retained_executed, m.evicted, m.open_positions), (10, 0, 10));
+    assert_eq!(
+        (m.retained_executed, m.evicted, m.open_positions),
+        (10, 0, 10)
+    );
     h.open(); // stamps the records at t = 0
     h.now = Instant::from_millis(999);
     h.execute(cmd("n1", execute(1.0)), filled(200, 1.0));
@@ -2207,10 +2226,19 @@ fn recovered_records_are_evicted_oldest_first_once_old_enough() {
     h.now = Instant::from_millis(1_000);
     h.execute(cmd("n2", execute(1.0)), filled(201, 1.0));
     let m = h.s.metrics();
-    assert_eq!((m.retained_executed, m.evicted, m.open_positions), (4, 8, 12));
+    assert_eq!(
+        (m.retained_executed, m.evicted, m.open_positions),
+        (4, 8, 12)
+    );
     assert_eq!(h.fired.iter().filter(|t| **t == id(T::Evicted)).count(), 8);
-    assert!(is_written_ahead(&h.command(cmd("c7", execute(1.0)))), "c7 was evicted");
-    assert!(!is_written_ahead(&h.command(cmd("c8", execute(1.0)))), "c8 is retained");
+    assert!(
+        is_written_ahead(&h.command(cmd("c7", execute(1.0)))),
+        "c7 was evicted"
+    );
+    assert!(
+        !is_written_ahead(&h.command(cmd("c8", execute(1.0)))),
+        "c8 is retained"
+    );
 }
 
 /// A burst of results never pushes out a record younger than `min_retained_ms`: the bound
@@ -2232,6 +2260,10 @@ fn a_burst_keeps_young_records_beyond_the_bound() {
     assert!(!is_written_ahead(&h.command(cmd("b0", execute(1.0)))));
     h.now = Instant::from_millis(1_000);
     h.execute(cmd("late", execute(1.0)), filled(400, 1.0));
-    assert_eq!(h.s.metrics().retained_executed, 2, "the burst is now old enough");
+    assert_eq!(
+        h.s.metrics().retained_executed,
+        2,
+        "the burst is now old enough"
+    );
     assert_eq!(h.s.metrics().evicted, 9);
 }

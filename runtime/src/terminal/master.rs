@@ -105,7 +105,10 @@ pub fn emitted_path(args: &TerminalArgs) -> PathBuf {
 }
 
 /// The IntentQueue file's live content: intents appended and not removed, in file order.
-pub fn read_queue_file(path: &std::path::Path, rows: &[Value]) -> Result<Vec<TradeIntent>, StoreError> {
+pub fn read_queue_file(
+    path: &std::path::Path,
+    rows: &[Value],
+) -> Result<Vec<TradeIntent>, StoreError> {
     let mut live: Vec<TradeIntent> = Vec::new();
     let mut removed: BTreeSet<String> = BTreeSet::new();
     for (n, row) in rows.iter().enumerate() {
@@ -572,7 +575,9 @@ mod tests {
             if n % 1_000 == 7 {
                 live_expected.push(i);
             } else {
-                batch.push(line(&json!({"op": "remove", "intent_id": i.intent_id.as_str(), "reason": "ACKED"})));
+                batch.push(line(
+                    &json!({"op": "remove", "intent_id": i.intent_id.as_str(), "reason": "ACKED"}),
+                ));
                 mirror.removed(&i.intent_id);
             }
             file.append(&batch).expect("append");

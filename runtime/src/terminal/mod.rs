@@ -153,8 +153,7 @@ impl TerminalArgs {
         let mut seed: u64 = 0;
         let mut balance: f64 = 10_000.0;
         let mut price_drift_points: u32 = 0;
-        let mut max_executed_retained: usize =
-            echo_statemachine::ea::slave::MAX_EXECUTED_RETAINED;
+        let mut max_executed_retained: usize = echo_statemachine::ea::slave::MAX_EXECUTED_RETAINED;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {

@@ -367,7 +367,10 @@ impl SlaveExecutor {
     /// for dedupe and rebuild the open positions; records without a result are in doubt and
     /// are asked of the broker (`QueryOrder`), never placed again.
     pub fn recover(config: SlaveConfig, durable: Vec<ExecutedRecord>) -> Self {
-        Self::recover_rows(config, durable.into_iter().map(DurableRow::Record).collect())
+        Self::recover_rows(
+            config,
+            durable.into_iter().map(DurableRow::Record).collect(),
+        )
     }
 
     /// [`SlaveExecutor::recover`] from a file that may have been compacted: a `Positions` row
@@ -479,20 +482,20 @@ impl SlaveExecutor {
         if !self.ops.is_empty() {
             return None;
         }
-        let retained = self
-            .executed_order
-            .iter()
-            .filter_map(move |(_, id)| match self.commands.get(id) {
-                Some(Entry {
-                    command,
-                    state: State::Executed { result },
-                    ..
-                }) => Some(DurableRow::Record(ExecutedRecord {
-                    command: command.clone(),
-                    result: Some(result.clone()),
-                })),
-                _ => None,
-            });
+        let retained =
+            self.executed_order
+                .iter()
+                .filter_map(move |(_, id)| match self.commands.get(id) {
+                    Some(Entry {
+                        command,
+                        state: State::Executed { result },
+                        ..
+                    }) => Some(DurableRow::Record(ExecutedRecord {
+                        command: command.clone(),
+                        result: Some(result.clone()),
+                    })),
+                    _ => None,
+                });
         let positions = std::iter::once_with(move || DurableRow::Positions {
             open: self.positions.iter().map(|(t, v)| (*t, *v)).collect(),
             closed: self.closed_order.iter().copied().collect(),

@@ -622,6 +622,10 @@ mod tests {
         let mut rep = report_missing(&["i3 (t) at s1"]);
         let unsettled = split_unsettled(&mut rep, true);
         assert!(unsettled.is_empty());
-        assert_eq!(rep.lost, vec!["i3 (t) at s1"], "a settled run's missing copy is lost");
+        assert_eq!(
+            rep.lost,
+            vec!["i3 (t) at s1"],
+            "a settled run's missing copy is lost"
+        );
     }
 }

@@ -162,12 +162,7 @@ pub fn render(m: &Value) -> String {
         "intents",
         &format!(
             "emitted {} · confirmed {} · failed {} · lost {} · unsettled {} · duplicated {}",
-            i["emitted"],
-            i["confirmed"],
-            i["failed"],
-            i["lost"],
-            i["unsettled"],
-            i["duplicated"]
+            i["emitted"], i["confirmed"], i["failed"], i["lost"], i["unsettled"], i["duplicated"]
         ),
     );
     for stage in [
