@@ -70,7 +70,8 @@ slave:
   --price-drift-points N  the broker's price wanders up to N points from the master's fill,
                           so the price-deviation guard can trigger (default 0)
   --max-executed-retained N  executed commands the EA keeps for dedupe, oldest evicted first;
-                          the commands file is compacted to them (default 32768, >= 1)";
+                          the commands file is compacted to them (default 32768, >= 1)
+  --min-retained-ms N     ... and none younger than N ms is evicted (default 60000)";
 
 /// Where the master's intents come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +110,8 @@ pub struct TerminalArgs {
     pub price_drift_points: u32,
     /// The slave EA's dedupe window (`SlaveConfig::max_executed_retained`).
     pub max_executed_retained: usize,
+    /// Its age floor (`SlaveConfig::min_retained_ms`).
+    pub min_retained_ms: u64,
 }
 
 /// A bad command line.
@@ -154,6 +157,7 @@ impl TerminalArgs {
         let mut balance: f64 = 10_000.0;
         let mut price_drift_points: u32 = 0;
         let mut max_executed_retained: usize = echo_statemachine::ea::slave::MAX_EXECUTED_RETAINED;
+        let mut min_retained_ms: u64 = echo_statemachine::ea::slave::MIN_RETAINED_MS;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {
@@ -197,6 +201,7 @@ impl TerminalArgs {
                 "--balance" => balance = num(&flag, it.next())?,
                 "--price-drift-points" => price_drift_points = num(&flag, it.next())?,
                 "--max-executed-retained" => max_executed_retained = num(&flag, it.next())?,
+                "--min-retained-ms" => min_retained_ms = num(&flag, it.next())?,
                 "-h" | "--help" => return Err(ArgsError("help requested".into())),
                 other => return Err(ArgsError(format!("unknown option {other:?}"))),
             }
@@ -265,6 +270,7 @@ impl TerminalArgs {
             balance,
             price_drift_points,
             max_executed_retained,
+            min_retained_ms,
         })
     }
 }

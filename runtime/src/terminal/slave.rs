@@ -412,6 +412,7 @@ struct Slave {
 fn slave_config(args: &TerminalArgs) -> SlaveConfig {
     SlaveConfig {
         max_executed_retained: args.max_executed_retained.max(1),
+        min_retained_ms: args.min_retained_ms,
         ..SlaveConfig::new(args.account.as_str())
     }
 }
