@@ -151,3 +151,40 @@ fn pending_age_metric_is_documented_as_exported() {
     let text = render_core(&CoreStatus::default(), &LinkMetrics::default());
     assert!(text.contains("# TYPE echo_core_delivery_pending_age_ms gauge"));
 }
+
+/// SPEC §10.8 names every key `metrics.json` must have (`loadtest::metrics::REQUIRED`) in the
+/// row of its parent object: the schema and its documentation cannot drift apart.
+#[test]
+fn metrics_json_schema_matches_spec_10_8() {
+    use echo_runtime::app::loadtest::metrics::REQUIRED;
+    let text = spec();
+    let sec = section(&text, "### 10.8");
+    let rows: BTreeMap<String, String> = table_rows(sec)
+        .into_iter()
+        .map(|r| (r[0].trim_matches('`').to_string(), r[1].clone()))
+        .collect();
+    for (path, _) in REQUIRED {
+        let (parent, leaf) = match path.split_once('/') {
+            Some((p, l)) => (p, l),
+            None => (*path, *path),
+        };
+        // A key may have a row of its own (`latency_ms.core_accepted`) …
+        if rows.contains_key(&path.replace('/', ".")) {
+            continue;
+        }
+        // … or be named in its parent's row (`intents` names `lost`, `unsettled`, …).
+        let meaning = rows
+            .get(parent)
+            .or_else(|| rows.get(&format!("{parent}[]")))
+            .unwrap_or_else(|| panic!("SPEC §10.8 has no row for {parent} (key {path})"));
+        if parent != leaf {
+            assert!(
+                meaning.contains(&format!("`{leaf}`")),
+                "SPEC §10.8 row {parent} does not name `{leaf}` (required key {path})"
+            );
+        }
+    }
+    // The split of missing copies is documented with both names.
+    let intents = &rows["intents"];
+    assert!(intents.contains("`lost`") && intents.contains("`unsettled`"));
+}

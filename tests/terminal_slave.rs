@@ -612,3 +612,55 @@ async fn pending_orders_are_placed_modified_triggered_and_cancelled() {
     );
     run.abort();
 }
+
+/// With a dedupe window of 4 records (no age floor), 40 opens leave a commands file compacted
+/// to about the window; a restarted terminal answers the retained ones from their records
+/// (nothing placed again) and still holds every position, evicted records' included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_file_is_compacted_and_recovers_dedupe_and_positions() {
+    let dir = temp_dir("term-compact");
+    let _rm_dir = support::Cleanup(dir.clone());
+    let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
+    let sock = sock_dir.join("S1.sock");
+    let mut agent = FakeAgent::bind(&sock_dir).await;
+    let a = args(
+        &sock,
+        &data,
+        &["--max-executed-retained", "4", "--min-retained-ms", "0"],
+    );
+    let first = tokio::spawn(run_until(a.clone(), std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    let mut results = Vec::new();
+    for n in 1..=40 {
+        results.push(agent.deliver(&open(n)).await);
+    }
+    let file_rows = rows(data.join("S1.commands.jsonl")).len();
+    assert!(
+        file_rows <= 2 * 2 * 4 + 2,
+        "{file_rows} rows: the file was compacted"
+    );
+    first.abort();
+    let _ = first.await;
+    agent.closed().await;
+    let second = tokio::spawn(run_until(a, std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    // The newest records are retained: answered from them, never placed again.
+    for n in 37..=40 {
+        assert_eq!(agent.deliver(&open(n)).await, results[n as usize - 1]);
+    }
+    assert!(book(&data).values().all(|&k| k == 1), "{:?}", book(&data));
+    // The first open's record is long evicted, its position is not: a modify of it executes.
+    let modify = cmd(
+        41,
+        CommandBody::Modify {
+            slave_ticket: results[0].slave_ticket,
+            stop_loss: 1.0,
+            take_profit: 1.2,
+        },
+    );
+    assert_eq!(agent.deliver(&modify).await.status, BrokerStatus::Filled);
+    second.abort();
+    let _ = second.await;
+}

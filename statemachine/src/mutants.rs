@@ -55,6 +55,13 @@ pub enum Mutant {
     /// order — a second position when it had already filled, and the pending left behind
     /// when it had not.
     TriggerIgnoresFill,
+    /// slave EA: eviction ignores `min_retained_ms`: past `max_executed_retained` the oldest
+    /// record goes however young it is, so a burst of commands pushes out one whose result is
+    /// still on its way to the core.
+    SlaveEvictsYoung,
+    /// slave EA: eviction also forgets an unfinished command (written ahead, at the broker or
+    /// recording), so its redelivery is taken as new.
+    SlaveEvictsUnfinished,
 }
 
 impl Mutant {
@@ -78,6 +85,8 @@ impl Mutant {
         Mutant::PartialCloseRoundsUp,
         Mutant::PartialLosesTicket,
         Mutant::TriggerIgnoresFill,
+        Mutant::SlaveEvictsYoung,
+        Mutant::SlaveEvictsUnfinished,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +110,8 @@ impl Mutant {
             Mutant::PartialCloseRoundsUp => "partial-close-rounds-up",
             Mutant::PartialLosesTicket => "partial-loses-ticket",
             Mutant::TriggerIgnoresFill => "trigger-ignores-fill",
+            Mutant::SlaveEvictsYoung => "slave-evicts-young",
+            Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
         }
     }
 

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::ea::slave::{
-    BrokerOutcome, ExecutedRecord, Fact, OpId, Output, PersistError, SlaveConfig, SlaveExecutor,
-    SPEC, T,
+    BrokerOutcome, DurableRow, ExecutedRecord, Fact, OpId, Output, PersistError, SlaveConfig,
+    SlaveExecutor, SPEC, T,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
@@ -1466,6 +1466,98 @@ fn s36_a_trigger_beyond_the_guard_is_refused() -> Vec<&'static str> {
     h.fired
 }
 
+/// Retains `n` records, with no age floor (the scenarios' clock stands still).
+fn retaining(n: usize) -> SlaveConfig {
+    SlaveConfig {
+        max_executed_retained: n,
+        min_retained_ms: 0,
+        ..config(8)
+    }
+}
+
+fn is_written_ahead(outs: &[Output]) -> bool {
+    !executing_ops(outs).is_empty()
+}
+
+/// Past `max_executed_retained` the oldest executed record is forgotten (T39); an unfinished
+/// command never is, and the positions of evicted records stay.
+fn s39_the_oldest_executed_record_is_evicted() -> Vec<&'static str> {
+    let mut h = H::wrap(SlaveExecutor::new(retaining(2)));
+    h.open();
+    // c0 stays at the broker (unfinished) while three others execute.
+    h.placed(cmd("c0", execute(1.0)));
+    h.execute(cmd("c1", execute(1.0)), filled(101, 1.0));
+    h.execute(cmd("c2", execute(1.0)), filled(102, 1.0));
+    let outs = h.execute(cmd("c3", execute(1.0)), filled(103, 1.0));
+    assert_eq!(
+        fired(&outs),
+        vec![id(T::Executed), id(T::Evicted)],
+        "T16 then T39 for the oldest"
+    );
+    let m = h.s.metrics();
+    assert_eq!((m.retained_executed, m.evicted, m.pending), (2, 1, 1));
+    // Positions do not depend on retention: all three tickets are still open.
+    for t in [101, 102, 103] {
+        assert_eq!(h.s.open_volume(t), Some(1.0), "ticket {t}");
+    }
+    // The unfinished command is still known: a redelivery is a repeat, not a new write-ahead.
+    let outs = h.command(cmd("c0", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::Repeated)]);
+    assert!(!is_written_ahead(&outs));
+    // A retained one is answered from its record …
+    let outs = h.command(cmd("c3", execute(1.0)));
+    assert_eq!(results(&outs)[0].slave_ticket, 103);
+    // … the evicted one is new again (the bound must make this impossible in practice).
+    let outs = h.command(cmd("c1", execute(1.0)));
+    assert_eq!(fired(&outs), vec![id(T::Accepted)]);
+    h.fired
+}
+
+/// A compacted file (durable_image) recovers the same executor: the positions row replaces
+/// what the retained records derived (T40), records after it update positions again.
+fn s40_a_positions_row_restores_positions_apart_from_the_records() -> Vec<&'static str> {
+    let mut h = H::wrap(SlaveExecutor::new(retaining(1)));
+    h.open();
+    h.execute(cmd("c1", execute(1.0)), filled(7, 1.0));
+    h.execute(cmd("c2", close_part(7, 0.5, 1.0)), filled(8, 0.5));
+    // c1 is evicted; the position it opened lives on as ticket 8 with 0.5 lots.
+    assert_eq!(h.s.metrics().evicted, 1);
+    let image = h.s.durable_image().expect("nothing in flight");
+    let r = H::wrap(SlaveExecutor::recover_rows(retaining(1), image.clone()));
+    assert!(r.fired.contains(&id(T::RecoveredPositions)));
+    assert_eq!(r.s.open_volume(8), Some(0.5));
+    assert_eq!(r.s.open_volume(7), None);
+    assert_eq!(r.s.durable_image(), Some(image.clone()));
+    // Rows appended after the compaction apply on top of the snapshot.
+    let mut later = image;
+    later.push(DurableRow::Record(ExecutedRecord {
+        command: cmd("c3", close(8, 0.0)),
+        result: Some(ExecutionResult {
+            command_id: CommandId::new("c3"),
+            trade_id: TradeId::new("t1"),
+            slave: AccountId::new(ME),
+            slave_ticket: 8,
+            fill_price: 1.1,
+            filled_volume: 0.5,
+            status: BrokerStatus::Filled,
+            reason: None,
+        }),
+    }));
+    let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(4), later));
+    assert_eq!(
+        r.s.open_volume(8),
+        None,
+        "the close after the snapshot applies"
+    );
+    r.open();
+    // c2 is retained: answered from its record.
+    let outs = r.command(cmd("c2", close_part(7, 0.5, 1.0)));
+    assert_eq!(results(&outs)[0].slave_ticket, 8);
+    let mut fired = h.fired;
+    fired.extend(r.fired);
+    fired
+}
+
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
 type Scenario = fn() -> Vec<&'static str>;
 
@@ -1563,6 +1655,11 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("ea.slave.T34", s34_a_trigger_converges_to_the_masters_fill),
     ("ea.slave.T35", s35_a_pending_command_for_an_unknown_ticket),
     ("ea.slave.T36", s36_a_trigger_beyond_the_guard_is_refused),
+    ("ea.slave.T39", s39_the_oldest_executed_record_is_evicted),
+    (
+        "ea.slave.T40",
+        s40_a_positions_row_restores_positions_apart_from_the_records,
+    ),
 ];
 
 fn run(tid: &str) {
@@ -1688,6 +1785,16 @@ fn t26_already_closed() {
 }
 
 #[test]
+fn t39_evicted() {
+    run("ea.slave.T39")
+}
+
+#[test]
+fn t40_recovered_positions() {
+    run("ea.slave.T40")
+}
+
+#[test]
 fn t27_terms_refused() {
     run("ea.slave.T27")
 }
@@ -1721,8 +1828,17 @@ fn spec_is_complete() {
     assert_eq!(SPEC.name, "ea.slave");
     assert_eq!(SPEC.transitions.len(), T::ALL.len());
     assert!(!SPEC.summary.is_empty() && !SPEC.invariants.is_empty() && !SPEC.states.is_empty());
-    for (n, t) in SPEC.transitions.iter().enumerate() {
-        assert_eq!(t.id, format!("ea.slave.T{:02}", n + 1));
+    // Ids are `ea.slave.Tnn`, strictly increasing (ranges are reserved per change, so the
+    // table may skip numbers; a retired id is never reused).
+    let mut last = 0;
+    for t in SPEC.transitions {
+        let n: u32 =
+            t.id.strip_prefix("ea.slave.T")
+                .filter(|d| d.len() == 2)
+                .and_then(|d| d.parse().ok())
+                .unwrap_or_else(|| panic!("bad id {}", t.id));
+        assert!(n > last, "{} out of order", t.id);
+        last = n;
         assert!(!t.from.is_empty() && !t.input.is_empty() && !t.to.is_empty());
         assert!(!t.outputs.is_empty());
     }
@@ -2191,4 +2307,227 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- retention and compaction
+
+/// Thousands of trades (open, partial close, close) through an EA retaining 16 records: every
+/// table stays at a size set by the bound, never by history.
+#[test]
+fn the_executor_stays_bounded_after_many_commands() {
+    let mut h = H::wrap(SlaveExecutor::new(retaining(16)));
+    h.open();
+    let mut peak = (0, 0, 0);
+    for n in 0..2_000i64 {
+        let ticket = 1_000 + n;
+        h.execute(cmd(&format!("o{n}"), execute(1.0)), filled(ticket, 1.0));
+        h.execute(
+            cmd(&format!("p{n}"), close_part(ticket, 0.5, 1.0)),
+            filled(ticket, 0.5),
+        );
+        h.execute(
+            cmd(&format!("c{n}"), close(ticket, 0.0)),
+            filled(ticket, 0.5),
+        );
+        let m = h.s.metrics();
+        peak = (
+            peak.0.max(m.known_commands),
+            peak.1.max(m.closed_tickets),
+            peak.2.max(m.open_positions),
+        );
+        h.fired.clear();
+    }
+    let m = h.s.metrics();
+    assert_eq!(m.executed, 6_000);
+    assert_eq!(m.evicted, 6_000 - 16);
+    assert_eq!(m.retained_executed, 16);
+    assert_eq!(
+        peak,
+        (16, 16, 0),
+        "(known commands, closed tickets, positions after each trade)"
+    );
+    let image = h.s.durable_image().expect("idle");
+    assert_eq!(image.len(), 16 + 1, "16 records and the positions row");
+}
+
+/// The image of an executor with commands in every durable state recovers an executor with
+/// the same image: same dedupe set (in the same order), positions, closed tickets; commands
+/// written ahead come back in doubt and are queried, never placed; a cancel whose record is
+/// not durable is left out, as a crash would leave it.
+#[test]
+fn a_durable_image_recovers_the_same_executor() {
+    let mut h = H::wrap(SlaveExecutor::new(retaining(3)));
+    h.open();
+    h.execute(cmd("a", execute(1.0)), filled(11, 1.0));
+    h.execute(cmd("b", execute(2.0)), filled(12, 2.0));
+    h.execute(cmd("c", close(11, 0.0)), filled(11, 1.0));
+    h.execute(cmd("d", modify(12)), filled(12, 2.0)); // evicts a
+                                                      // e: at the broker; f: result write failed (record_retry_wait); g: cancel not yet durable.
+    h.placed(cmd("e", execute(1.0)));
+    h.placed(cmd("f", modify(12)));
+    let outs = h.broker("f", filled(12, 2.0));
+    h.persist(executed_ops(&outs)[0].0, FAIL);
+    let outs = h.recv(AgentToEa::Cancel(cmd("g", execute(1.0))));
+    let cancel_op = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::PersistCancelled { op, .. } => Some(*op),
+            _ => None,
+        })
+        .expect("cancel recorded");
+    assert_eq!(h.s.durable_image(), None, "a write is in flight");
+    h.persist(cancel_op, FAIL);
+    let image = h.s.durable_image().expect("nothing in flight");
+    let ids: Vec<(String, bool)> = image
+        .iter()
+        .filter_map(|r| match r {
+            DurableRow::Record(r) => Some((r.command.command_id.to_string(), r.result.is_some())),
+            DurableRow::Positions { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("b".into(), true),
+            ("c".into(), true),
+            ("d".into(), true),
+            ("e".into(), false),
+            ("f".into(), false),
+        ]
+    );
+    assert!(image.contains(&DurableRow::Positions {
+        open: vec![(12, 2.0)],
+        pendings: vec![],
+        closed: vec![11],
+    }));
+    let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(3), image.clone()));
+    assert_eq!(
+        r.fired
+            .iter()
+            .filter(|t| **t == id(T::RecoveredInDoubt))
+            .count(),
+        2,
+        "e and f are in doubt"
+    );
+    assert_eq!(r.s.durable_image(), Some(image));
+    r.open();
+    // Dedupe: b is answered from its record; e is in doubt (a repeat, never written again).
+    assert_eq!(
+        results(&r.command(cmd("b", execute(2.0))))[0].slave_ticket,
+        12
+    );
+    assert!(!is_written_ahead(&r.command(cmd("e", execute(1.0)))));
+    // A close of the ticket closed in full is already done (T26), as before the compaction.
+    let outs = r.placed(cmd("h", close(11, 0.0)));
+    assert!(r.fired.contains(&id(T::AlreadyClosed)), "{outs:?}");
+}
+
+/// recover() of a long file keeps every record until they are stamped (first input) and old
+/// enough; the next result then evicts all but the newest `max_executed_retained` (file order),
+/// and every position stays.
+#[test]
+fn recovered_records_are_evicted_oldest_first_once_old_enough() {
+    let file: Vec<ExecutedRecord> = (0..10)
+        .map(|n| ExecutedRecord {
+            command: cmd(&format!("c{n}"), execute(1.0)),
+            result: Some(ExecutionResult {
+                command_id: CommandId::new(format!("c{n}")),
+                trade_id: TradeId::new("t1"),
+                slave: AccountId::new(ME),
+                slave_ticket: 100 + n,
+                fill_price: 1.1,
+                filled_volume: 1.0,
+                status: BrokerStatus::Filled,
+                reason: None,
+            }),
+        })
+        .collect();
+    let cfg = SlaveConfig {
+        min_retained_ms: 1_000,
+        ..retaining(4)
+    };
+    let mut h = H::wrap(SlaveExecutor::recover(cfg, file));
+    let m = h.s.metrics();
+    assert_eq!(
+        (m.retained_executed, m.evicted, m.open_positions),
+        (10, 0, 10)
+    );
+    h.open(); // stamps the records at t = 0
+    h.now = Instant::from_millis(999);
+    h.execute(cmd("n1", execute(1.0)), filled(200, 1.0));
+    assert_eq!(h.s.metrics().evicted, 0, "younger than min_retained_ms");
+    h.now = Instant::from_millis(1_000);
+    h.execute(cmd("n2", execute(1.0)), filled(201, 1.0));
+    let m = h.s.metrics();
+    assert_eq!(
+        (m.retained_executed, m.evicted, m.open_positions),
+        (4, 8, 12)
+    );
+    assert_eq!(h.fired.iter().filter(|t| **t == id(T::Evicted)).count(), 8);
+    assert!(
+        is_written_ahead(&h.command(cmd("c7", execute(1.0)))),
+        "c7 was evicted"
+    );
+    assert!(
+        !is_written_ahead(&h.command(cmd("c8", execute(1.0)))),
+        "c8 is retained"
+    );
+}
+
+/// A burst of results never pushes out a record younger than `min_retained_ms`: the bound
+/// is exceeded until the oldest records are old enough, then they go oldest first.
+#[test]
+fn a_burst_keeps_young_records_beyond_the_bound() {
+    let cfg = SlaveConfig {
+        min_retained_ms: 1_000,
+        ..retaining(2)
+    };
+    let mut h = H::wrap(SlaveExecutor::new(cfg));
+    h.open();
+    for n in 0..10 {
+        h.execute(cmd(&format!("b{n}"), execute(1.0)), filled(300 + n, 1.0));
+    }
+    assert_eq!(h.s.metrics().retained_executed, 10);
+    assert_eq!(h.s.metrics().evicted, 0);
+    // b0 is still answered from its record: a redelivery from the burst's start is safe.
+    assert!(!is_written_ahead(&h.command(cmd("b0", execute(1.0)))));
+    h.now = Instant::from_millis(1_000);
+    h.execute(cmd("late", execute(1.0)), filled(400, 1.0));
+    assert_eq!(
+        h.s.metrics().retained_executed,
+        2,
+        "the burst is now old enough"
+    );
+    assert_eq!(h.s.metrics().evicted, 9);
+}
+
+/// A compaction keeps the pending orders the EA holds: once the placement's record is
+/// evicted, only the `positions` row says the ticket is a pending order, so a restarted EA
+/// still counts it in its exposure and a later trigger or cancel still finds it.
+#[test]
+fn a_compacted_image_keeps_the_pending_orders() {
+    let mut h = H::wrap(SlaveExecutor::new(retaining(1)));
+    h.open();
+    terminal_facts(&mut h, 1.1);
+    let outs = h.placed(cmd("p1", place_pending(ExecTerms::default(), 0.5)));
+    assert_eq!(acks(&outs), ack1("p1", PipeStatus::Ok, None));
+    let outs = h.broker("p1", filled(501, 0.5));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    // Two more commands push the placement's record out of a window of one.
+    h.execute(cmd("o1", execute(1.0)), filled(11, 1.0));
+    h.execute(cmd("o2", execute(1.0)), filled(12, 1.0));
+    let image = h.s.durable_image().expect("nothing in flight");
+    assert!(
+        !image
+            .iter()
+            .any(|r| matches!(r, DurableRow::Record(r) if r.command.command_id.as_str() == "p1")),
+        "the placement's record was evicted: {image:?}"
+    );
+    assert!(image.iter().any(|r| matches!(
+        r,
+        DurableRow::Positions { pendings, .. } if pendings == &vec![(501, 0.5)]
+    )));
+    let r = SlaveExecutor::recover_rows(retaining(1), image);
+    assert_eq!(r.pending_volume(501), Some(0.5));
+    assert_eq!(r.exposure().0, 3, "two positions and the pending order");
 }

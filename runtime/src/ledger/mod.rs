@@ -232,12 +232,25 @@ impl Ledger {
     }
 }
 
+/// redb's page cache for the ledger. redb's default is 1 GiB, which the agent's RSS grows into
+/// as the file churns (every command is written two to four times and deleted when evicted):
+/// a memory that grows with history. The live ledger is `max_active_commands` +
+/// `max_completed_retained` records (about 12 MB at the defaults); pages beyond the cache are
+/// read from the OS page cache.
+pub const LEDGER_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+fn create_db(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(LEDGER_CACHE_BYTES);
+    b.create(path)
+}
+
 fn open_db(path: &Path) -> Result<Database, LedgerError> {
     let open_err = |source: redb::Error| LedgerError::Open {
         path: path.to_path_buf(),
         source: Box::new(source),
     };
-    let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+    let db = create_db(path).map_err(|e| open_err(e.into()))?;
     // Make sure the table exists, so readers never meet a missing table.
     let mut w = db.begin_write().map_err(|e| open_err(e.into()))?;
     w.set_durability(Durability::Immediate);
@@ -392,7 +405,7 @@ fn run(db: Database, path: PathBuf, rx: mpsc::UnboundedReceiver<Request>, stats:
 }
 
 fn reopen_db(path: &Path) -> Option<Database> {
-    match Database::create(path) {
+    match create_db(path) {
         Ok(d) => Some(d),
         Err(e) => {
             tracing::warn!(error = %e, "ledger reopen failed");

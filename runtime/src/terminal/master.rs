@@ -7,7 +7,7 @@
 //! re-order an intent on its own (the queue decides all of that), never feed `Ok` for a write
 //! that is not on disk, and never emit an intent the queue refused (a full queue pauses the plan).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 
@@ -28,6 +28,70 @@ use super::{
 use crate::pipe::frame::{error_code_str, intent_from_value, intent_kind_str, intent_value};
 use crate::pipe::{AgentFrame, EaFrame, ErrorFrame, PipeErrorCode};
 
+/// The IntentQueue file is rewritten to its live appends once it holds this many times more
+/// rows than live intents …
+pub const COMPACT_FACTOR: usize = 4;
+/// … and at least this many rows (so a small queue is not rewritten on every batch).
+pub const COMPACT_MIN_ROWS: usize = 4_096;
+
+/// What the IntentQueue file holds as recovery would read it — appends not removed, in file
+/// order — mirrored from the rows the terminal wrote, so it can be rewritten without reading
+/// the file. A row whose write failed is mirrored as if it had reached the disk: the queue
+/// must already cope with either outcome of a failed write (it re-appends or re-removes).
+#[derive(Debug, Default)]
+pub struct QueueMirror {
+    live: BTreeMap<u64, TradeIntent>,
+    at: BTreeMap<IntentId, u64>,
+    next: u64,
+    /// Rows in the file.
+    pub rows: usize,
+}
+
+impl QueueMirror {
+    pub fn new(durable: &[TradeIntent], rows: usize) -> QueueMirror {
+        let mut m = QueueMirror {
+            rows,
+            ..QueueMirror::default()
+        };
+        for i in durable {
+            m.appended(i);
+        }
+        m
+    }
+
+    pub fn appended(&mut self, i: &TradeIntent) {
+        if self.at.contains_key(&i.intent_id) {
+            return;
+        }
+        self.at.insert(i.intent_id.clone(), self.next);
+        self.live.insert(self.next, i.clone());
+        self.next += 1;
+    }
+
+    pub fn removed(&mut self, id: &IntentId) {
+        if let Some(at) = self.at.remove(id) {
+            self.live.remove(&at);
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether the file has grown enough beyond its live content to be rewritten.
+    pub fn wants_compaction(&self) -> bool {
+        self.rows >= COMPACT_MIN_ROWS && self.rows >= COMPACT_FACTOR * (self.live.len() + 1)
+    }
+
+    /// The lines of the compacted file: one `append` row per live intent, in file order.
+    pub fn lines(&self) -> Vec<String> {
+        self.live
+            .values()
+            .map(|i| line(&json!({"op": "append", "intent": intent_value(i)})))
+            .collect()
+    }
+}
+
 /// `<data>/<account>.intents.jsonl`
 pub fn intents_path(args: &TerminalArgs) -> PathBuf {
     args.data_dir
@@ -41,7 +105,10 @@ pub fn emitted_path(args: &TerminalArgs) -> PathBuf {
 }
 
 /// The IntentQueue file's live content: intents appended and not removed, in file order.
-fn read_queue_file(path: &std::path::Path, rows: &[Value]) -> Result<Vec<TradeIntent>, StoreError> {
+pub fn read_queue_file(
+    path: &std::path::Path,
+    rows: &[Value],
+) -> Result<Vec<TradeIntent>, StoreError> {
     let mut live: Vec<TradeIntent> = Vec::new();
     let mut removed: BTreeSet<String> = BTreeSet::new();
     for (n, row) in rows.iter().enumerate() {
@@ -131,6 +198,7 @@ struct Master {
     clock: Clock,
     q: IntentQueue,
     queue_file: JsonlFile,
+    mirror: QueueMirror,
     emitted_file: JsonlFile,
     plan: Plan,
     /// An intent the queue refused as full, to emit again once it has room.
@@ -148,12 +216,12 @@ pub(super) async fn run(
     let clock = Clock::new();
     let (mut queue_file, rows) = JsonlFile::open(&intents_path(&args))?;
     let durable = read_queue_file(queue_file.path(), &rows)?;
-    // Compact: keep only the live appends, so the file does not grow without bound.
-    let compacted: Vec<String> = durable
-        .iter()
-        .map(|i| line(&json!({"op": "append", "intent": intent_value(i)})))
-        .collect();
+    // Compact: keep only the live appends, so the file does not grow without bound (and again
+    // while running, see `QueueMirror`).
+    let mut mirror = QueueMirror::new(&durable, rows.len());
+    let compacted = mirror.lines();
     queue_file.rewrite(&compacted)?;
+    mirror.rows = compacted.len();
 
     let (mut emitted_file, emitted_rows) = JsonlFile::open(&emitted_path(&args))?;
     let mut recorded: BTreeSet<String> = BTreeSet::new();
@@ -208,6 +276,7 @@ pub(super) async fn run(
         clock,
         q,
         queue_file,
+        mirror,
         emitted_file,
         plan,
         held: None,
@@ -380,6 +449,7 @@ impl Master {
                             &json!({"op": "append", "intent": intent_value(&intent)}),
                         ));
                         ops.push(op);
+                        self.mirror.appended(&intent);
                         appended.push(intent);
                     }
                     Output::PersistRemove {
@@ -389,6 +459,7 @@ impl Master {
                     } => {
                         rows.push(line(&json!({"op": "remove", "intent_id": intent_id.as_str(), "reason": reason_str(&reason)})));
                         ops.push(op);
+                        self.mirror.removed(&intent_id);
                         let event = match reason {
                             RemoveReason::Acked => {
                                 json!({"event": "acked", "intent_id": intent_id.as_str(), "at_ms": wall_ms(), "at_us": wall_us()})
@@ -426,8 +497,19 @@ impl Master {
             }
             let now = self.clock.now();
             let result = self.queue_file.append(&rows);
+            self.mirror.rows += rows.len();
             if let Err(e) = &result {
                 tracing::error!(path = %self.queue_file.path().display(), error = %e, "intent queue write failed; the queue retries");
+            } else if self.mirror.wants_compaction() {
+                // Between batches: every row written so far is mirrored, none is in flight.
+                let lines = self.mirror.lines();
+                match self.queue_file.rewrite(&lines) {
+                    Ok(()) => self.mirror.rows = lines.len(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "intent queue compaction failed; tried again later");
+                        self.mirror.rows = lines.len().max(self.mirror.rows / 2);
+                    }
+                }
             }
             if result.is_ok() {
                 // The demo's record: what became durable (emitted) and what was resolved.
@@ -448,5 +530,73 @@ impl Master {
                 self.q.handle_persist_result(now, op, r);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use echo_statemachine::msg::{IntentKind, Side};
+
+    fn intent(n: u64) -> TradeIntent {
+        TradeIntent {
+            origin: MasterFacts::default(),
+            intent_id: IntentId::new(format!("M1-{n}")),
+            trade_id: TradeId::new(format!("M1-t{}", n % 4)),
+            master: AccountId::new("M1"),
+            kind: IntentKind::Open,
+            symbol: Symbol::new("EURUSD"),
+            side: Side::Buy,
+            volume: 1.0,
+            price: 1.1,
+            stop_loss: 0.0,
+            take_profit: 0.0,
+            master_ticket: n as i64,
+            master_seq: n,
+            emitted_at_ms: 0,
+            master_volume_before: 0.0,
+        }
+    }
+
+    /// 10 000 intents appended and removed through a mirror-driven file, a few left live: the
+    /// file is rewritten whenever it outgrows its live content, stays bounded, and reads back
+    /// to exactly the live intents in file order (also with a stale temporary file beside it).
+    #[test]
+    fn the_intent_queue_file_is_compacted_to_its_live_intents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("M1.intents.jsonl");
+        let (mut file, rows) = JsonlFile::open(&path).expect("open");
+        let mut mirror = QueueMirror::new(&[], rows.len());
+        let mut live_expected: Vec<TradeIntent> = Vec::new();
+        let mut peak_rows = 0;
+        for n in 0..10_000u64 {
+            let i = intent(n);
+            let mut batch = vec![line(&json!({"op": "append", "intent": intent_value(&i)}))];
+            mirror.appended(&i);
+            if n % 1_000 == 7 {
+                live_expected.push(i);
+            } else {
+                batch.push(line(
+                    &json!({"op": "remove", "intent_id": i.intent_id.as_str(), "reason": "ACKED"}),
+                ));
+                mirror.removed(&i.intent_id);
+            }
+            file.append(&batch).expect("append");
+            mirror.rows += batch.len();
+            if mirror.wants_compaction() {
+                let lines = mirror.lines();
+                file.rewrite(&lines).expect("rewrite");
+                mirror.rows = lines.len();
+            }
+            peak_rows = peak_rows.max(mirror.rows);
+        }
+        assert!(peak_rows <= COMPACT_MIN_ROWS + 2, "peak {peak_rows} rows");
+        std::fs::write(file.temp_path(), "{\"op\":\"app").expect("stale tmp");
+        drop(file);
+        let (_file, rows) = JsonlFile::open(&path).expect("reopen");
+        assert_eq!(rows.len(), mirror.rows);
+        let live = read_queue_file(&path, &rows).expect("read");
+        assert_eq!(live, live_expected);
+        assert_eq!(mirror.live(), live_expected.len());
     }
 }

@@ -19,7 +19,8 @@
 //! |---|---|---|
 //! | `<account>.intents.jsonl` | master | the IntentQueue: `{"op":"append","intent":{…}}`, `{"op":"remove","intent_id":…,"reason":…}` |
 //! | `<account>.emitted.jsonl` | master | the demo record: `{"event":"emitted",…}`, then `acked` / `rejected` / `gave_up` |
-//! | `<account>.commands.jsonl` | slave | the executor's file: `executing`, `executed`, `cancelled` rows |
+//! | `<account>.intents.jsonl` (compaction) | master | rewritten atomically to its live appends at start and whenever it holds [`master::COMPACT_FACTOR`]× more rows than live intents (and at least [`master::COMPACT_MIN_ROWS`]) |
+//! | `<account>.commands.jsonl` | slave | the executor's file: `executing`, `executed`, `cancelled` rows; after a compaction it starts with `retained` rows (command + result, dedupe only), one `positions` row and `executing` rows marked `"compacted":true` (see [`slave::compact_lines`]) |
 //! | `<account>.broker.jsonl` | slave | the simulated broker's book = the demo's execution record, one row per order placed |
 
 pub mod master;
@@ -69,7 +70,10 @@ slave:
   --seed N                seed of the broker's deterministic rejections and price drift (default 0)
   --balance X             account balance (and equity) the terminal reports (default 10000)
   --price-drift-points N  the broker's price wanders up to N points from the master's fill,
-                          so the price-deviation guard can trigger (default 0)";
+                          so the price-deviation guard can trigger (default 0)
+  --max-executed-retained N  executed commands the EA keeps for dedupe, oldest evicted first;
+                          the commands file is compacted to them (default 32768, >= 1)
+  --min-retained-ms N     ... and none younger than N ms is evicted (default 60000)";
 
 /// Where the master's intents come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +110,10 @@ pub struct TerminalArgs {
     pub balance: f64,
     /// How far (in points) the simulated broker's price may drift from the master's fill.
     pub price_drift_points: u32,
+    /// The slave EA's dedupe window (`SlaveConfig::max_executed_retained`).
+    pub max_executed_retained: usize,
+    /// Its age floor (`SlaveConfig::min_retained_ms`).
+    pub min_retained_ms: u64,
 }
 
 /// A bad command line.
@@ -150,6 +158,8 @@ impl TerminalArgs {
         let mut seed: u64 = 0;
         let mut balance: f64 = 10_000.0;
         let mut price_drift_points: u32 = 0;
+        let mut max_executed_retained: usize = echo_statemachine::ea::slave::MAX_EXECUTED_RETAINED;
+        let mut min_retained_ms: u64 = echo_statemachine::ea::slave::MIN_RETAINED_MS;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {
@@ -192,6 +202,8 @@ impl TerminalArgs {
                 "--seed" => seed = num(&flag, it.next())?,
                 "--balance" => balance = num(&flag, it.next())?,
                 "--price-drift-points" => price_drift_points = num(&flag, it.next())?,
+                "--max-executed-retained" => max_executed_retained = num(&flag, it.next())?,
+                "--min-retained-ms" => min_retained_ms = num(&flag, it.next())?,
                 "-h" | "--help" => return Err(ArgsError("help requested".into())),
                 other => return Err(ArgsError(format!("unknown option {other:?}"))),
             }
@@ -218,6 +230,9 @@ impl TerminalArgs {
             return Err(ArgsError(format!(
                 "--partials must be at most 49, got {partials}"
             )));
+        }
+        if max_executed_retained == 0 {
+            return Err(ArgsError("--max-executed-retained must be >= 1".into()));
         }
         if concurrent == 0 || capacity == 0 || max_frame_len < 1_024 {
             return Err(ArgsError(
@@ -256,6 +271,8 @@ impl TerminalArgs {
             seed,
             balance,
             price_drift_points,
+            max_executed_retained,
+            min_retained_ms,
         })
     }
 }

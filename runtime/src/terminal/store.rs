@@ -46,6 +46,9 @@ impl std::error::Error for StoreError {}
 pub struct JsonlFile {
     path: PathBuf,
     file: File,
+    /// A compaction renamed the file but its directory fsync failed: sync it before the next
+    /// append is reported durable.
+    dir_unsynced: bool,
 }
 
 impl JsonlFile {
@@ -90,6 +93,7 @@ impl JsonlFile {
             JsonlFile {
                 path: path.to_path_buf(),
                 file,
+                dir_unsynced: false,
             },
             values,
         ))
@@ -99,10 +103,16 @@ impl JsonlFile {
         &self.path
     }
 
-    /// Appends the lines (each must end with `\n`) and fsyncs once.
+    /// Appends the lines (each must end with `\n`) and fsyncs once. After a compaction whose
+    /// directory fsync failed, the directory is synced first: a row is never reported durable
+    /// while the name of the file holding it might not be.
     pub fn append(&mut self, lines: &[String]) -> std::io::Result<()> {
         if lines.is_empty() {
             return Ok(());
+        }
+        if self.dir_unsynced {
+            sync_dir(&self.path)?;
+            self.dir_unsynced = false;
         }
         let mut buf = String::with_capacity(lines.iter().map(String::len).sum());
         for l in lines {
@@ -112,33 +122,70 @@ impl JsonlFile {
         self.file.sync_data()
     }
 
-    /// Replaces the file's content with `lines` atomically (write, fsync, rename, fsync dir).
+    /// The temporary file a compaction writes before renaming it over the file. One left
+    /// behind by a crash is ignored by [`JsonlFile::open`] and overwritten by the next
+    /// compaction.
+    pub fn temp_path(&self) -> PathBuf {
+        temp_path(&self.path)
+    }
+
+    /// Replaces the file's content with `lines` atomically: write a temporary file, fsync it,
+    /// rename it over the file, fsync the directory. A crash before the rename leaves the old
+    /// file whole; after it, the new one. Appends then go to the new file (its handle is the
+    /// temporary file's, opened before the rename, so no append can reach the old inode).
     pub fn rewrite(&mut self, lines: &[String]) -> Result<(), StoreError> {
+        self.rewrite_lines(lines.iter().cloned()).map(|_| ())
+    }
+
+    /// [`JsonlFile::rewrite`] from lines produced one at a time (a compaction need not hold
+    /// the whole new file in memory); returns how many lines it wrote.
+    pub fn rewrite_lines(
+        &mut self,
+        lines: impl IntoIterator<Item = String>,
+    ) -> Result<usize, StoreError> {
         let io = |source| StoreError::Io {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("compact.tmp");
-        {
-            let mut f = File::create(&tmp).map_err(io)?;
-            for l in lines {
-                f.write_all(l.as_bytes()).map_err(io)?;
-            }
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        self.file = OpenOptions::new()
+        let tmp = self.temp_path();
+        let f = OpenOptions::new()
             .read(true)
-            .append(true)
-            .open(&self.path)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
             .map_err(io)?;
-        Ok(())
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        let mut n = 0;
+        for l in lines {
+            w.write_all(l.as_bytes()).map_err(io)?;
+            n += 1;
+        }
+        let mut f = w.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)?;
+        f.seek(SeekFrom::End(0)).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        // From here the new content is the file's; an append must not go to the old inode.
+        self.file = f;
+        if let Err(e) = sync_dir(&self.path) {
+            self.dir_unsynced = true;
+            return Err(io(e));
+        }
+        Ok(n)
     }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    path.with_extension("compact.tmp")
+}
+
+/// fsync of the directory holding `path` (makes a rename durable).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
 }
 
 /// Wall-clock milliseconds since the Unix epoch (timestamps in files and intents).

@@ -523,6 +523,8 @@ impl World {
                 self.slaves[s] = Some(SlaveExecutor::recover(
                     SlaveConfig {
                         max_pending: self.cfg.capacity.slave_max_pending(),
+                        max_executed_retained: self.cfg.capacity.slave_retention().0,
+                        min_retained_ms: self.cfg.capacity.slave_retention().1,
                         ..SlaveConfig::new(self.slave_accounts[s].as_str())
                     },
                     durable,

@@ -40,6 +40,15 @@ pub type OpId = u64;
 /// pure function of the command, so forgetting the oldest only costs a re-validation.
 pub const FAILED_MEMORY: usize = 4_096;
 
+/// Default of [`SlaveConfig::max_executed_retained`]: twice the agent's default
+/// `max_completed_retained` (16 384), and above it plus the agent's `max_active_commands`
+/// (4 096). SPEC.md §8 `ea.slave` (dedupe window) gives the argument.
+pub const MAX_EXECUTED_RETAINED: usize = 32_768;
+
+/// Default of [`SlaveConfig::min_retained_ms`]: a minute, twelve times the core's default
+/// `reconcile_interval_ms` (5 s) and above its and the agent's retry schedules.
+pub const MIN_RETAINED_MS: u64 = 60_000;
+
 /// Most symbols whose facts the executor keeps; facts of further symbols are ignored (counted):
 /// an open on such a symbol needing them is refused `ACCOUNT_FACTS_UNKNOWN`, never guessed.
 pub const MAX_SYMBOLS: usize = 1_024;
@@ -93,6 +102,8 @@ transitions! {
         Trigger = "T34": "persisting", "persist result Ok for the write-ahead record of a ResolvePending{Trigger} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, TriggerPending{ticket, market}} — market: the deviation guard admits a market open of the pending's volume now; the broker reports the ticket's position if the pending filled on its own (nothing placed), else deletes it and opens at market (or nothing when !market); counted placed",
         NoPending = "T35": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or ResolvePending of a ticket holding no pending order of this EA" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing; counted no_position",
         TriggerGuardRefused = "T36": "executing", "handle_broker_result(Rejected) for a TriggerPending sent with market = false (the pending had not filled; the broker deleted it)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
+        Evicted = "T39": "executed", "after T16, executed records exceed `max_executed_retained` and the oldest (by completion; after recover(), by file order) is at least `min_retained_ms` old (recovered records count from the first input after recover())" => "(forgotten)"; "nothing; counted evicted — an unfinished command is never evicted, open positions and closed tickets are kept apart from the records; the record leaves the file at the terminal's next compaction (durable_image), and a later delivery of the id would be taken as new (the bound is sized so none can come: SPEC §8 ea.slave, dedupe window)",
+        RecoveredPositions = "T40": "(durable)", "recover(): a positions row (written by a compaction after the retained records)" => "(positions replaced)"; "nothing; open positions, pending orders and tickets closed in full are exactly the row's — the retained records before it are for dedupe only, records after it update the positions as in T16/T21",
     }
 }
 
@@ -123,6 +134,8 @@ pub const SPEC: MachineSpec = MachineSpec {
         "The same command_id always gets the same verdict: refused stays refused, executed is answered from its stored result.",
         "A cancelled command is never placed: its CANCELLED result is durable before it is reported, and every later delivery of it is answered from that result.",
         "An open is placed only with a volume its copy terms sized from the facts of that moment: within the broker's limits and on its step, never above the risk budget (unless trade_min), never beyond max_open_positions / max_total_lots counting the opens already placed, never beyond the deviation guard.",
+        "Bounded: executed records <= max_executed_retained plus those executed within min_retained_ms (oldest evicted first, T39), tickets closed in full <= max_executed_retained (oldest forgotten first), refusals <= FAILED_MEMORY, symbols <= MAX_SYMBOLS; an unfinished command is never evicted, and open positions never depend on which records are retained.",
+        "durable_image() is exactly what the EA's file must hold to recover the same dedupe set, positions and commands in doubt: the retained records oldest first, a positions row, then every unfinished command whose write-ahead is durable; it is offered only when no storage write is in flight.",
     ],
     transitions: T::TABLE,
 };
@@ -136,6 +149,19 @@ pub struct SlaveConfig {
     pub max_pending: usize,
     /// Base of the backoff for re-writing a result that failed to persist.
     pub retry_backoff_ms: u64,
+    /// Executed (terminal) command records kept to answer redeliveries, oldest evicted first
+    /// (T39); also the most tickets closed in full that are remembered. It must be at least
+    /// the agent's `max_completed_retained + max_active_commands`, and above the number of
+    /// commands this slave executes while the core may still re-send one (SPEC.md §8
+    /// `ea.slave`, dedupe window). At least 1.
+    pub max_executed_retained: usize,
+    /// No executed record younger than this is evicted, however many newer ones there are:
+    /// a burst of commands must not push out a record whose result may still be on its way
+    /// (a lost result is recovered by the core's reconciler after `reconcile_interval_ms`).
+    /// Records recovered from the file count as executed at the first input after
+    /// `recover()`. Retained records stay below `max_executed_retained` plus the records
+    /// executed within this time.
+    pub min_retained_ms: u64,
 }
 
 impl SlaveConfig {
@@ -144,6 +170,8 @@ impl SlaveConfig {
             account: AccountId::new(account),
             max_pending: 64,
             retry_backoff_ms: 100,
+            max_executed_retained: MAX_EXECUTED_RETAINED,
+            min_retained_ms: MIN_RETAINED_MS,
         }
     }
 }
@@ -160,6 +188,22 @@ pub struct PersistError {
 pub struct ExecutedRecord {
     pub command: Command,
     pub result: Option<ExecutionResult>,
+}
+
+/// One row of the EA's file as [`SlaveExecutor::recover_rows`] reads it, in file order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DurableRow {
+    /// A command written ahead, with its result once that is durable.
+    Record(ExecutedRecord),
+    /// Written by a compaction after the retained records: the open positions
+    /// (slave_ticket → open lots), the pending orders this EA placed and still holds
+    /// (slave_ticket → lots) and the tickets closed in full (oldest first) at that moment. It
+    /// replaces whatever the rows before it derived (T40).
+    Positions {
+        open: Vec<(i64, f64)>,
+        pendings: Vec<(i64, f64)>,
+        closed: Vec<i64>,
+    },
 }
 
 /// What the broker did with an order, or answered to a query by client order id. A driver maps
@@ -239,6 +283,12 @@ pub struct SlaveMetrics {
     pub terms_refused: u64,
     /// Facts ignored: a new symbol beyond [`MAX_SYMBOLS`], or non-finite numbers.
     pub ignored_facts: u64,
+    /// Executed records evicted by `max_executed_retained` (T39).
+    pub evicted: u64,
+    /// Executed records retained for dedupe now.
+    pub retained_executed: usize,
+    /// Tickets closed in full remembered now.
+    pub closed_tickets: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -278,8 +328,15 @@ pub struct SlaveExecutor {
     /// triggered or cancelled, from durable results only.
     pendings: BTreeMap<i64, f64>,
     /// Tickets this EA closed in full, from durable results only: a later close of one is
-    /// already done (a partial close that left dust closed the whole position).
+    /// already done (a partial close that left dust closed the whole position). Bounded by
+    /// `max_executed_retained`, oldest forgotten first (`closed_order`).
     closed: BTreeSet<i64>,
+    closed_order: VecDeque<i64>,
+    /// Executed commands retained for dedupe with when they became executed, oldest first
+    /// (completion order; after recover(), file order, stamped with the first input's time —
+    /// `unstamped` until then). Only `State::Executed` entries are ever in it.
+    executed_order: VecDeque<(Option<Instant>, CommandId)>,
+    unstamped: bool,
     ops: BTreeMap<OpId, CommandId>,
     timers: BTreeSet<(Instant, CommandId)>,
     out: VecDeque<Output>,
@@ -306,6 +363,9 @@ impl SlaveExecutor {
             positions: BTreeMap::new(),
             pendings: BTreeMap::new(),
             closed: BTreeSet::new(),
+            closed_order: VecDeque::new(),
+            executed_order: VecDeque::new(),
+            unstamped: false,
             ops: BTreeMap::new(),
             timers: BTreeSet::new(),
             out: VecDeque::new(),
@@ -321,26 +381,65 @@ impl SlaveExecutor {
     /// for dedupe and rebuild the open positions; records without a result are in doubt and
     /// are asked of the broker (`QueryOrder`), never placed again.
     pub fn recover(config: SlaveConfig, durable: Vec<ExecutedRecord>) -> Self {
+        Self::recover_rows(
+            config,
+            durable.into_iter().map(DurableRow::Record).collect(),
+        )
+    }
+
+    /// [`SlaveExecutor::recover`] from a file that may have been compacted: a `Positions` row
+    /// replaces the positions the rows before it derived (T40). Then the retention bound is
+    /// enforced, oldest first (T39).
+    pub fn recover_rows(config: SlaveConfig, rows: Vec<DurableRow>) -> Self {
         let mut s = SlaveExecutor::new(config);
+        enum Item {
+            Command(CommandId),
+            Positions(Vec<(i64, f64)>, Vec<(i64, f64)>, Vec<i64>),
+        }
         // The file is keyed by command id: of two rows for one id, the completed one wins.
-        let mut order: Vec<CommandId> = Vec::new();
-        let mut rows: BTreeMap<CommandId, ExecutedRecord> = BTreeMap::new();
-        for rec in durable {
+        let mut order: Vec<Item> = Vec::new();
+        let mut records: BTreeMap<CommandId, ExecutedRecord> = BTreeMap::new();
+        for row in rows {
+            let rec = match row {
+                DurableRow::Record(rec) => rec,
+                DurableRow::Positions {
+                    open,
+                    pendings,
+                    closed,
+                } => {
+                    order.push(Item::Positions(open, pendings, closed));
+                    continue;
+                }
+            };
             let id = rec.command.command_id.clone();
-            match rows.get_mut(&id) {
+            match records.get_mut(&id) {
                 Some(prev) => {
                     if prev.result.is_none() {
                         *prev = rec;
                     }
                 }
                 None => {
-                    order.push(id.clone());
-                    rows.insert(id, rec);
+                    order.push(Item::Command(id.clone()));
+                    records.insert(id, rec);
                 }
             }
         }
-        for id in order {
-            let Some(rec) = rows.remove(&id) else {
+        for item in order {
+            let id = match item {
+                Item::Command(id) => id,
+                Item::Positions(open, pendings, closed) => {
+                    s.positions = open.into_iter().collect();
+                    s.pendings = pendings.into_iter().collect();
+                    s.closed.clear();
+                    s.closed_order.clear();
+                    for t in closed {
+                        s.remember_closed(t);
+                    }
+                    s.fire(T::RecoveredPositions, Subject::None);
+                    continue;
+                }
+            };
+            let Some(rec) = records.remove(&id) else {
                 continue;
             };
             let subject = Subject::Command(id.clone());
@@ -348,7 +447,7 @@ impl SlaveExecutor {
                 Some(result) => {
                     s.apply_to_positions(&rec.command.body, &result);
                     s.commands.insert(
-                        id,
+                        id.clone(),
                         Entry {
                             command: rec.command,
                             state: State::Executed { result },
@@ -357,6 +456,8 @@ impl SlaveExecutor {
                             refusal: None,
                         },
                     );
+                    s.executed_order.push_back((None, id));
+                    s.unstamped = true;
                     s.fire(T::RecoveredExecuted, subject);
                 }
                 None => {
@@ -387,8 +488,64 @@ impl SlaveExecutor {
         s
     }
 
+    /// What a compacted file must hold to recover the same executor (dedupe set, positions,
+    /// closed tickets, commands in doubt): the retained records oldest first, a `Positions`
+    /// row, then every unfinished command whose write-ahead is durable (as a record without
+    /// result — after a crash it is in doubt, exactly as its write-ahead row alone would
+    /// make it). `None` while a storage write is in flight: its row may or may not be on
+    /// disk, so the file cannot be summarised yet. A cancel whose record is not durable has
+    /// no write-ahead and is left out, as a crash would leave it.
+    pub fn durable_image(&self) -> Option<Vec<DurableRow>> {
+        self.durable_rows().map(Iterator::collect)
+    }
+
+    /// [`SlaveExecutor::durable_image`] one row at a time (each cloned when it is reached),
+    /// so a driver can stream a compaction without holding the image twice.
+    pub fn durable_rows(&self) -> Option<impl Iterator<Item = DurableRow> + '_> {
+        if !self.ops.is_empty() {
+            return None;
+        }
+        let retained =
+            self.executed_order
+                .iter()
+                .filter_map(move |(_, id)| match self.commands.get(id) {
+                    Some(Entry {
+                        command,
+                        state: State::Executed { result },
+                        ..
+                    }) => Some(DurableRow::Record(ExecutedRecord {
+                        command: command.clone(),
+                        result: Some(result.clone()),
+                    })),
+                    _ => None,
+                });
+        let positions = std::iter::once_with(move || DurableRow::Positions {
+            open: self.positions.iter().map(|(t, v)| (*t, *v)).collect(),
+            pendings: self.pendings.iter().map(|(t, v)| (*t, *v)).collect(),
+            closed: self.closed_order.iter().copied().collect(),
+        });
+        let written_ahead = self
+            .commands
+            .values()
+            .filter(|e| match &e.state {
+                State::Executed { .. } | State::Persisting { .. } => false,
+                State::Recording { result, .. } | State::RecordRetryWait { result } => {
+                    result.status != BrokerStatus::Cancelled
+                }
+                State::Executing | State::InDoubt | State::WaitingPrice => true,
+            })
+            .map(|e| {
+                DurableRow::Record(ExecutedRecord {
+                    command: e.command.clone(),
+                    result: None,
+                })
+            });
+        Some(retained.chain(positions).chain(written_ahead))
+    }
+
     /// A message from the agent on the pipe.
     pub fn handle_from_agent(&mut self, now: Instant, msg: AgentToEa) {
+        self.stamp(now);
         match msg {
             AgentToEa::Handshake { account, .. } => {
                 if account == self.config.account {
@@ -447,7 +604,8 @@ impl SlaveExecutor {
     }
 
     /// The pipe session ended: the next one must handshake before anything is executed.
-    pub fn handle_pipe_closed(&mut self, _now: Instant) {
+    pub fn handle_pipe_closed(&mut self, now: Instant) {
+        self.stamp(now);
         self.gate_open = false;
         self.fire(T::PipeClosed, Subject::None);
     }
@@ -459,6 +617,7 @@ impl SlaveExecutor {
         op: OpId,
         result: Result<(), PersistError>,
     ) {
+        self.stamp(now);
         let Some(id) = self.ops.remove(&op) else {
             self.m.ignored_persist_results += 1;
             self.fire(T::PersistIgnored, Subject::None);
@@ -583,6 +742,7 @@ impl SlaveExecutor {
                 self.reserved.remove(&id);
                 self.apply_to_positions(&body, &r);
                 self.set_state(&id, State::Executed { result: r.clone() });
+                self.executed_order.push_back((Some(now), id.clone()));
                 self.pending = self.pending.saturating_sub(1);
                 self.m.executed += 1;
                 if r.status == BrokerStatus::Rejected {
@@ -590,6 +750,7 @@ impl SlaveExecutor {
                 }
                 self.fire(T::Executed, subject);
                 self.out.push_back(Output::ToAgent(EaToAgent::Execution(r)));
+                self.enforce_retention(now);
             }
             (State::Recording { op: cur, result: r }, Err(_)) if *cur == op => {
                 let r = r.clone();
@@ -613,10 +774,11 @@ impl SlaveExecutor {
     /// What the broker answered to a `PlaceOrder` or `QueryOrder`.
     pub fn handle_broker_result(
         &mut self,
-        _now: Instant,
+        now: Instant,
         command_id: CommandId,
         outcome: BrokerOutcome,
     ) {
+        self.stamp(now);
         let subject = Subject::Command(command_id.clone());
         let waiting = matches!(
             self.commands.get(&command_id).map(|e| &e.state),
@@ -644,6 +806,7 @@ impl SlaveExecutor {
 
     /// Processes every deadline at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.stamp(now);
         let due: Vec<(Instant, CommandId)> = self
             .timers
             .iter()
@@ -675,7 +838,8 @@ impl SlaveExecutor {
 
     /// A fact from the slave's terminal. A quote (or any fact) may let an open waiting for
     /// its price be placed now (`T29`).
-    pub fn handle_fact(&mut self, _now: Instant, fact: Fact) {
+    pub fn handle_fact(&mut self, now: Instant, fact: Fact) {
+        self.stamp(now);
         let fin = |x: f64| x.is_finite();
         let touched = match fact {
             Fact::Account(a) if fin(a.balance) && fin(a.equity) && fin(a.free_margin) => {
@@ -776,6 +940,8 @@ impl SlaveExecutor {
             pending: self.pending,
             known_commands: self.commands.len(),
             open_positions: self.positions.len(),
+            retained_executed: self.executed_order.len(),
+            closed_tickets: self.closed_order.len(),
             ..self.m
         }
     }
@@ -981,6 +1147,75 @@ impl SlaveExecutor {
         self.refused.insert(id, reason);
     }
 
+    /// Remembers a ticket closed in full, forgetting the oldest past the bound (a close of a
+    /// forgotten one is then answered as the broker would: no position, T10).
+    fn remember_closed(&mut self, ticket: i64) {
+        if !self.closed.insert(ticket) {
+            return;
+        }
+        self.closed_order.push_back(ticket);
+        while self.closed_order.len() > self.config.max_executed_retained.max(1) {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+    }
+
+    /// Evicts executed records past `max_executed_retained`, oldest first, each only once it
+    /// is `min_retained_ms` old (T39). Only executed records are ever in `executed_order`,
+    /// so an unfinished command is never evicted; positions and closed tickets are kept apart
+    /// and stay.
+    fn enforce_retention(&mut self, now: Instant) {
+        let bound = self.config.max_executed_retained.max(1);
+        let min_age = Duration::from_millis(self.config.min_retained_ms);
+        let ignore_age = crate::mutants::active(crate::mutants::Mutant::SlaveEvictsYoung);
+        while self.executed_order.len() > bound {
+            if crate::mutants::active(crate::mutants::Mutant::SlaveEvictsUnfinished) {
+                // The planted bug: an unfinished command is evicted along with the oldest.
+                let unfinished = self
+                    .commands
+                    .iter()
+                    .find(|(_, e)| !matches!(e.state, State::Executed { .. }))
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = unfinished {
+                    self.commands.remove(&id);
+                    self.reserved.remove(&id);
+                    self.pending = self.pending.saturating_sub(1);
+                    self.m.evicted += 1;
+                    self.fire(T::Evicted, Subject::Command(id));
+                }
+            }
+            let old_enough = match self.executed_order.front() {
+                Some((Some(at), _)) => *at + min_age <= now,
+                Some((None, _)) => false,
+                None => break,
+            };
+            if !old_enough && !ignore_age {
+                break;
+            }
+            let Some((_, id)) = self.executed_order.pop_front() else {
+                break;
+            };
+            self.commands.remove(&id);
+            self.m.evicted += 1;
+            self.fire(T::Evicted, Subject::Command(id));
+        }
+    }
+
+    /// Stamps the records recovered from the file with the first time the driver reports:
+    /// their age is counted from the restart (they are at least that old).
+    fn stamp(&mut self, now: Instant) {
+        if !self.unstamped {
+            return;
+        }
+        self.unstamped = false;
+        for (at, _) in self.executed_order.iter_mut() {
+            if at.is_none() {
+                *at = Some(now);
+            }
+        }
+    }
+
     fn result_for(&self, id: &CommandId, outcome: &BrokerOutcome) -> Option<ExecutionResult> {
         let c = &self.commands.get(id)?.command;
         let command_ticket = c.body.slave_ticket();
@@ -1102,9 +1337,7 @@ impl SlaveExecutor {
                     Some(left) if !whole && left > 1e-9 => {
                         self.positions.insert(ticket, left);
                     }
-                    Some(_) => {
-                        self.closed.insert(*slave_ticket);
-                    }
+                    Some(_) => self.remember_closed(*slave_ticket),
                     None => {}
                 }
             }

@@ -98,6 +98,7 @@ pub const REQUIRED: &[(&str, char)] = &[
     ("intents/confirmed", 'n'),
     ("intents/failed", 'n'),
     ("intents/lost", 'n'),
+    ("intents/unsettled", 'n'),
     ("intents/duplicated", 'n'),
     ("intents/out_of_order", 'n'),
     ("intents/expected_copies", 'n'),

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::cluster::{Cluster, ClusterOptions, JournalSpec, Timings, INTENTS_PER_TRADE};
+use super::cluster::{
+    Cluster, ClusterOptions, DemoReport, JournalSpec, Timings, INTENTS_PER_TRADE,
+};
 use super::AppError;
 use crate::config::hash_token;
 use crate::histogram::Histogram;
@@ -367,7 +369,9 @@ fn run_cluster(
     let machine = rt.block_on(workers.join());
     let lag_run = lag::run_histogram(&probe);
     drop(probe);
-    let rep = cluster.report()?;
+    let mut rep = cluster.report()?;
+    // A copy missing from an unsettled run may still be on its way: unsettled, not lost.
+    let unsettled = split_unsettled(&mut rep, settled);
     let load_end = loadavg();
 
     // Market data, per shard and in all.
@@ -465,6 +469,7 @@ fn run_cluster(
             "confirmed": rep.core_accepted,
             "failed": rep.master_refused,
             "lost": rep.lost.len(),
+            "unsettled": unsettled.len(),
             "duplicated": rep.duplicated.len(),
             "out_of_order": rep.out_of_order.len(),
             "expected_copies": rep.expected_deliveries,
@@ -474,6 +479,7 @@ fn run_cluster(
             "settled": settled,
             "crashed": crashed.as_ref().map(|(n, c)| format!("{n} exited with {c}")),
             "lost_sample": rep.lost.iter().take(10).collect::<Vec<_>>(),
+            "unsettled_sample": unsettled.iter().take(10).collect::<Vec<_>>(),
             "duplicated_sample": rep.duplicated.iter().take(10).collect::<Vec<_>>(),
         },
         "latency_ms": {
@@ -524,6 +530,15 @@ fn run_cluster(
     std::fs::write(out_dir.join("report.html"), report::render(&doc))
         .map_err(AppError::io("writing report.html"))?;
     println!("{rep}");
+    if !settled {
+        println!(
+            "unsettled:               {} (copies still in flight when the run ended; not counted lost)",
+            unsettled.len()
+        );
+        for u in unsettled.iter().take(10) {
+            println!("  unsettled {u}");
+        }
+    }
     println!(
         "latency core_accepted p50 {} / p99 {} ms; pipe_delivered p50 {} / p99 {} ms; journal→slave p50 {} / p99 {} ms; end to end p50 {} / p99 {} / p99.9 {} ms",
         doc["latency_ms"]["core_accepted"]["p50"],
@@ -568,6 +583,17 @@ fn run_cluster(
     Ok(rep.is_clean() && settled && crashed.is_none() && kpis_ok)
 }
 
+/// The copies neither executed nor failed: lost when the run settled (the core had nothing in
+/// flight, so nothing more can come), unsettled otherwise (they may still be delivered). Moves
+/// them out of `rep.lost` in the second case and returns them.
+pub fn split_unsettled(rep: &mut DemoReport, settled: bool) -> Vec<String> {
+    if settled {
+        Vec::new()
+    } else {
+        std::mem::take(&mut rep.lost)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,5 +603,31 @@ mod tests {
         assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
         let t = UNIX_EPOCH + Duration::from_secs(1_796_288_461);
         assert_eq!(utc_stamp(t), "20261203T090101Z");
+    }
+
+    fn report_missing(ids: &[&str]) -> DemoReport {
+        DemoReport {
+            lost: ids.iter().map(|s| s.to_string()).collect(),
+            ..DemoReport::default()
+        }
+    }
+
+    /// A run that did not settle reports its missing copies as unsettled, never as lost; a
+    /// settled run's missing copies are lost.
+    #[test]
+    fn missing_copies_are_unsettled_unless_the_run_settled() {
+        let mut rep = report_missing(&["i1 (t) at s1", "i2 (t) at s2"]);
+        let unsettled = split_unsettled(&mut rep, false);
+        assert_eq!(unsettled, vec!["i1 (t) at s1", "i2 (t) at s2"]);
+        assert!(rep.lost.is_empty(), "an unsettled run names nothing lost");
+
+        let mut rep = report_missing(&["i3 (t) at s1"]);
+        let unsettled = split_unsettled(&mut rep, true);
+        assert!(unsettled.is_empty());
+        assert_eq!(
+            rep.lost,
+            vec!["i3 (t) at s1"],
+            "a settled run's missing copy is lost"
+        );
     }
 }

@@ -164,8 +164,8 @@ pub fn render(m: &Value) -> String {
         &mut t,
         "intents",
         &format!(
-            "emitted {} · confirmed {} · failed {} · lost {} · duplicated {}",
-            i["emitted"], i["confirmed"], i["failed"], i["lost"], i["duplicated"]
+            "emitted {} · confirmed {} · failed {} · lost {} · unsettled {} · duplicated {}",
+            i["emitted"], i["confirmed"], i["failed"], i["lost"], i["unsettled"], i["duplicated"]
         ),
     );
     for stage in [

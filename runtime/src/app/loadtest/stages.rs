@@ -16,11 +16,34 @@ use serde_json::Value;
 
 use crate::histogram::Histogram;
 
-/// New complete lines of a growing JSON-lines file, from where the last read stopped.
+/// New complete lines of a growing JSON-lines file, from where the last read stopped. A file
+/// replaced by a compaction (a new inode, or shorter than what was read) is read again from
+/// its start; the compacted rows it begins with say so (`"compacted":true`, `retained`,
+/// `positions`) and are not taken for new events.
 pub struct Tail {
     path: PathBuf,
     offset: u64,
     partial: Vec<u8>,
+    /// (device, inode) of the file last read.
+    id: Option<(u64, u64)>,
+}
+
+/// A row a compaction wrote (a summary of rows read before): skipped without parsing, so
+/// re-reading a compacted file costs no memory (serde_json writes keys sorted, no spaces).
+fn is_compacted(line: &[u8]) -> bool {
+    let has = |pat: &[u8]| line.windows(pat.len()).any(|w| w == pat);
+    has(b"\"compacted\":true") || has(b"\"op\":\"retained\"") || has(b"\"op\":\"positions\"")
+}
+
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
 }
 
 impl Tail {
@@ -29,6 +52,7 @@ impl Tail {
             path,
             offset: 0,
             partial: Vec::new(),
+            id: None,
         }
     }
 
@@ -37,6 +61,17 @@ impl Tail {
         let Ok(mut f) = std::fs::File::open(&self.path) else {
             return Vec::new();
         };
+        if let Ok(m) = f.metadata() {
+            let id = file_id(&m);
+            if id != self.id || m.len() < self.offset {
+                // Replaced (compacted): its rows so far are a summary, read from the start.
+                if self.id.is_some() {
+                    self.offset = 0;
+                    self.partial.clear();
+                }
+                self.id = id;
+            }
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
         }
@@ -52,7 +87,7 @@ impl Tail {
         let rest = self.partial.split_off(end + 1);
         let done = std::mem::replace(&mut self.partial, rest);
         done.split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !is_compacted(l))
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect()
     }
@@ -223,7 +258,7 @@ impl Stages {
         }
         for t in &mut self.commands {
             for r in t.read_new() {
-                if r["op"].as_str() == Some("executing") {
+                if r["op"].as_str() == Some("executing") && r["compacted"].as_bool() != Some(true) {
                     if let (Some(id), Some(at)) =
                         (r["command"]["intent_id"].as_str(), r["at_us"].as_i64())
                     {
