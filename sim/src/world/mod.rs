@@ -297,11 +297,15 @@ fn agent_delivery(c: Capacity) -> AgentDeliveryConfig {
 
 /// The slave EAs' `max_executed_retained` in test_min (see `Capacity::slave_max_executed_retained`).
 pub const SLAVE_RETAINED_TEST_MIN: usize = 8;
-/// The slave EAs' `min_retained_ms` in test_min: above the longest gap seen between a
-/// command's execution and a redelivery of it (13.4 s of simulated time over 600 seeds, under
-/// partitions, crashes and config changes). With 8 records alone, 67 of the first 100 seeds
-/// re-executed a command (the planted `slave-evicts-young`).
-pub const SLAVE_MIN_RETAINED_MS_TEST_MIN: u64 = 20_000;
+/// The slave EAs' `min_retained_ms` in test_min: above the longest gap the core may leave
+/// between two sends (or cancels) of one unfinished command — the drawn `ack_timeout_ms` (at
+/// most 3 s here) plus the 30 s backoff cap — because a one-way partition (agent → core
+/// down, core → agent up) lets new commands reach the slave while every result is dropped:
+/// CI seed 440 evicted a filled command 20 s after its execution, the core's next cancel
+/// 23 s after the previous one found it unknown, and it was answered CANCELLED. With 8
+/// records alone, 67 of the first 100 seeds re-executed a command (the planted
+/// `slave-evicts-young`).
+pub const SLAVE_MIN_RETAINED_MS_TEST_MIN: u64 = 40_000;
 
 impl Capacity {
     /// The agents' bounds: tiny in test_min, so every bound is reached.
