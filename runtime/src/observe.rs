@@ -229,7 +229,7 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
             &mut o,
             "echo_core_delivery_stage_latency_ms_sum",
             &[("stage", stage.name())],
-            (h.mean() * h.count() as f64) as u64,
+            h.sum(),
         );
         line(
             &mut o,

@@ -80,6 +80,11 @@ impl Histogram {
         self.count
     }
 
+    /// Sum of every recorded value (saturating), µs.
+    pub fn sum(&self) -> u64 {
+        self.sum
+    }
+
     pub fn max(&self) -> u64 {
         self.max
     }
@@ -146,6 +151,7 @@ mod tests {
         assert_eq!(h.quantile(1.0), 10_000);
         assert_eq!(h.max(), 10_000);
         assert_eq!(h.count(), 10_000);
+        assert_eq!(h.sum(), 50_005_000);
         assert!((h.mean() - 5_000.5).abs() < 1e-9);
         let mut e = Histogram::default();
         assert_eq!(e.quantile(0.5), 0);
