@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use echo_runtime::journal::{Journal, PostgresOptions, WakeReason};
-use echo_statemachine::core::{JournalReply, JournalResult, JournalWrite, OpId};
+use echo_statemachine::core::{DeliveryStatus, JournalReply, JournalResult, JournalWrite, OpId};
 use echo_statemachine::msg::IntentKind;
 use sqlx::Connection;
 use support::*;
@@ -566,4 +566,129 @@ async fn the_journal_vacuums_its_tables_when_autovacuum_is_off() {
         );
     }
     j.close().await;
+}
+
+/// The batch statements find their rows by index however the table grew since the journal's
+/// connections first ran them. Postgres caches a prepared statement's generic plan after five
+/// executions; made while the table is small (a fresh journal), it is a sequential scan, kept for
+/// the connection's life — every batch then reads the whole delivery table, and a core slows
+/// down as its journal grows (found by `e2e_bench`: 60 % of the CPU in one statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_statements_stay_index_lookups_as_the_table_grows() {
+    let env = Env::new(Kind::Postgres).await;
+    let pg = PostgresOptions {
+        // One writer, one pool connection doing the work; no vacuum (ANALYZE would replan).
+        writers: 1,
+        max_connections: 2,
+        vacuum_every: Duration::from_secs(3600),
+        ..env.pg_options()
+    };
+    let j = Journal::open_postgres(pg, Env::options())
+        .await
+        .expect("open");
+    // Phase 1, a small table (20 intents × 10 slaves): batches of two stage updates, each
+    // batch its own transaction, so every pool connection runs the statements many times.
+    let slaves: Vec<String> = (0..10).map(|s| format!("s{s}")).collect();
+    let slave_refs: Vec<&str> = slaves.iter().map(String::as_str).collect();
+    let mut small = Vec::new();
+    for n in 0..20u64 {
+        let (w, ds) = accept(
+            &intent(&format!("i{n}"), &format!("t{n}"), IntentKind::Open, n),
+            &slave_refs,
+        );
+        assert_eq!(j.write(w).await, JournalResult::Ok(JournalReply::Done));
+        small.extend(ds);
+    }
+    let stage = |d: &echo_statemachine::core::DeliveryRecord, stage| JournalWrite::UpdateStage {
+        command_id: d.command_id.clone(),
+        stage,
+        attempts: 1,
+    };
+    for pair in small[..48].chunks(2) {
+        let (a, b) = tokio::join!(
+            j.write(stage(
+                &pair[0],
+                echo_statemachine::msg::AckStage::AgentBuffered
+            )),
+            j.write(stage(
+                &pair[1],
+                echo_statemachine::msg::AckStage::AgentBuffered
+            )),
+        );
+        assert_eq!(a, JournalResult::Ok(JournalReply::Done));
+        assert_eq!(b, JournalResult::Ok(JournalReply::Done));
+    }
+    // Phase 2: the table grows to 40 000 deliveries behind the journal's back.
+    let mut admin = sqlx::PgConnection::connect(&env.pg_url())
+        .await
+        .expect("connection to the test database");
+    sqlx::query(
+        "INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, side, \
+         volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms) \
+         SELECT 'g' || g, 'tg' || g, 'm1', 'OPEN', 'EURUSD', 'BUY', 1, 1, 0, 0, g, g, 0 \
+         FROM generate_series(1, 4000) g",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("grow trade_intent");
+    sqlx::query(
+        "INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, master_account, \
+         slave_account, kind, symbol, side, volume, price, stop_loss, take_profit, master_seq, \
+         status, stage) \
+         SELECT 'g' || g || '@s' || s, 'g' || g, 'tg' || g, 'm1', 's' || s, 'OPEN', 'EURUSD', \
+         'BUY', 1, 1, 0, 0, g, 'acked', 'EA_CONFIRMED' \
+         FROM generate_series(1, 4000) g, generate_series(1, 10) s",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("grow delivery_journal");
+    let scans_before = seq_scans_after_flush(&mut admin).await;
+    // Phase 3: forty more batches of two on the grown table.
+    for pair in small[48..128].chunks(2) {
+        let (a, b) = tokio::join!(
+            j.write(stage(
+                &pair[0],
+                echo_statemachine::msg::AckStage::PipeDelivered
+            )),
+            j.write(finish(&pair[1], DeliveryStatus::Acked, Some(7), None)),
+        );
+        assert_eq!(a, JournalResult::Ok(JournalReply::Done));
+        assert_eq!(b, JournalResult::Ok(JournalReply::Done));
+    }
+    // Closing ends the journal's backends, which flush their statistics as they exit.
+    j.close().await;
+    let scans = seq_scans_after_flush(&mut admin).await - scans_before;
+    eprintln!("sequential scans of delivery_journal in phase 3: {scans}");
+    assert!(
+        scans < 5,
+        "{scans} sequential scans of delivery_journal over 40 batches on a 40 000-row table: \
+         a batch statement reads the whole table"
+    );
+}
+
+/// `seq_scan` of `echo.delivery_journal` once no journal backend is left to flush more.
+async fn seq_scans_after_flush(admin: &mut sqlx::PgConnection) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = -1;
+    let mut stable = 0;
+    loop {
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *admin)
+            .await
+            .expect("clear stats snapshot");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT seq_scan FROM pg_stat_user_tables \
+             WHERE schemaname = 'echo' AND relname = 'delivery_journal'",
+        )
+        .fetch_one(&mut *admin)
+        .await
+        .expect("seq_scan");
+        // A busy backend flushes its counters at most once a second, an idle one within ten.
+        stable = if n == last { stable + 1 } else { 0 };
+        if stable >= 12 || Instant::now() > deadline {
+            return n;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }

@@ -126,10 +126,17 @@ impl PgStore {
     ) -> Result<(PgStore, Option<PgListener>), JournalError> {
         let connect = PgConnectOptions::from_str(&o.url)?
             .application_name("echo-journal")
-            .options([(
-                "statement_timeout",
-                o.statement_timeout.as_millis().to_string(),
-            )]);
+            .options([
+                (
+                    "statement_timeout",
+                    o.statement_timeout.as_millis().to_string(),
+                ),
+                // Every statement is planned for its own parameters. A cached generic plan is
+                // fixed while the tables are small (a fresh journal): `command_id = ANY($1)`
+                // then stays a sequential scan for the pool connection's life, one full-table
+                // scan per batch, and a long-running core slows down as its journal grows.
+                ("plan_cache_mode", "force_custom_plan".to_owned()),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(o.max_connections.max(2))
             .acquire_timeout(o.acquire_timeout)
