@@ -157,6 +157,14 @@ pub const CORE_RECONCILE_INTERVAL_MS: KeySpec = key(
     false,
     "a delivery at PIPE_DELIVERED with no ExecutionResult for this long is re-sent",
 );
+pub const CORE_JOURNAL_STAGE_ACKS: KeySpec = key(
+    "/echo/core/delivery/journal_stage_acks",
+    0,
+    0,
+    1,
+    false,
+    "1 = also journal each delivery's AGENT_BUFFERED / PIPE_DELIVERED (audit; about half the journal's row writes); 0 = accept and final state only",
+);
 pub const AGENT_ACK_TIMEOUT_MS: KeySpec = key(
     "/echo/agent/delivery/ack_timeout_ms",
     1_000,
@@ -200,6 +208,7 @@ pub const ALL_KEYS: &[KeySpec] = &[
     CORE_MAX_RETRIES,
     CORE_HEARTBEAT_INTERVAL_MS,
     CORE_RECONCILE_INTERVAL_MS,
+    CORE_JOURNAL_STAGE_ACKS,
     AGENT_ACK_TIMEOUT_MS,
     AGENT_RETRY_BACKOFF_MS,
     AGENT_MAX_RETRIES,
@@ -260,6 +269,10 @@ pub struct DeliveryConfig {
     pub max_retries: u32,
     pub heartbeat_interval_ms: u32,
     pub reconcile_interval_ms: u32,
+    /// 1: intermediate stage acks are journaled too (`UpdateStage`); 0: only the accept and
+    /// the final state. Nothing reads the stage back but operators: a recovered delivery is
+    /// re-sent from CORE_ACCEPTED either way and the agent and EA dedupe it.
+    pub journal_stage_acks: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -270,6 +283,7 @@ impl Default for DeliveryConfig {
             max_retries: CORE_MAX_RETRIES.default as u32,
             heartbeat_interval_ms: CORE_HEARTBEAT_INTERVAL_MS.default as u32,
             reconcile_interval_ms: CORE_RECONCILE_INTERVAL_MS.default as u32,
+            journal_stage_acks: CORE_JOURNAL_STAGE_ACKS.default as u32,
         }
     }
 }
@@ -289,6 +303,9 @@ impl DeliveryConfig {
             k if k == CORE_RECONCILE_INTERVAL_MS.key => {
                 (&mut self.reconcile_interval_ms, CORE_RECONCILE_INTERVAL_MS)
             }
+            k if k == CORE_JOURNAL_STAGE_ACKS.key => {
+                (&mut self.journal_stage_acks, CORE_JOURNAL_STAGE_ACKS)
+            }
             _ => return Ok(false),
         };
         *slot.0 = slot.1.parse(raw)? as u32;
@@ -302,6 +319,7 @@ impl DeliveryConfig {
         CORE_MAX_RETRIES.check(self.max_retries.into())?;
         CORE_HEARTBEAT_INTERVAL_MS.check(self.heartbeat_interval_ms.into())?;
         CORE_RECONCILE_INTERVAL_MS.check(self.reconcile_interval_ms.into())?;
+        CORE_JOURNAL_STAGE_ACKS.check(self.journal_stage_acks.into())?;
         Ok(())
     }
 }

@@ -1462,3 +1462,62 @@ fn pending_orders_of_a_skipped_placement_and_after_restart() -> Vec<&'static str
     fired.extend(h.fired);
     fired
 }
+
+/// `journal_stage_acks` decides whether AGENT_BUFFERED / PIPE_DELIVERED become journal writes;
+/// the delivery advances through them and finishes the same either way.
+#[test]
+fn stage_acks_are_journaled_only_when_configured() {
+    for flag in [0u32, 1] {
+        let mut c = cfg();
+        c.delivery.journal_stage_acks = flag;
+        let mut h = H::with(c);
+        h.msg("A", hello("A", &[("m1", Role::Master)]));
+        h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+        h.take();
+        h.msg(
+            "A",
+            AgentToCore::Intent(intent("i1", "T-1", IntentKind::Open, 1)),
+        );
+        h.take();
+        h.journal_ok_all();
+        let cmds = h.commands();
+        assert_eq!(cmds.len(), 2);
+        let c0 = &cmds[0];
+        h.take();
+        h.msg(
+            "B",
+            stage_ack(&c0.command_id, "s1", AckStage::AgentBuffered),
+        );
+        h.msg(
+            "B",
+            stage_ack(&c0.command_id, "s1", AckStage::PipeDelivered),
+        );
+        let stages: Vec<AckStage> = h
+            .writes()
+            .iter()
+            .filter_map(|w| match w {
+                JournalWrite::UpdateStage { stage, .. } => Some(*stage),
+                _ => None,
+            })
+            .collect();
+        let expected = if flag == 1 {
+            vec![AckStage::AgentBuffered, AckStage::PipeDelivered]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(stages, expected, "journal_stage_acks = {flag}");
+        assert!(
+            h.fired.contains(&"core.delivery.T05"),
+            "the stage still advances in memory"
+        );
+        h.msg("B", result(&c0.command_id, "s1", 100, BrokerStatus::Filled));
+        assert!(h.writes().iter().any(|w| matches!(
+            w,
+            JournalWrite::FinishDelivery {
+                status: DeliveryStatus::Acked,
+                stage: AckStage::EaConfirmed,
+                ..
+            }
+        )));
+    }
+}

@@ -743,6 +743,8 @@ pub fn core_delivery_from_wire(w: Option<pb::DeliveryConfig>) -> DeliveryConfig 
         max_retries: or_default(w.max_retries, d.max_retries),
         heartbeat_interval_ms: or_default(w.heartbeat_interval_ms, d.heartbeat_interval_ms),
         reconcile_interval_ms: or_default(w.reconcile_interval_ms, d.reconcile_interval_ms),
+        // Not on the wire: agents do not journal.
+        journal_stage_acks: d.journal_stage_acks,
     }
 }
 

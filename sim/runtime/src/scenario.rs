@@ -198,6 +198,7 @@ fn core_delivery() -> DeliveryConfig {
         max_retries: 100,
         heartbeat_interval_ms: 500,
         reconcile_interval_ms: 2_000,
+        journal_stage_acks: 1,
     }
 }
 

@@ -172,12 +172,18 @@ impl World {
                 max_retries: r.range(2, 10) as u32,
                 heartbeat_interval_ms: r.range(1_000, 5_000) as u32,
                 reconcile_interval_ms: r.range(500, 5_000) as u32,
+                journal_stage_acks: 0,
             };
             let agent = AgentDeliveryConfig {
                 ack_timeout_ms: r.range(100, 3_000) as u32,
                 retry_backoff_ms: r.range(10, 500) as u32,
                 max_retries: r.range(2, 20) as u32,
                 heartbeat_interval_ms: r.range(1_000, 5_000) as u32,
+            };
+            // Drawn last, so the draws above stay what they were.
+            let core = DeliveryConfig {
+                journal_stage_acks: r.range(0, 1) as u32,
+                ..core
             };
             self.fault("config_change", format!("{core:?} {agent:?}"));
             self.core_cfg.delivery = core;

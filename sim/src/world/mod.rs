@@ -404,8 +404,16 @@ impl World {
                 Some(home_subscription(&masters[m], acc, s, &policies))
             })
             .collect();
+        // Half the seeds journal the intermediate stage acks: recovery must not depend on them.
+        let stage_acks = (seed % 2) as u32;
         let (router, delivery) = match cfg.capacity {
-            Capacity::Default => (RouterConfig::default(), DeliveryConfig::default()),
+            Capacity::Default => (
+                RouterConfig::default(),
+                DeliveryConfig {
+                    journal_stage_acks: stage_acks,
+                    ..DeliveryConfig::default()
+                },
+            ),
             Capacity::TestMin => (
                 RouterConfig {
                     worker_pool_size: 2,
@@ -418,6 +426,7 @@ impl World {
                     max_retries: 4,
                     heartbeat_interval_ms: 1_000,
                     reconcile_interval_ms: 1_000,
+                    journal_stage_acks: stage_acks,
                 },
             ),
         };

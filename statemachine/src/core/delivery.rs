@@ -41,7 +41,7 @@ transitions! {
             "Command re-sent (attempt + 1); ack timer",
         Progress = "T05": "Inflight(s) | Backoff",
             "CommandAck{OK} with stage s' > s, s' < EA_CONFIRMED" => "Inflight(s')";
-            "UpdateStage write (best effort); timer: reconcile_interval_ms",
+            "UpdateStage write (best effort) if journal_stage_acks = 1; timer: reconcile_interval_ms",
         Stale = "T06": "any",
             "CommandAck or ExecutionResult that does not advance the delivery (duplicate, stale, PENDING)" => "unchanged";
             "nothing (counted)",
@@ -798,14 +798,16 @@ impl Core {
                     }
                     None => return,
                 };
-                self.journal_write(
-                    JournalWrite::UpdateStage {
-                        command_id: cmd,
-                        stage: a.stage,
-                        attempts,
-                    },
-                    None,
-                );
+                if self.cfg.delivery.journal_stage_acks != 0 {
+                    self.journal_write(
+                        JournalWrite::UpdateStage {
+                            command_id: cmd,
+                            stage: a.stage,
+                            attempts,
+                        },
+                        None,
+                    );
+                }
                 let at = now + self.reconcile_interval();
                 self.set_deadline(key, Some(at));
             }

@@ -31,6 +31,7 @@ pub fn cfg() -> CoreConfig {
             max_retries: 3,
             heartbeat_interval_ms: 1_000,
             reconcile_interval_ms: 500,
+            journal_stage_acks: 1,
         },
         agent_delivery: AgentDeliveryConfig::default(),
         subscriptions: vec![
