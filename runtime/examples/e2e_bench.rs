@@ -389,6 +389,21 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
             st.inputs_handled,
             am.join(" | ")
         );
+        // Where a copy waits: the core's clock from the accept reaching it to each stage.
+        let stages: Vec<String> = m
+            .delivery_stage_latency_us
+            .iter()
+            .map(|(stage, h)| {
+                format!(
+                    "{}: p50 {:.1} p99 {:.1} max {:.1} ms",
+                    stage.name(),
+                    h.quantile(0.5) as f64 / 1e3,
+                    h.quantile(0.99) as f64 / 1e3,
+                    h.max() as f64 / 1e3
+                )
+            })
+            .collect();
+        eprintln!("  at the core: {}", stages.join("; "));
     }
     let _ = stop_tx.send(true);
     let _ = master.join();
