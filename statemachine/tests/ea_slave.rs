@@ -1641,7 +1641,10 @@ fn split_open_of_three(h: &mut H) -> Vec<Output> {
     h.open();
     let outs = h.placed(cmd("o", split_execute(2.5, 1.0, 0.1)));
     assert_eq!(fired(&outs), vec![id(T::Place), id(T::SplitOpen)]);
-    assert!(places(&outs).is_empty(), "a split open is placed leg by leg");
+    assert!(
+        places(&outs).is_empty(),
+        "a split open is placed leg by leg"
+    );
     let l = legs_placed(&outs);
     assert_eq!((l[0].0, l[0].1.as_str(), lots_of(&l[0].2)), (0, "o", 1.0));
     let outs = h.leg("o", 0, filled(100, 1.0));
@@ -1996,7 +1999,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "ea.slave.T40",
         s40_a_positions_row_restores_positions_apart_from_the_records,
     ),
-    ("ea.slave.T41", s41_a_split_open_places_its_legs_one_at_a_time),
+    (
+        "ea.slave.T41",
+        s41_a_split_open_places_its_legs_one_at_a_time,
+    ),
     (
         "ea.slave.T42",
         s42_each_leg_follows_the_answer_of_the_one_before,

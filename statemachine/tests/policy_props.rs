@@ -14,8 +14,8 @@ use echo_statemachine::policy::partial::{
 };
 use echo_statemachine::policy::reverse::mirror;
 use echo_statemachine::policy::sizing::{
-    risk_budget, risk_of, size, split, AboveMax, BelowMin, SizingFacts, SizingMode,
-    SizingPolicy, MAX_SPLIT_LEGS,
+    risk_budget, risk_of, size, split, AboveMax, BelowMin, SizingFacts, SizingMode, SizingPolicy,
+    MAX_SPLIT_LEGS,
 };
 use echo_statemachine::policy::stops::{slave_stops, StopsFacts, StopsMode};
 use echo_statemachine::policy::symbols::SymbolMapping;
@@ -859,7 +859,9 @@ fn take_is_valid(leg: Volume, take: Volume, l: &SymbolLimits) -> Result<(), Stri
         return Err(format!("took {take:?} from a leg of {leg:?}"));
     }
     if !l.is_on_step(take) || take < l.min || leg.saturating_sub(take) < l.min {
-        return Err(format!("took {take:?} from {leg:?}: dust or off-step ({l:?})"));
+        return Err(format!(
+            "took {take:?} from {leg:?}: dust or off-step ({l:?})"
+        ));
     }
     Ok(())
 }
@@ -868,9 +870,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
 
     /// A partial close of a split position (the legs `split` made) is resolved once against
-    /// its total and taken from the legs exactly: the takes sum to the decision, no leg is
-    /// left with dust or below zero, every close order is tradable — whenever the maximum is
-    /// at least three times the minimum (every FX-like symbol: 0.01 to 50 or 100 lots).
+    /// its total and taken from the legs: never more than the decision, no leg left with dust
+    /// or below zero, every close order tradable — and exactly the decision whenever one leg
+    /// holds at least the decision plus the minimum.
     #[test]
     fn a_partial_close_of_split_legs_adds_up_exactly(
         step in prop_oneof![Just(1_000_000u64), Just(100_000u64), 1u64..10_000_000],
@@ -880,7 +882,7 @@ proptest! {
         before in 1u64..1_000,
         closed_frac in 1u64..1_000,
     ) {
-        let b = 3 * a + extra;
+        let b = a + extra;
         let l = leg_limits(step, a, b);
         prop_assume!(l.is_valid());
         let total = Volume(step * (b + k_over));
@@ -892,10 +894,28 @@ proptest! {
         if let CloseDecision::Partial(x) = decision {
             let takes = take_from_legs(&legs, x, &l);
             let sum = Volume(takes.iter().map(|v| v.0).sum());
-            prop_assert_eq!(sum, x, "legs {:?} takes {:?}", legs, takes);
+            prop_assert!(sum <= x, "took {:?} for {:?}", sum, x);
+            if legs.iter().any(|leg| *leg >= x.saturating_add(l.min)) {
+                prop_assert_eq!(sum, x, "legs {:?} takes {:?}", legs, takes);
+            }
             for (leg, take) in legs.iter().zip(&takes) {
                 take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
             }
+        }
+    }
+
+    /// The case the simulator found: legs 1.0 + 0.4 (minimum 0.4) cannot give 0.7 exactly;
+    /// the close is rounded down to orders the broker takes, never dust.
+    #[test]
+    fn an_inexact_share_of_split_legs_is_rounded_down(_x in 0u8..1) {
+        let l = leg_limits(10_000_000, 4, 12);
+        let legs = split(Volume::from_lots(1.4).unwrap(), &l);
+        prop_assert_eq!(legs.clone(), vec![Volume::from_lots(1.0).unwrap(), Volume::from_lots(0.4).unwrap()]);
+        let takes = take_from_legs(&legs, Volume::from_lots(0.7).unwrap(), &l);
+        let sum = Volume(takes.iter().map(|v| v.0).sum());
+        prop_assert!(sum < Volume::from_lots(0.7).unwrap() && !sum.is_zero(), "{:?}", takes);
+        for (leg, take) in legs.iter().zip(&takes) {
+            take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
         }
     }
 

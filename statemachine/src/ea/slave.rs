@@ -1710,7 +1710,9 @@ impl SlaveExecutor {
                     in_doubt: true,
                 }
             }
-            CommandBody::Modify { .. } | CommandBody::Close { .. } | CommandBody::ClosePart { .. } => {
+            CommandBody::Modify { .. }
+            | CommandBody::Close { .. }
+            | CommandBody::ClosePart { .. } => {
                 self.position_steps(body).filter(|s| !s.orders.is_empty())?
             }
             _ => return None,

@@ -73,10 +73,11 @@ pub fn partial_close(
 /// never below zero). Whole legs are taken last-first while what is left to take stays 0 or
 /// at least the minimum; the rest is taken as parts of the legs left (last-first), each part
 /// leaving either nothing more to take or at least the minimum for the next. The takes sum to
-/// `close` whenever this finds such orders — always for the legs [`super::sizing::split`]
-/// makes when the maximum is at least three times the minimum (every FX-like symbol) — and
-/// otherwise to less, never more: the close is then rounded down like a share below the step
-/// (the master's later closes carry the rest).
+/// `close` whenever one leg holds at least `close` plus the minimum (a split's full legs do,
+/// for any share up to its maximum less the minimum), and often otherwise; when no orders
+/// can take it exactly (legs 1.0 + 0.4 with a minimum of 0.4 cannot give 0.7) they sum to
+/// less, never more: the close is rounded down like a share below the step, and the master's
+/// later closes carry the rest (its final close takes every leg).
 pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> Vec<Volume> {
     let min = limits.min;
     let mut take = vec![Volume::ZERO; legs.len()];
@@ -104,7 +105,6 @@ pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> 
         }
         if leg == rest {
             take[i] = leg;
-            rest = Volume::ZERO;
             break;
         }
         // A part leaves at least the minimum in the leg.
@@ -120,8 +120,26 @@ pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> 
             rest = rest.saturating_sub(part);
         }
     }
-    // Anything left in `rest` could not be taken exactly: the takes sum to less, each
-    // order still valid on its own.
+    // Not takeable exactly: take what valid orders can of the rest (whole legs, parts that
+    // leave the minimum), last-first; the takes then sum to less, never dust.
+    for i in (0..legs.len()).rev() {
+        if rest < min {
+            break;
+        }
+        let leg = legs[i];
+        if !take[i].is_zero() || leg.is_zero() {
+            continue;
+        }
+        let part = if leg <= rest {
+            leg
+        } else {
+            limits.floor_to_step(rest.min(leg.saturating_sub(min)))
+        };
+        if part == leg || (part >= min && leg.saturating_sub(part) >= min) {
+            take[i] = part;
+            rest = rest.saturating_sub(part);
+        }
+    }
     take
 }
 
