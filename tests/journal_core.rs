@@ -152,6 +152,7 @@ async fn core_recovers_from_the_journal_alone(kind: Kind) {
             fill_price: 1.1,
             filled_volume: 1.0,
             status: BrokerStatus::Filled,
+            legs: Vec::new(),
         }),
     )
     .await;

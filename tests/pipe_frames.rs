@@ -110,6 +110,7 @@ fn ea_frames() -> Vec<EaFrame> {
             fill_price: 1.08345,
             filled_volume: 0.5,
             status,
+            legs: Vec::new(),
         })));
     }
     v.push(EaFrame::Msg(EaToAgent::Execution(ExecutionResult {
@@ -121,6 +122,7 @@ fn ea_frames() -> Vec<EaFrame> {
         fill_price: 0.0,
         filled_volume: 0.0,
         status: BrokerStatus::Rejected,
+        legs: Vec::new(),
     })));
     v.push(EaFrame::Error(ErrorFrame {
         code: PipeErrorCode::BadJson,
@@ -168,6 +170,8 @@ fn agent_frames() -> Vec<AgentFrame> {
                 deviation_window_ms: 500,
                 max_open_positions: 5,
                 max_total_lots: 2.5,
+                split_max_lots: 0.0,
+                split_min_lots: 0.0,
             },
             symbol: Symbol::new("EURUSD.m"),
             side: Side::Buy,

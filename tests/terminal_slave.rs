@@ -664,3 +664,94 @@ async fn the_commands_file_is_compacted_and_recovers_dedupe_and_positions() {
     second.abort();
     let _ = second.await;
 }
+
+/// `--max-lots 1`: the reference broker refuses an order above 1 lot, so a 2.5-lot copy with
+/// split allowed opens as three legs under their own order ids; a partial close and the
+/// master's close act on every leg exactly, across a restart of the terminal (the legs are
+/// rebuilt from its file); without split the same open is refused by the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_open_is_placed_as_legs_and_closed_leg_by_leg() {
+    let dir = temp_dir("term-split");
+    let _rm_dir = support::Cleanup(dir.clone());
+    let (sock_dir, data) = (dir.join("sock"), dir.join("data"));
+    let sock = sock_dir.join("S1.sock");
+    let mut agent = FakeAgent::bind(&sock_dir).await;
+    let a = args(&sock, &data, &["--max-lots", "1"]);
+    let run = tokio::spawn(run_until(a.clone(), std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    let execute = |split: bool| CommandBody::Execute {
+        terms: echo_statemachine::msg::ExecTerms {
+            split_max_lots: if split { 1.0 } else { 0.0 },
+            split_min_lots: if split { 0.01 } else { 0.0 },
+            ..Default::default()
+        },
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Buy,
+        volume: 2.5,
+        price: 1.1,
+        stop_loss: 0.0,
+        take_profit: 0.0,
+    };
+    let refused = agent.deliver(&cmd(1, execute(false))).await;
+    assert_eq!(
+        refused.status,
+        BrokerStatus::Rejected,
+        "above the broker's maximum"
+    );
+    let opened = agent.deliver(&cmd(2, execute(true))).await;
+    assert_eq!(
+        (opened.status, opened.filled_volume, opened.legs.len()),
+        (BrokerStatus::Filled, 2.5, 3),
+        "{opened:?}"
+    );
+    let position = opened.slave_ticket;
+    assert_eq!(position, opened.legs[0].ticket);
+    let b = book(&data);
+    for id in ["M1-2@S1", "M1-2@S1#1", "M1-2@S1#2"] {
+        assert_eq!(b.get(id), Some(&1), "leg {id} reached the broker once");
+    }
+    // A restart: the legs come back from the commands file.
+    run.abort();
+    let _ = run.await;
+    agent.closed().await;
+    let run = tokio::spawn(run_until(a, std::future::pending()));
+    agent.connected().await;
+    agent.handshake();
+    let part = agent
+        .deliver(&cmd(
+            3,
+            CommandBody::ClosePart {
+                slave_ticket: position,
+                fraction: echo_statemachine::msg::CloseFraction {
+                    master_closed: 1.0,
+                    master_volume_before: 2.0,
+                    slave_min: 0.01,
+                    slave_step: 0.01,
+                },
+            },
+        ))
+        .await;
+    assert_eq!(
+        (part.status, part.filled_volume, part.slave_ticket),
+        (BrokerStatus::Filled, 1.25, position),
+        "{part:?}"
+    );
+    let left: f64 = part.legs.iter().map(|l| l.volume).sum();
+    assert!((left - 1.25).abs() < 1e-9, "{part:?}");
+    let closed = agent
+        .deliver(&cmd(
+            4,
+            CommandBody::Close {
+                slave_ticket: position,
+                volume: 0.0,
+            },
+        ))
+        .await;
+    assert_eq!(
+        (closed.status, closed.filled_volume, closed.legs.len()),
+        (BrokerStatus::Filled, 1.25, 0),
+        "{closed:?}"
+    );
+    run.abort();
+}

@@ -8,7 +8,7 @@ use echo_proto::v1::{
     ExecuteOrder, ExecutionResult, IntentKind, MarketData, MarketDataKind, MasterOrderType,
     ModifyOrder, ModifyPendingOrder, PendingOrderType, PendingResolution, PipeDeliveryAck,
     PipeStatus, PlacePendingOrder, ResolvePendingOrder, Role, Side, SlaveCommand, SlaveSizing,
-    TradeIntent, TradeIntentAck,
+    SplitLeg, TradeIntent, TradeIntentAck,
 };
 use echo_proto::{FILE_DESCRIPTOR_SET, PROTOCOL_VERSION};
 use prost::Message;
@@ -133,6 +133,10 @@ fn execution_result() -> ExecutionResult {
         broker_message: "TRADE_RETCODE_DONE_PARTIAL".into(),
         executed_at_unix_ms: 1_763_856_000_456,
         error_code: ErrorCode::Unspecified as i32,
+        legs: vec![SplitLeg {
+            ticket: -1,
+            volume: 0.5,
+        }],
     }
 }
 
@@ -173,6 +177,8 @@ fn execute_order() -> ExecuteOrder {
             deviation_window_ms: 500,
             max_open_positions: 5,
             max_total_lots: 2.5,
+            split_max_lots: 0.0,
+            split_min_lots: 0.0,
         }),
         command_id: "cmd-0001-pepper:2002".into(),
         intent_id: "int-0001".into(),
@@ -552,16 +558,23 @@ fn error_code_numbers_are_stable() {
             27,
             "ERROR_CODE_ACCOUNT_FACTS_UNKNOWN",
         ),
+        (
+            ErrorCode::SplitIncomplete,
+            40,
+            "ERROR_CODE_SPLIT_INCOMPLETE",
+        ),
     ];
     for (code, number, name) in expected {
         assert_eq!(code as i32, number, "{name}");
         assert_eq!(code.as_str_name(), name);
         assert_eq!(ErrorCode::try_from(number), Ok(code));
     }
-    assert!(
-        ErrorCode::try_from(28).is_err(),
-        "a new ErrorCode needs this test updated"
-    );
+    for unused in (28..40).chain(41..43) {
+        assert!(
+            ErrorCode::try_from(unused).is_err(),
+            "a new ErrorCode needs this test updated"
+        );
+    }
 }
 
 #[test]
@@ -619,6 +632,33 @@ fn pending_order_numbers_stay_put() {
         )),
     };
     assert_eq!(resolve.encode_to_vec().first(), Some(&0x32));
+}
+
+#[test]
+fn split_numbers_stay_put() {
+    // ExecTerms 30–31 and ExecutionResult 20 are the split positions' (SPEC.md §5.2 "Split").
+    let terms = ExecTerms {
+        split_max_lots: 1.0,
+        ..Default::default()
+    };
+    // Field 30, fixed64: tag varint (30 << 3) | 1 = 241 = 0xf1 0x01.
+    assert_eq!(terms.encode_to_vec()[..2], [0xf1, 0x01]);
+    let terms = ExecTerms {
+        split_min_lots: 1.0,
+        ..Default::default()
+    };
+    assert_eq!(terms.encode_to_vec()[..2], [0xf9, 0x01]);
+    let r = ExecutionResult {
+        legs: vec![SplitLeg {
+            ticket: 7,
+            volume: 1.0,
+        }],
+        ..Default::default()
+    };
+    // Field 20, length-delimited: (20 << 3) | 2 = 162 = 0xa2 0x01.
+    assert_eq!(r.encode_to_vec()[..2], [0xa2, 0x01]);
+    let back = ExecutionResult::decode(r.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(back.legs, r.legs);
 }
 
 #[test]

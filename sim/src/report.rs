@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use echo_statemachine::core::DeliveryStatus;
-use echo_statemachine::ea::slave::BrokerOutcome;
+use echo_statemachine::ea::slave::{leg_order_id, BrokerOutcome};
 use echo_statemachine::ids::{AccountId, CommandId};
 use echo_statemachine::msg::ErrorCode;
+use echo_statemachine::policy::sizing::MAX_SPLIT_LEGS;
 
 use crate::world::World;
 
@@ -73,10 +74,13 @@ impl Report {
                     let account = &w.slave_accounts()[s];
                     let cmd = CommandId::for_delivery(intent, account);
                     let placed = w.book.placed.get(&(s, cmd.clone())).copied().unwrap_or(0);
-                    let filled = matches!(
-                        w.broker_outcome(s, &cmd),
-                        Some(BrokerOutcome::Filled { .. })
-                    );
+                    // A split's legs are orders of their own: filled if any of them is.
+                    let filled = (0..MAX_SPLIT_LEGS as u32).any(|leg| {
+                        matches!(
+                            w.broker_outcome(s, &leg_order_id(&cmd, leg)),
+                            Some(BrokerOutcome::Filled { .. })
+                        )
+                    });
                     if !w.journal_has_intent(intent) {
                         if w.book.gave_up.contains(intent) {
                             *r.failed.entry("MASTER_GAVE_UP").or_insert(0) += 1;
@@ -125,7 +129,8 @@ impl Report {
                         Some((DeliveryStatus::Failed, reason)) => {
                             let reason = reason.map(reason_name).unwrap_or("NO_REASON");
                             *r.failed.entry(reason).or_insert(0) += 1;
-                            if filled {
+                            // A close of a split position that closed some legs, not all.
+                            if filled && reason != ErrorCode::SplitIncomplete.name() {
                                 r.inconsistent.push(format!("{cmd} FAILED ({reason}) in the journal but filled at the slave's broker"));
                             }
                         }

@@ -147,6 +147,7 @@ fn inputs(b: &Bench, from: usize, n: usize, pairs_across_chunks: bool) -> Vec<In
                     fill_price: 1.1,
                     filled_volume: 1.0,
                     status: BrokerStatus::Filled,
+                    legs: Vec::new(),
                 })
                 .collect();
             Input { intent, results }

@@ -313,6 +313,10 @@ pub enum ErrorCode {
     NoStopLoss,
     /// Copy policy (see [`crate::policy::SkipReason`]): The sizing mode needs an account or symbol fact nobody reported (master balance/equity, slave account or symbol info). Final.
     AccountFactsUnknown,
+    /// A command on a split position (or a split open) executed on some of its legs only: a
+    /// leg's order was rejected by the broker, or was in doubt after a crash and never placed
+    /// (SPEC.md §5.2 "Split"). The result names what the slave holds now. Final.
+    SplitIncomplete,
 }
 
 /// Fails to compile when a variant is added and not listed here: the reminder to add it to
@@ -346,7 +350,8 @@ fn all_codes_listed(c: ErrorCode) {
         | ErrorCode::MaxTotalLots
         | ErrorCode::InsufficientMargin
         | ErrorCode::NoStopLoss
-        | ErrorCode::AccountFactsUnknown => {}
+        | ErrorCode::AccountFactsUnknown
+        | ErrorCode::SplitIncomplete => {}
     }
 }
 
@@ -380,6 +385,7 @@ impl ErrorCode {
         ErrorCode::InsufficientMargin,
         ErrorCode::NoStopLoss,
         ErrorCode::AccountFactsUnknown,
+        ErrorCode::SplitIncomplete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -411,6 +417,7 @@ impl ErrorCode {
             ErrorCode::InsufficientMargin => "ERROR_CODE_INSUFFICIENT_MARGIN",
             ErrorCode::NoStopLoss => "ERROR_CODE_NO_STOP_LOSS",
             ErrorCode::AccountFactsUnknown => "ERROR_CODE_ACCOUNT_FACTS_UNKNOWN",
+            ErrorCode::SplitIncomplete => "ERROR_CODE_SPLIT_INCOMPLETE",
         }
     }
 
@@ -598,6 +605,14 @@ pub struct ExecTerms {
     pub max_open_positions: u32,
     /// Refuse `MAX_TOTAL_LOTS` when the open would take the slave above it (0 = no limit).
     pub max_total_lots: f64,
+    /// `sizing/above_max = split` (SPEC.md §5.2 "Split"): 0 = one order (a volume above the
+    /// maximum is capped). Otherwise the open may be placed as several orders ("legs"), each
+    /// at most this many lots: a core-sized (`Final`) volume is split with this maximum and
+    /// [`ExecTerms::split_min_lots`] (the subscription's `limits/*` it was sized with); a
+    /// slave-sized one with the slave's own reported symbol limits.
+    pub split_max_lots: f64,
+    /// The minimum lots of one leg of a core-sized split (`limits/min_lots`).
+    pub split_min_lots: f64,
 }
 
 impl ExecTerms {
@@ -607,7 +622,13 @@ impl ExecTerms {
             && fin(self.master_amount)
             && fin(self.master_contract_size)
             && fin(self.max_total_lots)
+            && fin(self.split_max_lots)
+            && fin(self.split_min_lots)
             && (self.sizing == SlaveSizing::Final || self.sizing_value > 0.0)
+            // A core-sized split needs both limits of a leg.
+            && (self.split_max_lots == 0.0
+                || self.sizing != SlaveSizing::Final
+                || (self.split_min_lots > 0.0 && self.split_min_lots <= self.split_max_lots))
     }
 }
 
@@ -672,8 +693,20 @@ pub struct ExecutionResult {
     pub status: BrokerStatus,
     /// Why a `Rejected` open was never placed, when the slave EA's copy terms refused it
     /// (a policy reason: `PRICE_DEVIATION`, `MAX_OPEN_POSITIONS`, …); `None` for the broker's
-    /// own rejections.
+    /// own rejections. `SPLIT_INCOMPLETE`: a split's legs executed only in part.
     pub reason: Option<ErrorCode>,
+    /// A split position (SPEC.md §5.2 "Split"): its legs after this command, each its own
+    /// broker ticket and lots (`slave_ticket` is then the position's id, the first leg's
+    /// ticket, and `filled_volume` the total of what the command opened or closed). Empty for
+    /// a position that is one order, and for a split position the command closed in full.
+    pub legs: Vec<Leg>,
+}
+
+/// One order ("leg") of a split position at the slave's broker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Leg {
+    pub ticket: i64,
+    pub volume: f64,
 }
 
 /// The live delivery configuration, pushed core → agent → master EA.

@@ -62,6 +62,9 @@ pub enum Mutant {
     /// slave EA: eviction also forgets an unfinished command (written ahead, at the broker or
     /// recording), so its redelivery is taken as new.
     SlaveEvictsUnfinished,
+    /// slave EA: a close of a split position closes one leg only (and reports the position
+    /// closed in full); a partial close takes its share from one leg only.
+    SplitCloseFirstLegOnly,
 }
 
 impl Mutant {
@@ -87,6 +90,7 @@ impl Mutant {
         Mutant::TriggerIgnoresFill,
         Mutant::SlaveEvictsYoung,
         Mutant::SlaveEvictsUnfinished,
+        Mutant::SplitCloseFirstLegOnly,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Mutant {
             Mutant::TriggerIgnoresFill => "trigger-ignores-fill",
             Mutant::SlaveEvictsYoung => "slave-evicts-young",
             Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
+            Mutant::SplitCloseFirstLegOnly => "split-close-first-leg-only",
         }
     }
 

@@ -122,6 +122,7 @@ fn result(id: &str, slave: &str) -> ExecutionResult {
         fill_price: 1.1,
         filled_volume: 1.0,
         status: BrokerStatus::Filled,
+        legs: Vec::new(),
     }
 }
 

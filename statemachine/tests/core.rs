@@ -55,6 +55,7 @@ scenarios!(
     partial_close_without_its_fraction_is_refused,
     pending_order_lifecycle_and_ticket_correlation,
     pending_orders_of_a_skipped_placement_and_after_restart,
+    split_opens_carry_their_limits_and_incomplete_splits_are_explicit,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -1155,6 +1156,7 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
         filled_volume: 0.0,
         status: BrokerStatus::Rejected,
         reason: Some(ErrorCode::PriceDeviation),
+        legs: Vec::new(),
     };
     h.msg("B", AgentToCore::ExecutionResult(refused.clone()));
     assert!(h.writes().iter().any(|w| matches!(
@@ -1520,4 +1522,88 @@ fn stage_acks_are_journaled_only_when_configured() {
             }
         )));
     }
+}
+
+/// `sizing/above_max = split` (SPEC.md §5.2 "Split"): a core-sized open above the slave's
+/// maximum is sent with its total and the per-order limits for the slave EA to split; a
+/// placement is capped (one ticket). A split that filled in part is ACKED and counted (T34);
+/// a close that left legs open ends FAILED SPLIT_INCOMPLETE with the ticket kept (T33).
+fn split_opens_carry_their_limits_and_incomplete_splits_are_explicit() -> Vec<&'static str> {
+    let mut c = cfg();
+    let p = &mut c.subscriptions[0].policy;
+    p.set("m1", "s1", "sizing/above_max", "split").unwrap();
+    p.set("m1", "s1", "limits/max_lots", "0.4").unwrap();
+    p.validate("m1", "s1").expect("split is a valid setting");
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let cmds = h.accept(intent("i1", "t1", IntentKind::Open, 1));
+    let CommandBody::Execute { volume, terms, .. } = to_slave(&cmds, "s1") else {
+        panic!("an open for s1: {cmds:?}")
+    };
+    assert_eq!(volume, 1.0, "0.5 × 2: the whole volume, not capped");
+    assert_eq!((terms.split_max_lots, terms.split_min_lots), (0.4, 0.01));
+    let CommandBody::Execute { terms, .. } = to_slave(&cmds, "s2") else {
+        panic!("an open for s2: {cmds:?}")
+    };
+    assert_eq!(terms.split_max_lots, 0.0, "s2 caps");
+    let mut r = ExecutionResult {
+        command_id: cmd_id("i1", "s1"),
+        trade_id: TradeId::new("t1"),
+        slave: AccountId::new("s1"),
+        slave_ticket: 70,
+        fill_price: 1.1,
+        filled_volume: 0.8,
+        status: BrokerStatus::Filled,
+        reason: Some(ErrorCode::SplitIncomplete),
+        legs: vec![
+            echo_statemachine::msg::Leg {
+                ticket: 70,
+                volume: 0.4,
+            },
+            echo_statemachine::msg::Leg {
+                ticket: 71,
+                volume: 0.4,
+            },
+        ],
+    };
+    h.msg("B", AgentToCore::ExecutionResult(r.clone()));
+    assert!(h.has_fired("core.delivery.T34"));
+    h.journal_ok_all();
+    assert_eq!(h.core.metrics().split_incomplete_total, 1);
+    let cmds = h.accept(intent("i2", "t1", IntentKind::Close, 2));
+    assert_eq!(
+        to_slave(&cmds, "s1"),
+        CommandBody::Close {
+            slave_ticket: 70,
+            volume: 0.0
+        }
+    );
+    r.command_id = cmd_id("i2", "s1");
+    r.status = BrokerStatus::Rejected;
+    r.filled_volume = 0.4;
+    r.legs.truncate(1);
+    h.msg("B", AgentToCore::ExecutionResult(r));
+    assert!(h.has_fired("core.delivery.T33"));
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::SplitIncomplete),
+            ..
+        }
+    )));
+    assert_eq!(h.core.metrics().split_incomplete_total, 2);
+    assert_eq!(
+        h.core.metrics().copy_skipped_total.values().sum::<u64>(),
+        0,
+        "not a copy-policy skip"
+    );
+    // A pending placement is one ticket: capped at the maximum, no split terms.
+    let cmds = h.accept(intent("p1", "t2", IntentKind::PlaceLimit, 3));
+    let CommandBody::PlacePending { volume, terms, .. } = to_slave(&cmds, "s1") else {
+        panic!("a placement for s1: {cmds:?}")
+    };
+    assert_eq!((volume, terms.split_max_lots), (0.4, 0.0));
+    h.fired
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::ea::slave::{
-    BrokerOutcome, DurableRow, ExecutedRecord, Fact, OpId, Output, PersistError, SlaveConfig,
-    SlaveExecutor, SPEC, T,
+    leg_order_id, BrokerOutcome, DurableRow, ExecutedRecord, Fact, OpId, Output, PersistError,
+    SlaveConfig, SlaveExecutor, SPEC, T,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
@@ -27,6 +27,24 @@ const ME: &str = "s1";
 fn execute(volume: f64) -> CommandBody {
     CommandBody::Execute {
         terms: Default::default(),
+        symbol: Symbol::new("EURUSD"),
+        side: Side::Buy,
+        volume,
+        price: 1.1,
+        stop_loss: 0.0,
+        take_profit: 0.0,
+    }
+}
+
+/// A core-sized open of `volume` lots that may be split into legs of at most `max` lots
+/// (minimum `min`).
+fn split_execute(volume: f64, max: f64, min: f64) -> CommandBody {
+    CommandBody::Execute {
+        terms: echo_statemachine::msg::ExecTerms {
+            split_max_lots: max,
+            split_min_lots: min,
+            ..Default::default()
+        },
         symbol: Symbol::new("EURUSD"),
         side: Side::Buy,
         volume,
@@ -496,6 +514,7 @@ fn s14_broker_answer_is_recorded_before_it_is_reported() -> Vec<&'static str> {
             fill_price: 1.1,
             filled_volume: 2.0,
             status: BrokerStatus::Filled,
+            legs: Vec::new(),
         }
     );
     h.persist(op, Ok(()));
@@ -627,6 +646,7 @@ fn s21_recovered_results_dedupe_and_restore_positions() -> Vec<&'static str> {
         fill_price: 1.1,
         filled_volume: 2.0,
         status: BrokerStatus::Filled,
+        legs: Vec::new(),
     };
     let durable = vec![
         ExecutedRecord {
@@ -733,6 +753,7 @@ fn cancelled(c: &Command) -> ExecutionResult {
         fill_price: 0.0,
         filled_volume: 0.0,
         status: BrokerStatus::Cancelled,
+        legs: Vec::new(),
     }
 }
 
@@ -1026,6 +1047,7 @@ fn s26_close_of_a_position_closed_in_full_is_already_done() -> Vec<&'static str>
                 filled_volume: 0.05,
                 status: BrokerStatus::Filled,
                 reason: None,
+                legs: Vec::new(),
             }),
         },
         ExecutedRecord {
@@ -1069,6 +1091,7 @@ fn a_crash_between_partial_and_close_keeps_tickets_and_fraction() {
                 filled_volume: 0.5,
                 status: BrokerStatus::Filled,
                 reason: None,
+                legs: Vec::new(),
             }),
         },
         ExecutedRecord {
@@ -1541,6 +1564,7 @@ fn s40_a_positions_row_restores_positions_apart_from_the_records() -> Vec<&'stat
             filled_volume: 0.5,
             status: BrokerStatus::Filled,
             reason: None,
+            legs: Vec::new(),
         }),
     }));
     let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(4), later));
@@ -1556,6 +1580,321 @@ fn s40_a_positions_row_restores_positions_apart_from_the_records() -> Vec<&'stat
     let mut fired = h.fired;
     fired.extend(r.fired);
     fired
+}
+
+// ---------------------------------------------------------------- split positions (T41–T46)
+
+/// `(leg, order id, body)` of every `PlaceLeg` among `outs`.
+fn legs_placed(outs: &[Output]) -> Vec<(u32, String, CommandBody)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::PlaceLeg {
+                leg,
+                order_id,
+                body,
+                ..
+            } => Some((*leg, order_id.to_string(), body.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(leg, order id)` of every `QueryLeg` among `outs`.
+fn legs_queried(outs: &[Output]) -> Vec<(u32, String)> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::QueryLeg { leg, order_id, .. } => Some((*leg, order_id.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn lots_of(body: &CommandBody) -> f64 {
+    match body {
+        CommandBody::Execute { volume, .. } | CommandBody::Close { volume, .. } => *volume,
+        _ => f64::NAN,
+    }
+}
+
+fn leg(ticket: i64, volume: f64) -> echo_statemachine::msg::Leg {
+    echo_statemachine::msg::Leg { ticket, volume }
+}
+
+impl H {
+    fn leg(&mut self, id: &str, leg: u32, o: BrokerOutcome) -> Vec<Output> {
+        self.s
+            .handle_leg_result(self.now, CommandId::new(id), leg, o);
+        self.drain()
+    }
+}
+
+fn rejected_by_broker() -> BrokerOutcome {
+    BrokerOutcome::Rejected {
+        reason: "market closed".into(),
+    }
+}
+
+/// A core-sized open of 2.5 lots on a broker taking at most 1 lot an order: three legs
+/// (1.0, 1.0, 0.5), each placed once the one before it filled, each under its own order id;
+/// one position (ticket 100, the first leg's) of 2.5 lots made of the three.
+fn split_open_of_three(h: &mut H) -> Vec<Output> {
+    h.open();
+    let outs = h.placed(cmd("o", split_execute(2.5, 1.0, 0.1)));
+    assert_eq!(fired(&outs), vec![id(T::Place), id(T::SplitOpen)]);
+    assert!(
+        places(&outs).is_empty(),
+        "a split open is placed leg by leg"
+    );
+    let l = legs_placed(&outs);
+    assert_eq!((l[0].0, l[0].1.as_str(), lots_of(&l[0].2)), (0, "o", 1.0));
+    let outs = h.leg("o", 0, filled(100, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::LegAnswered)]);
+    let l = legs_placed(&outs);
+    assert_eq!((l[0].0, l[0].1.as_str(), lots_of(&l[0].2)), (1, "o#1", 1.0));
+    let outs = h.leg("o", 1, filled(101, 1.0));
+    let l = legs_placed(&outs);
+    assert_eq!((l[0].0, l[0].1.as_str(), lots_of(&l[0].2)), (2, "o#2", 0.5));
+    let outs = h.leg("o", 2, filled(102, 0.5));
+    assert_eq!(fired(&outs), vec![id(T::LegsDone)]);
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.slave_ticket, r.filled_volume, r.reason),
+        (BrokerStatus::Filled, 100, 2.5, None)
+    );
+    assert_eq!(r.legs, vec![leg(100, 1.0), leg(101, 1.0), leg(102, 0.5)]);
+    let outs = h.persist(op, Ok(()));
+    assert_eq!(results(&outs), vec![r]);
+    assert_eq!(h.s.open_volume(100), Some(2.5));
+    assert_eq!(
+        h.s.position_legs(100),
+        Some(&[(100, 1.0), (101, 1.0), (102, 0.5)][..])
+    );
+    // A repeat is answered from the record: no leg is placed again.
+    let outs = h.command(cmd("o", split_execute(2.5, 1.0, 0.1)));
+    assert!(legs_placed(&outs).is_empty() && places(&outs).is_empty());
+    assert_eq!(results(&outs)[0].legs.len(), 3);
+    outs
+}
+
+fn s41_a_split_open_places_its_legs_one_at_a_time() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    split_open_of_three(&mut h);
+    // At or below the maximum it is one order, exactly as without split.
+    let outs = h.placed(cmd("p", split_execute(1.0, 1.0, 0.1)));
+    assert_eq!(fired(&outs), vec![id(T::Place)]);
+    assert_eq!(places(&outs), vec!["p".to_string()]);
+    h.fired
+}
+
+fn s42_each_leg_follows_the_answer_of_the_one_before() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    split_open_of_three(&mut h);
+    // A modify reaches every leg, one broker step each, each step after the previous answer,
+    // even a rejected one.
+    let outs = h.placed(cmd("m", modify(100)));
+    assert_eq!(fired(&outs), vec![id(T::SplitSteps)]);
+    assert_eq!(legs_placed(&outs)[0].2, modify(100));
+    let outs = h.leg("m", 0, filled(100, 0.0));
+    assert_eq!(fired(&outs), vec![id(T::LegAnswered)]);
+    assert_eq!(legs_placed(&outs)[0].2, modify(101));
+    let outs = h.leg("m", 1, rejected_by_broker());
+    assert_eq!(legs_placed(&outs)[0].2, modify(102));
+    let outs = h.leg("m", 2, filled(102, 0.0));
+    let (_, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.reason, r.slave_ticket),
+        (BrokerStatus::Filled, Some(ErrorCode::SplitIncomplete), 100)
+    );
+    assert_eq!(r.legs.len(), 3, "a modify leaves the legs as they were");
+    h.fired
+}
+
+/// A split open whose second leg the broker rejects stops there: FILLED with the leg that
+/// filled, SPLIT_INCOMPLETE — a position of one order. A close of a split position whose
+/// one leg's close is rejected closes the others and reports REJECTED SPLIT_INCOMPLETE with
+/// the leg still held, so the core keeps the ticket and nothing is untracked.
+fn s43_the_last_leg_decides_the_result() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("o", split_execute(2.5, 1.0, 0.1)));
+    h.leg("o", 0, filled(100, 1.0));
+    let outs = h.leg("o", 1, rejected_by_broker());
+    assert_eq!(fired(&outs), vec![id(T::LegsDone)]);
+    assert!(
+        legs_placed(&outs).is_empty(),
+        "no leg after one that did not fill"
+    );
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.slave_ticket, r.filled_volume, r.reason),
+        (
+            BrokerStatus::Filled,
+            100,
+            1.0,
+            Some(ErrorCode::SplitIncomplete)
+        )
+    );
+    assert!(r.legs.is_empty(), "one leg filled: a position of one order");
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(100), Some(1.0));
+    assert_eq!(h.s.position_legs(100), None);
+
+    let mut h2 = H::new(8);
+    split_open_of_three(&mut h2);
+    let outs = h2.placed(cmd("c", close(100, 0.0)));
+    // Last leg first.
+    assert_eq!(legs_placed(&outs)[0].2, close(102, 0.0));
+    h2.leg("c", 0, filled(102, 0.5));
+    h2.leg("c", 1, rejected_by_broker());
+    let outs = h2.leg("c", 2, filled(100, 1.0));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.reason, r.slave_ticket, r.filled_volume),
+        (
+            BrokerStatus::Rejected,
+            Some(ErrorCode::SplitIncomplete),
+            100,
+            1.5
+        )
+    );
+    assert_eq!(r.legs, vec![leg(101, 1.0)]);
+    h2.persist(op, Ok(()));
+    assert_eq!(h2.s.open_volume(100), Some(1.0));
+    assert_eq!(h2.s.position_legs(100), Some(&[(101, 1.0)][..]));
+    let mut fired = h.fired;
+    fired.extend(h2.fired);
+    fired
+}
+
+/// Partial closes by fraction are resolved once against the position's total and taken from
+/// the legs (whole legs last-first, then a part of one); the final close takes what is left
+/// of every leg, and a later close of the position is already done.
+fn s44_a_split_position_is_closed_leg_by_leg() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    split_open_of_three(&mut h);
+    // The master closes 1.0 of its 2.0: half of 2.5 is 1.25 = the 0.5 leg + 0.75 of a 1.0 leg.
+    let outs = h.placed(cmd("p", close_part(100, 1.0, 2.0)));
+    assert_eq!(fired(&outs), vec![id(T::SplitSteps)]);
+    assert_eq!(legs_placed(&outs)[0].2, close(102, 0.0));
+    let outs = h.leg("p", 0, filled(102, 0.5));
+    assert_eq!(legs_placed(&outs)[0].2, close(101, 0.75));
+    // The broker moves what the part leaves to a new ticket (MT4).
+    let outs = h.leg("p", 1, filled(103, 0.75));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.reason, r.slave_ticket, r.filled_volume),
+        (BrokerStatus::Filled, None, 100, 1.25)
+    );
+    assert_eq!(r.legs, vec![leg(100, 1.0), leg(103, 0.25)]);
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(100), Some(1.25));
+    // A share below one step of the total is kept (T25), never taken from a leg.
+    let outs = h.placed(cmd("k", close_part(100, 0.001, 2.0)));
+    assert_eq!(fired(&outs), vec![id(T::KeepShare)]);
+    // The master's final close: every leg, last first.
+    let outs = h.placed(cmd("x", close(100, 0.0)));
+    assert_eq!(legs_placed(&outs)[0].2, close(103, 0.0));
+    let outs = h.leg("x", 0, filled(103, 0.25));
+    assert_eq!(legs_placed(&outs)[0].2, close(100, 0.0));
+    let outs = h.leg("x", 1, filled(100, 1.0));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (r.status, r.reason, r.filled_volume, r.legs.len()),
+        (BrokerStatus::Filled, None, 1.25, 0)
+    );
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.open_volume(100), None);
+    assert_eq!(h.s.metrics().split_positions, 0);
+    let outs = h.placed(cmd("y", close(100, 0.0)));
+    assert_eq!(fired(&outs), vec![id(T::AlreadyClosed)]);
+    h.fired
+}
+
+/// A crash mid-split: every leg in doubt is asked of the broker by its order id, in turn,
+/// and never placed again; the result is what the broker holds. The image of a split
+/// position recovers its legs (T40).
+fn s45_legs_in_doubt_are_asked_never_placed() -> Vec<&'static str> {
+    let open = cmd("o", split_execute(2.5, 1.0, 0.1));
+    let mut r = H::wrap(SlaveExecutor::recover(
+        config(8),
+        vec![ExecutedRecord {
+            command: open,
+            result: None,
+        }],
+    ));
+    assert_eq!(r.fired, vec![id(T::RecoveredSplitInDoubt)]);
+    r.open();
+    let outs = r.leg("o", 0, filled(100, 1.0));
+    assert_eq!(legs_queried(&outs), vec![(1, "o#1".to_string())]);
+    // Leg 1 never reached the broker: the split ends with what filled.
+    let outs = r.leg(
+        "o",
+        1,
+        BrokerOutcome::Rejected {
+            reason: "no order with this client order id".into(),
+        },
+    );
+    assert!(legs_placed(&outs).is_empty() && places(&outs).is_empty());
+    let (_, res) = executed_ops(&outs)[0].clone();
+    assert_eq!(
+        (res.status, res.slave_ticket, res.filled_volume, res.reason),
+        (
+            BrokerStatus::Filled,
+            100,
+            1.0,
+            Some(ErrorCode::SplitIncomplete)
+        )
+    );
+
+    // A close of a split position in doubt: its steps are planned again from the durable
+    // legs and asked about, one by one.
+    let mut h = H::new(8);
+    split_open_of_three(&mut h);
+    let image = h.s.durable_image().expect("nothing in flight");
+    assert!(image.iter().any(|row| matches!(
+        row,
+        DurableRow::Positions { split, .. }
+            if split == &vec![(100, vec![(100, 1.0), (101, 1.0), (102, 0.5)])]
+    )));
+    let mut file = image;
+    file.push(DurableRow::Record(ExecutedRecord {
+        command: cmd("x", close(100, 0.0)),
+        result: None,
+    }));
+    let mut r2 = H::wrap(SlaveExecutor::recover_rows(config(8), file));
+    assert!(r2.fired.contains(&id(T::RecoveredPositions)));
+    assert_eq!(r2.s.position_legs(100).map(<[_]>::len), Some(3));
+    let outs = r2.leg("x", 0, filled(102, 0.5));
+    assert_eq!(legs_queried(&outs), vec![(1, "x#1".to_string())]);
+    r2.leg("x", 1, filled(101, 1.0));
+    let outs = r2.leg("x", 2, filled(100, 1.0));
+    let (_, res) = executed_ops(&outs)[0].clone();
+    assert_eq!((res.status, res.filled_volume), (BrokerStatus::Filled, 2.5));
+    let mut fired = r.fired;
+    fired.extend(h.fired);
+    fired.extend(r2.fired);
+    fired
+}
+
+fn s46_a_leg_answer_out_of_turn_is_ignored() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    h.placed(cmd("o", split_execute(2.5, 1.0, 0.1)));
+    // Leg 1 before leg 0, an unknown command, a leg of a one-order command: ignored.
+    let outs = h.leg("o", 1, filled(101, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::LegIgnored)]);
+    let outs = h.leg("nope", 0, filled(1, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::LegIgnored)]);
+    h.placed(cmd("p", execute(1.0)));
+    let outs = h.leg("p", 0, filled(7, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::LegIgnored)]);
+    // And a plain broker answer for a split command is not a leg's.
+    let outs = h.broker("o", filled(100, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::BrokerIgnored)]);
+    let outs = h.leg("o", 0, filled(100, 1.0));
+    assert_eq!(fired(&outs), vec![id(T::LegAnswered)]);
+    assert_eq!(h.s.metrics().ignored_broker_results, 4);
+    h.fired
 }
 
 /// A scenario drives one machine through a story and returns every transition id it saw fire.
@@ -1660,6 +1999,18 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "ea.slave.T40",
         s40_a_positions_row_restores_positions_apart_from_the_records,
     ),
+    (
+        "ea.slave.T41",
+        s41_a_split_open_places_its_legs_one_at_a_time,
+    ),
+    (
+        "ea.slave.T42",
+        s42_each_leg_follows_the_answer_of_the_one_before,
+    ),
+    ("ea.slave.T43", s43_the_last_leg_decides_the_result),
+    ("ea.slave.T44", s44_a_split_position_is_closed_leg_by_leg),
+    ("ea.slave.T45", s45_legs_in_doubt_are_asked_never_placed),
+    ("ea.slave.T46", s46_a_leg_answer_out_of_turn_is_ignored),
 ];
 
 fn run(tid: &str) {
@@ -1669,6 +2020,13 @@ fn run(tid: &str) {
         .expect("scenario registered");
     let seen = f();
     assert!(seen.contains(&tid), "{tid} did not fire; saw {seen:?}");
+}
+
+#[test]
+fn t41_to_t46_split_positions() {
+    for t in 41..=46 {
+        run(&format!("ea.slave.T{t}"));
+    }
 }
 
 #[test]
@@ -1849,23 +2207,33 @@ fn spec_is_complete() {
 /// Command ids and bodies are fixed per id, as the core makes them: c0..c3 open (ticket
 /// 1000 + n when filled), c4 closes part of c0, c5 modifies c1, c6 closes a ticket that never
 /// existed, c7 is malformed, c8 is for another account.
+/// The model's commands: c0–c2 opens, c3 a split open (legs 1.5 + 1.5 + 1.0; the model's
+/// broker gives leg l of c3 the ticket 2030 + l, so the position is 2030), closes and modifies
+/// of single and split positions (c9 a partial close by fraction of the split one), then a
+/// malformed command and one for another account.
 fn pool(n: usize) -> Command {
     let (id, body) = match n {
-        0..=3 => (format!("c{n}"), execute(1.0 + n as f64)),
+        0..=2 => (format!("c{n}"), execute(1.0 + n as f64)),
+        3 => ("c3".into(), split_execute(4.0, 1.5, 0.5)),
         4 => ("c4".into(), close(1000, 0.5)),
         5 => ("c5".into(), modify(1001)),
         6 => ("c6".into(), close(1099, 0.0)),
-        7 => ("c7".into(), execute(-1.0)),
-        _ => ("c8".into(), execute(1.0)),
+        7 => ("c7".into(), modify(2030)),
+        8 => ("c8".into(), close(2030, 0.0)),
+        9 => ("c9".into(), close_part(2030, 1.0, 2.0)),
+        10 => ("c10".into(), execute(-1.0)),
+        _ => ("c11".into(), execute(1.0)),
     };
     let mut c = cmd(&id, body);
-    if n == 8 {
+    if n == 11 {
         c.slave = AccountId::new("s2");
     }
     c
 }
 
-const POOL: usize = 9;
+/// Pool entries below this are valid commands of this EA.
+const POOL_VALID: usize = 10;
+const POOL: usize = 12;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -1928,8 +2296,11 @@ struct Model {
     placed: BTreeMap<CommandId, u32>,
     /// What the broker did with each placed order (it survives EA crashes).
     broker: BTreeMap<CommandId, BrokerOutcome>,
-    /// Orders and queries of this life still waiting for the broker's answer.
-    waiting: Vec<CommandId>,
+    /// Orders and queries of this life still waiting for the broker's answer: the client
+    /// order id, and for a leg its command and index.
+    waiting: Vec<(CommandId, Option<(CommandId, u32)>)>,
+    /// Broker tickets → open lots (positions the model's broker holds).
+    held: BTreeMap<i64, f64>,
     /// Write-aheads reported durable to the machine (this life or an earlier one).
     reported_durable: BTreeSet<CommandId>,
     verdict: BTreeMap<CommandId, PipeStatus>,
@@ -1948,6 +2319,7 @@ impl Model {
             placed: BTreeMap::new(),
             broker: BTreeMap::new(),
             waiting: Vec::new(),
+            held: BTreeMap::new(),
             reported_durable: BTreeSet::new(),
             verdict: BTreeMap::new(),
         }
@@ -1997,7 +2369,7 @@ impl Model {
                     // Only a valid command of this EA is ever recorded as cancelled.
                     let n: usize = id.as_str()[1..].parse().expect("a pool id");
                     prop_assert!(
-                        n < 7,
+                        n < POOL_VALID,
                         "{} is malformed or foreign: refused, not cancelled",
                         id
                     );
@@ -2063,7 +2435,59 @@ impl Model {
                         }
                     };
                     self.broker.insert(command_id.clone(), outcome);
-                    self.waiting.push(command_id);
+                    self.waiting.push((command_id, None));
+                }
+                Output::PlaceLeg {
+                    command_id,
+                    leg,
+                    order_id,
+                    body,
+                } => {
+                    prop_assert_eq!(&order_id, &leg_order_id(&command_id, leg));
+                    let n = self.placed.entry(order_id.clone()).or_insert(0);
+                    *n += 1;
+                    prop_assert_eq!(*n, 1, "leg {} placed twice", order_id);
+                    prop_assert!(self.reported_durable.contains(&command_id));
+                    let rec = self.record(&command_id);
+                    prop_assert!(
+                        rec.is_some_and(|r| r.result.is_none()),
+                        "leg {} placed without a write-ahead in doubt",
+                        order_id
+                    );
+                    let outcome = match &body {
+                        CommandBody::Execute { volume, .. } => {
+                            self.held.insert(2030 + i64::from(leg), *volume);
+                            filled(2030 + i64::from(leg), *volume)
+                        }
+                        CommandBody::Modify { slave_ticket, .. } => filled(*slave_ticket, 0.0),
+                        CommandBody::Close {
+                            slave_ticket,
+                            volume,
+                        } => {
+                            let held = self.held.get(slave_ticket).copied().unwrap_or(0.0);
+                            let v = if *volume == 0.0 { held } else { *volume };
+                            filled(*slave_ticket, v)
+                        }
+                        other => {
+                            prop_assert!(false, "leg {} of an unexpected {:?}", order_id, other);
+                            continue;
+                        }
+                    };
+                    self.broker.insert(order_id.clone(), outcome);
+                    self.waiting.push((order_id, Some((command_id, leg))));
+                }
+                Output::QueryLeg {
+                    command_id,
+                    leg,
+                    order_id,
+                } => {
+                    prop_assert_eq!(&order_id, &leg_order_id(&command_id, leg));
+                    prop_assert!(
+                        self.record(&command_id).is_some_and(|r| r.result.is_none()),
+                        "query for leg {} which is not in doubt",
+                        order_id
+                    );
+                    self.waiting.push((order_id, Some((command_id, leg))));
                 }
                 Output::QueryOrder { command_id } => {
                     prop_assert!(
@@ -2071,7 +2495,7 @@ impl Model {
                         "query for {} which is not in doubt",
                         command_id
                     );
-                    self.waiting.push(command_id);
+                    self.waiting.push((command_id, None));
                 }
                 Output::ToAgent(EaToAgent::PipeAck(a)) => {
                     if a.status == PipeStatus::Ok {
@@ -2223,7 +2647,7 @@ impl Model {
                 if self.waiting.is_empty() {
                     return Ok(());
                 }
-                let id = self.waiting.remove(pick % self.waiting.len());
+                let (id, leg) = self.waiting.remove(pick % self.waiting.len());
                 let outcome = match self.broker.get(&id) {
                     Some(o) if fill => o.clone(),
                     Some(_) | None => BrokerOutcome::Rejected {
@@ -2234,7 +2658,12 @@ impl Model {
                     // A rejected order stays rejected when queried later.
                     self.broker.insert(id.clone(), outcome.clone());
                 }
-                self.s.handle_broker_result(self.now, id, outcome);
+                match leg {
+                    Some((command_id, leg)) => {
+                        self.s.handle_leg_result(self.now, command_id, leg, outcome)
+                    }
+                    None => self.s.handle_broker_result(self.now, id, outcome),
+                }
             }
             Op::Advance { ms } => {
                 self.now = Instant::from_millis(self.now.as_millis() + ms);
@@ -2399,6 +2828,7 @@ fn a_durable_image_recovers_the_same_executor() {
         open: vec![(12, 2.0)],
         pendings: vec![],
         closed: vec![11],
+        split: vec![],
     }));
     let mut r = H::wrap(SlaveExecutor::recover_rows(retaining(3), image.clone()));
     assert_eq!(
@@ -2439,6 +2869,7 @@ fn recovered_records_are_evicted_oldest_first_once_old_enough() {
                 filled_volume: 1.0,
                 status: BrokerStatus::Filled,
                 reason: None,
+                legs: Vec::new(),
             }),
         })
         .collect();

@@ -10,11 +10,11 @@ use echo_statemachine::msg::CloseFraction;
 use echo_statemachine::msg::{IntentKind, Side};
 use echo_statemachine::policy::catchup::{self, CatchUpPolicy};
 use echo_statemachine::policy::partial::{
-    fraction_limits, partial_close, slave_close, CloseDecision,
+    fraction_limits, partial_close, slave_close, take_from_legs, CloseDecision,
 };
 use echo_statemachine::policy::reverse::mirror;
 use echo_statemachine::policy::sizing::{
-    risk_budget, risk_of, size, AboveMax, BelowMin, SizingFacts, SizingMode, SizingPolicy,
+    risk_budget, risk_of, size, split, AboveMax, BelowMin, SizingFacts, SizingMode, SizingPolicy,
     MAX_SPLIT_LEGS,
 };
 use echo_statemachine::policy::stops::{slave_stops, StopsFacts, StopsMode};
@@ -460,7 +460,8 @@ use echo_statemachine::msg::{ExecTerms, MasterFacts, SlaveSizing, TradeIntent};
 use echo_statemachine::policy::deviation::deviation_points;
 use echo_statemachine::policy::subscription::{CopyPolicy, SizingKind};
 use echo_statemachine::policy::terms::{
-    decide_open, exec_terms, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
+    decide_open, exec_terms, open_legs, AccountFacts, OpenDecision, OpenOrder, SlaveView,
+    SymbolFacts,
 };
 
 fn slave_sizing() -> impl Strategy<Value = (SlaveSizing, f64)> {
@@ -482,6 +483,7 @@ prop_compose! {
         max_deviation_points in prop_oneof![Just(0u32), 1u32..100],
         max_open_positions in prop_oneof![Just(0u32), 1u32..10],
         max_total_lots in prop_oneof![Just(0.0), 0.01f64..50.0],
+        split in any::<bool>(),
     ) -> ExecTerms {
         ExecTerms {
             sizing,
@@ -494,6 +496,8 @@ prop_compose! {
             deviation_window_ms: 0,
             max_open_positions,
             max_total_lots,
+            split_max_lots: if split { 100.0 } else { 0.0 },
+            split_min_lots: if split { 0.01 } else { 0.0 },
         }
     }
 }
@@ -560,7 +564,16 @@ fn place_promises(t: &ExecTerms, o: &OpenOrder, view: &SlaveView, v: Volume) -> 
         let l = s.limits;
         if t.sizing != SlaveSizing::Final {
             let a = view.account.ok_or("slave-sized without account facts")?;
-            if !l.is_tradable(v) {
+            if t.split_max_lots > 0.0 {
+                // Split: every leg the EA places is tradable, and the legs are the volume.
+                let legs = open_legs(t, v, Some(&s));
+                if let Some(bad) = legs.iter().find(|leg| !l.is_tradable(**leg)) {
+                    return Err(format!("leg {bad:?} of {v:?} not tradable"));
+                }
+                if Volume(legs.iter().map(|x| x.0).sum()) != v {
+                    return Err(format!("legs {legs:?} do not sum to {v:?}"));
+                }
+            } else if !l.is_tradable(v) {
                 return Err(format!("{v:?} not tradable"));
             }
             let at_min = t.trade_min && v == l.min;
@@ -587,7 +600,12 @@ fn place_promises(t: &ExecTerms, o: &OpenOrder, view: &SlaveView, v: Volume) -> 
                     1.0
                 };
                 let want = o.volume * amount / t.master_amount * t.sizing_value * contract;
-                if v.lots() > want.min(l.max.lots()) * (1.0 + 1e-9) {
+                let cap = if t.split_max_lots > 0.0 {
+                    want
+                } else {
+                    want.min(l.max.lots())
+                };
+                if v.lots() > cap * (1.0 + 1e-9) {
                     return Err(format!("{v:?} above the ratio's {want}"));
                 }
             }
@@ -816,5 +834,112 @@ proptest! {
             (Err(a), Err(b)) => prop_assert_eq!(a, b, "same refusal"),
             (o, p) => prop_assert!(false, "open {:?} vs placement {:?}", o, p),
         }
+    }
+}
+
+// ---------------------------------------------------------------- split positions
+
+/// Limits on a step of `step` units: minimum `a` steps, maximum `b` steps.
+fn leg_limits(step: u64, a: u64, b: u64) -> SymbolLimits {
+    SymbolLimits {
+        min: Volume(step * a),
+        max: Volume(step * b),
+        step: Volume(step),
+        ..SymbolLimits::fx()
+    }
+}
+
+/// What every take of a leg must be: nothing, the whole leg, or a part on the step that is
+/// itself at least the minimum and leaves at least the minimum (no dust, never below zero).
+fn take_is_valid(leg: Volume, take: Volume, l: &SymbolLimits) -> Result<(), String> {
+    if take.is_zero() || take == leg {
+        return Ok(());
+    }
+    if take > leg {
+        return Err(format!("took {take:?} from a leg of {leg:?}"));
+    }
+    if !l.is_on_step(take) || take < l.min || leg.saturating_sub(take) < l.min {
+        return Err(format!(
+            "took {take:?} from {leg:?}: dust or off-step ({l:?})"
+        ));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+
+    /// A partial close of a split position (the legs `split` made) is resolved once against
+    /// its total and taken from the legs: never more than the decision, no leg left with dust
+    /// or below zero, every close order tradable — and exactly the decision whenever one leg
+    /// holds at least the decision plus the minimum.
+    #[test]
+    fn a_partial_close_of_split_legs_adds_up_exactly(
+        step in prop_oneof![Just(1_000_000u64), Just(100_000u64), 1u64..10_000_000],
+        a in 1u64..20,
+        extra in 0u64..400,
+        k_over in 1u64..2_000,
+        before in 1u64..1_000,
+        closed_frac in 1u64..1_000,
+    ) {
+        let b = a + extra;
+        let l = leg_limits(step, a, b);
+        prop_assume!(l.is_valid());
+        let total = Volume(step * (b + k_over));
+        let legs = split(total, &l);
+        let held = Volume(legs.iter().map(|v| v.0).sum());
+        prop_assert!(legs.iter().all(|v| l.is_tradable(*v)), "legs {:?}", legs);
+        let closed = closed_frac.min(before);
+        let decision = partial_close(Volume(before * 1_000_000), Volume(closed * 1_000_000), held, &l);
+        if let CloseDecision::Partial(x) = decision {
+            let takes = take_from_legs(&legs, x, &l);
+            let sum = Volume(takes.iter().map(|v| v.0).sum());
+            prop_assert!(sum <= x, "took {:?} for {:?}", sum, x);
+            if legs.iter().any(|leg| *leg >= x.saturating_add(l.min)) {
+                prop_assert_eq!(sum, x, "legs {:?} takes {:?}", legs, takes);
+            }
+            for (leg, take) in legs.iter().zip(&takes) {
+                take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
+            }
+        }
+    }
+
+    /// The case the simulator found: legs 1.0 + 0.4 (minimum 0.4) cannot give 0.7 exactly;
+    /// the close is rounded down to orders the broker takes, never dust.
+    #[test]
+    fn an_inexact_share_of_split_legs_is_rounded_down(_x in 0u8..1) {
+        let l = leg_limits(10_000_000, 4, 12);
+        let legs = split(Volume::from_lots(1.4).unwrap(), &l);
+        prop_assert_eq!(legs.clone(), vec![Volume::from_lots(1.0).unwrap(), Volume::from_lots(0.4).unwrap()]);
+        let takes = take_from_legs(&legs, Volume::from_lots(0.7).unwrap(), &l);
+        let sum = Volume(takes.iter().map(|v| v.0).sum());
+        prop_assert!(sum < Volume::from_lots(0.7).unwrap() && !sum.is_zero(), "{:?}", takes);
+        for (leg, take) in legs.iter().zip(&takes) {
+            take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
+        }
+    }
+
+    /// For any legs (each tradable) and any close: the takes never exceed it or a leg, never
+    /// leave dust, and are whole legs last-first before a part of one.
+    #[test]
+    fn taking_from_any_legs_never_leaves_dust(
+        step in 1u64..1_000_000,
+        a in 1u64..10,
+        legs_steps in prop::collection::vec(1u64..200, 1..12),
+        close_steps in 0u64..2_000,
+    ) {
+        let l = leg_limits(step, a, 1_000);
+        let legs: Vec<Volume> = legs_steps.iter().map(|n| Volume(step * (a + n))).collect();
+        let close = Volume(step * close_steps);
+        let takes = take_from_legs(&legs, close, &l);
+        prop_assert_eq!(takes.len(), legs.len());
+        let sum = Volume(takes.iter().map(|v| v.0).sum());
+        prop_assert!(sum <= close, "took {:?} for a close of {:?}", sum, close);
+        for (leg, take) in legs.iter().zip(&takes) {
+            take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
+        }
+        // A close of exactly the whole position takes every leg whole.
+        let all = Volume(legs.iter().map(|v| v.0).sum());
+        prop_assert_eq!(take_from_legs(&legs, all, &l), legs.clone());
     }
 }

@@ -630,13 +630,23 @@ mod tests {
             (p.deviation.max_points, p.filters.max_open_positions),
             (30, 5)
         );
-        // A setting the machines do not apply yet is refused, not silently ignored.
-        let e = build(&text(&[
+        // Split is wired (SPEC.md §5.2 "Split"); a limits pair that disagrees is refused.
+        let c = build(&text(&[
             ("/echo/subscriptions/m/s/multiplier", "2"),
             ("/echo/subscriptions/m/s/sizing/above_max", "split"),
         ]))
-        .expect_err("not wired");
-        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/sizing/above_max");
+        .expect("split is a valid setting");
+        assert_eq!(
+            c.subscriptions[0].policy.sizing.above_max,
+            echo_statemachine::policy::sizing::AboveMax::Split
+        );
+        let e = build(&text(&[
+            ("/echo/subscriptions/m/s/multiplier", "2"),
+            ("/echo/subscriptions/m/s/limits/min_lots", "5"),
+            ("/echo/subscriptions/m/s/limits/max_lots", "1"),
+        ]))
+        .expect_err("min above max");
+        assert_eq!(e[0].key(), "/echo/subscriptions/m/s/limits/min_lots");
         let t = super::super::file::parse_toml(
             "[subscriptions.m.s]\nmultiplier = 1.0\nreverse = true\n[subscriptions.m.s.filters]\ndirection = \"sell_only\"\n",
         )

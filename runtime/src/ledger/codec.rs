@@ -141,6 +141,11 @@ struct TermsV1 {
     max_open_positions: u32,
     #[serde(with = "bits")]
     max_total_lots: f64,
+    /// Added with split positions: absent reads as 0 (one order).
+    #[serde(default, with = "bits")]
+    split_max_lots: f64,
+    #[serde(default, with = "bits")]
+    split_min_lots: f64,
 }
 
 impl TermsV1 {
@@ -156,6 +161,8 @@ impl TermsV1 {
             deviation_window_ms: t.deviation_window_ms,
             max_open_positions: t.max_open_positions,
             max_total_lots: t.max_total_lots,
+            split_max_lots: t.split_max_lots,
+            split_min_lots: t.split_min_lots,
         })
     }
 
@@ -172,6 +179,8 @@ impl TermsV1 {
             deviation_window_ms: self.deviation_window_ms,
             max_open_positions: self.max_open_positions,
             max_total_lots: self.max_total_lots,
+            split_max_lots: self.split_max_lots,
+            split_min_lots: self.split_min_lots,
         })
     }
 }

@@ -12,8 +12,8 @@ use echo_statemachine::ids::{AccountId, AgentId, CommandId, IntentId, Symbol, Tr
 use echo_statemachine::msg::{
     AckResult, AckStage, AgentHello, AgentToCore, BrokerStatus, CloseFraction, Command, CommandAck,
     CommandBody, CoreHello, CoreToAgent, DeliveryHeartbeat, ErrorCode, ExecTerms, ExecutionResult,
-    IntentKind, MasterFacts, OrderType, PendingResolution, PendingType, Role, Side, SlaveSizing,
-    TradeIntent, TradeIntentAck,
+    IntentKind, Leg, MasterFacts, OrderType, PendingResolution, PendingType, Role, Side,
+    SlaveSizing, TradeIntent, TradeIntentAck,
 };
 
 /// Why a wire message could not become a machine message.
@@ -172,7 +172,7 @@ pub fn result_to_wire(r: AckResult) -> pb::AckResult {
 }
 
 /// Every machine error code and its wire value; one table keeps both directions in step.
-const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 27] = [
+const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 28] = [
     (ErrorCode::BrokerBusy, pb::ErrorCode::BrokerBusy),
     (ErrorCode::InvalidArgument, pb::ErrorCode::InvalidArgument),
     (ErrorCode::Unauthenticated, pb::ErrorCode::Unauthenticated),
@@ -218,6 +218,7 @@ const ERROR_CODES: [(ErrorCode, pb::ErrorCode); 27] = [
         ErrorCode::AccountFactsUnknown,
         pb::ErrorCode::AccountFactsUnknown,
     ),
+    (ErrorCode::SplitIncomplete, pb::ErrorCode::SplitIncomplete),
 ];
 
 /// `ERROR_CODE_UNSPECIFIED` (0) is "no error"; any other unknown value is refused.
@@ -665,6 +666,8 @@ pub fn terms_from_wire(w: pb::ExecTerms) -> Result<ExecTerms, WireError> {
         deviation_window_ms: w.deviation_window_ms,
         max_open_positions: w.max_open_positions,
         max_total_lots: w.max_total_lots,
+        split_max_lots: w.split_max_lots,
+        split_min_lots: w.split_min_lots,
     })
 }
 
@@ -680,14 +683,18 @@ pub fn terms_to_wire(t: &ExecTerms) -> pb::ExecTerms {
         deviation_window_ms: t.deviation_window_ms,
         max_open_positions: t.max_open_positions,
         max_total_lots: t.max_total_lots,
+        split_max_lots: t.split_max_lots,
+        split_min_lots: t.split_min_lots,
     }
 }
 
 pub fn execution_from_wire(w: pb::ExecutionResult) -> Result<ExecutionResult, WireError> {
-    // Only a copy-policy reason travels in the machine's result; the broker's own
-    // classification is implied by the status.
-    let reason = error_from_wire(w.error_code)?
-        .filter(|e| echo_statemachine::policy::SkipReason::from_error_code(*e).is_some());
+    // Only a copy-policy reason (or a split's SPLIT_INCOMPLETE) travels in the machine's
+    // result; the broker's own classification is implied by the status.
+    let reason = error_from_wire(w.error_code)?.filter(|e| {
+        *e == ErrorCode::SplitIncomplete
+            || echo_statemachine::policy::SkipReason::from_error_code(*e).is_some()
+    });
     Ok(ExecutionResult {
         reason,
         command_id: CommandId::new(&w.command_id),
@@ -697,6 +704,14 @@ pub fn execution_from_wire(w: pb::ExecutionResult) -> Result<ExecutionResult, Wi
         fill_price: w.fill_price,
         filled_volume: w.filled_volume,
         status: broker_status_from_wire(w.broker_status)?,
+        legs: w
+            .legs
+            .iter()
+            .map(|l| Leg {
+                ticket: l.ticket,
+                volume: l.volume,
+            })
+            .collect(),
     })
 }
 
@@ -712,6 +727,14 @@ pub fn execution_to_wire(m: &ExecutionResult) -> pb::ExecutionResult {
         broker_message: String::new(),
         executed_at_unix_ms: 0,
         error_code: error_to_wire(m.reason) as i32,
+        legs: m
+            .legs
+            .iter()
+            .map(|l| pb::SplitLeg {
+                ticket: l.ticket,
+                volume: l.volume,
+            })
+            .collect(),
     }
 }
 

@@ -14,8 +14,8 @@ use echo_statemachine::config::AgentDeliveryConfig;
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::{
     AckResult, AgentToEa, BrokerStatus, CloseFraction, Command, CommandBody, EaToAgent, ErrorCode,
-    ExecTerms, ExecutionResult, IntentKind, MasterFacts, OrderType, PendingResolution, PendingType,
-    PipeDeliveryAck, PipeStatus, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
+    ExecTerms, ExecutionResult, IntentKind, Leg, MasterFacts, OrderType, PendingResolution,
+    PendingType, PipeDeliveryAck, PipeStatus, Role, Side, SlaveSizing, TradeIntent, TradeIntentAck,
 };
 use serde_json::{Map, Value};
 
@@ -382,6 +382,42 @@ impl Line {
             .int("deviation_window_ms", t.deviation_window_ms)
             .int("max_open_positions", t.max_open_positions)
             .f64("max_total_lots", t.max_total_lots)
+            .split_terms(t)
+    }
+
+    /// `split_max_lots` / `split_min_lots` only when the open may be split (absent = one
+    /// order), so frames without a split read exactly as before and a legacy EA ignores them.
+    fn split_terms(self, t: &ExecTerms) -> Self {
+        if t.split_max_lots > 0.0 {
+            self.f64("split_max_lots", t.split_max_lots)
+                .f64("split_min_lots", t.split_min_lots)
+        } else {
+            self
+        }
+    }
+
+    /// `legs` of a split position's result, `[[ticket, lots], …]`, only when it has legs.
+    fn legs(mut self, legs: &[Leg]) -> Self {
+        if legs.is_empty() {
+            return self;
+        }
+        self.key("legs");
+        self.out.push('[');
+        for (i, l) in legs.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push('[');
+            self.out.push_str(&l.ticket.to_string());
+            self.out.push(',');
+            match serde_json::Number::from_f64(l.volume) {
+                Some(n) => self.out.push_str(&n.to_string()),
+                None => self.out.push_str("null"),
+            }
+            self.out.push(']');
+        }
+        self.out.push(']');
+        self
     }
 
     fn int(mut self, k: &str, v: impl fmt::Display) -> Self {
@@ -598,6 +634,7 @@ pub fn encode_ea(frame: &EaFrame) -> String {
             .f64("filled_volume", r.filled_volume)
             .str("status", broker_status_str(r.status))
             .opt_str("reason", r.reason.map(error_code_str))
+            .legs(&r.legs)
             .finish(),
         EaFrame::Error(e) => error_line(e),
     }
@@ -808,6 +845,8 @@ fn decode_terms(f: &Fields) -> R<ExecTerms> {
         deviation_window_ms: f.or("deviation_window_ms", 0, Fields::u32)?,
         max_open_positions: f.or("max_open_positions", 0, Fields::u32)?,
         max_total_lots: f.or("max_total_lots", 0.0, Fields::f64)?,
+        split_max_lots: f.or("split_max_lots", 0.0, Fields::f64)?,
+        split_min_lots: f.or("split_min_lots", 0.0, Fields::f64)?,
     })
 }
 
@@ -962,7 +1001,37 @@ fn decode_execution(f: &Fields) -> R<ExecutionResult> {
         fill_price: f.f64("fill_price")?,
         filled_volume: f.f64("filled_volume")?,
         status: f.spelled("status", parse_broker_status, BROKER_STATUSES)?,
+        legs: decode_legs(f)?,
     })
+}
+
+/// `legs`: absent or null = none; else `[[ticket, lots], …]` with an integer ticket and a
+/// finite number of lots.
+fn decode_legs(f: &Fields) -> R<Vec<Leg>> {
+    let bad = DecodeErrorKind::BadField {
+        field: "legs",
+        expected: "an array of [ticket, lots] pairs",
+    };
+    let items = match f.map.get("legs") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(bad),
+    };
+    items
+        .iter()
+        .map(|p| {
+            match (
+                p.get(0).and_then(Value::as_i64),
+                p.get(1).and_then(Value::as_f64),
+                p.as_array().map(Vec::len),
+            ) {
+                (Some(ticket), Some(volume), Some(2)) if volume.is_finite() => {
+                    Ok(Leg { ticket, volume })
+                }
+                _ => Err(bad.clone()),
+            }
+        })
+        .collect()
 }
 
 fn decode_handshake(f: &Fields) -> R<AgentToEa> {
@@ -1191,6 +1260,25 @@ pub fn execution_value(r: &ExecutionResult) -> Value {
         // A refusal by the copy terms keeps its reason across a restart of the terminal.
         "reason": r.reason.map(error_code_str),
     })
+    .with_legs(&r.legs)
+}
+
+/// A split position's legs as a result's field (absent when it has none).
+trait WithLegs {
+    fn with_legs(self, legs: &[Leg]) -> Self;
+}
+
+impl WithLegs for Value {
+    fn with_legs(mut self, legs: &[Leg]) -> Value {
+        if let (Value::Object(m), false) = (&mut self, legs.is_empty()) {
+            let legs: Vec<Value> = legs
+                .iter()
+                .map(|l| serde_json::json!([l.ticket, l.volume]))
+                .collect();
+            m.insert("legs".into(), Value::Array(legs));
+        }
+        self
+    }
 }
 
 /// The wire spelling of an intent kind (`OPEN`, `MODIFY`, `PARTIAL_CLOSE`, `CLOSE`).
@@ -1236,6 +1324,10 @@ impl WithTerms for Value {
             });
             if let Value::Object(t) = terms {
                 m.extend(t);
+            }
+            if t.split_max_lots > 0.0 {
+                m.insert("split_max_lots".into(), t.split_max_lots.into());
+                m.insert("split_min_lots".into(), t.split_min_lots.into());
             }
         }
         self

@@ -114,6 +114,9 @@ pub struct TerminalArgs {
     pub max_executed_retained: usize,
     /// Its age floor (`SlaveConfig::min_retained_ms`).
     pub min_retained_ms: u64,
+    /// The simulated broker's maximum lots per order (reported as the symbol's maximum; an
+    /// order above it is rejected, so a larger copy needs `sizing/above_max = split`).
+    pub max_lots: f64,
 }
 
 /// A bad command line.
@@ -160,6 +163,7 @@ impl TerminalArgs {
         let mut price_drift_points: u32 = 0;
         let mut max_executed_retained: usize = echo_statemachine::ea::slave::MAX_EXECUTED_RETAINED;
         let mut min_retained_ms: u64 = echo_statemachine::ea::slave::MIN_RETAINED_MS;
+        let mut max_lots: f64 = 100.0;
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
             match flag.as_str() {
@@ -204,6 +208,7 @@ impl TerminalArgs {
                 "--price-drift-points" => price_drift_points = num(&flag, it.next())?,
                 "--max-executed-retained" => max_executed_retained = num(&flag, it.next())?,
                 "--min-retained-ms" => min_retained_ms = num(&flag, it.next())?,
+                "--max-lots" => max_lots = num(&flag, it.next())?,
                 "-h" | "--help" => return Err(ArgsError("help requested".into())),
                 other => return Err(ArgsError(format!("unknown option {other:?}"))),
             }
@@ -229,6 +234,13 @@ impl TerminalArgs {
         if partials > 49 {
             return Err(ArgsError(format!(
                 "--partials must be at most 49, got {partials}"
+            )));
+        }
+        // On the FX step (0.01) and at least the FX minimum.
+        let on_step = (max_lots * 100.0 - (max_lots * 100.0).round()).abs() < 1e-6;
+        if !(max_lots.is_finite() && (0.01..=100_000.0).contains(&max_lots) && on_step) {
+            return Err(ArgsError(format!(
+                "--max-lots must be a multiple of 0.01 in 0.01..=100000, got {max_lots}"
             )));
         }
         if max_executed_retained == 0 {
@@ -273,6 +285,7 @@ impl TerminalArgs {
             price_drift_points,
             max_executed_retained,
             min_retained_ms,
+            max_lots,
         })
     }
 }

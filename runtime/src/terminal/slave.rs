@@ -23,7 +23,7 @@ use echo_statemachine::ea::slave::{
 use echo_statemachine::ids::{stable_hash, CommandId, Symbol};
 use echo_statemachine::msg::{AgentToEa, Command, CommandBody, PendingResolution, Side};
 use echo_statemachine::policy::terms::{AccountFacts, SymbolFacts};
-use echo_statemachine::policy::SymbolLimits;
+use echo_statemachine::policy::{SymbolLimits, Volume};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -156,10 +156,40 @@ pub fn read_commands_file(
                     .iter()
                     .map(|t| t.as_i64().ok_or_else(bad))
                     .collect::<Result<Vec<_>, _>>()?;
+                // The legs of split positions, `[[id, [[ticket, lots], …]], …]`; absent in
+                // rows written before split positions existed (none were held then).
+                let split = match row.get("split") {
+                    None => Vec::new(),
+                    Some(v) => v
+                        .as_array()
+                        .ok_or_else(bad)?
+                        .iter()
+                        .map(|p| {
+                            let id = p.get(0).and_then(Value::as_i64).ok_or_else(bad)?;
+                            let legs = p
+                                .get(1)
+                                .and_then(Value::as_array)
+                                .ok_or_else(bad)?
+                                .iter()
+                                .map(|l| {
+                                    match (
+                                        l.get(0).and_then(Value::as_i64),
+                                        l.get(1).and_then(Value::as_f64),
+                                    ) {
+                                        (Some(t), Some(v)) if v.is_finite() => Ok((t, v)),
+                                        _ => Err(bad()),
+                                    }
+                                })
+                                .collect::<Result<Vec<_>, _>>()?;
+                            Ok((id, legs))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?,
+                };
                 records.push(DurableRow::Positions {
                     open,
                     pendings,
                     closed,
+                    split,
                 });
             }
             _ => return Err(corrupt("row without a known op".into())),
@@ -196,12 +226,28 @@ pub fn compact_line(row: &DurableRow) -> String {
             open,
             pendings,
             closed,
-        } => line(&json!({
-            "op": "positions",
-            "open": open.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
-            "pendings": pendings.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
-            "closed": closed,
-        })),
+            split,
+        } => {
+            let mut row = json!({
+                "op": "positions",
+                "open": open.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+                "pendings": pendings.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+                "closed": closed,
+            });
+            if let (false, Some(m)) = (split.is_empty(), row.as_object_mut()) {
+                let split: Vec<Value> = split
+                    .iter()
+                    .map(|(id, legs)| {
+                        json!([
+                            id,
+                            legs.iter().map(|(t, v)| json!([t, v])).collect::<Vec<_>>()
+                        ])
+                    })
+                    .collect();
+                m.insert("split".into(), Value::Array(split));
+            }
+            line(&row)
+        }
     }
 }
 
@@ -230,6 +276,8 @@ struct Broker {
     next_ticket: i64,
     reject_rate: f64,
     seed: u64,
+    /// Most lots one order may open (`--max-lots`): above it the order is rejected.
+    max_lots: f64,
 }
 
 impl Broker {
@@ -244,6 +292,7 @@ impl Broker {
             next_ticket: 500_001,
             reject_rate: args.reject_rate,
             seed: args.seed,
+            max_lots: args.max_lots,
         };
         for row in &rows {
             let id = row.get("command_id").and_then(Value::as_str).unwrap_or("");
@@ -326,6 +375,11 @@ impl Broker {
             }
         } else {
             match &c.body {
+                CommandBody::Execute { volume, .. } if *volume > self.max_lots + 1e-9 => {
+                    BrokerOutcome::Rejected {
+                        reason: "volume above the maximum per order".into(),
+                    }
+                }
                 CommandBody::Execute { volume, price, .. } => {
                     let ticket = self.next_ticket;
                     self.next_ticket += 1;
@@ -533,6 +587,14 @@ impl Broker {
     }
 }
 
+/// One order the executor placed: a command's (`leg` None: client order id = command id) or a
+/// leg of a split (its index and client order id).
+struct Order {
+    command_id: CommandId,
+    leg: Option<(u32, CommandId)>,
+    body: CommandBody,
+}
+
 struct Slave {
     args: TerminalArgs,
     clock: Clock,
@@ -547,7 +609,7 @@ struct Slave {
     compact_deferred_until: usize,
     /// Orders waiting for the simulated fill delay, in placement order, with the body the
     /// executor placed (a partial close arrives resolved to lots).
-    delayed: VecDeque<(tokio::time::Instant, (CommandId, CommandBody))>,
+    delayed: VecDeque<(tokio::time::Instant, Order)>,
     writer: Option<mpsc::Sender<EaFrame>>,
     /// symbol → (reference price: the last master fill seen, drift in points).
     prices: BTreeMap<Symbol, (f64, i64)>,
@@ -704,8 +766,9 @@ impl Slave {
         loop {
             let mut rows: Vec<String> = Vec::new();
             let mut ops = Vec::new();
-            let mut place: Vec<(CommandId, CommandBody)> = Vec::new();
-            let mut queries: Vec<CommandId> = Vec::new();
+            let mut place: Vec<Order> = Vec::new();
+            // (client order id, command id and leg of a split)
+            let mut queries: Vec<(CommandId, Option<(CommandId, u32)>)> = Vec::new();
             while let Some(out) = self.ex.poll() {
                 match out {
                     Output::Fired(f) => tracing::trace!(fired = ?f, "ea.slave"),
@@ -736,8 +799,27 @@ impl Slave {
                     }
                     // The executor may have sized an open or resolved a partial close itself:
                     // the broker executes its body, not the command as written.
-                    Output::PlaceOrder { command_id, body } => place.push((command_id, body)),
-                    Output::QueryOrder { command_id } => queries.push(command_id),
+                    Output::PlaceOrder { command_id, body } => place.push(Order {
+                        command_id,
+                        leg: None,
+                        body,
+                    }),
+                    Output::PlaceLeg {
+                        command_id,
+                        leg,
+                        order_id,
+                        body,
+                    } => place.push(Order {
+                        command_id,
+                        leg: Some((leg, order_id)),
+                        body,
+                    }),
+                    Output::QueryOrder { command_id } => queries.push((command_id, None)),
+                    Output::QueryLeg {
+                        command_id,
+                        leg,
+                        order_id,
+                    } => queries.push((order_id, Some((command_id, leg)))),
                 }
             }
             if ops.is_empty() && place.is_empty() && queries.is_empty() {
@@ -759,10 +841,15 @@ impl Slave {
                     self.ex.handle_persist_result(now, op, r);
                 }
             }
-            for id in queries {
+            for (id, leg) in queries {
                 let outcome = self.broker.query(&id);
-                tracing::info!(command_id = %id, outcome = ?outcome, "in-doubt command answered by the broker");
-                self.ex.handle_broker_result(now, id, outcome);
+                tracing::info!(order_id = %id, outcome = ?outcome, "in-doubt order answered by the broker");
+                match leg {
+                    Some((command_id, leg)) => {
+                        self.ex.handle_leg_result(now, command_id, leg, outcome)
+                    }
+                    None => self.ex.handle_broker_result(now, id, outcome),
+                }
             }
             if self.args.fill_delay.is_zero() {
                 self.fill(place);
@@ -819,7 +906,11 @@ impl Slave {
                 Fact::Symbol(
                     symbol.clone(),
                     SymbolFacts {
-                        limits: SymbolLimits::fx(),
+                        limits: SymbolLimits {
+                            max: Volume::from_lots(self.args.max_lots)
+                                .unwrap_or(SymbolLimits::fx().max),
+                            ..SymbolLimits::fx()
+                        },
                         margin_per_lot: MARGIN_PER_LOT,
                     },
                 ),
@@ -868,15 +959,20 @@ impl Slave {
     }
 
     /// The broker executes these orders: book rows fsynced first, then the answers fed back.
-    fn fill(&mut self, orders: Vec<(CommandId, CommandBody)>) {
+    fn fill(&mut self, orders: Vec<Order>) {
         if orders.is_empty() {
             return;
         }
         let mut rows = Vec::new();
         let mut answers = Vec::new();
-        for (id, body) in orders {
-            let Some(c) = self.commands.get(&id).cloned() else {
-                tracing::error!(command_id = %id, "PlaceOrder for a command not written ahead; not placed");
+        for Order {
+            command_id,
+            leg,
+            body,
+        } in orders
+        {
+            let Some(c) = self.commands.get(&command_id).cloned() else {
+                tracing::error!(command_id = %command_id, "PlaceOrder for a command not written ahead; not placed");
                 continue;
             };
             // The broker executes what the executor placed, not the command as written; opens
@@ -892,9 +988,18 @@ impl Slave {
                 }
                 _ => None,
             };
-            let (outcome, row) = self.broker.place(&Command { body, ..c }, fill);
+            // A leg is its own order at the broker, under its own client order id.
+            let order_id = leg
+                .as_ref()
+                .map_or_else(|| command_id.clone(), |(_, id)| id.clone());
+            let order = Command {
+                body,
+                command_id: order_id,
+                ..c
+            };
+            let (outcome, row) = self.broker.place(&order, fill);
             rows.push(row);
-            answers.push((id, outcome));
+            answers.push((command_id, leg.map(|(n, _)| n), outcome));
         }
         // The broker's book is the world's record: if it cannot be written the simulation is
         // broken, but the order did execute, so the answer still goes to the executor.
@@ -902,8 +1007,11 @@ impl Slave {
             tracing::error!(path = %self.broker.file.path().display(), error = %e, "broker book write failed");
         }
         let now = self.clock.now();
-        for (id, outcome) in answers {
-            self.ex.handle_broker_result(now, id, outcome);
+        for (id, leg, outcome) in answers {
+            match leg {
+                Some(leg) => self.ex.handle_leg_result(now, id, leg, outcome),
+                None => self.ex.handle_broker_result(now, id, outcome),
+            }
         }
     }
 }

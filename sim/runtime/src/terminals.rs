@@ -211,7 +211,9 @@ pub async fn run_slave(
     let durable: Vec<ExecutedRecord> = world.get().slave_file.values().cloned().collect();
     let mut x = SlaveExecutor::recover(SlaveConfig::new(account.as_str()), durable);
     let mut done: VecDeque<slave::OpId> = VecDeque::new();
-    let (broker_tx, mut broker_rx) = mpsc::unbounded_channel::<(CommandId, BrokerOutcome)>();
+    // (command id, leg of a split or None, the broker's answer)
+    let (broker_tx, mut broker_rx) =
+        mpsc::unbounded_channel::<(CommandId, Option<u32>, BrokerOutcome)>();
     if agent
         .send(AgentInput::PipeUp {
             account: account.clone(),
@@ -264,16 +266,37 @@ pub async fn run_slave(
                     done.push_back(op);
                 }
                 slave::Output::PlaceOrder { command_id, body } => {
-                    let outcome = broker(&mut world.get(), &command_id, Some(&body));
+                    let outcome = broker(&mut world.get(), &command_id, &command_id, Some(&body));
                     let tx = broker_tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(2)).await;
-                        let _ = tx.send((command_id, outcome));
+                        let _ = tx.send((command_id, None, outcome));
                     });
                 }
                 slave::Output::QueryOrder { command_id } => {
-                    let outcome = broker(&mut world.get(), &command_id, None);
-                    let _ = broker_tx.send((command_id, outcome));
+                    let outcome = broker(&mut world.get(), &command_id, &command_id, None);
+                    let _ = broker_tx.send((command_id, None, outcome));
+                }
+                slave::Output::PlaceLeg {
+                    command_id,
+                    leg,
+                    order_id,
+                    body,
+                } => {
+                    let outcome = broker(&mut world.get(), &order_id, &command_id, Some(&body));
+                    let tx = broker_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        let _ = tx.send((command_id, Some(leg), outcome));
+                    });
+                }
+                slave::Output::QueryLeg {
+                    command_id,
+                    leg,
+                    order_id,
+                } => {
+                    let outcome = broker(&mut world.get(), &order_id, &command_id, None);
+                    let _ = broker_tx.send((command_id, Some(leg), outcome));
                 }
                 slave::Output::Fired(_) => {}
             }
@@ -285,7 +308,10 @@ pub async fn run_slave(
         let deadline = x.poll_timeout().map(|d| clock.deadline(d));
         tokio::select! {
             biased;
-            Some((id, outcome)) = broker_rx.recv() => x.handle_broker_result(clock.now(), id, outcome),
+            Some((id, leg, outcome)) = broker_rx.recv() => match leg {
+                Some(leg) => x.handle_leg_result(clock.now(), id, leg, outcome),
+                None => x.handle_broker_result(clock.now(), id, outcome),
+            },
             msg = from_agent.recv() => match msg {
                 Some(msg) => x.handle_from_agent(clock.now(), msg),
                 None => return,
@@ -295,9 +321,15 @@ pub async fn run_slave(
     }
 }
 
-/// The broker: idempotent by client order id (the command id). `body: None` is a query.
-fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOutcome {
-    if let Some(o) = w.orders.iter().find(|o| &o.command.command_id == id) {
+/// The broker: idempotent by client order id (`id`: the command id, or a split leg's of
+/// command `command_id`). `body: None` is a query.
+fn broker(
+    w: &mut World,
+    id: &CommandId,
+    command_id: &CommandId,
+    body: Option<&CommandBody>,
+) -> BrokerOutcome {
+    if let Some(o) = w.orders.iter().find(|o| &o.order_id == id) {
         return BrokerOutcome::Filled {
             ticket: o.ticket,
             price: 1.1,
@@ -309,7 +341,7 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
             reason: "no such client order id".into(),
         };
     };
-    let Some(command) = w.slave_file.get(id).map(|r| r.command.clone()) else {
+    let Some(command) = w.slave_file.get(command_id).map(|r| r.command.clone()) else {
         return BrokerOutcome::Rejected {
             reason: "order without a write-ahead record".into(),
         };
@@ -329,6 +361,7 @@ fn broker(w: &mut World, id: &CommandId, body: Option<&CommandBody>) -> BrokerOu
     ));
     let filled = volume(body);
     w.orders.push(Order {
+        order_id: id.clone(),
         command,
         ticket,
         volume: filled,

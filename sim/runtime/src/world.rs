@@ -32,6 +32,8 @@ impl Shared {
 /// One order the broker took (the execution record the checkers read).
 #[derive(Clone, Debug)]
 pub struct Order {
+    /// The client order id: the command id, or a split leg's (`ea::slave::leg_order_id`).
+    pub order_id: CommandId,
     pub command: Command,
     pub ticket: i64,
     /// The lots the broker filled (a partial close's lots as the executor resolved them).

@@ -17,7 +17,7 @@ use echo_statemachine::msg::*;
 use echo_statemachine::policy::deviation::deviation_points;
 use echo_statemachine::policy::filters::glob;
 use echo_statemachine::policy::reverse::{mirror_pending, opposite};
-use echo_statemachine::policy::sizing::{risk_of, BelowMin};
+use echo_statemachine::policy::sizing::{risk_of, AboveMax, BelowMin};
 use echo_statemachine::policy::stops::StopsMode;
 use echo_statemachine::policy::subscription::SizingKind;
 use echo_statemachine::policy::{SkipReason, Volume};
@@ -140,6 +140,56 @@ impl World {
             return;
         }
         order.push(i.master_seq);
+    }
+
+    /// Slave `s` placed leg `leg` (client order id `order_id`) of `command_id`: never the
+    /// same leg twice (across crashes too); the first leg is the command's placement (order,
+    /// journal, copy terms); an open's every leg is within the slave's min / max / step. The
+    /// open volume of the trade when a partial close's first leg goes out is kept to judge
+    /// the close on the position's total (`check_split_result`).
+    pub(super) fn on_place_leg(
+        &mut self,
+        s: usize,
+        command_id: &CommandId,
+        leg: u32,
+        order_id: &CommandId,
+        body: &CommandBody,
+    ) {
+        if leg == 0 {
+            self.check_open_terms(s, command_id, body);
+            self.on_place_order(s, command_id);
+            let trade = self.trade_of(command_id);
+            let before: Vec<Volume> = self
+                .positions
+                .held
+                .range((s, i64::MIN)..=(s, i64::MAX))
+                .filter(|(_, h)| Some(&h.trade) == trade.as_ref())
+                .map(|(_, h)| h.open)
+                .collect();
+            self.positions
+                .split_before
+                .insert((s, command_id.clone()), before);
+        } else {
+            let n = self.book.placed.entry((s, order_id.clone())).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                let v = format!("slave-{s} placed leg {order_id} twice");
+                self.violation(v);
+            }
+        }
+        if let CommandBody::Execute { volume, .. } = body {
+            let l = self.slave_limits(s);
+            let v = Volume::from_lots(*volume).unwrap_or_default();
+            if !l.is_tradable(v) {
+                let v = format!(
+                    "slave-{s} placed leg {order_id} of {volume} lots outside min {} max {} step {}",
+                    l.min.lots(),
+                    l.max.lots(),
+                    l.step.lots()
+                );
+                self.violation(v);
+            }
+        }
     }
 
     /// Bookkeeping of a message from an agent at the moment the core receives it.
@@ -314,20 +364,21 @@ impl World {
                 ));
             }
         }
-        let held: Vec<f64> = self
-            .positions
-            .held
-            .range((s, i64::MIN)..=(s, i64::MAX))
-            .map(|(_, h)| h.open.lots())
-            .collect();
-        if terms.max_open_positions > 0 && held.len() + 1 > terms.max_open_positions as usize {
+        // Positions are trades: a split position's legs are one position.
+        let mut trades = BTreeSet::new();
+        let mut held_lots = Volume::ZERO;
+        for (_, h) in self.positions.held.range((s, i64::MIN)..=(s, i64::MAX)) {
+            trades.insert(h.trade.clone());
+            held_lots = held_lots.saturating_add(h.open);
+        }
+        if terms.max_open_positions > 0 && trades.len() + 1 > terms.max_open_positions as usize {
             bad.push(format!(
                 "a position beyond max_open_positions {} ({} held)",
                 terms.max_open_positions,
-                held.len()
+                trades.len()
             ));
         }
-        let total: f64 = held.iter().sum::<f64>() + v.lots();
+        let total: f64 = held_lots.lots() + v.lots();
         if terms.max_total_lots > 0.0 && total > terms.max_total_lots + 1e-9 {
             bad.push(format!(
                 "{total} lots beyond max_total_lots {}",
@@ -527,7 +578,15 @@ pub(super) fn policy_violations(
         IntentKind::Open | IntentKind::PlaceLimit | IntentKind::PlaceStop => {
             let l = &p.limits;
             let v = Volume::from_lots(d.volume).unwrap_or_default();
-            if !l.is_tradable(v) {
+            // A split open may be above the maximum: its legs are each within the limits
+            // (checked when placed). A pending order is one ticket: never above it.
+            let split = p.sizing.above_max == AboveMax::Split && intent.kind == IntentKind::Open;
+            let tradable = if split {
+                v >= l.min && l.is_on_step(v)
+            } else {
+                l.is_tradable(v)
+            };
+            if !tradable {
                 bad.push(format!(
                     "{who} volume {} outside min {} max {} step {}",
                     d.volume,

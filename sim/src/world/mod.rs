@@ -157,11 +157,14 @@ enum Ev {
         epoch: u64,
         ok: bool,
     },
+    /// A broker's answer to an order (or a query) with client order id `command_id`; for a
+    /// leg of a split, its command and index.
     Broker {
         slave: usize,
         epoch: u64,
         command_id: CommandId,
         body: Option<CommandBody>,
+        leg: Option<(CommandId, u32)>,
     },
     Restart {
         node: Node,
@@ -734,7 +737,8 @@ impl World {
                 epoch,
                 command_id,
                 body,
-            } => self.on_broker_answer(slave, epoch, command_id, body),
+                leg,
+            } => self.on_broker_answer(slave, epoch, command_id, body, leg),
             Ev::Restart { node } => self.restart(node),
             Ev::Reconnect { agent } => self.on_reconnect(agent),
             Ev::Reopen { ea } => self.on_reopen(ea),

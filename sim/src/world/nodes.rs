@@ -371,7 +371,7 @@ impl World {
                 self.on_place_order(s, &command_id);
                 // The broker takes the order the moment it is sent; only its answer
                 // travels back with latency (and is lost if the EA crashes meanwhile).
-                self.broker(s, &command_id, Some(&body));
+                self.broker(s, &command_id, &command_id, Some(&body), false);
                 let d = self.cfg.broker_latency + self.slave_slow[s];
                 self.at(
                     d,
@@ -380,6 +380,43 @@ impl World {
                         epoch,
                         command_id,
                         body: Some(body),
+                        leg: None,
+                    },
+                );
+            }
+            slave::Output::PlaceLeg {
+                command_id,
+                leg,
+                order_id,
+                body,
+            } => {
+                self.on_place_leg(s, &command_id, leg, &order_id, &body);
+                self.broker(s, &order_id, &command_id, Some(&body), true);
+                let d = self.cfg.broker_latency + self.slave_slow[s];
+                self.at(
+                    d,
+                    Ev::Broker {
+                        slave: s,
+                        epoch,
+                        command_id: order_id,
+                        body: Some(body),
+                        leg: Some((command_id, leg)),
+                    },
+                );
+            }
+            slave::Output::QueryLeg {
+                command_id,
+                leg,
+                order_id,
+            } => {
+                self.at(
+                    self.cfg.broker_latency,
+                    Ev::Broker {
+                        slave: s,
+                        epoch,
+                        command_id: order_id,
+                        body: None,
+                        leg: Some((command_id, leg)),
                     },
                 );
             }
@@ -398,6 +435,7 @@ impl World {
                         epoch,
                         command_id,
                         body: None,
+                        leg: None,
                     },
                 );
             }

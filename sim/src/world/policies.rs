@@ -7,12 +7,13 @@
 //! outlast it, and the copy terms the slave EA applies (`policy::terms`): fixed-lot,
 //! balance/equity-ratio and risk-% sizing, contract-size alignment, the free-margin check,
 //! exposure limits the script's opens reach, the price-deviation guard (with and without a
-//! wait window), and magic / comment / order-type filters. It draws from its own stream (forked from the seed), so adding a policy setting
+//! wait window), magic / comment / order-type filters, and `above_max = split` against a
+//! small broker maximum (split positions). It draws from its own stream (forked from the seed), so adding a policy setting
 //! never shifts the fault schedule; it must never draw a setting the machines refuse.
 
 use echo_statemachine::ids::Symbol;
 use echo_statemachine::policy::filters::{Direction, OrderType};
-use echo_statemachine::policy::sizing::BelowMin;
+use echo_statemachine::policy::sizing::{AboveMax, BelowMin};
 use echo_statemachine::policy::stops::StopsMode;
 use echo_statemachine::policy::subscription::{CopyPolicy, SizingKind};
 use echo_statemachine::policy::volume::UNITS_PER_LOT;
@@ -114,6 +115,13 @@ fn one(rng: &mut Rng) -> CopyPolicy {
             p.filters.order_types = [OrderType::Market, OrderType::Limit].into_iter().collect();
         }
         _ => {}
+    }
+    // `sizing/above_max = split` against a maximum small enough that the script's volumes
+    // exceed it (3 to 8 minimums: at least three, so partial closes of the legs add up
+    // exactly, SPEC.md §5.2 "Split"). Drawn last: the settings above keep their draws.
+    if rng.chance(1, 3) {
+        p.sizing.above_max = AboveMax::Split;
+        p.limits.max = Volume(p.limits.min.0 * rng.range(3, 8));
     }
     debug_assert!(p.validate("m", "s").is_ok());
     p

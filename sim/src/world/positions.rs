@@ -60,6 +60,9 @@ pub struct Positions {
     /// order that filled on its own, a trigger's market fallback; not a partial close's
     /// ticket move): more than one is a second order for one master trade.
     created: BTreeMap<(usize, String), u32>,
+    /// (slave, command) → the trade's open lots at the slave's broker when the command's
+    /// first leg went out (a command on a split position, or a split open).
+    pub split_before: BTreeMap<(usize, CommandId), Vec<Volume>>,
 }
 
 /// What a partial close of `fraction` must close of a slave position of `open`, from the
@@ -126,7 +129,7 @@ impl World {
     }
 
     /// The lower-cased trade of a command, from its journaled intent.
-    fn trade_of(&self, command_id: &CommandId) -> Option<String> {
+    pub(super) fn trade_of(&self, command_id: &CommandId) -> Option<String> {
         let intent = IntentId::new(command_id.as_str().split('@').next().unwrap_or(""));
         self.journal
             .intents
@@ -142,21 +145,31 @@ impl World {
         }
     }
 
-    /// Slave `s`'s broker executes `body` (client order id `command_id`) on its book.
+    /// Slave `s`'s broker executes `body` (client order id `order_id`, of command
+    /// `command_id`; `leg`: one broker step of a split) on its book. Like a real broker it
+    /// refuses an order above its maximum volume per order: a split is really needed.
     pub(super) fn broker_fill(
         &mut self,
         s: usize,
+        order_id: &CommandId,
         command_id: &CommandId,
         body: &CommandBody,
+        leg: bool,
     ) -> BrokerOutcome {
         let reject = |why: &str| BrokerOutcome::Rejected { reason: why.into() };
         match body {
             CommandBody::Execute { volume, .. } => {
+                let open = Volume::from_lots(*volume).unwrap_or_default();
+                if open > self.slave_limits(s).max {
+                    return reject("volume above the maximum per order");
+                }
                 self.next_ticket += 1;
                 let ticket = self.next_ticket;
-                let open = Volume::from_lots(*volume).unwrap_or_default();
                 let trade = self.trade_of(command_id).unwrap_or_default();
-                self.note_position_created(s, &trade, command_id.as_str());
+                // A split's legs are one position: only its first leg makes it.
+                if order_id == command_id {
+                    self.note_position_created(s, &trade, command_id.as_str());
+                }
                 self.positions
                     .held
                     .insert((s, ticket), Held { trade, open });
@@ -192,7 +205,8 @@ impl World {
                 if want > held.open || want.is_zero() {
                     return reject("volume above the position");
                 }
-                if let Some(f) = self.fraction_of(s, command_id) {
+                // A split position's partial close is judged on its total (on_slave_records).
+                if let (Some(f), false) = (self.fraction_of(s, command_id), leg) {
                     self.check_partial(s, command_id, &f, held.open, want);
                 }
                 self.positions.held.remove(&(s, *slave_ticket));
@@ -440,6 +454,7 @@ impl World {
         command_id: &CommandId,
         r: &ExecutionResult,
     ) {
+        self.check_split_result(s, command_id, r);
         let placed = self.book.placed.contains_key(&(s, command_id.clone()));
         // `ea.slave.T10`: answered as the broker would for a ticket the EA does not hold (a
         // query after a crash that finds no order is a different, true, rejection).
@@ -482,6 +497,102 @@ impl World {
                 self.violation(v);
             }
             (None, None) => {}
+        }
+    }
+
+    /// A split's result (SPEC.md §5.2 "Split"), against the broker's book: its legs are
+    /// exactly the broker's tickets of the trade with their lots (none untracked, none
+    /// invented); a complete split open's legs sum to the sized volume (a core-sized one: the
+    /// journaled volume); a complete partial close by fraction closed exactly the promised
+    /// share of the position's total, across its legs. An incomplete one
+    /// (`SPLIT_INCOMPLETE`, a result found after a crash) must still name what is held.
+    fn check_split_result(&mut self, s: usize, command_id: &CommandId, r: &ExecutionResult) {
+        let Some(before_legs) = self.positions.split_before.remove(&(s, command_id.clone())) else {
+            return;
+        };
+        let before = before_legs
+            .iter()
+            .fold(Volume::ZERO, |acc, v| acc.saturating_add(*v));
+        let Some(trade) = self.trade_of(command_id) else {
+            return;
+        };
+        let body = self
+            .slave_files
+            .get(s)
+            .and_then(|f| f.get(command_id))
+            .map(|rec| rec.command.body.clone());
+        let held: BTreeMap<i64, Volume> = self
+            .positions
+            .held
+            .range((s, i64::MIN)..=(s, i64::MAX))
+            .filter(|(_, h)| h.trade == trade)
+            .map(|((_, t), h)| (*t, h.open))
+            .collect();
+        let legs: BTreeMap<i64, Volume> = r
+            .legs
+            .iter()
+            .map(|l| (l.ticket, Volume::from_lots(l.volume).unwrap_or_default()))
+            .collect();
+        let named_all = r.legs.len() >= 2
+            || matches!(
+                body,
+                Some(
+                    CommandBody::Close { .. }
+                        | CommandBody::ClosePart { .. }
+                        | CommandBody::Modify { .. }
+                )
+            );
+        if r.status != BrokerStatus::Cancelled && named_all && legs != held {
+            let v = format!(
+                "slave-{s} {command_id}: its result names legs {:?}, its broker holds {:?} of trade {trade}",
+                r.legs, held
+            );
+            self.violation(v);
+        }
+        if r.reason.is_some() || r.status != BrokerStatus::Filled {
+            return;
+        }
+        let got = Volume::from_lots(r.filled_volume).unwrap_or_default();
+        match body {
+            Some(CommandBody::Execute { volume, terms, .. })
+                if terms.sizing == echo_statemachine::msg::SlaveSizing::Final =>
+            {
+                let want = Volume::from_lots(volume).unwrap_or_default();
+                if got != want {
+                    let v = format!(
+                        "slave-{s} {command_id}: its legs sum to {} lots, the core sized {}",
+                        got.lots(),
+                        want.lots()
+                    );
+                    self.violation(v);
+                }
+            }
+            Some(CommandBody::ClosePart { fraction, .. }) => {
+                // At most the promised share of the total; exactly it whenever one leg could
+                // give it and keep the minimum (otherwise the orders round it down).
+                let want = promised_close(&fraction, before);
+                let min = Volume::from_lots(fraction.slave_min).unwrap_or_default();
+                let exact = want.is_some_and(|w| {
+                    w == before || before_legs.iter().any(|l| *l >= w.saturating_add(min))
+                });
+                let ok = match want {
+                    Some(w) if exact => got == w,
+                    Some(w) => got <= w,
+                    None => false,
+                };
+                if !ok {
+                    let v = format!(
+                        "slave-{s} {command_id}: closed {} of a split position of {} lots for the master's {} of {}: the promise is {:?} (exact: {exact})",
+                        got.lots(),
+                        before.lots(),
+                        fraction.master_closed,
+                        fraction.master_volume_before,
+                        want.map(Volume::lots)
+                    );
+                    self.violation(v);
+                }
+            }
+            _ => {}
         }
     }
 

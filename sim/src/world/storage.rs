@@ -159,27 +159,35 @@ impl World {
         epoch: u64,
         command_id: CommandId,
         body: Option<CommandBody>,
+        leg: Option<(CommandId, u32)>,
     ) {
         let now = self.now;
-        let outcome = self.broker(slave, &command_id, body.as_ref());
+        let parent = leg.as_ref().map_or(&command_id, |(c, _)| c).clone();
+        let outcome = self.broker(slave, &command_id, &parent, body.as_ref(), leg.is_some());
         if epoch != self.slave_epoch[slave] {
             return; // the order was placed; its answer is lost with the crashed EA
         }
         if let Some(x) = self.slaves[slave].as_mut() {
-            x.handle_broker_result(now, command_id, outcome);
+            match leg {
+                Some((parent, n)) => x.handle_leg_result(now, parent, n, outcome),
+                None => x.handle_broker_result(now, command_id, outcome),
+            }
             self.drain::<SlaveM>(slave, "");
         }
     }
 
-    /// The simulated broker: idempotent by client order id (the command id). `None` is a
-    /// query for an order whose fate the EA does not know.
+    /// The simulated broker: idempotent by client order id (`order_id`: the command id, or a
+    /// leg's). `None` is a query for an order whose fate the EA does not know. `leg`: one
+    /// broker step of a split (`command_id` its command).
     pub(super) fn broker(
         &mut self,
         slave: usize,
+        order_id: &CommandId,
         command_id: &CommandId,
         body: Option<&CommandBody>,
+        leg: bool,
     ) -> BrokerOutcome {
-        let key = (slave, command_id.clone());
+        let key = (slave, order_id.clone());
         if let Some(o) = self.broker.get(&key) {
             return o.clone();
         }
@@ -189,12 +197,12 @@ impl World {
             };
         };
         let outcome = if self.chance(F::BrokerReject) {
-            self.fault("broker_reject", format!("slave-{slave} {command_id}"));
+            self.fault("broker_reject", format!("slave-{slave} {order_id}"));
             BrokerOutcome::Rejected {
                 reason: "market closed".into(),
             }
         } else {
-            self.broker_fill(slave, command_id, body)
+            self.broker_fill(slave, order_id, command_id, body, leg)
         };
         self.broker.insert(key, outcome.clone());
         outcome

@@ -123,6 +123,12 @@ transitions! {
         PendingTermsRebuilt = "T32": "New | Blocked | Parked",
             "becomes head, or its agent comes back: a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
             "terms rebuilt as T28 does for an open (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
+        SplitIncomplete = "T33": "Blocked | Parked | Inflight | Backoff | Cancelling",
+            "ExecutionResult{REJECTED, SPLIT_INCOMPLETE}: a close of a split position closed some of its legs, not all (a leg's close rejected by the broker, or in doubt after a slave crash and never placed)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, SPLIT_INCOMPLETE}; split_incomplete_total++; log core_delivery_failed — the ticket correlation stays: the slave still holds the position (its remaining legs)",
+        SplitPartlyFilled = "T34": "Blocked | Parked | Inflight | Backoff | Cancelling",
+            "ExecutionResult{FILLED, SPLIT_INCOMPLETE}: a split open, modify or partial close executed on some legs only (the result names the position's ticket and what it holds)" => "Finalizing(ACKED)";
+            "FinishDelivery{acked, EA_CONFIRMED, slave_ticket} as T07; split_incomplete_total++ — what filled is the position, so the trade's later intents follow it",
     }
 }
 
@@ -488,10 +494,12 @@ impl Core {
             (IntentKind::PendingTrigger, Some(p)) => crate::policy::terms::trigger_terms(p),
             (IntentKind::PendingTrigger, None) => crate::msg::ExecTerms::default(),
             (IntentKind::Open, Some(p)) => crate::policy::terms::guard_terms(p),
-            // A placement waits for its own price: no deviation guard.
+            // A placement waits for its own price: no deviation guard; one ticket, no split.
             (_, Some(p)) => crate::msg::ExecTerms {
                 max_deviation_points: 0,
                 deviation_window_ms: 0,
+                split_max_lots: 0.0,
+                split_min_lots: 0.0,
                 ..crate::policy::terms::guard_terms(p)
             },
             (_, None) => crate::msg::ExecTerms {
@@ -851,8 +859,25 @@ impl Core {
         self.observe_stage(now, key, AckStage::EaConfirmed);
         match r.status {
             BrokerStatus::Filled => {
-                self.fire(DeliveryT::Confirmed.spec(), self.subject(key));
+                let t = if r.reason == Some(ErrorCode::SplitIncomplete) {
+                    self.metrics.split_incomplete_total += 1;
+                    DeliveryT::SplitPartlyFilled
+                } else {
+                    DeliveryT::Confirmed
+                };
+                self.fire(t.spec(), self.subject(key));
                 self.finalize(now, key, DeliveryStatus::Acked, None, Some(r.slave_ticket));
+            }
+            BrokerStatus::Rejected if r.reason == Some(ErrorCode::SplitIncomplete) => {
+                self.metrics.split_incomplete_total += 1;
+                self.fire(DeliveryT::SplitIncomplete.spec(), self.subject(key));
+                self.finalize(
+                    now,
+                    key,
+                    DeliveryStatus::Failed,
+                    Some(ErrorCode::SplitIncomplete),
+                    None,
+                );
             }
             BrokerStatus::Rejected => {
                 // The slave EA's copy terms refused the open (a policy reason it reports), or

@@ -110,6 +110,8 @@ pub struct CoreMetrics {
     pub reconcile_resends_total: u64,
     pub late_or_unknown_total: u64,
     pub protocol_violations_total: u64,
+    /// Results of split positions that executed on some legs only (`core.delivery.T33`/`T34`).
+    pub split_incomplete_total: u64,
 }
 
 /// Entry counts of the core's internal tables (see [`Core::debug_sizes`]).

@@ -21,13 +21,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::ids::{AccountId, CommandId, Symbol};
 use crate::msg::{
     AgentToEa, BrokerStatus, Command, CommandBody, EaToAgent, ErrorCode, ExecTerms,
-    ExecutionResult, PendingResolution, PipeDeliveryAck, PipeStatus, SlaveSizing,
+    ExecutionResult, Leg, PendingResolution, PipeDeliveryAck, PipeStatus, SlaveSizing,
 };
-use crate::policy::partial::{slave_close, CloseDecision};
+use crate::policy::partial::{fraction_limits, slave_close, take_from_legs, CloseDecision};
+use crate::policy::sizing::MAX_SPLIT_LEGS;
 use crate::policy::terms::{
-    decide_open, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
+    decide_open, open_legs, AccountFacts, OpenDecision, OpenOrder, SlaveView, SymbolFacts,
 };
-use crate::policy::{SkipReason, Volume};
+use crate::policy::{SkipReason, SymbolLimits, Volume};
 use crate::spec::{Fired, MachineSpec, Subject};
 use crate::time::Duration;
 use crate::time::{backoff, Instant};
@@ -103,7 +104,13 @@ transitions! {
         NoPending = "T35": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or ResolvePending of a ticket holding no pending order of this EA" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing; counted no_position",
         TriggerGuardRefused = "T36": "executing", "handle_broker_result(Rejected) for a TriggerPending sent with market = false (the pending had not filled; the broker deleted it)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
         Evicted = "T39": "executed", "after T16, executed records exceed `max_executed_retained` and the oldest (by completion; after recover(), by file order) is at least `min_retained_ms` old (recovered records count from the first input after recover())" => "(forgotten)"; "nothing; counted evicted — an unfinished command is never evicted, open positions and closed tickets are kept apart from the records; the record leaves the file at the terminal's next compaction (durable_image), and a later delivery of the id would be taken as new (the bound is sized so none can come: SPEC §8 ea.slave, dedupe window)",
-        RecoveredPositions = "T40": "(durable)", "recover(): a positions row (written by a compaction after the retained records)" => "(positions replaced)"; "nothing; open positions, pending orders and tickets closed in full are exactly the row's — the retained records before it are for dedupe only, records after it update the positions as in T16/T21",
+        RecoveredPositions = "T40": "(durable)", "recover(): a positions row (written by a compaction after the retained records)" => "(positions replaced)"; "nothing; open positions (with the legs of split ones), pending orders and tickets closed in full are exactly the row's — the retained records before it are for dedupe only, records after it update the positions as in T16/T21",
+        SplitOpen = "T41": "executing", "an open its copy terms admit (T09, T29, T30) with split allowed (ExecTerms.split_max_lots > 0) and a volume above the per-order maximum (policy::terms::open_legs: more than one leg)" => "executing (legs)"; "PlaceLeg{command_id, leg 0, order id = command_id, the first leg's lots} — the legs, each within the limits and together the sized volume, are placed one at a time, each once the one before it filled; counted legs_placed",
+        LegAnswered = "T42": "executing (legs) / in_doubt (legs)", "handle_leg_result for the current leg, and another follows (an open: this leg filled and legs remain; a modify or close of a split position: steps remain, whatever this one's answer)" => "unchanged"; "PlaceLeg{next leg, order id command_id#n}; in doubt: QueryLeg{next leg} — asked, never placed again; counted legs_placed",
+        LegsDone = "T43": "executing (legs) / in_doubt (legs)", "handle_leg_result for the last leg, or for an open's leg that did not fill (no further leg is placed)" => "recording"; "PersistExecuted{op, command_id, result}: the position's ticket (the first leg's) with its legs after the command and the total opened or closed; reason SPLIT_INCOMPLETE when some legs did not execute — FILLED, except a close that left legs open (REJECTED: the core keeps the ticket); nothing executed: REJECTED as the broker answered",
+        SplitSteps = "T44": "persisting", "persist result Ok for the write-ahead record of a Modify / Close / ClosePart of a split position (a ClosePart is resolved once against the position's total, policy::partial; a share it keeps is T25)" => "executing (legs)"; "ToAgent(PipeAck{Ok}); PlaceLeg{step 0}: one order per leg — a modify every leg, a close every leg (last first), a partial close the legs policy::partial::take_from_legs takes (whole legs last-first, then a part of one; no dust); counted placed",
+        RecoveredSplitInDoubt = "T45": "(durable)", "recover(): a write-ahead record without a result of an open with split allowed, or of a modify / close of a split position" => "in_doubt (legs)"; "QueryLeg{leg 0}, then each further leg in turn (an open's until one did not fill; a split position's every step, planned again from its durable legs) — asked of the broker by order id, never placed again",
+        LegIgnored = "T46": "any", "handle_leg_result for a command without legs, or a leg that is not its current one (stale, repeated)" => "unchanged"; "counted ignored_broker_results",
     }
 }
 
@@ -118,14 +125,17 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("refused", "the command failed validation; remembered (bounded) so a retry gets the same answer"),
         ("persisting", "PersistExecuting issued, not yet durable; not acknowledged, not placed"),
         ("executing", "write-ahead durable, PipeAck{Ok} sent, PlaceOrder issued; waits for the broker"),
+        ("executing (legs)", "a split open or a command on a split position: its broker steps (legs) are placed one at a time, each with its own order id (PlaceLeg); waits for the current one's answer"),
         ("waiting_price", "an open's write-ahead durable, PipeAck{Ok} sent, not placed: its price is beyond the deviation guard and the wait window is open (not durable: after a crash it is in_doubt and the broker says it was never placed)"),
         ("in_doubt", "found after a crash with a write-ahead record and no result; QueryOrder issued; waits for the broker"),
+        ("in_doubt (legs)", "in_doubt for a split open or a command on a split position: its legs are asked of the broker one at a time (QueryLeg), never placed"),
         ("recording", "the broker answered; PersistExecuted issued, not yet durable"),
         ("record_retry_wait", "the result write failed; waits for its backoff"),
         ("executed", "result durable and reported; every repeat is answered from it"),
     ],
     invariants: &[
-        "No command_id ever produces two PlaceOrder outputs, across any sequence of inputs including recover().",
+        "No command_id ever produces two PlaceOrder outputs, and no (command_id, leg) two PlaceLeg outputs, across any sequence of inputs including recover().",
+        "A split position's legs are exactly what the broker reported for them: they sum to its open volume, each on the step and within the limits the split used; no leg is ever left out of the EA's position (untracked).",
         "PipeDeliveryAck{Ok} is sent only for a command whose PersistExecuting was reported durable (in this life or a previous one).",
         "An ExecutionResult is reported only after its PersistExecuted was reported durable — except the REJECTED answer to a Cancel of a command the EA refused (T24), which needs no record: a refusal is a pure function of the command, so it can never turn into an execution.",
         "No command is accepted (written ahead) before the current pipe session's Handshake for this EA's account.",
@@ -199,11 +209,26 @@ pub enum DurableRow {
     /// (slave_ticket → open lots), the pending orders this EA placed and still holds
     /// (slave_ticket → lots) and the tickets closed in full (oldest first) at that moment. It
     /// replaces whatever the rows before it derived (T40).
+    /// `split`: the legs (ticket, lots) of each split position in `open`, by its id (the
+    /// first leg's ticket); absent for a position that is one order.
     Positions {
         open: Vec<(i64, f64)>,
         pendings: Vec<(i64, f64)>,
         closed: Vec<i64>,
+        split: Vec<(i64, Vec<(i64, f64)>)>,
     },
+}
+
+/// The client order id of leg `leg` of a command's broker steps (SPEC.md §5.2 "Split"): the
+/// command id itself for leg 0 (so a one-order command and the first leg share it), and
+/// `"{command_id}#{leg}"` after it. Deterministic: after a crash every leg in doubt is asked
+/// of the broker by it.
+pub fn leg_order_id(command_id: &CommandId, leg: u32) -> CommandId {
+    if leg == 0 {
+        command_id.clone()
+    } else {
+        CommandId::new(format!("{command_id}#{leg}"))
+    }
 }
 
 /// What the broker did with an order, or answered to a query by client order id. A driver maps
@@ -255,6 +280,22 @@ pub enum Output {
     QueryOrder {
         command_id: CommandId,
     },
+    /// One leg (broker step) of a split open or of a command on a split position: send
+    /// `body` to the broker with `order_id` ([`leg_order_id`]) as its client order id, then
+    /// `handle_leg_result(command_id, leg, …)`. Legs of one command are issued one at a time.
+    PlaceLeg {
+        command_id: CommandId,
+        leg: u32,
+        order_id: CommandId,
+        body: CommandBody,
+    },
+    /// Ask the broker what became of leg `leg` (client order id `order_id`), then
+    /// `handle_leg_result(command_id, leg, …)`; "no such order" is `Rejected`.
+    QueryLeg {
+        command_id: CommandId,
+        leg: u32,
+        order_id: CommandId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -289,6 +330,10 @@ pub struct SlaveMetrics {
     pub retained_executed: usize,
     /// Tickets closed in full remembered now.
     pub closed_tickets: usize,
+    /// Legs (broker steps of split commands) placed or asked about.
+    pub legs_placed: u64,
+    /// Positions held as several legs now.
+    pub split_positions: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -310,6 +355,43 @@ struct Entry {
     deadline: Option<Instant>,
     /// A trigger sent without its market fallback: why the guard refused it (T36).
     refusal: Option<SkipReason>,
+    /// The broker steps of a split open or of a command on a split position (T41–T45).
+    steps: Option<Steps>,
+}
+
+/// What a command's legs are for.
+#[derive(Clone, Debug, PartialEq)]
+enum StepsOf {
+    /// A split open: `planned` legs (0 when not known: recovered in doubt, slave-sized).
+    Open { planned: usize },
+    /// A modify or close of split position `position`, whose legs (ticket, lots) were `legs`
+    /// when the command was resolved. `whole`: a Close of everything.
+    Position {
+        position: i64,
+        legs: Vec<(i64, f64)>,
+        modify: bool,
+        whole: bool,
+    },
+}
+
+/// A command's broker steps, placed (or, in doubt, asked about) one at a time.
+#[derive(Clone, Debug, PartialEq)]
+struct Steps {
+    of: StepsOf,
+    /// The orders in turn: (index into the position's legs, body). Empty for an open
+    /// recovered in doubt (its legs are asked about until one did not fill).
+    orders: Vec<(usize, CommandBody)>,
+    answers: Vec<BrokerOutcome>,
+    in_doubt: bool,
+}
+
+/// Sum of legs' lots in integer volume units, back to lots (no f64 dust).
+fn legs_total(legs: &[(i64, f64)]) -> f64 {
+    legs.iter()
+        .fold(Volume::ZERO, |acc, (_, v)| {
+            acc.saturating_add(Volume::from_lots(*v).unwrap_or_default())
+        })
+        .lots()
 }
 
 /// The slave EA's at-most-once executor.
@@ -347,6 +429,9 @@ pub struct SlaveExecutor {
     /// Opens placed (or in doubt) whose result is not recorded yet: they count against the
     /// exposure limits like open positions.
     reserved: BTreeMap<CommandId, Volume>,
+    /// position id → its legs (ticket, lots), for the positions held as several orders (a
+    /// split open); `positions` holds their total under the same id. From durable results.
+    legs: BTreeMap<i64, Vec<(i64, f64)>>,
 }
 
 impl SlaveExecutor {
@@ -374,6 +459,7 @@ impl SlaveExecutor {
             symbols: BTreeMap::new(),
             quotes: BTreeMap::new(),
             reserved: BTreeMap::new(),
+            legs: BTreeMap::new(),
         }
     }
 
@@ -392,9 +478,10 @@ impl SlaveExecutor {
     /// enforced, oldest first (T39).
     pub fn recover_rows(config: SlaveConfig, rows: Vec<DurableRow>) -> Self {
         let mut s = SlaveExecutor::new(config);
+        type SplitLegs = Vec<(i64, Vec<(i64, f64)>)>;
         enum Item {
             Command(CommandId),
-            Positions(Vec<(i64, f64)>, Vec<(i64, f64)>, Vec<i64>),
+            Positions(Vec<(i64, f64)>, Vec<(i64, f64)>, Vec<i64>, SplitLegs),
         }
         // The file is keyed by command id: of two rows for one id, the completed one wins.
         let mut order: Vec<Item> = Vec::new();
@@ -406,8 +493,9 @@ impl SlaveExecutor {
                     open,
                     pendings,
                     closed,
+                    split,
                 } => {
-                    order.push(Item::Positions(open, pendings, closed));
+                    order.push(Item::Positions(open, pendings, closed, split));
                     continue;
                 }
             };
@@ -427,8 +515,13 @@ impl SlaveExecutor {
         for item in order {
             let id = match item {
                 Item::Command(id) => id,
-                Item::Positions(open, pendings, closed) => {
+                Item::Positions(open, pendings, closed, split) => {
                     s.positions = open.into_iter().collect();
+                    // Legs only of positions the row holds open.
+                    s.legs = split
+                        .into_iter()
+                        .filter(|(id, legs)| s.positions.contains_key(id) && !legs.is_empty())
+                        .collect();
                     s.pendings = pendings.into_iter().collect();
                     s.closed.clear();
                     s.closed_order.clear();
@@ -454,6 +547,7 @@ impl SlaveExecutor {
                             record_failures: 0,
                             deadline: None,
                             refusal: None,
+                            steps: None,
                         },
                     );
                     s.executed_order.push_back((None, id));
@@ -468,6 +562,8 @@ impl SlaveExecutor {
                         s.reserved
                             .insert(id.clone(), Volume::from_lots(*volume).unwrap_or_default());
                     }
+                    let steps = s.doubt_steps(&rec.command.body);
+                    let split = steps.is_some();
                     s.commands.insert(
                         id.clone(),
                         Entry {
@@ -476,12 +572,18 @@ impl SlaveExecutor {
                             record_failures: 0,
                             deadline: None,
                             refusal: None,
+                            steps,
                         },
                     );
                     s.pending += 1;
                     s.m.queried += 1;
-                    s.fire(T::RecoveredInDoubt, subject);
-                    s.out.push_back(Output::QueryOrder { command_id: id });
+                    if split {
+                        s.fire(T::RecoveredSplitInDoubt, subject);
+                        s.emit_step(&id, 0);
+                    } else {
+                        s.fire(T::RecoveredInDoubt, subject);
+                        s.out.push_back(Output::QueryOrder { command_id: id });
+                    }
                 }
             }
         }
@@ -523,6 +625,11 @@ impl SlaveExecutor {
             open: self.positions.iter().map(|(t, v)| (*t, *v)).collect(),
             pendings: self.pendings.iter().map(|(t, v)| (*t, *v)).collect(),
             closed: self.closed_order.iter().copied().collect(),
+            split: self
+                .legs
+                .iter()
+                .map(|(id, legs)| (*id, legs.clone()))
+                .collect(),
         });
         let written_ahead = self
             .commands
@@ -657,6 +764,29 @@ impl SlaveExecutor {
                     self.issue_record(&id, done);
                     return;
                 }
+                // A split position: one broker step per leg (T44), or a share kept (T25).
+                if known_position && self.legs.contains_key(&body.slave_ticket()) {
+                    let ticket = body.slave_ticket();
+                    match self.position_steps(&body) {
+                        Some(steps) if !steps.orders.is_empty() => {
+                            self.fire(T::SplitSteps, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.m.placed += 1;
+                            self.start_steps(&id, steps);
+                        }
+                        _ => {
+                            let kept = ExecutionResult {
+                                slave_ticket: ticket,
+                                legs: self.leg_list(ticket),
+                                ..unfilled(&entry.command, BrokerStatus::Filled)
+                            };
+                            self.fire(T::KeepShare, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.issue_record(&id, kept);
+                        }
+                    }
+                    return;
+                }
                 // A partial close is resolved here, once: the write-ahead is durable, so this
                 // command is never placed again, and the position it reads is final (the
                 // core sends a trade's next command only after this one's result).
@@ -781,8 +911,12 @@ impl SlaveExecutor {
         self.stamp(now);
         let subject = Subject::Command(command_id.clone());
         let waiting = matches!(
-            self.commands.get(&command_id).map(|e| &e.state),
-            Some(State::Executing | State::InDoubt)
+            self.commands.get(&command_id),
+            Some(Entry {
+                state: State::Executing | State::InDoubt,
+                steps: None,
+                ..
+            })
         );
         if !waiting {
             self.m.ignored_broker_results += 1;
@@ -802,6 +936,53 @@ impl SlaveExecutor {
             _ => self.fire(T::BrokerAnswered, subject),
         }
         self.issue_record(&command_id, result);
+    }
+
+    /// What the broker answered to a `PlaceLeg` or `QueryLeg` (leg `leg` of `command_id`).
+    pub fn handle_leg_result(
+        &mut self,
+        now: Instant,
+        command_id: CommandId,
+        leg: u32,
+        outcome: BrokerOutcome,
+    ) {
+        self.stamp(now);
+        let subject = Subject::Command(command_id.clone());
+        let k = leg as usize;
+        let next = match self.commands.get_mut(&command_id) {
+            Some(Entry {
+                state: State::Executing | State::InDoubt,
+                steps: Some(steps),
+                ..
+            }) if steps.answers.len() == k => {
+                let filled = matches!(outcome, BrokerOutcome::Filled { .. });
+                steps.answers.push(outcome);
+                match &steps.of {
+                    StepsOf::Open { .. } if !filled => None,
+                    StepsOf::Open { .. } if steps.in_doubt => {
+                        Some(k + 1).filter(|n| *n < MAX_SPLIT_LEGS)
+                    }
+                    _ => Some(k + 1).filter(|n| *n < steps.orders.len()),
+                }
+            }
+            _ => {
+                self.m.ignored_broker_results += 1;
+                self.fire(T::LegIgnored, subject);
+                return;
+            }
+        };
+        match next {
+            Some(n) => {
+                self.fire(T::LegAnswered, subject);
+                self.emit_step(&command_id, n);
+            }
+            None => {
+                self.fire(T::LegsDone, subject);
+                if let Some(result) = self.steps_result(&command_id) {
+                    self.issue_record(&command_id, result);
+                }
+            }
+        }
     }
 
     /// Processes every deadline at or before `now`.
@@ -942,6 +1123,7 @@ impl SlaveExecutor {
             open_positions: self.positions.len(),
             retained_executed: self.executed_order.len(),
             closed_tickets: self.closed_order.len(),
+            split_positions: self.legs.len(),
             ..self.m
         }
     }
@@ -953,6 +1135,12 @@ impl SlaveExecutor {
     /// Open volume of a slave position, as known from durable results.
     pub fn open_volume(&self, slave_ticket: i64) -> Option<f64> {
         self.positions.get(&slave_ticket).copied()
+    }
+
+    /// The legs (ticket, lots) of a split position, as known from durable results; `None` for
+    /// a position that is one order (or none).
+    pub fn position_legs(&self, position: i64) -> Option<&[(i64, f64)]> {
+        self.legs.get(&position).map(Vec::as_slice)
     }
 
     /// Volume of one of this EA's pending orders (placed, not yet triggered or cancelled by
@@ -1043,6 +1231,7 @@ impl SlaveExecutor {
                 record_failures: 0,
                 deadline: None,
                 refusal: None,
+                steps: None,
             },
         );
         self.fire(T::Accepted, subject);
@@ -1236,6 +1425,7 @@ impl SlaveExecutor {
             filled_volume,
             status,
             reason: None,
+            legs: Vec::new(),
         })
     }
 
@@ -1278,6 +1468,7 @@ impl SlaveExecutor {
                 record_failures: 0,
                 deadline: None,
                 refusal: None,
+                steps: None,
             },
         );
         self.pending += 1;
@@ -1286,6 +1477,9 @@ impl SlaveExecutor {
     }
 
     fn apply_to_positions(&mut self, body: &CommandBody, r: &ExecutionResult) {
+        if self.apply_to_split(body, r) {
+            return;
+        }
         if let (CommandBody::ResolvePending { slave_ticket, .. }, Some(_)) = (body, r.reason) {
             // A trigger whose market fallback the guard refused: the broker deleted the
             // pending order (T36).
@@ -1342,6 +1536,350 @@ impl SlaveExecutor {
                 }
             }
         }
+    }
+
+    /// A split open's or a split position's result (T43): the legs it names are the
+    /// position's from now on (`true`: handled here).
+    fn apply_to_split(&mut self, body: &CommandBody, r: &ExecutionResult) -> bool {
+        let legs: Vec<(i64, f64)> = r.legs.iter().map(|l| (l.ticket, l.volume)).collect();
+        match body {
+            CommandBody::Execute { .. } => {
+                if r.status != BrokerStatus::Filled || legs.len() < 2 {
+                    return false;
+                }
+                self.positions.insert(r.slave_ticket, legs_total(&legs));
+                self.legs.insert(r.slave_ticket, legs);
+                true
+            }
+            CommandBody::Modify { slave_ticket, .. }
+            | CommandBody::Close { slave_ticket, .. }
+            | CommandBody::ClosePart { slave_ticket, .. }
+                if self.legs.contains_key(slave_ticket) =>
+            {
+                let closes = !matches!(body, CommandBody::Modify { .. });
+                if !legs.is_empty() {
+                    self.positions.insert(*slave_ticket, legs_total(&legs));
+                    self.legs.insert(*slave_ticket, legs);
+                } else if closes && r.status == BrokerStatus::Filled {
+                    // Every leg closed: the position is gone.
+                    self.positions.remove(slave_ticket);
+                    self.legs.remove(slave_ticket);
+                    self.remember_closed(*slave_ticket);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The legs of a split position as a result names them.
+    fn leg_list(&self, position: i64) -> Vec<Leg> {
+        self.legs.get(&position).map_or_else(Vec::new, |legs| {
+            legs.iter()
+                .map(|(ticket, volume)| Leg {
+                    ticket: *ticket,
+                    volume: *volume,
+                })
+                .collect()
+        })
+    }
+
+    /// The broker steps of a modify or close of a split position (T44; T45 plans them again
+    /// from the same durable legs): `None` if the ticket is not a split position. A partial
+    /// close is resolved against the position's total (`policy::partial`), then taken from the
+    /// legs; no orders: nothing to close now (the share is kept).
+    fn position_steps(&self, body: &CommandBody) -> Option<Steps> {
+        let position = body.slave_ticket();
+        let legs = self.legs.get(&position)?.clone();
+        let volumes: Vec<Volume> = legs
+            .iter()
+            .map(|(_, v)| Volume::from_lots(*v).unwrap_or_default())
+            .collect();
+        let all = || -> Vec<(usize, CommandBody)> {
+            (0..legs.len())
+                .rev()
+                .map(|i| {
+                    (
+                        i,
+                        CommandBody::Close {
+                            slave_ticket: legs[i].0,
+                            volume: 0.0,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let take = |close: Volume, limits: &SymbolLimits| -> Vec<(usize, CommandBody)> {
+            let takes = take_from_legs(&volumes, close, limits);
+            (0..legs.len())
+                .rev()
+                .filter(|&i| !takes[i].is_zero())
+                .map(|i| {
+                    let volume = if takes[i] == volumes[i] {
+                        0.0
+                    } else {
+                        takes[i].lots()
+                    };
+                    (
+                        i,
+                        CommandBody::Close {
+                            slave_ticket: legs[i].0,
+                            volume,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let (mut orders, modify, whole) = match body {
+            CommandBody::Modify {
+                stop_loss,
+                take_profit,
+                ..
+            } => (
+                legs.iter()
+                    .enumerate()
+                    .map(|(i, (ticket, _))| {
+                        (
+                            i,
+                            CommandBody::Modify {
+                                slave_ticket: *ticket,
+                                stop_loss: *stop_loss,
+                                take_profit: *take_profit,
+                            },
+                        )
+                    })
+                    .collect(),
+                true,
+                false,
+            ),
+            CommandBody::Close { volume, .. } if *volume == 0.0 => (all(), false, true),
+            CommandBody::Close { volume, .. } => {
+                // Lots, not a fraction: taken as they come, on the unit step.
+                let close = Volume::from_lots(*volume).unwrap_or_default();
+                let unit = SymbolLimits {
+                    min: Volume(1),
+                    step: Volume(1),
+                    ..SymbolLimits::fx()
+                };
+                (take(close, &unit), false, false)
+            }
+            CommandBody::ClosePart { fraction, .. } => {
+                let total = legs_total(&legs);
+                let orders = match (slave_close(fraction, total), fraction_limits(fraction)) {
+                    (Some(CloseDecision::All), _) => all(),
+                    (Some(CloseDecision::Partial(v)), Some(limits)) => take(v, &limits),
+                    _ => Vec::new(),
+                };
+                (orders, false, false)
+            }
+            _ => return None,
+        };
+        if !modify && crate::mutants::active(crate::mutants::Mutant::SplitCloseFirstLegOnly) {
+            // The planted bug: a close of a split position acts on one leg only.
+            orders.truncate(1);
+        }
+        Some(Steps {
+            of: StepsOf::Position {
+                position,
+                legs,
+                modify,
+                whole,
+            },
+            orders,
+            answers: Vec::new(),
+            in_doubt: false,
+        })
+    }
+
+    /// The legs to ask about for a command recovered in doubt (T45): an open with split
+    /// allowed, or a modify / close of a split position; `None` otherwise (one QueryOrder).
+    fn doubt_steps(&self, body: &CommandBody) -> Option<Steps> {
+        let mut steps = match body {
+            CommandBody::Execute { volume, terms, .. } if terms.split_max_lots > 0.0 => {
+                // A core-sized split is planned from the command alone; a slave-sized one
+                // from facts of that moment, not known now.
+                let planned = if terms.sizing == SlaveSizing::Final {
+                    open_legs(terms, Volume::from_lots(*volume).unwrap_or_default(), None).len()
+                } else {
+                    0
+                };
+                Steps {
+                    of: StepsOf::Open { planned },
+                    orders: Vec::new(),
+                    answers: Vec::new(),
+                    in_doubt: true,
+                }
+            }
+            CommandBody::Modify { .. }
+            | CommandBody::Close { .. }
+            | CommandBody::ClosePart { .. } => {
+                self.position_steps(body).filter(|s| !s.orders.is_empty())?
+            }
+            _ => return None,
+        };
+        steps.in_doubt = true;
+        Some(steps)
+    }
+
+    /// Starts a command's broker steps: executing (legs), step 0 issued.
+    fn start_steps(&mut self, id: &CommandId, steps: Steps) {
+        if let Some(e) = self.commands.get_mut(id) {
+            e.steps = Some(steps);
+        }
+        self.set_state(id, State::Executing);
+        self.emit_step(id, 0);
+    }
+
+    /// Issues step `n` of a command's legs: placed, or asked about when in doubt.
+    fn emit_step(&mut self, id: &CommandId, n: usize) {
+        let Some(steps) = self.commands.get(id).and_then(|e| e.steps.as_ref()) else {
+            return;
+        };
+        let leg = u32::try_from(n).unwrap_or(u32::MAX);
+        let order_id = leg_order_id(id, leg);
+        self.m.legs_placed += 1;
+        if steps.in_doubt {
+            self.out.push_back(Output::QueryLeg {
+                command_id: id.clone(),
+                leg,
+                order_id,
+            });
+            return;
+        }
+        let Some((_, body)) = steps.orders.get(n) else {
+            return;
+        };
+        let body = body.clone();
+        self.out.push_back(Output::PlaceLeg {
+            command_id: id.clone(),
+            leg,
+            order_id,
+            body,
+        });
+    }
+
+    /// The result of a command whose legs all answered (T43).
+    fn steps_result(&self, id: &CommandId) -> Option<ExecutionResult> {
+        let e = self.commands.get(id)?;
+        let steps = e.steps.as_ref()?;
+        let c = &e.command;
+        let filled: Vec<(i64, f64, f64)> = steps
+            .answers
+            .iter()
+            .filter_map(|a| match a {
+                BrokerOutcome::Filled {
+                    ticket,
+                    price,
+                    volume,
+                } => Some((*ticket, *price, *volume)),
+                BrokerOutcome::Rejected { .. } => None,
+            })
+            .collect();
+        let units = |v: f64| Volume::from_lots(v).unwrap_or_default();
+        let mut r = unfilled(c, BrokerStatus::Rejected);
+        match &steps.of {
+            StepsOf::Open { planned } => {
+                let Some(first) = filled.first() else {
+                    return Some(r);
+                };
+                let total = filled
+                    .iter()
+                    .fold(Volume::ZERO, |acc, (_, _, v)| acc.saturating_add(units(*v)));
+                let weighted: f64 = filled.iter().map(|(_, p, v)| p * v).sum();
+                r.status = BrokerStatus::Filled;
+                r.slave_ticket = first.0;
+                r.filled_volume = total.lots();
+                r.fill_price = if total.is_zero() {
+                    first.1
+                } else {
+                    weighted / total.lots()
+                };
+                let planned = if steps.in_doubt {
+                    *planned
+                } else {
+                    steps.orders.len()
+                };
+                if filled.len() < planned {
+                    r.reason = Some(ErrorCode::SplitIncomplete);
+                }
+                if filled.len() >= 2 {
+                    r.legs = filled
+                        .iter()
+                        .map(|(ticket, _, volume)| Leg {
+                            ticket: *ticket,
+                            volume: *volume,
+                        })
+                        .collect();
+                }
+            }
+            StepsOf::Position {
+                position,
+                legs,
+                modify,
+                whole,
+            } => {
+                let mut after: Vec<Option<(i64, f64)>> = legs.iter().copied().map(Some).collect();
+                let mut closed = Volume::ZERO;
+                let mut all_ok = true;
+                let mut any_ok = false;
+                let mut price = 0.0;
+                for (k, (i, _)) in steps.orders.iter().enumerate() {
+                    match steps.answers.get(k) {
+                        Some(BrokerOutcome::Filled {
+                            ticket,
+                            price: p,
+                            volume,
+                        }) => {
+                            if !any_ok {
+                                price = *p;
+                            }
+                            any_ok = true;
+                            if *modify {
+                                continue;
+                            }
+                            let Some(Some((t, held))) = after.get(*i).copied() else {
+                                continue;
+                            };
+                            let took = units(*volume).min(units(held));
+                            closed = closed.saturating_add(took);
+                            let left = units(held).saturating_sub(took);
+                            // What a partial close leaves may live on under a new ticket.
+                            let t = if *ticket > 0 { *ticket } else { t };
+                            after[*i] = (!left.is_zero()).then(|| (t, left.lots()));
+                        }
+                        _ => all_ok = false,
+                    }
+                }
+                if *whole && crate::mutants::active(crate::mutants::Mutant::SplitCloseFirstLegOnly)
+                {
+                    // The planted bug, its lie: the position is reported closed in full.
+                    after.clear();
+                }
+                let after: Vec<(i64, f64)> = after.into_iter().flatten().collect();
+                r.slave_ticket = *position;
+                r.fill_price = price;
+                r.filled_volume = closed.lots();
+                r.legs = after
+                    .iter()
+                    .map(|(ticket, volume)| Leg {
+                        ticket: *ticket,
+                        volume: *volume,
+                    })
+                    .collect();
+                let (status, reason) = match (any_ok, all_ok) {
+                    (false, _) => (BrokerStatus::Rejected, None),
+                    // A close that left legs open: not done, and the core keeps the ticket.
+                    _ if *whole && !after.is_empty() => {
+                        (BrokerStatus::Rejected, Some(ErrorCode::SplitIncomplete))
+                    }
+                    (true, true) => (BrokerStatus::Filled, None),
+                    (true, false) => (BrokerStatus::Filled, Some(ErrorCode::SplitIncomplete)),
+                };
+                r.status = status;
+                r.reason = reason;
+            }
+        }
+        Some(r)
     }
 
     /// A command for a ticket this EA does not hold (as a position: T10; as a pending order:
@@ -1511,8 +2049,34 @@ impl SlaveExecutor {
             }
         }
         self.reserved.insert(id.clone(), v);
-        self.set_state(&id, State::Executing);
         self.m.placed += 1;
+        if let CommandBody::Execute { symbol, terms, .. } = &body {
+            let legs = open_legs(terms, v, self.symbols.get(symbol));
+            if legs.len() > 1 {
+                let orders = legs
+                    .iter()
+                    .map(|leg| {
+                        let mut b = body.clone();
+                        if let CommandBody::Execute { volume, .. } = &mut b {
+                            *volume = leg.lots();
+                        }
+                        (0, b)
+                    })
+                    .collect();
+                self.fire(T::SplitOpen, Subject::Command(id.clone()));
+                let steps = Steps {
+                    of: StepsOf::Open {
+                        planned: legs.len(),
+                    },
+                    orders,
+                    answers: Vec::new(),
+                    in_doubt: false,
+                };
+                self.start_steps(&id, steps);
+                return;
+            }
+        }
+        self.set_state(&id, State::Executing);
         self.out.push_back(Output::PlaceOrder {
             command_id: id,
             body,
@@ -1592,5 +2156,6 @@ fn unfilled(c: &Command, status: BrokerStatus) -> ExecutionResult {
         filled_volume: 0.0,
         status,
         reason: None,
+        legs: Vec::new(),
     }
 }

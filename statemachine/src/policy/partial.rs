@@ -67,6 +67,82 @@ pub fn partial_close(
     CloseDecision::Partial(close)
 }
 
+/// How a close of `close` lots is taken from a split position's `legs` (SPEC.md §5.2
+/// "Split"): per leg, what its close order takes — 0 (untouched), the whole leg, or a part on
+/// the step that is itself at least the minimum and leaves at least the minimum (never dust,
+/// never below zero). Whole legs are taken last-first while what is left to take stays 0 or
+/// at least the minimum; the rest is taken as parts of the legs left (last-first), each part
+/// leaving either nothing more to take or at least the minimum for the next. The takes sum to
+/// `close` whenever one leg holds at least `close` plus the minimum (a split's full legs do,
+/// for any share up to its maximum less the minimum), and often otherwise; when no orders
+/// can take it exactly (legs 1.0 + 0.4 with a minimum of 0.4 cannot give 0.7) they sum to
+/// less, never more: the close is rounded down like a share below the step, and the master's
+/// later closes carry the rest (its final close takes every leg).
+pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> Vec<Volume> {
+    let min = limits.min;
+    let mut take = vec![Volume::ZERO; legs.len()];
+    let mut rest = limits.floor_to_step(close);
+    if rest < min {
+        return take;
+    }
+    for i in (0..legs.len()).rev() {
+        let leg = legs[i];
+        if rest.is_zero() {
+            break;
+        }
+        if !leg.is_zero() && (leg == rest || (leg < rest && rest.saturating_sub(leg) >= min)) {
+            take[i] = leg;
+            rest = rest.saturating_sub(leg);
+        }
+    }
+    for i in (0..legs.len()).rev() {
+        if rest.is_zero() {
+            break;
+        }
+        let leg = legs[i];
+        if !take[i].is_zero() {
+            continue;
+        }
+        if leg == rest {
+            take[i] = leg;
+            break;
+        }
+        // A part leaves at least the minimum in the leg.
+        let mut part = rest.min(leg.saturating_sub(min));
+        let left = rest.saturating_sub(part);
+        if !left.is_zero() && left < min {
+            // Leave the minimum to take from the next leg instead of a remainder below it.
+            part = rest.saturating_sub(min);
+        }
+        let part = limits.floor_to_step(part);
+        if part >= min && leg.saturating_sub(part) >= min {
+            take[i] = part;
+            rest = rest.saturating_sub(part);
+        }
+    }
+    // Not takeable exactly: take what valid orders can of the rest (whole legs, parts that
+    // leave the minimum), last-first; the takes then sum to less, never dust.
+    for i in (0..legs.len()).rev() {
+        if rest < min {
+            break;
+        }
+        let leg = legs[i];
+        if !take[i].is_zero() || leg.is_zero() {
+            continue;
+        }
+        let part = if leg <= rest {
+            leg
+        } else {
+            limits.floor_to_step(rest.min(leg.saturating_sub(min)))
+        };
+        if part == leg || (part >= min && leg.saturating_sub(part) >= min) {
+            take[i] = part;
+            rest = rest.saturating_sub(part);
+        }
+    }
+    take
+}
+
 /// The slave EA's decision for a `ClosePart` command, from the lots on the wire and its own
 /// open volume: `None` when the inputs cannot describe a partial close (non-finite or
 /// negative lots, a zero master volume, limits that are not valid), which the EA refuses as

@@ -13,7 +13,7 @@
 use super::filters::{admit_trade, TradeFacts};
 use super::reason::SkipReason;
 use super::reverse::{mirror, mirror_pending};
-use super::sizing::{size, SizingFacts, SizingMode};
+use super::sizing::{size, AboveMax, SizingFacts, SizingMode};
 use super::stops::{slave_stops, StopsFacts};
 use super::subscription::SizingKind;
 use super::terms::{exec_terms, trigger_terms};
@@ -66,10 +66,13 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
     }
     let terms = match intent.kind {
         IntentKind::Open => Some(exec_terms(policy, intent)),
-        // A pending order waits for its own price: no deviation guard when it is placed.
+        // A pending order waits for its own price: no deviation guard when it is placed. It
+        // is one order at the slave's broker: above the maximum it is capped, never split.
         IntentKind::PlaceLimit | IntentKind::PlaceStop => Some(ExecTerms {
             max_deviation_points: 0,
             deviation_window_ms: 0,
+            split_max_lots: 0.0,
+            split_min_lots: 0.0,
             ..exec_terms(policy, intent)
         }),
         IntentKind::PendingTrigger => Some(trigger_terms(policy)),
@@ -104,13 +107,16 @@ pub fn plan(sub: &Subscription, intent: &TradeIntent) -> Result<PlannedCopy, Ski
                 stop_loss: sl,
                 limits: *limits,
             };
-            let sized = if policy.sizing_kind == SizingKind::Multiplier {
-                let mut sizing = policy.sizing.clone();
+            let mut sizing = policy.sizing.clone();
+            if policy.sizing_kind == SizingKind::Multiplier {
                 sizing.mode = SizingMode::Multiplier(sub.multiplier);
-                size(&sizing, &facts)?
-            } else {
-                size(&policy.sizing, &facts)?
-            };
+            }
+            // A pending order is one ticket: split applies to market opens only.
+            if intent.kind != IntentKind::Open {
+                sizing.above_max = AboveMax::Cap;
+            }
+            // Split: the total of the legs; the slave EA places them (`terms::open_legs`).
+            let sized = size(&sizing, &facts)?;
             sized.total().lots()
         }
         IntentKind::PartialClose => intent.volume,

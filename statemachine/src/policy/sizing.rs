@@ -194,8 +194,14 @@ pub fn size(policy: &SizingPolicy, facts: &SizingFacts) -> Result<Sized, SkipRea
 
 /// `v` (on the step, above max) as legs each within the limits. The legs sum to `v` unless
 /// the limits are so narrow (max < 2 × min) that the remainder cannot be placed, or `v` needs
-/// more than [`MAX_SPLIT_LEGS`] orders; then they sum to less, never more.
-fn split(v: Volume, l: &SymbolLimits) -> Vec<Volume> {
+/// more than [`MAX_SPLIT_LEGS`] orders; then they sum to less, never more. Only `min` and
+/// `max` are read. A `v` at or below the maximum is one leg. Idempotent on its own total:
+/// `split(total(split(v)))` is `split(v)`, so the slave EA may split again the total that
+/// [`size`] returned.
+pub fn split(v: Volume, l: &SymbolLimits) -> Vec<Volume> {
+    if v <= l.max || l.max.is_zero() {
+        return vec![v];
+    }
     let full = (v.0 / l.max.0) as usize;
     let rem = Volume(v.0 % l.max.0);
     if full >= MAX_SPLIT_LEGS {

@@ -347,9 +347,8 @@ impl CopyPolicy {
         self.sizing.mode = self.sizing_values.mode(self.sizing_kind);
     }
 
-    /// Checks what single keys cannot: the limits agree with each other, and nothing is set
-    /// that the machines do not apply yet (`sizing/above_max = split`) (a setting that would be silently ignored is
-    /// refused rather than accepted). Names the offending key.
+    /// Checks what single keys cannot: the limits agree with each other. Names the offending
+    /// key.
     pub fn validate(&self, master: &str, slave: &str) -> Result<(), ConfigError> {
         let refuse = |name: &str, value: String, expected: &str| ConfigError {
             key: full_key(master, slave, name),
@@ -367,15 +366,6 @@ impl CopyPolicy {
                     l.step.lots()
                 ),
                 "min_lots ≤ max_lots, both multiples of step_lots",
-            ));
-        }
-        // Splitting one open into several orders needs a slave position made of several
-        // tickets, which the slave EA does not keep yet: refused rather than ignored.
-        if self.sizing.above_max == AboveMax::Split {
-            return Err(refuse(
-                "sizing/above_max",
-                "split".into(),
-                "cap (split is not wired into a machine yet; SPEC.md §5.2)",
             ));
         }
         Ok(())

@@ -44,6 +44,37 @@ pub fn exec_terms(policy: &CopyPolicy, intent: &TradeIntent) -> ExecTerms {
     t
 }
 
+/// The legs the slave EA places for an open the terms admitted with `volume` (SPEC.md §5.2
+/// "Split"): one order unless the terms allow a split and the volume is above the per-order
+/// maximum — a core-sized volume's maximum and minimum are the terms' own (the limits the
+/// core sized with), a slave-sized one's the slave's reported symbol limits (`symbol`; none
+/// reported: one order, though a slave-sized open is never admitted without them). The legs
+/// sum to `volume` (or less, never more, past [`super::sizing::MAX_SPLIT_LEGS`]).
+pub fn open_legs(terms: &ExecTerms, volume: Volume, symbol: Option<&SymbolFacts>) -> Vec<Volume> {
+    if terms.split_max_lots <= 0.0 {
+        return vec![volume];
+    }
+    let limits = if terms.sizing == SlaveSizing::Final {
+        match (
+            Volume::from_lots(terms.split_min_lots),
+            Volume::from_lots(terms.split_max_lots),
+        ) {
+            (Some(min), Some(max)) if !min.is_zero() && min <= max => SymbolLimits {
+                min,
+                max,
+                ..SymbolLimits::fx()
+            },
+            _ => return vec![volume],
+        }
+    } else {
+        match symbol {
+            Some(s) => s.limits,
+            None => return vec![volume],
+        }
+    };
+    super::sizing::split(volume, &limits)
+}
+
 /// The terms of a trigger's market fallback (the slave's pending order had not filled): the
 /// deviation guard only — the volume is the slave's own pending order's, sized when it was
 /// placed, and the order is already counted in the exposure limits.
@@ -80,6 +111,16 @@ pub fn guard_terms(policy: &CopyPolicy) -> ExecTerms {
         deviation_window_ms: policy.deviation.retry_window_ms,
         max_open_positions: policy.filters.max_open_positions,
         max_total_lots: policy.filters.max_total_lots.lots(),
+        split_max_lots: if policy.sizing.above_max == AboveMax::Split {
+            policy.limits.max.lots()
+        } else {
+            0.0
+        },
+        split_min_lots: if policy.sizing.above_max == AboveMax::Split {
+            policy.limits.min.lots()
+        } else {
+            0.0
+        },
     }
 }
 
@@ -214,7 +255,11 @@ fn decide(
                 } else {
                     BelowMin::Skip
                 },
-                above_max: AboveMax::Cap,
+                above_max: if terms.split_max_lots > 0.0 {
+                    AboveMax::Split
+                } else {
+                    AboveMax::Cap
+                },
                 check_free_margin: terms.check_free_margin,
                 ..SizingPolicy::default()
             };

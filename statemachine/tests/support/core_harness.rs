@@ -121,6 +121,7 @@ pub fn result(cmd: &CommandId, slave: &str, ticket: i64, status: BrokerStatus) -
         fill_price: 1.1,
         filled_volume: 1.0,
         status,
+        legs: Vec::new(),
     })
 }
 
