@@ -62,6 +62,9 @@ pub enum Mutant {
     /// slave EA: eviction also forgets an unfinished command (written ahead, at the broker or
     /// recording), so its redelivery is taken as new.
     SlaveEvictsUnfinished,
+    /// slave EA: an open sent as a catch-up is decided like a live one — beyond the deviation
+    /// guard it waits for the price and answers PRICE_DEVIATION instead of EXPIRED.
+    CatchUpIgnoresFlag,
 }
 
 impl Mutant {
@@ -87,6 +90,7 @@ impl Mutant {
         Mutant::TriggerIgnoresFill,
         Mutant::SlaveEvictsYoung,
         Mutant::SlaveEvictsUnfinished,
+        Mutant::CatchUpIgnoresFlag,
     ];
 
     pub fn name(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Mutant {
             Mutant::TriggerIgnoresFill => "trigger-ignores-fill",
             Mutant::SlaveEvictsYoung => "slave-evicts-young",
             Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
+            Mutant::CatchUpIgnoresFlag => "catch-up-ignores-flag",
         }
     }
 

@@ -55,6 +55,7 @@ scenarios!(
     partial_close_without_its_fraction_is_refused,
     pending_order_lifecycle_and_ticket_correlation,
     pending_orders_of_a_skipped_placement_and_after_restart,
+    catch_up_flag_marks_opens_that_waited_for_their_slave,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -1146,16 +1147,7 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(v2, 0.5, "multiplier 1 sized by the core");
     assert_eq!(t2.sizing, SlaveSizing::Final);
     assert_eq!(t2.max_open_positions, 3);
-    let mut refused = ExecutionResult {
-        command_id: cmd_id("i1", "s1"),
-        trade_id: TradeId::new("t1"),
-        slave: AccountId::new("s1"),
-        slave_ticket: 0,
-        fill_price: 0.0,
-        filled_volume: 0.0,
-        status: BrokerStatus::Rejected,
-        reason: Some(ErrorCode::PriceDeviation),
-    };
+    let mut refused = terms_refusal("i1", "t1", "s1", ErrorCode::PriceDeviation);
     h.msg("B", AgentToCore::ExecutionResult(refused.clone()));
     assert!(h.writes().iter().any(|w| matches!(
         w,
@@ -1461,4 +1453,95 @@ fn pending_orders_of_a_skipped_placement_and_after_restart() -> Vec<&'static str
     assert!(h.has_fired("core.delivery.T32"));
     fired.extend(h.fired);
     fired
+}
+
+/// The slave EA's answer to an open its copy terms refused with `reason`.
+fn terms_refusal(intent: &str, trade: &str, slave: &str, reason: ErrorCode) -> ExecutionResult {
+    ExecutionResult {
+        command_id: cmd_id(intent, slave),
+        trade_id: TradeId::new(trade),
+        slave: AccountId::new(slave),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status: BrokerStatus::Rejected,
+        reason: Some(reason),
+    }
+}
+
+fn catch_up_of(c: &Command) -> Option<bool> {
+    match &c.body {
+        CommandBody::Execute { catch_up, .. } => Some(*catch_up),
+        _ => None,
+    }
+}
+
+/// `core.delivery.T36`: an open that became head while its slave's agent was away goes out as
+/// a catch-up when the agent comes back, and keeps the flag on every re-send (the agent and
+/// the EA dedupe by command id: they must see one command). An open sent when it was ready,
+/// or one sent once and parked afterwards, is no catch-up; a close carries no flag. The
+/// slave EA's EXPIRED refusal of a catch-up ends the delivery as a copy-policy skip (T27).
+fn catch_up_flag_marks_opens_that_waited_for_their_slave() -> Vec<&'static str> {
+    let mut h = H::new();
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.take();
+    assert!(h.accept(intent("i1", "t1", IntentKind::Open, 1)).is_empty());
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    assert!(h.has_fired("core.delivery.T36"));
+    assert!(
+        !h.has_fired("core.delivery.T04"),
+        "a catch-up is T36, not T04"
+    );
+    let cmds = h.commands();
+    assert_eq!(cmds.len(), 2);
+    assert!(
+        cmds.iter().all(|c| catch_up_of(c) == Some(true)),
+        "{cmds:?}"
+    );
+    // No AGENT_BUFFERED within ack_timeout_ms: the re-send carries the same flag.
+    h.take();
+    h.advance(150);
+    h.advance(50);
+    let again = h.commands();
+    assert!(!again.is_empty());
+    assert!(
+        again.iter().all(|c| catch_up_of(c) == Some(true)),
+        "{again:?}"
+    );
+    // s2 executed it; s1's EA found the price beyond the guard: EXPIRED, a policy skip.
+    h.confirm(&cmd_id("i1", "s2"), "s2", 22);
+    h.take();
+    h.msg(
+        "B",
+        AgentToCore::ExecutionResult(terms_refusal("i1", "t1", "s1", ErrorCode::Expired)),
+    );
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::Expired),
+            status: DeliveryStatus::Failed,
+            ..
+        }
+    )));
+    assert_eq!(h.core.metrics().copy_skipped_total.get("EXPIRED"), Some(&1));
+    h.journal_ok_all();
+    // With the agent online an open goes at once: no catch-up.
+    h.take();
+    let live = h.accept(intent("i2", "t2", IntentKind::Open, 2));
+    assert_eq!(live.len(), 2);
+    assert!(
+        live.iter().all(|c| catch_up_of(c) == Some(false)),
+        "{live:?}"
+    );
+    // Sent once, then parked by an absence: the re-send keeps its first flag (false).
+    h.take();
+    h.disconnect("B");
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    let resent = h.commands();
+    assert!(!resent.is_empty());
+    assert!(
+        resent.iter().all(|c| catch_up_of(c) == Some(false)),
+        "{resent:?}"
+    );
+    h.fired
 }

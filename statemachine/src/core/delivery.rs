@@ -106,7 +106,7 @@ transitions! {
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
         SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
-            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
+            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, EXPIRED for a catch-up beyond the guard, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
         TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
@@ -123,6 +123,9 @@ transitions! {
         PendingTermsRebuilt = "T32": "New | Blocked | Parked",
             "becomes head, or its agent comes back: a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
             "terms rebuilt as T28 does for an open (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
+        CatchUpSend = "T36": "Parked",
+            "slave's agent comes online, for an OPEN parked before its first send in this core life (it became head while its slave's agent was offline or unknown, e.g. after a core restart)" => "Inflight(CORE_ACCEPTED)";
+            "Command sent as a catch-up (ExecuteOrder.catch_up = true, attempt + 1; every later re-send of it carries the same flag); ack timer — the slave EA answers a price beyond the deviation guard EXPIRED (ea.slave.T47)",
     }
 }
 
@@ -183,6 +186,11 @@ pub(crate) struct Delivery {
     pub never_sent: bool,
     /// Accepted in this core's life: its stage latencies are measured from `planned_at`.
     pub timed: bool,
+    /// Sent at least once in this core's life.
+    pub sent: bool,
+    /// An OPEN parked before its first send in this life: it goes out as a catch-up (T36),
+    /// and keeps the flag on every re-send, so the agent and the EA see one command.
+    pub catch_up: bool,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -273,6 +281,8 @@ impl Core {
                 planned_at: now,
                 never_sent: fresh,
                 timed: fresh,
+                sent: false,
+                catch_up: false,
             },
         );
         if prev.is_none() {
@@ -413,6 +423,10 @@ impl Core {
             self.fire(DeliveryT::ParkHead.spec(), self.subject(key));
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Parked;
+                // It could not go when it was ready: the slave catches up when it comes.
+                if !d.sent && d.rec.kind == IntentKind::Open {
+                    d.catch_up = true;
+                }
             }
         }
     }
@@ -550,6 +564,7 @@ impl Core {
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
                 terms: d.rec.terms.unwrap_or_default(),
+                catch_up: d.catch_up,
             },
             IntentKind::Modify => CommandBody::Modify {
                 slave_ticket: ticket(),
@@ -624,6 +639,7 @@ impl Core {
         };
         d.rec.attempts += 1;
         d.never_sent = false;
+        d.sent = true;
         d.state = DState::Inflight(d.stage);
         let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
             return;
@@ -1080,7 +1096,13 @@ impl Core {
                 Some(DState::Parked)
             );
             if parked && !self.expire_if_late(now, key) {
-                self.fire(DeliveryT::Unpark.spec(), self.subject(key));
+                let catch_up = self.deliveries.get(&key).is_some_and(|d| d.catch_up);
+                let t = if catch_up {
+                    DeliveryT::CatchUpSend
+                } else {
+                    DeliveryT::Unpark
+                };
+                self.fire(t.spec(), self.subject(key));
                 self.send_command(now, key);
             }
         }

@@ -104,6 +104,7 @@ transitions! {
         TriggerGuardRefused = "T36": "executing", "handle_broker_result(Rejected) for a TriggerPending sent with market = false (the pending had not filled; the broker deleted it)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
         Evicted = "T39": "executed", "after T16, executed records exceed `max_executed_retained` and the oldest (by completion; after recover(), by file order) is at least `min_retained_ms` old (recovered records count from the first input after recover())" => "(forgotten)"; "nothing; counted evicted — an unfinished command is never evicted, open positions and closed tickets are kept apart from the records; the record leaves the file at the terminal's next compaction (durable_image), and a later delivery of the id would be taken as new (the bound is sized so none can come: SPEC §8 ea.slave, dedupe window)",
         RecoveredPositions = "T40": "(durable)", "recover(): a positions row (written by a compaction after the retained records)" => "(positions replaced)"; "nothing; open positions, pending orders and tickets closed in full are exactly the row's — the retained records before it are for dedupe only, records after it update the positions as in T16/T21",
+        CatchUpExpired = "T47": "persisting", "persist result Ok for the write-ahead record of an open sent as a catch-up (Execute.catch_up) whose price is beyond deviation/max_points (policy::catchup::admit)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with EXPIRED} — never placed and never waiting for the price (the wait window is for live opens); counted terms_refused and catch_up_expired",
     }
 }
 
@@ -281,6 +282,9 @@ pub struct SlaveMetrics {
     pub ignored_messages: u64,
     /// Opens the copy terms refused (reported as REJECTED with the reason).
     pub terms_refused: u64,
+    /// Catch-up opens beyond the deviation guard, refused EXPIRED (T47; also in
+    /// `terms_refused`).
+    pub catch_up_expired: u64,
     /// Facts ignored: a new symbol beyond [`MAX_SYMBOLS`], or non-finite numbers.
     pub ignored_facts: u64,
     /// Executed records evicted by `max_executed_retained` (T39).
@@ -693,10 +697,32 @@ impl SlaveExecutor {
                     }
                     _ => body,
                 };
-                if let CommandBody::Execute { terms, .. } = &body {
+                if let CommandBody::Execute {
+                    terms, catch_up, ..
+                } = &body
+                {
                     let window = Duration::from_millis(terms.deviation_window_ms.into());
+                    // A catch-up never waits for the price: beyond the guard it has expired.
+                    let catch_up = *catch_up
+                        && !crate::mutants::active(crate::mutants::Mutant::CatchUpIgnoresFlag);
+                    let may_wait = terms.deviation_window_ms > 0 && !catch_up;
                     // The write-ahead is durable: whatever the terms decide, the EA owns it.
-                    match self.decide(&body, terms.deviation_window_ms > 0) {
+                    match self.decide(&body, may_wait) {
+                        OpenDecision::Refuse(SkipReason::PriceDeviation) if catch_up => {
+                            let reason = crate::policy::catchup::admit(
+                                crate::policy::catchup::CatchUpPolicy::default(),
+                                crate::msg::IntentKind::Open,
+                                0,
+                                true,
+                                false,
+                            )
+                            .err()
+                            .unwrap_or(SkipReason::Expired);
+                            self.fire(T::CatchUpExpired, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.m.catch_up_expired += 1;
+                            self.refuse_open(&id, reason);
+                        }
                         OpenDecision::Place(v) => {
                             self.fire(T::Place, subject);
                             self.pipe_ack(&id, PipeStatus::Ok, None);
@@ -1437,6 +1463,7 @@ impl SlaveExecutor {
                         stop_loss,
                         take_profit,
                         terms: ExecTerms::default(),
+                        catch_up: false,
                     }
                 } else {
                     CommandBody::TriggerPending {
