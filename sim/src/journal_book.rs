@@ -6,13 +6,14 @@
 //! It must never decide when a write commits or fails (its owner does) and never regress a
 //! final delivery or a stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::core::{
     CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::{ExecTerms, TicketEffect, TradeIntent};
+use echo_statemachine::policy::SkipReason;
 
 #[derive(Clone, Debug, Default)]
 pub struct JournalBook {
@@ -116,9 +117,36 @@ impl JournalBook {
                 TicketEffect::Keep => {}
             }
         }
+        // The real journals' rule: the policy-failed opens and placements of trades still
+        // live (an open ticket or an unfinished delivery).
+        let live: BTreeSet<&TradeId> = open
+            .keys()
+            .map(|(t, _)| t)
+            .chain(
+                self.deliveries
+                    .values()
+                    .filter(|d| d.status == DeliveryStatus::Inflight)
+                    .map(|d| &d.trade_id),
+            )
+            .collect();
+        let skipped_opens = self
+            .deliveries
+            .values()
+            .filter(|d| {
+                d.kind.starts_trade()
+                    && d.status == DeliveryStatus::Failed
+                    && d.reason.and_then(SkipReason::from_error_code).is_some()
+                    && live.contains(&d.trade_id)
+            })
+            .cloned()
+            .collect();
         CoreDurableState {
             unfinished,
-            open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
+            open_tickets: open
+                .iter()
+                .map(|((t, s), x)| (t.clone(), s.clone(), *x))
+                .collect(),
+            skipped_opens,
         }
     }
 }

@@ -56,6 +56,7 @@ scenarios!(
     pending_order_lifecycle_and_ticket_correlation,
     pending_orders_of_a_skipped_placement_and_after_restart,
     catch_up_flag_marks_opens_that_waited_for_their_slave,
+    a_terms_refused_open_is_remembered_across_a_restart,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -908,6 +909,7 @@ fn recover_resumes_unfinished_in_order() -> Vec<&'static str> {
             record("mod", "t1", "s1", IntentKind::Modify, 2),
         ],
         open_tickets: vec![(TradeId::new("t1"), AccountId::new("s1"), 77)],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(cfg(), durable);
     assert_eq!(h.core.open_deliveries(), 2);
@@ -1181,6 +1183,7 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
             record("i2", "t2", "s2", IntentKind::Open, 2),
         ],
         open_tickets: vec![],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(c, durable);
     h.msg("A", hello("A", &[("m1", Role::Master)]));
@@ -1242,6 +1245,7 @@ fn stage_latencies_are_measured_from_the_accept() {
     let durable = CoreDurableState {
         unfinished: vec![record("o", "t1", "s1", IntentKind::Open, 1)],
         open_tickets: vec![],
+        skipped_opens: vec![],
     };
     let mut r = H::recover(cfg(), durable);
     r.msg("B", hello("B", &[("s1", Role::Slave)]));
@@ -1431,6 +1435,7 @@ fn pending_orders_of_a_skipped_placement_and_after_restart() -> Vec<&'static str
             record("t4", "t4", "s1", IntentKind::PendingTrigger, 4),
         ],
         open_tickets: vec![(TradeId::new("t4"), AccountId::new("s1"), 44)],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(c, durable);
     h.msg("A", hello("A", &[("m1", Role::Master)]));
@@ -1544,4 +1549,87 @@ fn catch_up_flag_marks_opens_that_waited_for_their_slave() -> Vec<&'static str> 
         "{resent:?}"
     );
     h.fired
+}
+
+fn finished(h: &H) -> Vec<(CommandId, Option<ErrorCode>)> {
+    h.writes()
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::FinishDelivery {
+                command_id, reason, ..
+            } => Some((command_id.clone(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `core.delivery.T27` + `T26`: an open the slave EA's copy terms refused (MAX_OPEN_POSITIONS
+/// here) is remembered like one the core skipped, so the trade's modify at that slave ends with
+/// the open's reason, never sent, while the other slave copies it. `T37`: after a restart the
+/// journal's FAILED open of a trade still live brings the same memory back — a recovered close
+/// ends with the open's reason, not NO_POSITION; a row failed for another reason (the broker's)
+/// is no policy skip, and its trade's close still ends NO_POSITION.
+fn a_terms_refused_open_is_remembered_across_a_restart() -> Vec<&'static str> {
+    let mut h = H::world();
+    let cmds = h.accept(intent("o", "t1", IntentKind::Open, 1));
+    assert_eq!(cmds.len(), 2);
+    h.take();
+    h.msg(
+        "B",
+        AgentToCore::ExecutionResult(terms_refusal("o", "t1", "s1", ErrorCode::MaxOpenPositions)),
+    );
+    assert!(h.has_fired("core.delivery.T27"));
+    h.journal_ok_all();
+    h.confirm(&cmd_id("o", "s2"), "s2", 21);
+    let sent = h.accept(intent("m", "t1", IntentKind::Modify, 2));
+    let to: Vec<&str> = sent.iter().map(|c| c.slave.as_str()).collect();
+    assert_eq!(to, vec!["s2"], "never sent to s1: {sent:?}");
+    assert_eq!(
+        finished(&h),
+        vec![(cmd_id("m", "s1"), Some(ErrorCode::MaxOpenPositions))],
+        "the modify at s1 carries its open's reason, not NO_POSITION"
+    );
+    assert!(h.has_fired("core.delivery.T26"));
+    assert_eq!(
+        h.core
+            .metrics()
+            .copy_skipped_total
+            .get("MAX_OPEN_POSITIONS"),
+        Some(&2)
+    );
+    let fired = h.fired.clone();
+
+    let failed = |intent: &str, trade: &str, reason: ErrorCode| DeliveryRecord {
+        status: DeliveryStatus::Failed,
+        reason: Some(reason),
+        ..record(intent, trade, "s1", IntentKind::Open, 1)
+    };
+    let durable = CoreDurableState {
+        unfinished: vec![
+            record("c2", "t2", "s1", IntentKind::Close, 2),
+            record("c3", "t3", "s1", IntentKind::Close, 2),
+        ],
+        open_tickets: vec![],
+        skipped_opens: vec![
+            failed("o2", "t2", ErrorCode::PriceDeviation),
+            failed("o3", "t3", ErrorCode::BrokerRejected),
+        ],
+    };
+    let mut h = H::recover(cfg(), durable);
+    assert!(h.has_fired("core.delivery.T37"));
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    assert!(h.commands().is_empty(), "nothing reaches s1");
+    let mut done = finished(&h);
+    done.sort();
+    assert_eq!(
+        done,
+        vec![
+            (cmd_id("c2", "s1"), Some(ErrorCode::PriceDeviation)),
+            (cmd_id("c3", "s1"), Some(ErrorCode::NoPosition)),
+        ]
+    );
+    let mut all = fired;
+    all.extend(h.fired);
+    all
 }

@@ -79,6 +79,33 @@ pub(crate) fn reason_str(r: ErrorCode) -> &'static str {
     r.name()
 }
 
+/// `kind IN (…)` of the kinds that start a trade (an OPEN, a placement), as SQL literals.
+pub(crate) fn opening_kinds_sql() -> String {
+    sql_list(
+        IntentKind::ALL
+            .iter()
+            .filter(|k| k.starts_trade())
+            .map(|k| kind_str(*k)),
+    )
+}
+
+/// `reason IN (…)` of the copy policy's reasons (`policy::SkipReason`), as SQL literals.
+pub(crate) fn policy_reasons_sql() -> String {
+    sql_list(
+        echo_statemachine::policy::SkipReason::ALL
+            .iter()
+            .map(|r| reason_str(r.error_code())),
+    )
+}
+
+/// Fixed identifiers (never outside input) as a SQL list: `'A', 'B'`.
+fn sql_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn reason_from(s: &str) -> Result<ErrorCode, JournalError> {
     ErrorCode::ALL
         .iter()

@@ -273,9 +273,25 @@ macro_rules! read_side {
                 let k: i64 = r.try_get("slave_ticket")?;
                 open_tickets.push((TradeId::new(t), AccountId::new(s), k));
             }
+            // The opens and placements the copy policy did not make, of trades still live
+            // (SPEC.md §5.2 "Later intents of a skipped open"): read by trade, never the
+            // whole history.
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {p}delivery_journal \
+                 WHERE status = 'failed' AND kind IN ({kinds}) AND reason IN ({reasons}) \
+                 AND trade_id IN (SELECT trade_id FROM {p}open_position \
+                   UNION SELECT trade_id FROM {p}delivery_journal WHERE status = 'inflight') \
+                 ORDER BY command_id",
+                kinds = $crate::journal::codec::opening_kinds_sql(),
+                reasons = $crate::journal::codec::policy_reasons_sql(),
+            ))
+            .fetch_all(pool)
+            .await?;
+            let skipped_opens = decode_deliveries(rows)?;
             Ok(CoreDurableState {
                 unfinished,
                 open_tickets,
+                skipped_opens,
             })
         }
 

@@ -100,14 +100,14 @@ transitions! {
             "becomes head, or its agent comes back, for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
             "FinishDelivery{failed, EXPIRED}; copy_skipped_total{reason=EXPIRED}++; log core_delivery_failed — a modify, partial close or close is never expired",
         OpenNotCopied = "T26": "New | Blocked",
-            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN this core life did not copy to the slave for a copy-policy reason (T20, T25)" => "Finalizing(FAILED)";
+            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN was not copied to the slave for a copy-policy reason: by this core life (T20, T25), by the slave EA's copy terms (T27), or as the journal holds it at recovery (T37)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, the open's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent, so no NO_POSITION noise at the slave",
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
         SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, EXPIRED for a catch-up beyond the guard, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
-            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
+            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed; an OPEN or placement is remembered as skipped, so the trade's later intents at that slave end with this reason, never sent (T26, T30)",
         TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
             "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
@@ -115,7 +115,7 @@ transitions! {
             "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER but the slave holds no ticket for the trade (its placement failed, or was cancelled)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed — never sent",
         PendingNotCopied = "T30": "New | Blocked",
-            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER of a trade whose placement this core life did not copy to the slave for a copy-policy reason (T20, T32)" => "Finalizing(FAILED)";
+            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER of a trade whose placement was not copied to the slave for a copy-policy reason (T20, T27 after the EA's T32, T37)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, the placement's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent",
         PendingCorrelated = "T31": "Finalizing(ACKED) of a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER / PENDING_CANCEL",
             "FinishDelivery answered Ok" => "Done(ACKED)";
@@ -126,6 +126,9 @@ transitions! {
         CatchUpSend = "T36": "Parked",
             "slave's agent comes online, for an OPEN parked before its first send in this core life (it became head while its slave's agent was offline or unknown, e.g. after a core restart)" => "Inflight(CORE_ACCEPTED)";
             "Command sent as a catch-up (ExecuteOrder.catch_up = true, attempt + 1; every later re-send of it carries the same flag); ack timer — the slave EA answers a price beyond the deviation guard EXPIRED (ea.slave.T47)",
+        RecoveredSkip = "T37": "(durable)",
+            "recover(): the journal holds the OPEN or placement of a trade still live (an open slave ticket or an unfinished delivery of the trade) FAILED at a slave with a copy-policy reason (T20, T25, T27 of any life)" => "(remembered as skipped)";
+            "nothing; the trade's later intents at that slave end FAILED with that reason (T26, T30), as in the life that decided it — never sent, never NO_POSITION",
     }
 }
 
@@ -334,6 +337,31 @@ impl Core {
     fn count_skip(&mut self, reason: ErrorCode) {
         if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
             *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        }
+    }
+
+    /// Opens and placements the journal holds FAILED by the copy policy, for trades still
+    /// live (recovery, T37): the trade's later intents at that slave follow suit.
+    pub(crate) fn adopt_skipped_opens(&mut self, records: Vec<DeliveryRecord>) {
+        for rec in records {
+            let reason = rec
+                .reason
+                .filter(|r| crate::policy::SkipReason::from_error_code(*r).is_some());
+            let (Some(reason), true) = (reason, rec.kind.starts_trade()) else {
+                continue;
+            };
+            if rec.status != DeliveryStatus::Failed
+                || self
+                    .tickets
+                    .contains_key(&(rec.trade_id.clone(), rec.slave.clone()))
+            {
+                continue;
+            }
+            self.fire(
+                DeliveryT::RecoveredSkip.spec(),
+                Subject::Command(rec.command_id.clone()),
+            );
+            self.remember_skipped_open(&rec, reason);
         }
     }
 
@@ -877,6 +905,16 @@ impl Core {
                 {
                     Some(reason) => {
                         self.fire(DeliveryT::SlaveRefused.spec(), self.subject(key));
+                        // Remembered before the delivery finishes, as T25 does: finishing it
+                        // may make the trade's next intent head of its chain (T26).
+                        let opening = self
+                            .deliveries
+                            .get(&key)
+                            .filter(|d| d.rec.kind.starts_trade())
+                            .map(|d| d.rec.clone());
+                        if let Some(rec) = opening {
+                            self.remember_skipped_open(&rec, reason.error_code());
+                        }
                         self.fail_by_policy(now, key, reason);
                     }
                     None => {

@@ -146,4 +146,9 @@ pub struct CoreDurableState {
     /// latest filled OPEN or PARTIAL_CLOSE (a broker may move the rest of a partially closed
     /// position to a new ticket), until a filled CLOSE.
     pub open_tickets: Vec<(TradeId, AccountId, i64)>,
+    /// The OPEN and placement rows FAILED with a copy-policy reason (`policy::SkipReason`) of
+    /// every trade still live — one that has an open ticket or an unfinished delivery — so
+    /// the trade's later intents at that slave keep that reason (`core.delivery.T37`). Trades
+    /// with neither are not read (nothing bounds them); their later intents end NO_POSITION.
+    pub skipped_opens: Vec<DeliveryRecord>,
 }
