@@ -26,7 +26,15 @@ async fn accept_then_load(kind: Kind) {
     let (w, ds) = accept(&i, &["s1", "s2", "s3"]);
     assert_eq!(j.write(w).await, DONE);
     let state = j.load().await.expect("load");
-    assert_eq!(sorted(state.unfinished), sorted(ds.clone()));
+    // Read back with the master's facts journaled with the intent (SPEC.md §5.2).
+    assert_eq!(sorted(state.unfinished.clone()), sorted(loaded(&ds, &i)));
+    assert_eq!(
+        state.unfinished[0]
+            .intent_facts
+            .as_ref()
+            .map(|f| (f.origin.balance, f.origin.comment.as_str())),
+        Some((10_000.0, "grid #1"))
+    );
     assert!(state.open_tickets.is_empty());
     // Trade ids are stored lower-cased, as the machine normalises them.
     let report = j.trade(&TradeId::new("t-1")).await.expect("trade");
@@ -133,7 +141,7 @@ async fn finish_never_regresses(kind: Kind) {
     assert_eq!(row.record.slave_ticket, Some(77));
     assert_eq!(row.record.reason, None);
     let state = j.load().await.expect("load");
-    assert_eq!(state.unfinished, vec![ds[1].clone()]);
+    assert_eq!(state.unfinished, loaded(&ds[1..2], &i));
     let failed = j.failed(10).await.expect("failed");
     assert!(failed.is_empty());
     j.close().await;
@@ -266,7 +274,7 @@ async fn open_tickets_follow_opens_and_closes(kind: Kind) {
     let state = j.load().await.expect("load");
     assert_eq!(tickets(&state), want);
     // Only the modify to s2 is unfinished.
-    assert_eq!(state.unfinished, vec![mds[1].clone()]);
+    assert_eq!(state.unfinished, loaded(&mds[1..2], &modify));
     let report = j.trade(&TradeId::new("t1")).await.expect("trade");
     assert_eq!(report.open_tickets, vec![(AccountId::new("s2"), 72)]);
     let failed = j.failed(10).await.expect("failed");
@@ -354,7 +362,7 @@ async fn a_partial_close_keeps_its_fraction_and_moves_the_ticket_across_restarts
     drop(j);
     let j = env.open().await;
     let state = j.load().await.expect("load");
-    assert_eq!(state.unfinished, vec![pds[0].clone()], "fraction journaled");
+    assert_eq!(state.unfinished, loaded(&pds, &part), "fraction journaled");
     let cfg = core_config();
     let mut core = Core::recover(cfg.clone(), state, echo_statemachine::time::Instant::ZERO);
     let hello = AgentToCore::Hello(AgentHello {

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::core::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
+    CoreDurableState, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::{ExecTerms, TicketEffect, TradeIntent};
@@ -18,7 +18,8 @@ use echo_statemachine::policy::SkipReason;
 #[derive(Clone, Debug, Default)]
 pub struct JournalBook {
     pub intents: BTreeMap<IntentId, TradeIntent>,
-    /// As the real journal holds them: without the opens' copy terms (not journaled).
+    /// As the real journal holds them: without the opens' copy terms (not journaled; the
+    /// master's facts they are rebuilt from are journaled with the intent, in `intents`).
     pub deliveries: BTreeMap<CommandId, DeliveryRecord>,
     /// The copy terms each open was planned with — the checkers' copy, never read back by a
     /// core.
@@ -86,13 +87,21 @@ impl JournalBook {
         }
     }
 
-    /// What a restarted core loads: unfinished deliveries and the open slave tickets.
+    /// What a restarted core loads: unfinished deliveries (each with its intent's journaled
+    /// facts, as the real journals join them), the open slave tickets and the policy-failed
+    /// opens of live trades.
     pub fn durable_state(&self) -> CoreDurableState {
         let unfinished = self
             .deliveries
             .values()
             .filter(|d| d.status == DeliveryStatus::Inflight)
-            .cloned()
+            .map(|d| DeliveryRecord {
+                intent_facts: self
+                    .intents
+                    .get(&d.intent_id)
+                    .map(|i| Box::new(IntentFacts::of(i))),
+                ..d.clone()
+            })
             .collect();
         let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
         let mut ds: Vec<&DeliveryRecord> = self

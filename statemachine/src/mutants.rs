@@ -65,6 +65,11 @@ pub enum Mutant {
     /// slave EA: an open sent as a catch-up is decided like a live one — beyond the deviation
     /// guard it waits for the price and answers PRICE_DEVIATION instead of EXPIRED.
     CatchUpIgnoresFlag,
+    /// core: an open read back from the journal gets its copy terms rebuilt without the
+    /// master's facts journaled with its intent (balance/equity unknown), as before they were
+    /// journaled: a ratio-sized one is refused ACCOUNT_FACTS_UNKNOWN only because the core
+    /// restarted.
+    RecoveryDropsFacts,
 }
 
 impl Mutant {
@@ -91,6 +96,7 @@ impl Mutant {
         Mutant::SlaveEvictsYoung,
         Mutant::SlaveEvictsUnfinished,
         Mutant::CatchUpIgnoresFlag,
+        Mutant::RecoveryDropsFacts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +123,7 @@ impl Mutant {
             Mutant::SlaveEvictsYoung => "slave-evicts-young",
             Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
             Mutant::CatchUpIgnoresFlag => "catch-up-ignores-flag",
+            Mutant::RecoveryDropsFacts => "recovery-drops-facts",
         }
     }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use echo_statemachine::config::Subscription;
 use echo_statemachine::core::{
-    CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult,
-    JournalWrite,
+    CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply,
+    JournalResult, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
@@ -301,6 +301,7 @@ fn journal_retry_give_up_and_probe() -> Vec<&'static str> {
 fn record(intent_id: &str, trade: &str, slave: &str, kind: IntentKind, seq: u64) -> DeliveryRecord {
     DeliveryRecord {
         terms: None,
+        intent_facts: None,
         command_id: cmd_id(intent_id, slave),
         intent_id: IntentId::new(intent_id),
         trade_id: TradeId::new(trade),
@@ -1038,18 +1039,8 @@ fn later_intents_of_a_skipped_open_keep_its_reason() -> Vec<&'static str> {
         let sent = h.accept(intent(id, "t1", kind, seq));
         let to: Vec<&str> = sent.iter().map(|c| c.slave.as_str()).collect();
         assert_eq!(to, vec!["s2"], "{id}: only s2 holds the position");
-        let failed: Vec<(CommandId, Option<ErrorCode>)> = h
-            .writes()
-            .iter()
-            .filter_map(|w| match w {
-                JournalWrite::FinishDelivery {
-                    command_id, reason, ..
-                } => Some((command_id.clone(), *reason)),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            failed,
+            finished(&h),
             vec![(cmd_id(id, "s1"), Some(ErrorCode::FilteredDirection))],
             "{id}: s1 follows its open's reason, not NO_POSITION"
         );
@@ -1177,10 +1168,17 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(h.core.metrics().copy_skipped_total.values().sum::<u64>(), 1);
     let fired = h.fired.clone();
 
+    // s1's open was journaled with the master's facts (balance 20 000, symbol EURUSD); t3's
+    // row predates them (journaled before migration 0006: not reported).
+    let mut with_facts = record("i2", "t2", "s1", IntentKind::Open, 2);
+    let mut origin = intent("i2", "t2", IntentKind::Open, 2);
+    origin.origin.balance = 20_000.0;
+    with_facts.intent_facts = Some(Box::new(IntentFacts::of(&origin)));
     let durable = CoreDurableState {
         unfinished: vec![
-            record("i2", "t2", "s1", IntentKind::Open, 2),
+            with_facts,
             record("i2", "t2", "s2", IntentKind::Open, 2),
+            record("i3", "t3", "s1", IntentKind::Open, 3),
         ],
         open_tickets: vec![],
         skipped_opens: vec![],
@@ -1188,14 +1186,15 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     let mut h = H::recover(c, durable);
     h.msg("A", hello("A", &[("m1", Role::Master)]));
     h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    // Both are sent (either may have executed before the crash): s2's guards come back from
-    // its subscription, s1's ratio sizing lost the master's balance — the slave refuses it
-    // ACCOUNT_FACTS_UNKNOWN unless it already executed it.
+    // All are sent (any may have executed before the crash): s2's guards come back from its
+    // subscription, s1's ratio sizing from its subscription and the master's journaled
+    // balance — the same terms as before the crash; t3's row has no facts: the slave refuses
+    // it ACCOUNT_FACTS_UNKNOWN unless it already executed it.
     let cmds = h.commands();
-    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds.len(), 3);
     let terms_of = |slave: &str| {
         cmds.iter()
-            .find(|c| c.slave.as_str() == slave)
+            .find(|c| c.slave.as_str() == slave && c.trade_id.as_str() == "t2")
             .map(|c| match &c.body {
                 CommandBody::Execute { terms, .. } => *terms,
                 b => panic!("{b:?}"),
@@ -1206,7 +1205,20 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(terms_of("s2").sizing, SlaveSizing::Final);
     let t1 = terms_of("s1");
     assert_eq!(
-        (t1.sizing, t1.master_amount),
+        (t1.sizing, t1.sizing_value, t1.master_amount),
+        (SlaveSizing::BalanceRatio, 2.0, 20_000.0),
+        "planned with the same facts as before the crash"
+    );
+    let legacy = cmds
+        .iter()
+        .find(|c| c.trade_id.as_str() == "t3")
+        .map(|c| match &c.body {
+            CommandBody::Execute { terms, .. } => *terms,
+            b => panic!("{b:?}"),
+        })
+        .unwrap();
+    assert_eq!(
+        (legacy.sizing, legacy.master_amount),
         (SlaveSizing::BalanceRatio, 0.0)
     );
     assert!(h.writes().is_empty(), "nothing failed at the core");

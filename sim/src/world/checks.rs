@@ -415,6 +415,38 @@ impl World {
 }
 
 impl World {
+    /// An open reaches the slave EA with the master's facts its intent carried: a ratio-sized
+    /// open's terms hold the master's balance (equity) exactly as reported — in every core
+    /// life, since the facts are journaled with the intent (SPEC.md §5.2). A recovered open
+    /// is then never refused ACCOUNT_FACTS_UNKNOWN for a fact the master did report.
+    pub(super) fn check_terms_facts(&mut self, s: usize, command: &Command) {
+        let (CommandBody::Execute { terms, .. } | CommandBody::PlacePending { terms, .. }) =
+            &command.body
+        else {
+            return;
+        };
+        let Some(intent) = self.journal.intents.get(&command.intent_id) else {
+            return;
+        };
+        // Read back after its subscription was removed: refused on purpose.
+        if *terms == echo_statemachine::policy::terms::unsubscribed_terms() {
+            return;
+        }
+        let reported = match terms.sizing {
+            SlaveSizing::BalanceRatio => intent.origin.balance,
+            SlaveSizing::EquityRatio => intent.origin.equity,
+            SlaveSizing::Final | SlaveSizing::RiskPercent => return,
+        };
+        if terms.master_amount.to_bits() != reported.to_bits() {
+            let v = format!(
+                "slave-{s} got {} with {:?} terms for a master amount of {}, the master \
+                 reported {reported}",
+                command.command_id, terms.sizing, terms.master_amount
+            );
+            self.violation(v);
+        }
+    }
+
     /// A delivery as journaled, with its deviation guard (points; 0 = off).
     fn guard_of(&self, id: &CommandId) -> Option<(DeliveryRecord, u32)> {
         let rec = self.journal.deliveries.get(id).cloned()?;

@@ -110,7 +110,7 @@ transitions! {
             "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed; an OPEN or placement is remembered as skipped, so the trade's later intents at that slave end with this reason, never sent (T26, T30)",
         TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
-            "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
+            "terms rebuilt from the subscription in force and the master's facts journaled with its intent (balance/equity, symbol: the same terms as before the crash unless the subscription changed; rows journaled before the facts were read as not reported, so such a ratio-sized open is refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses that way — never failed at the core, since it may already have executed",
         PendingNoTicket = "T29": "New | Blocked",
             "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER but the slave holds no ticket for the trade (its placement failed, or was cancelled)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed — never sent",
@@ -122,7 +122,7 @@ transitions! {
             "ticket correlation (as T17 for the rest): a placement records the slave's pending ticket; a trigger replaces it by the position's ticket (the same one when the slave's pending had filled on its own), so the trade's later modifies and closes reach the position; a cancel forgets it — open_position changed in the same FinishDelivery transaction",
         PendingTermsRebuilt = "T32": "New | Blocked | Parked",
             "becomes head, or its agent comes back: a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
-            "terms rebuilt as T28 does for an open (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
+            "terms rebuilt as T28 does for an open, with the master's journaled facts (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
         CatchUpSend = "T36": "Parked",
             "slave's agent comes online, for an OPEN parked before its first send in this core life (it became head while its slave's agent was offline or unknown, e.g. after a core restart)" => "Inflight(CORE_ACCEPTED)";
             "Command sent as a catch-up (ExecuteOrder.catch_up = true, attempt + 1; every later re-send of it carries the same flag); ack timer — the slave EA answers a price beyond the deviation guard EXPIRED (ea.slave.T47)",
@@ -509,10 +509,12 @@ impl Core {
 
     /// An open read back from the journal has no copy terms (they are not journaled). It may
     /// have reached the slave before the crash, so it is never failed here: it is sent with
-    /// terms rebuilt from the subscription in force — the master's balance/equity are unknown
-    /// (0), so the slave EA refuses a ratio-sized one `ACCOUNT_FACTS_UNKNOWN` unless it
-    /// already executed it (then it answers from its stored result); with the subscription
-    /// gone, with terms it refuses the same way rather than place the master's lots.
+    /// terms rebuilt from the subscription in force and the master's facts journaled with its
+    /// intent, so a ratio-sized open carries the master's balance/equity as it did before the
+    /// crash (a row without them, journaled before they were, reads as "not reported": the
+    /// slave EA refuses it `ACCOUNT_FACTS_UNKNOWN` unless it already executed it); with the
+    /// subscription gone, with terms it refuses the same way rather than place the master's
+    /// lots.
     fn rebuild_lost_terms(&mut self, key: u64) {
         let Some(d) = self.deliveries.get(&key) else {
             return;
@@ -526,21 +528,24 @@ impl Core {
             .get(&d.rec.master)
             .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
             .map(|s| &s.policy);
+        let dropped = crate::mutants::active(crate::mutants::Mutant::RecoveryDropsFacts);
+        let with_facts = |p| match (&d.rec.intent_facts, dropped) {
+            (Some(f), false) => {
+                crate::policy::terms::terms_with_facts(p, &f.master_symbol, &f.origin)
+            }
+            _ => crate::policy::terms::guard_terms(p),
+        };
         let terms = match (kind, policy) {
             (IntentKind::PendingTrigger, Some(p)) => crate::policy::terms::trigger_terms(p),
             (IntentKind::PendingTrigger, None) => crate::msg::ExecTerms::default(),
-            (IntentKind::Open, Some(p)) => crate::policy::terms::guard_terms(p),
+            (IntentKind::Open, Some(p)) => with_facts(p),
             // A placement waits for its own price: no deviation guard.
             (_, Some(p)) => crate::msg::ExecTerms {
                 max_deviation_points: 0,
                 deviation_window_ms: 0,
-                ..crate::policy::terms::guard_terms(p)
+                ..with_facts(p)
             },
-            (_, None) => crate::msg::ExecTerms {
-                sizing: crate::msg::SlaveSizing::BalanceRatio,
-                sizing_value: 1.0,
-                ..crate::msg::ExecTerms::default()
-            },
+            (_, None) => crate::policy::terms::unsubscribed_terms(),
         };
         let t = if kind == IntentKind::Open {
             DeliveryT::TermsRebuilt

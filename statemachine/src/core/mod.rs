@@ -25,8 +25,8 @@ use crate::spec::{Fired, Subject, Transition};
 use crate::time::Instant;
 
 pub use journal::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite,
-    OpId,
+    CoreDurableState, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply, JournalResult,
+    JournalWrite, OpId,
 };
 
 /// Everything the core machine needs to start.
