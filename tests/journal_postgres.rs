@@ -170,11 +170,12 @@ async fn outage_answers_retryable_promptly_and_heals_by_itself() {
     proxy.up();
     // No reopen: the pool reconnects by itself.
     write_until_ok(&j, JournalWrite::Probe, Duration::from_secs(20)).await;
-    let (w2, ds2) = accept(&intent("i2", "t2", IntentKind::Open, 50), &["s1", "s2"]);
+    let i2 = intent("i2", "t2", IntentKind::Open, 50);
+    let (w2, ds2) = accept(&i2, &["s1", "s2"]);
     let r = write_until_ok(&j, w2, Duration::from_secs(10)).await;
     assert_eq!(r, JournalReply::Done);
     let state = j.load().await.expect("load after recovery");
-    for d in &ds2 {
+    for d in &loaded(&ds2, &i2) {
         assert!(state.unfinished.contains(d));
     }
     // None of the writes answered Failed during the outage reached the journal.

@@ -26,7 +26,15 @@ async fn accept_then_load(kind: Kind) {
     let (w, ds) = accept(&i, &["s1", "s2", "s3"]);
     assert_eq!(j.write(w).await, DONE);
     let state = j.load().await.expect("load");
-    assert_eq!(sorted(state.unfinished), sorted(ds.clone()));
+    // Read back with the master's facts journaled with the intent (SPEC.md §5.2).
+    assert_eq!(sorted(state.unfinished.clone()), sorted(loaded(&ds, &i)));
+    assert_eq!(
+        state.unfinished[0]
+            .intent_facts
+            .as_ref()
+            .map(|f| (f.origin.balance, f.origin.comment.as_str())),
+        Some((10_000.0, "grid #1"))
+    );
     assert!(state.open_tickets.is_empty());
     // Trade ids are stored lower-cased, as the machine normalises them.
     let report = j.trade(&TradeId::new("t-1")).await.expect("trade");
@@ -133,7 +141,7 @@ async fn finish_never_regresses(kind: Kind) {
     assert_eq!(row.record.slave_ticket, Some(77));
     assert_eq!(row.record.reason, None);
     let state = j.load().await.expect("load");
-    assert_eq!(state.unfinished, vec![ds[1].clone()]);
+    assert_eq!(state.unfinished, loaded(&ds[1..2], &i));
     let failed = j.failed(10).await.expect("failed");
     assert!(failed.is_empty());
     j.close().await;
@@ -266,7 +274,7 @@ async fn open_tickets_follow_opens_and_closes(kind: Kind) {
     let state = j.load().await.expect("load");
     assert_eq!(tickets(&state), want);
     // Only the modify to s2 is unfinished.
-    assert_eq!(state.unfinished, vec![mds[1].clone()]);
+    assert_eq!(state.unfinished, loaded(&mds[1..2], &modify));
     let report = j.trade(&TradeId::new("t1")).await.expect("trade");
     assert_eq!(report.open_tickets, vec![(AccountId::new("s2"), 72)]);
     let failed = j.failed(10).await.expect("failed");
@@ -354,7 +362,7 @@ async fn a_partial_close_keeps_its_fraction_and_moves_the_ticket_across_restarts
     drop(j);
     let j = env.open().await;
     let state = j.load().await.expect("load");
-    assert_eq!(state.unfinished, vec![pds[0].clone()], "fraction journaled");
+    assert_eq!(state.unfinished, loaded(&pds, &part), "fraction journaled");
     let cfg = core_config();
     let mut core = Core::recover(cfg.clone(), state, echo_statemachine::time::Instant::ZERO);
     let hello = AgentToCore::Hello(AgentHello {
@@ -698,6 +706,63 @@ async fn new_work_wakes_at_once_and_poll_backstops(kind: Kind) {
     j.close().await;
 }
 
+/// SPEC.md §5.2 "Later intents of a skipped open": a restarted core reads back the opens and
+/// placements the copy policy did not make (whoever decided: at intake, the slave's terms,
+/// EXPIRED) of every trade still live — an open ticket or an unfinished delivery — and of no
+/// other; a row failed for another reason (the broker's) is not one.
+async fn policy_failed_opens_of_live_trades_are_loaded(kind: Kind) {
+    let env = Env::new(kind).await;
+    let j = env.open().await;
+    // t1: live (s2 holds it); s1's terms refused it, s3's broker rejected it.
+    let (w, ds) = accept(
+        &intent("o1", "t1", IntentKind::Open, 1),
+        &["s1", "s2", "s3"],
+    );
+    assert_eq!(j.write(w).await, DONE);
+    let refuse = |d, r| finish(d, DeliveryStatus::Failed, None, Some(r));
+    j.write(refuse(&ds[0], ErrorCode::MaxOpenPositions)).await;
+    j.write(finish(&ds[1], DeliveryStatus::Acked, Some(72), None))
+        .await;
+    j.write(refuse(&ds[2], ErrorCode::BrokerRejected)).await;
+    // t2: refused everywhere and nothing unfinished: not live, not read.
+    let (w, ds) = accept(&intent("o2", "t2", IntentKind::Open, 2), &["s1"]);
+    j.write(w).await;
+    j.write(refuse(&ds[0], ErrorCode::PriceDeviation)).await;
+    // t3: a placement failed at intake (journaled FAILED with its intent), its modify unfinished.
+    let place = intent("p3", "t3", IntentKind::PlaceLimit, 3);
+    let mut ds = accept(&place, &["s1"]).1;
+    ds[0].status = DeliveryStatus::Failed;
+    ds[0].reason = Some(ErrorCode::FilteredDirection);
+    j.write(JournalWrite::AcceptIntent {
+        intent: place,
+        deliveries: ds,
+    })
+    .await;
+    let (w, _) = accept(&intent("m3", "t3", IntentKind::PendingModify, 4), &["s1"]);
+    j.write(w).await;
+    // t4: EXPIRED at the core, its close unfinished.
+    let (w, ds) = accept(&intent("o4", "t4", IntentKind::Open, 5), &["s1"]);
+    j.write(w).await;
+    j.write(refuse(&ds[0], ErrorCode::Expired)).await;
+    let (w, _) = accept(&intent("c4", "t4", IntentKind::Close, 6), &["s1"]);
+    j.write(w).await;
+    let state = j.load().await.expect("load");
+    let got: Vec<(String, Option<ErrorCode>)> = state
+        .skipped_opens
+        .iter()
+        .map(|d| (d.command_id.as_str().to_string(), d.reason))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("o1@s1".to_string(), Some(ErrorCode::MaxOpenPositions)),
+            ("o4@s1".into(), Some(ErrorCode::Expired)),
+            ("p3@s1".into(), Some(ErrorCode::FilteredDirection)),
+        ]
+    );
+    j.close().await;
+}
+
 async fn closed_journal_answers_retryable(kind: Kind) {
     let env = Env::new(kind).await;
     let j: Journal = env.open().await;
@@ -721,4 +786,5 @@ per_backend!(
     repeats_in_one_batch_insert_once,
     new_work_wakes_at_once_and_poll_backstops,
     closed_journal_answers_retryable,
+    policy_failed_opens_of_live_trades_are_loaded,
 );

@@ -186,7 +186,14 @@ async fn sweep_leftovers(conn: &mut sqlx::PgConnection) {
 
 pub fn intent(id: &str, trade: &str, kind: IntentKind, seq: u64) -> TradeIntent {
     TradeIntent {
-        origin: Default::default(),
+        // The master's facts travel with every intent and are journaled with it.
+        origin: echo_statemachine::msg::MasterFacts {
+            magic: 7,
+            comment: "grid #1".into(),
+            order_type: echo_statemachine::msg::OrderType::Limit,
+            balance: 10_000.0,
+            equity: 9_850.5,
+        },
         intent_id: IntentId::new(id),
         trade_id: TradeId::new(trade),
         master: AccountId::new("m1"),
@@ -213,6 +220,7 @@ pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
     let slave = AccountId::new(slave);
     DeliveryRecord {
         terms: None,
+        intent_facts: None,
         command_id: CommandId::for_delivery(&i.intent_id, &slave),
         intent_id: i.intent_id.clone(),
         trade_id: i.trade_id.clone(),
@@ -239,6 +247,16 @@ pub fn delivery(i: &TradeIntent, slave: &str) -> DeliveryRecord {
         reason: None,
         master_volume_before: i.master_volume_before,
     }
+}
+
+/// `ds` (records of intent `i`) as the journal's load returns them: with the intent's facts.
+pub fn loaded(ds: &[DeliveryRecord], i: &TradeIntent) -> Vec<DeliveryRecord> {
+    ds.iter()
+        .map(|d| DeliveryRecord {
+            intent_facts: Some(Box::new(echo_statemachine::core::IntentFacts::of(i))),
+            ..d.clone()
+        })
+        .collect()
 }
 
 /// `AcceptIntent` for `intent` fanned out to `slaves`, and the records it carries.

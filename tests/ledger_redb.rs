@@ -45,6 +45,7 @@ fn record(n: u64, state: LedgerState) -> LedgerRecord {
             } else {
                 CommandBody::Execute {
                     terms: Default::default(),
+                    catch_up: false,
                     symbol: Symbol::new("EURUSD"),
                     side: Side::Buy,
                     volume: 0.1 * n as f64,
@@ -190,6 +191,7 @@ async fn numbers_come_back_bit_for_bit() {
         let mut r = record(n as u64 + 1, LedgerState::Buffered);
         r.command.body = CommandBody::Execute {
             terms: Default::default(),
+            catch_up: false,
             symbol: Symbol::new("EURUSD"),
             side: Side::Sell,
             volume: *v,

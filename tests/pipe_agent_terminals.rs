@@ -65,6 +65,7 @@ impl MiniCore {
         let body = match i.kind {
             IntentKind::Open => CommandBody::Execute {
                 terms: Default::default(),
+                catch_up: false,
                 symbol: i.symbol.clone(),
                 side: i.side,
                 volume: i.volume,

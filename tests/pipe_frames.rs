@@ -179,6 +179,7 @@ fn agent_frames() -> Vec<AgentFrame> {
             price: 1.1,
             stop_loss: 1.095,
             take_profit: 1.11,
+            catch_up: true,
         },
         CommandBody::Modify {
             slave_ticket: 500_001,
@@ -391,6 +392,50 @@ fn spec_examples_decode_and_are_canonical() {
     ] {
         assert!(types.contains(t), "SPEC.md has no example of a {t} frame");
     }
+}
+
+/// `catch_up` (SPEC.md §9, EXECUTE): written only when true, absent (a legacy agent) reads as
+/// a live open, and SPEC.md shows a catch-up open and the slave's EXPIRED answer.
+#[test]
+fn a_catch_up_open_is_flagged_only_when_it_is_one() {
+    let live = br#"{"type":"command","command_id":"M1-20@S1","intent_id":"M1-20","trade_id":"m1-t9","slave":"S1","action":"EXECUTE","symbol":"EURUSD","side":"BUY","volume":0.5,"price":1.1,"stop_loss":0.0,"take_profit":0.0}"#;
+    let Ok(AgentFrame::Msg(AgentToEa::Command(c))) = decode_agent(live) else {
+        panic!("a legacy EXECUTE must decode");
+    };
+    assert!(matches!(
+        c.body,
+        CommandBody::Execute {
+            catch_up: false,
+            ..
+        }
+    ));
+    assert!(!encode_agent(&AgentFrame::Msg(AgentToEa::Command(c.clone()))).contains("catch_up"));
+    let mut late = c;
+    if let CommandBody::Execute { catch_up, .. } = &mut late.body {
+        *catch_up = true;
+    }
+    let line = encode_agent(&AgentFrame::Msg(AgentToEa::Command(late.clone())));
+    assert!(line.contains(r#""catch_up":true"#), "{line}");
+    assert_eq!(
+        decode_agent(line.trim_end().as_bytes()).ok(),
+        Some(AgentFrame::Msg(AgentToEa::Command(late)))
+    );
+    let bad = br#"{"type":"command","command_id":"M1-20@S1","intent_id":"M1-20","trade_id":"m1-t9","slave":"S1","action":"EXECUTE","symbol":"EURUSD","side":"BUY","volume":0.5,"price":1.1,"stop_loss":0.0,"take_profit":0.0,"catch_up":1}"#;
+    assert!(decode_agent(bad).is_err(), "catch_up is a boolean");
+    let spec = spec_blocks("jsonl-agent");
+    assert!(
+        spec.iter()
+            .flatten()
+            .any(|l| l.contains(r#""catch_up":true"#)),
+        "SPEC.md §9 shows no catch-up open"
+    );
+    assert!(
+        spec_blocks("jsonl-terminal")
+            .iter()
+            .flatten()
+            .any(|l| l.contains("ERROR_CODE_EXPIRED")),
+        "SPEC.md §9 shows no EXPIRED answer"
+    );
 }
 
 #[test]

@@ -39,6 +39,7 @@ fn command(n: u32) -> Command {
         slave: AccountId::new("S1"),
         body: CommandBody::Execute {
             terms: Default::default(),
+            catch_up: false,
             symbol: Symbol::new("EURUSD"),
             side: Side::Buy,
             volume: 0.5,

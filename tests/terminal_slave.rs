@@ -40,6 +40,7 @@ fn open(n: u32) -> Command {
         n,
         CommandBody::Execute {
             terms: Default::default(),
+            catch_up: false,
             symbol: Symbol::new("EURUSD"),
             side: Side::Buy,
             volume: 0.5,
@@ -225,6 +226,7 @@ async fn each_command_executes_once_across_redelivery_and_restart() {
     let mut bad = open(8);
     bad.body = CommandBody::Execute {
         terms: Default::default(),
+        catch_up: false,
         symbol: Symbol::new("EURUSD"),
         side: Side::Sell,
         volume: 0.0,
@@ -692,6 +694,7 @@ async fn a_split_open_is_placed_as_legs_and_closed_leg_by_leg() {
         price: 1.1,
         stop_loss: 0.0,
         take_profit: 0.0,
+        catch_up: false,
     };
     let refused = agent.deliver(&cmd(1, execute(false))).await;
     assert_eq!(

@@ -190,6 +190,7 @@ fn execute_order() -> ExecuteOrder {
         price: 1.084_21,
         stop_loss: 1.08,
         take_profit: 1.1,
+        catch_up: true,
     }
 }
 
@@ -659,6 +660,19 @@ fn split_numbers_stay_put() {
     assert_eq!(r.encode_to_vec()[..2], [0xa2, 0x01]);
     let back = ExecutionResult::decode(r.encode_to_vec().as_slice()).unwrap();
     assert_eq!(back.legs, r.legs);
+}
+
+#[test]
+fn catch_up_field_number_stays_put() {
+    // ExecuteOrder.catch_up is field 35 (the command messages' 35–39 are this change's): bool,
+    // varint — tag (35 << 3) | 0 = 280 = 0x98 0x02, then 1.
+    let only = ExecuteOrder {
+        catch_up: true,
+        ..ExecuteOrder::default()
+    };
+    assert_eq!(only.encode_to_vec(), vec![0x98, 0x02, 0x01]);
+    // A legacy peer's message (no field 35) reads as a live open.
+    assert!(!ExecuteOrder::decode(&[][..]).unwrap().catch_up);
 }
 
 #[test]

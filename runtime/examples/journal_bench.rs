@@ -87,6 +87,7 @@ fn accept(n: u64, slaves: usize) -> JournalWrite {
             let slave = AccountId::new(format!("s{s}"));
             DeliveryRecord {
                 terms: None,
+                intent_facts: None,
                 command_id: CommandId::for_delivery(&intent.intent_id, &slave),
                 intent_id: intent.intent_id.clone(),
                 trade_id: intent.trade_id.clone(),

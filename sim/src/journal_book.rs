@@ -6,18 +6,20 @@
 //! It must never decide when a write commits or fails (its owner does) and never regress a
 //! final delivery or a stage.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::core::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalWrite,
+    CoreDurableState, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::{ExecTerms, TicketEffect, TradeIntent};
+use echo_statemachine::policy::SkipReason;
 
 #[derive(Clone, Debug, Default)]
 pub struct JournalBook {
     pub intents: BTreeMap<IntentId, TradeIntent>,
-    /// As the real journal holds them: without the opens' copy terms (not journaled).
+    /// As the real journal holds them: without the opens' copy terms (not journaled; the
+    /// master's facts they are rebuilt from are journaled with the intent, in `intents`).
     pub deliveries: BTreeMap<CommandId, DeliveryRecord>,
     /// The copy terms each open was planned with — the checkers' copy, never read back by a
     /// core.
@@ -85,13 +87,21 @@ impl JournalBook {
         }
     }
 
-    /// What a restarted core loads: unfinished deliveries and the open slave tickets.
+    /// What a restarted core loads: unfinished deliveries (each with its intent's journaled
+    /// facts, as the real journals join them), the open slave tickets and the policy-failed
+    /// opens of live trades.
     pub fn durable_state(&self) -> CoreDurableState {
         let unfinished = self
             .deliveries
             .values()
             .filter(|d| d.status == DeliveryStatus::Inflight)
-            .cloned()
+            .map(|d| DeliveryRecord {
+                intent_facts: self
+                    .intents
+                    .get(&d.intent_id)
+                    .map(|i| Box::new(IntentFacts::of(i))),
+                ..d.clone()
+            })
             .collect();
         let mut open: BTreeMap<(TradeId, AccountId), i64> = BTreeMap::new();
         let mut ds: Vec<&DeliveryRecord> = self
@@ -116,9 +126,36 @@ impl JournalBook {
                 TicketEffect::Keep => {}
             }
         }
+        // The real journals' rule: the policy-failed opens and placements of trades still
+        // live (an open ticket or an unfinished delivery).
+        let live: BTreeSet<&TradeId> = open
+            .keys()
+            .map(|(t, _)| t)
+            .chain(
+                self.deliveries
+                    .values()
+                    .filter(|d| d.status == DeliveryStatus::Inflight)
+                    .map(|d| &d.trade_id),
+            )
+            .collect();
+        let skipped_opens = self
+            .deliveries
+            .values()
+            .filter(|d| {
+                d.kind.starts_trade()
+                    && d.status == DeliveryStatus::Failed
+                    && d.reason.and_then(SkipReason::from_error_code).is_some()
+                    && live.contains(&d.trade_id)
+            })
+            .cloned()
+            .collect();
         CoreDurableState {
             unfinished,
-            open_tickets: open.into_iter().map(|((t, s), x)| (t, s, x)).collect(),
+            open_tickets: open
+                .iter()
+                .map(|((t, s), x)| (t.clone(), s.clone(), *x))
+                .collect(),
+            skipped_opens,
         }
     }
 }

@@ -454,6 +454,12 @@ pub enum CommandBody {
         /// What the slave EA decides with its own account and prices before it places the
         /// order (SPEC.md §5.2): default = place `volume` as is.
         terms: ExecTerms,
+        /// Sent as a **catch-up** (SPEC.md §5.2 "Catch-up"): the open could not go to the
+        /// slave when the core first had it ready (its slave's agent was offline or unknown,
+        /// `core.delivery.T36`), so the slave EA answers a price beyond the deviation guard
+        /// `EXPIRED` at once instead of waiting for it or answering `PRICE_DEVIATION`
+        /// (`ea.slave.T47`). `false` (and absent, from a legacy peer) = as before.
+        catch_up: bool,
     },
     Modify {
         slave_ticket: i64,

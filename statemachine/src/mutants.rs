@@ -65,6 +65,14 @@ pub enum Mutant {
     /// slave EA: a close of a split position closes one leg only (and reports the position
     /// closed in full); a partial close takes its share from one leg only.
     SplitCloseFirstLegOnly,
+    /// slave EA: an open sent as a catch-up is decided like a live one — beyond the deviation
+    /// guard it waits for the price and answers PRICE_DEVIATION instead of EXPIRED.
+    CatchUpIgnoresFlag,
+    /// core: an open read back from the journal gets its copy terms rebuilt without the
+    /// master's facts journaled with its intent (balance/equity unknown), as before they were
+    /// journaled: a ratio-sized one is refused ACCOUNT_FACTS_UNKNOWN only because the core
+    /// restarted.
+    RecoveryDropsFacts,
 }
 
 impl Mutant {
@@ -91,6 +99,8 @@ impl Mutant {
         Mutant::SlaveEvictsYoung,
         Mutant::SlaveEvictsUnfinished,
         Mutant::SplitCloseFirstLegOnly,
+        Mutant::CatchUpIgnoresFlag,
+        Mutant::RecoveryDropsFacts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +127,8 @@ impl Mutant {
             Mutant::SlaveEvictsYoung => "slave-evicts-young",
             Mutant::SlaveEvictsUnfinished => "slave-evicts-unfinished",
             Mutant::SplitCloseFirstLegOnly => "split-close-first-leg-only",
+            Mutant::CatchUpIgnoresFlag => "catch-up-ignores-flag",
+            Mutant::RecoveryDropsFacts => "recovery-drops-facts",
         }
     }
 

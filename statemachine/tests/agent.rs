@@ -1554,6 +1554,7 @@ fn cancel_is_forwarded_to_an_open_slave_pipe() -> Fired {
     let c = Command {
         body: CommandBody::Execute {
             terms: Default::default(),
+            catch_up: false,
             symbol: Symbol::new("EURUSD"),
             side: Side::Sell,
             volume: 0.5,

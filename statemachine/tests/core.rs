@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use echo_statemachine::config::Subscription;
 use echo_statemachine::core::{
-    CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult,
-    JournalWrite,
+    CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply,
+    JournalResult, JournalWrite,
 };
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
 use echo_statemachine::msg::*;
@@ -56,6 +56,8 @@ scenarios!(
     pending_order_lifecycle_and_ticket_correlation,
     pending_orders_of_a_skipped_placement_and_after_restart,
     split_opens_carry_their_limits_and_incomplete_splits_are_explicit,
+    catch_up_flag_marks_opens_that_waited_for_their_slave,
+    a_terms_refused_open_is_remembered_across_a_restart,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -300,6 +302,7 @@ fn journal_retry_give_up_and_probe() -> Vec<&'static str> {
 fn record(intent_id: &str, trade: &str, slave: &str, kind: IntentKind, seq: u64) -> DeliveryRecord {
     DeliveryRecord {
         terms: None,
+        intent_facts: None,
         command_id: cmd_id(intent_id, slave),
         intent_id: IntentId::new(intent_id),
         trade_id: TradeId::new(trade),
@@ -908,6 +911,7 @@ fn recover_resumes_unfinished_in_order() -> Vec<&'static str> {
             record("mod", "t1", "s1", IntentKind::Modify, 2),
         ],
         open_tickets: vec![(TradeId::new("t1"), AccountId::new("s1"), 77)],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(cfg(), durable);
     assert_eq!(h.core.open_deliveries(), 2);
@@ -1036,18 +1040,8 @@ fn later_intents_of_a_skipped_open_keep_its_reason() -> Vec<&'static str> {
         let sent = h.accept(intent(id, "t1", kind, seq));
         let to: Vec<&str> = sent.iter().map(|c| c.slave.as_str()).collect();
         assert_eq!(to, vec!["s2"], "{id}: only s2 holds the position");
-        let failed: Vec<(CommandId, Option<ErrorCode>)> = h
-            .writes()
-            .iter()
-            .filter_map(|w| match w {
-                JournalWrite::FinishDelivery {
-                    command_id, reason, ..
-                } => Some((command_id.clone(), *reason)),
-                _ => None,
-            })
-            .collect();
         assert_eq!(
-            failed,
+            finished(&h),
             vec![(cmd_id(id, "s1"), Some(ErrorCode::FilteredDirection))],
             "{id}: s1 follows its open's reason, not NO_POSITION"
         );
@@ -1147,17 +1141,7 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(v2, 0.5, "multiplier 1 sized by the core");
     assert_eq!(t2.sizing, SlaveSizing::Final);
     assert_eq!(t2.max_open_positions, 3);
-    let mut refused = ExecutionResult {
-        command_id: cmd_id("i1", "s1"),
-        trade_id: TradeId::new("t1"),
-        slave: AccountId::new("s1"),
-        slave_ticket: 0,
-        fill_price: 0.0,
-        filled_volume: 0.0,
-        status: BrokerStatus::Rejected,
-        reason: Some(ErrorCode::PriceDeviation),
-        legs: Vec::new(),
-    };
+    let mut refused = terms_refusal("i1", "t1", "s1", ErrorCode::PriceDeviation);
     h.msg("B", AgentToCore::ExecutionResult(refused.clone()));
     assert!(h.writes().iter().any(|w| matches!(
         w,
@@ -1185,24 +1169,33 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(h.core.metrics().copy_skipped_total.values().sum::<u64>(), 1);
     let fired = h.fired.clone();
 
+    // s1's open was journaled with the master's facts (balance 20 000, symbol EURUSD); t3's
+    // row predates them (journaled before migration 0006: not reported).
+    let mut with_facts = record("i2", "t2", "s1", IntentKind::Open, 2);
+    let mut origin = intent("i2", "t2", IntentKind::Open, 2);
+    origin.origin.balance = 20_000.0;
+    with_facts.intent_facts = Some(Box::new(IntentFacts::of(&origin)));
     let durable = CoreDurableState {
         unfinished: vec![
-            record("i2", "t2", "s1", IntentKind::Open, 2),
+            with_facts,
             record("i2", "t2", "s2", IntentKind::Open, 2),
+            record("i3", "t3", "s1", IntentKind::Open, 3),
         ],
         open_tickets: vec![],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(c, durable);
     h.msg("A", hello("A", &[("m1", Role::Master)]));
     h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    // Both are sent (either may have executed before the crash): s2's guards come back from
-    // its subscription, s1's ratio sizing lost the master's balance — the slave refuses it
-    // ACCOUNT_FACTS_UNKNOWN unless it already executed it.
+    // All are sent (any may have executed before the crash): s2's guards come back from its
+    // subscription, s1's ratio sizing from its subscription and the master's journaled
+    // balance — the same terms as before the crash; t3's row has no facts: the slave refuses
+    // it ACCOUNT_FACTS_UNKNOWN unless it already executed it.
     let cmds = h.commands();
-    assert_eq!(cmds.len(), 2);
+    assert_eq!(cmds.len(), 3);
     let terms_of = |slave: &str| {
         cmds.iter()
-            .find(|c| c.slave.as_str() == slave)
+            .find(|c| c.slave.as_str() == slave && c.trade_id.as_str() == "t2")
             .map(|c| match &c.body {
                 CommandBody::Execute { terms, .. } => *terms,
                 b => panic!("{b:?}"),
@@ -1213,7 +1206,20 @@ fn slave_terms_ride_the_open_and_refusals_count() -> Vec<&'static str> {
     assert_eq!(terms_of("s2").sizing, SlaveSizing::Final);
     let t1 = terms_of("s1");
     assert_eq!(
-        (t1.sizing, t1.master_amount),
+        (t1.sizing, t1.sizing_value, t1.master_amount),
+        (SlaveSizing::BalanceRatio, 2.0, 20_000.0),
+        "planned with the same facts as before the crash"
+    );
+    let legacy = cmds
+        .iter()
+        .find(|c| c.trade_id.as_str() == "t3")
+        .map(|c| match &c.body {
+            CommandBody::Execute { terms, .. } => *terms,
+            b => panic!("{b:?}"),
+        })
+        .unwrap();
+    assert_eq!(
+        (legacy.sizing, legacy.master_amount),
         (SlaveSizing::BalanceRatio, 0.0)
     );
     assert!(h.writes().is_empty(), "nothing failed at the core");
@@ -1252,6 +1258,7 @@ fn stage_latencies_are_measured_from_the_accept() {
     let durable = CoreDurableState {
         unfinished: vec![record("o", "t1", "s1", IntentKind::Open, 1)],
         open_tickets: vec![],
+        skipped_opens: vec![],
     };
     let mut r = H::recover(cfg(), durable);
     r.msg("B", hello("B", &[("s1", Role::Slave)]));
@@ -1441,6 +1448,7 @@ fn pending_orders_of_a_skipped_placement_and_after_restart() -> Vec<&'static str
             record("t4", "t4", "s1", IntentKind::PendingTrigger, 4),
         ],
         open_tickets: vec![(TradeId::new("t4"), AccountId::new("s1"), 44)],
+        skipped_opens: vec![],
     };
     let mut h = H::recover(c, durable);
     h.msg("A", hello("A", &[("m1", Role::Master)]));
@@ -1606,4 +1614,178 @@ fn split_opens_carry_their_limits_and_incomplete_splits_are_explicit() -> Vec<&'
     };
     assert_eq!((volume, terms.split_max_lots), (0.4, 0.0));
     h.fired
+}
+/// The slave EA's answer to an open its copy terms refused with `reason`.
+fn terms_refusal(intent: &str, trade: &str, slave: &str, reason: ErrorCode) -> ExecutionResult {
+    ExecutionResult {
+        command_id: cmd_id(intent, slave),
+        trade_id: TradeId::new(trade),
+        slave: AccountId::new(slave),
+        slave_ticket: 0,
+        fill_price: 0.0,
+        filled_volume: 0.0,
+        status: BrokerStatus::Rejected,
+        reason: Some(reason),
+        legs: Vec::new(),
+    }
+}
+
+fn catch_up_of(c: &Command) -> Option<bool> {
+    match &c.body {
+        CommandBody::Execute { catch_up, .. } => Some(*catch_up),
+        _ => None,
+    }
+}
+
+/// `core.delivery.T36`: an open that became head while its slave's agent was away goes out as
+/// a catch-up when the agent comes back, and keeps the flag on every re-send (the agent and
+/// the EA dedupe by command id: they must see one command). An open sent when it was ready,
+/// or one sent once and parked afterwards, is no catch-up; a close carries no flag. The
+/// slave EA's EXPIRED refusal of a catch-up ends the delivery as a copy-policy skip (T27).
+fn catch_up_flag_marks_opens_that_waited_for_their_slave() -> Vec<&'static str> {
+    let mut h = H::new();
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.take();
+    assert!(h.accept(intent("i1", "t1", IntentKind::Open, 1)).is_empty());
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    assert!(h.has_fired("core.delivery.T36"));
+    assert!(
+        !h.has_fired("core.delivery.T04"),
+        "a catch-up is T36, not T04"
+    );
+    let cmds = h.commands();
+    assert_eq!(cmds.len(), 2);
+    assert!(
+        cmds.iter().all(|c| catch_up_of(c) == Some(true)),
+        "{cmds:?}"
+    );
+    // No AGENT_BUFFERED within ack_timeout_ms: the re-send carries the same flag.
+    h.take();
+    h.advance(150);
+    h.advance(50);
+    let again = h.commands();
+    assert!(!again.is_empty());
+    assert!(
+        again.iter().all(|c| catch_up_of(c) == Some(true)),
+        "{again:?}"
+    );
+    // s2 executed it; s1's EA found the price beyond the guard: EXPIRED, a policy skip.
+    h.confirm(&cmd_id("i1", "s2"), "s2", 22);
+    h.take();
+    h.msg(
+        "B",
+        AgentToCore::ExecutionResult(terms_refusal("i1", "t1", "s1", ErrorCode::Expired)),
+    );
+    assert!(h.writes().iter().any(|w| matches!(
+        w,
+        JournalWrite::FinishDelivery {
+            reason: Some(ErrorCode::Expired),
+            status: DeliveryStatus::Failed,
+            ..
+        }
+    )));
+    assert_eq!(h.core.metrics().copy_skipped_total.get("EXPIRED"), Some(&1));
+    h.journal_ok_all();
+    // With the agent online an open goes at once: no catch-up.
+    h.take();
+    let live = h.accept(intent("i2", "t2", IntentKind::Open, 2));
+    assert_eq!(live.len(), 2);
+    assert!(
+        live.iter().all(|c| catch_up_of(c) == Some(false)),
+        "{live:?}"
+    );
+    // Sent once, then parked by an absence: the re-send keeps its first flag (false).
+    h.take();
+    h.disconnect("B");
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    let resent = h.commands();
+    assert!(!resent.is_empty());
+    assert!(
+        resent.iter().all(|c| catch_up_of(c) == Some(false)),
+        "{resent:?}"
+    );
+    h.fired
+}
+
+fn finished(h: &H) -> Vec<(CommandId, Option<ErrorCode>)> {
+    h.writes()
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::FinishDelivery {
+                command_id, reason, ..
+            } => Some((command_id.clone(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `core.delivery.T27` + `T26`: an open the slave EA's copy terms refused (MAX_OPEN_POSITIONS
+/// here) is remembered like one the core skipped, so the trade's modify at that slave ends with
+/// the open's reason, never sent, while the other slave copies it. `T37`: after a restart the
+/// journal's FAILED open of a trade still live brings the same memory back — a recovered close
+/// ends with the open's reason, not NO_POSITION; a row failed for another reason (the broker's)
+/// is no policy skip, and its trade's close still ends NO_POSITION.
+fn a_terms_refused_open_is_remembered_across_a_restart() -> Vec<&'static str> {
+    let mut h = H::world();
+    let cmds = h.accept(intent("o", "t1", IntentKind::Open, 1));
+    assert_eq!(cmds.len(), 2);
+    h.take();
+    h.msg(
+        "B",
+        AgentToCore::ExecutionResult(terms_refusal("o", "t1", "s1", ErrorCode::MaxOpenPositions)),
+    );
+    assert!(h.has_fired("core.delivery.T27"));
+    h.journal_ok_all();
+    h.confirm(&cmd_id("o", "s2"), "s2", 21);
+    let sent = h.accept(intent("m", "t1", IntentKind::Modify, 2));
+    let to: Vec<&str> = sent.iter().map(|c| c.slave.as_str()).collect();
+    assert_eq!(to, vec!["s2"], "never sent to s1: {sent:?}");
+    assert_eq!(
+        finished(&h),
+        vec![(cmd_id("m", "s1"), Some(ErrorCode::MaxOpenPositions))],
+        "the modify at s1 carries its open's reason, not NO_POSITION"
+    );
+    assert!(h.has_fired("core.delivery.T26"));
+    assert_eq!(
+        h.core
+            .metrics()
+            .copy_skipped_total
+            .get("MAX_OPEN_POSITIONS"),
+        Some(&2)
+    );
+    let fired = h.fired.clone();
+
+    let failed = |intent: &str, trade: &str, reason: ErrorCode| DeliveryRecord {
+        status: DeliveryStatus::Failed,
+        reason: Some(reason),
+        ..record(intent, trade, "s1", IntentKind::Open, 1)
+    };
+    let durable = CoreDurableState {
+        unfinished: vec![
+            record("c2", "t2", "s1", IntentKind::Close, 2),
+            record("c3", "t3", "s1", IntentKind::Close, 2),
+        ],
+        open_tickets: vec![],
+        skipped_opens: vec![
+            failed("o2", "t2", ErrorCode::PriceDeviation),
+            failed("o3", "t3", ErrorCode::BrokerRejected),
+        ],
+    };
+    let mut h = H::recover(cfg(), durable);
+    assert!(h.has_fired("core.delivery.T37"));
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    assert!(h.commands().is_empty(), "nothing reaches s1");
+    let mut done = finished(&h);
+    done.sort();
+    assert_eq!(
+        done,
+        vec![
+            (cmd_id("c2", "s1"), Some(ErrorCode::PriceDeviation)),
+            (cmd_id("c3", "s1"), Some(ErrorCode::NoPosition)),
+        ]
+    );
+    let mut all = fired;
+    all.extend(h.fired);
+    all
 }

@@ -27,6 +27,7 @@ const ME: &str = "s1";
 fn execute(volume: f64) -> CommandBody {
     CommandBody::Execute {
         terms: Default::default(),
+        catch_up: false,
         symbol: Symbol::new("EURUSD"),
         side: Side::Buy,
         volume,
@@ -51,6 +52,7 @@ fn split_execute(volume: f64, max: f64, min: f64) -> CommandBody {
         price: 1.1,
         stop_loss: 0.0,
         take_profit: 0.0,
+        catch_up: false,
     }
 }
 
@@ -1285,6 +1287,64 @@ fn s30_the_window_closes_with_price_deviation() -> Vec<&'static str> {
     h.fired
 }
 
+fn catch_up(mut c: Command) -> Command {
+    if let CommandBody::Execute { catch_up, .. } = &mut c.body {
+        *catch_up = true;
+    }
+    c
+}
+
+/// An open sent as a catch-up (`Execute.catch_up`, set by the core for an open that waited
+/// for its slave) with the price beyond the guard: REJECTED EXPIRED at once — durable before it
+/// is reported, never placed, no waiting even with a window. The same open not flagged waits
+/// (T28); a catch-up within the guard is placed as any open; a legacy command (no flag) is a
+/// live open.
+fn s47_a_catch_up_beyond_the_guard_expires() -> Vec<&'static str> {
+    let mut h = H::new(8);
+    h.open();
+    terminal_facts(&mut h, 1.1003);
+    let outs = h.placed(catch_up(open_with("c1", deviating(), 1.0)));
+    assert!(places(&outs).is_empty());
+    assert_eq!(acks(&outs), ack1("c1", PipeStatus::Ok, None));
+    let rec = executed_ops(&outs);
+    assert_eq!(rec[0].1.status, BrokerStatus::Rejected);
+    assert_eq!(rec[0].1.reason, Some(ErrorCode::Expired));
+    assert_eq!(
+        h.s.poll_timeout(),
+        None,
+        "a catch-up never waits for its price"
+    );
+    assert!(results(&outs).is_empty(), "reported only once durable");
+    let outs = h.persist(rec[0].0, Ok(()));
+    assert_eq!(results(&outs)[0].reason, Some(ErrorCode::Expired));
+    assert_eq!(h.s.metrics().catch_up_expired, 1);
+    assert_eq!(h.s.metrics().terms_refused, 1);
+    // Redelivered: answered from the record, never placed.
+    let outs = h.command(catch_up(open_with("c1", deviating(), 1.0)));
+    assert!(places(&outs).is_empty());
+    assert_eq!(results(&outs)[0].reason, Some(ErrorCode::Expired));
+    // Not a catch-up: the same price waits for its window (T28).
+    let outs = h.placed(open_with("c2", deviating(), 1.0));
+    assert!(executed_ops(&outs).is_empty() && places(&outs).is_empty());
+    assert!(h.s.poll_timeout().is_some());
+    // A catch-up within the guard is placed like any open.
+    quote(&mut h, 1.10005);
+    let outs = h.placed(catch_up(open_with("c3", deviating(), 1.0)));
+    assert_eq!(places(&outs), vec!["c3".to_string()]);
+    // A catch-up refused for another reason keeps that reason.
+    let mut h2 = H::new(8);
+    h2.open();
+    let outs = h2.placed(catch_up(open_with("c4", deviating(), 1.0)));
+    assert_eq!(
+        executed_ops(&outs)[0].1.reason,
+        Some(ErrorCode::AccountFactsUnknown),
+        "no quote reported: the guard cannot judge, never guessed"
+    );
+    let mut seen = h.fired;
+    seen.extend(h2.fired);
+    seen
+}
+
 // ---------------------------------------------------------------- pending orders
 
 fn place_pending(terms: ExecTerms, volume: f64) -> CommandBody {
@@ -2011,6 +2071,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("ea.slave.T44", s44_a_split_position_is_closed_leg_by_leg),
     ("ea.slave.T45", s45_legs_in_doubt_are_asked_never_placed),
     ("ea.slave.T46", s46_a_leg_answer_out_of_turn_is_ignored),
+    ("ea.slave.T47", s47_a_catch_up_beyond_the_guard_expires),
 ];
 
 fn run(tid: &str) {
@@ -2150,6 +2211,11 @@ fn t39_evicted() {
 #[test]
 fn t40_recovered_positions() {
     run("ea.slave.T40")
+}
+
+#[test]
+fn t47_catch_up_expired() {
+    run("ea.slave.T47")
 }
 
 #[test]

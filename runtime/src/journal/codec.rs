@@ -1,13 +1,13 @@
 //! Text forms of the machine's enums as the journal stores them, and back.
 //!
-//! Owns the spelling of `kind`, `side`, `stage`, `status` and `reason` columns (the same in
+//! Owns the spelling of `kind`, `side`, `stage`, `status`, `reason` and `order_type` columns (the same in
 //! SQLite and Postgres, and the same names the wire and the logs use). A row read back with a
 //! spelling not listed here is corrupt: decoding fails with [`JournalError::Corrupt`]; nothing
 //! is guessed.
 
 use super::JournalError;
 use echo_statemachine::core::DeliveryStatus;
-use echo_statemachine::msg::{AckStage, ErrorCode, IntentKind, Side};
+use echo_statemachine::msg::{AckStage, ErrorCode, IntentKind, OrderType, Side};
 
 pub(crate) fn kind_str(k: IntentKind) -> &'static str {
     k.name()
@@ -15,6 +15,28 @@ pub(crate) fn kind_str(k: IntentKind) -> &'static str {
 
 pub(crate) fn kind_from(s: &str) -> Result<IntentKind, JournalError> {
     IntentKind::from_name(s).ok_or_else(|| corrupt("kind", s))
+}
+
+/// The master's order type as the journal stores it (the pipe's spelling).
+pub(crate) fn order_type_str(t: OrderType) -> &'static str {
+    match t {
+        OrderType::Market => "MARKET",
+        OrderType::Limit => "LIMIT",
+        OrderType::Stop => "STOP",
+        OrderType::StopLimit => "STOP_LIMIT",
+    }
+}
+
+pub(crate) fn order_type_from(s: &str) -> Result<OrderType, JournalError> {
+    [
+        OrderType::Market,
+        OrderType::Limit,
+        OrderType::Stop,
+        OrderType::StopLimit,
+    ]
+    .into_iter()
+    .find(|t| order_type_str(*t) == s)
+    .ok_or_else(|| corrupt("order_type", s))
 }
 
 pub(crate) fn side_str(s: Side) -> &'static str {
@@ -77,6 +99,33 @@ pub(crate) fn status_from(s: &str) -> Result<DeliveryStatus, JournalError> {
 
 pub(crate) fn reason_str(r: ErrorCode) -> &'static str {
     r.name()
+}
+
+/// `kind IN (…)` of the kinds that start a trade (an OPEN, a placement), as SQL literals.
+pub(crate) fn opening_kinds_sql() -> String {
+    sql_list(
+        IntentKind::ALL
+            .iter()
+            .filter(|k| k.starts_trade())
+            .map(|k| kind_str(*k)),
+    )
+}
+
+/// `reason IN (…)` of the copy policy's reasons (`policy::SkipReason`), as SQL literals.
+pub(crate) fn policy_reasons_sql() -> String {
+    sql_list(
+        echo_statemachine::policy::SkipReason::ALL
+            .iter()
+            .map(|r| reason_str(r.error_code())),
+    )
+}
+
+/// Fixed identifiers (never outside input) as a SQL list: `'A', 'B'`.
+fn sql_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn reason_from(s: &str) -> Result<ErrorCode, JournalError> {

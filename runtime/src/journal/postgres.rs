@@ -43,6 +43,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../../migrations/0005_echo_pending_orders.sql"),
     ),
+    (
+        6,
+        include_str!("../../../migrations/0006_echo_master_facts.sql"),
+    ),
 ];
 
 /// Serialises migrations between processes starting at once.
@@ -292,10 +296,12 @@ async fn accept_run(
         "WITH new_intent AS ( \
            INSERT INTO echo.trade_intent (intent_id, trade_id, master_account, kind, symbol, \
              side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-             emitted_at_ms, master_volume_before) \
+             emitted_at_ms, master_volume_before, magic, comment, order_type, master_balance, \
+             master_equity) \
            SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], \
-             $11::int8[], $12::int8[], $13::int8[], $34::float8[]) \
+             $11::int8[], $12::int8[], $13::int8[], $34::float8[], $36::int8[], $37::text[], \
+             $38::text[], $39::float8[], $40::float8[]) \
            ON CONFLICT (intent_id) DO NOTHING RETURNING intent_id), \
          new_delivery AS ( \
            INSERT INTO echo.delivery_journal (command_id, intent_id, trade_id, \
@@ -351,6 +357,11 @@ async fn accept_run(
     .bind(instance)
     .bind(c.master_volume_before)
     .bind(d.master_volume_before)
+    .bind(c.magic)
+    .bind(c.comment)
+    .bind(c.order_type)
+    .bind(c.master_balance)
+    .bind(c.master_equity)
     .fetch_all(&mut **tx)
     .await?;
     let inserted: HashSet<String> = inserted.into_iter().collect();
@@ -426,6 +437,11 @@ struct IntentColumns<'a> {
     master_seq: Vec<i64>,
     emitted_at_ms: Vec<i64>,
     master_volume_before: Vec<f64>,
+    magic: Vec<i64>,
+    comment: Vec<&'a str>,
+    order_type: Vec<&'static str>,
+    master_balance: Vec<f64>,
+    master_equity: Vec<f64>,
 }
 
 impl<'a> IntentColumns<'a> {
@@ -445,6 +461,11 @@ impl<'a> IntentColumns<'a> {
             master_seq: Vec::with_capacity(n),
             emitted_at_ms: Vec::with_capacity(n),
             master_volume_before: Vec::with_capacity(n),
+            magic: Vec::with_capacity(n),
+            comment: Vec::with_capacity(n),
+            order_type: Vec::with_capacity(n),
+            master_balance: Vec::with_capacity(n),
+            master_equity: Vec::with_capacity(n),
         }
     }
 
@@ -463,6 +484,12 @@ impl<'a> IntentColumns<'a> {
         self.master_seq.push(seq_to_sql(i.master_seq)?);
         self.emitted_at_ms.push(i.emitted_at_ms);
         self.master_volume_before.push(i.master_volume_before);
+        self.magic.push(i.origin.magic);
+        self.comment.push(i.origin.comment.as_str());
+        self.order_type
+            .push(codec::order_type_str(i.origin.order_type));
+        self.master_balance.push(i.origin.balance);
+        self.master_equity.push(i.origin.equity);
         Ok(())
     }
 }

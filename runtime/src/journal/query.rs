@@ -4,9 +4,9 @@
 //! Owns the shapes handed to the printing code and the checked conversion of raw columns into
 //! the machine's types. It must never write, and never interpret a row beyond decoding it.
 
-use echo_statemachine::core::DeliveryRecord;
+use echo_statemachine::core::{DeliveryRecord, IntentFacts};
 use echo_statemachine::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use echo_statemachine::msg::{AckStage, ErrorCode, TradeIntent};
+use echo_statemachine::msg::{AckStage, ErrorCode, MasterFacts, TradeIntent};
 
 use super::codec;
 use super::JournalError;
@@ -89,7 +89,12 @@ pub(crate) const DELIVERY_COLUMNS: &str = "command_id, intent_id, trade_id, mast
 /// The intent columns in [`RawIntent`] order.
 pub(crate) const INTENT_COLUMNS: &str = "intent_id, trade_id, master_account, kind, symbol, \
      side, volume, price, stop_loss, take_profit, master_ticket, master_seq, emitted_at_ms, \
-     master_volume_before";
+     master_volume_before, magic, comment, order_type, master_balance, master_equity";
+
+/// The unfinished deliveries joined with their intent's facts (`d` the delivery, `i` the
+/// intent; the facts under names that do not clash with the delivery's), for [`RawFacts`].
+pub(crate) const FACTS_COLUMNS: &str = "i.symbol AS master_symbol, i.magic, i.comment, \
+     i.order_type, i.master_balance, i.master_equity";
 
 /// Reads a [`RawDelivery`] from any sqlx row (column by name).
 macro_rules! raw_delivery {
@@ -141,15 +146,59 @@ macro_rules! raw_intent {
             master_seq: r.try_get("master_seq")?,
             emitted_at_ms: r.try_get("emitted_at_ms")?,
             master_volume_before: r.try_get("master_volume_before")?,
+            facts: $crate::journal::query::raw_facts!(r, "symbol"),
         }
     }};
 }
 pub(crate) use raw_intent;
 
+/// Reads a [`RawFacts`] from any sqlx row; `$symbol` names the master's symbol column.
+macro_rules! raw_facts {
+    ($row:expr, $symbol:literal) => {{
+        use sqlx::Row as _;
+        let r = $row;
+        $crate::journal::query::RawFacts {
+            master_symbol: r.try_get($symbol)?,
+            magic: r.try_get("magic")?,
+            comment: r.try_get("comment")?,
+            order_type: r.try_get("order_type")?,
+            balance: r.try_get("master_balance")?,
+            equity: r.try_get("master_equity")?,
+        }
+    }};
+}
+pub(crate) use raw_facts;
+
+/// The master's facts journaled with an intent (`trade_intent`), as the database returns them.
+pub(crate) struct RawFacts {
+    pub(crate) master_symbol: String,
+    pub(crate) magic: i64,
+    pub(crate) comment: String,
+    pub(crate) order_type: String,
+    pub(crate) balance: f64,
+    pub(crate) equity: f64,
+}
+
+impl RawFacts {
+    pub(crate) fn decode(self) -> Result<IntentFacts, JournalError> {
+        Ok(IntentFacts {
+            master_symbol: Symbol::new(&self.master_symbol),
+            origin: MasterFacts {
+                magic: self.magic,
+                comment: self.comment,
+                order_type: codec::order_type_from(&self.order_type)?,
+                balance: self.balance,
+                equity: self.equity,
+            },
+        })
+    }
+}
+
 impl RawDelivery {
     pub(crate) fn decode(self) -> Result<DeliveryRecord, JournalError> {
         Ok(DeliveryRecord {
             terms: None,
+            intent_facts: None,
             command_id: CommandId::new(&self.command_id),
             intent_id: IntentId::new(&self.intent_id),
             trade_id: TradeId::new(&self.trade_id),
@@ -189,12 +238,13 @@ pub(crate) struct RawIntent {
     pub(crate) master_seq: i64,
     pub(crate) emitted_at_ms: i64,
     pub(crate) master_volume_before: f64,
+    pub(crate) facts: RawFacts,
 }
 
 impl RawIntent {
     pub(crate) fn decode(self) -> Result<TradeIntent, JournalError> {
         Ok(TradeIntent {
-            origin: Default::default(),
+            origin: self.facts.decode()?.origin,
             intent_id: IntentId::new(&self.intent_id),
             trade_id: TradeId::new(&self.trade_id),
             master: AccountId::new(&self.master),
@@ -254,12 +304,28 @@ macro_rules! read_side {
         /// Everything a restarted core needs: unfinished deliveries and open slave tickets.
         pub(crate) async fn load(pool: &$pool) -> Result<CoreDurableState, JournalError> {
             let p = $prefix;
+            // Each with the master's facts journaled with its intent: the open's copy terms
+            // are rebuilt from them (core.delivery.T28).
+            let d_columns = DELIVERY_COLUMNS
+                .split(", ")
+                .map(|c| format!("d.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
             let rows = sqlx::query(&format!(
-                "SELECT {DELIVERY_COLUMNS} FROM {p}delivery_journal WHERE status = 'inflight'"
+                "SELECT {d_columns}, {facts} FROM {p}delivery_journal d \
+                 JOIN {p}trade_intent i ON i.intent_id = d.intent_id \
+                 WHERE d.status = 'inflight'",
+                facts = $crate::journal::query::FACTS_COLUMNS,
             ))
             .fetch_all(pool)
             .await?;
-            let unfinished = decode_deliveries(rows)?;
+            let mut unfinished = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let mut d = $crate::journal::query::raw_delivery!(r).decode()?;
+                let facts = $crate::journal::query::raw_facts!(r, "master_symbol").decode()?;
+                d.intent_facts = Some(Box::new(facts));
+                unfinished.push(d);
+            }
             let rows = sqlx::query(&format!(
                 "SELECT trade_id, slave_account, slave_ticket FROM {p}open_position \
                  ORDER BY trade_id, slave_account"
@@ -273,9 +339,25 @@ macro_rules! read_side {
                 let k: i64 = r.try_get("slave_ticket")?;
                 open_tickets.push((TradeId::new(t), AccountId::new(s), k));
             }
+            // The opens and placements the copy policy did not make, of trades still live
+            // (SPEC.md §5.2 "Later intents of a skipped open"): read by trade, never the
+            // whole history.
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM {p}delivery_journal \
+                 WHERE status = 'failed' AND kind IN ({kinds}) AND reason IN ({reasons}) \
+                 AND trade_id IN (SELECT trade_id FROM {p}open_position \
+                   UNION SELECT trade_id FROM {p}delivery_journal WHERE status = 'inflight') \
+                 ORDER BY command_id",
+                kinds = $crate::journal::codec::opening_kinds_sql(),
+                reasons = $crate::journal::codec::policy_reasons_sql(),
+            ))
+            .fetch_all(pool)
+            .await?;
+            let skipped_opens = decode_deliveries(rows)?;
             Ok(CoreDurableState {
                 unfinished,
                 open_tickets,
+                skipped_opens,
             })
         }
 

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/sqlite/0003_echo_pending_orders.sql"),
     ),
+    (
+        4,
+        include_str!("../../../migrations/sqlite/0004_echo_master_facts.sql"),
+    ),
 ];
 
 pub(crate) struct SqliteStore {
@@ -156,8 +160,9 @@ async fn apply(
             let inserted = sqlx::query(
                 "INSERT INTO trade_intent (intent_id, trade_id, master_account, kind, symbol, \
                  side, volume, price, stop_loss, take_profit, master_ticket, master_seq, \
-                 emitted_at_ms, master_volume_before) \
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14) \
+                 emitted_at_ms, master_volume_before, magic, comment, order_type, \
+                 master_balance, master_equity) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19) \
                  ON CONFLICT (intent_id) DO NOTHING",
             )
             .bind(intent.intent_id.as_str())
@@ -174,6 +179,11 @@ async fn apply(
             .bind(seq_to_sql(intent.master_seq)?)
             .bind(intent.emitted_at_ms)
             .bind(intent.master_volume_before)
+            .bind(intent.origin.magic)
+            .bind(intent.origin.comment.as_str())
+            .bind(codec::order_type_str(intent.origin.order_type))
+            .bind(intent.origin.balance)
+            .bind(intent.origin.equity)
             .execute(&mut **tx)
             .await?
             .rows_affected();

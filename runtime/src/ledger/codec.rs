@@ -58,6 +58,9 @@ enum BodyV1 {
         /// Added after v1 records were written: absent reads as "no terms".
         #[serde(default)]
         terms: Option<TermsV1>,
+        /// Added later still: absent (and written only when true) = a live open.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        catch_up: bool,
     },
     Modify {
         slave_ticket: i64,
@@ -206,6 +209,7 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             stop_loss,
             take_profit,
             terms,
+            catch_up,
         } => BodyV1::Execute {
             symbol: symbol.as_str().to_string(),
             side: names::side_str(*side).to_string(),
@@ -214,6 +218,7 @@ pub(super) fn encode(r: &LedgerRecord) -> Result<Vec<u8>, String> {
             stop_loss: *stop_loss,
             take_profit: *take_profit,
             terms: TermsV1::from_terms(terms),
+            catch_up: *catch_up,
         },
         CommandBody::Modify {
             slave_ticket,
@@ -333,6 +338,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
             stop_loss,
             take_profit,
             terms,
+            catch_up,
         } => CommandBody::Execute {
             terms: terms
                 .map(TermsV1::into_terms)
@@ -344,6 +350,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<LedgerRecord, String> {
             price,
             stop_loss,
             take_profit,
+            catch_up,
         },
         BodyV1::Modify {
             slave_ticket,
@@ -472,6 +479,17 @@ mod tests {
                 price: 1.1,
                 stop_loss: 1.2,
                 take_profit: 1.0,
+                catch_up: false,
+            },
+            CommandBody::Execute {
+                terms: Default::default(),
+                symbol: Symbol::new("EURUSD.m"),
+                side: Side::Buy,
+                volume: 0.5,
+                price: 1.1,
+                stop_loss: 0.0,
+                take_profit: 0.0,
+                catch_up: true,
             },
             CommandBody::Modify {
                 slave_ticket: 7,

@@ -372,6 +372,7 @@ pub fn command_from_wire(w: pb::SlaveCommand) -> Result<Command, WireError> {
                 price: e.price,
                 stop_loss: e.stop_loss,
                 take_profit: e.take_profit,
+                catch_up: e.catch_up,
             },
         }),
         C::Modify(m) => Ok(Command {
@@ -472,6 +473,7 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             stop_loss,
             take_profit,
             terms,
+            catch_up,
         } => C::Execute(pb::ExecuteOrder {
             command_id,
             intent_id,
@@ -484,6 +486,7 @@ pub fn command_to_wire(m: &Command) -> pb::SlaveCommand {
             stop_loss: *stop_loss,
             take_profit: *take_profit,
             terms: (*terms != ExecTerms::default()).then(|| terms_to_wire(terms)),
+            catch_up: *catch_up,
         }),
         CommandBody::Modify {
             slave_ticket,

@@ -492,15 +492,24 @@ fn command_line(ty: &str, c: &Command) -> String {
             stop_loss,
             take_profit,
             terms,
-        } => l
-            .str("action", "EXECUTE")
-            .str("symbol", symbol.as_str())
-            .str("side", side_str(*side))
-            .f64("volume", *volume)
-            .f64("price", *price)
-            .f64("stop_loss", *stop_loss)
-            .f64("take_profit", *take_profit)
-            .terms(terms),
+            catch_up,
+        } => {
+            let l = l
+                .str("action", "EXECUTE")
+                .str("symbol", symbol.as_str())
+                .str("side", side_str(*side))
+                .f64("volume", *volume)
+                .f64("price", *price)
+                .f64("stop_loss", *stop_loss)
+                .f64("take_profit", *take_profit)
+                .terms(terms);
+            // Written only when set: a live open's frame is the same as before the field.
+            if *catch_up {
+                l.bool("catch_up", true)
+            } else {
+                l
+            }
+        }
         CommandBody::Modify {
             slave_ticket,
             stop_loss,
@@ -861,6 +870,7 @@ fn decode_command(f: &Fields) -> R<Command> {
             price: f.f64("price")?,
             stop_loss: f.f64("stop_loss")?,
             take_profit: f.f64("take_profit")?,
+            catch_up: f.or("catch_up", false, Fields::boolean)?,
         },
         "MODIFY" => CommandBody::Modify {
             slave_ticket: f.i64("slave_ticket")?,
@@ -1133,16 +1143,23 @@ pub fn command_value(c: &Command) -> Value {
             stop_loss,
             take_profit,
             terms,
-        } => serde_json::json!({
-            "action": "EXECUTE",
-            "symbol": symbol.as_str(),
-            "side": side_str(*side),
-            "volume": volume,
-            "price": price,
-            "stop_loss": stop_loss,
-            "take_profit": take_profit,
-        })
-        .with_terms(terms),
+            catch_up,
+        } => {
+            let mut v = serde_json::json!({
+                "action": "EXECUTE",
+                "symbol": symbol.as_str(),
+                "side": side_str(*side),
+                "volume": volume,
+                "price": price,
+                "stop_loss": stop_loss,
+                "take_profit": take_profit,
+            })
+            .with_terms(terms);
+            if *catch_up {
+                v["catch_up"] = serde_json::Value::Bool(true);
+            }
+            v
+        }
         CommandBody::Modify {
             slave_ticket,
             stop_loss,

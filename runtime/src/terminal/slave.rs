@@ -1037,6 +1037,7 @@ mod tests {
                 price: 1.1,
                 stop_loss: 0.0,
                 take_profit: 0.0,
+                catch_up: false,
             },
         }
     }

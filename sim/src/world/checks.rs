@@ -412,9 +412,37 @@ impl World {
     /// beyond the guard at the moment the EA decided. A record retry (`ea.slave.T18`) writes
     /// a verdict taken earlier, when the price may have been elsewhere, so it is not judged
     /// against the quote of its own moment.
+    ///
+    /// Catch-up (SPEC.md §5.2): an open the core sent as a catch-up (`Execute.catch_up`, as
+    /// the EA's write-ahead record holds it) is never refused PRICE_DEVIATION — beyond the
+    /// guard it is EXPIRED — and the EA answers EXPIRED only for such an open, beyond the guard.
     pub(super) fn check_terms_refusal(&mut self, s: usize, id: &CommandId, r: &ExecutionResult) {
+        let catch_up = match self.slave_files[s].get(id).map(|rec| &rec.command.body) {
+            Some(CommandBody::Execute { catch_up, .. }) => Some(*catch_up),
+            _ => None,
+        };
+        match (r.reason, catch_up) {
+            (Some(ErrorCode::PriceDeviation), Some(true)) => {
+                let v = format!(
+                    "slave-{s} refused catch-up open {id} PRICE_DEVIATION: beyond the guard a \
+                     catch-up is EXPIRED"
+                );
+                self.violation(v);
+                return;
+            }
+            (Some(ErrorCode::Expired), Some(false)) => {
+                let v = format!("slave-{s} refused live open {id} EXPIRED: it is no catch-up");
+                self.violation(v);
+                return;
+            }
+            _ => {}
+        }
         // A trigger's refusal was decided when it went to the broker (`check_trigger`).
-        if r.reason != Some(ErrorCode::PriceDeviation)
+        let guard_reason = matches!(
+            (r.reason, catch_up),
+            (Some(ErrorCode::PriceDeviation), _) | (Some(ErrorCode::Expired), Some(true))
+        );
+        if !guard_reason
             || self.last_fired == Some(SLAVE_RECORD_RETRY)
             || self.last_fired == Some(SLAVE_TRIGGER_REFUSED)
         {
@@ -428,13 +456,48 @@ impl World {
         };
         let dev = deviation_points(rec.side, rec.price, bid, ask, self.slave_limits(s).point);
         if dev <= f64::from(max) + 1e-6 {
-            let v = format!("slave-{s} refused {id} PRICE_DEVIATION at {dev} points, guard {max}");
+            let v = format!(
+                "slave-{s} refused {id} {:?} at {dev} points, guard {max}",
+                r.reason
+            );
             self.violation(v);
         }
     }
 }
 
 impl World {
+    /// An open reaches the slave EA with the master's facts its intent carried: a ratio-sized
+    /// open's terms hold the master's balance (equity) exactly as reported — in every core
+    /// life, since the facts are journaled with the intent (SPEC.md §5.2). A recovered open
+    /// is then never refused ACCOUNT_FACTS_UNKNOWN for a fact the master did report.
+    pub(super) fn check_terms_facts(&mut self, s: usize, command: &Command) {
+        let (CommandBody::Execute { terms, .. } | CommandBody::PlacePending { terms, .. }) =
+            &command.body
+        else {
+            return;
+        };
+        let Some(intent) = self.journal.intents.get(&command.intent_id) else {
+            return;
+        };
+        // Read back after its subscription was removed: refused on purpose.
+        if *terms == echo_statemachine::policy::terms::unsubscribed_terms() {
+            return;
+        }
+        let reported = match terms.sizing {
+            SlaveSizing::BalanceRatio => intent.origin.balance,
+            SlaveSizing::EquityRatio => intent.origin.equity,
+            SlaveSizing::Final | SlaveSizing::RiskPercent => return,
+        };
+        if terms.master_amount.to_bits() != reported.to_bits() {
+            let v = format!(
+                "slave-{s} got {} with {:?} terms for a master amount of {}, the master \
+                 reported {reported}",
+                command.command_id, terms.sizing, terms.master_amount
+            );
+            self.violation(v);
+        }
+    }
+
     /// A delivery as journaled, with its deviation guard (points; 0 = off).
     fn guard_of(&self, id: &CommandId) -> Option<(DeliveryRecord, u32)> {
         let rec = self.journal.deliveries.get(id).cloned()?;

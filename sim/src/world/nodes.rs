@@ -354,6 +354,8 @@ impl World {
                 }
             }
             slave::Output::PersistExecuting { op, command } => {
+                self.check_later_command_of_skipped_open(s, &command);
+                self.check_terms_facts(s, &command);
                 self.persist_slave(s, op, SlaveWrite::Executing(command));
             }
             slave::Output::PersistExecuted {

@@ -14,15 +14,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use echo_statemachine::core::DeliveryStatus;
+use echo_statemachine::core::{DeliveryRecord, DeliveryStatus};
 use echo_statemachine::ea::slave::BrokerOutcome;
-use echo_statemachine::ids::{CommandId, IntentId};
+use echo_statemachine::ids::{AccountId, CommandId, IntentId, TradeId};
 use echo_statemachine::msg::{
-    BrokerStatus, CloseFraction, CommandBody, ErrorCode, ExecutionResult, IntentKind,
+    BrokerStatus, CloseFraction, Command, CommandBody, ErrorCode, ExecutionResult, IntentKind,
     PendingResolution, PendingType, Side,
 };
 use echo_statemachine::policy::reverse::{opposite, pending_type, rests_below};
-use echo_statemachine::policy::Volume;
+use echo_statemachine::policy::{SkipReason, Volume};
 
 use super::World;
 
@@ -51,9 +51,13 @@ pub struct Positions {
     /// Closes a slave answered FILLED with 0 lots without placing them: a partial close whose
     /// share it kept (below one step), or a close of a position it had already closed in full.
     pub kept: BTreeSet<(usize, CommandId)>,
-    /// Opens the core told us it did not copy (`core.delivery.T20`/`T25`), with the core life
-    /// that knew it: that life must not answer the trade's later intents NO_POSITION.
+    /// Opens the core told us were not copied (`core.delivery.T20`/`T25`/`T27`, or read back
+    /// at recovery: `T37`), with the core life that knew it: that life must not answer the
+    /// trade's later intents NO_POSITION.
     skipped_opens: BTreeMap<CommandId, u64>,
+    /// (slave, lower-cased trade) → the command id of the trade's opening delivery (an OPEN
+    /// or a placement) to that slave, as journaled.
+    pub(super) openings: BTreeMap<(AccountId, String), CommandId>,
     /// (slave, ticket) → a pending order its broker holds (not filled yet).
     pub pending: BTreeMap<(usize, i64), Held>,
     /// (slave, trade) → positions its broker ever opened for the trade (an open, a pending
@@ -88,8 +92,14 @@ fn promised_close(fraction: &CloseFraction, open: Volume) -> Option<Volume> {
     })
 }
 
-/// The core's transitions that decide not to copy an open (at intake, or expired).
-const NOT_COPIED: [&str; 2] = ["core.delivery.T20", "core.delivery.T25"];
+/// The core's transitions that decide (or learn) that an open was not copied: at intake,
+/// expired, refused by the slave's copy terms, read back from the journal at recovery.
+const NOT_COPIED: [&str; 4] = [
+    "core.delivery.T20",
+    "core.delivery.T25",
+    "core.delivery.T27",
+    "core.delivery.T37",
+];
 
 impl World {
     /// A transition the core fired: remembers which life of it skipped which open.
@@ -104,19 +114,71 @@ impl World {
         }
     }
 
+    /// The journaled opening delivery (an OPEN or a placement) of `trade` to `slave`.
+    pub(super) fn opening_of(&self, slave: &AccountId, trade: &TradeId) -> Option<&DeliveryRecord> {
+        let key = (slave.clone(), trade.as_str().to_lowercase());
+        let id = self.positions.openings.get(&key)?;
+        self.journal.deliveries.get(id)
+    }
+
+    /// The copy-policy reason the opening delivery of `trade` to `slave` ended FAILED with.
+    fn skipped_open_reason(&self, slave: &AccountId, trade: &TradeId) -> Option<ErrorCode> {
+        let open = self.opening_of(slave, trade)?;
+        let reason = open
+            .reason
+            .filter(|r| SkipReason::from_error_code(*r).is_some());
+        (open.status == DeliveryStatus::Failed).then_some(reason)?
+    }
+
+    /// A later command of a trade whose opening delivery to this slave the copy policy did
+    /// not make (the core, or the slave's copy terms) never reaches the slave EA.
+    pub(super) fn check_later_command_of_skipped_open(&mut self, s: usize, command: &Command) {
+        if matches!(
+            command.body,
+            CommandBody::Execute { .. } | CommandBody::PlacePending { .. }
+        ) {
+            return;
+        }
+        if let Some(r) = self.skipped_open_reason(&command.slave, &command.trade_id) {
+            let v = format!(
+                "slave-{s} was sent {} although the trade's open was not copied ({r:?})",
+                command.command_id
+            );
+            self.violation(v);
+        }
+    }
+
+    /// A later intent of a trade whose open the copy policy did not make at that slave ends
+    /// FAILED with the open's reason — or NO_POSITION when the core life that ended it never
+    /// learnt of that open (an earlier life's skip of a trade no longer live at the restart:
+    /// SPEC.md §5.2, checked by `check_no_position_noise`).
+    pub(super) fn check_later_reason(&mut self, command_id: &CommandId, reason: Option<ErrorCode>) {
+        let Some(d) = self.journal.deliveries.get(command_id) else {
+            return;
+        };
+        if d.kind.starts_trade() || d.status != DeliveryStatus::Inflight {
+            return;
+        }
+        let (slave, trade) = (d.slave.clone(), d.trade_id.clone());
+        let Some(r) = self.skipped_open_reason(&slave, &trade) else {
+            return;
+        };
+        if reason != Some(r) && reason != Some(ErrorCode::NoPosition) {
+            let v = format!(
+                "{command_id} FAILED {reason:?}: the trade's open at {slave} was not copied ({r:?}), \
+                 its later intents carry that reason"
+            );
+            self.violation(v);
+        }
+    }
+
     /// `command_id` (a modify or close) ends NO_POSITION: wrong if the core life that ends it
-    /// decided itself not to copy the trade's open to that slave — it must say why (T26).
+    /// knew that the trade's open was not copied to that slave — it must say why (T26).
     pub(super) fn check_no_position_noise(&mut self, command_id: &CommandId) {
         let Some(d) = self.journal.deliveries.get(command_id) else {
             return;
         };
-        let trade = d.trade_id.as_str().to_lowercase();
-        let open = self.journal.deliveries.values().find(|o| {
-            o.kind.starts_trade()
-                && o.slave == d.slave
-                && o.trade_id.as_str().to_lowercase() == trade
-        });
-        let Some(open) = open else {
+        let Some(open) = self.opening_of(&d.slave, &d.trade_id) else {
             return;
         };
         if self.positions.skipped_opens.get(&open.command_id) == Some(&self.core_epoch) {

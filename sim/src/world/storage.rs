@@ -215,6 +215,13 @@ impl World {
                     intent.intent_id.clone(),
                     deliveries.iter().map(|d| d.slave.clone()).collect(),
                 );
+                for d in deliveries.iter().filter(|d| d.kind.starts_trade()) {
+                    let key = (d.slave.clone(), d.trade_id.as_str().to_lowercase());
+                    self.positions
+                        .openings
+                        .entry(key)
+                        .or_insert_with(|| d.command_id.clone());
+                }
             }
         }
         if let JournalWrite::FinishDelivery {
@@ -260,6 +267,7 @@ impl World {
             if *reason == Some(ErrorCode::NoPosition) {
                 self.check_no_position_noise(command_id);
             }
+            self.check_later_reason(command_id, *reason);
         }
         self.journal.book.apply(w)
     }

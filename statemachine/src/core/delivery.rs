@@ -100,35 +100,41 @@ transitions! {
             "becomes head, or its agent comes back, for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
             "FinishDelivery{failed, EXPIRED}; copy_skipped_total{reason=EXPIRED}++; log core_delivery_failed — a modify, partial close or close is never expired",
         OpenNotCopied = "T26": "New | Blocked",
-            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN this core life did not copy to the slave for a copy-policy reason (T20, T25)" => "Finalizing(FAILED)";
+            "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN was not copied to the slave for a copy-policy reason: by this core life (T20, T25), by the slave EA's copy terms (T27), or as the journal holds it at recovery (T37)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, the open's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent, so no NO_POSITION noise at the slave",
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
             "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
         SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
-            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
-            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed",
+            "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, EXPIRED for a catch-up beyond the guard, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
+            "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed; an OPEN or placement is remembered as skipped, so the trade's later intents at that slave end with this reason, never sent (T26, T30)",
         TermsRebuilt = "T28": "New | Blocked | Parked",
             "becomes head, or its agent comes back: an OPEN read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
-            "terms rebuilt from the subscription in force with the master's balance/equity unknown (a ratio-sized open is then refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses the same way — never failed at the core, since it may already have executed",
+            "terms rebuilt from the subscription in force and the master's facts journaled with its intent (balance/equity, symbol: the same terms as before the crash unless the subscription changed; rows journaled before the facts were read as not reported, so such a ratio-sized open is refused ACCOUNT_FACTS_UNKNOWN by the slave EA unless it executed it before); no subscription: terms the slave refuses that way — never failed at the core, since it may already have executed",
         PendingNoTicket = "T29": "New | Blocked",
             "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER but the slave holds no ticket for the trade (its placement failed, or was cancelled)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, NO_POSITION}; log core_delivery_failed — never sent",
         PendingNotCopied = "T30": "New | Blocked",
-            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER of a trade whose placement this core life did not copy to the slave for a copy-policy reason (T20, T32)" => "Finalizing(FAILED)";
+            "becomes head; PENDING_MODIFY / PENDING_CANCEL / PENDING_TRIGGER of a trade whose placement was not copied to the slave for a copy-policy reason (T20, T27 after the EA's T32, T37)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, the placement's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent",
         PendingCorrelated = "T31": "Finalizing(ACKED) of a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER / PENDING_CANCEL",
             "FinishDelivery answered Ok" => "Done(ACKED)";
             "ticket correlation (as T17 for the rest): a placement records the slave's pending ticket; a trigger replaces it by the position's ticket (the same one when the slave's pending had filled on its own), so the trade's later modifies and closes reach the position; a cancel forgets it — open_position changed in the same FinishDelivery transaction",
         PendingTermsRebuilt = "T32": "New | Blocked | Parked",
             "becomes head, or its agent comes back: a PLACE_LIMIT / PLACE_STOP / PENDING_TRIGGER read back from the journal (recovery, IntentExisted), whose copy terms are not journaled" => "unchanged (then T01/T02/T04)";
-            "terms rebuilt as T28 does for an open (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
+            "terms rebuilt as T28 does for an open, with the master's journaled facts (a trigger's: the deviation guard of the subscription in force, none without one) — never failed at the core, since it may already have executed",
         SplitIncomplete = "T33": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED, SPLIT_INCOMPLETE}: a close of a split position closed some of its legs, not all (a leg's close rejected by the broker, or in doubt after a slave crash and never placed)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, SPLIT_INCOMPLETE}; split_incomplete_total++; log core_delivery_failed — the ticket correlation stays: the slave still holds the position (its remaining legs)",
         SplitPartlyFilled = "T34": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{FILLED, SPLIT_INCOMPLETE}: a split open, modify or partial close executed on some legs only (the result names the position's ticket and what it holds)" => "Finalizing(ACKED)";
             "FinishDelivery{acked, EA_CONFIRMED, slave_ticket} as T07; split_incomplete_total++ — what filled is the position, so the trade's later intents follow it",
+        CatchUpSend = "T36": "Parked",
+            "slave's agent comes online, for an OPEN parked before its first send in this core life (it became head while its slave's agent was offline or unknown, e.g. after a core restart)" => "Inflight(CORE_ACCEPTED)";
+            "Command sent as a catch-up (ExecuteOrder.catch_up = true, attempt + 1; every later re-send of it carries the same flag); ack timer — the slave EA answers a price beyond the deviation guard EXPIRED (ea.slave.T47)",
+        RecoveredSkip = "T37": "(durable)",
+            "recover(): the journal holds the OPEN or placement of a trade still live (an open slave ticket or an unfinished delivery of the trade) FAILED at a slave with a copy-policy reason (T20, T25, T27 of any life)" => "(remembered as skipped)";
+            "nothing; the trade's later intents at that slave end FAILED with that reason (T26, T30), as in the life that decided it — never sent, never NO_POSITION",
     }
 }
 
@@ -189,6 +195,11 @@ pub(crate) struct Delivery {
     pub never_sent: bool,
     /// Accepted in this core's life: its stage latencies are measured from `planned_at`.
     pub timed: bool,
+    /// Sent at least once in this core's life.
+    pub sent: bool,
+    /// An OPEN parked before its first send in this life: it goes out as a catch-up (T36),
+    /// and keeps the flag on every re-send, so the agent and the EA see one command.
+    pub catch_up: bool,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -279,6 +290,8 @@ impl Core {
                 planned_at: now,
                 never_sent: fresh,
                 timed: fresh,
+                sent: false,
+                catch_up: false,
             },
         );
         if prev.is_none() {
@@ -330,6 +343,31 @@ impl Core {
     fn count_skip(&mut self, reason: ErrorCode) {
         if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
             *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
+        }
+    }
+
+    /// Opens and placements the journal holds FAILED by the copy policy, for trades still
+    /// live (recovery, T37): the trade's later intents at that slave follow suit.
+    pub(crate) fn adopt_skipped_opens(&mut self, records: Vec<DeliveryRecord>) {
+        for rec in records {
+            let reason = rec
+                .reason
+                .filter(|r| crate::policy::SkipReason::from_error_code(*r).is_some());
+            let (Some(reason), true) = (reason, rec.kind.starts_trade()) else {
+                continue;
+            };
+            if rec.status != DeliveryStatus::Failed
+                || self
+                    .tickets
+                    .contains_key(&(rec.trade_id.clone(), rec.slave.clone()))
+            {
+                continue;
+            }
+            self.fire(
+                DeliveryT::RecoveredSkip.spec(),
+                Subject::Command(rec.command_id.clone()),
+            );
+            self.remember_skipped_open(&rec, reason);
         }
     }
 
@@ -419,6 +457,10 @@ impl Core {
             self.fire(DeliveryT::ParkHead.spec(), self.subject(key));
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Parked;
+                // It could not go when it was ready: the slave catches up when it comes.
+                if !d.sent && d.rec.kind == IntentKind::Open {
+                    d.catch_up = true;
+                }
             }
         }
     }
@@ -473,10 +515,12 @@ impl Core {
 
     /// An open read back from the journal has no copy terms (they are not journaled). It may
     /// have reached the slave before the crash, so it is never failed here: it is sent with
-    /// terms rebuilt from the subscription in force — the master's balance/equity are unknown
-    /// (0), so the slave EA refuses a ratio-sized one `ACCOUNT_FACTS_UNKNOWN` unless it
-    /// already executed it (then it answers from its stored result); with the subscription
-    /// gone, with terms it refuses the same way rather than place the master's lots.
+    /// terms rebuilt from the subscription in force and the master's facts journaled with its
+    /// intent, so a ratio-sized open carries the master's balance/equity as it did before the
+    /// crash (a row without them, journaled before they were, reads as "not reported": the
+    /// slave EA refuses it `ACCOUNT_FACTS_UNKNOWN` unless it already executed it); with the
+    /// subscription gone, with terms it refuses the same way rather than place the master's
+    /// lots.
     fn rebuild_lost_terms(&mut self, key: u64) {
         let Some(d) = self.deliveries.get(&key) else {
             return;
@@ -490,23 +534,26 @@ impl Core {
             .get(&d.rec.master)
             .and_then(|subs| subs.iter().find(|s| s.slave == d.rec.slave))
             .map(|s| &s.policy);
+        let dropped = crate::mutants::active(crate::mutants::Mutant::RecoveryDropsFacts);
+        let with_facts = |p| match (&d.rec.intent_facts, dropped) {
+            (Some(f), false) => {
+                crate::policy::terms::terms_with_facts(p, &f.master_symbol, &f.origin)
+            }
+            _ => crate::policy::terms::guard_terms(p),
+        };
         let terms = match (kind, policy) {
             (IntentKind::PendingTrigger, Some(p)) => crate::policy::terms::trigger_terms(p),
             (IntentKind::PendingTrigger, None) => crate::msg::ExecTerms::default(),
-            (IntentKind::Open, Some(p)) => crate::policy::terms::guard_terms(p),
+            (IntentKind::Open, Some(p)) => with_facts(p),
             // A placement waits for its own price: no deviation guard; one ticket, no split.
             (_, Some(p)) => crate::msg::ExecTerms {
                 max_deviation_points: 0,
                 deviation_window_ms: 0,
                 split_max_lots: 0.0,
                 split_min_lots: 0.0,
-                ..crate::policy::terms::guard_terms(p)
+                ..with_facts(p)
             },
-            (_, None) => crate::msg::ExecTerms {
-                sizing: crate::msg::SlaveSizing::BalanceRatio,
-                sizing_value: 1.0,
-                ..crate::msg::ExecTerms::default()
-            },
+            (_, None) => crate::policy::terms::unsubscribed_terms(),
         };
         let t = if kind == IntentKind::Open {
             DeliveryT::TermsRebuilt
@@ -558,6 +605,7 @@ impl Core {
                 stop_loss: d.rec.stop_loss,
                 take_profit: d.rec.take_profit,
                 terms: d.rec.terms.unwrap_or_default(),
+                catch_up: d.catch_up,
             },
             IntentKind::Modify => CommandBody::Modify {
                 slave_ticket: ticket(),
@@ -632,6 +680,7 @@ impl Core {
         };
         d.rec.attempts += 1;
         d.never_sent = false;
+        d.sent = true;
         d.state = DState::Inflight(d.stage);
         let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
             return;
@@ -888,6 +937,16 @@ impl Core {
                 {
                     Some(reason) => {
                         self.fire(DeliveryT::SlaveRefused.spec(), self.subject(key));
+                        // Remembered before the delivery finishes, as T25 does: finishing it
+                        // may make the trade's next intent head of its chain (T26).
+                        let opening = self
+                            .deliveries
+                            .get(&key)
+                            .filter(|d| d.rec.kind.starts_trade())
+                            .map(|d| d.rec.clone());
+                        if let Some(rec) = opening {
+                            self.remember_skipped_open(&rec, reason.error_code());
+                        }
                         self.fail_by_policy(now, key, reason);
                     }
                     None => {
@@ -1107,7 +1166,13 @@ impl Core {
                 Some(DState::Parked)
             );
             if parked && !self.expire_if_late(now, key) {
-                self.fire(DeliveryT::Unpark.spec(), self.subject(key));
+                let catch_up = self.deliveries.get(&key).is_some_and(|d| d.catch_up);
+                let t = if catch_up {
+                    DeliveryT::CatchUpSend
+                } else {
+                    DeliveryT::Unpark
+                };
+                self.fire(t.spec(), self.subject(key));
                 self.send_command(now, key);
             }
         }

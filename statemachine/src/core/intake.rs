@@ -352,6 +352,7 @@ impl Core {
                     slave_ticket: None,
                     reason,
                     terms,
+                    intent_facts: None,
                     master_volume_before: if i.kind == IntentKind::PartialClose {
                         i.master_volume_before
                     } else {
@@ -439,6 +440,9 @@ impl Core {
                 else {
                     return;
                 };
+                // Only for journal rows read back: the facts their terms are rebuilt from.
+                let facts = matches!(reply, JournalReply::IntentExisted { .. })
+                    .then(|| super::journal::IntentFacts::of(&intent));
                 // The kept intent's ids are the entry's: moved, not cloned.
                 let (worker, trade, master) = (entry.worker, intent.trade_id, intent.master);
                 if retry_at.is_some() {
@@ -457,8 +461,13 @@ impl Core {
                         self.fire(IntakeT::Persisted.spec(), self.intent_subject(&id));
                         (deliveries, true)
                     }
-                    JournalReply::IntentExisted { unfinished } => {
+                    JournalReply::IntentExisted { mut unfinished } => {
                         self.fire(IntakeT::Existed.spec(), self.intent_subject(&id));
+                        // The journal holds this intent's facts; the same intent id is the
+                        // same intent, so the one in hand carries them (T28 reads them).
+                        for r in unfinished.iter_mut().filter(|r| r.intent_facts.is_none()) {
+                            r.intent_facts = facts.clone().map(Box::new);
+                        }
                         // Final rows are not returned, and this plan may not be the one the
                         // journal holds (an earlier life planned under other subscriptions):
                         // a skip is not remembered from it, so the trade's later intents end

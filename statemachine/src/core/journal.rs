@@ -6,7 +6,7 @@
 //! durable snapshot `Core::recover` starts from. It must never decide anything.
 
 use crate::ids::{AccountId, CommandId, IntentId, Symbol, TradeId};
-use crate::msg::{AckStage, ErrorCode, ExecTerms, IntentKind, Side, TradeIntent};
+use crate::msg::{AckStage, ErrorCode, ExecTerms, IntentKind, MasterFacts, Side, TradeIntent};
 
 /// Identifies one journal write so its result can be matched to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,12 +49,36 @@ pub struct DeliveryRecord {
     pub attempts: u32,
     pub slave_ticket: Option<i64>,
     pub reason: Option<ErrorCode>,
-    /// An open's copy terms for the slave EA, as planned. Not journaled (yet): a record read
-    /// back from the journal has `None`, which `core.delivery.T28` resolves.
+    /// An open's copy terms for the slave EA, as planned. Not journaled: a record read back
+    /// from the journal has `None`, which `core.delivery.T28` rebuilds from the subscription
+    /// in force and [`DeliveryRecord::intent_facts`].
     pub terms: Option<ExecTerms>,
+    /// What its intent carried, as journaled with the intent (`trade_intent`): set on a
+    /// record read back from the journal (the journal's load joins its intent), `None` on one
+    /// planned now (its `terms` are already built) and on an `AcceptIntent`'s own records
+    /// (the intent is written beside them).
+    pub intent_facts: Option<Box<IntentFacts>>,
     /// For a partial close: the master's lots before it (the fraction's denominator,
     /// `TradeIntent::master_volume_before`); 0 for every other kind.
     pub master_volume_before: f64,
+}
+
+/// The master's side of an intent that an open's copy terms are built from, journaled with the
+/// intent: its symbol (per-symbol multipliers) and the facts the master EA reported
+/// (`TradeIntent::origin`: magic, comment, order type, balance, equity).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IntentFacts {
+    pub master_symbol: Symbol,
+    pub origin: MasterFacts,
+}
+
+impl IntentFacts {
+    pub fn of(intent: &TradeIntent) -> Self {
+        IntentFacts {
+            master_symbol: intent.symbol.clone(),
+            origin: intent.origin.clone(),
+        }
+    }
 }
 
 /// Everything the core asks the journal to do. Every write is idempotent: keyed by intent id
@@ -146,4 +170,9 @@ pub struct CoreDurableState {
     /// latest filled OPEN or PARTIAL_CLOSE (a broker may move the rest of a partially closed
     /// position to a new ticket), until a filled CLOSE.
     pub open_tickets: Vec<(TradeId, AccountId, i64)>,
+    /// The OPEN and placement rows FAILED with a copy-policy reason (`policy::SkipReason`) of
+    /// every trade still live — one that has an open ticket or an unfinished delivery — so
+    /// the trade's later intents at that slave keep that reason (`core.delivery.T37`). Trades
+    /// with neither are not read (nothing bounds them); their later intents end NO_POSITION.
+    pub skipped_opens: Vec<DeliveryRecord>,
 }

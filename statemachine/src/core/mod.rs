@@ -25,8 +25,8 @@ use crate::spec::{Fired, Subject, Transition};
 use crate::time::Instant;
 
 pub use journal::{
-    CoreDurableState, DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite,
-    OpId,
+    CoreDurableState, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply, JournalResult,
+    JournalWrite, OpId,
 };
 
 /// Everything the core machine needs to start.
@@ -180,10 +180,11 @@ pub struct Core {
     /// deliveries themselves (no allocation per chain); only the head is ever in flight.
     pub(crate) chains: FastMap<(AccountId, TradeId), delivery::Chain>,
     pub(crate) tickets: FastMap<(TradeId, AccountId), i64>,
-    /// Opens this core life did not copy to a slave for a copy-policy reason (filters,
-    /// sizing, EXPIRED …), so the trade's later modifies and closes end with the same reason
-    /// instead of NO_POSITION. Bounded: the oldest is forgotten first (its trade's later
-    /// intents then end NO_POSITION, still explicit). Never iterated.
+    /// Opens not copied to a slave for a copy-policy reason (filters, sizing, EXPIRED, the
+    /// slave EA's copy terms …; this life's, or read back from the journal at recovery), so
+    /// the trade's later modifies and closes end with the same reason instead of NO_POSITION.
+    /// Bounded: the oldest is forgotten first (its trade's later intents then end
+    /// NO_POSITION, still explicit). Never iterated.
     pub(crate) skipped_opens: FastMap<(TradeId, AccountId), ErrorCode>,
     pub(crate) skipped_order: VecDeque<(TradeId, AccountId)>,
     pub(crate) registry: registry::Registry,
@@ -255,6 +256,10 @@ impl Core {
         for (trade, slave, ticket) in durable.open_tickets {
             core.tickets.insert((trade, slave), ticket);
         }
+        // Before the deliveries: a recovered chain head may be a later intent of one (T26).
+        let mut skipped = durable.skipped_opens;
+        skipped.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+        core.adopt_skipped_opens(skipped);
         let mut unfinished = durable.unfinished;
         // Master order per trade is master_seq; command id breaks ties deterministically.
         unfinished.sort_by(|a, b| {

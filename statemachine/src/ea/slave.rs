@@ -111,6 +111,7 @@ transitions! {
         SplitSteps = "T44": "persisting", "persist result Ok for the write-ahead record of a Modify / Close / ClosePart of a split position (a ClosePart is resolved once against the position's total, policy::partial; a share it keeps is T25)" => "executing (legs)"; "ToAgent(PipeAck{Ok}); PlaceLeg{step 0}: one order per leg — a modify every leg, a close every leg (last first), a partial close the legs policy::partial::take_from_legs takes (whole legs last-first, then a part of one; no dust); counted placed",
         RecoveredSplitInDoubt = "T45": "(durable)", "recover(): a write-ahead record without a result of an open with split allowed, or of a modify / close of a split position" => "in_doubt (legs)"; "QueryLeg{leg 0}, then each further leg in turn (an open's until one did not fill; a split position's every step, planned again from its durable legs) — asked of the broker by order id, never placed again",
         LegIgnored = "T46": "any", "handle_leg_result for a command without legs, or a leg that is not its current one (stale, repeated)" => "unchanged"; "counted ignored_broker_results",
+        CatchUpExpired = "T47": "persisting", "persist result Ok for the write-ahead record of an open sent as a catch-up (Execute.catch_up) whose price is beyond deviation/max_points (policy::catchup::admit)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with EXPIRED} — never placed and never waiting for the price (the wait window is for live opens); counted terms_refused and catch_up_expired",
     }
 }
 
@@ -322,6 +323,9 @@ pub struct SlaveMetrics {
     pub ignored_messages: u64,
     /// Opens the copy terms refused (reported as REJECTED with the reason).
     pub terms_refused: u64,
+    /// Catch-up opens beyond the deviation guard, refused EXPIRED (T47; also in
+    /// `terms_refused`).
+    pub catch_up_expired: u64,
     /// Facts ignored: a new symbol beyond [`MAX_SYMBOLS`], or non-finite numbers.
     pub ignored_facts: u64,
     /// Executed records evicted by `max_executed_retained` (T39).
@@ -823,10 +827,32 @@ impl SlaveExecutor {
                     }
                     _ => body,
                 };
-                if let CommandBody::Execute { terms, .. } = &body {
+                if let CommandBody::Execute {
+                    terms, catch_up, ..
+                } = &body
+                {
                     let window = Duration::from_millis(terms.deviation_window_ms.into());
+                    // A catch-up never waits for the price: beyond the guard it has expired.
+                    let catch_up = *catch_up
+                        && !crate::mutants::active(crate::mutants::Mutant::CatchUpIgnoresFlag);
+                    let may_wait = terms.deviation_window_ms > 0 && !catch_up;
                     // The write-ahead is durable: whatever the terms decide, the EA owns it.
-                    match self.decide(&body, terms.deviation_window_ms > 0) {
+                    match self.decide(&body, may_wait) {
+                        OpenDecision::Refuse(SkipReason::PriceDeviation) if catch_up => {
+                            let reason = crate::policy::catchup::admit(
+                                crate::policy::catchup::CatchUpPolicy::default(),
+                                crate::msg::IntentKind::Open,
+                                0,
+                                true,
+                                false,
+                            )
+                            .err()
+                            .unwrap_or(SkipReason::Expired);
+                            self.fire(T::CatchUpExpired, subject);
+                            self.pipe_ack(&id, PipeStatus::Ok, None);
+                            self.m.catch_up_expired += 1;
+                            self.refuse_open(&id, reason);
+                        }
                         OpenDecision::Place(v) => {
                             self.fire(T::Place, subject);
                             self.pipe_ack(&id, PipeStatus::Ok, None);
@@ -1975,6 +2001,7 @@ impl SlaveExecutor {
                         stop_loss,
                         take_profit,
                         terms: ExecTerms::default(),
+                        catch_up: false,
                     }
                 } else {
                     CommandBody::TriggerPending {

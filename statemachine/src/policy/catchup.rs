@@ -2,7 +2,10 @@
 //!
 //! This module owns which late commands still execute: an open that reaches the slave later
 //! than `max_age_ms` after the master emitted it, or — while catching up — beyond the
-//! price-deviation guard, expires with `EXPIRED`. A pending placement never expires: it rests
+//! price-deviation guard, expires with `EXPIRED`. Both halves share [`admit`]: the core applies
+//! the age (`core.delivery.T25`, `within_deviation` = true: it has no slave prices), the slave
+//! EA the guard (`ea.slave.T47`, `catching_up` = the command's `catch_up` flag, which the core
+//! sets on an open that waited for its slave: `core.delivery.T36`). A pending placement never expires: it rests
 //! at the master's price, so a late one is still the master's order (SPEC.md §5.2). It must
 //! never expire a close, a partial close, a modify or any later command of a pending order: a
 //! close is never the thing that gets dropped.

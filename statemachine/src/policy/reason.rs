@@ -120,7 +120,7 @@ impl SkipReason {
             SkipReason::VolumeBelowMin => "sized volume below the slave's minimum and `below_min = \"skip\"`",
             SkipReason::SymbolNotMapped => "no map entry or affix rule names the slave's symbol, or the slave does not trade it",
             SkipReason::PriceDeviation => "slave price further than `deviation/max_points` from the master's fill (after `deviation/retry_window_ms`)",
-            SkipReason::Expired => "an open reached the slave after `max_age_ms` (catch-up); never a close or SL/TP change",
+            SkipReason::Expired => "an open reached the slave after `max_age_ms`, or was sent as a catch-up (its slave was away) and the slave's price is beyond `deviation/max_points`; never a close or SL/TP change",
             SkipReason::FilteredSymbol => "symbol denied, or not in a non-empty allow list",
             SkipReason::FilteredMagic => "magic number not accepted",
             SkipReason::FilteredComment => "comment matches no accepted pattern, or a denied one",

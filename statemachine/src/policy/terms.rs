@@ -20,23 +20,33 @@ use super::sizing::{size, AboveMax, BelowMin, SizingFacts, SizingMode, SizingPol
 use super::subscription::{CopyPolicy, SizingKind};
 use super::volume::{SymbolLimits, Volume};
 use crate::ids::Symbol;
-use crate::msg::{ExecTerms, Side, SlaveSizing, TradeIntent};
+use crate::msg::{ExecTerms, MasterFacts, Side, SlaveSizing, TradeIntent};
 
 /// The open's terms for the slave EA under `policy`. Ratio modes carry the master's balance or
 /// equity as the master reported it with this intent (0 = not reported: the slave refuses
 /// `ACCOUNT_FACTS_UNKNOWN` rather than guess), and the per-symbol multiplier of the master's
 /// symbol folded into the factor.
 pub fn exec_terms(policy: &CopyPolicy, intent: &TradeIntent) -> ExecTerms {
+    terms_with_facts(policy, &intent.symbol, &intent.origin)
+}
+
+/// [`exec_terms`] from the master's symbol and reported facts alone: what an open read back
+/// from the journal is planned with (`core.delivery.T28`), the same as before the crash.
+pub fn terms_with_facts(
+    policy: &CopyPolicy,
+    master_symbol: &Symbol,
+    origin: &MasterFacts,
+) -> ExecTerms {
     let mut t = guard_terms(policy);
-    let per_symbol = policy.sizing.symbol_multiplier(&intent.symbol);
+    let per_symbol = policy.sizing.symbol_multiplier(master_symbol);
     match t.sizing {
         SlaveSizing::BalanceRatio => {
             t.sizing_value *= per_symbol;
-            t.master_amount = intent.origin.balance;
+            t.master_amount = origin.balance;
         }
         SlaveSizing::EquityRatio => {
             t.sizing_value *= per_symbol;
-            t.master_amount = intent.origin.equity;
+            t.master_amount = origin.equity;
         }
         // The risk budget is the cap: per-symbol multipliers do not apply (sizing.rs).
         SlaveSizing::RiskPercent | SlaveSizing::Final => {}
@@ -81,6 +91,18 @@ pub fn open_legs(terms: &ExecTerms, volume: Volume, symbol: Option<&SymbolFacts>
 pub fn trigger_terms(policy: &CopyPolicy) -> ExecTerms {
     ExecTerms {
         max_deviation_points: policy.deviation.max_points,
+        ..ExecTerms::default()
+    }
+}
+
+/// The terms of an open read back from the journal whose subscription is gone
+/// (`core.delivery.T28`): ratio sizing against a master amount nobody reported, so the slave
+/// EA refuses it `ACCOUNT_FACTS_UNKNOWN` (unless it executed it before the crash) rather than
+/// place the master's lots for a subscription that no longer exists.
+pub fn unsubscribed_terms() -> ExecTerms {
+    ExecTerms {
+        sizing: SlaveSizing::BalanceRatio,
+        sizing_value: 1.0,
         ..ExecTerms::default()
     }
 }
