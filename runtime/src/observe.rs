@@ -188,14 +188,16 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
         &mut o,
         "echo_core_delivery_failed_total",
         "counter",
-        "deliveries ended FAILED and intents not journaled",
+        "deliveries ended FAILED and intents not journaled, by reason",
     );
-    line(
-        &mut o,
-        "echo_core_delivery_failed_total",
-        &[],
-        m.delivery_failed_total,
-    );
+    for (reason, n) in &m.delivery_failed_by_reason {
+        line(
+            &mut o,
+            "echo_core_delivery_failed_total",
+            &[("reason", reason)],
+            *n,
+        );
+    }
     head(
         &mut o,
         "echo_core_copy_skipped_total",
@@ -560,6 +562,9 @@ mod tests {
             4,
         );
         core.pending_age_ms.insert("AGENT_BUFFERED", 12);
+        core.metrics
+            .delivery_failed_by_reason
+            .insert("SPLIT_INCOMPLETE", 2);
         let text =
             render_core(&core, &LinkMetrics::default()) + &render_agent(&AgentStatus::default());
         for spec in METRICS.iter().filter(|m| !m.name.starts_with("echo_ea_")) {
@@ -572,6 +577,7 @@ mod tests {
         assert!(!text.contains("trade_id"));
         assert!(text.contains("echo_core_router_rejections_total{worker_id=\"1\",reason=\"queue_full\",component=\"core\"} 3"));
         assert!(text.contains("echo_core_delivery_pending_age_ms{stage=\"AGENT_BUFFERED\"} 12"));
+        assert!(text.contains("echo_core_delivery_failed_total{reason=\"SPLIT_INCOMPLETE\"} 2"));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub const METRICS: &[MetricSpec] = &[
         "echo_core_delivery_failed_total",
         "counter",
         &["reason"],
-        "deliveries ended FAILED, and intents refused for an unavailable journal",
+        "deliveries ended FAILED, and intents refused for an unavailable journal, by ErrorCode without its ERROR_CODE_ prefix (MAX_RETRIES, BROKER_REJECTED, SPLIT_INCOMPLETE, a copy-policy reason, …); no series until the first",
     ),
     m(
         "echo_core_delivery_stage_latency_ms",

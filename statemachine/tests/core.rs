@@ -618,6 +618,16 @@ fn timeout_backoff_retry_and_give_up() -> Vec<&'static str> {
     h.journal_ok_all();
     assert_eq!(h.core.open_deliveries(), 0);
     assert_eq!(h.core.metrics().delivery_failed_total, 1);
+    assert_eq!(
+        h.core
+            .metrics()
+            .delivery_failed_by_reason
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect::<Vec<_>>(),
+        vec![("MAX_RETRIES", 1)],
+        "a FAILED delivery is counted by its reason"
+    );
     h.fired
 }
 

@@ -321,7 +321,7 @@ impl Core {
             DeliveryT::NotCopied.spec(),
             Subject::Command(rec.command_id.clone()),
         );
-        self.metrics.delivery_failed_total += 1;
+        self.count_failed(reason);
         self.count_skip(reason);
         if rec.kind.starts_trade() {
             self.remember_skipped_open(&rec, reason);
@@ -340,6 +340,16 @@ impl Core {
     }
 
     /// `copy_skipped_total{reason}`, for a reason of the copy policy.
+    /// One delivery ended FAILED with `reason` (`core_delivery_failed`).
+    pub(crate) fn count_failed(&mut self, reason: ErrorCode) {
+        self.metrics.delivery_failed_total += 1;
+        *self
+            .metrics
+            .delivery_failed_by_reason
+            .entry(reason.name().trim_start_matches("ERROR_CODE_"))
+            .or_default() += 1;
+    }
+
     fn count_skip(&mut self, reason: ErrorCode) {
         if let Some(r) = crate::policy::SkipReason::from_error_code(reason) {
             *self.metrics.copy_skipped_total.entry(r.name()).or_default() += 1;
@@ -734,11 +744,12 @@ impl Core {
         };
         if status == DeliveryStatus::Failed {
             let (intent_id, command_id) = (d.rec.intent_id.clone(), d.rec.command_id.clone());
-            self.metrics.delivery_failed_total += 1;
+            let reason = reason.unwrap_or(ErrorCode::Internal);
+            self.count_failed(reason);
             self.log(CoreLog::DeliveryFailed {
                 intent_id,
                 command_id: Some(command_id),
-                reason: reason.unwrap_or(ErrorCode::Internal),
+                reason,
             });
         }
         self.journal_write(write, Some(PendingOp::Finish(key)));

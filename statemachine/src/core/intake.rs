@@ -417,7 +417,7 @@ impl Core {
                     intent.trade_id,
                     Some(ErrorCode::JournalUnavailable),
                 );
-                self.metrics.delivery_failed_total += 1;
+                self.count_failed(ErrorCode::JournalUnavailable);
                 self.log(CoreLog::DeliveryFailed {
                     intent_id: id,
                     command_id: None,

@@ -96,6 +96,9 @@ pub struct CoreMetrics {
     pub compat_mode_total: u64,
     /// `core_delivery_failed` occurrences: deliveries FAILED plus intents not journaled.
     pub delivery_failed_total: u64,
+    /// `echo_core_delivery_failed_total{reason}`: the same, by `ErrorCode` name; sums to
+    /// `delivery_failed_total`.
+    pub delivery_failed_by_reason: BTreeMap<&'static str, u64>,
     /// `echo_core_copy_skipped_total{reason}`: deliveries the copy policy did not make, by
     /// [`crate::policy::SkipReason`] name.
     pub copy_skipped_total: BTreeMap<&'static str, u64>,
