@@ -18,6 +18,12 @@
 
 pub use echo_statemachine as machines;
 
+/// mimalloc instead of the system allocator for every binary linking the runtime: the drivers
+/// allocate per message (wire conversions, commands, JSON frames), and under load glibc's
+/// malloc/free was the first entry of the tokio workers' profile (`e2e_bench`, 2026-12-03).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod app;
 pub mod config;
 pub mod drivers;
