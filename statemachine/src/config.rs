@@ -165,6 +165,14 @@ pub const CORE_JOURNAL_STAGE_ACKS: KeySpec = key(
     false,
     "1 = also journal each delivery's AGENT_BUFFERED / PIPE_DELIVERED (audit; about half the journal's row writes); 0 = accept and final state only",
 );
+pub const CORE_AGENT_WINDOW: KeySpec = key(
+    "/echo/core/delivery/agent_window",
+    1_024,
+    1,
+    65_536,
+    false,
+    "commands sent to one agent and not yet in its ledger (AGENT_BUFFERED); more wait at the core, without spending attempts or running their ack timers, until one is buffered",
+);
 pub const AGENT_ACK_TIMEOUT_MS: KeySpec = key(
     "/echo/agent/delivery/ack_timeout_ms",
     1_000,
@@ -209,6 +217,7 @@ pub const ALL_KEYS: &[KeySpec] = &[
     CORE_HEARTBEAT_INTERVAL_MS,
     CORE_RECONCILE_INTERVAL_MS,
     CORE_JOURNAL_STAGE_ACKS,
+    CORE_AGENT_WINDOW,
     AGENT_ACK_TIMEOUT_MS,
     AGENT_RETRY_BACKOFF_MS,
     AGENT_MAX_RETRIES,
@@ -273,6 +282,10 @@ pub struct DeliveryConfig {
     /// the final state. Nothing reads the stage back but operators: a recovered delivery is
     /// re-sent from CORE_ACCEPTED either way and the agent and EA dedupe it.
     pub journal_stage_acks: u32,
+    /// Commands one agent may hold unbuffered: the core's send window per agent, so an agent
+    /// slower than the masters sees a bounded backlog, and its slowness never becomes ack
+    /// timeouts and re-sends that only add to it.
+    pub agent_window: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -284,6 +297,7 @@ impl Default for DeliveryConfig {
             heartbeat_interval_ms: CORE_HEARTBEAT_INTERVAL_MS.default as u32,
             reconcile_interval_ms: CORE_RECONCILE_INTERVAL_MS.default as u32,
             journal_stage_acks: CORE_JOURNAL_STAGE_ACKS.default as u32,
+            agent_window: CORE_AGENT_WINDOW.default as u32,
         }
     }
 }
@@ -306,6 +320,7 @@ impl DeliveryConfig {
             k if k == CORE_JOURNAL_STAGE_ACKS.key => {
                 (&mut self.journal_stage_acks, CORE_JOURNAL_STAGE_ACKS)
             }
+            k if k == CORE_AGENT_WINDOW.key => (&mut self.agent_window, CORE_AGENT_WINDOW),
             _ => return Ok(false),
         };
         *slot.0 = slot.1.parse(raw)? as u32;
@@ -320,6 +335,7 @@ impl DeliveryConfig {
         CORE_HEARTBEAT_INTERVAL_MS.check(self.heartbeat_interval_ms.into())?;
         CORE_RECONCILE_INTERVAL_MS.check(self.reconcile_interval_ms.into())?;
         CORE_JOURNAL_STAGE_ACKS.check(self.journal_stage_acks.into())?;
+        CORE_AGENT_WINDOW.check(self.agent_window.into())?;
         Ok(())
     }
 }

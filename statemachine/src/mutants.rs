@@ -73,6 +73,12 @@ pub enum Mutant {
     /// journaled: a ratio-sized one is refused ACCOUNT_FACTS_UNKNOWN only because the core
     /// restarted.
     RecoveryDropsFacts,
+    /// core: a delivery that finishes keeps its place in its agent's send window, so the
+    /// window fills with finished deliveries and the commands queued behind it never go.
+    WindowLeaksOnFinish,
+    /// agent: a PipeDeliveryAck OK does not free the command's place in its slave's pipe
+    /// window, so once the window has filled nothing more is written to that pipe.
+    PipeWindowLeaksOnAck,
 }
 
 impl Mutant {
@@ -101,6 +107,8 @@ impl Mutant {
         Mutant::SplitCloseFirstLegOnly,
         Mutant::CatchUpIgnoresFlag,
         Mutant::RecoveryDropsFacts,
+        Mutant::WindowLeaksOnFinish,
+        Mutant::PipeWindowLeaksOnAck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +137,8 @@ impl Mutant {
             Mutant::SplitCloseFirstLegOnly => "split-close-first-leg-only",
             Mutant::CatchUpIgnoresFlag => "catch-up-ignores-flag",
             Mutant::RecoveryDropsFacts => "recovery-drops-facts",
+            Mutant::WindowLeaksOnFinish => "window-leaks-on-finish",
+            Mutant::PipeWindowLeaksOnAck => "pipe-window-leaks-on-ack",
         }
     }
 

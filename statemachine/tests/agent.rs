@@ -1637,6 +1637,74 @@ fn cancel_without_a_pipe_is_dropped_and_counted() -> Fired {
     h.done()
 }
 
+/// The pipe's send window: a slow EA sees at most `max_pipe_inflight` unanswered commands, the
+/// rest wait without an ack timer (so its slowness never turns into re-writes), and each answer
+/// lets the next waiting command go, in ledger order.
+fn pipe_window_bounds_unanswered_writes() -> Fired {
+    let mut h = H::with(AgentLimits {
+        max_pipe_inflight: 2,
+        ..AgentLimits::default()
+    });
+    h.online();
+    h.pipe("s1");
+    let mut written = Vec::new();
+    let mut queued = 0;
+    for id in ["c1", "c2", "c3", "c4", "c5"] {
+        let o = h.buffered(id, "s1");
+        written.extend(pipe_commands(&o));
+        queued += fired(&o).iter().filter(|t| **t == T::T48.id()).count();
+    }
+    assert_eq!(
+        written,
+        vec![(acc("s1"), cid("c1")), (acc("s1"), cid("c2"))]
+    );
+    assert_eq!(queued, 3, "c3..c5 wait for the window");
+    assert_eq!(h.phase("c3"), Some(EntryPhase::WaitingPipe));
+    // Another slave's pipe has its own window.
+    h.pipe("s2");
+    let o = h.buffered("d1", "s2");
+    assert_eq!(pipe_commands(&o), vec![(acc("s2"), cid("d1"))]);
+    // Only the two written commands have ack timers: a long wait re-writes those two only.
+    h.at(1_000);
+    let o = h.timeout();
+    assert!(
+        pipe_commands(&o).is_empty(),
+        "a timed-out write backs off and keeps its place; nothing waiting is written"
+    );
+    assert_eq!(h.phase("c1"), Some(EntryPhase::Backoff));
+    assert_eq!(
+        h.m.entry_attempts(&cid("c3")),
+        Some(0),
+        "no attempt spent waiting"
+    );
+    // An OK frees a place: the next waiting command (ledger order) is written at once.
+    let o = h.pipe_ack("s1", "c2", PipeStatus::Ok);
+    assert_eq!(pipe_commands(&o), vec![(acc("s1"), cid("c3"))]);
+    // So does a result (the EA may answer with its execution first).
+    let o = h.exec("s1", "c3", "s1");
+    assert_eq!(pipe_commands(&o), vec![(acc("s1"), cid("c4"))]);
+    // A retried write keeps its place: no second place is taken for it.
+    let o = h.next_deadline();
+    let s1: Vec<_> = pipe_commands(&o)
+        .into_iter()
+        .filter(|(a, _)| *a == acc("s1"))
+        .collect();
+    assert_eq!(s1, vec![(acc("s1"), cid("c1"))]);
+    assert_eq!(h.phase("c5"), Some(EntryPhase::WaitingPipe));
+    // A closed pipe drops the window; on reopen the undelivered are re-written in ledger order,
+    // as far as the window goes.
+    h.close("s1");
+    let o = h.pipe("s1");
+    assert_eq!(
+        pipe_commands(&o),
+        vec![(acc("s1"), cid("c1")), (acc("s1"), cid("c4"))]
+    );
+    assert_eq!(h.phase("c5"), Some(EntryPhase::WaitingPipe));
+    let o = h.pipe_ack("s1", "c1", PipeStatus::Ok);
+    assert_eq!(pipe_commands(&o), vec![(acc("s1"), cid("c5"))]);
+    h.done()
+}
+
 // ----- one test per transition, and the coverage test ----------------------------------------
 
 macro_rules! per_transition {
@@ -1708,6 +1776,7 @@ per_transition! {
     t45_hello_retried: T45 => hello_is_retried_until_answered;
     t46_cancel_forwarded: T46 => cancel_is_forwarded_to_an_open_slave_pipe;
     t47_cancel_dropped: T47 => cancel_without_a_pipe_is_dropped_and_counted;
+    t48_pipe_window_full: T48 => pipe_window_bounds_unanswered_writes;
 }
 
 #[test]
@@ -1820,6 +1889,7 @@ mod props {
         max_active_commands: 3,
         max_completed_retained: 1,
         max_result_outbox: 2,
+        max_pipe_inflight: 1,
     };
 
     /// What the test knows independently of the machine.

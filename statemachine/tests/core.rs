@@ -58,6 +58,7 @@ scenarios!(
     split_opens_carry_their_limits_and_incomplete_splits_are_explicit,
     catch_up_flag_marks_opens_that_waited_for_their_slave,
     a_terms_refused_open_is_remembered_across_a_restart,
+    agent_window_bounds_unbuffered_commands,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -1798,4 +1799,92 @@ fn a_terms_refused_open_is_remembered_across_a_restart() -> Vec<&'static str> {
     let mut all = fired;
     all.extend(h.fired);
     all
+}
+
+/// `agent_window`: at most that many commands per agent await AGENT_BUFFERED; the rest wait at
+/// the core (T38) without an attempt or an ack timer, and go in delivery order as places free
+/// up (T39) — so a slow agent is never mistaken for a lost one and flooded with re-sends.
+fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.delivery.agent_window = 2;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    // Two trades × two slaves = four commands for agent B; two go, two wait.
+    let first = h.accept(intent("i1", "t1", IntentKind::Open, 1));
+    let second = h.accept(intent("i2", "t2", IntentKind::Open, 1));
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(second.is_empty(), "the window is full: {second:?}");
+    assert!(h.has_fired("core.delivery.T38"));
+    // The waiting ones spend nothing: past the ack timeout only the two sent time out (and
+    // back off, which frees their places: the two waiting ones go, on their first attempt).
+    h.take();
+    h.advance(150);
+    let writes = h.writes();
+    let retried: Vec<&CommandId> = writes
+        .iter()
+        .filter_map(|w| match w {
+            JournalWrite::RecordRetry { command_id, .. } => Some(command_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retried.len(), 2, "{writes:?}");
+    assert!(retried
+        .iter()
+        .all(|id| first.iter().any(|c| &c.command_id == *id)));
+    assert!(h.has_fired("core.delivery.T39"));
+    let sent: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+    assert_eq!(sent, vec![cmd_id("i2", "s1"), cmd_id("i2", "s2")]);
+    // Their backoff over, the first two find the window full again and wait their turn.
+    h.take();
+    h.advance(20);
+    assert!(h.commands().is_empty(), "{:?}", h.commands());
+    // In a fresh run: AGENT_BUFFERED frees a place, and the oldest waiting command goes.
+    let mut c = cfg();
+    c.delivery.agent_window = 1;
+    let mut h2 = H::with(c);
+    h2.msg("A", hello("A", &[("m1", Role::Master)]));
+    h2.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h2.take();
+    let go = h2.accept(intent("i1", "t1", IntentKind::Open, 1));
+    assert_eq!(go.len(), 1, "{go:?}");
+    let waiting = cmd_id(
+        "i1",
+        if go[0].slave.as_str() == "s1" {
+            "s2"
+        } else {
+            "s1"
+        },
+    );
+    h2.take();
+    let slave = go[0].slave.as_str().to_string();
+    h2.msg(
+        "B",
+        stage_ack(&go[0].command_id, &slave, AckStage::AgentBuffered),
+    );
+    let next = h2.commands();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].command_id, waiting);
+    // A command past AGENT_BUFFERED needs no place: its reconcile re-send goes regardless.
+    h2.take();
+    h2.advance(600);
+    let resent: Vec<CommandId> = h2.commands().into_iter().map(|c| c.command_id).collect();
+    assert!(resent.contains(&go[0].command_id), "{resent:?}");
+    // An agent that goes away parks its waiting commands too; back, they go within the window.
+    let mut c = cfg();
+    c.delivery.agent_window = 1;
+    let mut h3 = H::with(c);
+    h3.msg("A", hello("A", &[("m1", Role::Master)]));
+    h3.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h3.take();
+    assert_eq!(h3.accept(intent("i1", "t1", IntentKind::Open, 1)).len(), 1);
+    h3.disconnect("B");
+    h3.take();
+    h3.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    assert_eq!(h3.commands().len(), 1, "one place, one command");
+    let mut fired = h.fired;
+    fired.extend(h2.fired);
+    fired.extend(h3.fired);
+    fired
 }

@@ -769,8 +769,9 @@ pub fn core_delivery_from_wire(w: Option<pb::DeliveryConfig>) -> DeliveryConfig 
         max_retries: or_default(w.max_retries, d.max_retries),
         heartbeat_interval_ms: or_default(w.heartbeat_interval_ms, d.heartbeat_interval_ms),
         reconcile_interval_ms: or_default(w.reconcile_interval_ms, d.reconcile_interval_ms),
-        // Not on the wire: agents do not journal.
+        // Not on the wire: agents do not journal, and the send window is the core's own.
         journal_stage_acks: d.journal_stage_acks,
+        agent_window: d.agent_window,
     }
 }
 

@@ -199,6 +199,8 @@ fn core_delivery() -> DeliveryConfig {
         heartbeat_interval_ms: 500,
         reconcile_interval_ms: 2_000,
         journal_stage_acks: 1,
+        // Small, so the turmoil runs queue commands at the core for their agent.
+        agent_window: 4,
     }
 }
 

@@ -173,6 +173,7 @@ impl World {
                 heartbeat_interval_ms: r.range(1_000, 5_000) as u32,
                 reconcile_interval_ms: r.range(500, 5_000) as u32,
                 journal_stage_acks: 0,
+                agent_window: DeliveryConfig::default().agent_window,
             };
             let agent = AgentDeliveryConfig {
                 ack_timeout_ms: r.range(100, 3_000) as u32,
@@ -183,6 +184,7 @@ impl World {
             // Drawn last, so the draws above stay what they were.
             let core = DeliveryConfig {
                 journal_stage_acks: r.range(0, 1) as u32,
+                agent_window: r.range(1, 8) as u32,
                 ..core
             };
             self.fault("config_change", format!("{core:?} {agent:?}"));

@@ -321,6 +321,7 @@ impl Capacity {
                 max_active_commands: 6,
                 max_completed_retained: 16,
                 max_result_outbox: 2,
+                max_pipe_inflight: 2,
             },
         }
     }
@@ -430,6 +431,8 @@ impl World {
                     heartbeat_interval_ms: 1_000,
                     reconcile_interval_ms: 1_000,
                     journal_stage_acks: stage_acks,
+                    // Tiny send windows, so commands queue at the core for their agent.
+                    agent_window: 1 + (seed % 3) as u32,
                 },
             ),
         };

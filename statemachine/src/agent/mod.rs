@@ -145,7 +145,7 @@ crate::transitions! {
             => "PipeOpen";
             "ToEa Handshake first; master: ToEa DeliveryConfig if the config came from the core; slave: its WaitingPipe / Backoff / AwaitingAck / Parked entries -> WaitingPipe with attempts reset, then T28 for each in ledger order",
         T28 = "T28": "WaitingPipe (pipe open) / Backoff (retry timer expired)",
-            "the slave's pipe is open"
+            "the slave's pipe is open, and its window has room (fewer than max_pipe_inflight entries AwaitingAck / Backoff) or the entry already holds a place in it (Backoff)"
             => "AwaitingAck";
             "ToEa Command; attempts + 1; ack timer at now + ack_timeout_ms",
         T29 = "T29": "PipeOpen",
@@ -224,6 +224,10 @@ crate::transitions! {
             "CoreToAgent::Cancel for an account not served here, or whose pipe is closed"
             => "unchanged";
             "nothing (counted cancels_dropped); the core re-sends the cancel on its timer",
+        T48 = "T48": "WaitingPipe (pipe open) / Parked re-sent",
+            "its turn to be written, but max_pipe_inflight of the slave's entries are AwaitingAck / Backoff (the pipe's window is full)"
+            => "WaitingPipe (queued)";
+            "nothing written, no ack timer; T28 in ledger order as soon as an entry of that slave leaves AwaitingAck / Backoff (PipeDeliveryAck, ExecutionResult, parked after max_retries)",
     }
 }
 
@@ -262,7 +266,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "A command id held in the ledger is never persisted as a new Buffered entry again: a duplicate re-reports the stage that is durable.",
         "Each entry has at most one ledger write in flight; a newer state waits for it, so the store applies an entry's writes in order.",
         "Between resets (pipe reopened, command re-sent by the core) an entry makes at most max_retries pipe attempts; the last failure reports PIPE_DELIVERED FAILED PIPE_UNAVAILABLE and parks the entry with no timer.",
-        "Bounded: intent routes <= max_intent_routes; active entries <= max_active_commands (excess commands answered BROKER_BUSY); retained terminal entries <= max_completed_retained (oldest deleted); held results of unknown commands <= max_result_outbox.",
+        "Bounded: intent routes <= max_intent_routes; active entries <= max_active_commands (excess commands answered BROKER_BUSY); retained terminal entries <= max_completed_retained (oldest deleted); held results of unknown commands <= max_result_outbox; per slave, entries AwaitingAck / Backoff <= max_pipe_inflight (the rest wait in WaitingPipe without an ack timer, T48).",
         "Every intent is forwarded or answered: UNKNOWN_ACCOUNT / PROTOCOL_VIOLATION when it did not come from its master's pipe, BROKER_BUSY when the link is not Online, the table is full, or the link dropped before the core's ack.",
         "Execution results of ledger entries are held in their entry until the link is Online and never dropped; only results of commands the ledger no longer holds can be evicted (T44, counted), and the core's reconciler recovers those.",
         "Nothing but AgentHello is sent to the core unless the link is Online; stage reports withheld meanwhile are re-derived from the ledger when it comes Online (T02).",
@@ -346,6 +350,12 @@ pub struct AgentLimits {
     pub max_completed_retained: usize,
     /// Results of commands the ledger no longer holds, kept while the core link is down.
     pub max_result_outbox: usize,
+    /// Commands of one slave written to its pipe and not yet answered (AwaitingAck, or in
+    /// Backoff before the next attempt): the pipe's send window. Beyond it a command waits in
+    /// WaitingPipe, without an ack timer, until an earlier one is answered — so a slow EA sees
+    /// a bounded backlog, and its slowness is not mistaken for lost writes (re-writes that
+    /// would only add to its backlog).
+    pub max_pipe_inflight: usize,
 }
 
 impl Default for AgentLimits {
@@ -356,6 +366,7 @@ impl Default for AgentLimits {
             max_active_commands: 4_096,
             max_completed_retained: 16_384,
             max_result_outbox: 1_024,
+            max_pipe_inflight: 128,
         }
     }
 }
@@ -453,6 +464,11 @@ pub struct DeliveryManager {
     timers: BTreeSet<(Instant, u64)>,
     /// Results of commands the ledger does not hold, waiting for the link.
     outbox: VecDeque<ExecutionResult>,
+    /// Per slave: entries holding a place in its pipe window (written, not yet answered).
+    /// Pruned lazily: a seq whose entry left AwaitingAck / Backoff no longer counts.
+    pipe_window: BTreeMap<AccountId, BTreeSet<u64>>,
+    /// Per slave: WaitingPipe entries that found its window full, in ledger order.
+    pipe_queue: BTreeMap<AccountId, BTreeSet<u64>>,
     next_seq: u64,
     next_op: u64,
     out: VecDeque<AgentOutput>,
@@ -489,6 +505,8 @@ impl DeliveryManager {
             ops: BTreeMap::new(),
             timers: BTreeSet::new(),
             outbox: VecDeque::new(),
+            pipe_window: BTreeMap::new(),
+            pipe_queue: BTreeMap::new(),
             next_seq: 1,
             next_op: 1,
             out: VecDeque::new(),
@@ -581,7 +599,7 @@ impl DeliveryManager {
         match msg {
             EaToAgent::Intent(i) => self.on_intent(now, account, i),
             EaToAgent::PipeAck(a) => self.on_pipe_ack(now, account, a),
-            EaToAgent::Execution(r) => self.on_execution(account, r),
+            EaToAgent::Execution(r) => self.on_execution(now, account, r),
         }
     }
 
@@ -647,6 +665,8 @@ impl DeliveryManager {
                 _ => {}
             }
         }
+        // A safety net, not the mechanism: every place an entry leaves a window pumps it.
+        self.pump_all_pipes(now);
     }
 
     // ----- outputs and queries ------------------------------------------------------------

@@ -41,7 +41,9 @@ impl DeliveryManager {
             return;
         }
         // A (re)opened pipe is a fresh chance: every undelivered command of this slave starts a
-        // new attempt budget and is written again, in ledger order.
+        // new attempt budget and is written again, in ledger order (as far as its window goes).
+        self.pipe_window.remove(&account);
+        self.pipe_queue.remove(&account);
         let seqs: Vec<u64> = self
             .entries
             .values()
@@ -65,6 +67,9 @@ impl DeliveryManager {
             return;
         }
         self.fire(T::T29, Subject::Account(account.clone()));
+        // Everything of this slave is re-written in ledger order when its pipe reopens (T27).
+        self.pipe_window.remove(&account);
+        self.pipe_queue.remove(&account);
         let seqs: Vec<u64> = self
             .entries
             .values()
@@ -124,11 +129,12 @@ impl DeliveryManager {
                 }
                 self.set_target(seq, LedgerState::Rejected { reason });
             }
-            _ => self.stale_pipe_event(ack.command_id),
+            _ => return self.stale_pipe_event(ack.command_id),
         }
+        self.pump_pipe(now, &account);
     }
 
-    pub(super) fn on_execution(&mut self, account: AccountId, r: ExecutionResult) {
+    pub(super) fn on_execution(&mut self, now: Instant, account: AccountId, r: ExecutionResult) {
         let served_slave = self.accounts.get(&account) == Some(&Role::Slave);
         let entry = self
             .seq_of(&r.command_id)
@@ -166,6 +172,7 @@ impl DeliveryManager {
         }
         self.set_target(seq, LedgerState::Completed);
         self.complete_if_done(seq);
+        self.pump_pipe(now, &account);
     }
 
     /// A result the ledger has no open entry for: sent, or held in the bounded outbox.
@@ -185,16 +192,37 @@ impl DeliveryManager {
         self.outbox.push_back(r);
     }
 
-    /// T28: one pipe attempt.
+    /// T28: one pipe attempt — or T48: the slave's window is full and the entry waits its turn.
     pub(super) fn write_to_pipe(&mut self, now: Instant, seq: u64) {
         let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms.into());
+        let Some(e) = self.entries.get(&seq) else {
+            return;
+        };
+        let (account, id) = (e.command.slave.clone(), e.command.command_id.clone());
+        if !self.pipes.contains(&account) {
+            if let Some(e) = self.entries.get_mut(&seq) {
+                e.phase = EntryPhase::WaitingPipe;
+            }
+            return;
+        }
+        let holds = self
+            .pipe_window
+            .get(&account)
+            .is_some_and(|w| w.contains(&seq));
+        if !holds {
+            if self.window_used(&account) >= self.limits.max_pipe_inflight {
+                if let Some(e) = self.entries.get_mut(&seq) {
+                    e.phase = EntryPhase::WaitingPipe;
+                }
+                self.fire(T::T48, Subject::Command(id));
+                self.pipe_queue.entry(account).or_default().insert(seq);
+                return;
+            }
+            self.pipe_window.entry(account).or_default().insert(seq);
+        }
         let Some(e) = self.entries.get_mut(&seq) else {
             return;
         };
-        if !self.pipes.contains(&e.command.slave) {
-            e.phase = EntryPhase::WaitingPipe;
-            return;
-        }
         e.attempts += 1;
         e.phase = EntryPhase::AwaitingAck;
         e.written_at = Some(now);
@@ -238,11 +266,68 @@ impl DeliveryManager {
             self.metrics.pipe_unavailable_total += 1;
             self.set_deadline(seq, None);
             self.report(ack);
+            if let Some(account) = self.entries.get(&seq).map(|e| e.command.slave.clone()) {
+                self.pump_pipe(now, &account);
+            }
         } else {
             e.phase = EntryPhase::Backoff;
             let at = later(now, backoff(base, e.attempts));
             self.fire(T::T33, subject);
             self.set_deadline(seq, Some(at));
+        }
+    }
+
+    /// Places taken in `account`'s pipe window, after forgetting the entries that left it.
+    fn window_used(&mut self, account: &AccountId) -> usize {
+        let Some(w) = self.pipe_window.get_mut(account) else {
+            return 0;
+        };
+        let entries = &self.entries;
+        let leak = crate::mutants::active(crate::mutants::Mutant::PipeWindowLeaksOnAck);
+        w.retain(|seq| {
+            entries.get(seq).is_some_and(|e| {
+                e.command.slave == *account
+                    && (matches!(e.phase, EntryPhase::AwaitingAck | EntryPhase::Backoff)
+                        || (leak && e.phase != EntryPhase::WaitingPipe))
+            })
+        });
+        let n = w.len();
+        if n == 0 {
+            self.pipe_window.remove(account);
+        }
+        n
+    }
+
+    /// Writes the queued entries of `account` (ledger order) while its window has room.
+    /// Called wherever an entry may have left the window; a call with nothing to do is cheap.
+    pub(super) fn pump_pipe(&mut self, now: Instant, account: &AccountId) {
+        if !self.pipes.contains(account) {
+            return;
+        }
+        while self.pipe_queue.get(account).is_some_and(|q| !q.is_empty())
+            && self.window_used(account) < self.limits.max_pipe_inflight
+        {
+            let Some(seq) = self.pipe_queue.get_mut(account).and_then(|q| q.pop_first()) else {
+                break;
+            };
+            let waiting = self
+                .entries
+                .get(&seq)
+                .is_some_and(|e| e.phase == EntryPhase::WaitingPipe && e.command.slave == *account);
+            if waiting {
+                self.write_to_pipe(now, seq);
+            }
+        }
+        if self.pipe_queue.get(account).is_some_and(|q| q.is_empty()) {
+            self.pipe_queue.remove(account);
+        }
+    }
+
+    /// [`Self::pump_pipe`] for every slave with queued entries.
+    pub(super) fn pump_all_pipes(&mut self, now: Instant) {
+        let accounts: Vec<AccountId> = self.pipe_queue.keys().cloned().collect();
+        for a in accounts {
+            self.pump_pipe(now, &a);
         }
     }
 

@@ -13,7 +13,7 @@
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalResult, JournalWrite};
 use super::{Core, CoreLog, PendingOp, TimerKey};
 use crate::config::Subscription;
-use crate::ids::{AccountId, CommandId, FastMap, IntentId, TradeId};
+use crate::ids::{AccountId, AgentId, CommandId, FastMap, IntentId, TradeId};
 use crate::msg::{
     AckResult, AckStage, BrokerStatus, CloseFraction, Command, CommandAck, CommandBody,
     CoreToAgent, ErrorCode, ExecutionResult, IntentKind, TicketEffect,
@@ -39,7 +39,7 @@ transitions! {
         Unpark = "T04": "Parked",
             "slave's agent comes online" => "Inflight(CORE_ACCEPTED)";
             "Command re-sent (attempt + 1); ack timer",
-        Progress = "T05": "Inflight(s) | Backoff",
+        Progress = "T05": "Inflight(s) | Backoff | Queued",
             "CommandAck{OK} with stage s' > s, s' < EA_CONFIRMED" => "Inflight(s')";
             "UpdateStage write (best effort) if journal_stage_acks = 1; timer: reconcile_interval_ms",
         Stale = "T06": "any",
@@ -72,7 +72,7 @@ transitions! {
         Reconcile = "T15": "Inflight(AGENT_BUFFERED | PIPE_DELIVERED)",
             "reconcile timer (no ExecutionResult within reconcile_interval_ms)" => "Inflight(same stage)";
             "Command re-sent (same command_id; the agent and EA dedupe); reconcile_resends++",
-        Park = "T16": "Inflight | Backoff | Cancelling",
+        Park = "T16": "Inflight | Queued | Backoff | Cancelling",
             "slave's agent goes offline" => "Parked";
             "timers cancelled; attempts kept",
         Done = "T17": "Finalizing(x)",
@@ -135,6 +135,12 @@ transitions! {
         RecoveredSkip = "T37": "(durable)",
             "recover(): the journal holds the OPEN or placement of a trade still live (an open slave ticket or an unfinished delivery of the trade) FAILED at a slave with a copy-policy reason (T20, T25, T27 of any life)" => "(remembered as skipped)";
             "nothing; the trade's later intents at that slave end FAILED with that reason (T26, T30), as in the life that decided it — never sent, never NO_POSITION",
+        WindowFull = "T38": "New | Blocked | Parked | Backoff",
+            "would be sent at CORE_ACCEPTED (T01, T04, T13, T36) while agent_window commands of the slave's agent await AGENT_BUFFERED (not for a compat agent)" => "Queued";
+            "nothing sent, no attempt spent, no ack timer: waits for a place in the agent's window",
+        WindowSend = "T39": "Queued",
+            "a place in its agent's window frees up (one of the agent's commands reached AGENT_BUFFERED, failed, timed out, finished or was parked); queued heads go in delivery order" => "Inflight(CORE_ACCEPTED)";
+            "Command to the slave's agent (attempt + 1); ack timer",
     }
 }
 
@@ -145,6 +151,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("New", "just planned; journaled with its intent"),
         ("Blocked", "an earlier delivery of the same (slave, trade) is not finished"),
         ("Parked", "head of its chain, but the slave's agent is offline; no attempt is spent"),
+        ("Queued", "head of its chain, ready to go at CORE_ACCEPTED, but agent_window commands of its agent await AGENT_BUFFERED; no attempt is spent, no timer runs"),
         ("Inflight(stage)", "sent; stage is the highest the agent reported"),
         ("Backoff", "an attempt failed; waiting to re-send"),
         ("Cancelling", "max_retries spent; waiting for the slave EA to confirm it will never execute the command (or to report that it did)"),
@@ -157,6 +164,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "A delivery is Done only after its FinishDelivery write was reported durable.",
         "Every delivery ends ACKED or FAILED with a reason; FAILED is logged as core_delivery_failed.",
         "A delivery that reached AGENT_BUFFERED is never FAILED by a timeout; only explicit failures end it.",
+        "Per agent (not in compat mode), at most agent_window deliveries are Inflight(CORE_ACCEPTED) (a live lowering of the key is honoured as they drain); the others ready to go wait Queued, in delivery order.",
         "FAILED(MAX_RETRIES) is decided only after the slave EA answered CANCELLED: a command the core gave up on can never execute later.",
     ],
     transitions: DeliveryT::TABLE,
@@ -166,6 +174,8 @@ pub const SPEC: MachineSpec = MachineSpec {
 pub(crate) enum DState {
     Blocked,
     Parked,
+    /// Ready to go, waiting for a place in its agent's send window (T38).
+    Queued,
     Inflight(AckStage),
     Backoff,
     Cancelling {
@@ -200,6 +210,8 @@ pub(crate) struct Delivery {
     /// An OPEN parked before its first send in this life: it goes out as a catch-up (T36),
     /// and keeps the flag on every re-send, so the agent and the EA see one command.
     pub catch_up: bool,
+    /// The agent whose send window it holds a place in (sent, not yet AGENT_BUFFERED).
+    pub window: Option<AgentId>,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -234,6 +246,7 @@ impl Delivery {
             state: match self.state {
                 DState::Blocked => "Blocked",
                 DState::Parked => "Parked",
+                DState::Queued => "Queued",
                 DState::Inflight(_) => "Inflight",
                 DState::Backoff => "Backoff",
                 DState::Cancelling { .. } => "Cancelling",
@@ -292,6 +305,7 @@ impl Core {
                 timed: fresh,
                 sent: false,
                 catch_up: false,
+                window: None,
             },
         );
         if prev.is_none() {
@@ -683,8 +697,24 @@ impl Core {
         }
     }
 
-    /// Sends (or re-sends) the command, spending one attempt.
+    /// Sends (or re-sends) the command, spending one attempt — unless it would go at
+    /// CORE_ACCEPTED and its agent's window is full: then it waits, Queued (T38).
     fn send_command(&mut self, now: Instant, key: u64) {
+        if !self.take_window_place(key) {
+            self.fire(DeliveryT::WindowFull.spec(), self.subject(key));
+            self.set_deadline(key, None);
+            let Some(d) = self.deliveries.get_mut(&key) else {
+                return;
+            };
+            d.state = DState::Queued;
+            if let Some(route) = self.registry.account_agent.get(&d.rec.slave) {
+                self.agent_queues
+                    .entry(route.agent.clone())
+                    .or_default()
+                    .insert(key);
+            }
+            return;
+        }
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
@@ -710,6 +740,103 @@ impl Core {
         self.rearm(TimerKey::Delivery(key), old, at);
     }
 
+    /// Whether the delivery may go now: it already holds a place in its agent's window, it
+    /// needs none (already AGENT_BUFFERED, a compat agent that never reports that stage, no
+    /// route), or a place is free — which it then takes.
+    fn take_window_place(&mut self, key: u64) -> bool {
+        let Some(d) = self.deliveries.get(&key) else {
+            return true;
+        };
+        if d.window.is_some() || d.stage >= AckStage::AgentBuffered {
+            return true;
+        }
+        let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
+            return true;
+        };
+        if route.compat {
+            return true;
+        }
+        let agent = route.agent.clone();
+        let limit = self.cfg.delivery.agent_window as usize;
+        let window = self.agent_windows.entry(agent.clone()).or_default();
+        if window.len() >= limit {
+            return false;
+        }
+        window.insert(key);
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.window = Some(agent);
+        }
+        true
+    }
+
+    /// The delivery no longer awaits AGENT_BUFFERED from its agent: its place is free.
+    fn leave_window(&mut self, key: u64) {
+        let Some(agent) = self.deliveries.get_mut(&key).and_then(|d| d.window.take()) else {
+            return;
+        };
+        if let Some(w) = self.agent_windows.get_mut(&agent) {
+            w.remove(&key);
+            if w.is_empty() {
+                self.agent_windows.remove(&agent);
+            }
+        }
+        if self.agent_queues.contains_key(&agent) {
+            self.windows_freed.insert(agent);
+        }
+    }
+
+    /// T39: queued heads of agents whose window has room go out, in delivery order.
+    pub(crate) fn pump_windows(&mut self, now: Instant) {
+        while let Some(agent) = self.windows_freed.pop_first() {
+            let limit = self.cfg.delivery.agent_window as usize;
+            loop {
+                let used = self.agent_windows.get(&agent).map_or(0, |w| w.len());
+                if used >= limit {
+                    break;
+                }
+                let Some(key) = self
+                    .agent_queues
+                    .get_mut(&agent)
+                    .and_then(|q| q.pop_first())
+                else {
+                    break;
+                };
+                let queued = self
+                    .deliveries
+                    .get(&key)
+                    .is_some_and(|d| d.state == DState::Queued);
+                // Only still-queued heads whose agent is (still) this one; a delivery that
+                // left the queue (parked, finished, re-routed) is simply dropped from it.
+                let same_agent = queued
+                    && self
+                        .deliveries
+                        .get(&key)
+                        .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
+                        .is_some_and(|r| r.agent == agent);
+                if queued && !same_agent {
+                    // Its slave moved to another agent: it waits in that one's queue.
+                    if let Some(a) = self
+                        .deliveries
+                        .get(&key)
+                        .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
+                        .map(|r| r.agent.clone())
+                    {
+                        self.agent_queues.entry(a.clone()).or_default().insert(key);
+                        self.windows_freed.insert(a);
+                    }
+                    continue;
+                }
+                if queued {
+                    self.fire(DeliveryT::WindowSend.spec(), self.subject(key));
+                    self.send_command(now, key);
+                }
+            }
+            if self.agent_queues.get(&agent).is_some_and(|q| q.is_empty()) {
+                self.agent_queues.remove(&agent);
+            }
+        }
+    }
+
     /// Decides the final state; it becomes Done only when the journal says it is durable.
     fn finalize(
         &mut self,
@@ -720,6 +847,9 @@ impl Core {
         ticket: Option<i64>,
     ) {
         self.set_deadline(key, None);
+        if !crate::mutants::active(crate::mutants::Mutant::WindowLeaksOnFinish) {
+            self.leave_window(key);
+        }
         let Some(d) = self.deliveries.get_mut(&key) else {
             return;
         };
@@ -787,6 +917,7 @@ impl Core {
                 self.finalize(now, key, DeliveryStatus::Failed, e, None);
                 return;
             }
+            self.leave_window(key);
             if let Some(d) = self.deliveries.get_mut(&key) {
                 d.state = DState::Cancelling { sends: 0 };
             }
@@ -817,6 +948,7 @@ impl Core {
             },
             None,
         );
+        self.leave_window(key);
         if let Some(d) = self.deliveries.get_mut(&key) {
             d.state = DState::Backoff;
         }
@@ -850,13 +982,20 @@ impl Core {
             return;
         };
         let (state, stage) = (d.state, d.stage);
-        let live = matches!(state, DState::Inflight(_) | DState::Backoff);
+        // A Queued delivery was sent before (then backed off): a late ack of it still counts.
+        let live = matches!(
+            state,
+            DState::Inflight(_) | DState::Backoff | DState::Queued
+        );
         let cancelling = matches!(state, DState::Cancelling { .. });
         match a.result {
             AckResult::Ok if live && a.stage > stage && a.stage < AckStage::EaConfirmed => {
                 self.fire(DeliveryT::Progress.spec(), self.subject(key));
                 self.observe_stage(now, key, a.stage);
                 let cmd = a.command_id.clone();
+                if !crate::mutants::active(crate::mutants::Mutant::WindowLeaksOnFinish) {
+                    self.leave_window(key);
+                }
                 let attempts = match self.deliveries.get_mut(&key) {
                     Some(d) => {
                         d.stage = a.stage;
@@ -1015,7 +1154,7 @@ impl Core {
                 self.fire(DeliveryT::CancelResend.spec(), self.subject(key));
                 self.send_cancel(now, key);
             }
-            DState::Blocked | DState::Parked => {}
+            DState::Blocked | DState::Parked | DState::Queued => {}
         }
     }
 
@@ -1157,11 +1296,17 @@ impl Core {
         for key in self.heads_of(slaves) {
             let live = matches!(
                 self.deliveries.get(&key).map(|d| d.state),
-                Some(DState::Inflight(_) | DState::Backoff | DState::Cancelling { .. })
+                Some(
+                    DState::Inflight(_)
+                        | DState::Queued
+                        | DState::Backoff
+                        | DState::Cancelling { .. }
+                )
             );
             if live {
                 self.fire(DeliveryT::Park.spec(), self.subject(key));
                 self.set_deadline(key, None);
+                self.leave_window(key);
                 if let Some(d) = self.deliveries.get_mut(&key) {
                     d.state = DState::Parked;
                 }

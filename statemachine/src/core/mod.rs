@@ -15,7 +15,7 @@ pub mod registry;
 pub mod router;
 mod timers;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::config::{AgentDeliveryConfig, DeliveryConfig, RouterConfig, Subscription};
 use crate::histogram::Histogram;
@@ -191,6 +191,12 @@ pub struct Core {
     pub(crate) skipped_opens: FastMap<(TradeId, AccountId), ErrorCode>,
     pub(crate) skipped_order: VecDeque<(TradeId, AccountId)>,
     pub(crate) registry: registry::Registry,
+    /// Per agent: deliveries sent to it and not yet AGENT_BUFFERED (its send window, at most
+    /// `agent_window`), and the chain heads waiting for a place in it, in delivery order.
+    pub(crate) agent_windows: BTreeMap<AgentId, BTreeSet<u64>>,
+    pub(crate) agent_queues: BTreeMap<AgentId, BTreeSet<u64>>,
+    /// Agents whose window lost a member since the last pump.
+    pub(crate) windows_freed: BTreeSet<AgentId>,
     pub(crate) journal: journal_health::JournalHealth,
     pub(crate) metrics: CoreMetrics,
     /// Whether `Fired` outputs are emitted (on by default; drivers that neither log nor
@@ -237,6 +243,9 @@ impl Core {
             skipped_opens: FastMap::default(),
             skipped_order: VecDeque::new(),
             registry: registry::Registry::default(),
+            agent_windows: BTreeMap::new(),
+            agent_queues: BTreeMap::new(),
+            windows_freed: BTreeSet::new(),
             journal: journal_health::JournalHealth::Up,
             metrics,
             trace: true,

@@ -131,6 +131,8 @@ impl Core {
     /// Called at the end of every input: compacts a heap mostly made of stale entries and
     /// drops stale entries from its top, so `poll_timeout` sees a live deadline.
     pub(crate) fn settle_timers(&mut self) {
+        // Every public handler ends here: commands waiting for a window go out first.
+        self.pump_windows(self.now);
         if self.timers.stale > self.timers.heap.len() / 2 + STALE_SLACK {
             let mut entries = std::mem::take(&mut self.timers.heap).into_vec();
             entries.retain(|Reverse((at, key))| self.timer_live(*at, key));

@@ -32,6 +32,7 @@ pub fn cfg() -> CoreConfig {
             heartbeat_interval_ms: 1_000,
             reconcile_interval_ms: 500,
             journal_stage_acks: 1,
+            agent_window: 1_024,
         },
         agent_delivery: AgentDeliveryConfig::default(),
         subscriptions: vec![
