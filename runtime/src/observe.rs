@@ -278,6 +278,30 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
     );
     head(
         &mut o,
+        "echo_core_deliveries_queued",
+        "gauge",
+        "deliveries waiting for a place in their agent's send window",
+    );
+    line(
+        &mut o,
+        "echo_core_deliveries_queued",
+        &[],
+        s.queued_deliveries as u64,
+    );
+    head(
+        &mut o,
+        "echo_core_delivery_split_incomplete_total",
+        "counter",
+        "split positions a result left incomplete (some legs executed, not all)",
+    );
+    line(
+        &mut o,
+        "echo_core_delivery_split_incomplete_total",
+        &[],
+        s.metrics.split_incomplete_total,
+    );
+    head(
+        &mut o,
         "echo_core_agents_connected",
         "gauge",
         "agent streams open",
@@ -431,6 +455,13 @@ pub fn render_agent(s: &AgentStatus) -> String {
     );
     head(
         &mut o,
+        "echo_agent_pipe_queued",
+        "gauge",
+        "durable commands waiting for a place in their slave's pipe window",
+    );
+    line(&mut o, "echo_agent_pipe_queued", &[], s.pipe_queued as u64);
+    head(
+        &mut o,
         "echo_agent_link_online",
         "gauge",
         "1 when the core link is online",
@@ -565,8 +596,13 @@ mod tests {
         core.metrics
             .delivery_failed_by_reason
             .insert("SPLIT_INCOMPLETE", 2);
-        let text =
-            render_core(&core, &LinkMetrics::default()) + &render_agent(&AgentStatus::default());
+        core.metrics.split_incomplete_total = 3;
+        core.queued_deliveries = 7;
+        let agent = AgentStatus {
+            pipe_queued: 5,
+            ..AgentStatus::default()
+        };
+        let text = render_core(&core, &LinkMetrics::default()) + &render_agent(&agent);
         for spec in METRICS.iter().filter(|m| !m.name.starts_with("echo_ea_")) {
             assert!(
                 text.contains(&format!("# TYPE {} ", spec.name)),
@@ -578,6 +614,9 @@ mod tests {
         assert!(text.contains("echo_core_router_rejections_total{worker_id=\"1\",reason=\"queue_full\",component=\"core\"} 3"));
         assert!(text.contains("echo_core_delivery_pending_age_ms{stage=\"AGENT_BUFFERED\"} 12"));
         assert!(text.contains("echo_core_delivery_failed_total{reason=\"SPLIT_INCOMPLETE\"} 2"));
+        assert!(text.contains("echo_core_delivery_split_incomplete_total 3"));
+        assert!(text.contains("echo_core_deliveries_queued 7"));
+        assert!(text.contains("echo_agent_pipe_queued 5"));
     }
 
     #[test]

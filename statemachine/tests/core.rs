@@ -1817,6 +1817,13 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(second.is_empty(), "the window is full: {second:?}");
     assert!(h.has_fired("core.delivery.T38"));
+    let queued = h
+        .core
+        .delivery_views()
+        .iter()
+        .filter(|v| v.state == "Queued")
+        .count();
+    assert_eq!(queued, 2, "what echo_core_deliveries_queued counts");
     // The waiting ones spend nothing: past the ack timeout only the two sent time out (and
     // back off, which frees their places: the two waiting ones go, on their first attempt).
     h.take();

@@ -99,6 +99,8 @@ pub struct AgentStatus {
     pub link_online: bool,
     pub ledger_len: usize,
     pub active_len: usize,
+    /// Commands waiting for a place in their slave's pipe window.
+    pub pipe_queued: usize,
     pub pending_intents: usize,
     /// The agent delivery config the machine applies now (its defaults until the core sent one).
     pub delivery_config: AgentDeliveryConfig,
@@ -291,6 +293,7 @@ impl<P: PipePort, L: LedgerPort> AgentTask<P, L> {
             link_online: self.m.link_state() == LinkState::Online,
             ledger_len: self.m.ledger_len(),
             active_len: self.m.active_len(),
+            pipe_queued: self.m.pipe_queued_len(),
             pending_intents: self.m.pending_intents(),
             delivery_config: self.m.config(),
             config_version: self.config_version,

@@ -79,6 +79,8 @@ pub struct CoreStatus {
     pub metrics: CoreMetrics,
     pub queue_depths: Vec<u32>,
     pub open_deliveries: usize,
+    /// Deliveries waiting for a place in their agent's send window (`core.delivery.T38`).
+    pub queued_deliveries: usize,
     pub open_intents: usize,
     pub agents_connected: usize,
     /// Age of the oldest unfinished delivery per stage name, ms.
@@ -285,7 +287,11 @@ impl<J: JournalPort> CoreTask<J> {
         let views = self.core.delivery_views();
         let mut ages: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut seen = HashMap::with_capacity(views.len());
+        let mut queued = 0;
         for v in &views {
+            if v.state == "Queued" {
+                queued += 1;
+            }
             let first = self.first_seen.get(&v.command_id).copied().unwrap_or(now);
             seen.insert(v.command_id.clone(), first);
             let age = now.saturating_duration_since(first).as_millis() as u64;
@@ -296,6 +302,7 @@ impl<J: JournalPort> CoreTask<J> {
         self.status.metrics = self.core.metrics().clone();
         self.status.queue_depths = self.core.queue_depths().to_vec();
         self.status.open_deliveries = self.core.open_deliveries();
+        self.status.queued_deliveries = queued;
         self.status.open_intents = self.core.open_intents();
         self.status.agents_connected = self.conns.len();
         self.status.pending_age_ms = ages;

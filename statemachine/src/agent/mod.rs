@@ -708,6 +708,15 @@ impl DeliveryManager {
         self.entries.len() - self.retained.len()
     }
 
+    /// Durable commands waiting for a place in their slave's pipe window (their pipe is open:
+    /// with a closed pipe they wait for the pipe, not the window).
+    pub fn pipe_queued_len(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.phase == EntryPhase::WaitingPipe && self.pipes.contains(&e.command.slave))
+            .count()
+    }
+
     /// Ledger writes issued and not yet answered.
     pub fn outstanding_ledger_ops(&self) -> usize {
         self.ops.len()
