@@ -32,15 +32,20 @@
 //! core's counters are printed (backpressure, journal failures — a full journal queue answers
 //! `Failed{retryable}` and the machine backs off —, retries, resends, pipe retries).
 //!
-//! Where the time goes (2026-12-03, 2 shared cores with ~30 % steal, compilers paused):
-//! Postgres, 1 master × 10 slaves, `--workers 32 --queue-depth 128`: 100 intents/s p50 6.3 ms
-//! p99 100 ms; 250/s sustained, p50 32 ms p99 102 ms; 500/s does not keep up (3 200
-//! executions/s, p99 4.6 s). The limit is the journal: each delivery is ~4 writes
-//! (CORE_ACCEPTED with its intent, AGENT_BUFFERED, PIPE_DELIVERED, the final state), ~40 row
-//! writes per intent at 10 slaves; the writers' queue fills and writes are answered
-//! `Failed{retryable}`. Batches are set statements (`pg_bulk.rs`), superseded stage updates are
-//! dropped, rows are locked in one order; a CPU profile (`perf record -e cpu-clock -g`) puts
-//! the terminals' fsyncs and the agent's redb commits first, core and agent tasks under 10 %.
+//! Where the time goes (2026-12-03, session 6; 2 vCPU shared by Postgres, the core, both
+//! agents and the 11 terminals; run-to-run spread on this VM is large — repeat a rate before
+//! trusting it): Postgres, 1 master × 10 slaves, `--workers 32 --queue-depth 128`. Light load
+//! meets the 10 ms target (100 intents/s: p50 3.6 ms, p99 6.7 ms); 1 000/s keeps up (≈ 9 950
+//! executions/s) with p50 33–37 ms, p99 80–100 ms at `--concurrent 128`/`1000`, and p50
+//! 76–320 ms, p99 0.3–0.8 s at the default 16 (a trade's intents are delivered one after the
+//! other to each slave — per-trade order — so 16 trades at 1 000/s means 62 intents/s per
+//! trade, each waiting for the previous one's confirmation). 1 500/s is overload: it settles
+//! with no re-sends (12 500 executions/s, p99 2.3 s) thanks to the send windows
+//! (`agent_window`, `max_pipe_inflight`); before them the core's ack timeouts turned overload
+//! into a retry storm (107 000 re-sends, not settled). CPU at 1 000/s (perf, system-wide):
+//! Postgres 34 %, terminal threads 25 % (their fsyncs), tokio workers 22 %, the agents' redb
+//! ledger threads 13 %: the machine is saturated, and queueing, not any one step, makes the
+//! latency.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
