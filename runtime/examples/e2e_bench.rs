@@ -382,11 +382,12 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
             })
             .collect();
         eprintln!(
-            "  core: accepted {} rejected {} (router busy {:?}) retries {} reconcile_resends {} \
-             journal_failures {} late_or_unknown {} inputs {}; agents: {}",
+            "  core: accepted {} rejected {} (router busy {:?}, slave backlog {}) retries {} \
+             reconcile_resends {} journal_failures {} late_or_unknown {} inputs {}; agents: {}",
             m.intents_accepted_total,
             m.intents_rejected_total,
             m.router_rejections_total,
+            m.backlog_rejections_total,
             retries,
             m.reconcile_resends_total,
             m.journal_failures_total,

@@ -290,6 +290,18 @@ pub fn render_core(s: &CoreStatus, link: &LinkMetrics) -> String {
     );
     head(
         &mut o,
+        "echo_core_backlog_rejections_total",
+        "counter",
+        "intents answered BROKER_BUSY because a slave's agent had a full backlog",
+    );
+    line(
+        &mut o,
+        "echo_core_backlog_rejections_total",
+        &[],
+        s.metrics.backlog_rejections_total,
+    );
+    head(
+        &mut o,
         "echo_core_delivery_split_incomplete_total",
         "counter",
         "split positions a result left incomplete (some legs executed, not all)",
@@ -597,6 +609,7 @@ mod tests {
             .delivery_failed_by_reason
             .insert("SPLIT_INCOMPLETE", 2);
         core.metrics.split_incomplete_total = 3;
+        core.metrics.backlog_rejections_total = 4;
         core.queued_deliveries = 7;
         let agent = AgentStatus {
             pipe_queued: 5,
@@ -615,6 +628,7 @@ mod tests {
         assert!(text.contains("echo_core_delivery_pending_age_ms{stage=\"AGENT_BUFFERED\"} 12"));
         assert!(text.contains("echo_core_delivery_failed_total{reason=\"SPLIT_INCOMPLETE\"} 2"));
         assert!(text.contains("echo_core_delivery_split_incomplete_total 3"));
+        assert!(text.contains("echo_core_backlog_rejections_total 4"));
         assert!(text.contains("echo_core_deliveries_queued 7"));
         assert!(text.contains("echo_agent_pipe_queued 5"));
     }

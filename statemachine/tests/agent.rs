@@ -1659,7 +1659,11 @@ fn pipe_window_bounds_unanswered_writes() -> Fired {
         vec![(acc("s1"), cid("c1")), (acc("s1"), cid("c2"))]
     );
     assert_eq!(queued, 3, "c3..c5 wait for the window");
-    assert_eq!(h.m.pipe_queued_len(), 3, "what echo_agent_pipe_queued reports");
+    assert_eq!(
+        h.m.pipe_queued_len(),
+        3,
+        "what echo_agent_pipe_queued reports"
+    );
     assert_eq!(h.phase("c3"), Some(EntryPhase::WaitingPipe));
     // Another slave's pipe has its own window.
     h.pipe("s2");

@@ -59,6 +59,7 @@ scenarios!(
     catch_up_flag_marks_opens_that_waited_for_their_slave,
     a_terms_refused_open_is_remembered_across_a_restart,
     agent_window_bounds_unbuffered_commands,
+    a_full_agent_backlog_answers_the_master_broker_busy,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -1894,4 +1895,78 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     fired.extend(h2.fired);
     fired.extend(h3.fired);
     fired
+}
+
+/// `core.intake.T15`: once an agent has `AGENT_BACKLOG_FACTOR × agent_window` deliveries
+/// waiting for its window, new intents of its slaves' masters are answered BROKER_BUSY and
+/// nothing is journaled — overload is pushed back to the master, the core's queue stays
+/// bounded; when the backlog drains, intents are taken again.
+fn a_full_agent_backlog_answers_the_master_broker_busy() -> Vec<&'static str> {
+    use echo_statemachine::core::intake::AGENT_BACKLOG_FACTOR;
+    let mut c = cfg();
+    c.delivery.agent_window = 1;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    // Each intent plans one delivery per slave (two for agent B); one place in the window.
+    let mut n = 0;
+    let mut sent = Vec::new();
+    loop {
+        n += 1;
+        h.take();
+        h.msg(
+            "A",
+            AgentToCore::Intent(intent(
+                &format!("i{n}"),
+                &format!("t{n}"),
+                IntentKind::Open,
+                1,
+            )),
+        );
+        let busy = h
+            .intent_acks()
+            .iter()
+            .any(|a| a.error == Some(ErrorCode::BrokerBusy));
+        if busy {
+            break;
+        }
+        h.journal_ok_all();
+        sent.extend(h.commands());
+        assert!(n < 10, "the backlog is bounded");
+    }
+    let queued = 2 * (n - 1) - sent.len();
+    assert!(
+        queued >= AGENT_BACKLOG_FACTOR,
+        "refused only once full: {queued}"
+    );
+    assert!(h.has_fired("core.intake.T15"));
+    assert!(
+        !h.writes()
+            .iter()
+            .any(|w| matches!(w, JournalWrite::AcceptIntent { .. })),
+        "nothing journaled for the refused intent"
+    );
+    assert_eq!(h.core.metrics().backlog_rejections_total, 1);
+    // The backlog drains: every command buffered and confirmed, one place at a time.
+    let mut done = 0;
+    while let Some(c) = sent.pop() {
+        let slave = c.slave.as_str().to_string();
+        h.take();
+        h.confirm(&c.command_id, &slave, 100 + done);
+        done += 1;
+        sent.extend(h.commands());
+        assert!(done < 100);
+    }
+    h.take();
+    h.msg(
+        "A",
+        AgentToCore::Intent(intent("late", "tl", IntentKind::Open, 1)),
+    );
+    assert!(
+        h.intent_acks().iter().all(|a| a.error.is_none()),
+        "taken again once the backlog drained: {:?}",
+        h.intent_acks()
+    );
+    h.fired
 }

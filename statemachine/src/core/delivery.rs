@@ -212,6 +212,8 @@ pub(crate) struct Delivery {
     pub catch_up: bool,
     /// The agent whose send window it holds a place in (sent, not yet AGENT_BUFFERED).
     pub window: Option<AgentId>,
+    /// The agent whose queue it waits in (Queued).
+    pub queued_for: Option<AgentId>,
 }
 
 /// The first and last delivery of one (slave, trade) chain.
@@ -306,6 +308,7 @@ impl Core {
                 sent: false,
                 catch_up: false,
                 window: None,
+                queued_for: None,
             },
         );
         if prev.is_none() {
@@ -712,6 +715,7 @@ impl Core {
                     .entry(route.agent.clone())
                     .or_default()
                     .insert(key);
+                d.queued_for = Some(route.agent.clone());
             }
             return;
         }
@@ -769,8 +773,28 @@ impl Core {
         true
     }
 
-    /// The delivery no longer awaits AGENT_BUFFERED from its agent: its place is free.
+    /// The delivery no longer waits in its agent's queue (so the queue's length, which the
+    /// intake bounds, counts exactly the Queued deliveries).
+    fn leave_queue(&mut self, key: u64) {
+        let Some(agent) = self
+            .deliveries
+            .get_mut(&key)
+            .and_then(|d| d.queued_for.take())
+        else {
+            return;
+        };
+        if let Some(q) = self.agent_queues.get_mut(&agent) {
+            q.remove(&key);
+            if q.is_empty() {
+                self.agent_queues.remove(&agent);
+            }
+        }
+    }
+
+    /// The delivery no longer awaits AGENT_BUFFERED from its agent: its place is free. (Nor
+    /// does it wait in a queue any more: every way out of Queued passes here or T39.)
     fn leave_window(&mut self, key: u64) {
+        self.leave_queue(key);
         let Some(agent) = self.deliveries.get_mut(&key).and_then(|d| d.window.take()) else {
             return;
         };
@@ -801,6 +825,9 @@ impl Core {
                 else {
                     break;
                 };
+                if let Some(d) = self.deliveries.get_mut(&key) {
+                    d.queued_for = None;
+                }
                 let queued = self
                     .deliveries
                     .get(&key)
@@ -822,6 +849,9 @@ impl Core {
                         .map(|r| r.agent.clone())
                     {
                         self.agent_queues.entry(a.clone()).or_default().insert(key);
+                        if let Some(d) = self.deliveries.get_mut(&key) {
+                            d.queued_for = Some(a.clone());
+                        }
                         self.windows_freed.insert(a);
                     }
                     continue;

@@ -11,7 +11,7 @@
 use super::journal::{DeliveryRecord, DeliveryStatus, JournalReply, JournalResult, JournalWrite};
 use super::router::RouterT;
 use super::{Core, CoreLog, PendingOp, TimerKey};
-use crate::ids::{AgentId, CommandId, IntentId, TradeId};
+use crate::ids::{AccountId, AgentId, CommandId, IntentId, TradeId};
 use crate::msg::{
     AckResult, AckStage, CoreToAgent, ErrorCode, IntentKind, Role, TradeIntent, TradeIntentAck,
 };
@@ -61,6 +61,9 @@ transitions! {
         TradeBusy = "T13": "New",
             "TradeIntent for a trade that has another intent Persisting" => "Refused";
             "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms} (keeps per-trade order)",
+        SlaveBacklog = "T15": "New",
+            "TradeIntent of a master one of whose slaves' agents has AGENT_BACKLOG_FACTOR × agent_window deliveries Queued for its send window (the agent is slower than the masters)" => "Refused";
+            "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms}; backlog_rejections_total++ — nothing journaled: overload is answered at the door, the core's queue stays bounded",
         InvalidPending = "T14": "New",
             "TradeIntent of a pending order's lifecycle that cannot be copied as stated: a PLACE_LIMIT / PLACE_STOP or PENDING_MODIFY without a price > 0, a placement or PENDING_TRIGGER without volume > 0" => "Refused";
             "TradeIntentAck{FAILED, INVALID_ARGUMENT} — never guessed",
@@ -87,6 +90,10 @@ pub const SPEC: MachineSpec = MachineSpec {
 };
 
 const DEFAULT_RECENT: usize = 4_096;
+
+/// Deliveries one agent may have Queued for its send window, in units of `agent_window`,
+/// before its masters' new intents are answered BROKER_BUSY (T15).
+pub const AGENT_BACKLOG_FACTOR: usize = 4;
 
 pub(crate) enum IntentState {
     Persisting {
@@ -237,6 +244,17 @@ impl Core {
             );
             return;
         }
+        if self.slave_backlog_full(&i.master) {
+            self.fire(IntakeT::SlaveBacklog.spec(), subject);
+            self.metrics.backlog_rejections_total += 1;
+            self.ack_intent(
+                agent.clone(),
+                i.intent_id,
+                i.trade_id,
+                Some(ErrorCode::BrokerBusy),
+            );
+            return;
+        }
         if self.persisting_trades.contains(&i.trade_id) {
             self.fire(IntakeT::TradeBusy.spec(), subject);
             self.ack_intent(
@@ -300,6 +318,22 @@ impl Core {
     }
 
     /// One delivery record per subscribed slave, as of now.
+    /// Whether an agent serving one of `master`'s slaves has a full backlog of deliveries
+    /// waiting for its send window (T15).
+    fn slave_backlog_full(&self, master: &AccountId) -> bool {
+        let Some(subs) = self.subs.get(master) else {
+            return false;
+        };
+        let bound = AGENT_BACKLOG_FACTOR * self.cfg.delivery.agent_window as usize;
+        subs.iter().any(|s| {
+            self.registry
+                .account_agent
+                .get(&s.slave)
+                .and_then(|r| self.agent_queues.get(&r.agent))
+                .is_some_and(|q| q.len() >= bound)
+        })
+    }
+
     fn plan_deliveries(&self, i: &TradeIntent) -> Vec<DeliveryRecord> {
         let Some(subs) = self.subs.get(&i.master) else {
             return Vec::new();

@@ -115,6 +115,8 @@ pub struct CoreMetrics {
     pub protocol_violations_total: u64,
     /// Results of split positions that executed on some legs only (`core.delivery.T33`/`T34`).
     pub split_incomplete_total: u64,
+    /// Intents answered BROKER_BUSY because a slave's agent had a full backlog (`core.intake.T15`).
+    pub backlog_rejections_total: u64,
 }
 
 /// Entry counts of the core's internal tables (see [`Core::debug_sizes`]).
