@@ -1933,7 +1933,7 @@ fn a_full_agent_backlog_answers_the_master_broker_busy() -> Vec<&'static str> {
         }
         h.journal_ok_all();
         sent.extend(h.commands());
-        assert!(n < 10, "the backlog is bounded");
+        assert!(n < 4 * AGENT_BACKLOG_FACTOR, "the backlog is bounded");
     }
     let queued = 2 * (n - 1) - sent.len();
     assert!(

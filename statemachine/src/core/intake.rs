@@ -92,8 +92,11 @@ pub const SPEC: MachineSpec = MachineSpec {
 const DEFAULT_RECENT: usize = 4_096;
 
 /// Deliveries one agent may have Queued for its send window, in units of `agent_window`,
-/// before its masters' new intents are answered BROKER_BUSY (T15).
-pub const AGENT_BACKLOG_FACTOR: usize = 4;
+/// before its masters' new intents are answered BROKER_BUSY (T15). 16 × the default window is
+/// 16 384 deliveries, one to two seconds of a saturated agent's work: a burst is absorbed at
+/// the core, sustained overload goes back to the masters. (With 4 ×, `e2e_bench` at 150 % load
+/// bounced most intents and the masters' growing backoff halved the throughput.)
+pub const AGENT_BACKLOG_FACTOR: usize = 16;
 
 pub(crate) enum IntentState {
     Persisting {
