@@ -40,9 +40,11 @@
 //! 76–320 ms, p99 0.3–0.8 s at the default 16 (a trade's intents are delivered one after the
 //! other to each slave — per-trade order — so 16 trades at 1 000/s means 62 intents/s per
 //! trade, each waiting for the previous one's confirmation). 1 500/s is overload: it settles
-//! with no re-sends (12 500 executions/s, p99 2.3 s) thanks to the send windows
-//! (`agent_window`, `max_pipe_inflight`); before them the core's ack timeouts turned overload
-//! into a retry storm (107 000 re-sends, not settled). CPU at 1 000/s (perf, system-wide):
+//! with no re-sends thanks to the send windows (`agent_window`, `max_pipe_inflight`; 12 500
+//! executions/s, p99 2.3 s with the windows alone, 7 900/s and p99 9.4 s once the core's
+//! backlog bound answers the master BROKER_BUSY — "slave backlog" below — and the master backs
+//! off); before the windows the core's ack timeouts turned overload into a retry storm
+//! (107 000 re-sends, not settled). CPU at 1 000/s (perf, system-wide):
 //! Postgres 34 %, terminal threads 25 % (their fsyncs), tokio workers 22 %, the agents' redb
 //! ledger threads 13 %: the machine is saturated, and queueing, not any one step, makes the
 //! latency.
