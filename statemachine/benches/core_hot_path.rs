@@ -217,6 +217,7 @@ impl Bench {
         assert_eq!(s.chains, 0, "{s:?}");
         assert_eq!(s.persisting_trades, 0, "{s:?}");
         assert_eq!(s.outputs, 0, "{s:?}");
+        assert_eq!(s.send_windows, 0, "{s:?}");
         assert!(s.open_tickets <= CHUNK * self.slaves.len(), "{s:?}");
         // The heartbeat timer only; the recent-dedupe window is capped by configuration.
         assert!(s.timers <= 1, "{s:?}");

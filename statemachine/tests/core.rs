@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use echo_statemachine::config::Subscription;
+use echo_statemachine::config::{DeliveryConfig, Subscription};
 use echo_statemachine::core::{
     CoreDurableState, CoreLog, DeliveryRecord, DeliveryStatus, IntentFacts, JournalReply,
     JournalResult, JournalWrite,
@@ -1890,10 +1890,80 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     h3.disconnect("B");
     h3.take();
     h3.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    assert_eq!(h3.commands().len(), 1, "one place, one command");
+    let back = h3.commands();
+    assert_eq!(back.len(), 1, "one place, one command: {back:?}");
+    // The open that waited in the queue was never sent: it waited for its slave, so when its
+    // place comes it goes as a catch-up (T36's rule), unlike the one sent before the outage.
+    assert_eq!(catch_up_of(&back[0]), Some(false));
+    let slave = back[0].slave.as_str().to_string();
+    h3.take();
+    h3.msg(
+        "B",
+        stage_ack(&back[0].command_id, &slave, AckStage::AgentBuffered),
+    );
+    let next = h3.commands();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(catch_up_of(&next[0]), Some(true), "{next:?}");
+    // A re-hello that leaves a slave out strands nothing: its queued head is parked and goes
+    // to the next agent that serves the slave.
+    let mut c = cfg();
+    c.delivery.agent_window = 1;
+    let mut h4 = H::with(c);
+    h4.msg("A", hello("A", &[("m1", Role::Master)]));
+    h4.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h4.take();
+    let go = h4.accept(intent("i1", "t1", IntentKind::Open, 1));
+    assert_eq!(go.len(), 1, "{go:?}");
+    let (kept, dropped) = if go[0].slave.as_str() == "s1" {
+        ("s1", "s2")
+    } else {
+        ("s2", "s1")
+    };
+    h4.msg("B", hello("B", &[(kept, Role::Slave)]));
+    h4.take();
+    h4.msg(
+        "B",
+        stage_ack(&go[0].command_id, kept, AckStage::AgentBuffered),
+    );
+    h4.msg("C", hello("C", &[(dropped, Role::Slave)]));
+    let to_c: Vec<_> = h4
+        .sent()
+        .into_iter()
+        .filter(|(a, m)| a.as_str() == "C" && matches!(m, CoreToAgent::Command(_)))
+        .collect();
+    assert_eq!(
+        to_c.len(),
+        1,
+        "the stranded head reaches C: {:?}",
+        h4.sent()
+    );
+    // Widening the window live sends what waits at once, without waiting for a place.
+    let mut c = cfg();
+    c.delivery.agent_window = 1;
+    let mut h5 = H::with(c.clone());
+    h5.msg("A", hello("A", &[("m1", Role::Master)]));
+    h5.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h5.take();
+    assert_eq!(h5.accept(intent("i1", "t1", IntentKind::Open, 1)).len(), 1);
+    h5.take();
+    let wider = DeliveryConfig {
+        agent_window: 8,
+        ..c.delivery
+    };
+    h5.core
+        .handle_delivery_config(h5.now, wider, c.agent_delivery);
+    h5.drain();
+    assert_eq!(
+        h5.commands().len(),
+        1,
+        "the queued one went: {:?}",
+        h5.sent()
+    );
     let mut fired = h.fired;
     fired.extend(h2.fired);
     fired.extend(h3.fired);
+    fired.extend(h4.fired);
+    fired.extend(h5.fired);
     fired
 }
 

@@ -37,6 +37,7 @@ fn run_rounds(h: &mut H, from: u64, rounds: u64) -> CoreSizes {
                 recent_intents: peak.recent_intents.max(s.recent_intents),
                 open_tickets: peak.open_tickets.max(s.open_tickets),
                 outputs: peak.outputs.max(s.outputs),
+                send_windows: peak.send_windows.max(s.send_windows),
             };
         }
         // The harness's own transcript grows; the core's state must not.

@@ -96,8 +96,8 @@ transitions! {
         CancelConfirmed = "T23": "Cancelling | Blocked | Parked | Inflight | Backoff",
             "ExecutionResult{CANCELLED}: the slave EA durably refused the command" => "Finalizing(FAILED)";
             "FinishDelivery{failed, MAX_RETRIES}; log core_delivery_failed",
-        Expired = "T25": "New | Blocked | Parked",
-            "becomes head, or its agent comes back, for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
+        Expired = "T25": "New | Blocked | Parked | Queued",
+            "becomes head, its agent comes back, or its window place comes (T39), for an OPEN never sent (planned by this core life, no attempt yet) planned longer ago than its subscription's catchup/max_age_ms" => "Finalizing(FAILED)";
             "FinishDelivery{failed, EXPIRED}; copy_skipped_total{reason=EXPIRED}++; log core_delivery_failed — a modify, partial close or close is never expired",
         OpenNotCopied = "T26": "New | Blocked",
             "becomes head; MODIFY / PARTIAL_CLOSE / CLOSE of a trade whose OPEN was not copied to the slave for a copy-policy reason: by this core life (T20, T25), by the slave EA's copy terms (T27), or as the journal holds it at recovery (T37)" => "Finalizing(FAILED)";
@@ -841,22 +841,27 @@ impl Core {
                         .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
                         .is_some_and(|r| r.agent == agent);
                 if queued && !same_agent {
-                    // Its slave moved to another agent: it waits in that one's queue.
-                    if let Some(a) = self
+                    let route = self
                         .deliveries
                         .get(&key)
                         .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
-                        .map(|r| r.agent.clone())
-                    {
-                        self.agent_queues.entry(a.clone()).or_default().insert(key);
-                        if let Some(d) = self.deliveries.get_mut(&key) {
-                            d.queued_for = Some(a.clone());
+                        .map(|r| r.agent.clone());
+                    match route {
+                        // Its slave moved to another agent: it waits in that one's queue.
+                        Some(a) => {
+                            self.agent_queues.entry(a.clone()).or_default().insert(key);
+                            if let Some(d) = self.deliveries.get_mut(&key) {
+                                d.queued_for = Some(a.clone());
+                            }
+                            self.windows_freed.insert(a);
                         }
-                        self.windows_freed.insert(a);
+                        // Its slave has no agent any more (a re-hello left it out): it waits
+                        // for one, Parked, like every head of an unserved slave (T16).
+                        None => self.park_queued(key),
                     }
                     continue;
                 }
-                if queued {
+                if queued && !self.expire_if_late(now, key) {
                     self.fire(DeliveryT::WindowSend.spec(), self.subject(key));
                     self.send_command(now, key);
                 }
@@ -1321,6 +1326,19 @@ impl Core {
         heads
     }
 
+    /// A Queued head whose slave lost its agent: Parked (T16), waiting for the next agent
+    /// to serve the slave; a never-sent open then goes out as a catch-up (T36).
+    fn park_queued(&mut self, key: u64) {
+        self.fire(DeliveryT::Park.spec(), self.subject(key));
+        self.leave_window(key);
+        if let Some(d) = self.deliveries.get_mut(&key) {
+            d.state = DState::Parked;
+            if !d.sent && d.rec.kind == IntentKind::Open {
+                d.catch_up = true;
+            }
+        }
+    }
+
     /// The agent serving `slaves` went away: its live deliveries wait without spending attempts.
     pub(crate) fn park_slaves(&mut self, slaves: &[AccountId]) {
         for key in self.heads_of(slaves) {
@@ -1339,6 +1357,10 @@ impl Core {
                 self.leave_window(key);
                 if let Some(d) = self.deliveries.get_mut(&key) {
                     d.state = DState::Parked;
+                    // Queued and never sent: it waited for its slave, so it catches up (T36).
+                    if !d.sent && d.rec.kind == IntentKind::Open {
+                        d.catch_up = true;
+                    }
                 }
             }
         }

@@ -320,7 +320,6 @@ impl Core {
         );
     }
 
-    /// One delivery record per subscribed slave, as of now.
     /// Whether an agent serving one of `master`'s slaves has a full backlog of deliveries
     /// waiting for its send window (T15).
     fn slave_backlog_full(&self, master: &AccountId) -> bool {
@@ -337,6 +336,7 @@ impl Core {
         })
     }
 
+    /// One delivery record per subscribed slave, as of now.
     fn plan_deliveries(&self, i: &TradeIntent) -> Vec<DeliveryRecord> {
         let Some(subs) = self.subs.get(&i.master) else {
             return Vec::new();

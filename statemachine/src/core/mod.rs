@@ -142,6 +142,8 @@ pub struct CoreSizes {
     pub open_tickets: usize,
     /// Outputs not yet polled.
     pub outputs: usize,
+    /// Places taken in the agents' send windows, queued deliveries and agents to pump.
+    pub send_windows: usize,
 }
 
 /// Timer owners. Each owner remembers its one armed deadline; re-arming retires the old entry
@@ -448,6 +450,9 @@ impl Core {
             recent_intents: self.recent.len(),
             open_tickets: self.tickets.len(),
             outputs: self.out.len(),
+            send_windows: self.agent_windows.values().map(|w| w.len()).sum::<usize>()
+                + self.agent_queues.values().map(|q| q.len()).sum::<usize>()
+                + self.windows_freed.len(),
         }
     }
 

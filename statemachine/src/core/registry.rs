@@ -306,6 +306,9 @@ impl Core {
         self.cfg.delivery = core;
         self.cfg.agent_delivery = agent;
         self.config_version += 1;
+        // A wider agent_window takes effect at once: every queue is looked at again.
+        let queued: Vec<AgentId> = self.agent_queues.keys().cloned().collect();
+        self.windows_freed.extend(queued);
         self.fire(RegistryT::ConfigPushed.spec(), Subject::None);
         let hb = self.heartbeat_payload();
         let live: Vec<AgentId> = self
