@@ -1806,12 +1806,7 @@ fn a_terms_refused_open_is_remembered_across_a_restart() -> Vec<&'static str> {
 /// the core (T38) without an attempt or an ack timer, and go in delivery order as places free
 /// up (T39) — so a slow agent is never mistaken for a lost one and flooded with re-sends.
 fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
-    let mut c = cfg();
-    c.delivery.agent_window = 2;
-    let mut h = H::with(c);
-    h.msg("A", hello("A", &[("m1", Role::Master)]));
-    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h.take();
+    let mut h = windowed(2);
     // Two trades × two slaves = four commands for agent B; two go, two wait.
     let first = h.accept(intent("i1", "t1", IntentKind::Open, 1));
     let second = h.accept(intent("i2", "t2", IntentKind::Open, 1));
@@ -1849,12 +1844,7 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     h.advance(20);
     assert!(h.commands().is_empty(), "{:?}", h.commands());
     // In a fresh run: AGENT_BUFFERED frees a place, and the oldest waiting command goes.
-    let mut c = cfg();
-    c.delivery.agent_window = 1;
-    let mut h2 = H::with(c);
-    h2.msg("A", hello("A", &[("m1", Role::Master)]));
-    h2.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h2.take();
+    let mut h2 = windowed(1);
     let go = h2.accept(intent("i1", "t1", IntentKind::Open, 1));
     assert_eq!(go.len(), 1, "{go:?}");
     let waiting = cmd_id(
@@ -1880,12 +1870,7 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     let resent: Vec<CommandId> = h2.commands().into_iter().map(|c| c.command_id).collect();
     assert!(resent.contains(&go[0].command_id), "{resent:?}");
     // An agent that goes away parks its waiting commands too; back, they go within the window.
-    let mut c = cfg();
-    c.delivery.agent_window = 1;
-    let mut h3 = H::with(c);
-    h3.msg("A", hello("A", &[("m1", Role::Master)]));
-    h3.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h3.take();
+    let mut h3 = windowed(1);
     assert_eq!(h3.accept(intent("i1", "t1", IntentKind::Open, 1)).len(), 1);
     h3.disconnect("B");
     h3.take();
@@ -1906,12 +1891,7 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
     assert_eq!(catch_up_of(&next[0]), Some(true), "{next:?}");
     // A re-hello that leaves a slave out strands nothing: its queued head is parked and goes
     // to the next agent that serves the slave.
-    let mut c = cfg();
-    c.delivery.agent_window = 1;
-    let mut h4 = H::with(c);
-    h4.msg("A", hello("A", &[("m1", Role::Master)]));
-    h4.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h4.take();
+    let mut h4 = windowed(1);
     let go = h4.accept(intent("i1", "t1", IntentKind::Open, 1));
     assert_eq!(go.len(), 1, "{go:?}");
     let (kept, dropped) = if go[0].slave.as_str() == "s1" {
@@ -1938,12 +1918,8 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
         h4.sent()
     );
     // Widening the window live sends what waits at once, without waiting for a place.
-    let mut c = cfg();
-    c.delivery.agent_window = 1;
-    let mut h5 = H::with(c.clone());
-    h5.msg("A", hello("A", &[("m1", Role::Master)]));
-    h5.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h5.take();
+    let mut h5 = windowed(1);
+    let c = cfg();
     assert_eq!(h5.accept(intent("i1", "t1", IntentKind::Open, 1)).len(), 1);
     h5.take();
     let wider = DeliveryConfig {
@@ -1973,12 +1949,7 @@ fn agent_window_bounds_unbuffered_commands() -> Vec<&'static str> {
 /// bounded; when the backlog drains, intents are taken again.
 fn a_full_agent_backlog_answers_the_master_broker_busy() -> Vec<&'static str> {
     use echo_statemachine::core::intake::AGENT_BACKLOG_FACTOR;
-    let mut c = cfg();
-    c.delivery.agent_window = 1;
-    let mut h = H::with(c);
-    h.msg("A", hello("A", &[("m1", Role::Master)]));
-    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
-    h.take();
+    let mut h = windowed(1);
     // Each intent plans one delivery per slave (two for agent B); one place in the window.
     let mut n = 0;
     let mut sent = Vec::new();
@@ -2039,4 +2010,16 @@ fn a_full_agent_backlog_answers_the_master_broker_busy() -> Vec<&'static str> {
         h.intent_acks()
     );
     h.fired
+}
+
+/// A core whose agents' send window is `window`, with master m1 on agent A and slaves s1, s2
+/// on agent B, both online.
+fn windowed(window: u32) -> H {
+    let mut c = cfg();
+    c.delivery.agent_window = window;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    h
 }
