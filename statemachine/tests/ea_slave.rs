@@ -3028,3 +3028,32 @@ fn a_compacted_image_keeps_the_pending_orders() {
     assert_eq!(r.pending_volume(501), Some(0.5));
     assert_eq!(r.exposure().0, 3, "two positions and the pending order");
 }
+
+/// A pending order of this EA may fill on its own at the broker while its master's trigger
+/// never comes (refused as malformed at the core, say): a full close of its ticket then goes to
+/// the broker — which closes the position it became — instead of being answered "no position"
+/// here, which left the slave holding a position its master had closed (simulator, seed 2280).
+/// A partial close of such a ticket is still refused here: its share needs the position's lots.
+#[test]
+fn a_full_close_of_a_pending_ticket_is_the_brokers_to_answer() {
+    let mut h = H::new(8);
+    h.open();
+    h.execute(
+        cmd("p1", place_pending(ExecTerms::default(), 1.0)),
+        filled(501, 1.0),
+    );
+    assert_eq!(h.s.pending_volume(501), Some(1.0));
+    let outs = h.placed(cmd("cp", close_part(501, 0.5, 1.0)));
+    assert!(places(&outs).is_empty(), "a partial is answered here");
+    assert!(fired(&outs).contains(&"ea.slave.T10"));
+    let outs = h.placed(cmd("c1", close(501, 0.0)));
+    assert_eq!(places(&outs), vec!["c1".to_string()], "the broker decides");
+    let outs = h.broker("c1", filled(501, 1.0));
+    h.persist(executed_ops(&outs)[0].0, Ok(()));
+    assert_eq!(
+        h.s.pending_volume(501),
+        None,
+        "closed: no pending order left"
+    );
+    assert_eq!(h.s.open_volume(501), None);
+}

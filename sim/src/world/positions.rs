@@ -67,6 +67,10 @@ pub struct Positions {
     /// (slave, command) → the trade's open lots at the slave's broker when the command's
     /// first leg went out (a command on a split position, or a split open).
     pub split_before: BTreeMap<(usize, CommandId), Vec<Volume>>,
+    /// (slave, trade) → lots of a pending order of the slave that filled on its own at its
+    /// broker: the trade's open when no trigger ever reports one (its master's trigger was
+    /// refused, e.g. malformed, so the position is known to the EA only as its pending order).
+    pub self_filled: BTreeMap<(usize, String), Volume>,
 }
 
 /// What a partial close of `fraction` must close of a slave position of `open`, from the
@@ -433,6 +437,9 @@ impl World {
         );
         let why = format!("pending {} filled", k.1);
         self.note_position_created(k.0, &p.trade, &why);
+        self.positions
+            .self_filled
+            .insert((k.0, p.trade.clone()), p.open);
         self.positions.held.insert(k, p);
     }
 
@@ -760,12 +767,17 @@ impl World {
             if *status != DeliveryStatus::Acked {
                 continue;
             }
-            let (opened, closed) = self
+            let (mut opened, closed) = self
                 .positions
                 .reported
                 .get(&(*s, trade.clone()))
                 .copied()
                 .unwrap_or_default();
+            if opened == Volume::default() {
+                if let Some(v) = self.positions.self_filled.get(&(*s, trade.clone())) {
+                    opened = *v;
+                }
+            }
             if opened != closed {
                 bad.push(format!(
                     "slave-{s} trade {trade}: closes add up to {} lots, the open to {} (close {cmd})",

@@ -76,7 +76,7 @@ transitions! {
         Busy = "T07": "(none)", "new Command, or Cancel of an unseen command, while `max_pending` commands are unfinished" => "(none)"; "ToAgent(PipeAck{Retry}); nothing remembered; counted retry_busy",
         Accepted = "T08": "(none)", "new valid Command, gate open, room for it" => "persisting"; "PersistExecuting{op, command} (write-ahead)",
         Place = "T09": "persisting", "persist result Ok for its write-ahead record; an open its copy terms admit now (policy::terms), or a modify/close of a ticket with an open position" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id (client order id), body — an open's volume as the terms sized it}; counted placed",
-        NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position (a close of a ticket it closed in full is T26)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
+        NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position (a close of a ticket it closed in full is T26; a modify or full close of a ticket holding one of its pending orders goes to the broker — the order may have filled on its own)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
         WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
         NotYetDurable = "T12": "persisting, or recording a CANCELLED result", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
         Repeated = "T13": "executing / waiting_price / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
@@ -749,6 +749,21 @@ impl SlaveExecutor {
                 }
                 let known_position = match &body {
                     CommandBody::Execute { .. } => true,
+                    // A pending order of ours may have filled on its own at the broker (its
+                    // master's trigger may never come, e.g. refused as malformed): a modify or
+                    // a full close of its ticket is the broker's to answer, not ours.
+                    CommandBody::Modify { slave_ticket, .. } => {
+                        self.positions.contains_key(slave_ticket)
+                            || self.pendings.contains_key(slave_ticket)
+                    }
+                    CommandBody::Close {
+                        slave_ticket,
+                        volume,
+                        ..
+                    } if *volume == 0.0 => {
+                        self.positions.contains_key(slave_ticket)
+                            || self.pendings.contains_key(slave_ticket)
+                    }
                     b => self.positions.contains_key(&b.slave_ticket()),
                 };
                 let closed_ticket = match &body {
@@ -1536,12 +1551,19 @@ impl SlaveExecutor {
                     self.positions.insert(r.slave_ticket, r.filled_volume);
                 }
             }
+            // A modify of a ticket we know as a pending order leaves it where it is: whether the
+            // broker changed the order or the position it became, only its trigger or its
+            // close resolves it.
             CommandBody::Modify { .. }
             | CommandBody::ModifyPending { .. }
             | CommandBody::TriggerPending { .. } => {}
             CommandBody::Close { slave_ticket, .. }
             | CommandBody::ClosePart { slave_ticket, .. } => {
                 let whole = matches!(body, CommandBody::Close { volume, .. } if *volume == 0.0);
+                // A full close of a pending order of ours that had filled on its own.
+                if whole && self.pendings.remove(slave_ticket).is_some() {
+                    self.remember_closed(*slave_ticket);
+                }
                 let remaining = self
                     .positions
                     .remove(slave_ticket)
