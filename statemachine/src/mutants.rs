@@ -73,8 +73,9 @@ pub enum Mutant {
     /// journaled: a ratio-sized one is refused ACCOUNT_FACTS_UNKNOWN only because the core
     /// restarted.
     RecoveryDropsFacts,
-    /// core: a delivery that finishes keeps its place in its agent's send window, so the
-    /// window fills with finished deliveries and the commands queued behind it never go.
+    /// core: a delivery keeps its place in its agent's send window when it is buffered or
+    /// finishes, so the window fills with finished deliveries and the commands queued behind
+    /// it never go.
     WindowLeaksOnFinish,
     /// agent: a PipeDeliveryAck OK does not free the command's place in its slave's pipe
     /// window, so once the window has filled nothing more is written to that pipe.

@@ -36,6 +36,18 @@ use crate::pipe::frame::{
 };
 use crate::pipe::{AgentFrame, EaFrame};
 
+/// `[[ticket, lots], …]` of a positions row (open positions, pending orders, a split
+/// position's legs); `None` if any pair is malformed or its lots are not finite.
+fn ticket_lots(v: &Value) -> Option<Vec<(i64, f64)>> {
+    v.as_array()?
+        .iter()
+        .map(|p| match (p.get(0)?.as_i64(), p.get(1)?.as_f64()) {
+            (Some(t), Some(lots)) if lots.is_finite() => Some((t, lots)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// `<data>/<account>.commands.jsonl`
 pub fn commands_path(args: &TerminalArgs) -> PathBuf {
     args.data_dir
@@ -115,39 +127,12 @@ pub fn read_commands_file(
                         "positions row without open [[ticket, lots]] and closed [ticket]".into(),
                     )
                 };
-                let open = row
-                    .get("open")
-                    .and_then(Value::as_array)
-                    .ok_or_else(bad)?
-                    .iter()
-                    .map(|p| {
-                        match (
-                            p.get(0).and_then(Value::as_i64),
-                            p.get(1).and_then(Value::as_f64),
-                        ) {
-                            (Some(t), Some(v)) if v.is_finite() => Ok((t, v)),
-                            _ => Err(bad()),
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let open = row.get("open").and_then(ticket_lots).ok_or_else(bad)?;
                 // A pending order's ticket and lots; absent in rows written before pending
                 // orders existed (none were held then).
                 let pendings = match row.get("pendings") {
                     None => Vec::new(),
-                    Some(v) => v
-                        .as_array()
-                        .ok_or_else(bad)?
-                        .iter()
-                        .map(|p| {
-                            match (
-                                p.get(0).and_then(Value::as_i64),
-                                p.get(1).and_then(Value::as_f64),
-                            ) {
-                                (Some(t), Some(v)) if v.is_finite() => Ok((t, v)),
-                                _ => Err(bad()),
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
+                    Some(v) => ticket_lots(v).ok_or_else(bad)?,
                 };
                 let closed = row
                     .get("closed")
@@ -166,21 +151,7 @@ pub fn read_commands_file(
                         .iter()
                         .map(|p| {
                             let id = p.get(0).and_then(Value::as_i64).ok_or_else(bad)?;
-                            let legs = p
-                                .get(1)
-                                .and_then(Value::as_array)
-                                .ok_or_else(bad)?
-                                .iter()
-                                .map(|l| {
-                                    match (
-                                        l.get(0).and_then(Value::as_i64),
-                                        l.get(1).and_then(Value::as_f64),
-                                    ) {
-                                        (Some(t), Some(v)) if v.is_finite() => Ok((t, v)),
-                                        _ => Err(bad()),
-                                    }
-                                })
-                                .collect::<Result<Vec<_>, _>>()?;
+                            let legs = p.get(1).and_then(ticket_lots).ok_or_else(bad)?;
                             Ok((id, legs))
                         })
                         .collect::<Result<Vec<_>, StoreError>>()?,
@@ -1269,5 +1240,39 @@ mod tests {
         assert_eq!(state(&path, 4), before);
         // A crash right after the rename: the new file alone recovers the same executor.
         assert_eq!(rows_of(&path), lines.len());
+    }
+
+    /// A positions row round-trips through its line (open positions, pending orders, split
+    /// legs), and a row with a malformed `[ticket, lots]` pair is refused as corrupt — never
+    /// read as fewer positions than the EA held.
+    #[test]
+    fn positions_rows_round_trip_and_malformed_pairs_are_corrupt() {
+        let path = std::path::Path::new("S1.commands.jsonl");
+        let row = DurableRow::Positions {
+            open: vec![(11, 1.5), (12, 0.25)],
+            pendings: vec![(21, 0.1)],
+            closed: vec![9],
+            split: vec![(12, vec![(12, 0.2), (13, 0.05)])],
+        };
+        let value: Value = serde_json::from_str(compact_line(&row).trim_end()).expect("json");
+        let back = read_commands_file(path, std::slice::from_ref(&value)).expect("reads back");
+        assert_eq!(back, vec![row]);
+        for (key, bad) in [
+            ("open", json!([[11, "1.5"]])),
+            ("open", json!([[11]])),
+            ("pendings", json!([["21", 0.1]])),
+            ("split", json!([[12, [[12]]]])),
+            ("split", json!([[12, 0.2]])),
+        ] {
+            let mut v = value.clone();
+            v[key] = bad.clone();
+            assert!(
+                matches!(
+                    read_commands_file(path, &[v]),
+                    Err(StoreError::Corrupt { .. })
+                ),
+                "{key} = {bad} must be refused"
+            );
+        }
     }
 }

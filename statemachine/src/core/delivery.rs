@@ -825,45 +825,35 @@ impl Core {
                 else {
                     break;
                 };
-                if let Some(d) = self.deliveries.get_mut(&key) {
-                    d.queued_for = None;
-                }
-                let queued = self
-                    .deliveries
-                    .get(&key)
-                    .is_some_and(|d| d.state == DState::Queued);
-                // Only still-queued heads whose agent is (still) this one; a delivery that
-                // left the queue (parked, finished, re-routed) is simply dropped from it.
-                let same_agent = queued
-                    && self
-                        .deliveries
-                        .get(&key)
-                        .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
-                        .is_some_and(|r| r.agent == agent);
-                if queued && !same_agent {
-                    let route = self
-                        .deliveries
-                        .get(&key)
-                        .and_then(|d| self.registry.account_agent.get(&d.rec.slave))
-                        .map(|r| r.agent.clone());
-                    match route {
-                        // Its slave moved to another agent: it waits in that one's queue.
-                        Some(a) => {
-                            self.agent_queues.entry(a.clone()).or_default().insert(key);
-                            if let Some(d) = self.deliveries.get_mut(&key) {
-                                d.queued_for = Some(a.clone());
-                            }
-                            self.windows_freed.insert(a);
-                        }
-                        // Its slave has no agent any more (a re-hello left it out): it waits
-                        // for one, Parked, like every head of an unserved slave (T16).
-                        None => self.park_queued(key),
-                    }
+                let Some(d) = self.deliveries.get_mut(&key) else {
+                    continue;
+                };
+                d.queued_for = None;
+                // A delivery that left the queue (parked, finished) is simply dropped from it.
+                if d.state != DState::Queued {
                     continue;
                 }
-                if queued && !self.expire_if_late(now, key) {
-                    self.fire(DeliveryT::WindowSend.spec(), self.subject(key));
-                    self.send_command(now, key);
+                let route = self
+                    .registry
+                    .account_agent
+                    .get(&d.rec.slave)
+                    .map(|r| r.agent.clone());
+                match route {
+                    Some(a) if a == agent => {
+                        if !self.expire_if_late(now, key) {
+                            self.fire(DeliveryT::WindowSend.spec(), self.subject(key));
+                            self.send_command(now, key);
+                        }
+                    }
+                    // Its slave moved to another agent: it waits in that one's queue.
+                    Some(a) => {
+                        d.queued_for = Some(a.clone());
+                        self.agent_queues.entry(a.clone()).or_default().insert(key);
+                        self.windows_freed.insert(a);
+                    }
+                    // Its slave has no agent any more (a re-hello left it out): it waits for
+                    // one, Parked, like every head of an unserved slave (T16).
+                    None => self.park(key),
                 }
             }
             if self.agent_queues.get(&agent).is_some_and(|q| q.is_empty()) {
@@ -1326,10 +1316,12 @@ impl Core {
         heads
     }
 
-    /// A Queued head whose slave lost its agent: Parked (T16), waiting for the next agent
-    /// to serve the slave; a never-sent open then goes out as a catch-up (T36).
-    fn park_queued(&mut self, key: u64) {
+    /// T16: a live head whose slave has no agent now waits for one, Parked, with no timer
+    /// and no place in a window; a never-sent open (it was Queued) then goes out as a
+    /// catch-up (T36), since it waited for its slave.
+    fn park(&mut self, key: u64) {
         self.fire(DeliveryT::Park.spec(), self.subject(key));
+        self.set_deadline(key, None);
         self.leave_window(key);
         if let Some(d) = self.deliveries.get_mut(&key) {
             d.state = DState::Parked;
@@ -1352,16 +1344,7 @@ impl Core {
                 )
             );
             if live {
-                self.fire(DeliveryT::Park.spec(), self.subject(key));
-                self.set_deadline(key, None);
-                self.leave_window(key);
-                if let Some(d) = self.deliveries.get_mut(&key) {
-                    d.state = DState::Parked;
-                    // Queued and never sent: it waited for its slave, so it catches up (T36).
-                    if !d.sent && d.rec.kind == IntentKind::Open {
-                        d.catch_up = true;
-                    }
-                }
+                self.park(key);
             }
         }
     }

@@ -61,12 +61,12 @@ transitions! {
         TradeBusy = "T13": "New",
             "TradeIntent for a trade that has another intent Persisting" => "Refused";
             "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms} (keeps per-trade order)",
-        SlaveBacklog = "T15": "New",
-            "TradeIntent of a master one of whose slaves' agents has AGENT_BACKLOG_FACTOR × agent_window deliveries Queued for its send window (the agent is slower than the masters)" => "Refused";
-            "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms}; backlog_rejections_total++ — nothing journaled: overload is answered at the door, the core's queue stays bounded",
         InvalidPending = "T14": "New",
             "TradeIntent of a pending order's lifecycle that cannot be copied as stated: a PLACE_LIMIT / PLACE_STOP or PENDING_MODIFY without a price > 0, a placement or PENDING_TRIGGER without volume > 0" => "Refused";
             "TradeIntentAck{FAILED, INVALID_ARGUMENT} — never guessed",
+        SlaveBacklog = "T15": "New",
+            "TradeIntent of a master one of whose slaves' agents has AGENT_BACKLOG_FACTOR × agent_window deliveries Queued for its send window (the agent is slower than the masters)" => "Refused";
+            "TradeIntentAck{FAILED, BROKER_BUSY, retry_after_ms}; backlog_rejections_total++ — nothing journaled: overload is answered at the door, the core's queue stays bounded",
     }
 }
 
