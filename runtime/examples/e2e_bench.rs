@@ -67,6 +67,11 @@ struct Args {
     seconds: u64,
     concurrent: u32,
     dir: Option<PathBuf>,
+    /// `--terminal-dir DIR`: the reference terminals' files (the EAs' write-ahead, IntentQueue,
+    /// the simulated brokers' books) under DIR instead of beside Echo's own data — e.g. a tmpfs
+    /// (`/dev/shm`), to stand for EA hosts that are other machines with their own disks, so
+    /// their 30 fsync streams do not queue on the one disk with the journal and the ledgers.
+    terminal_dir: Option<PathBuf>,
     /// `--workers N --queue-depth D`: the core router's shards and per-shard bound (the
     /// production keys `/echo/core/router/*`; unset = their defaults).
     workers: Option<u64>,
@@ -99,6 +104,7 @@ fn args() -> Result<Args, String> {
         seconds: 20,
         concurrent: 16,
         dir: None,
+        terminal_dir: None,
         workers: None,
         queue_depth: None,
     };
@@ -120,6 +126,7 @@ fn args() -> Result<Args, String> {
             "--seconds" => a.seconds = n(v()?)?.max(1),
             "--concurrent" => a.concurrent = n(v()?)?.clamp(1, 10_000) as u32,
             "--dir" => a.dir = Some(PathBuf::from(v()?)),
+            "--terminal-dir" => a.terminal_dir = Some(PathBuf::from(v()?)),
             "--workers" => a.workers = Some(n(v()?)?),
             "--queue-depth" => a.queue_depth = Some(n(v()?)?),
             "-h" | "--help" => return Err("see the doc comment at the top of e2e_bench.rs".into()),
@@ -208,9 +215,18 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
         None => std::env::temp_dir().join(format!("echo-e2e-bench-{}-{run}", std::process::id())),
     };
     let _ = std::fs::remove_dir_all(&dir);
-    for sub in ["pipes", "core", "agent-m", "agent-s", "terminals"] {
+    for sub in ["pipes", "core", "agent-m", "agent-s"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
+    let terminals = match &a.terminal_dir {
+        Some(d) => d.join(format!(
+            "echo-e2e-bench-terminals-{}-{run}",
+            std::process::id()
+        )),
+        None => dir.join("terminals"),
+    };
+    let _ = std::fs::remove_dir_all(&terminals);
+    std::fs::create_dir_all(&terminals).map_err(|e| format!("{}: {e}", terminals.display()))?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -286,7 +302,7 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
         );
     }
 
-    let term_dir = dir.join("terminals").display().to_string();
+    let term_dir = terminals.display().to_string();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut slave_tasks = Vec::new();
     for s in &slaves {
@@ -343,7 +359,7 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
     let expected = trades as usize * 4 * a.slaves;
     let broker_files: Vec<PathBuf> = slaves
         .iter()
-        .map(|s| dir.join("terminals").join(format!("{s}.broker.jsonl")))
+        .map(|s| terminals.join(format!("{s}.broker.jsonl")))
         .collect();
     let deadline = t0 + Duration::from_secs(a.seconds * 3 + 30);
     let mut settled = false;
@@ -425,7 +441,7 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
 
     // Latency from the files.
     let mut emitted_at: HashMap<String, i64> = HashMap::new();
-    for row in read_jsonl(&dir.join("terminals").join("master-1.emitted.jsonl")) {
+    for row in read_jsonl(&terminals.join("master-1.emitted.jsonl")) {
         if row["event"].as_str() == Some("emitted") {
             if let (Some(id), Some(us)) = (row["intent_id"].as_str(), row["emitted_at_us"].as_i64())
             {
@@ -485,6 +501,9 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
     }
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    if a.terminal_dir.is_some() {
+        let _ = std::fs::remove_dir_all(&terminals);
     }
     Ok(r)
 }

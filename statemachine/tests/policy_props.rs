@@ -904,6 +904,28 @@ proptest! {
         }
     }
 
+    /// The case echo-sim seed 1411 (default profile) found: a position split into 2.1 + 2.1 +
+    /// 0.3 under a step of 0.01, partially closed to 2.1 + 0.28; then the slave's limits became
+    /// minimum 0.3, step 0.1. The master's 0.18 of 0.37 is 1.1 of 2.38; taking the 0.28 leg
+    /// whole first left 0.82, of which an order on the 0.1 step takes 0.8 — 1.08 closed.
+    #[test]
+    fn a_whole_off_step_leg_is_not_taken_when_a_part_gives_the_share(_x in 0u8..1) {
+        let l = leg_limits(10_000_000, 3, 1_000);
+        let legs = vec![Volume::from_lots(2.1).unwrap(), Volume::from_lots(0.28).unwrap()];
+        let close = match partial_close(
+            Volume::from_lots(0.37).unwrap(),
+            Volume::from_lots(0.18).unwrap(),
+            Volume::from_lots(2.38).unwrap(),
+            &l,
+        ) {
+            CloseDecision::Partial(v) => v,
+            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+        };
+        prop_assert_eq!(close, Volume::from_lots(1.1).unwrap());
+        let takes = take_from_legs(&legs, close, &l);
+        prop_assert_eq!(takes, vec![Volume::from_lots(1.1).unwrap(), Volume::ZERO]);
+    }
+
     /// The case the simulator found: legs 1.0 + 0.4 (minimum 0.4) cannot give 0.7 exactly;
     /// the close is rounded down to orders the broker takes, never dust.
     #[test]
@@ -941,5 +963,33 @@ proptest! {
         // A close of exactly the whole position takes every leg whole.
         let all = Volume(legs.iter().map(|v| v.0).sum());
         prop_assert_eq!(take_from_legs(&legs, all, &l), legs.clone());
+    }
+
+    /// Legs left under other limits than today's (the slave's `limits/*` changed after the
+    /// split, or partials took parts on an older step): legs of any size, a close on today's
+    /// step. The takes still never exceed it, never leave dust, every part is on today's
+    /// step — and they are the close exactly whenever one leg holds at least it plus the
+    /// minimum (a whole off-step leg taken first would leave a rest no on-step order can take).
+    #[test]
+    fn taking_from_legs_off_the_step_is_still_exact(
+        step in prop_oneof![Just(1_000_000u64), Just(10_000_000u64), 1u64..10_000_000],
+        a in 1u64..40,
+        legs_units in prop::collection::vec(1u64..400_000_000, 1..8),
+        close_steps in 1u64..400,
+    ) {
+        let l = leg_limits(step, a, 1_000_000);
+        prop_assume!(l.is_valid());
+        let legs: Vec<Volume> = legs_units.iter().map(|u| Volume(*u)).collect();
+        let close = Volume(step * close_steps);
+        let takes = take_from_legs(&legs, close, &l);
+        prop_assert_eq!(takes.len(), legs.len());
+        let sum = Volume(takes.iter().map(|v| v.0).sum());
+        prop_assert!(sum <= close, "took {:?} for a close of {:?}", sum, close);
+        for (leg, take) in legs.iter().zip(&takes) {
+            take_is_valid(*leg, *take, &l).map_err(TestCaseError::fail)?;
+        }
+        if close >= l.min && legs.iter().any(|leg| *leg >= close.saturating_add(l.min)) {
+            prop_assert_eq!(sum, close, "legs {:?} takes {:?}", legs, takes);
+        }
     }
 }

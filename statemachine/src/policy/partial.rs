@@ -78,7 +78,31 @@ pub fn partial_close(
 /// can take it exactly (legs 1.0 + 0.4 with a minimum of 0.4 cannot give 0.7) they sum to
 /// less, never more: the close is rounded down like a share below the step, and the master's
 /// later closes carry the rest (its final close takes every leg).
+///
+/// Legs need not be on the step: the slave's limits may have changed since the split (a
+/// subscription's `limits/*` edited, legs left by partials under the old step). A whole leg
+/// off the step would leave a rest no order on the step can take, so whole legs are first
+/// taken only while the rest stays on the step; the plan that ignores the step is kept when
+/// it takes more (two off-step legs can add up to an on-step close).
 pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> Vec<Volume> {
+    let on_step = plan_takes(legs, close, limits, true);
+    let any = plan_takes(legs, close, limits, false);
+    let sum = |t: &[Volume]| t.iter().fold(Volume::ZERO, |a, v| a.saturating_add(*v));
+    if sum(&any) >= sum(&on_step) {
+        any
+    } else {
+        on_step
+    }
+}
+
+/// One plan of [`take_from_legs`]; `keep_step`: a whole leg is taken in the first pass only
+/// if what is left to take stays on the step.
+fn plan_takes(
+    legs: &[Volume],
+    close: Volume,
+    limits: &SymbolLimits,
+    keep_step: bool,
+) -> Vec<Volume> {
     let min = limits.min;
     let mut take = vec![Volume::ZERO; legs.len()];
     let mut rest = limits.floor_to_step(close);
@@ -90,7 +114,11 @@ pub fn take_from_legs(legs: &[Volume], close: Volume, limits: &SymbolLimits) -> 
         if rest.is_zero() {
             break;
         }
-        if !leg.is_zero() && (leg == rest || (leg < rest && rest.saturating_sub(leg) >= min)) {
+        let left = rest.saturating_sub(leg);
+        if !leg.is_zero()
+            && (leg == rest
+                || (leg < rest && left >= min && (!keep_step || limits.is_on_step(left))))
+        {
             take[i] = leg;
             rest = rest.saturating_sub(leg);
         }
