@@ -530,14 +530,17 @@ fn main() {
         }
     };
     println!(
-        "e2e_bench: journal {}, 1 master × {} slaves, {} s per rate, {} trades open at once, {} cpus",
+        "e2e_bench: journal {}, 1 master × {} slaves, {} s per rate, {} trades open at once, {} cpus, terminal files {}",
         a.journal,
         a.slaves,
         a.seconds,
         a.concurrent,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        a.terminal_dir
+            .as_ref()
+            .map_or("beside Echo's data".to_string(), |d| format!("in {}", d.display()))
     );
     let mut ok = true;
     for (i, &rate) in a.rates.iter().enumerate() {

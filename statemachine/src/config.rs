@@ -147,7 +147,7 @@ pub const CORE_HEARTBEAT_INTERVAL_MS: KeySpec = key(
     1_000,
     5_000,
     false,
-    "DeliveryHeartbeat period; an agent silent for 3 periods is offline",
+    "DeliveryHeartbeat period; an agent silent for 3 periods (of this or `/echo/agent/delivery/heartbeat_interval_ms`, whichever is longer) is offline",
 );
 pub const CORE_RECONCILE_INTERVAL_MS: KeySpec = key(
     "/echo/core/delivery/reconcile_interval_ms",

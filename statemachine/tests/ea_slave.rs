@@ -1294,6 +1294,109 @@ fn catch_up(mut c: Command) -> Command {
     c
 }
 
+/// An open sized by the slave (balance ratio ×4: the master's 1.0 lot is 2.0 here) with
+/// `max_total_lots` 3.0.
+fn sized_open(volume: f64) -> CommandBody {
+    with_terms(
+        execute(volume),
+        ExecTerms {
+            sizing: SlaveSizing::BalanceRatio,
+            sizing_value: 4.0,
+            master_amount: 10_000.0,
+            max_total_lots: 3.0,
+            ..ExecTerms::default()
+        },
+    )
+}
+
+fn with_terms(mut body: CommandBody, new: ExecTerms) -> CommandBody {
+    if let CommandBody::Execute { terms, .. } = &mut body {
+        *terms = new;
+    }
+    body
+}
+
+/// An EA recovered with `c1` (slave-sized, limited) in doubt, then sent `c2` like it; the
+/// outputs of `c2`'s durable write-ahead.
+fn restarted_with_a_sized_open_in_doubt() -> (H, Vec<Output>) {
+    let durable = vec![ExecutedRecord {
+        command: cmd("c1", sized_open(1.0)),
+        result: None,
+    }];
+    let mut h = H::wrap(SlaveExecutor::recover(config(8), durable));
+    h.open();
+    terminal_facts(&mut h, 1.1);
+    let outs = h.placed(cmd("c2", sized_open(1.0)));
+    (h, outs)
+}
+
+/// A slave EA restarted with a slave-sized open in doubt (`c1`: its write-ahead holds the
+/// master's 1.0 lot; what it placed, 2.0, only the broker knows). A second open limited by
+/// `max_total_lots` must not be decided against 1.0: it waits, acknowledged and not placed.
+fn s48_an_open_waits_while_a_sized_open_is_in_doubt() -> Vec<&'static str> {
+    let (mut h, outs) = restarted_with_a_sized_open_in_doubt();
+    assert_eq!(acks(&outs), ack1("c2", PipeStatus::Ok, None));
+    assert!(places(&outs).is_empty(), "{outs:?}");
+    assert!(h.fired.contains(&id(T::WaitExposure)));
+    // A redelivery is answered from the waiting state, never placed.
+    let outs = h.command(cmd("c2", sized_open(1.0)));
+    assert_eq!(acks(&outs), ack1("c2", PipeStatus::Ok, None));
+    assert!(places(&outs).is_empty());
+    // An open without a lots limit does not wait.
+    let unlimited = with_terms(
+        execute(1.0),
+        ExecTerms {
+            sizing: SlaveSizing::BalanceRatio,
+            sizing_value: 4.0,
+            master_amount: 10_000.0,
+            ..ExecTerms::default()
+        },
+    );
+    let outs = h.placed(cmd("c3", unlimited));
+    assert_eq!(places(&outs), vec!["c3".to_string()]);
+    h.fired
+}
+
+/// Once the broker reports the open in doubt (2.0 lots filled), the waiting open is decided
+/// counting them: 2.0 + 2.0 is beyond 3.0, refused MAX_TOTAL_LOTS (counting the write-ahead's
+/// 1.0 it would have been placed: seed 17994 of `echo-sim --profile default`, 8.8 lots held
+/// under a limit of 5.7). Had the broker never seen it, the open would go.
+fn s49_the_waiting_open_is_decided_when_the_broker_answers() -> Vec<&'static str> {
+    let recovered = || {
+        let (h, outs) = restarted_with_a_sized_open_in_doubt();
+        assert!(places(&outs).is_empty());
+        h
+    };
+    let mut h = recovered();
+    let outs = h.broker("c1", filled(10, 2.0));
+    assert!(h.fired.contains(&id(T::ExposureKnown)));
+    assert!(places(&outs).is_empty(), "{outs:?}");
+    let refused: Vec<_> = executed_ops(&outs)
+        .into_iter()
+        .filter(|(_, r)| r.command_id.as_str() == "c2")
+        .collect();
+    assert_eq!(refused.len(), 1, "{outs:?}");
+    assert_eq!(refused[0].1.status, BrokerStatus::Rejected);
+    assert_eq!(refused[0].1.reason, Some(ErrorCode::MaxTotalLots));
+    assert!(acks(&outs).is_empty(), "acknowledged once, at T48");
+    let mut fired = h.fired;
+
+    let mut h = recovered();
+    let outs = h.broker(
+        "c1",
+        BrokerOutcome::Rejected {
+            reason: "unknown order".into(),
+        },
+    );
+    let placed = placed_bodies(&outs);
+    assert!(
+        matches!(placed.as_slice(), [CommandBody::Execute { volume, .. }] if (*volume - 2.0).abs() < 1e-9),
+        "{outs:?}"
+    );
+    fired.extend(h.fired);
+    fired
+}
+
 /// An open sent as a catch-up (`Execute.catch_up`, set by the core for an open that waited
 /// for its slave) with the price beyond the guard: REJECTED EXPIRED at once — durable before it
 /// is reported, never placed, no waiting even with a window. The same open not flagged waits
@@ -2072,6 +2175,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("ea.slave.T45", s45_legs_in_doubt_are_asked_never_placed),
     ("ea.slave.T46", s46_a_leg_answer_out_of_turn_is_ignored),
     ("ea.slave.T47", s47_a_catch_up_beyond_the_guard_expires),
+    (
+        "ea.slave.T48",
+        s48_an_open_waits_while_a_sized_open_is_in_doubt,
+    ),
+    (
+        "ea.slave.T49",
+        s49_the_waiting_open_is_decided_when_the_broker_answers,
+    ),
 ];
 
 fn run(tid: &str) {
@@ -2081,6 +2192,12 @@ fn run(tid: &str) {
         .expect("scenario registered");
     let seen = f();
     assert!(seen.contains(&tid), "{tid} did not fire; saw {seen:?}");
+}
+
+#[test]
+fn t48_t49_exposure_of_a_sized_open_in_doubt() {
+    run("ea.slave.T48");
+    run("ea.slave.T49");
 }
 
 #[test]

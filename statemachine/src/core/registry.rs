@@ -40,7 +40,7 @@ transitions! {
             "heartbeat timer (heartbeat_interval_ms)" => "unchanged";
             "DeliveryHeartbeat{core, agent config} to every Online non-compat agent; timer re-armed",
         Silent = "T06": "Online",
-            "heartbeat timer and no message for 3 · heartbeat_interval_ms" => "Offline";
+            "heartbeat timer and no message for 3 · max(heartbeat_interval_ms, the agents' heartbeat_interval_ms)" => "Offline";
             "log AgentOffline; its live deliveries Parked (core.delivery.T16)",
         Disconnected = "T07": "Online",
             "stream ended" => "Offline";
@@ -271,7 +271,13 @@ impl Core {
     pub(crate) fn on_heartbeat_tick(&mut self, now: Instant) {
         let interval = self.heartbeat_interval();
         self.fire(RegistryT::Tick.spec(), Subject::None);
-        let silence = crate::time::Duration(interval.0.saturating_mul(3));
+        // Agents heartbeat at the interval the core pushes them (agent config), which may be
+        // longer than the core's own tick: judging them by the tick alone would declare every
+        // agent offline before its first heartbeat, again after each reconnect, forever.
+        let agent_every = crate::time::Duration::from_millis(
+            self.cfg.agent_delivery.heartbeat_interval_ms.into(),
+        );
+        let silence = crate::time::Duration(interval.0.max(agent_every.0).saturating_mul(3));
         let mut silent = Vec::new();
         let mut live = Vec::new();
         for (id, e) in &self.registry.agents {

@@ -79,7 +79,7 @@ transitions! {
         NoPosition = "T10": "persisting", "persist result Ok for its write-ahead record; a modify/close of a ticket with no open position (a close of a ticket it closed in full is T26; a modify or full close of a ticket holding one of its pending orders goes to the broker — the order may have filled on its own)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing",
         WriteAheadFailed = "T11": "persisting", "persist result Failed for its write-ahead record" => "(none)"; "ToAgent(PipeAck{Retry}); the command is forgotten, so a redelivery starts afresh; counted write_ahead_failures",
         NotYetDurable = "T12": "persisting, or recording a CANCELLED result", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Retry}) — Ok would claim a durability not yet reported",
-        Repeated = "T13": "executing / waiting_price / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
+        Repeated = "T13": "executing / waiting_price / waiting_exposure / in_doubt / recording / record_retry_wait / executed", "the same command_id again" => "unchanged"; "ToAgent(PipeAck{Ok}); if executed, ToAgent(Execution(stored result)) again; never placed again; counted duplicates",
         BrokerAnswered = "T14": "executing / in_doubt", "handle_broker_result(Filled or Rejected)" => "recording"; "PersistExecuted{op, command_id, result}",
         BrokerIgnored = "T15": "any", "handle_broker_result for an unknown command or one already answered" => "unchanged"; "counted ignored_broker_results",
         Executed = "T16": "recording", "persist result Ok for its result record" => "executed"; "ToAgent(Execution(result)); open positions updated from the result",
@@ -112,6 +112,8 @@ transitions! {
         RecoveredSplitInDoubt = "T45": "(durable)", "recover(): a write-ahead record without a result of an open with split allowed, or of a modify / close of a split position" => "in_doubt (legs)"; "QueryLeg{leg 0}, then each further leg in turn (an open's until one did not fill; a split position's every step, planned again from its durable legs) — asked of the broker by order id, never placed again",
         LegIgnored = "T46": "any", "handle_leg_result for a command without legs, or a leg that is not its current one (stale, repeated)" => "unchanged"; "counted ignored_broker_results",
         CatchUpExpired = "T47": "persisting", "persist result Ok for the write-ahead record of an open sent as a catch-up (Execute.catch_up) whose price is beyond deviation/max_points (policy::catchup::admit)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with EXPIRED} — never placed and never waiting for the price (the wait window is for live opens); counted terms_refused and catch_up_expired",
+        WaitExposure = "T48": "persisting", "persist result Ok for the write-ahead record of an open or a PlacePending whose copy terms limit max_total_lots, while an open recovered in doubt (T22, T45) was sized by this EA (its ExecTerms.sizing is not FINAL: the lots it placed are not in its write-ahead record, so the exposure is not known until the broker answers the query)" => "waiting_exposure"; "ToAgent(PipeAck{Ok}); nothing placed, no timer",
+        ExposureKnown = "T49": "waiting_exposure", "the broker answered the last open recovered in doubt with a size this EA chose (its answered lots count from now on, as a reservation until its result is durable)" => "executing, waiting_price or recording"; "the copy terms decide as at T09 / T28 / T27 / T47 (or T31 / T32 for a PlacePending), counting the answered lots; nothing is acknowledged again"
     }
 }
 
@@ -128,6 +130,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("executing", "write-ahead durable, PipeAck{Ok} sent, PlaceOrder issued; waits for the broker"),
         ("executing (legs)", "a split open or a command on a split position: its broker steps (legs) are placed one at a time, each with its own order id (PlaceLeg); waits for the current one's answer"),
         ("waiting_price", "an open's write-ahead durable, PipeAck{Ok} sent, not placed: its price is beyond the deviation guard and the wait window is open (not durable: after a crash it is in_doubt and the broker says it was never placed)"),
+        ("waiting_exposure", "an open's (or PlacePending's) write-ahead durable, PipeAck{Ok} sent, not placed: its terms limit max_total_lots and an open recovered in doubt has lots this EA sized and the broker has not reported yet (not durable: after a crash it is in_doubt and the broker says it was never placed)"),
         ("in_doubt", "found after a crash with a write-ahead record and no result; QueryOrder issued; waits for the broker"),
         ("in_doubt (legs)", "in_doubt for a split open or a command on a split position: its legs are asked of the broker one at a time (QueryLeg), never placed"),
         ("recording", "the broker answered; PersistExecuted issued, not yet durable"),
@@ -144,7 +147,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         "Unfinished commands are bounded by `max_pending`; beyond it the EA answers RETRY, never drops silently.",
         "The same command_id always gets the same verdict: refused stays refused, executed is answered from its stored result.",
         "A cancelled command is never placed: its CANCELLED result is durable before it is reported, and every later delivery of it is answered from that result.",
-        "An open is placed only with a volume its copy terms sized from the facts of that moment: within the broker's limits and on its step, never above the risk budget (unless trade_min), never beyond max_open_positions / max_total_lots counting the opens already placed, never beyond the deviation guard.",
+        "An open is placed only with a volume its copy terms sized from the facts of that moment: within the broker's limits and on its step, never above the risk budget (unless trade_min), never beyond max_open_positions / max_total_lots counting the opens already placed (one recovered in doubt with the lots the broker reports for it: until then an open limited by max_total_lots waits, T48/T49), never beyond the deviation guard.",
         "Bounded: executed records <= max_executed_retained plus those executed within min_retained_ms (oldest evicted first, T39), tickets closed in full <= max_executed_retained (oldest forgotten first), refusals <= FAILED_MEMORY, symbols <= MAX_SYMBOLS; an unfinished command is never evicted, and open positions never depend on which records are retained.",
         "durable_image() is exactly what the EA's file must hold to recover the same dedupe set, positions and commands in doubt: the retained records oldest first, a positions row, then every unfinished command whose write-ahead is durable; it is offered only when no storage write is in flight.",
     ],
@@ -346,6 +349,7 @@ enum State {
     Executing,
     InDoubt,
     WaitingPrice,
+    WaitingExposure,
     Recording { op: OpId, result: ExecutionResult },
     RecordRetryWait { result: ExecutionResult },
     Executed { result: ExecutionResult },
@@ -433,6 +437,9 @@ pub struct SlaveExecutor {
     /// Opens placed (or in doubt) whose result is not recorded yet: they count against the
     /// exposure limits like open positions.
     reserved: BTreeMap<CommandId, Volume>,
+    /// Opens recovered in doubt that this EA sized itself: their reservation is only the
+    /// master's lots of the write-ahead record until the broker answers (T48/T49).
+    unsized_in_doubt: BTreeSet<CommandId>,
     /// position id → its legs (ticket, lots), for the positions held as several orders (a
     /// split open); `positions` holds their total under the same id. From durable results.
     legs: BTreeMap<i64, Vec<(i64, f64)>>,
@@ -463,6 +470,7 @@ impl SlaveExecutor {
             symbols: BTreeMap::new(),
             quotes: BTreeMap::new(),
             reserved: BTreeMap::new(),
+            unsized_in_doubt: BTreeSet::new(),
             legs: BTreeMap::new(),
         }
     }
@@ -559,12 +567,17 @@ impl SlaveExecutor {
                     s.fire(T::RecoveredExecuted, subject);
                 }
                 None => {
-                    if let CommandBody::Execute { volume, .. }
-                    | CommandBody::PlacePending { volume, .. } = &rec.command.body
+                    if let CommandBody::Execute { volume, terms, .. }
+                    | CommandBody::PlacePending { volume, terms, .. } = &rec.command.body
                     {
                         // Maybe placed: it counts against the exposure limits until answered.
                         s.reserved
                             .insert(id.clone(), Volume::from_lots(*volume).unwrap_or_default());
+                        if terms.sizing != SlaveSizing::Final {
+                            // `volume` is the master's lots; what was placed is the broker's
+                            // to say (T48).
+                            s.unsized_in_doubt.insert(id.clone());
+                        }
                     }
                     let steps = s.doubt_steps(&rec.command.body);
                     let split = steps.is_some();
@@ -643,7 +656,10 @@ impl SlaveExecutor {
                 State::Recording { result, .. } | State::RecordRetryWait { result } => {
                     result.status != BrokerStatus::Cancelled
                 }
-                State::Executing | State::InDoubt | State::WaitingPrice => true,
+                State::Executing
+                | State::InDoubt
+                | State::WaitingPrice
+                | State::WaitingExposure => true,
             })
             .map(|e| {
                 DurableRow::Record(ExecutedRecord {
@@ -743,6 +759,12 @@ impl SlaveExecutor {
         match (&entry.state, result) {
             (State::Persisting { op: cur }, Ok(())) if *cur == op => {
                 let body = entry.command.body.clone();
+                if self.waits_for_exposure(&body) {
+                    self.fire(T::WaitExposure, subject);
+                    self.pipe_ack(&id, PipeStatus::Ok, None);
+                    self.set_state(&id, State::WaitingExposure);
+                    return;
+                }
                 if body_is_pending(&body) {
                     self.execute_pending(id, body, subject);
                     return;
@@ -842,49 +864,8 @@ impl SlaveExecutor {
                     }
                     _ => body,
                 };
-                if let CommandBody::Execute {
-                    terms, catch_up, ..
-                } = &body
-                {
-                    let window = Duration::from_millis(terms.deviation_window_ms.into());
-                    // A catch-up never waits for the price: beyond the guard it has expired.
-                    let catch_up = *catch_up
-                        && !crate::mutants::active(crate::mutants::Mutant::CatchUpIgnoresFlag);
-                    let may_wait = terms.deviation_window_ms > 0 && !catch_up;
-                    // The write-ahead is durable: whatever the terms decide, the EA owns it.
-                    match self.decide(&body, may_wait) {
-                        OpenDecision::Refuse(SkipReason::PriceDeviation) if catch_up => {
-                            let reason = crate::policy::catchup::admit(
-                                crate::policy::catchup::CatchUpPolicy::default(),
-                                crate::msg::IntentKind::Open,
-                                0,
-                                true,
-                                false,
-                            )
-                            .err()
-                            .unwrap_or(SkipReason::Expired);
-                            self.fire(T::CatchUpExpired, subject);
-                            self.pipe_ack(&id, PipeStatus::Ok, None);
-                            self.m.catch_up_expired += 1;
-                            self.refuse_open(&id, reason);
-                        }
-                        OpenDecision::Place(v) => {
-                            self.fire(T::Place, subject);
-                            self.pipe_ack(&id, PipeStatus::Ok, None);
-                            self.place_open(id, body, v);
-                        }
-                        OpenDecision::WaitForPrice => {
-                            self.fire(T::WaitPrice, subject);
-                            self.pipe_ack(&id, PipeStatus::Ok, None);
-                            self.set_state(&id, State::WaitingPrice);
-                            self.arm(&id, now + window);
-                        }
-                        OpenDecision::Refuse(r) => {
-                            self.fire(T::TermsRefused, subject);
-                            self.pipe_ack(&id, PipeStatus::Ok, None);
-                            self.refuse_open(&id, r);
-                        }
-                    }
+                if let CommandBody::Execute { .. } = &body {
+                    self.decide_open_now(now, id, body, subject, true);
                 } else if known_position {
                     self.set_state(&id, State::Executing);
                     self.m.placed += 1;
@@ -976,7 +957,8 @@ impl SlaveExecutor {
             }
             _ => self.fire(T::BrokerAnswered, subject),
         }
-        self.issue_record(&command_id, result);
+        self.issue_record(&command_id, result.clone());
+        self.learn_in_doubt_size(now, &command_id, &result);
     }
 
     /// What the broker answered to a `PlaceLeg` or `QueryLeg` (leg `leg` of `command_id`).
@@ -1020,7 +1002,8 @@ impl SlaveExecutor {
             None => {
                 self.fire(T::LegsDone, subject);
                 if let Some(result) = self.steps_result(&command_id) {
-                    self.issue_record(&command_id, result);
+                    self.issue_record(&command_id, result.clone());
+                    self.learn_in_doubt_size(now, &command_id, &result);
                 }
             }
         }
@@ -1947,22 +1930,7 @@ impl SlaveExecutor {
     /// the broker as is; a trigger converges the slave's pending order to the master's fill.
     fn execute_pending(&mut self, id: CommandId, body: CommandBody, subject: Subject) {
         if let CommandBody::PlacePending { .. } = &body {
-            self.pipe_ack(&id, PipeStatus::Ok, None);
-            match self.decide(&body, false) {
-                OpenDecision::Place(v) => {
-                    self.fire(T::PlacePending, subject);
-                    self.place_open(id, body, v);
-                }
-                OpenDecision::Refuse(r) => {
-                    self.fire(T::PendingRefused, subject);
-                    self.refuse_open(&id, r);
-                }
-                // A placement has no deviation guard, so it never waits.
-                OpenDecision::WaitForPrice => {
-                    self.fire(T::PendingRefused, subject);
-                    self.refuse_open(&id, SkipReason::PriceDeviation);
-                }
-            }
+            self.decide_placement(id, body, subject, true);
             return;
         }
         let ticket = body.slave_ticket();
@@ -2045,6 +2013,166 @@ impl SlaveExecutor {
             command_id: id,
             body: order,
         });
+    }
+
+    /// An open whose write-ahead is durable, decided by its copy terms with the facts of
+    /// this moment. `first`: straight from its write-ahead (fires T09 / T28 / T27 / T47 and
+    /// acknowledges it); otherwise it waited for its exposure (T49 already fired and acked).
+    fn decide_open_now(
+        &mut self,
+        now: Instant,
+        id: CommandId,
+        body: CommandBody,
+        subject: Subject,
+        first: bool,
+    ) {
+        let CommandBody::Execute {
+            terms, catch_up, ..
+        } = &body
+        else {
+            return;
+        };
+        let window = Duration::from_millis(terms.deviation_window_ms.into());
+        // A catch-up never waits for the price: beyond the guard it has expired.
+        let catch_up =
+            *catch_up && !crate::mutants::active(crate::mutants::Mutant::CatchUpIgnoresFlag);
+        let may_wait = terms.deviation_window_ms > 0 && !catch_up;
+        let announce = |me: &mut Self, t: T| {
+            if first {
+                me.fire(t, subject.clone());
+                me.pipe_ack(&id, PipeStatus::Ok, None);
+            }
+        };
+        // The write-ahead is durable: whatever the terms decide, the EA owns it.
+        match self.decide(&body, may_wait) {
+            OpenDecision::Refuse(SkipReason::PriceDeviation) if catch_up => {
+                let reason = crate::policy::catchup::admit(
+                    crate::policy::catchup::CatchUpPolicy::default(),
+                    crate::msg::IntentKind::Open,
+                    0,
+                    true,
+                    false,
+                )
+                .err()
+                .unwrap_or(SkipReason::Expired);
+                announce(self, T::CatchUpExpired);
+                self.m.catch_up_expired += 1;
+                self.refuse_open(&id, reason);
+            }
+            OpenDecision::Place(v) => {
+                announce(self, T::Place);
+                self.place_open(id, body, v);
+            }
+            OpenDecision::WaitForPrice => {
+                announce(self, T::WaitPrice);
+                self.set_state(&id, State::WaitingPrice);
+                self.arm(&id, now + window);
+            }
+            OpenDecision::Refuse(r) => {
+                announce(self, T::TermsRefused);
+                self.refuse_open(&id, r);
+            }
+        }
+    }
+
+    /// Whether an open (or placement) must wait for its exposure (T48): its terms limit the
+    /// total lots, and an open recovered in doubt holds lots this EA sized that the broker
+    /// has not reported yet.
+    fn waits_for_exposure(&self, body: &CommandBody) -> bool {
+        let limited = match body {
+            CommandBody::Execute { terms, .. } | CommandBody::PlacePending { terms, .. } => {
+                terms.max_total_lots > 0.0
+            }
+            _ => false,
+        };
+        limited && self.exposure_unknown()
+    }
+
+    fn exposure_unknown(&self) -> bool {
+        self.unsized_in_doubt.iter().any(|id| {
+            self.commands
+                .get(id)
+                .is_some_and(|e| e.state == State::InDoubt)
+        })
+    }
+
+    /// The broker answered an open recovered in doubt (`result`, about to be recorded): its
+    /// reservation becomes what the broker reports, and once no sized lots are unknown, every
+    /// open waiting for its exposure is decided (T49), in command order.
+    fn learn_in_doubt_size(&mut self, now: Instant, id: &CommandId, result: &ExecutionResult) {
+        if !self.unsized_in_doubt.remove(id) {
+            return;
+        }
+        if result.status == BrokerStatus::Filled {
+            let lots = Volume::from_lots(result.filled_volume).unwrap_or_default();
+            self.reserved.insert(id.clone(), lots);
+        } else {
+            self.reserved.remove(id);
+        }
+        // Lazily forget entries that left in_doubt some other way.
+        let unknown: BTreeSet<CommandId> = self
+            .unsized_in_doubt
+            .iter()
+            .filter(|i| {
+                self.commands
+                    .get(*i)
+                    .is_some_and(|e| e.state == State::InDoubt && *i != id)
+            })
+            .cloned()
+            .collect();
+        self.unsized_in_doubt = unknown;
+        if !self.unsized_in_doubt.is_empty() {
+            return;
+        }
+        let waiting: Vec<(CommandId, CommandBody)> = self
+            .commands
+            .iter()
+            .filter(|(_, e)| e.state == State::WaitingExposure)
+            .map(|(i, e)| (i.clone(), e.command.body.clone()))
+            .collect();
+        for (wid, body) in waiting {
+            let subject = Subject::Command(wid.clone());
+            self.fire(T::ExposureKnown, subject.clone());
+            if body_is_pending(&body) {
+                self.decide_placement(wid, body, subject, false);
+            } else {
+                self.decide_open_now(now, wid, body, subject, false);
+            }
+        }
+    }
+
+    /// A PlacePending decided by its copy terms (T31 / T32); `first` as for
+    /// [`Self::decide_open_now`].
+    fn decide_placement(
+        &mut self,
+        id: CommandId,
+        body: CommandBody,
+        subject: Subject,
+        first: bool,
+    ) {
+        if first {
+            self.pipe_ack(&id, PipeStatus::Ok, None);
+        }
+        let fire = |me: &mut Self, t: T| {
+            if first {
+                me.fire(t, subject.clone());
+            }
+        };
+        match self.decide(&body, false) {
+            OpenDecision::Place(v) => {
+                fire(self, T::PlacePending);
+                self.place_open(id, body, v);
+            }
+            OpenDecision::Refuse(r) => {
+                fire(self, T::PendingRefused);
+                self.refuse_open(&id, r);
+            }
+            // A placement has no deviation guard, so it never waits.
+            OpenDecision::WaitForPrice => {
+                fire(self, T::PendingRefused);
+                self.refuse_open(&id, SkipReason::PriceDeviation);
+            }
+        }
     }
 
     /// The copy terms' decision about an open command with the facts of this moment.
