@@ -32,22 +32,29 @@
 //! core's counters are printed (backpressure, journal failures — a full journal queue answers
 //! `Failed{retryable}` and the machine backs off —, retries, resends, pipe retries).
 //!
-//! Where the time goes (2026-12-03, session 6; 2 vCPU shared by Postgres, the core, both
+//! `--terminal-dir DIR` puts the reference terminals' files elsewhere (e.g. `/dev/shm`): in
+//! production each EA's write-ahead and its broker live on the trading host, not on the disk
+//! of Echo's journal; on this one VM the 11 terminals' three fsyncs per batch queue on the same
+//! disk as Postgres and the agents' ledgers.
+//!
+//! Where the time goes (2026-12-03, session 7; 2 vCPU shared by Postgres, the core, both
 //! agents and the 11 terminals; run-to-run spread on this VM is large — repeat a rate before
-//! trusting it): Postgres, 1 master × 10 slaves, `--workers 32 --queue-depth 128`. Light load
-//! meets the 10 ms target (100 intents/s: p50 3.6 ms, p99 6.7 ms); 1 000/s keeps up (≈ 9 950
-//! executions/s) with p50 33–37 ms, p99 80–100 ms at `--concurrent 128`/`1000`, and p50
-//! 76–320 ms, p99 0.3–0.8 s at the default 16 (a trade's intents are delivered one after the
-//! other to each slave — per-trade order — so 16 trades at 1 000/s means 62 intents/s per
-//! trade, each waiting for the previous one's confirmation). 1 500/s is overload: it settles
-//! with no re-sends thanks to the send windows (`agent_window`, `max_pipe_inflight`; 12 500
-//! executions/s, p99 2.3 s with the windows alone, 7 900/s and p99 9.4 s once the core's
-//! backlog bound answers the master BROKER_BUSY — "slave backlog" below — and the master backs
-//! off); before the windows the core's ack timeouts turned overload into a retry storm
-//! (107 000 re-sends, not settled). CPU at 1 000/s (perf, system-wide):
-//! Postgres 34 %, terminal threads 25 % (their fsyncs), tokio workers 22 %, the agents' redb
-//! ledger threads 13 %: the machine is saturated, and queueing, not any one step, makes the
-//! latency.
+//! trusting it; interleave any A/B). Postgres, 1 master × 10 slaves, `--workers 32
+//! --queue-depth 128 --concurrent 128`, 1 000 intents/s (≈ 10 000 executions/s, keeps up):
+//! terminals beside the data p50 31–34 ms, p99 72–94 ms; with `--terminal-dir /dev/shm` p50
+//! 13–15 ms, p99 52–76 ms (30 s run: p50 14.5 ms, p99 57.8 ms; per-second p99 23–40 ms with
+//! spikes to ~100 ms when journal batches of 300–500 writes take 20–38 ms — see the
+//! `slow journal batch` warnings with `RUST_LOG=warn`). At the default `--concurrent 16` add
+//! 20–40 ms (a trade's intents are delivered one after the other to each slave — per-trade
+//! order — so 16 trades at 1 000/s means 62 intents/s per trade, each waiting for the previous
+//! one's confirmation). Lighter load, terminals in /dev/shm: 100/s p50 2.6 ms; 250/s p50
+//! 3.6 ms; 500/s p50 7.5 ms, p99 30 ms; 750/s p50 11 ms, p99 26 ms. CPU at 1 000/s with
+//! the terminals in /dev/shm: 1.85 of the 2 cores busy — Postgres 0.72, tokio workers (core,
+//! agents, gRPC) 0.49, the agents' redb ledger threads 0.25, the terminals 0.34 — so ~185 µs of
+//! CPU per copy, ~145 µs of it Echo's own (core, agents, journal): the machine is saturated
+//! and the tail is queueing behind the CPU, not one slow step. 1 500/s is overload: it settles
+//! with no re-sends thanks to the send windows (`agent_window`, `max_pipe_inflight`) and the
+//! core's backlog bound answers the master BROKER_BUSY ("slave backlog" below).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -502,7 +509,8 @@ async fn run_once(a: &Args, rate: u64, run: usize) -> Result<RunResult, String> 
     if a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    if a.terminal_dir.is_some() {
+    // Kept with `--dir` (for a look at the files), like the rest of the run's data.
+    if a.terminal_dir.is_some() && a.dir.is_none() {
         let _ = std::fs::remove_dir_all(&terminals);
     }
     Ok(r)

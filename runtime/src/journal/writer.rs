@@ -190,7 +190,14 @@ async fn commit_batch(
         let _ = store.run_batch(&writes).await;
         return;
     }
+    let started = std::time::Instant::now();
     let outcome = attempt(store, &batch, stats, opts).await;
+    let ms = started.elapsed().as_millis();
+    if ms >= 20 {
+        // Every write of the batch waited this long for its answer; the latency budget is
+        // ~10 ms end to end.
+        tracing::warn!(ms = ms as u64, writes = batch.len(), "slow journal batch");
+    }
     match outcome {
         Ok(ok) => answer_ok(batch, ok, stats, waker),
         Err(e) if failed_retryable(&e) || batch.len() == 1 => {

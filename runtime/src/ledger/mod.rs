@@ -239,6 +239,9 @@ impl Ledger {
 /// read from the OS page cache.
 pub const LEDGER_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// A commit (with its fsync) this slow is logged: the latency budget is ~10 ms end to end.
+const SLOW_COMMIT_MS: u128 = 20;
+
 fn create_db(path: &Path) -> Result<Database, redb::DatabaseError> {
     let mut b = redb::Builder::new();
     b.set_cache_size(LEDGER_CACHE_BYTES);
@@ -343,8 +346,14 @@ impl ledger_batches::Store for Store {
         let Some(db) = &self.db else {
             return Err(true);
         };
+        let started = std::time::Instant::now();
         match commit(db, batch) {
             Ok(()) => {
+                let ms = started.elapsed().as_millis();
+                if ms >= SLOW_COMMIT_MS {
+                    // Every write of the batch waited this long for its AGENT_BUFFERED.
+                    tracing::warn!(ms = ms as u64, writes = batch.len(), "slow ledger commit");
+                }
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 let deletes = batch
                     .iter()
