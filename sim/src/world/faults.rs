@@ -273,20 +273,18 @@ impl World {
                     return;
                 }
                 self.fault("crash", format!("agent-{a}"));
-                self.disconnect(a, "agent crashed");
-                for ea in self.eas_of(a) {
-                    self.close_pipe(ea);
+                if self.reconfig_rng.chance(self.workload.half_open, 1_000) {
+                    // Half-open: the core does not learn that the stream ended.
+                    self.fault(
+                        "half_open",
+                        format!("the core does not see agent-{a}'s stream end"),
+                    );
+                    self.drop_link_silently(a);
+                } else {
+                    self.disconnect(a, "agent crashed");
                 }
-                self.agents[a] = None;
-                self.agent_epoch[a] += 1;
-                self.md_crash(a);
                 // Unsynced ledger writes may or may not have reached the disk.
-                let pending = std::mem::take(&mut self.ledger_pending[a]);
-                for (_, rec) in pending {
-                    if self.draw(f).chance(1, 2) {
-                        self.ledgers[a].insert(rec.command.command_id.clone(), rec);
-                    }
-                }
+                self.agent_down(a, Some(f));
             }
             Node::Ea(ea) => {
                 if !self.ea_up(ea) {
@@ -338,6 +336,34 @@ impl World {
         self.at(down, Ev::Restart { node });
     }
 
+    /// A clean stop of agent `a` (not a crash): its link and pipes close, and every ledger
+    /// write it issued completes first.
+    pub(super) fn stop_agent(&mut self, a: usize, why: &str) {
+        if self.agents[a].is_none() {
+            return;
+        }
+        self.disconnect(a, why);
+        self.agent_down(a, None);
+    }
+
+    /// Agent `a` is gone (its link already handled): its pipes close and its ledger writes
+    /// in flight land — every one (`torn: None`, a clean stop) or each by a coin from
+    /// `torn`'s stream (a crash: an unsynced write may or may not have reached the disk).
+    fn agent_down(&mut self, a: usize, torn: Option<F>) {
+        for ea in self.eas_of(a) {
+            self.close_pipe(ea);
+        }
+        self.agents[a] = None;
+        self.agent_epoch[a] += 1;
+        self.md_crash(a);
+        let pending = std::mem::take(&mut self.ledger_pending[a]);
+        for (_, rec) in pending {
+            if torn.is_none_or(|f| self.draw(f).chance(1, 2)) {
+                self.ledgers[a].insert(rec.command.command_id.clone(), rec);
+            }
+        }
+    }
+
     pub(super) fn heal(&mut self) {
         self.faults_on = false;
         self.healed_at = Some(self.now);
@@ -354,6 +380,11 @@ impl World {
             self.restart(Node::Core);
         }
         for a in 0..self.agents.len() {
+            if self.agents[a].is_some() && self.agent_served[a] != self.agent_accounts[a] {
+                // Its operator restores its configuration: a clean restart (every ledger
+                // write it issued completes), with every account again.
+                self.stop_agent(a, "agent restarted with its full configuration");
+            }
             if self.agents[a].is_none() {
                 self.restart(Node::Agent(a));
             }

@@ -225,6 +225,11 @@ pub struct World {
     agent_epoch: Vec<u64>,
     agent_ids: Vec<AgentId>,
     agent_accounts: Vec<Vec<(AccountId, Role)>>,
+    /// The accounts each agent serves in its current life: `agent_accounts`, less one slave
+    /// after a reconfigured restart (`Workload::agent_reconfig`).
+    agent_served: Vec<Vec<(AccountId, Role)>>,
+    /// Draws of the reconfigured restarts, a stream of its own (see `agent_reconfig`).
+    reconfig_rng: Rng,
     links: Vec<Link>,
     masters: Vec<Option<IntentQueue>>,
     master_epoch: Vec<u64>,
@@ -390,6 +395,9 @@ impl World {
         } else {
             Workload::none()
         };
+        if faults {
+            (workload.agent_reconfig, workload.half_open) = Workload::agent_restart_rates(seed);
+        }
         for (name, rate) in workload.rates_mut() {
             if zeroed.iter().any(|z| z == name) {
                 *rate = 0;
@@ -498,7 +506,9 @@ impl World {
             agents: (0..n_agents).map(|_| None).collect(),
             agent_epoch: vec![0; n_agents],
             agent_ids,
+            agent_served: agent_accounts.clone(),
             agent_accounts,
+            reconfig_rng: Rng::new(seed ^ 0x2EC0_F16A_A6E7_5EED),
             links: vec![Link::default(); n_agents],
             masters: (0..n_m).map(|_| None).collect(),
             master_epoch: vec![0; n_m],

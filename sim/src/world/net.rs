@@ -55,6 +55,27 @@ impl World {
         self.drain::<AgentM>(a, "core connected");
     }
 
+    /// The agent's end of the stream is gone but the core was not told (a half-open
+    /// connection): whatever either side sends on it is lost; the agent reconnects on a new
+    /// stream when it restarts (or after a delay if it is still up).
+    pub(super) fn drop_link_silently(&mut self, a: usize) {
+        if !self.links[a].connected {
+            return;
+        }
+        self.links[a].connected = false;
+        self.links[a].gen += 1;
+        let now = self.now;
+        if let Some(agent) = self.agents[a].as_mut() {
+            agent.handle_core_disconnected(now);
+        }
+        self.drain::<AgentM>(a, "stream lost (half-open)");
+        if !self.links[a].reconnect_pending {
+            self.links[a].reconnect_pending = true;
+            let d = Duration::from_millis(self.reconfig_rng.range(20, 300));
+            self.at(d, Ev::Reconnect { agent: a });
+        }
+    }
+
     pub(super) fn disconnect(&mut self, a: usize, why: &str) {
         if !self.links[a].connected {
             return;

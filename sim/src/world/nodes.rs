@@ -481,9 +481,27 @@ impl World {
 
     pub(super) fn start_agent(&mut self, a: usize) {
         let ledger: Vec<LedgerRecord> = self.ledgers[a].values().cloned().collect();
+        let mut accounts = self.agent_accounts[a].clone();
+        let slaves: Vec<usize> = (0..accounts.len())
+            .filter(|i| accounts[*i].1 == Role::Slave)
+            .collect();
+        if self.faults_on
+            && !slaves.is_empty()
+            && self
+                .reconfig_rng
+                .chance(self.workload.agent_reconfig, 1_000)
+        {
+            let i = slaves[self.reconfig_rng.below(slaves.len() as u64) as usize];
+            let (gone, _) = accounts.remove(i);
+            self.fault(
+                "agent_reconfig",
+                format!("agent-{a} restarts configured without {gone}"),
+            );
+        }
+        self.agent_served[a] = accounts.clone();
         self.agents[a] = Some(DeliveryManager::recover(
             self.agent_ids[a].clone(),
-            self.agent_accounts[a].clone(),
+            accounts,
             self.core_cfg.agent_delivery,
             self.cfg.capacity.agent_limits(),
             ledger,
@@ -579,11 +597,15 @@ impl World {
     }
 
     pub(super) fn open_pipe(&mut self, ea: Ea) {
+        let a = self.agent_of(ea);
+        let account = self.account_of(ea);
+        if !self.agent_served[a].iter().any(|(acc, _)| *acc == account) {
+            // The agent opened no socket for an account it is not configured for.
+            return;
+        }
         let entry = self.pipes.entry(ea).or_insert((0, false));
         entry.0 += 1;
         entry.1 = true;
-        let a = self.agent_of(ea);
-        let account = self.account_of(ea);
         let now = self.now;
         if let Some(agent) = self.agents[a].as_mut() {
             agent.handle_pipe_connected(now, account);

@@ -196,6 +196,18 @@ pub struct Workload {
     /// Chance per 100 ms that one slave's pending order fills on its own at its broker (‰),
     /// before (or without) its master's trigger.
     pub pending_fill: u64,
+    /// Chance per agent (re)start during the fault phase that it comes back configured without
+    /// one of its slave accounts (‰): its operator removed the account from it. The agent
+    /// says hello without it, opens no pipe for it, and keeps its ledger; the slave's
+    /// deliveries wait for an agent that serves it — this one, once it restarts with its full
+    /// configuration (at the latest when the faults heal). Drawn from a stream of its own, so
+    /// the seeds' other draws are where they were before this rate existed.
+    pub agent_reconfig: u64,
+    /// Chance per agent crash that the core does not see its stream end (‰): a half-open
+    /// connection (the host vanished, no FIN, no RST). The core keeps the agent online until
+    /// its restarted self says hello on a new stream (a re-hello of an online agent) or its
+    /// silence times out. Drawn from the same stream of its own as `agent_reconfig`.
+    pub half_open: u64,
 }
 
 impl Workload {
@@ -208,6 +220,8 @@ impl Workload {
             malformed: 0,
             pending: 0,
             pending_fill: 0,
+            agent_reconfig: 0,
+            half_open: 0,
         }
     }
 
@@ -236,7 +250,22 @@ impl Workload {
             malformed,
             pending,
             pending_fill,
+            // Drawn by the world from their own stream (`World::with_zeroed`).
+            agent_reconfig: 0,
+            half_open: 0,
         }
+    }
+
+    /// The `agent_reconfig` and `half_open` rates of a faulty seed, from a generator of
+    /// their own.
+    pub fn agent_restart_rates(seed: u64) -> (u64, u64) {
+        let mut r = Rng::new(seed ^ 0xA6E7_2EC0_F16A_3D01);
+        let mut rate = || match r.below(3) {
+            0 => 0,
+            _ => r.range(1, 500),
+        };
+        let reconfig = rate();
+        (reconfig, rate())
     }
 }
 
@@ -249,6 +278,8 @@ impl Workload {
             ("malformed", &mut self.malformed),
             ("pending", &mut self.pending),
             ("pending_fill", &mut self.pending_fill),
+            ("agent_reconfig", &mut self.agent_reconfig),
+            ("half_open", &mut self.half_open),
         ]
     }
 }
@@ -257,12 +288,14 @@ impl std::fmt::Display for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "md_burst={} sub_change={} malformed={} pending={} pending_fill={} (‰) compat_agent={}",
+            "md_burst={} sub_change={} malformed={} pending={} pending_fill={} agent_reconfig={} half_open={} (‰) compat_agent={}",
             self.md_burst,
             self.sub_change,
             self.malformed,
             self.pending,
             self.pending_fill,
+            self.agent_reconfig,
+            self.half_open,
             match self.compat_agent {
                 Some(a) => format!("agent-{a}"),
                 None => "none".into(),

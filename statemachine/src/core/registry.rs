@@ -26,10 +26,10 @@ transitions! {
     pub enum RegistryT ("core.registry") {
         Hello = "T01": "Unknown | Offline | Online",
             "AgentHello{protocol_version = current, supports_lossless_delivery}" => "Online";
-            "CoreHello{accepted, delivery config}; parked deliveries of its slave accounts re-sent",
+            "CoreHello{accepted, delivery config}; parked deliveries of its slave accounts re-sent (a re-hello of an Online agent is a new session: its slaves' live deliveries are parked first, as at T07, so those it still serves are re-sent and one it no longer serves waits for the agent that does)",
         HelloCompat = "T02": "Unknown | Offline | Online",
             "AgentHello from a legacy peer (older protocol_version or no lossless support)" => "Online(compat)";
-            "CoreHello{accepted, compat_mode}; compat_mode_total++; parked deliveries re-sent",
+            "CoreHello{accepted, compat_mode}; compat_mode_total++; parked deliveries re-sent (a re-hello: as T01)",
         HelloRefused = "T03": "any",
             "AgentHello with a newer protocol_version, no accounts, or an account another online agent serves" => "unchanged";
             "CoreHello{accepted = false, reason}",
@@ -201,9 +201,14 @@ impl Core {
             self.refuse_hello(agent, ErrorCode::ProtocolViolation);
             return;
         }
-        // A re-hello replaces the account set: drop index entries it no longer claims.
+        // A re-hello is a new session (the agent restarted or reconnected without the core
+        // seeing the old stream end — a half-open connection): what the old one was sent may
+        // be lost, and it replaces the account set. Its slaves' live deliveries are parked as
+        // at a disconnect (T07): those of the slaves it still serves are re-sent below, one it
+        // no longer serves waits Parked for the agent that does.
         if self.registry.is_online(agent) {
-            self.registry.go_offline(agent);
+            let slaves = self.registry.go_offline(agent);
+            self.park_slaves(&slaves);
         }
         let compat = h.protocol_version < PROTOCOL_VERSION || !h.supports_lossless_delivery;
         for (a, _) in &h.accounts {
