@@ -80,6 +80,9 @@ pub enum Mutant {
     /// agent: a PipeDeliveryAck OK does not free the command's place in its slave's pipe
     /// window, so once the window has filled nothing more is written to that pipe.
     PipeWindowLeaksOnAck,
+    /// core: an agent's refusal for a full table (BROKER_BUSY at AGENT_BUFFERED) counts as a
+    /// failed attempt, as before T40: a busy agent ends copies FAILED MAX_RETRIES.
+    AgentFullSpendsAttempts,
 }
 
 impl Mutant {
@@ -110,6 +113,7 @@ impl Mutant {
         Mutant::RecoveryDropsFacts,
         Mutant::WindowLeaksOnFinish,
         Mutant::PipeWindowLeaksOnAck,
+        Mutant::AgentFullSpendsAttempts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -140,6 +144,7 @@ impl Mutant {
             Mutant::RecoveryDropsFacts => "recovery-drops-facts",
             Mutant::WindowLeaksOnFinish => "window-leaks-on-finish",
             Mutant::PipeWindowLeaksOnAck => "pipe-window-leaks-on-ack",
+            Mutant::AgentFullSpendsAttempts => "agent-full-spends-attempts",
         }
     }
 

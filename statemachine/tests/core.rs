@@ -62,6 +62,7 @@ scenarios!(
     a_terms_refused_open_is_remembered_across_a_restart,
     agent_window_bounds_unbuffered_commands,
     a_full_agent_backlog_answers_the_master_broker_busy,
+    a_full_agent_spends_no_attempt,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -2123,4 +2124,112 @@ fn windowed(window: u32) -> H {
     h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
     h.take();
     h
+}
+
+/// `core.delivery.T40`: an agent whose table of active commands is full answers a command
+/// `CommandAck{AGENT_BUFFERED, FAILED, BROKER_BUSY}` (agent.delivery.T17) — it never took it.
+/// That is flow control, not a failure: the attempt is given back and the delivery waits
+/// Queued, however often the agent refuses, so a busy agent never ends a copy MAX_RETRIES.
+/// Nothing else goes to the agent until it shows life (its heartbeat, an ExecutionResult);
+/// then one command goes as a probe (T39), and once the probe is buffered, all of them.
+fn a_full_agent_spends_no_attempt() -> Vec<&'static str> {
+    let mut c = cfg();
+    c.delivery.agent_window = 8;
+    c.delivery.max_retries = 2;
+    let mut h = H::with(c);
+    h.msg("A", hello("A", &[("m1", Role::Master)]));
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    h.take();
+    let first = h.accept(intent("i1", "t1", IntentKind::Open, 1));
+    let second = h.accept(intent("i2", "t2", IntentKind::Open, 1));
+    assert_eq!((first.len(), second.len()), (2, 2));
+    let busy = |cmd: &CommandId, slave: &str| {
+        AgentToCore::CommandAck(CommandAck {
+            command_id: cmd.clone(),
+            trade_id: TradeId::new(""),
+            slave: AccountId::new(slave),
+            stage: AckStage::AgentBuffered,
+            result: AckResult::Failed,
+            error: Some(ErrorCode::BrokerBusy),
+            attempt: 1,
+        })
+    };
+    let view = |h: &H, id: &CommandId| {
+        h.core
+            .delivery_views()
+            .into_iter()
+            .find(|v| &v.command_id == id)
+            .expect("the delivery is live")
+    };
+    let refused = first[0].command_id.clone();
+    let rs = first[0].slave.as_str().to_string();
+    h.take();
+    h.msg("B", busy(&refused, &rs));
+    assert!(h.has_fired("core.delivery.T40"));
+    let v = view(&h, &refused);
+    assert_eq!((v.state, v.attempts), ("Queued", 0), "{v:?}");
+    assert!(
+        !h.writes()
+            .iter()
+            .any(|w| matches!(w, JournalWrite::RecordRetry { .. })),
+        "a busy agent is no failed attempt: {:?}",
+        h.writes()
+    );
+    // Full, the agent gets nothing new: a new trade's commands wait in its queue.
+    let third = h.accept(intent("i3", "t3", IntentKind::Open, 1));
+    assert!(third.is_empty(), "{third:?}");
+    // Its heartbeat shows life: exactly one command goes, the oldest waiting.
+    for round in 0..5 {
+        h.take();
+        h.msg("B", AgentToCore::Heartbeat);
+        let probe: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+        assert_eq!(probe, vec![refused.clone()], "round {round}");
+        // While the probe is out, life sends nothing more.
+        h.take();
+        h.msg("B", AgentToCore::Heartbeat);
+        assert!(h.commands().is_empty(), "round {round}: {:?}", h.sent());
+        // Refused again, more often than max_retries: still no attempt spent, nothing failed.
+        h.msg("B", busy(&refused, &rs));
+        let v = view(&h, &refused);
+        assert_eq!((v.state, v.attempts), ("Queued", 0), "round {round}");
+    }
+    assert!(
+        !h.writes().iter().any(|w| matches!(
+            w,
+            JournalWrite::RecordRetry { .. } | JournalWrite::FinishDelivery { .. }
+        )),
+        "{:?}",
+        h.writes()
+    );
+    // An ExecutionResult of one of its commands is life too: the probe goes, and its
+    // AGENT_BUFFERED shows room — every waiting command goes, in delivery order.
+    h.take();
+    let done = &second[0];
+    h.msg(
+        "B",
+        result(
+            &done.command_id,
+            done.slave.as_str(),
+            77,
+            BrokerStatus::Filled,
+        ),
+    );
+    let probe: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+    assert_eq!(probe, vec![refused.clone()]);
+    h.take();
+    h.msg("B", stage_ack(&refused, &rs, AckStage::AgentBuffered));
+    let rest: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+    assert_eq!(rest, vec![cmd_id("i3", "s1"), cmd_id("i3", "s2")]);
+    let v = view(&h, &refused);
+    assert_eq!((v.state, v.attempts), ("Inflight", 1), "{v:?}");
+    // Offline forgets that it was full: back, it takes its whole window at once.
+    h.take();
+    h.msg("B", busy(&rest[0], "s1"));
+    h.disconnect("B");
+    h.take();
+    h.msg("B", hello("B", &[("s1", Role::Slave), ("s2", Role::Slave)]));
+    let back: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
+    assert!(back.contains(&rest[0]), "{back:?}");
+    assert!(back.len() > 1, "{back:?}");
+    h.fired
 }

@@ -52,6 +52,15 @@ pub struct Ledgerbook {
     /// Intent → the slaves its committed AcceptIntent planned a delivery for.
     pub plan: BTreeMap<IntentId, Vec<AccountId>>,
     pub busy_acks: u64,
+    /// Command → how many times the core sent it (every life, reached the agent or not).
+    pub sends: BTreeMap<CommandId, u32>,
+    /// Send tag → the command it carried (tags number the core's Command sends).
+    pub send_tags: BTreeMap<u64, CommandId>,
+    /// Command → the tags of its sends the agent refused for a full table (agent T17) and
+    /// whose refusal reached the core.
+    pub busy_sends: BTreeMap<CommandId, BTreeSet<u64>>,
+    /// The smallest `max_retries` the core ran with in this run.
+    pub min_max_retries: u32,
 }
 
 impl World {
@@ -192,9 +201,22 @@ impl World {
         }
     }
 
-    /// Bookkeeping of a message from an agent at the moment the core receives it.
-    pub(super) fn check_to_core(&mut self, msg: &AgentToCore) {
+    /// Bookkeeping of a message from an agent at the moment the core receives it; `tag`
+    /// is the core's send the agent answered with it (0: none).
+    pub(super) fn check_to_core(&mut self, msg: &AgentToCore, tag: u64) {
         let now = self.now;
+        if let AgentToCore::CommandAck(a) = msg {
+            let busy = a.stage == AckStage::AgentBuffered
+                && a.result == AckResult::Failed
+                && a.error == Some(ErrorCode::BrokerBusy);
+            if busy && self.book.send_tags.get(&tag) == Some(&a.command_id) {
+                self.book
+                    .busy_sends
+                    .entry(a.command_id.clone())
+                    .or_default()
+                    .insert(tag);
+            }
+        }
         if let AgentToCore::ExecutionResult(r) = msg {
             self.on_result_reported(r);
             if r.status == BrokerStatus::Filled {
@@ -203,6 +225,24 @@ impl World {
                     .entry(r.command_id.clone())
                     .or_insert(now);
             }
+        }
+    }
+
+    /// A copy the core gives up on (FAILED MAX_RETRIES) was tried at least `max_retries`
+    /// times in ways the agent did not refuse for a full table: a busy agent is flow control
+    /// and must never use up a copy's attempts (core.delivery.T40). Counted from the wire —
+    /// every Command send of every core life, less the sends whose BROKER_BUSY refusal
+    /// reached the core — against the smallest `max_retries` of the run.
+    pub(super) fn check_give_up(&mut self, command_id: &CommandId) {
+        let sends = self.book.sends.get(command_id).copied().unwrap_or(0);
+        let busy = self.book.busy_sends.get(command_id).map_or(0, |b| b.len()) as u32;
+        let tried = sends.saturating_sub(busy);
+        if tried < self.book.min_max_retries {
+            let v = format!(
+                "{command_id} FAILED MAX_RETRIES after {tried} tries the agent did not refuse as full ({sends} sends, {busy} refused BROKER_BUSY; max_retries never below {})",
+                self.book.min_max_retries
+            );
+            self.violation(v);
         }
     }
 

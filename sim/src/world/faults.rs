@@ -190,6 +190,7 @@ impl World {
             self.fault("config_change", format!("{core:?} {agent:?}"));
             self.core_cfg.delivery = core;
             self.core_cfg.agent_delivery = agent;
+            self.book.min_max_retries = self.book.min_max_retries.min(core.max_retries);
             if let Some(c) = self.core.as_mut() {
                 c.handle_delivery_config(now, core, agent);
             }

@@ -116,11 +116,15 @@ enum Ev {
         agent: usize,
         link: u64,
         msg: AgentToCore,
+        /// The core's send the agent answered with this message (0: none).
+        tag: u64,
     },
     FromCore {
         agent: usize,
         link: u64,
         msg: CoreToAgent,
+        /// Numbers the core's Command sends (0: another message).
+        tag: u64,
     },
     FromEa {
         agent: usize,
@@ -261,6 +265,10 @@ pub struct World {
     /// Intents handed to a master whose append is not durable yet: re-emitted after a crash.
     unappended: Vec<BTreeSet<IntentId>>,
     pub book: Ledgerbook,
+    /// The last tag given to a core Command send.
+    next_tag: u64,
+    /// The tag of the core send an agent is handling now (0: none).
+    cause: u64,
     pub violations: Vec<Violation>,
     pub steps: u64,
     pub trace: Option<String>,
@@ -488,6 +496,7 @@ impl World {
             })
             .collect();
         let streams: Vec<Rng> = (0..faults::F::COUNT).map(|_| rng.fork()).collect();
+        let min_max_retries = core_cfg.delivery.max_retries;
         let n_agents = agent_ids.len();
         let (n_m, n_s) = (masters.len(), slaves.len());
         let mut w = World {
@@ -535,7 +544,12 @@ impl World {
             script,
             script_pos: vec![0; n_m],
             unappended: vec![BTreeSet::new(); n_m],
-            book: Ledgerbook::default(),
+            book: Ledgerbook {
+                min_max_retries,
+                ..Ledgerbook::default()
+            },
+            next_tag: 0,
+            cause: 0,
             violations: Vec::new(),
             steps: 0,
             trace: None,
@@ -712,8 +726,18 @@ impl World {
         match ev {
             Ev::Tick => self.tick(),
             Ev::Emit { master } => self.on_emit_timer(master),
-            Ev::ToCore { agent, link, msg } => self.on_to_core(agent, link, msg),
-            Ev::FromCore { agent, link, msg } => self.on_from_core(agent, link, msg),
+            Ev::ToCore {
+                agent,
+                link,
+                msg,
+                tag,
+            } => self.on_to_core(agent, link, msg, tag),
+            Ev::FromCore {
+                agent,
+                link,
+                msg,
+                tag,
+            } => self.on_from_core(agent, link, msg, tag),
             Ev::FromEa {
                 agent,
                 pipe,

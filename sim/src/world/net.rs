@@ -104,6 +104,7 @@ impl World {
         a: usize,
         up: Option<AgentToCore>,
         down: Option<CoreToAgent>,
+        tag: u64,
     ) {
         let link = &self.links[a];
         if !link.connected {
@@ -147,6 +148,7 @@ impl World {
                         agent: a,
                         link: gen,
                         msg: m.clone(),
+                        tag,
                     },
                 ),
                 (_, Some(m)) => self.at(
@@ -155,6 +157,7 @@ impl World {
                         agent: a,
                         link: gen,
                         msg: m.clone(),
+                        tag,
                     },
                 ),
                 _ => {}

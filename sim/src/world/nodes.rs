@@ -8,7 +8,7 @@
 //! and never make a write durable itself (that is [`super::storage`]).
 
 use echo_statemachine::agent::{AgentOutput, DeliveryManager, LedgerRecord};
-use echo_statemachine::core::{Core, CoreLog, CoreOutput, JournalWrite};
+use echo_statemachine::core::{Core, CoreLog, CoreOutput, DeliveryStatus, JournalWrite};
 use echo_statemachine::ea::master::{self, IntentQueue, IntentQueueConfig};
 use echo_statemachine::ea::slave::{self, ExecutedRecord, SlaveConfig, SlaveExecutor};
 use echo_statemachine::ids::AccountId;
@@ -182,15 +182,32 @@ impl World {
                 self.answered = Some(intent.intent_id.clone());
                 self.check_admission(intent, deliveries);
             }
+            CoreOutput::Journal {
+                write:
+                    JournalWrite::FinishDelivery {
+                        command_id,
+                        status: DeliveryStatus::Failed,
+                        reason: Some(ErrorCode::MaxRetries),
+                        ..
+                    },
+                ..
+            } => self.check_give_up(command_id),
             _ => {}
         }
         match o {
             CoreOutput::Send { agent, msg } => {
+                let mut tag = 0;
+                if let CoreToAgent::Command(c) = &msg {
+                    self.next_tag += 1;
+                    tag = self.next_tag;
+                    *self.book.sends.entry(c.command_id.clone()).or_insert(0) += 1;
+                    self.book.send_tags.insert(tag, c.command_id.clone());
+                }
                 // Only the world's agents have a stream; a stray peer's answer goes nowhere.
                 let Some(a) = self.agent_ids.iter().position(|x| *x == agent) else {
                     return;
                 };
-                self.net_send(true, a, None, Some(msg));
+                self.net_send(true, a, None, Some(msg), tag);
             }
             CoreOutput::Journal { op, write } => {
                 if write.is_awaited() {
@@ -242,7 +259,8 @@ impl World {
             AgentOutput::ToCore(msg) => {
                 self.check_agent_sends(a, &msg);
                 if let Some(msg) = self.legacy_wire(a, msg) {
-                    self.net_send(false, a, Some(msg), None);
+                    let tag = self.cause;
+                    self.net_send(false, a, Some(msg), None, tag);
                 }
             }
             AgentOutput::ToEa { account, msg } => {
@@ -679,12 +697,12 @@ impl World {
 
     // ---- messages between nodes ---------------------------------------------------------
 
-    pub(super) fn on_to_core(&mut self, agent: usize, link: u64, msg: AgentToCore) {
+    pub(super) fn on_to_core(&mut self, agent: usize, link: u64, msg: AgentToCore, tag: u64) {
         if link != self.links[agent].gen || !self.links[agent].connected {
             return;
         }
         let now = self.now;
-        self.check_to_core(&msg);
+        self.check_to_core(&msg, tag);
         let input = describe_to_core(&msg);
         let asked = match &msg {
             AgentToCore::Intent(i) => Some(i.intent_id.clone()),
@@ -700,7 +718,7 @@ impl World {
         }
     }
 
-    pub(super) fn on_from_core(&mut self, agent: usize, link: u64, msg: CoreToAgent) {
+    pub(super) fn on_from_core(&mut self, agent: usize, link: u64, msg: CoreToAgent, tag: u64) {
         if link != self.links[agent].gen || !self.links[agent].connected {
             return;
         }
@@ -708,7 +726,10 @@ impl World {
         let input = describe_from_core(&msg);
         if let Some(x) = self.agents[agent].as_mut() {
             x.handle_from_core(now, msg);
+            // What the agent answers now, it answers to this send.
+            self.cause = tag;
             self.drain::<AgentM>(agent, &input);
+            self.cause = 0;
         }
     }
 

@@ -103,7 +103,7 @@ crate::transitions! {
         T17 = "T17": "no entry",
             "Command while active entries = max_active_commands"
             => "no entry";
-            "ToCore CommandAck AGENT_BUFFERED FAILED BROKER_BUSY (the core re-sends)",
+            "ToCore CommandAck AGENT_BUFFERED FAILED BROKER_BUSY (the core queues it, spending no attempt, and sends again once the agent shows room: core.delivery.T40)",
         T18 = "T18": "Persisting",
             "LedgerResult Ok for the Buffered write"
             => "WaitingPipe";

@@ -58,7 +58,7 @@ transitions! {
             "ack timer, attempts < max_retries" => "Backoff";
             "RecordRetry write; retry_total{stage,result=timeout}++; timer: retry_backoff_ms · 2^(attempts-1)",
         RetryableFailure = "T11": "Inflight",
-            "CommandAck{FAILED} retryable (PIPE_UNAVAILABLE, BROKER_BUSY), attempts < max_retries" => "Backoff";
+            "CommandAck{FAILED} retryable (PIPE_UNAVAILABLE; BROKER_BUSY from a compat agent or past CORE_ACCEPTED — a full agent is T40), attempts < max_retries" => "Backoff";
             "RecordRetry write; retry_total{stage,result=failed}++; backoff timer",
         GiveUp = "T12": "Inflight",
             "ack timer or retryable failure with attempts = max_retries" => "Cancelling";
@@ -136,12 +136,26 @@ transitions! {
             "recover(): the journal holds the OPEN or placement of a trade still live (an open slave ticket or an unfinished delivery of the trade) FAILED at a slave with a copy-policy reason (T20, T25, T27 of any life)" => "(remembered as skipped)";
             "nothing; the trade's later intents at that slave end FAILED with that reason (T26, T30), as in the life that decided it — never sent, never NO_POSITION",
         WindowFull = "T38": "New | Blocked | Parked | Backoff",
-            "would be sent at CORE_ACCEPTED (T01, T04, T13, T36) while agent_window commands of the slave's agent await AGENT_BUFFERED (not for a compat agent)" => "Queued";
+            "would be sent at CORE_ACCEPTED (T01, T04, T13, T36) while agent_window commands of the slave's agent await AGENT_BUFFERED, or while that agent is full (T40) (not for a compat agent)" => "Queued";
             "nothing sent, no attempt spent, no ack timer: waits for a place in the agent's window",
         WindowSend = "T39": "Queued",
-            "a place in its agent's window frees up (one of the agent's commands reached AGENT_BUFFERED, failed, timed out, finished or was parked); queued heads go in delivery order" => "Inflight(CORE_ACCEPTED)";
+            "a place in its agent's window frees up (one of the agent's commands reached AGENT_BUFFERED, failed, timed out, finished or was parked); queued heads go in delivery order. A full agent (T40) gets one command, its probe, each time it shows life (an ExecutionResult of one of its commands, or its heartbeat), and all again once one of its commands reaches AGENT_BUFFERED" => "Inflight(CORE_ACCEPTED)";
             "Command to the slave's agent (attempt + 1); ack timer",
+        AgentFull = "T40": "Inflight(CORE_ACCEPTED)",
+            "CommandAck{AGENT_BUFFERED, FAILED, BROKER_BUSY} from a non-compat agent: its table of active commands is full (agent.delivery.T17), it never took the command" => "Queued";
+            "the attempt is given back (none spent: a busy agent is flow control, not a failure — it never ends a copy MAX_RETRIES); no ack timer; retry_total{stage=CORE_ACCEPTED,result=agent_full}++; the agent is full: nothing more is sent to it until it shows it has room (T39)",
     }
+}
+
+/// Where a full agent (T40) stands: whether a command may go to it as its probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// Nothing goes to it until it shows life (an ExecutionResult, its heartbeat).
+    Waiting,
+    /// It showed life: the next pump sends it one command (T39).
+    Due,
+    /// This delivery went as its probe: AGENT_BUFFERED of it opens the agent again.
+    Sent(u64),
 }
 
 pub const SPEC: MachineSpec = MachineSpec {
@@ -151,7 +165,7 @@ pub const SPEC: MachineSpec = MachineSpec {
         ("New", "just planned; journaled with its intent"),
         ("Blocked", "an earlier delivery of the same (slave, trade) is not finished"),
         ("Parked", "head of its chain, but the slave's agent is offline; no attempt is spent"),
-        ("Queued", "head of its chain, ready to go at CORE_ACCEPTED, but agent_window commands of its agent await AGENT_BUFFERED; no attempt is spent, no timer runs"),
+        ("Queued", "head of its chain, ready to go at CORE_ACCEPTED, but agent_window commands of its agent await AGENT_BUFFERED, or the agent said it is full (T40); no attempt is spent, no timer runs"),
         ("Inflight(stage)", "sent; stage is the highest the agent reported"),
         ("Backoff", "an attempt failed; waiting to re-send"),
         ("Cancelling", "max_retries spent; waiting for the slave EA to confirm it will never execute the command (or to report that it did)"),
@@ -164,7 +178,8 @@ pub const SPEC: MachineSpec = MachineSpec {
         "A delivery is Done only after its FinishDelivery write was reported durable.",
         "Every delivery ends ACKED or FAILED with a reason; FAILED is logged as core_delivery_failed.",
         "A delivery that reached AGENT_BUFFERED is never FAILED by a timeout; only explicit failures end it.",
-        "Per agent (not in compat mode), at most agent_window deliveries are Inflight(CORE_ACCEPTED) (a live lowering of the key is honoured as they drain); the others ready to go wait Queued, in delivery order.",
+        "Per agent (not in compat mode), at most agent_window deliveries are Inflight(CORE_ACCEPTED) (a live lowering of the key is honoured as they drain); the others ready to go wait Queued, in delivery order. While the agent is full (T40), nothing more goes to it but one probe at a time.",
+        "An agent's refusal for a full table (BROKER_BUSY at AGENT_BUFFERED) never spends an attempt.",
         "FAILED(MAX_RETRIES) is decided only after the slave EA answered CANCELLED: a command the core gave up on can never execute later.",
     ],
     transitions: DeliveryT::TABLE,
@@ -761,6 +776,12 @@ impl Core {
             return true;
         }
         let agent = route.agent.clone();
+        match self.agents_full.get(&agent) {
+            None => {}
+            Some(Probe::Sent(k)) if *k == key => {}
+            // A full agent takes nothing but its probe (T40).
+            Some(_) => return false,
+        }
         let limit = self.cfg.delivery.agent_window as usize;
         let window = self.agent_windows.entry(agent.clone()).or_default();
         if window.len() >= limit {
@@ -818,6 +839,11 @@ impl Core {
                 if used >= limit {
                     break;
                 }
+                let probe = match self.agents_full.get(&agent) {
+                    None => false,
+                    Some(Probe::Due) => true,
+                    Some(Probe::Waiting | Probe::Sent(_)) => break,
+                };
                 let Some(key) = self
                     .agent_queues
                     .get_mut(&agent)
@@ -841,6 +867,9 @@ impl Core {
                 match route {
                     Some(a) if a == agent => {
                         if !self.expire_if_late(now, key) {
+                            if probe {
+                                self.agents_full.insert(agent.clone(), Probe::Sent(key));
+                            }
                             self.fire(DeliveryT::WindowSend.spec(), self.subject(key));
                             self.send_command(now, key);
                         }
@@ -859,6 +888,76 @@ impl Core {
             if self.agent_queues.get(&agent).is_some_and(|q| q.is_empty()) {
                 self.agent_queues.remove(&agent);
             }
+        }
+    }
+
+    /// T40: the agent refused the command because its table of active commands is full. It
+    /// never took it, so no attempt is spent (a busy agent must not end copies MAX_RETRIES):
+    /// the delivery waits Queued, first in its agent's queue by delivery order, and nothing
+    /// more goes to the agent until it shows it has room.
+    fn agent_full(&mut self, key: u64, agent: AgentId) {
+        self.fire(DeliveryT::AgentFull.spec(), self.subject(key));
+        *self
+            .metrics
+            .delivery_retry_total
+            .entry((AckStage::CoreAccepted, "agent_full"))
+            .or_insert(0) += 1;
+        self.set_deadline(key, None);
+        self.leave_window(key);
+        // A refusal of a command sent before an outstanding probe says nothing the probe's
+        // answer will not: that answer still decides.
+        let probe_out = matches!(self.agents_full.get(&agent), Some(Probe::Sent(k)) if *k != key);
+        if !probe_out {
+            self.agents_full.insert(agent.clone(), Probe::Waiting);
+        }
+        let Some(d) = self.deliveries.get_mut(&key) else {
+            return;
+        };
+        d.rec.attempts = d.rec.attempts.saturating_sub(1);
+        d.state = DState::Queued;
+        d.queued_for = Some(agent.clone());
+        self.agent_queues.entry(agent).or_default().insert(key);
+    }
+
+    /// The delivery reached AGENT_BUFFERED: if it was its full agent's probe, the agent had
+    /// room after all and takes its whole window again (T39).
+    fn probe_buffered(&mut self, key: u64) {
+        let Some(d) = self.deliveries.get(&key) else {
+            return;
+        };
+        let Some(route) = self.registry.account_agent.get(&d.rec.slave) else {
+            return;
+        };
+        if self.agents_full.get(&route.agent) == Some(&Probe::Sent(key)) {
+            let agent = route.agent.clone();
+            self.agents_full.remove(&agent);
+            self.windows_freed.insert(agent);
+        }
+    }
+
+    /// A full agent showed life (an ExecutionResult — it finished a command — or its
+    /// heartbeat): it may have room again, so one queued command goes as its probe (T39),
+    /// unless the last probe is still out. With nothing queued for it, it is simply no longer
+    /// full: its next command finds out.
+    pub(crate) fn agent_showed_life(&mut self, agent: &AgentId) {
+        let Some(&probe) = self.agents_full.get(agent) else {
+            return;
+        };
+        if !self.agent_queues.contains_key(agent) {
+            self.agents_full.remove(agent);
+            return;
+        }
+        let out = match probe {
+            Probe::Waiting => false,
+            Probe::Due => true,
+            Probe::Sent(k) => self.deliveries.get(&k).is_some_and(|d| {
+                d.state == DState::Inflight(AckStage::CoreAccepted)
+                    && d.window.as_ref() == Some(agent)
+            }),
+        };
+        if !out {
+            self.agents_full.insert(agent.clone(), Probe::Due);
+            self.windows_freed.insert(agent.clone());
         }
     }
 
@@ -1021,6 +1120,7 @@ impl Core {
                 if !crate::mutants::active(crate::mutants::Mutant::WindowLeaksOnFinish) {
                     self.leave_window(key);
                 }
+                self.probe_buffered(key);
                 let attempts = match self.deliveries.get_mut(&key) {
                     Some(d) => {
                         d.stage = a.stage;
@@ -1052,7 +1152,19 @@ impl Core {
             }
             AckResult::Failed if live => {
                 let err = a.error.unwrap_or(ErrorCode::EaRejected);
-                if err.is_retryable() {
+                let full_agent = (err == ErrorCode::BrokerBusy
+                    && a.stage == AckStage::AgentBuffered
+                    && state == DState::Inflight(AckStage::CoreAccepted))
+                .then(|| self.registry.account_agent.get(&d.rec.slave))
+                .flatten()
+                .filter(|r| !r.compat)
+                .filter(|_| {
+                    !crate::mutants::active(crate::mutants::Mutant::AgentFullSpendsAttempts)
+                })
+                .map(|r| r.agent.clone());
+                if let Some(agent) = full_agent {
+                    self.agent_full(key, agent);
+                } else if err.is_retryable() {
                     if matches!(state, DState::Inflight(_)) {
                         self.attempt_failed(now, key, false);
                     } else {

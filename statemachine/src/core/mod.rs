@@ -142,7 +142,8 @@ pub struct CoreSizes {
     pub open_tickets: usize,
     /// Outputs not yet polled.
     pub outputs: usize,
-    /// Places taken in the agents' send windows, queued deliveries and agents to pump.
+    /// Places taken in the agents' send windows, queued deliveries, agents to pump and agents
+    /// marked full (T40).
     pub send_windows: usize,
 }
 
@@ -201,6 +202,9 @@ pub struct Core {
     pub(crate) agent_queues: BTreeMap<AgentId, BTreeSet<u64>>,
     /// Agents whose window lost a member since the last pump.
     pub(crate) windows_freed: BTreeSet<AgentId>,
+    /// Agents that refused a command for a full table (T40), until one of their commands
+    /// reaches AGENT_BUFFERED again or they go offline.
+    pub(crate) agents_full: BTreeMap<AgentId, delivery::Probe>,
     pub(crate) journal: journal_health::JournalHealth,
     pub(crate) metrics: CoreMetrics,
     /// Whether `Fired` outputs are emitted (on by default; drivers that neither log nor
@@ -250,6 +254,7 @@ impl Core {
             agent_windows: BTreeMap::new(),
             agent_queues: BTreeMap::new(),
             windows_freed: BTreeSet::new(),
+            agents_full: BTreeMap::new(),
             journal: journal_health::JournalHealth::Up,
             metrics,
             trace: true,
@@ -317,7 +322,11 @@ impl Core {
                 match other {
                     AgentToCore::Intent(i) => self.on_intent(now, agent, i),
                     AgentToCore::CommandAck(a) => self.on_command_ack(now, a),
-                    AgentToCore::ExecutionResult(r) => self.on_execution_result(now, r),
+                    AgentToCore::ExecutionResult(r) => {
+                        self.on_execution_result(now, r);
+                        // It finished a command: if it was full, it may have room now.
+                        self.agent_showed_life(agent);
+                    }
                     AgentToCore::Heartbeat => {
                         self.fire(
                             router::RouterT::Control.spec(),
@@ -452,7 +461,8 @@ impl Core {
             outputs: self.out.len(),
             send_windows: self.agent_windows.values().map(|w| w.len()).sum::<usize>()
                 + self.agent_queues.values().map(|q| q.len()).sum::<usize>()
-                + self.windows_freed.len(),
+                + self.windows_freed.len()
+                + self.agents_full.len(),
         }
     }
 

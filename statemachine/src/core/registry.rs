@@ -207,8 +207,7 @@ impl Core {
         // at a disconnect (T07): those of the slaves it still serves are re-sent below, one it
         // no longer serves waits Parked for the agent that does.
         if self.registry.is_online(agent) {
-            let slaves = self.registry.go_offline(agent);
-            self.park_slaves(&slaves);
+            self.agent_offline(agent);
         }
         let compat = h.protocol_version < PROTOCOL_VERSION || !h.supports_lossless_delivery;
         for (a, _) in &h.accounts {
@@ -259,6 +258,16 @@ impl Core {
 
     pub(crate) fn on_agent_heartbeat(&mut self, agent: &AgentId) {
         self.fire(RegistryT::Seen.spec(), Subject::Agent(agent.clone()));
+        // The backstop for a full agent whose commands finish slowly (core.delivery.T39).
+        self.agent_showed_life(agent);
+    }
+
+    /// The agent is gone (disconnected, silent, or replaced by its own new session): its
+    /// slaves' live deliveries wait Parked, and whatever it said of its room is forgotten.
+    fn agent_offline(&mut self, agent: &AgentId) {
+        let slaves = self.registry.go_offline(agent);
+        self.agents_full.remove(agent);
+        self.park_slaves(&slaves);
     }
 
     pub(crate) fn on_disconnected(&mut self, _now: Instant, agent: &AgentId) {
@@ -269,8 +278,7 @@ impl Core {
             RegistryT::Disconnected.spec(),
             Subject::Agent(agent.clone()),
         );
-        let slaves = self.registry.go_offline(agent);
-        self.park_slaves(&slaves);
+        self.agent_offline(agent);
     }
 
     pub(crate) fn on_heartbeat_tick(&mut self, now: Instant) {
@@ -302,8 +310,7 @@ impl Core {
         for id in silent {
             self.fire(RegistryT::Silent.spec(), Subject::Agent(id.clone()));
             self.log(CoreLog::AgentOffline { agent: id.clone() });
-            let slaves = self.registry.go_offline(&id);
-            self.park_slaves(&slaves);
+            self.agent_offline(&id);
         }
         self.arm(TimerKey::HeartbeatTick, now + interval);
     }
