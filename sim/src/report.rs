@@ -9,7 +9,7 @@ use std::fmt;
 use echo_statemachine::core::DeliveryStatus;
 use echo_statemachine::ea::slave::{leg_order_id, BrokerOutcome};
 use echo_statemachine::ids::{AccountId, CommandId};
-use echo_statemachine::msg::ErrorCode;
+use echo_statemachine::msg::{ErrorCode, IntentKind};
 use echo_statemachine::policy::sizing::MAX_SPLIT_LEGS;
 
 use crate::world::World;
@@ -57,7 +57,7 @@ impl Report {
         let mut latencies = Vec::new();
         for (m, _) in w.master_accounts().iter().enumerate() {
             let prefix = format!("m{m}-");
-            for (intent, (at, _, _)) in w.book.emitted.iter() {
+            for (intent, (at, kind, _)) in w.book.emitted.iter() {
                 if !intent.as_str().starts_with(&prefix) {
                     continue;
                 }
@@ -74,11 +74,13 @@ impl Report {
                     let account = &w.slave_accounts()[s];
                     let cmd = CommandId::for_delivery(intent, account);
                     let placed = w.book.placed.get(&(s, cmd.clone())).copied().unwrap_or(0);
-                    // A split's legs are orders of their own: filled if any of them is.
+                    // A split's legs are orders of their own: filled if any of them is. A
+                    // trigger's fill of no volume is its pending order deleted, nothing opened.
+                    let trigger = *kind == IntentKind::PendingTrigger;
                     let filled = (0..MAX_SPLIT_LEGS as u32).any(|leg| {
                         matches!(
                             w.broker_outcome(s, &leg_order_id(&cmd, leg)),
-                            Some(BrokerOutcome::Filled { .. })
+                            Some(BrokerOutcome::Filled { volume, .. }) if !(trigger && *volume == 0.0)
                         )
                     });
                     if !w.journal_has_intent(intent) {

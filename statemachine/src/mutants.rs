@@ -83,6 +83,9 @@ pub enum Mutant {
     /// core: an agent's refusal for a full table (BROKER_BUSY at AGENT_BUFFERED) counts as a
     /// failed attempt, as before T40: a busy agent ends copies FAILED MAX_RETRIES.
     AgentFullSpendsAttempts,
+    /// agent: a slave EA's PipeDeliveryAck RETRY (busy) counts as a failed pipe write, as
+    /// before T49: a busy EA parks commands and makes the core spend its attempts.
+    EaBusySpendsAttempts,
 }
 
 impl Mutant {
@@ -114,6 +117,7 @@ impl Mutant {
         Mutant::WindowLeaksOnFinish,
         Mutant::PipeWindowLeaksOnAck,
         Mutant::AgentFullSpendsAttempts,
+        Mutant::EaBusySpendsAttempts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,6 +149,7 @@ impl Mutant {
             Mutant::WindowLeaksOnFinish => "window-leaks-on-finish",
             Mutant::PipeWindowLeaksOnAck => "pipe-window-leaks-on-ack",
             Mutant::AgentFullSpendsAttempts => "agent-full-spends-attempts",
+            Mutant::EaBusySpendsAttempts => "ea-busy-spends-attempts",
         }
     }
 

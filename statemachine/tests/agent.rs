@@ -933,11 +933,12 @@ fn duplicate_unparks() -> Fired {
     h.online();
     h.pipe("s1");
     h.buffered("c1", "s1");
-    for _ in 0..3 {
-        h.pipe_ack("s1", "c1", PipeStatus::Retry);
-        if h.phase("c1") == Some(EntryPhase::Backoff) {
-            h.next_deadline();
+    // Unanswered writes (ack timeouts) until the pipe budget is spent.
+    for _ in 0..100 {
+        if h.phase("c1") == Some(EntryPhase::Parked) {
+            break;
         }
+        h.next_deadline();
     }
     assert_eq!(h.phase("c1"), Some(EntryPhase::Parked));
     let o = h.cmd("c1", "s1");
@@ -1170,7 +1171,8 @@ fn pipe_retries_with_backoff() -> Fired {
     h.pipe("s1");
     h.buffered("c1", "s1");
     h.at(20);
-    let o = h.pipe_ack("s1", "c1", PipeStatus::Retry);
+    h.m.handle_pipe_write_failed(h.now, acc("s1"), cid("c1"));
+    let o = h.drain();
     assert_eq!(fired(&o), vec![T::T33.id()]);
     assert!(acks(&o).is_empty());
     assert_eq!(h.phase("c1"), Some(EntryPhase::Backoff));
@@ -1305,7 +1307,8 @@ fn pipe_stale_events_change_nothing() -> Fired {
         vec![T::T37.id()],
         "RETRY while backing off is stale"
     );
-    assert_eq!(h.m.entry_attempts(&cid("c1")), Some(1));
+    // The first RETRY gave its attempt back (T49); the stale one changed nothing.
+    assert_eq!(h.m.entry_attempts(&cid("c1")), Some(0));
     h.m.handle_pipe_write_failed(h.now, acc("s1"), cid("c1"));
     assert_eq!(fired(&h.drain()), vec![T::T37.id()]);
     h.pipe_ack("s1", "c1", PipeStatus::Ok);
@@ -1782,6 +1785,7 @@ per_transition! {
     t46_cancel_forwarded: T46 => cancel_is_forwarded_to_an_open_slave_pipe;
     t47_cancel_dropped: T47 => cancel_without_a_pipe_is_dropped_and_counted;
     t48_pipe_window_full: T48 => pipe_window_bounds_unanswered_writes;
+    t49_ea_busy: T49 => ea_retry_is_backpressure_not_a_failure;
 }
 
 #[test]
@@ -2205,4 +2209,65 @@ mod props {
             w.heal()?;
         }
     }
+}
+
+/// T49: a slave EA's PipeDeliveryAck RETRY says "alive, busy" (its `max_pending` commands are
+/// unfinished, or its write-ahead of this one is not durable yet). It spends no pipe attempt:
+/// however often the EA answers RETRY, the command is never parked and the core never hears
+/// PIPE_UNAVAILABLE (a busy EA must not end copies MAX_RETRIES). It is written again after a
+/// backoff that grows with the RETRYs in a row and is capped at the ack timeout; an OK starts
+/// the count again; an unanswered write after RETRYs still spends its attempt.
+fn ea_retry_is_backpressure_not_a_failure() -> Fired {
+    let mut h = H::new();
+    h.online();
+    h.pipe("s1");
+    h.buffered("c1", "s1");
+    let mut waits = Vec::new();
+    for round in 0..12 {
+        let o = h.pipe_ack("s1", "c1", PipeStatus::Retry);
+        assert_eq!(fired(&o), vec![T::T49.id()], "round {round}");
+        assert!(acks(&o).is_empty(), "round {round}: nothing to the core");
+        assert_eq!(h.phase("c1"), Some(EntryPhase::Backoff));
+        assert_eq!(h.m.entry_attempts(&cid("c1")), Some(0), "round {round}");
+        let before = h.now;
+        // Other timers (the heartbeat) may come first; the re-write is the one that ends Backoff.
+        let mut o = h.next_deadline();
+        while h.phase("c1") == Some(EntryPhase::Backoff) {
+            o = h.next_deadline();
+        }
+        waits.push(h.now.as_millis() - before.as_millis());
+        assert_eq!(
+            pipe_commands(&o),
+            vec![(acc("s1"), cid("c1"))],
+            "round {round}"
+        );
+        assert_eq!(h.m.entry_attempts(&cid("c1")), Some(1), "round {round}");
+    }
+    // 12 RETRYs against max_retries = 3: never parked, never PIPE_UNAVAILABLE.
+    assert_eq!(h.m.metrics().pipe_unavailable_total, 0);
+    assert_eq!(h.m.metrics().pipe_retry_total, 12);
+    assert_eq!(
+        &waits[..4],
+        &[100, 200, 400, 800],
+        "backoff grows: {waits:?}"
+    );
+    assert!(
+        waits[4..].iter().all(|w| *w == 1_000),
+        "capped at the ack timeout: {waits:?}"
+    );
+    // An unanswered write is a failed attempt still (T33), counted from 1.
+    let mut o = h.next_deadline();
+    while h.phase("c1") == Some(EntryPhase::AwaitingAck) {
+        o = h.next_deadline();
+    }
+    assert_eq!(fired(&o), vec![T::T33.id()]);
+    assert_eq!(h.m.poll_timeout(), Some(h.now + backoff(100, 1)));
+    h.next_deadline();
+    // OK delivers and ends the RETRY count: the next RETRY waits the base backoff again.
+    let o = h.pipe_ack("s1", "c1", PipeStatus::Ok);
+    assert_eq!(fired(&o), vec![T::T31.id()]);
+    h.buffered("c2", "s1");
+    h.pipe_ack("s1", "c2", PipeStatus::Retry);
+    assert_eq!(h.m.poll_timeout(), Some(h.now + backoff(100, 1)));
+    h.done()
 }

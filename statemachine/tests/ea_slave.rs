@@ -1624,32 +1624,58 @@ fn s35_a_pending_command_for_an_unknown_ticket() -> Vec<&'static str> {
 }
 
 /// The slave's pending had not filled and its ask is 30 points from the master's fill, beyond
-/// a 10-point guard: the trigger goes out with `market = false` (the broker deletes the
-/// pending, opens nothing) and the broker's rejection is recorded with PRICE_DEVIATION.
+/// a 10-point guard: the trigger goes out with `market = false`; the broker deletes the
+/// pending and opens nothing (a fill of no volume), recorded REJECTED with PRICE_DEVIATION and
+/// no ticket left. A broker that *rejects* such a step (market closed) deleted nothing: the
+/// pending stays booked and keeps counting against max_open_positions (echo-sim seed 23970:
+/// forgotten, it filled on its own and a fourth position went past a limit of 3).
 fn s36_a_trigger_beyond_the_guard_is_refused() -> Vec<&'static str> {
-    let mut h = H::new(8);
-    h.open();
-    terminal_facts(&mut h, 1.1003);
-    h.execute(
-        cmd("p1", place_pending(ExecTerms::default(), 1.0)),
-        filled(501, 1.0),
-    );
-    let outs = h.placed(cmd("t1", resolve(501, PendingResolution::Trigger, 10)));
+    // Pending 501 rests 30 points from the master's fill; its trigger (guard 10) goes out.
+    let triggered = || {
+        let mut h = H::new(8);
+        h.open();
+        terminal_facts(&mut h, 1.1003);
+        h.execute(
+            cmd("p1", place_pending(ExecTerms::default(), 1.0)),
+            filled(501, 1.0),
+        );
+        let outs = h.placed(cmd("t1", resolve(501, PendingResolution::Trigger, 10)));
+        (h, outs)
+    };
+    let (mut h, outs) = triggered();
     assert!(matches!(
         placed_bodies(&outs).as_slice(),
         [CommandBody::TriggerPending { market: false, .. }]
     ));
+    let outs = h.broker("t1", filled(501, 0.0));
+    let (op, r) = executed_ops(&outs)[0].clone();
+    assert_eq!(r.status, BrokerStatus::Rejected);
+    assert_eq!(r.reason, Some(ErrorCode::PriceDeviation));
+    assert_eq!(r.slave_ticket, 0, "nothing of it is left");
+    h.persist(op, Ok(()));
+    assert_eq!(h.s.pending_volume(501), None, "the broker deleted it");
+    let mut fired = h.fired;
+    // The same trigger, but the broker refuses the step: the pending order still rests.
+    let (mut h, _) = triggered();
     let outs = h.broker(
         "t1",
         BrokerOutcome::Rejected {
-            reason: "pending deleted".into(),
+            reason: "market closed".into(),
         },
     );
+    assert!(h.fired.contains(&"ea.slave.T14"), "{:?}", h.fired);
     let (op, r) = executed_ops(&outs)[0].clone();
-    assert_eq!(r.reason, Some(ErrorCode::PriceDeviation));
+    assert_eq!(r.status, BrokerStatus::Rejected);
+    assert_eq!(r.reason, None, "the core records BROKER_REJECTED");
+    assert_eq!(r.slave_ticket, 501);
     h.persist(op, Ok(()));
-    assert_eq!(h.s.pending_volume(501), None, "the broker deleted it");
-    h.fired
+    assert_eq!(
+        h.s.pending_volume(501),
+        Some(1.0),
+        "still resting, still counted"
+    );
+    fired.extend(h.fired);
+    fired
 }
 
 /// Retains `n` records, with no age floor (the scenarios' clock stands still).

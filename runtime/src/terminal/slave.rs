@@ -486,8 +486,12 @@ impl Broker {
                                 volume: v,
                             }
                         } else {
-                            BrokerOutcome::Rejected {
-                                reason: "pending order deleted; no market fallback".into(),
+                            // Deleted, nothing opened: done, with no volume (a Rejected
+                            // would say the pending order still rests).
+                            BrokerOutcome::Filled {
+                                ticket: *slave_ticket,
+                                price: 0.0,
+                                volume: 0.0,
                             }
                         }
                     } else {

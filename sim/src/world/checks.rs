@@ -232,12 +232,18 @@ impl World {
     /// times in ways the agent did not refuse for a full table: a busy agent is flow control
     /// and must never use up a copy's attempts (core.delivery.T40). Counted from the wire —
     /// every Command send of every core life, less the sends whose BROKER_BUSY refusal
-    /// reached the core — against the smallest `max_retries` of the run.
+    /// reached the core — against the smallest `max_retries` of the run. In a calm world
+    /// (nothing lost or cut, [`super::calm_world`]) no copy may be given up on at all.
     pub(super) fn check_give_up(&mut self, command_id: &CommandId) {
         let sends = self.book.sends.get(command_id).copied().unwrap_or(0);
         let busy = self.book.busy_sends.get(command_id).map_or(0, |b| b.len()) as u32;
         let tried = sends.saturating_sub(busy);
-        if tried < self.book.min_max_retries {
+        if self.calm {
+            let v = format!(
+                "{command_id} FAILED MAX_RETRIES in a calm world (no lost message, crash, storage or pipe failure: {sends} sends, {busy} refused BROKER_BUSY)"
+            );
+            self.violation(v);
+        } else if tried < self.book.min_max_retries {
             let v = format!(
                 "{command_id} FAILED MAX_RETRIES after {tried} tries the agent did not refuse as full ({sends} sends, {busy} refused BROKER_BUSY; max_retries never below {})",
                 self.book.min_max_retries

@@ -377,6 +377,7 @@ impl World {
         for s in 0..self.slave_slow.len() {
             self.slave_slow[s] = Duration::ZERO;
         }
+        self.slow_broker = Duration::ZERO;
         if self.core.is_none() {
             self.restart(Node::Core);
         }

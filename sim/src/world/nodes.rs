@@ -392,7 +392,7 @@ impl World {
                 // The broker takes the order the moment it is sent; only its answer
                 // travels back with latency (and is lost if the EA crashes meanwhile).
                 self.broker(s, &command_id, &command_id, Some(&body), false);
-                let d = self.cfg.broker_latency + self.slave_slow[s];
+                let d = self.cfg.broker_latency + self.slave_slow[s] + self.slow_broker;
                 self.at(
                     d,
                     Ev::Broker {
@@ -412,7 +412,7 @@ impl World {
             } => {
                 self.on_place_leg(s, &command_id, leg, &order_id, &body);
                 self.broker(s, &order_id, &command_id, Some(&body), true);
-                let d = self.cfg.broker_latency + self.slave_slow[s];
+                let d = self.cfg.broker_latency + self.slave_slow[s] + self.slow_broker;
                 self.at(
                     d,
                     Ev::Broker {

@@ -383,7 +383,13 @@ impl World {
                     return reject("no such order");
                 };
                 if !*market {
-                    return reject("pending order deleted; no market fallback");
+                    // Deleted, nothing opened: done, with no volume (a Rejected would say the
+                    // pending order still rests).
+                    return BrokerOutcome::Filled {
+                        ticket: *slave_ticket,
+                        price: 0.0,
+                        volume: 0.0,
+                    };
                 }
                 self.next_ticket += 1;
                 let ticket = self.next_ticket;

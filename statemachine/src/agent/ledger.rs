@@ -58,8 +58,10 @@ pub(super) struct Entry {
     pub(super) seq: u64,
     pub(super) command: Command,
     pub(super) phase: EntryPhase,
-    /// Pipe attempts in the current budget.
+    /// Pipe attempts in the current budget (a RETRY answer spends none, T49).
     pub(super) attempts: u32,
+    /// The EA's RETRY answers to this entry in a row (its backoff while the EA is busy).
+    pub(super) busy: u32,
     /// The one deadline of the entry: ack / backoff in pipe phases, write retry in writing
     /// phases (the two never overlap).
     pub(super) deadline: Option<Instant>,
@@ -150,6 +152,7 @@ impl DeliveryManager {
                 target: LedgerState::Buffered,
                 write: None,
                 write_failures: 0,
+                busy: 0,
                 unsent: None,
             },
         );
@@ -447,6 +450,7 @@ impl DeliveryManager {
                     target: r.state,
                     write: None,
                     write_failures: 0,
+                    busy: 0,
                     unsent: None,
                 },
             );

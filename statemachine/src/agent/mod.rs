@@ -165,11 +165,11 @@ crate::transitions! {
             => "Delivered";
             "ToCore CommandAck PIPE_DELIVERED OK",
         T33 = "T33": "AwaitingAck",
-            "PipeDeliveryAck RETRY, ack timer expired or pipe write failed, attempts < max_retries"
+            "ack timer expired or pipe write failed, attempts < max_retries"
             => "Backoff";
             "retry timer at backoff(retry_backoff_ms, attempts); echo_agent_pipe_retry_total + 1",
         T34 = "T34": "AwaitingAck",
-            "PipeDeliveryAck RETRY, ack timer expired or pipe write failed, attempts >= max_retries"
+            "ack timer expired or pipe write failed, attempts >= max_retries"
             => "Parked";
             "ToCore CommandAck PIPE_DELIVERED FAILED PIPE_UNAVAILABLE (retryable at the core); no timer; echo_agent_pipe_retry_total + 1",
         T35 = "T35": "AwaitingAck / Backoff / WaitingPipe / Parked",
@@ -228,6 +228,10 @@ crate::transitions! {
             "its turn to be written, but max_pipe_inflight of the slave's entries are AwaitingAck / Backoff (the pipe's window is full)"
             => "WaitingPipe (queued)";
             "nothing written, no ack timer; T28 in ledger order as soon as an entry of that slave leaves AwaitingAck / Backoff (PipeDeliveryAck, ExecutionResult, parked after max_retries)",
+        T49 = "T49": "AwaitingAck",
+            "PipeDeliveryAck RETRY from the command's slave: the EA is alive and asks for time (max_pending commands unfinished, or its write-ahead of this command not yet durable)"
+            => "Backoff";
+            "the attempt is given back (backpressure, not a failed write: RETRY never parks a command nor reaches the core as PIPE_UNAVAILABLE); keeps its place in the pipe window; retry timer at min(backoff(retry_backoff_ms, RETRYs in a row), max(ack_timeout_ms, retry_backoff_ms)); echo_agent_pipe_retry_total + 1",
     }
 }
 

@@ -112,11 +112,16 @@ impl DeliveryManager {
                 self.set_deadline(seq, None);
                 if let Some(e) = self.entries.get_mut(&seq) {
                     e.phase = EntryPhase::Confirming;
+                    e.busy = 0;
                 }
                 self.set_target(seq, LedgerState::Delivered);
             }
             (PipeStatus::Retry, EntryPhase::AwaitingAck) => {
-                self.attempt_failed(now, seq);
+                if crate::mutants::active(crate::mutants::Mutant::EaBusySpendsAttempts) {
+                    self.attempt_failed(now, seq);
+                } else {
+                    self.ea_busy(now, seq);
+                }
             }
             (PipeStatus::Failed, p) if p.is_pipe_pending() => {
                 let reason = ack.reason.unwrap_or(ErrorCode::EaRejected);
@@ -243,6 +248,30 @@ impl DeliveryManager {
         if open {
             self.write_to_pipe(now, seq);
         }
+    }
+
+    /// T49: the EA answered RETRY — it is alive and asks for time (`max_pending` commands
+    /// unfinished, or its write-ahead of this command not durable yet). That is backpressure,
+    /// not a failed write: the attempt is given back, so a busy EA never parks a command nor
+    /// makes the core spend its attempts (PIPE_UNAVAILABLE); the entry keeps its place in the
+    /// pipe window, so nothing more piles up at the EA, and is written again after a backoff
+    /// that grows with the RETRYs in a row but never past the ack timeout.
+    fn ea_busy(&mut self, now: Instant, seq: u64) {
+        let base: u64 = self.config.retry_backoff_ms.into();
+        let cap = Duration::from_millis(base.max(self.config.ack_timeout_ms.into()));
+        let Some(e) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        self.metrics.pipe_retry_total += 1;
+        e.attempts = e.attempts.saturating_sub(1);
+        e.busy = e.busy.saturating_add(1);
+        e.written_at = None;
+        e.phase = EntryPhase::Backoff;
+        let wait = backoff(base, e.busy);
+        let at = later(now, if wait > cap { cap } else { wait });
+        let subject = Subject::Command(e.command.command_id.clone());
+        self.fire(T::T49, subject);
+        self.set_deadline(seq, Some(at));
     }
 
     /// T33 / T34: the attempt in flight did not land.

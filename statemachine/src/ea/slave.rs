@@ -100,9 +100,9 @@ transitions! {
         PlacePending = "T31": "persisting", "persist result Ok for the write-ahead record of a PlacePending its copy terms admit (sizing, free margin, exposure limits counting its pending orders; no deviation guard: the order waits for its own price)" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, PlacePending with the volume the terms sized}; counted placed",
         PendingRefused = "T32": "persisting", "persist result Ok for the write-ahead record of a PlacePending its copy terms refuse (as T27)" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: REJECTED with the reason} — never placed; counted terms_refused",
         ChangePending = "T33": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or a ResolvePending{Cancel} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, body as is} — the broker changes or deletes the pending order, or, if it filled on its own, changes the position's SL/TP or closes it (the master decided); counted placed",
-        Trigger = "T34": "persisting", "persist result Ok for the write-ahead record of a ResolvePending{Trigger} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, TriggerPending{ticket, market}} — market: the deviation guard admits a market open of the pending's volume now; the broker reports the ticket's position if the pending filled on its own (nothing placed), else deletes it and opens at market (or nothing when !market); counted placed",
+        Trigger = "T34": "persisting", "persist result Ok for the write-ahead record of a ResolvePending{Trigger} of a ticket holding one of its pending orders" => "executing"; "ToAgent(PipeAck{Ok}); PlaceOrder{command_id, TriggerPending{ticket, market}} — market: the deviation guard admits a market open of the pending's volume now; the broker reports the ticket's position if the pending filled on its own (nothing placed), else deletes it and opens at market (or nothing when !market: it answers FILLED with no volume, T36); counted placed",
         NoPending = "T35": "persisting", "persist result Ok for the write-ahead record of a ModifyPending or ResolvePending of a ticket holding no pending order of this EA" => "recording"; "ToAgent(PipeAck{Ok}); PersistExecuted{op, command_id, result: Rejected} — answered as the broker would, without placing; counted no_position",
-        TriggerGuardRefused = "T36": "executing", "handle_broker_result(Rejected) for a TriggerPending sent with market = false (the pending had not filled; the broker deleted it)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
+        TriggerGuardRefused = "T36": "executing", "handle_broker_result(Filled with no volume) for a TriggerPending sent with market = false: the pending had not filled and the broker deleted it (a broker Rejected of the step — market closed — is T14: the pending order still rests, stays booked and counts against the limits)" => "recording"; "PersistExecuted{op, command_id, result: REJECTED with the guard's reason (PRICE_DEVIATION, ACCOUNT_FACTS_UNKNOWN)}",
         Evicted = "T39": "executed", "after T16, executed records exceed `max_executed_retained` and the oldest (by completion; after recover(), by file order) is at least `min_retained_ms` old (recovered records count from the first input after recover())" => "(forgotten)"; "nothing; counted evicted — an unfinished command is never evicted, open positions and closed tickets are kept apart from the records; the record leaves the file at the terminal's next compaction (durable_image), and a later delivery of the id would be taken as new (the bound is sized so none can come: SPEC §8 ea.slave, dedupe window)",
         RecoveredPositions = "T40": "(durable)", "recover(): a positions row (written by a compaction after the retained records)" => "(positions replaced)"; "nothing; open positions (with the legs of split ones), pending orders and tickets closed in full are exactly the row's — the retained records before it are for dedupe only, records after it update the positions as in T16/T21",
         SplitOpen = "T41": "executing", "an open its copy terms admit (T09, T29, T30) with split allowed (ExecTerms.split_max_lots > 0) and a volume above the per-order maximum (policy::terms::open_legs: more than one leg)" => "executing (legs)"; "PlaceLeg{command_id, leg 0, order id = command_id, the first leg's lots} — the legs, each within the limits and together the sized volume, are placed one at a time, each once the one before it filled; counted legs_placed",
@@ -948,13 +948,35 @@ impl SlaveExecutor {
         let Some(mut result) = self.result_for(&command_id, &outcome) else {
             return;
         };
-        let refusal = self.commands.get(&command_id).and_then(|e| e.refusal);
-        match (refusal, &outcome) {
-            (Some(r), BrokerOutcome::Rejected { .. }) => {
+        let (refusal, trigger) = self.commands.get(&command_id).map_or((None, false), |e| {
+            let trigger = matches!(
+                e.command.body,
+                CommandBody::ResolvePending {
+                    resolution: PendingResolution::Trigger,
+                    ..
+                }
+            );
+            (e.refusal, trigger)
+        });
+        let deleted =
+            trigger && matches!(outcome, BrokerOutcome::Filled { volume, .. } if volume == 0.0);
+        if deleted {
+            // The broker deleted the pending order, which had not filled, and opened nothing
+            // (the guard refused the market fallback): REJECTED, leaving no ticket. A broker
+            // *rejection* of the step (market closed) deleted nothing: the pending order still
+            // rests and may fill, so it stays booked under its ticket (T14).
+            result.status = BrokerStatus::Rejected;
+            result.slave_ticket = 0;
+            result.fill_price = 0.0;
+        }
+        match refusal {
+            Some(r) if deleted => {
                 result.reason = Some(r.error_code());
                 self.m.terms_refused += 1;
                 self.fire(T::TriggerGuardRefused, subject);
             }
+            // Deleted by a step sent before a crash: the guard's reason died with it, the
+            // core records BROKER_REJECTED.
             _ => self.fire(T::BrokerAnswered, subject),
         }
         self.issue_record(&command_id, result.clone());
@@ -1504,10 +1526,12 @@ impl SlaveExecutor {
         if self.apply_to_split(body, r) {
             return;
         }
-        if let (CommandBody::ResolvePending { slave_ticket, .. }, Some(_)) = (body, r.reason) {
+        if let CommandBody::ResolvePending { slave_ticket, .. } = body {
             // A trigger whose market fallback the guard refused: the broker deleted the
-            // pending order (T36).
-            if r.status == BrokerStatus::Rejected {
+            // pending order and no ticket is left (T36; a copy-policy reason in records
+            // written before the ticket said so). A rejection that names the ticket leaves
+            // the order resting.
+            if r.status == BrokerStatus::Rejected && (r.slave_ticket == 0 || r.reason.is_some()) {
                 self.pendings.remove(slave_ticket);
             }
         }
