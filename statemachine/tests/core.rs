@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use echo_statemachine::config::{DeliveryConfig, Subscription};
 use echo_statemachine::core::{
@@ -63,6 +63,7 @@ scenarios!(
     agent_window_bounds_unbuffered_commands,
     a_full_agent_backlog_answers_the_master_broker_busy,
     a_full_agent_spends_no_attempt,
+    cancels_that_start_together_are_spread,
 );
 
 fn accept_fan_out_and_confirm() -> Vec<&'static str> {
@@ -2231,5 +2232,48 @@ fn a_full_agent_spends_no_attempt() -> Vec<&'static str> {
     let back: Vec<CommandId> = h.commands().into_iter().map(|c| c.command_id).collect();
     assert!(back.contains(&rest[0]), "{back:?}");
     assert!(back.len() > 1, "{back:?}");
+    h.fired
+}
+
+/// `core.delivery.T24`: deliveries that gave up together (one outage) re-send their cancels
+/// spread over the upper half of each wait, by command id — not in one burst every time, which
+/// a slave EA with `max_pending` unfinished commands answers RETRY for all but the first few,
+/// the same ones each round (echo-sim seed 4100 with --trades 60).
+fn cancels_that_start_together_are_spread() -> Vec<&'static str> {
+    let mut h = H::world();
+    for t in 0..8 {
+        let id = format!("i{t}");
+        h.accept(intent(&id, &format!("t{t}"), IntentKind::Open, 1));
+    }
+    h.take();
+    // Three ack timeouts with their backoffs (max_retries = 3): all give up in one instant.
+    for ms in [100, 10, 100, 20, 100] {
+        h.advance(ms);
+    }
+    let cancelling = h
+        .core
+        .delivery_views()
+        .iter()
+        .filter(|v| v.state == "Cancelling")
+        .count();
+    assert_eq!(cancelling, 16, "8 trades x 2 slaves gave up together");
+    h.take();
+    // First re-send: w = ack_timeout 100 ms, so each goes within [50, 100] ms.
+    let mut at: BTreeMap<CommandId, u64> = BTreeMap::new();
+    for ms in 1..=100 {
+        h.advance(1);
+        for (_, m) in h.sent() {
+            if let CoreToAgent::Cancel(c) = m {
+                at.entry(c.command_id).or_insert(ms);
+            }
+        }
+    }
+    assert_eq!(at.len(), 16, "every cancel re-sent within w: {at:?}");
+    assert!(at.values().all(|ms| (50..=100).contains(ms)), "{at:?}");
+    let instants: BTreeSet<u64> = at.values().copied().collect();
+    assert!(
+        instants.len() >= 8,
+        "16 cancels spread over at least 8 instants, not one burst: {at:?}"
+    );
     h.fired
 }

@@ -104,7 +104,7 @@ transitions! {
             "FinishDelivery{failed, the open's reason}; copy_skipped_total{reason}++; log core_delivery_failed — never sent, so no NO_POSITION noise at the slave",
         CancelResend = "T24": "Cancelling",
             "cancel timer; slave's agent online" => "Cancelling";
-            "Cancel(command) re-sent; timer: retry_backoff_ms · 2^(n-1) (a cancel is never given up: the outcome must be known)",
+            "Cancel(command) re-sent; timer: w/2 + spread(command_id, n) with w = ack_timeout_ms · 2^(n-1) (capped) — a deterministic spread in [w/2, w], so the cancels of deliveries that gave up together do not reach a busy slave EA as one burst, again and again (a cancel is never given up: the outcome must be known)",
         SlaveRefused = "T27": "Blocked | Parked | Inflight | Backoff | Cancelling",
             "ExecutionResult{REJECTED, reason} with a copy-policy reason: the slave EA's copy terms refused the open (PRICE_DEVIATION, EXPIRED for a catch-up beyond the guard, MAX_OPEN_POSITIONS, MAX_TOTAL_LOTS, INSUFFICIENT_MARGIN, VOLUME_BELOW_MIN, NO_STOP_LOSS, ACCOUNT_FACTS_UNKNOWN)" => "Finalizing(FAILED)";
             "FinishDelivery{failed, that reason}; copy_skipped_total{reason}++; log core_delivery_failed; an OPEN or placement is remembered as skipped, so the trade's later intents at that slave end with this reason, never sent (T26, T30)",
@@ -1021,7 +1021,15 @@ impl Core {
             }
             _ => return,
         };
-        let at = now + backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
+        // Spread over [w/2, w]: deliveries that gave up together (one outage) would otherwise
+        // re-send their cancels in the same instant every time, and a slave EA with
+        // `max_pending` unfinished commands answers all but the first few RETRY — the same
+        // ones each round (echo-sim seed 4100, --trades 60: two cancels refused for minutes).
+        // A pure function of the command id and send, so runs stay deterministic.
+        let w = backoff(self.cfg.delivery.ack_timeout_ms.into(), sends);
+        let salt = format!("{}#{sends}", d.rec.command_id);
+        let spread = crate::ids::stable_hash(salt.as_bytes()) % (w.0 / 2 + 1);
+        let at = now + Duration(w.0 / 2 + spread);
         if let Some(agent) = self.registry.agent_for(&d.rec.slave) {
             let cmd = Self::build_command(&self.tickets, &self.subs, d);
             self.send(agent, CoreToAgent::Cancel(cmd));
