@@ -305,8 +305,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// The faults that lose or cut something (messages, storage writes, processes, pipes,
 /// sessions) — the only ones that may exhaust a copy's retries. A calm world has none of
 /// them (nor a legacy agent, which answers nothing and is judged by timeouts): it is slowed,
-/// duplicated, reordered, overloaded, reconfigured and refused by brokers, but every copy it
-/// gives up on is a bug.
+/// duplicated, reordered, resubscribed and refused by brokers (and overloaded, if its seed
+/// drew bursts), but every copy it gives up on is a bug.
 const LOSS_FAULTS: &[&str] = &[
     // A live config change may set an agent's pipe ack timeout below a slow EA's answer
     // time: a live peer then looks dead, as it would in production.
